@@ -1,0 +1,226 @@
+//! `pantry-client`: the agent on each managed machine. It connects to one
+//! server, registers itself at start and every `heartbeat_interval`
+//! seconds, and runs the commands the server publishes to it.
+//!
+//! One thread owns the SUB (requests from the server), the DEALER (our
+//! registrations and answers), their monitors and a signal pipe, and blocks
+//! in `zmq::poll` until one of them is ready or the next heartbeat is due.
+
+mod handshake;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use pantry_shared::commands::{self, register_client, ClientContext};
+use pantry_shared::config::{Config, Program};
+use pantry_shared::filter::BROADCAST_TOPIC;
+use pantry_shared::keys::{self, ClientKeys};
+use pantry_shared::logging::{self, LogTarget};
+use pantry_shared::monitor::{self, SocketEvent};
+use pantry_shared::security::SocketSecurity;
+use pantry_shared::Message;
+use slog::{debug, info, Level, Logger};
+
+use handshake::HandshakeWatch;
+
+/// The Pantry agent: registers with the server and runs its commands.
+#[derive(Parser, Debug)]
+#[command(name = "pantry-client", version = pantry_shared::VERSION)]
+struct Cli {
+    /// Configuration file (client.yml). Without it, built-in defaults.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log at info level at least.
+    #[arg(short = 'v', long = "verbose", conflicts_with = "debug")]
+    verbose: bool,
+    /// Log at debug level.
+    #[arg(short = 'd', long = "debug")]
+    debug: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("pantry-client: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let config = match &cli.config {
+        Some(path) => Config::load(path, Program::Client)?,
+        None => Config::defaults(Program::Client),
+    };
+    let mut level = config.log_level.to_slog();
+    if cli.debug {
+        level = Level::Debug;
+    } else if cli.verbose && !level.is_at_least(Level::Info) {
+        level = Level::Info;
+    }
+    let logging = logging::init(&LogTarget::from_config(&config.log_to, &config.syslog_program_name), level)
+        .with_context(|| format!("cannot open log {}", config.log_to))?;
+    let root_dir = config.root_dir().to_path_buf();
+    std::fs::create_dir_all(&root_dir).with_context(|| format!("cannot create root_dir {}", root_dir.display()))?;
+
+    let (security, key_file) = if config.networking.is_curve() {
+        let dir = keys::curve_dir(&root_dir);
+        keys::ensure_private_dir(&dir)?;
+        let keys = ClientKeys::load(&dir.join(keys::CLIENT_KEYS_FILE), true)?;
+        (SocketSecurity::client(&keys)?, Some(keys))
+    } else {
+        (SocketSecurity::Null, None)
+    };
+
+    let (signal_read, signal_write) = UnixStream::pair()?;
+    signal_read.set_nonblocking(true)?;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::low_level::pipe::register(sig, signal_write.try_clone()?)?;
+    }
+
+    let agent = Agent::connect(&config, &security, key_file, logging.logger.clone())?;
+    agent.run(&signal_read)
+}
+
+struct Agent {
+    me: ClientContext,
+    heartbeat: Duration,
+    sub: zmq::Socket,
+    dealer: zmq::Socket,
+    dealer_monitor: zmq::Socket,
+    watch: HandshakeWatch,
+    log: Logger,
+    // Keeps the context alive for as long as the sockets.
+    _ctx: zmq::Context,
+}
+
+impl Agent {
+    fn connect(config: &Config, security: &SocketSecurity, keys: Option<ClientKeys>, log: Logger) -> Result<Agent> {
+        let me = ClientContext { filter: config.client_filter() };
+        let net = &config.networking;
+        let ctx = zmq::Context::new();
+
+        let sub = security.socket(&ctx, zmq::SUB)?;
+        for stream in me.filter.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]) {
+            sub.set_subscribe(stream.as_bytes())?;
+        }
+        let dealer = security.socket(&ctx, zmq::DEALER)?;
+        for socket in [&sub, &dealer] {
+            // Back off up to 30 s between reconnects to a server that is down
+            // or refuses us.
+            socket.set_reconnect_ivl(100)?;
+            socket.set_reconnect_ivl_max(30_000)?;
+        }
+        let dealer_monitor = monitor::monitor(&ctx, &dealer)?;
+        let receive = net.endpoint(net.receive_port);
+        let publish = net.endpoint(net.pub_sub_port);
+        sub.connect(&publish).with_context(|| format!("cannot connect to {publish}"))?;
+        dealer.connect(&receive).with_context(|| format!("cannot connect to {receive}"))?;
+        info!(log, "pantry-client started";
+            "version" => pantry_shared::VERSION, "identity" => me.identity(), "server" => &receive,
+            "subscriptions" => me.filter.streams().join(" "), "security" => net.security_name());
+        let watch = HandshakeWatch::new(receive, keys, log.clone());
+        Ok(Agent {
+            me,
+            heartbeat: Duration::from_secs(config.client.heartbeat_interval),
+            sub,
+            dealer,
+            dealer_monitor,
+            watch,
+            log,
+            _ctx: ctx,
+        })
+    }
+
+    fn run(mut self, signals: &UnixStream) -> Result<()> {
+        self.register();
+        let mut next_heartbeat = Instant::now() + self.heartbeat;
+        loop {
+            let wait = next_heartbeat.saturating_duration_since(Instant::now());
+            let mut items = [
+                self.sub.as_poll_item(zmq::POLLIN),
+                self.dealer.as_poll_item(zmq::POLLIN),
+                self.dealer_monitor.as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(signals.as_raw_fd(), zmq::POLLIN),
+            ];
+            match zmq::poll(&mut items, wait.as_millis().min(i64::MAX as u128) as i64) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(e).context("socket poll failed"),
+            }
+            let ready: Vec<bool> = items.iter().map(zmq::PollItem::is_readable).collect();
+            if ready[3] {
+                info!(self.log, "shutting down"; "identity" => self.me.identity());
+                return Ok(());
+            }
+            if ready[0] {
+                self.drain_requests();
+            }
+            if ready[1] {
+                // The server sends nothing unasked over DEALER yet: read and log.
+                while let Ok(frames) = self.dealer.recv_multipart(zmq::DONTWAIT) {
+                    debug!(self.log, "unexpected message on DEALER dropped"; "frames" => frames.len());
+                }
+            }
+            if ready[2] {
+                while let Some(event) = monitor::read(&self.dealer_monitor) {
+                    let reconnected = event.event == SocketEvent::HandshakeSucceeded;
+                    self.watch.observe(&event);
+                    if reconnected {
+                        // A restarted server has an empty registry: check in now.
+                        self.register();
+                        next_heartbeat = Instant::now() + self.heartbeat;
+                    }
+                }
+            }
+            if Instant::now() >= next_heartbeat {
+                self.register();
+                next_heartbeat = Instant::now() + self.heartbeat;
+            }
+        }
+    }
+
+    fn register(&self) {
+        self.send(register_client::request(&self.me.filter));
+    }
+
+    fn send(&self, message: Message) {
+        // DONTWAIT: with the server gone, a full queue must not block the agent.
+        if let Err(e) = self.dealer.send_multipart(message.to_frames(), zmq::DONTWAIT) {
+            debug!(self.log, "cannot send to the server now"; "type" => message.message_type(), "error" => %e);
+        }
+    }
+
+    fn drain_requests(&self) {
+        while let Ok(frames) = self.sub.recv_multipart(zmq::DONTWAIT) {
+            let request = match Message::from_frames(&frames) {
+                Ok(m) => m,
+                Err(e) => {
+                    debug!(self.log, "malformed message from the server dropped"; "error" => %e);
+                    continue;
+                }
+            };
+            if !self.me.filter.accepts_stream(&request.stream) {
+                continue;
+            }
+            debug!(self.log, "request received";
+                "type" => request.message_type(), "from" => &request.metadata.from,
+                "to" => &request.stream, "uuid" => request.uuid());
+            let response = commands::run_on_client(&request, &self.me);
+            if request.metadata.requires_response {
+                self.send(response);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

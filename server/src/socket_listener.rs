@@ -1,0 +1,388 @@
+//! The socket listener: owns every ZeroMQ socket of the server.
+//!
+//! ZeroMQ sockets may be used from one thread at a time, so the sockets live
+//! on a dedicated thread that blocks in `zmq::poll` on the ROUTER (requests
+//! from clients and admins), the ZAP handler socket, the socket monitors and
+//! an inproc PULL. Inbound traffic is decoded there and handed to actors with
+//! `do_send`. Outbound traffic goes the other way: the [`SocketListener`]
+//! actor writes tagged frames to its inproc PUSH, and the thread sends them
+//! on the right socket. No poll timeout, so no latency floor.
+
+use std::os::fd::RawFd;
+use std::thread::JoinHandle;
+
+use actix::prelude::*;
+use pantry_shared::filter::BROADCAST_TOPIC;
+use pantry_shared::monitor::{self, SocketEvent};
+use pantry_shared::security::{SocketSecurity, ZAP_ENDPOINT};
+use pantry_shared::Message;
+use slog::{debug, error, info, warn, Logger};
+
+use crate::command_dispatcher::Incoming;
+use crate::zap_handler::ZapRequest;
+
+const OUTBOUND_ENDPOINT: &str = "inproc://pantry-outbound";
+
+/// Tags of the first frame on the inproc PULL: which socket the rest goes to.
+const TO_PEER: &[u8] = b"R";
+const TO_SUBSCRIBERS: &[u8] = b"P";
+const TO_ZAP: &[u8] = b"Z";
+const STOP: &[u8] = b"S";
+
+/// Where the server listens.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub publish: String,
+    pub receive: String,
+}
+
+/// The server's sockets, bound but not yet serving.
+pub struct BoundSockets {
+    ctx: zmq::Context,
+    zap: Option<zmq::Socket>,
+    router: zmq::Socket,
+    publisher: zmq::Socket,
+    pull: zmq::Socket,
+    router_monitor: zmq::Socket,
+    publisher_monitor: zmq::Socket,
+}
+
+impl BoundSockets {
+    /// Binds the ZAP handler socket (CURVE only) first, so that no handshake
+    /// can happen without it, then the PUB and ROUTER sockets.
+    pub fn bind(ctx: &zmq::Context, security: &SocketSecurity, endpoints: &Endpoints) -> anyhow::Result<BoundSockets> {
+        use anyhow::Context as _;
+        let zap = if security.is_curve() {
+            let zap = ctx.socket(zmq::ROUTER)?;
+            zap.set_linger(0)?;
+            zap.bind(ZAP_ENDPOINT).with_context(|| format!("cannot bind the ZAP handler on {ZAP_ENDPOINT}"))?;
+            Some(zap)
+        } else {
+            None
+        };
+        let pull = ctx.socket(zmq::PULL)?;
+        pull.set_linger(0)?;
+        pull.bind(OUTBOUND_ENDPOINT)?;
+
+        let publisher = security.socket(ctx, zmq::PUB)?;
+        let publisher_monitor = monitor::monitor(ctx, &publisher)?;
+        publisher
+            .bind(&endpoints.publish)
+            .with_context(|| format!("cannot bind PUB socket on {}", endpoints.publish))?;
+
+        let router = security.socket(ctx, zmq::ROUTER)?;
+        // Sending to a peer that is gone is an error we log, not a silent drop.
+        router.set_router_mandatory(true)?;
+        let router_monitor = monitor::monitor(ctx, &router)?;
+        router
+            .bind(&endpoints.receive)
+            .with_context(|| format!("cannot bind ROUTER socket on {}", endpoints.receive))?;
+
+        Ok(BoundSockets { ctx: ctx.clone(), zap, router, publisher, pull, router_monitor, publisher_monitor })
+    }
+}
+
+/// The actor side of the listener: the one way out to the network.
+pub struct SocketListener {
+    push: zmq::Socket,
+    thread: Option<JoinHandle<()>>,
+    log: Logger,
+}
+
+impl SocketListener {
+    /// Starts the socket thread. Inbound messages go to `dispatcher`, ZAP
+    /// requests to `zap`.
+    pub fn start(
+        sockets: BoundSockets,
+        dispatcher: Recipient<Incoming>,
+        zap: Option<Recipient<ZapRequest>>,
+        log: Logger,
+    ) -> anyhow::Result<Addr<SocketListener>> {
+        let push = sockets.ctx.socket(zmq::PUSH)?;
+        push.set_linger(0)?;
+        push.connect(OUTBOUND_ENDPOINT)?;
+        let thread_log = log.clone();
+        let thread = std::thread::Builder::new()
+            .name("pantry-sockets".into())
+            .spawn(move || SocketThread { sockets, dispatcher, zap, log: thread_log }.run())?;
+        Ok(SocketListener { push, thread: Some(thread), log }.start())
+    }
+
+    fn send_tagged(&self, tag: &[u8], frames: impl IntoIterator<Item = Vec<u8>>) {
+        let all = std::iter::once(tag.to_vec()).chain(frames);
+        if let Err(e) = self.push.send_multipart(all, 0) {
+            error!(self.log, "cannot hand a message to the socket thread"; "error" => %e);
+        }
+    }
+}
+
+impl Actor for SocketListener {
+    type Context = Context<Self>;
+}
+
+/// Send a message to one peer over the ROUTER connection it came from.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendToPeer {
+    pub peer: Vec<u8>,
+    pub message: Message,
+}
+
+impl Handler<SendToPeer> for SocketListener {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendToPeer, _: &mut Context<Self>) {
+        self.send_tagged(TO_PEER, std::iter::once(msg.peer).chain(msg.message.to_frames()));
+    }
+}
+
+/// Publish a request to the clients subscribed to its stream. Stream `""`
+/// goes out under the broadcast topic.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    pub message: Message,
+}
+
+impl Handler<Publish> for SocketListener {
+    type Result = ();
+
+    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+        let mut frames = msg.message.to_frames();
+        if frames[0].is_empty() {
+            frames[0] = BROADCAST_TOPIC.as_bytes().to_vec();
+        }
+        self.send_tagged(TO_SUBSCRIBERS, frames);
+    }
+}
+
+/// A ZAP reply, envelope included.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ZapReply {
+    pub frames: Vec<Vec<u8>>,
+}
+
+impl Handler<ZapReply> for SocketListener {
+    type Result = ();
+
+    fn handle(&mut self, msg: ZapReply, _: &mut Context<Self>) {
+        self.send_tagged(TO_ZAP, msg.frames);
+    }
+}
+
+/// Close every socket (linger 0) and end the socket thread.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for SocketListener {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        self.send_tagged(STOP, std::iter::empty());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        ctx.stop();
+    }
+}
+
+/// The thread that owns the sockets.
+struct SocketThread {
+    sockets: BoundSockets,
+    dispatcher: Recipient<Incoming>,
+    zap: Option<Recipient<ZapRequest>>,
+    log: Logger,
+}
+
+impl SocketThread {
+    fn run(self) {
+        let s = &self.sockets;
+        loop {
+            let mut items = vec![
+                s.pull.as_poll_item(zmq::POLLIN),
+                s.router.as_poll_item(zmq::POLLIN),
+                s.router_monitor.as_poll_item(zmq::POLLIN),
+                s.publisher_monitor.as_poll_item(zmq::POLLIN),
+            ];
+            if let Some(zap) = &s.zap {
+                items.push(zap.as_poll_item(zmq::POLLIN));
+            }
+            if let Err(e) = zmq::poll(&mut items, -1) {
+                if e == zmq::Error::EINTR {
+                    continue;
+                }
+                error!(self.log, "socket poll failed; the server stops serving"; "error" => %e);
+                return;
+            }
+            let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+            if ready[0] && !self.drain_outbound() {
+                info!(self.log, "sockets closed");
+                return;
+            }
+            if ready[1] {
+                self.drain_router();
+            }
+            if ready[2] {
+                self.drain_monitor(&s.router_monitor, "ROUTER");
+            }
+            if ready[3] {
+                self.drain_monitor(&s.publisher_monitor, "PUB");
+            }
+            if ready.get(4) == Some(&true) {
+                self.drain_zap();
+            }
+        }
+    }
+
+    /// Sends everything the actors queued. Returns false on the stop tag.
+    fn drain_outbound(&self) -> bool {
+        while let Ok(mut frames) = self.sockets.pull.recv_multipart(zmq::DONTWAIT) {
+            if frames.is_empty() {
+                continue;
+            }
+            let tag = frames.remove(0);
+            match tag.as_slice() {
+                TO_PEER => self.send_to_peer(frames),
+                TO_SUBSCRIBERS => {
+                    if let Err(e) = self.sockets.publisher.send_multipart(frames, zmq::DONTWAIT) {
+                        warn!(self.log, "cannot publish"; "error" => %e);
+                    }
+                }
+                TO_ZAP => {
+                    if let Some(zap) = &self.sockets.zap {
+                        if let Err(e) = zap.send_multipart(frames, zmq::DONTWAIT) {
+                            error!(self.log, "cannot send a ZAP reply"; "error" => %e);
+                        }
+                    }
+                }
+                STOP => return false,
+                _ => {}
+            }
+        }
+        true
+    }
+
+    fn send_to_peer(&self, frames: Vec<Vec<u8>>) {
+        let peer = hex(frames.first().map(Vec::as_slice).unwrap_or_default());
+        match self.sockets.router.send_multipart(frames, zmq::DONTWAIT) {
+            Ok(()) => {}
+            Err(zmq::Error::EHOSTUNREACH) => {
+                debug!(self.log, "peer is gone; response dropped"; "peer" => peer)
+            }
+            Err(zmq::Error::EAGAIN) => {
+                debug!(self.log, "peer's queue is full (high-water mark); response dropped"; "peer" => peer)
+            }
+            Err(e) => warn!(self.log, "cannot send to peer"; "peer" => peer, "error" => %e),
+        }
+    }
+
+    fn drain_router(&self) {
+        loop {
+            let (frames, user_id) = match recv_with_user_id(&self.sockets.router) {
+                Ok(Some(received)) => received,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(self.log, "cannot receive on ROUTER"; "error" => %e);
+                    return;
+                }
+            };
+            let Some((peer, rest)) = frames.split_first() else {
+                continue;
+            };
+            match Message::from_frames(rest) {
+                Ok(message) => {
+                    self.dispatcher.do_send(Incoming { peer: peer.clone(), user_id, message });
+                }
+                Err(e) => debug!(self.log, "malformed message dropped";
+                    "peer" => hex(peer), "key" => user_id.unwrap_or_default(), "frames" => rest.len(), "error" => %e),
+            }
+        }
+    }
+
+    fn drain_zap(&self) {
+        let Some(zap_socket) = &self.sockets.zap else {
+            return;
+        };
+        while let Ok(frames) = zap_socket.recv_multipart(zmq::DONTWAIT) {
+            match (ZapRequest::parse(frames), &self.zap) {
+                (Ok(request), Some(handler)) => handler.do_send(request),
+                (Err((envelope_reply, reason)), _) => {
+                    warn!(self.log, "malformed ZAP request answered with 500"; "reason" => reason);
+                    let _ = zap_socket.send_multipart(envelope_reply, zmq::DONTWAIT);
+                }
+                (Ok(_), None) => {}
+            }
+        }
+    }
+
+    fn drain_monitor(&self, pair: &zmq::Socket, socket_name: &str) {
+        while let Some(event) = monitor::read(pair) {
+            match event.event {
+                SocketEvent::Accepted => debug!(self.log, "connection accepted";
+                    "socket" => socket_name, "address" => event_peer(&event), "endpoint" => &event.endpoint),
+                SocketEvent::HandshakeFailedProtocol(code) => debug!(self.log,
+                    "handshake rejected: {}", SocketEvent::protocol_reason(code);
+                    "socket" => socket_name, "endpoint" => &event.endpoint,
+                    "address" => "unknown (libzmq does not report it before authentication)"),
+                SocketEvent::HandshakeFailedNoDetail => {
+                    debug!(self.log, "handshake failed: connection closed by the peer";
+                    "socket" => socket_name, "endpoint" => &event.endpoint)
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The peer address of an ACCEPTED event, whose value is the new socket's
+/// file descriptor.
+fn event_peer(event: &monitor::MonitorEvent) -> String {
+    peer_address(event.value as RawFd).unwrap_or_else(|| "unknown".into())
+}
+
+fn peer_address(fd: RawFd) -> Option<String> {
+    // SAFETY: getpeername writes at most `len` bytes into `storage`.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getpeername(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) != 0 {
+            return None;
+        }
+        match storage.ss_family as i32 {
+            libc::AF_INET => {
+                let a: &libc::sockaddr_in = &*(&storage as *const libc::sockaddr_storage).cast();
+                let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+                Some(format!("{ip}:{}", u16::from_be(a.sin_port)))
+            }
+            libc::AF_INET6 => {
+                let a: &libc::sockaddr_in6 = &*(&storage as *const libc::sockaddr_storage).cast();
+                let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+                Some(format!("[{ip}]:{}", u16::from_be(a.sin6_port)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Receives one multipart message without blocking, with the `User-Id`
+/// the ZAP handler gave its connection (the client's Z85 public key).
+fn recv_with_user_id(socket: &zmq::Socket) -> zmq::Result<Option<(Vec<Vec<u8>>, Option<String>)>> {
+    let mut first = match socket.recv_msg(zmq::DONTWAIT) {
+        Ok(m) => m,
+        Err(zmq::Error::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let user_id = first.gets("User-Id").filter(|u| !u.is_empty()).map(str::to_owned);
+    let mut frames = vec![first.to_vec()];
+    while socket.get_rcvmore()? {
+        frames.push(socket.recv_bytes(0)?);
+    }
+    Ok(Some((frames, user_id)))
+}
+
+/// Routing ids are binary: log them as hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

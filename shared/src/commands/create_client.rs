@@ -1,0 +1,58 @@
+//! `client:create`: the server makes a new client key pair, stores its
+//! public key as known (on disk, before answering), and returns the
+//! credentials. The answer goes back only over the requester's own ROUTER
+//! connection, never over PUB: it holds a private key.
+
+use serde_json::json;
+
+use crate::error::DecodeError;
+use crate::keys::{client_keys_yaml, ClientKeysFile, KeyPair};
+use crate::message::{BodyPart, Message};
+
+pub const TYPE: &str = "CreateClient";
+
+/// Admin: no body.
+pub fn request() -> Message {
+    let mut m = Message::new(TYPE);
+    m.metadata.requires_response = true;
+    m
+}
+
+/// Server: the response carrying `{server_public_key, public_key,
+/// private_key}`. The caller has already stored `pair.public_key`.
+pub fn respond(request: &Message, server_public_key: &str, pair: &KeyPair) -> Message {
+    let mut response = request.response();
+    response.body.push(BodyPart::Json(json!({
+        "server_public_key": server_public_key,
+        "public_key": pair.public_key,
+        "private_key": pair.private_key,
+    })));
+    response
+}
+
+/// Admin: the credentials, as YAML ready for a client's `client_keys.yml`.
+pub fn credentials_yaml(response: &Message) -> Result<String, DecodeError> {
+    let bad = |reason: String| DecodeError::Body { message_type: TYPE.into(), reason };
+    let body = response.body.first().and_then(BodyPart::as_json).ok_or_else(|| bad("no credentials".into()))?;
+    let file: ClientKeysFile = serde_json::from_value(body.clone()).map_err(|e| bad(e.to_string()))?;
+    if file.server_public_key.is_none() || file.public_key.is_none() || file.private_key.is_none() {
+        return Err(bad("incomplete credentials".into()));
+    }
+    Ok(client_keys_yaml(&file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_as_yaml() {
+        let server = KeyPair::generate().unwrap();
+        let pair = KeyPair::generate().unwrap();
+        let resp = respond(&request(), &server.public_key, &pair);
+        let yaml = credentials_yaml(&Message::from_frames(&resp.to_frames()).unwrap()).unwrap();
+        let back: ClientKeysFile = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(back.server_public_key.as_deref(), Some(server.public_key.as_str()));
+        assert_eq!(back.private_key.as_deref(), Some(pair.private_key.as_str()));
+    }
+}

@@ -1,0 +1,153 @@
+//! `status`: the server lists the checked-in clients that match a filter:
+//! when each last checked in, identity, application, environment, roles.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::DecodeError;
+use crate::filter::ClientFilter;
+use crate::message::{BodyPart, Message};
+
+pub const TYPE: &str = "Status";
+
+/// Admin: the body is the filter `{application, environment, roles,
+/// identity}`; nulls and `[]` mean any.
+pub fn request(filter: &ClientFilter) -> Message {
+    let mut m = Message::new(TYPE);
+    m.metadata.requires_response = true;
+    m.body.push(BodyPart::Json(serde_json::to_value(filter).unwrap_or(Value::Null)));
+    m
+}
+
+/// One line of the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    pub identity: String,
+    pub application: Option<String>,
+    pub environment: Option<String>,
+    pub roles: Vec<String>,
+    /// RFC 3339, UTC.
+    pub last_checked_in: String,
+}
+
+/// Server: read the filter (an absent body selects everyone).
+pub fn parse(request: &Message) -> Result<ClientFilter, DecodeError> {
+    match request.body.first() {
+        None => Ok(ClientFilter::default()),
+        Some(BodyPart::Json(v)) => serde_json::from_value(v.clone())
+            .map_err(|e| DecodeError::Body { message_type: TYPE.into(), reason: e.to_string() }),
+        Some(_) => Err(DecodeError::Body { message_type: TYPE.into(), reason: "filter is not a JSON object".into() }),
+    }
+}
+
+/// Server: the response, one body part per matching client.
+pub fn respond<'a>(request: &Message, clients: impl Iterator<Item = (&'a ClientFilter, SystemTime)>) -> Message {
+    let mut response = request.response();
+    response.metadata.custom.insert("client_response_list".into(), Value::Bool(false));
+    for (client, checked_in) in clients {
+        let line = ClientStatus {
+            identity: client.identity.clone().unwrap_or_default(),
+            application: client.application.clone(),
+            environment: client.environment.clone(),
+            roles: client.roles.clone(),
+            last_checked_in: humantime::format_rfc3339_seconds(checked_in).to_string(),
+        };
+        response.body.push(BodyPart::Json(serde_json::to_value(line).unwrap_or(Value::Null)));
+    }
+    response
+}
+
+/// Admin: the clients in the response, sorted by identity. Parts that do not
+/// read as a client are skipped.
+pub fn clients(response: &Message) -> Vec<ClientStatus> {
+    let mut list: Vec<ClientStatus> = response
+        .body
+        .iter()
+        .filter_map(BodyPart::as_json)
+        .filter_map(|v| serde_json::from_value(v.clone()).ok())
+        .collect();
+    list.sort_by(|a, b| a.identity.cmp(&b.identity));
+    list
+}
+
+/// Admin: a table, or "no clients checked in".
+pub fn format_table(clients: &[ClientStatus], now: SystemTime) -> String {
+    if clients.is_empty() {
+        return "no clients checked in\n".into();
+    }
+    let rows: Vec<[String; 5]> = clients
+        .iter()
+        .map(|c| {
+            [
+                ago(&c.last_checked_in, now),
+                c.identity.clone(),
+                c.application.clone().unwrap_or_else(|| "-".into()),
+                c.environment.clone().unwrap_or_else(|| "-".into()),
+                if c.roles.is_empty() { "-".into() } else { c.roles.join(",") },
+            ]
+        })
+        .collect();
+    let header = ["LAST CHECK-IN", "IDENTITY", "APPLICATION", "ENVIRONMENT", "ROLES"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// "12 seconds ago", from an RFC 3339 time.
+pub fn ago(rfc3339: &str, now: SystemTime) -> String {
+    let Ok(then) = humantime::parse_rfc3339_weak(rfc3339) else {
+        return rfc3339.to_owned();
+    };
+    let secs = now.duration_since(then).map(|d| d.as_secs()).unwrap_or(0);
+    let (n, unit) = match secs {
+        0..=59 => (secs, "second"),
+        60..=3599 => (secs / 60, "minute"),
+        3600..=86_399 => (secs / 3600, "hour"),
+        _ => (secs / 86_400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn respond_and_read_back() {
+        let req = request(&ClientFilter { application: Some("pantry".into()), ..Default::default() });
+        let back = Message::from_frames(&req.to_frames()).unwrap();
+        let filter = parse(&back).unwrap();
+        assert_eq!(filter.application.as_deref(), Some("pantry"));
+        let c = ClientFilter { identity: Some("h1".into()), application: Some("pantry".into()), ..Default::default() };
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let resp = respond(&back, [(&c, t)].into_iter());
+        let list = clients(&resp);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].last_checked_in, "2023-11-14T22:13:20Z");
+        let table = format_table(&list, t + Duration::from_secs(12));
+        assert!(table.contains("12 seconds ago") && table.contains("h1"), "{table}");
+    }
+
+    #[test]
+    fn empty_and_relative_times() {
+        assert_eq!(format_table(&[], SystemTime::now()), "no clients checked in\n");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let s = humantime::format_rfc3339_seconds(t).to_string();
+        assert_eq!(ago(&s, t + Duration::from_secs(1)), "1 second ago");
+        assert_eq!(ago(&s, t + Duration::from_secs(120)), "2 minutes ago");
+        assert_eq!(ago(&s, t + Duration::from_secs(7200)), "2 hours ago");
+    }
+}

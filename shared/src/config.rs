@@ -1,0 +1,335 @@
+//! Configuration files (`server.yml`, `client.yml`, SPEC §5).
+//!
+//! Every key is checked: a misspelled key, a wrong type or an unknown value
+//! stops startup with an error that names the key and the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::filter::ClientFilter;
+
+pub const DEFAULT_PUB_SUB_PORT: u16 = 23001;
+pub const DEFAULT_RECEIVE_PORT: u16 = 23002;
+pub const DEFAULT_FILE_SERVICE_PORT: u16 = 23003;
+pub const DEFAULT_HEARTBEAT_INTERVAL: u64 = 300;
+
+/// Which program reads the config: it decides the default `root_dir`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    Server,
+    Client,
+}
+
+impl Program {
+    fn state_dir_name(self) -> &'static str {
+        match self {
+            Program::Server => "server",
+            Program::Client => "client",
+        }
+    }
+}
+
+/// The whole file. `client` is read only by the agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_log_to")]
+    pub log_to: String,
+    #[serde(default)]
+    pub log_level: LogLevel,
+    #[serde(default = "default_program_name")]
+    pub syslog_program_name: String,
+    /// Where all persistent state lives; `None` until [`Config::finish`].
+    #[serde(default)]
+    pub root_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub networking: Networking,
+    #[serde(default)]
+    pub client: ClientSection,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Fatal,
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecurityMode {
+    Curve,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Networking {
+    #[serde(default = "default_host")]
+    pub server_host: String,
+    #[serde(default = "default_pub_sub_port")]
+    pub pub_sub_port: u16,
+    #[serde(default = "default_receive_port")]
+    pub receive_port: u16,
+    #[serde(default = "default_file_service_port")]
+    pub file_service_port: u16,
+    /// `None` (absent or null) is no security.
+    #[serde(default)]
+    pub security: Option<SecurityMode>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    pub identity: Option<String>,
+    pub application: Option<String>,
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: u64,
+}
+
+fn default_log_to() -> String {
+    "stdout".into()
+}
+fn default_program_name() -> String {
+    "pantry".into()
+}
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_pub_sub_port() -> u16 {
+    DEFAULT_PUB_SUB_PORT
+}
+fn default_receive_port() -> u16 {
+    DEFAULT_RECEIVE_PORT
+}
+fn default_file_service_port() -> u16 {
+    DEFAULT_FILE_SERVICE_PORT
+}
+fn default_heartbeat() -> u64 {
+    DEFAULT_HEARTBEAT_INTERVAL
+}
+
+impl Default for ClientSection {
+    fn default() -> Self {
+        ClientSection {
+            identity: None,
+            application: None,
+            environment: None,
+            roles: Vec::new(),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+        }
+    }
+}
+
+impl Default for Networking {
+    fn default() -> Self {
+        Networking {
+            server_host: default_host(),
+            pub_sub_port: DEFAULT_PUB_SUB_PORT,
+            receive_port: DEFAULT_RECEIVE_PORT,
+            file_service_port: DEFAULT_FILE_SERVICE_PORT,
+            security: None,
+        }
+    }
+}
+
+impl Networking {
+    /// `tcp://host:port` for one of the ports.
+    pub fn endpoint(&self, port: u16) -> String {
+        format!("tcp://{}:{}", self.server_host, port)
+    }
+
+    pub fn is_curve(&self) -> bool {
+        self.security == Some(SecurityMode::Curve)
+    }
+
+    pub fn security_name(&self) -> &'static str {
+        if self.is_curve() {
+            "curve"
+        } else {
+            "null"
+        }
+    }
+}
+
+impl Config {
+    /// Built-in defaults, with `root_dir` in the user's data directory.
+    pub fn defaults(program: Program) -> Config {
+        Config {
+            log_to: default_log_to(),
+            log_level: LogLevel::default(),
+            syslog_program_name: default_program_name(),
+            root_dir: None,
+            networking: Networking::default(),
+            client: ClientSection::default(),
+        }
+        .finish(program)
+    }
+
+    /// Read and check `path`; missing values get their defaults.
+    pub fn load(path: &Path, program: Program) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path, program)
+    }
+
+    /// Check YAML text that came from `path` (named in errors).
+    pub fn parse(text: &str, path: &Path, program: Program) -> Result<Config, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid { path: path.to_owned(), reason };
+        // An empty file is a valid config with every default.
+        let config: Config =
+            if text.trim().is_empty() { serde_yaml::from_str("{}") } else { serde_yaml::from_str(text) }
+                .map_err(|e| invalid(e.to_string()))?;
+        config.check().map_err(invalid)?;
+        Ok(config.finish(program))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let filter = self.client_filter_unchecked();
+        filter.validate().map_err(|e| format!("client: {e}"))?;
+        if self.client.heartbeat_interval == 0 {
+            return Err("client.heartbeat_interval: must be at least 1 second".into());
+        }
+        if self.networking.server_host.trim().is_empty() {
+            return Err("networking.server_host: may not be empty".into());
+        }
+        if self.log_to.trim().is_empty() {
+            return Err("log_to: may not be empty (stdout, syslog or a file path)".into());
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, program: Program) -> Config {
+        if self.root_dir.is_none() {
+            self.root_dir = Some(default_root_dir(program));
+        }
+        if self.client.identity.is_none() {
+            self.client.identity = Some(hostname());
+        }
+        self
+    }
+
+    pub fn root_dir(&self) -> &Path {
+        // `finish` always sets it; the fallback only keeps this total.
+        self.root_dir.as_deref().unwrap_or(Path::new("."))
+    }
+
+    /// The agent's identity, application, environment and roles.
+    pub fn client_filter(&self) -> ClientFilter {
+        self.client_filter_unchecked()
+    }
+
+    fn client_filter_unchecked(&self) -> ClientFilter {
+        ClientFilter {
+            identity: self.client.identity.clone(),
+            application: self.client.application.clone(),
+            environment: self.client.environment.clone(),
+            roles: self.client.roles.clone(),
+        }
+    }
+}
+
+/// The data directory of a non-root user (`~/.local/share/pantry/server`),
+/// or `./.pantry-state/server` when there is no home directory.
+pub fn default_root_dir(program: Program) -> PathBuf {
+    directories::ProjectDirs::from("", "", "pantry")
+        .map(|dirs| dirs.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from(".pantry-state"))
+        .join(program.state_dir_name())
+}
+
+/// This machine's short host name (up to the first dot: a dot would split
+/// the identity into stream parts), the agent's default identity.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match (rc, std::str::from_utf8(&buf[..end])) {
+        (0, Ok(name)) if !name.is_empty() && !name.starts_with('.') => {
+            name.split('.').next().unwrap_or(name).to_owned()
+        }
+        _ => "localhost".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/pantry/server.yml"), Program::Server)
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = parse(
+            "log_to: /tmp/x.log\nlog_level: debug\nsyslog_program_name: p\nroot_dir: /srv/p\n\
+             networking:\n  server_host: 0.0.0.0\n  pub_sub_port: 1\n  receive_port: 2\n  file_service_port: 3\n  security: curve\n\
+             client:\n  identity: h\n  application: a\n  environment: e\n  roles: [r1, r2]\n  heartbeat_interval: 7\n",
+        )
+        .expect("valid");
+        assert_eq!(c.log_to, "/tmp/x.log");
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.root_dir(), Path::new("/srv/p"));
+        assert_eq!(c.networking.endpoint(c.networking.receive_port), "tcp://0.0.0.0:2");
+        assert!(c.networking.is_curve());
+        assert_eq!(c.client.heartbeat_interval, 7);
+        assert_eq!(c.client_filter().streams(), ["h", "a", "a.e", "a.e.r1", "a.e.r2"]);
+    }
+
+    #[test]
+    fn defaults_fill_the_rest() {
+        let c = parse("").expect("empty is valid");
+        assert_eq!(c.networking.pub_sub_port, 23001);
+        assert_eq!(c.networking.receive_port, 23002);
+        assert_eq!(c.networking.file_service_port, 23003);
+        assert_eq!(c.networking.security, None);
+        assert_eq!(c.client.heartbeat_interval, 300);
+        assert!(c.root_dir().ends_with("server"));
+        let c = parse("networking:\n  security: null\n").expect("null is valid");
+        assert!(!c.networking.is_curve());
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).expect_err("must be rejected").to_string()
+    }
+
+    #[test]
+    fn misspelled_key_names_key_and_file() {
+        let e = error_of("networking:\n  pub_sub_prot: 1\n");
+        assert!(e.contains("pub_sub_prot") && e.contains("/etc/pantry/server.yml"), "{e}");
+        let e = error_of("log_lvl: info\n");
+        assert!(e.contains("log_lvl"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let e = error_of("networking:\n  receive_port: many\n");
+        assert!(e.contains("receive_port"), "{e}");
+        let e = error_of("client:\n  roles: 5\n");
+        assert!(e.contains("roles"), "{e}");
+    }
+
+    #[test]
+    fn unknown_security_names_the_key() {
+        let e = error_of("networking:\n  security: curvy\n");
+        assert!(e.contains("security") && e.contains("curvy"), "{e}");
+    }
+
+    #[test]
+    fn bad_names_are_rejected() {
+        assert!(error_of("client:\n  roles: ['*all']\n").contains("role"));
+        assert!(error_of("client:\n  application: a.b\n").contains("application"));
+        assert!(error_of("client:\n  heartbeat_interval: 0\n").contains("heartbeat_interval"));
+    }
+}

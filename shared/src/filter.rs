@@ -1,0 +1,233 @@
+//! Targeting: which clients a stream or a filter selects (SPEC §4).
+//!
+//! A client subscribes to its identity, `app`, `app.env` and `app.env.role`
+//! for each role, plus [`BROADCAST_TOPIC`]. A message reaches it when its
+//! stream is exactly one of those; SUB matching is only a prefix match, so
+//! the client checks again with [`ClientFilter::accepts_stream`].
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The PUB topic of messages for every client (stream `""`). No identity,
+/// application, environment or role may start with it.
+pub const BROADCAST_TOPIC: &str = "*";
+
+/// Who a client is (when it registers) or whom a request selects (status).
+/// `None` and an empty role list mean "any".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFilter {
+    #[serde(default, deserialize_with = "absent_if_false")]
+    pub application: Option<String>,
+    #[serde(default, deserialize_with = "absent_if_false")]
+    pub environment: Option<String>,
+    #[serde(default, deserialize_with = "roles_or_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, deserialize_with = "absent_if_false")]
+    pub identity: Option<String>,
+}
+
+/// The original Ruby Pantry sends `false` where a filter field is absent.
+fn absent_if_false<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Field {
+        Text(String),
+        Flag(bool),
+        Null(()),
+    }
+    match Field::deserialize(d)? {
+        Field::Text(s) if !s.is_empty() => Ok(Some(s)),
+        Field::Text(_) | Field::Null(()) | Field::Flag(false) => Ok(None),
+        Field::Flag(true) => Err(serde::de::Error::custom("expected a string, null or false")),
+    }
+}
+
+fn roles_or_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+}
+
+impl ClientFilter {
+    /// Every stream a client with this description listens to, in the order
+    /// of SPEC §4 (identity first), without the broadcast topic.
+    pub fn streams(&self) -> Vec<String> {
+        let mut list = Vec::new();
+        if let Some(identity) = &self.identity {
+            list.push(identity.clone());
+        }
+        if let Some(app) = &self.application {
+            list.push(app.clone());
+            if let Some(env) = &self.environment {
+                let base = format!("{app}.{env}");
+                list.push(base.clone());
+                list.extend(self.roles.iter().map(|role| format!("{base}.{role}")));
+            }
+        }
+        list
+    }
+
+    /// Whether a message sent to `stream` is meant for this client.
+    pub fn accepts_stream(&self, stream: &str) -> bool {
+        if stream.is_empty() || stream == BROADCAST_TOPIC {
+            return true;
+        }
+        let mut parts = stream.splitn(3, '.');
+        let first = parts.next().unwrap_or_default();
+        match (parts.next(), parts.next()) {
+            (None, None) => self.identity.as_deref() == Some(first) || self.application.as_deref() == Some(first),
+            (Some(env), None) => self.application.as_deref() == Some(first) && self.environment.as_deref() == Some(env),
+            (Some(env), Some(role)) => {
+                self.application.as_deref() == Some(first)
+                    && self.environment.as_deref() == Some(env)
+                    && self.roles.iter().any(|r| r == role)
+            }
+            (None, Some(_)) => false,
+        }
+    }
+
+    /// The one stream a request with this filter is sent to: the most
+    /// specific of `app`, `app.env`, `app.env.role`. A role or environment
+    /// needs everything above it, and only one role can be a stream.
+    pub fn target_stream(&self) -> Result<String, String> {
+        if let Some(identity) = &self.identity {
+            return Ok(identity.clone());
+        }
+        let mut parts: Vec<&str> = Vec::new();
+        match (&self.application, &self.environment) {
+            (Some(app), env) => {
+                parts.push(app);
+                if let Some(env) = env {
+                    parts.push(env);
+                }
+            }
+            (None, Some(_)) => return Err("targeting an environment needs --application too".into()),
+            (None, None) => {}
+        }
+        match self.roles.as_slice() {
+            [] => {}
+            [role] if parts.len() == 2 => parts.push(role),
+            [_] => return Err("targeting a role needs --application and --environment too".into()),
+            _ => return Err("a command sent to clients can target one role only; `status` accepts several".into()),
+        }
+        Ok(parts.join("."))
+    }
+
+    /// Whether a client described by `client` is selected by this filter
+    /// (status): every given field must match; with roles, any one of them.
+    pub fn selects(&self, client: &ClientFilter) -> bool {
+        let field = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
+        field(&self.identity, &client.identity)
+            && field(&self.application, &client.application)
+            && field(&self.environment, &client.environment)
+            && (self.roles.is_empty() || self.roles.iter().any(|r| client.roles.contains(r)))
+    }
+
+    /// Why a name cannot be used as an identity, application, environment or
+    /// role, if it cannot.
+    pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
+        if name.is_empty() {
+            return Err(format!("{kind} may not be empty"));
+        }
+        if name.starts_with(BROADCAST_TOPIC) {
+            return Err(format!("{kind} `{name}` may not start with `{BROADCAST_TOPIC}`"));
+        }
+        if name.contains('.') {
+            return Err(format!("{kind} `{name}` may not contain `.`"));
+        }
+        Ok(())
+    }
+
+    /// Checks every name in the filter with [`ClientFilter::check_name`].
+    pub fn validate(&self) -> Result<(), String> {
+        let named =
+            [("identity", &self.identity), ("application", &self.application), ("environment", &self.environment)];
+        for (kind, value) in named {
+            if let Some(v) = value {
+                Self::check_name(kind, v)?;
+            }
+        }
+        self.roles.iter().try_for_each(|r| Self::check_name("role", r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host1() -> ClientFilter {
+        ClientFilter {
+            identity: Some("host-1".into()),
+            application: Some("pantry".into()),
+            environment: Some("test".into()),
+            roles: vec!["web".into(), "db".into()],
+        }
+    }
+
+    #[test]
+    fn streams_per_spec() {
+        assert_eq!(host1().streams(), ["host-1", "pantry", "pantry.test", "pantry.test.web", "pantry.test.db"]);
+    }
+
+    #[test]
+    fn accepts_exact_streams_only() {
+        let c = host1();
+        for s in ["", "*", "host-1", "pantry", "pantry.test", "pantry.test.web", "pantry.test.db"] {
+            assert!(c.accepts_stream(s), "{s}");
+        }
+        for s in ["host-10", "pantry.prod", "pantry.test.app", "pantryx", "pantry.test.web.x", "other"] {
+            assert!(!c.accepts_stream(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn target_stream_is_the_most_specific() {
+        let mut f = ClientFilter::default();
+        assert_eq!(f.target_stream().unwrap(), "");
+        f.application = Some("pantry".into());
+        assert_eq!(f.target_stream().unwrap(), "pantry");
+        f.environment = Some("test".into());
+        assert_eq!(f.target_stream().unwrap(), "pantry.test");
+        f.roles = vec!["web".into()];
+        assert_eq!(f.target_stream().unwrap(), "pantry.test.web");
+        f.roles.push("db".into());
+        assert!(f.target_stream().is_err());
+        let env_only = ClientFilter { environment: Some("test".into()), ..Default::default() };
+        assert!(env_only.target_stream().is_err());
+        let role_only = ClientFilter { roles: vec!["web".into()], ..Default::default() };
+        assert!(role_only.target_stream().is_err());
+    }
+
+    #[test]
+    fn selects_by_every_given_field() {
+        let c = host1();
+        assert!(ClientFilter::default().selects(&c));
+        let by = |a: Option<&str>, e: Option<&str>, r: &[&str]| ClientFilter {
+            application: a.map(Into::into),
+            environment: e.map(Into::into),
+            roles: r.iter().map(|s| s.to_string()).collect(),
+            identity: None,
+        };
+        assert!(by(Some("pantry"), None, &[]).selects(&c));
+        assert!(by(Some("pantry"), Some("test"), &["db"]).selects(&c));
+        assert!(by(None, None, &["web", "cache"]).selects(&c));
+        assert!(!by(Some("pantry"), Some("prod"), &[]).selects(&c));
+        assert!(!by(None, None, &["cache"]).selects(&c));
+    }
+
+    #[test]
+    fn original_false_means_absent() {
+        let f: ClientFilter =
+            serde_json::from_str(r#"{"application":false,"environment":false,"roles":[],"identity":null}"#).unwrap();
+        assert_eq!(f, ClientFilter::default());
+        let f: ClientFilter = serde_json::from_str(r#"{"application":"a","roles":null}"#).unwrap();
+        assert_eq!(f.application.as_deref(), Some("a"));
+        assert!(serde_json::from_str::<ClientFilter>(r#"{"application":true}"#).is_err());
+        assert!(serde_json::from_str::<ClientFilter>(r#"{"roles":"web"}"#).is_err());
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(ClientFilter::check_name("role", "web").is_ok());
+        assert!(ClientFilter::check_name("role", "*web").is_err());
+        assert!(ClientFilter::check_name("role", "a.b").is_err());
+        assert!(ClientFilter::check_name("role", "").is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! Code shared by `pantry-server`, `pantry-client` and `pantry-admin`: the
+//! wire format, configuration, targeting, CURVE key stores, socket security,
+//! logging and the commands.
+
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod filter;
+pub mod keys;
+pub mod logging;
+pub mod message;
+pub mod monitor;
+pub mod security;
+
+pub use error::{ConfigError, DecodeError, KeyStoreError};
+pub use message::{BodyPart, Message, Metadata};
+
+/// Version of all three programs.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

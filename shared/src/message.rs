@@ -1,0 +1,348 @@
+//! Pantry's wire format: one message is a multipart ZeroMQ message of
+//! `[stream, metadata JSON, body parts...]` (SPEC §3).
+//!
+//! Structured body parts (objects and arrays) travel as `⁂` followed by JSON;
+//! every other part is a plain string or raw bytes. This is the format of the
+//! original Ruby Pantry, so its agents and ours read each other.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::DecodeError;
+
+/// Prefix that marks a body part as JSON (U+2042, three bytes in UTF-8).
+pub const JSON_MARKER: &str = "\u{2042}";
+
+/// The routing header of every message: who it is from, for whom, and how
+/// it should be handled. Field order matches the original on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    pub uuid: String,
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub from: String,
+    pub to: String,
+    pub requires_response: bool,
+    pub forwarded: bool,
+    pub custom: Map<String, Value>,
+}
+
+/// One part of a message body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyPart {
+    /// An object or array, sent as `⁂` + JSON.
+    Json(Value),
+    /// A UTF-8 string, sent as is.
+    Text(String),
+    /// Bytes that are not UTF-8, sent as is.
+    Bytes(Vec<u8>),
+}
+
+impl BodyPart {
+    /// The part as text, if it is a plain string.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            BodyPart::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The part as JSON, if it is structured.
+    pub fn as_json(&self) -> Option<&Value> {
+        match self {
+            BodyPart::Json(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            BodyPart::Json(v) => {
+                let mut out = JSON_MARKER.as_bytes().to_vec();
+                // Serializing a Value cannot fail: its keys are always strings.
+                out.extend(serde_json::to_vec(v).unwrap_or_default());
+                out
+            }
+            BodyPart::Text(s) => s.as_bytes().to_vec(),
+            BodyPart::Bytes(b) => b.clone(),
+        }
+    }
+
+    fn decode(index: usize, frame: &[u8]) -> Result<BodyPart, DecodeError> {
+        let marker = JSON_MARKER.as_bytes();
+        if let Some(json) = frame.strip_prefix(marker) {
+            let value: Value =
+                serde_json::from_slice(json).map_err(|e| DecodeError::BodyJson { index, reason: e.to_string() })?;
+            return Ok(BodyPart::Json(value));
+        }
+        Ok(match std::str::from_utf8(frame) {
+            Ok(s) => BodyPart::Text(s.to_owned()),
+            Err(_) => BodyPart::Bytes(frame.to_vec()),
+        })
+    }
+}
+
+impl From<&str> for BodyPart {
+    fn from(s: &str) -> Self {
+        BodyPart::Text(s.to_owned())
+    }
+}
+
+impl From<String> for BodyPart {
+    fn from(s: String) -> Self {
+        BodyPart::Text(s)
+    }
+}
+
+impl From<Value> for BodyPart {
+    fn from(v: Value) -> Self {
+        match v {
+            Value::String(s) => BodyPart::Text(s),
+            other => BodyPart::Json(other),
+        }
+    }
+}
+
+/// A whole Pantry message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// Destination: a client identity, a filter stream (`app.env.role`) or
+    /// `""` for everyone.
+    pub stream: String,
+    pub metadata: Metadata,
+    pub body: Vec<BodyPart>,
+}
+
+impl Message {
+    /// A new request of `message_type` with a fresh uuid.
+    pub fn new(message_type: &str) -> Message {
+        Message {
+            stream: String::new(),
+            metadata: Metadata {
+                uuid: uuid::Uuid::new_v4().to_string(),
+                message_type: message_type.to_owned(),
+                from: String::new(),
+                to: String::new(),
+                requires_response: false,
+                forwarded: false,
+                custom: Map::new(),
+            },
+            body: Vec::new(),
+        }
+    }
+
+    pub fn uuid(&self) -> &str {
+        &self.metadata.uuid
+    }
+
+    pub fn message_type(&self) -> &str {
+        &self.metadata.message_type
+    }
+
+    /// The response to this message: same uuid, type and custom, `from` and
+    /// `to` swapped, sent to the requester's stream, no response required.
+    pub fn response(&self) -> Message {
+        let mut metadata = self.metadata.clone();
+        std::mem::swap(&mut metadata.from, &mut metadata.to);
+        metadata.requires_response = false;
+        metadata.forwarded = false;
+        Message { stream: self.metadata.from.clone(), metadata, body: Vec::new() }
+    }
+
+    /// `custom.error`, set by whoever could not carry out the request.
+    pub fn error(&self) -> Option<&str> {
+        self.metadata.custom.get("error").and_then(Value::as_str)
+    }
+
+    pub fn set_error(&mut self, text: impl Into<String>) {
+        self.metadata.custom.insert("error".into(), Value::String(text.into()));
+    }
+
+    /// Whether this is the server's list of the clients that will answer a
+    /// forwarded request.
+    pub fn is_client_response_list(&self) -> bool {
+        self.metadata.custom.get("client_response_list") == Some(&Value::Bool(true))
+    }
+
+    /// The frames to send (without any ROUTER routing id).
+    pub fn to_frames(&self) -> Vec<Vec<u8>> {
+        let mut frames = Vec::with_capacity(2 + self.body.len());
+        frames.push(self.stream.as_bytes().to_vec());
+        // Metadata holds only strings, bools and a JSON map: it always serializes.
+        frames.push(serde_json::to_vec(&self.metadata).unwrap_or_default());
+        frames.extend(self.body.iter().map(BodyPart::encode));
+        frames
+    }
+
+    /// Parse the frames of one message (without any ROUTER routing id).
+    pub fn from_frames<F: AsRef<[u8]>>(frames: &[F]) -> Result<Message, DecodeError> {
+        if frames.len() < 2 {
+            return Err(DecodeError::TooFewFrames(frames.len()));
+        }
+        let stream = std::str::from_utf8(frames[0].as_ref()).map_err(|_| DecodeError::StreamNotUtf8)?.to_owned();
+        let raw: Value =
+            serde_json::from_slice(frames[1].as_ref()).map_err(|e| DecodeError::MetadataJson(e.to_string()))?;
+        if !raw.is_object() {
+            return Err(DecodeError::MetadataNotObject);
+        }
+        let metadata: Metadata = serde_json::from_value(raw).map_err(|e| DecodeError::MetadataFields(e.to_string()))?;
+        let body = frames[2..]
+            .iter()
+            .enumerate()
+            .map(|(i, f)| BodyPart::decode(i, f.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Message { stream, metadata, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Message {
+        let mut m = Message::new("Echo");
+        m.stream = "pantry.test.web".into();
+        m.metadata.from = "admin".into();
+        m.metadata.to = "pantry.test.web".into();
+        m.metadata.requires_response = true;
+        m.metadata.forwarded = true;
+        m.metadata.custom.insert("k".into(), json!({"n": 1}));
+        m.body = vec![
+            BodyPart::Text("hello ⁂ world".into()),
+            BodyPart::Json(json!({"a": [1, 2], "b": null})),
+            BodyPart::Json(json!([1, "x"])),
+            BodyPart::Bytes(vec![0xff, 0x00, 0xfe]),
+            BodyPart::Text(String::new()),
+        ];
+        m
+    }
+
+    #[test]
+    fn round_trip_of_every_field() {
+        let m = sample();
+        let back = Message::from_frames(&m.to_frames()).expect("decodes");
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn structured_parts_carry_the_marker() {
+        let frames = sample().to_frames();
+        assert!(frames[3].starts_with("⁂".as_bytes()));
+        assert_eq!(&frames[3][3..], br#"{"a":[1,2],"b":null}"#);
+        assert_eq!(frames[2], "hello ⁂ world".as_bytes());
+    }
+
+    #[test]
+    fn metadata_keeps_the_original_field_order() {
+        let frames = Message::new("Status").to_frames();
+        let text = String::from_utf8(frames[1].clone()).unwrap();
+        let order: Vec<usize> = ["uuid", "type", "from", "to", "requires_response", "forwarded", "custom"]
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\"")).expect("field present"))
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+    }
+
+    #[test]
+    fn response_swaps_from_and_to_and_keeps_the_rest() {
+        let m = sample();
+        let r = m.response();
+        assert_eq!(r.uuid(), m.uuid());
+        assert_eq!(r.message_type(), "Echo");
+        assert_eq!(r.metadata.from, m.metadata.to);
+        assert_eq!(r.metadata.to, m.metadata.from);
+        assert_eq!(r.stream, "admin");
+        assert!(!r.metadata.requires_response);
+        assert_eq!(r.metadata.custom, m.metadata.custom);
+    }
+
+    fn meta(fields: &str) -> Vec<u8> {
+        fields.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn too_few_frames() {
+        assert_eq!(Message::from_frames::<Vec<u8>>(&[]), Err(DecodeError::TooFewFrames(0)));
+        assert_eq!(Message::from_frames(&[b"x".to_vec()]), Err(DecodeError::TooFewFrames(1)));
+    }
+
+    #[test]
+    fn metadata_not_json() {
+        let r = Message::from_frames(&[b"".to_vec(), meta("{not json")]);
+        assert!(matches!(r, Err(DecodeError::MetadataJson(_))), "{r:?}");
+    }
+
+    #[test]
+    fn metadata_not_an_object() {
+        for bad in ["[1,2]", "\"text\"", "42", "null"] {
+            let r = Message::from_frames(&[b"".to_vec(), meta(bad)]);
+            assert_eq!(r, Err(DecodeError::MetadataNotObject), "{bad}");
+        }
+    }
+
+    #[test]
+    fn wrong_field_types() {
+        let good = serde_json::to_value(&Message::new("Echo").metadata).unwrap();
+        for (field, bad) in [
+            ("uuid", json!(7)),
+            ("type", json!(null)),
+            ("from", json!([])),
+            ("to", json!({})),
+            ("requires_response", json!("yes")),
+            ("forwarded", json!(1)),
+            ("custom", json!("x")),
+        ] {
+            let mut v = good.clone();
+            v[field] = bad;
+            let r = Message::from_frames(&[b"".to_vec(), serde_json::to_vec(&v).unwrap()]);
+            assert!(matches!(r, Err(DecodeError::MetadataFields(_))), "{field}: {r:?}");
+        }
+        let mut missing = good.clone();
+        missing.as_object_mut().unwrap().remove("uuid");
+        let r = Message::from_frames(&[b"".to_vec(), serde_json::to_vec(&missing).unwrap()]);
+        assert!(matches!(r, Err(DecodeError::MetadataFields(_))), "{r:?}");
+    }
+
+    #[test]
+    fn invalid_utf8_where_text_is_required() {
+        let good = Message::new("Echo").to_frames();
+        let r = Message::from_frames(&[vec![0xff, 0xfe], good[1].clone()]);
+        assert_eq!(r, Err(DecodeError::StreamNotUtf8));
+        let r = Message::from_frames(&[b"".to_vec(), vec![b'{', 0xff, b'}']]);
+        assert!(matches!(r, Err(DecodeError::MetadataJson(_))), "{r:?}");
+        let mut bad_body = "⁂".as_bytes().to_vec();
+        bad_body.extend([b'"', 0xff, b'"']);
+        let r = Message::from_frames(&[b"".to_vec(), good[1].clone(), bad_body]);
+        assert!(matches!(r, Err(DecodeError::BodyJson { index: 0, .. })), "{r:?}");
+    }
+
+    #[test]
+    fn bad_json_after_the_marker() {
+        let good = Message::new("Echo").to_frames();
+        let r = Message::from_frames(&[b"".to_vec(), good[1].clone(), b"ok".to_vec(), "⁂{".as_bytes().to_vec()]);
+        assert!(matches!(r, Err(DecodeError::BodyJson { index: 1, .. })), "{r:?}");
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A small deterministic generator: bounded, no extra crates.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let good = Message::new("Echo").to_frames();
+        for _ in 0..2000 {
+            let n = (next() % 5) as usize;
+            let mut frames: Vec<Vec<u8>> =
+                (0..n).map(|_| (0..(next() % 12)).map(|_| (next() & 0xff) as u8).collect()).collect();
+            if n >= 2 && next() % 2 == 0 {
+                frames[1] = good[1].clone();
+            }
+            let _ = Message::from_frames(&frames);
+        }
+    }
+}
