@@ -1,1 +1,359 @@
-//! Helpers for the integration tests.
+//! Helpers for the integration tests: start the real `pantry-server`,
+//! `pantry-client` and `pantry-admin` binaries on loopback with free ports
+//! and temporary state directories, and read what they log.
+//!
+//! Every wait is bounded in time; every child process is killed on drop.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Path of one of the workspace's binaries, next to the test executable
+/// (`target/<profile>/deps/..`). `cargo test --workspace` builds them first.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile> directory");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built: run `cargo build --workspace` first", path.display());
+    path
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The three ports of one server.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub pub_sub: u16,
+    pub receive: u16,
+    pub file_service: u16,
+}
+
+impl Ports {
+    pub fn free() -> Ports {
+        Ports { pub_sub: free_port(), receive: free_port(), file_service: free_port() }
+    }
+
+    /// The `networking:` section for a config file.
+    pub fn networking_yaml(&self, curve: bool) -> String {
+        format!(
+            "networking:\n  server_host: 127.0.0.1\n  pub_sub_port: {}\n  receive_port: {}\n  file_service_port: {}\n{}",
+            self.pub_sub,
+            self.receive,
+            self.file_service,
+            if curve { "  security: curve\n" } else { "" }
+        )
+    }
+
+    /// Global options that point `pantry-admin` at these ports.
+    pub fn admin_args(&self) -> Vec<String> {
+        vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--pub-sub-port".into(),
+            self.pub_sub.to_string(),
+            "--receive-port".into(),
+            self.receive.to_string(),
+            "--file-service-port".into(),
+            self.file_service.to_string(),
+        ]
+    }
+}
+
+/// A running child process whose output goes to a log file.
+pub struct Process {
+    child: Option<Child>,
+    pub log_path: PathBuf,
+}
+
+impl Process {
+    fn spawn(program: &Path, args: &[&str], log_path: PathBuf) -> Process {
+        let log = std::fs::File::create(&log_path).expect("create log file");
+        let err = log.try_clone().expect("clone log file");
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Process { child: Some(child), log_path }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Everything the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log().contains(needle))
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Sends SIGTERM and waits (at most 5 s) for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// SIGKILL, no clean-up: a crashed process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `pantry-server` with its own root_dir and ports.
+pub struct Server {
+    pub dir: TempDir,
+    pub ports: Ports,
+    pub curve: bool,
+    pub process: Process,
+    restarts: usize,
+}
+
+impl Server {
+    /// Starts a server (log level debug) and waits until it is listening.
+    pub fn start(curve: bool) -> Server {
+        Self::start_with(curve, "")
+    }
+
+    /// Like [`Server::start`], with extra top-level YAML appended to the config.
+    pub fn start_with(curve: bool, extra_yaml: &str) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = Ports::free();
+        let config = format!(
+            "log_level: debug\nroot_dir: {}\n{}{}",
+            dir.path().join("root").display(),
+            ports.networking_yaml(curve),
+            extra_yaml
+        );
+        std::fs::write(dir.path().join("server.yml"), config).expect("write server.yml");
+        let process = Self::spawn(&dir, 0);
+        let server = Server { dir, ports, curve, process, restarts: 0 };
+        assert!(
+            server.process.wait_for_log("pantry-server started", Duration::from_secs(10)),
+            "server did not start:\n{}",
+            server.process.log()
+        );
+        server
+    }
+
+    fn spawn(dir: &TempDir, generation: usize) -> Process {
+        let config = dir.path().join("server.yml");
+        let log = dir.path().join(format!("server-{generation}.log"));
+        Process::spawn(&bin("pantry-server"), &["-c", config.to_str().expect("utf-8 path")], log)
+    }
+
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("server.yml")
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same ports
+    /// and state.
+    pub fn restart(&mut self) {
+        self.process.terminate();
+        self.restarts += 1;
+        self.process = Self::spawn(&self.dir, self.restarts);
+        assert!(
+            self.process.wait_for_log("pantry-server started", Duration::from_secs(10)),
+            "server did not restart:\n{}",
+            self.process.log()
+        );
+    }
+
+    /// The server's public key from `server_keys.yml` (CURVE only).
+    pub fn public_key(&self) -> String {
+        let path = self.root_dir().join("security/curve/server_keys.yml");
+        let text = std::fs::read_to_string(&path).expect("server_keys.yml");
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("server_keys.yml parses");
+        yaml["public_key"].as_str().expect("public_key").to_owned()
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// Runs `pantry-admin` against this server from `cwd` (where its
+    /// `.pantry/` directory is looked up).
+    pub fn admin_in(&self, cwd: &Path, args: &[&str]) -> AdminRun {
+        let mut all = self.ports.admin_args();
+        all.extend(args.iter().map(|s| s.to_string()));
+        let output = Command::new(bin("pantry-admin"))
+            .args(&all)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pantry-admin");
+        AdminRun::from(output)
+    }
+
+    /// Runs `pantry-admin` from the server's temp dir.
+    pub fn admin(&self, args: &[&str]) -> AdminRun {
+        self.admin_in(self.dir.path(), args)
+    }
+}
+
+/// The result of one `pantry-admin` run.
+#[derive(Debug)]
+pub struct AdminRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl AdminRun {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl From<Output> for AdminRun {
+    fn from(o: Output) -> Self {
+        AdminRun {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// How an agent describes itself.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSpec {
+    pub identity: String,
+    pub application: Option<String>,
+    pub environment: Option<String>,
+    pub roles: Vec<String>,
+    pub heartbeat: u64,
+    /// Contents of `client_keys.yml` (CURVE only).
+    pub client_keys_yaml: Option<String>,
+}
+
+impl AgentSpec {
+    pub fn new(identity: &str, application: &str, environment: &str, roles: &[&str]) -> AgentSpec {
+        AgentSpec {
+            identity: identity.into(),
+            application: Some(application.into()),
+            environment: Some(environment.into()),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            heartbeat: 1,
+            client_keys_yaml: None,
+        }
+    }
+}
+
+/// A `pantry-client` with its own root_dir.
+pub struct Agent {
+    pub dir: TempDir,
+    pub spec: AgentSpec,
+    pub process: Process,
+}
+
+impl Agent {
+    /// Starts an agent (log level debug) connected to `server`.
+    pub fn start(server: &Server, spec: AgentSpec) -> Agent {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("root");
+        if let Some(keys) = &spec.client_keys_yaml {
+            let curve = root.join("security/curve");
+            std::fs::create_dir_all(&curve).expect("create curve dir");
+            std::fs::write(curve.join("client_keys.yml"), keys).expect("write client_keys.yml");
+        }
+        let mut client = format!("client:\n  identity: {}\n  heartbeat_interval: {}\n", spec.identity, spec.heartbeat);
+        if let Some(a) = &spec.application {
+            client.push_str(&format!("  application: {a}\n"));
+        }
+        if let Some(e) = &spec.environment {
+            client.push_str(&format!("  environment: {e}\n"));
+        }
+        if !spec.roles.is_empty() {
+            client.push_str(&format!("  roles: [{}]\n", spec.roles.join(", ")));
+        }
+        let config =
+            format!("log_level: debug\nroot_dir: {}\n{}{}", root.display(), server.ports.networking_yaml(server.curve), client);
+        let path = dir.path().join("client.yml");
+        std::fs::write(&path, config).expect("write client.yml");
+        let process =
+            Process::spawn(&bin("pantry-client"), &["-c", path.to_str().expect("utf-8 path")], dir.path().join("client.log"));
+        Agent { dir, spec, process }
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
+
+/// Waits until `status --json` lists exactly `identities` (in any order).
+pub fn wait_for_status(server: &Server, cwd: &Path, extra: &[&str], identities: &[&str], timeout: Duration) -> bool {
+    let mut want: Vec<String> = identities.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    wait_until(timeout, || {
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(["status", "--json"]);
+        let run = server.admin_in(cwd, &args);
+        if !run.success() {
+            return false;
+        }
+        let Ok(list) = serde_json::from_str::<serde_json::Value>(&run.stdout) else { return false };
+        let mut got: Vec<String> = list
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c["identity"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        got.sort();
+        got == want
+    })
+}
