@@ -1,6 +1,6 @@
 //! What the agent tells the operator about its connection to the server:
-//! handshake failures at warn (rate-limited, libzmq retries on its own with
-//! backoff), recovery at info.
+//! handshake failures at warn (rate-limited), recovery at info; and the
+//! backoff between attempts after a failed handshake.
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,8 @@ impl HandshakeWatch {
         HandshakeWatch { server, keys, failing: false, last_warning: None, suppressed: 0, log }
     }
 
-    pub fn observe(&mut self, event: &MonitorEvent) {
+    /// Logs what `event` means. Returns true when a handshake failed.
+    pub fn observe(&mut self, event: &MonitorEvent) -> bool {
         match &event.event {
             SocketEvent::HandshakeSucceeded => {
                 if std::mem::take(&mut self.failing) {
@@ -34,11 +35,13 @@ impl HandshakeWatch {
                     info!(self.log, "connected to the server"; "server" => &self.server);
                 }
                 self.last_warning = None;
+                false
             }
             SocketEvent::HandshakeFailedAuth(status) => {
                 let key = self.keys.as_ref().map(|k| k.keys.public_key.as_str()).unwrap_or("-");
                 let text = monitor::rejected_key_text(*status, key);
                 self.warn(text);
+                true
             }
             SocketEvent::HandshakeFailedNoDetail | SocketEvent::HandshakeFailedProtocol(_) => {
                 let text = match &self.keys {
@@ -46,13 +49,15 @@ impl HandshakeWatch {
                     None => format!("handshake with {} failed (is the server using CURVE?)", self.server),
                 };
                 self.warn(text);
+                true
             }
             SocketEvent::Disconnected => {
                 if !self.failing {
                     info!(self.log, "disconnected from the server; reconnecting"; "server" => &self.server);
                 }
+                false
             }
-            _ => {}
+            _ => false,
         }
     }
 
@@ -66,5 +71,46 @@ impl HandshakeWatch {
         warn!(self.log, "{}", text; "server" => &self.server, "repeats_since_last_warning" => self.suppressed);
         self.suppressed = 0;
         self.last_warning = Some((text, Instant::now()));
+    }
+}
+
+/// Delay before the next connection attempt after a failed handshake:
+/// libzmq itself would retry about 8 times a second forever (its reconnect
+/// backoff does not apply once TCP connected), or never after a ZAP refusal.
+pub struct Backoff {
+    delay: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(60);
+
+    pub fn new() -> Self {
+        Backoff { delay: Self::FIRST }
+    }
+
+    /// The delay to wait now; the next one doubles, up to a minute.
+    pub fn next_delay(&mut self) -> Duration {
+        let now = self.delay;
+        self.delay = (self.delay * 2).min(Self::MAX);
+        now
+    }
+
+    pub fn reset(&mut self) {
+        self.delay = Self::FIRST;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        let mut b = Backoff::new();
+        let delays: Vec<u64> = (0..9).map(|_| b.next_delay().as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        b.reset();
+        assert_eq!(b.next_delay().as_secs(), 1);
     }
 }

@@ -25,7 +25,7 @@ use pantry_shared::security::SocketSecurity;
 use pantry_shared::Message;
 use slog::{debug, info, Level, Logger};
 
-use handshake::HandshakeWatch;
+use handshake::{Backoff, HandshakeWatch};
 
 /// The Pantry agent: registers with the server and runs its commands.
 #[derive(Parser, Debug)]
@@ -91,7 +91,12 @@ struct Agent {
     sub: zmq::Socket,
     dealer: zmq::Socket,
     dealer_monitor: zmq::Socket,
+    publish: String,
+    receive: String,
     watch: HandshakeWatch,
+    backoff: Backoff,
+    /// Set while disconnected after a failed handshake: when to try again.
+    reconnect_at: Option<Instant>,
     log: Logger,
     // Keeps the context alive for as long as the sockets.
     _ctx: zmq::Context,
@@ -109,27 +114,30 @@ impl Agent {
         }
         let dealer = security.socket(&ctx, zmq::DEALER)?;
         for socket in [&sub, &dealer] {
-            // Back off up to 30 s between reconnects to a server that is down
-            // or refuses us.
+            // Back off up to 10 s between reconnects to a server that is down.
+
             socket.set_reconnect_ivl(100)?;
-            socket.set_reconnect_ivl_max(30_000)?;
+            socket.set_reconnect_ivl_max(10_000)?;
         }
         let dealer_monitor = monitor::monitor(&ctx, &dealer)?;
-        let receive = net.endpoint(net.receive_port);
-        let publish = net.endpoint(net.pub_sub_port);
+        let (receive, publish) = (net.endpoint(net.receive_port), net.endpoint(net.pub_sub_port));
         sub.connect(&publish).with_context(|| format!("cannot connect to {publish}"))?;
         dealer.connect(&receive).with_context(|| format!("cannot connect to {receive}"))?;
         info!(log, "pantry-client started";
             "version" => pantry_shared::VERSION, "identity" => me.identity(), "server" => &receive,
             "subscriptions" => me.filter.streams().join(" "), "security" => net.security_name());
-        let watch = HandshakeWatch::new(receive, keys, log.clone());
+        let watch = HandshakeWatch::new(receive.clone(), keys, log.clone());
         Ok(Agent {
             me,
             heartbeat: Duration::from_secs(config.client.heartbeat_interval),
             sub,
             dealer,
             dealer_monitor,
+            publish,
+            receive,
             watch,
+            backoff: Backoff::new(),
+            reconnect_at: None,
             log,
             _ctx: ctx,
         })
@@ -139,7 +147,8 @@ impl Agent {
         self.register();
         let mut next_heartbeat = Instant::now() + self.heartbeat;
         loop {
-            let wait = next_heartbeat.saturating_duration_since(Instant::now());
+            let wake = self.reconnect_at.map_or(next_heartbeat, |at| at.min(next_heartbeat));
+            let wait = wake.saturating_duration_since(Instant::now());
             let mut items = [
                 self.sub.as_poll_item(zmq::POLLIN),
                 self.dealer.as_poll_item(zmq::POLLIN),
@@ -167,19 +176,41 @@ impl Agent {
             if ready[2] {
                 while let Some(event) = monitor::read(&self.dealer_monitor) {
                     let reconnected = event.event == SocketEvent::HandshakeSucceeded;
-                    self.watch.observe(&event);
+                    if self.watch.observe(&event) {
+                        self.pause_after_failed_handshake();
+                    }
                     if reconnected {
+                        self.backoff.reset();
                         // A restarted server has an empty registry: check in now.
                         self.register();
                         next_heartbeat = Instant::now() + self.heartbeat;
                     }
                 }
             }
+            if self.reconnect_at.is_some_and(|at| Instant::now() >= at) {
+                self.reconnect_at = None;
+                debug!(self.log, "connecting again"; "server" => &self.receive);
+                self.sub.connect(&self.publish)?;
+                self.dealer.connect(&self.receive)?;
+            }
             if Instant::now() >= next_heartbeat {
                 self.register();
                 next_heartbeat = Instant::now() + self.heartbeat;
             }
         }
+    }
+
+    /// Drops both connections until the backoff delay has passed.
+    fn pause_after_failed_handshake(&mut self) {
+        if self.reconnect_at.is_some() {
+            return;
+        }
+        let delay = self.backoff.next_delay();
+        // Disconnecting an endpoint that is already down fails harmlessly.
+        let _ = self.sub.disconnect(&self.publish);
+        let _ = self.dealer.disconnect(&self.receive);
+        debug!(self.log, "retrying after a failed handshake"; "in_seconds" => delay.as_secs());
+        self.reconnect_at = Some(Instant::now() + delay);
     }
 
     fn register(&self) {
