@@ -19,7 +19,7 @@ use serde_json::Value;
 use slog::{debug, info, warn, Logger};
 
 use crate::client_registry::{ClientRegistry, Query, Recipients, Register};
-use crate::socket_listener::{hex, Publish, SendToPeer, SocketListener};
+use crate::socket_listener::{Hex, Publish, SendToPeer, SocketListener};
 use crate::zap_handler::{CreateClientKey, ZapHandler};
 
 /// How long the answers to a forwarded request are awaited before the
@@ -78,7 +78,7 @@ impl CommandDispatcher {
         }
         debug!(self.log, "answer routed to requester";
             "type" => message.message_type(), "from" => &message.metadata.from,
-            "to" => &message.metadata.to, "uuid" => message.uuid(), "requester" => hex(&requester));
+            "to" => &message.metadata.to, "uuid" => message.uuid(), "requester" => Hex(&requester));
         self.reply(requester, answer);
         true
     }
@@ -95,13 +95,13 @@ impl CommandDispatcher {
                         .into_actor(self)
                         .map(move |first, _, _| {
                             if first.unwrap_or(false) {
-                                info!(log, "client registered"; "identity" => identity, "peer" => hex(&peer));
+                                info!(log, "client registered"; "identity" => identity, "peer" => Hex(&peer));
                             }
                         })
                         .spawn(ctx);
                 }
                 Err(e) => debug!(self.log, "registration dropped";
-                    "from" => &message.metadata.from, "peer" => hex(&peer), "error" => %e),
+                    "from" => &message.metadata.from, "peer" => Hex(&peer), "error" => %e),
             },
             status::TYPE => match status::parse(&message) {
                 Ok(filter) => {
@@ -209,7 +209,7 @@ impl Handler<Incoming> for CommandDispatcher {
         let m = &incoming.message;
         debug!(self.log, "message received";
             "type" => m.message_type(), "from" => &m.metadata.from, "to" => &m.stream,
-            "uuid" => m.uuid(), "peer" => hex(&incoming.peer), "key" => incoming.user_id.as_deref().unwrap_or("-"));
+            "uuid" => m.uuid(), "peer" => Hex(&incoming.peer), "key" => incoming.user_id.as_deref().unwrap_or("-"));
         if self.route_answer(&incoming) {
             return;
         }

@@ -265,16 +265,22 @@ impl SocketThread {
     }
 
     fn send_to_peer(&self, frames: Vec<Vec<u8>>) {
-        let peer = hex(frames.first().map(Vec::as_slice).unwrap_or_default());
-        match self.sockets.router.send_multipart(frames, zmq::DONTWAIT) {
+        let mut frames = frames.into_iter();
+        let Some(peer) = frames.next() else { return };
+        // The routing frame alone: ROUTER_MANDATORY reports a gone or full
+        // peer here, before anything of the message is queued.
+        let result = self
+            .sockets
+            .router
+            .send(&peer, zmq::SNDMORE | zmq::DONTWAIT)
+            .and_then(|()| self.sockets.router.send_multipart(frames, zmq::DONTWAIT));
+        match result {
             Ok(()) => {}
-            Err(zmq::Error::EHOSTUNREACH) => {
-                debug!(self.log, "peer is gone; response dropped"; "peer" => peer)
-            }
+            Err(zmq::Error::EHOSTUNREACH) => debug!(self.log, "peer is gone; response dropped"; "peer" => Hex(&peer)),
             Err(zmq::Error::EAGAIN) => {
-                debug!(self.log, "peer's queue is full (high-water mark); response dropped"; "peer" => peer)
+                debug!(self.log, "peer's queue is full (high-water mark); response dropped"; "peer" => Hex(&peer))
             }
-            Err(e) => warn!(self.log, "cannot send to peer"; "peer" => peer, "error" => %e),
+            Err(e) => warn!(self.log, "cannot send to peer"; "peer" => Hex(&peer), "error" => %e),
         }
     }
 
@@ -296,7 +302,7 @@ impl SocketThread {
                     self.dispatcher.do_send(Incoming { peer: peer.clone(), user_id, message });
                 }
                 Err(e) => debug!(self.log, "malformed message dropped";
-                    "peer" => hex(peer), "key" => user_id.unwrap_or_default(), "frames" => rest.len(), "error" => %e),
+                    "peer" => Hex(peer), "key" => user_id.unwrap_or_default(), "frames" => rest.len(), "error" => %e),
             }
         }
     }
@@ -367,22 +373,39 @@ fn peer_address(fd: RawFd) -> Option<String> {
 }
 
 /// Receives one multipart message without blocking, with the `User-Id`
-/// the ZAP handler gave its connection (the client's Z85 public key).
+/// the ZAP handler gave its connection (the client's Z85 public key). The
+/// routing id frame is made by the ROUTER itself and carries no connection
+/// properties: they are read from the next frame.
 fn recv_with_user_id(socket: &zmq::Socket) -> zmq::Result<Option<(Vec<Vec<u8>>, Option<String>)>> {
-    let mut first = match socket.recv_msg(zmq::DONTWAIT) {
+    let first = match socket.recv_msg(zmq::DONTWAIT) {
         Ok(m) => m,
         Err(zmq::Error::EAGAIN) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let user_id = first.gets("User-Id").filter(|u| !u.is_empty()).map(str::to_owned);
     let mut frames = vec![first.to_vec()];
+    let mut user_id = None;
     while socket.get_rcvmore()? {
-        frames.push(socket.recv_bytes(0)?);
+        let mut part = socket.recv_msg(0)?;
+        if frames.len() == 1 {
+            user_id = part.gets("User-Id").filter(|u| !u.is_empty()).map(str::to_owned);
+        }
+        frames.push(part.to_vec());
     }
     Ok(Some((frames, user_id)))
 }
 
-/// Routing ids are binary: log them as hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A binary routing id, logged as hex. Formatted only when a line is
+/// actually written, so per-message debug logging costs nothing when off.
+pub struct Hex<'a>(pub &'a [u8]);
+
+impl slog::Value for Hex<'_> {
+    fn serialize(&self, _: &slog::Record, key: slog::Key, serializer: &mut dyn slog::Serializer) -> slog::Result {
+        struct Digits<'a>(&'a [u8]);
+        impl std::fmt::Display for Digits<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+        }
+        serializer.emit_arguments(key, &format_args!("{}", Digits(self.0)))
+    }
 }
