@@ -91,6 +91,11 @@ struct Agent {
     sub: zmq::Socket,
     dealer: zmq::Socket,
     dealer_monitor: zmq::Socket,
+    sub_monitor: zmq::Socket,
+    /// Whether the SUB connection is up, so our subscriptions reached the
+    /// server's PUB: registering before that would let the server publish
+    /// to us before we listen (the slow-joiner problem).
+    listening: bool,
     publish: String,
     receive: String,
     watch: HandshakeWatch,
@@ -120,6 +125,7 @@ impl Agent {
             socket.set_reconnect_ivl_max(10_000)?;
         }
         let dealer_monitor = monitor::monitor(&ctx, &dealer)?;
+        let sub_monitor = monitor::monitor(&ctx, &sub)?;
         let (receive, publish) = (net.endpoint(net.receive_port), net.endpoint(net.pub_sub_port));
         sub.connect(&publish).with_context(|| format!("cannot connect to {publish}"))?;
         dealer.connect(&receive).with_context(|| format!("cannot connect to {receive}"))?;
@@ -133,6 +139,8 @@ impl Agent {
             sub,
             dealer,
             dealer_monitor,
+            sub_monitor,
+            listening: false,
             publish,
             receive,
             watch,
@@ -144,7 +152,8 @@ impl Agent {
     }
 
     fn run(mut self, signals: &UnixStream) -> Result<()> {
-        self.register();
+        // The first registration waits for the SUB connection (or, failing
+        // that, the first heartbeat).
         let mut next_heartbeat = Instant::now() + self.heartbeat;
         loop {
             let wake = self.reconnect_at.map_or(next_heartbeat, |at| at.min(next_heartbeat));
@@ -154,6 +163,7 @@ impl Agent {
                 self.dealer.as_poll_item(zmq::POLLIN),
                 self.dealer_monitor.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(signals.as_raw_fd(), zmq::POLLIN),
+                self.sub_monitor.as_poll_item(zmq::POLLIN),
             ];
             match zmq::poll(&mut items, wait.as_millis().min(i64::MAX as u128) as i64) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
@@ -182,8 +192,23 @@ impl Agent {
                     if reconnected {
                         self.backoff.reset();
                         // A restarted server has an empty registry: check in now.
-                        self.register();
-                        next_heartbeat = Instant::now() + self.heartbeat;
+                        if self.listening {
+                            self.register();
+                            next_heartbeat = Instant::now() + self.heartbeat;
+                        }
+                    }
+                }
+            }
+            if ready[4] {
+                while let Some(event) = monitor::read(&self.sub_monitor) {
+                    match event.event {
+                        SocketEvent::HandshakeSucceeded => {
+                            self.listening = true;
+                            self.register();
+                            next_heartbeat = Instant::now() + self.heartbeat;
+                        }
+                        SocketEvent::Disconnected => self.listening = false,
+                        _ => {}
                     }
                 }
             }

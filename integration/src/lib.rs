@@ -323,12 +323,19 @@ impl Agent {
         if !spec.roles.is_empty() {
             client.push_str(&format!("  roles: [{}]\n", spec.roles.join(", ")));
         }
-        let config =
-            format!("log_level: debug\nroot_dir: {}\n{}{}", root.display(), server.ports.networking_yaml(server.curve), client);
+        let config = format!(
+            "log_level: debug\nroot_dir: {}\n{}{}",
+            root.display(),
+            server.ports.networking_yaml(server.curve),
+            client
+        );
         let path = dir.path().join("client.yml");
         std::fs::write(&path, config).expect("write client.yml");
-        let process =
-            Process::spawn(&bin("pantry-client"), &["-c", path.to_str().expect("utf-8 path")], dir.path().join("client.log"));
+        let process = Process::spawn(
+            &bin("pantry-client"),
+            &["-c", path.to_str().expect("utf-8 path")],
+            dir.path().join("client.log"),
+        );
         Agent { dir, spec, process }
     }
 

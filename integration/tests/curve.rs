@@ -182,8 +182,14 @@ fn null_mechanism_client_is_rejected_and_server_keeps_serving() {
     dealer.set_linger(0).expect("linger");
     dealer.connect(&format!("tcp://127.0.0.1:{}", server.ports.receive)).expect("connect");
     dealer.send_multipart([b"".to_vec(), b"{}".to_vec()], zmq::DONTWAIT).expect("queue a message");
-    let line = wait_for_line(|| server.log(), &["handshake rejected", "mechanism mismatch"], LOG_WAIT);
-    assert!(line.is_some(), "no mechanism mismatch logged:\n{}", server.log());
+    // Whichever side reads the other's greeting first ends the handshake:
+    // the server logs a mechanism mismatch, or that the peer hung up.
+    let line = wait_for_line(|| server.log(), &["handshake rejected"], LOG_WAIT);
+    let line = line.unwrap_or_else(|| panic!("no rejected handshake logged:\n{}", server.log()));
+    assert!(
+        line.contains("mechanism mismatch") || line.contains("may not speak CURVE"),
+        "unexpected rejection line: {line}"
+    );
     // The NULL client never gets an answer.
     let mut items = [dealer.as_poll_item(zmq::POLLIN)];
     zmq::poll(&mut items, 200).expect("poll");

@@ -332,6 +332,12 @@ impl SocketThread {
                     "handshake rejected: {}", SocketEvent::protocol_reason(code);
                     "socket" => socket_name, "endpoint" => &event.endpoint,
                     "address" => "unknown (libzmq does not report it before authentication)"),
+                // A NULL client and a CURVE server each read the other's
+                // greeting; when the client hangs up first, this is all the
+                // server learns.
+                SocketEvent::HandshakeFailedNoDetail if self.sockets.zap.is_some() => debug!(self.log,
+                    "handshake rejected: connection closed during the handshake (the peer may not speak CURVE)";
+                    "socket" => socket_name, "endpoint" => &event.endpoint),
                 SocketEvent::HandshakeFailedNoDetail => {
                     debug!(self.log, "handshake failed: connection closed by the peer";
                     "socket" => socket_name, "endpoint" => &event.endpoint)
