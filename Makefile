@@ -33,7 +33,10 @@ run: release
 client: release
 	$(RELEASE)/pantry-client -c $(DEV_CONFIG)/client.yml
 
+# The integration tests start the real binaries: build them first (cargo
+# test alone builds a binary only for its own package's integration tests).
 test: deps
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 fmt:
