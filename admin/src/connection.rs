@@ -3,7 +3,7 @@
 //! at once and in plain words instead of as a silent timeout.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use pantry_shared::keys::ClientKeys;
@@ -18,9 +18,32 @@ pub struct Connection {
     keys: Option<ClientKeys>,
     handshake_done: bool,
     handshake_failures: u32,
-    timeout_secs: f64,
     // Dropped last: sockets first.
     _ctx: zmq::Context,
+}
+
+/// Work the admin does while it waits for answers (serving an upload's
+/// chunks). `ready` returns whether it made progress, which pushes the
+/// deadline back: a long transfer is fine as long as it moves.
+pub trait SideTask {
+    fn socket(&self) -> &zmq::Socket;
+    fn ready(&mut self) -> Result<bool>;
+}
+
+/// When to give up: `at`, moved to `now + idle` on every bit of progress.
+pub struct Deadline {
+    pub at: Instant,
+    pub idle: Duration,
+}
+
+impl Deadline {
+    pub fn after(idle: Duration) -> Deadline {
+        Deadline { at: Instant::now() + idle, idle }
+    }
+
+    fn progress(&mut self) {
+        self.at = self.at.max(Instant::now() + self.idle);
+    }
 }
 
 /// How a command sent to clients ended.
@@ -32,26 +55,12 @@ pub struct ClientAnswers {
 }
 
 impl Connection {
-    pub fn open(
-        server: String,
-        security: &SocketSecurity,
-        keys: Option<ClientKeys>,
-        timeout_secs: f64,
-    ) -> Result<Self> {
+    pub fn open(server: String, security: &SocketSecurity, keys: Option<ClientKeys>) -> Result<Self> {
         let ctx = zmq::Context::new();
         let dealer = security.socket(&ctx, zmq::DEALER)?;
         let monitor = monitor::monitor(&ctx, &dealer)?;
         dealer.connect(&server).map_err(|e| anyhow!("cannot connect to {server}: {e}"))?;
-        Ok(Connection {
-            dealer,
-            monitor,
-            server,
-            keys,
-            handshake_done: false,
-            handshake_failures: 0,
-            timeout_secs,
-            _ctx: ctx,
-        })
+        Ok(Connection { dealer, monitor, server, keys, handshake_done: false, handshake_failures: 0, _ctx: ctx })
     }
 
     pub fn send(&self, message: &Message) -> Result<()> {
@@ -60,23 +69,38 @@ impl Connection {
     }
 
     /// The next message for the request `uuid`, or an error that says why
-    /// none came before `deadline`.
-    pub fn recv(&mut self, uuid: &str, deadline: Instant) -> Result<Message> {
+    /// none came before the deadline.
+    pub fn recv<'s>(
+        &mut self,
+        uuid: &str,
+        deadline: &mut Deadline,
+        mut side: Option<&mut (dyn SideTask + 's)>,
+    ) -> Result<Message> {
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.at.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(self.timeout_error());
+                return Err(self.timeout_error(deadline.idle));
             }
-            let mut items = [self.dealer.as_poll_item(zmq::POLLIN), self.monitor.as_poll_item(zmq::POLLIN)];
+            let mut items = vec![self.dealer.as_poll_item(zmq::POLLIN), self.monitor.as_poll_item(zmq::POLLIN)];
+            if let Some(task) = side.as_deref() {
+                items.push(task.socket().as_poll_item(zmq::POLLIN));
+            }
             match zmq::poll(&mut items, left.as_millis().max(1) as i64) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
                 Err(e) => bail!("socket poll failed: {e}"),
             }
-            let (message_ready, event_ready) = (items[0].is_readable(), items[1].is_readable());
-            if event_ready {
+            let ready: Vec<bool> = items.iter().map(zmq::PollItem::is_readable).collect();
+            if ready[1] {
                 self.read_monitor()?;
             }
-            if message_ready {
+            if ready.get(2) == Some(&true) {
+                if let Some(task) = side.as_deref_mut() {
+                    if task.ready()? {
+                        deadline.progress();
+                    }
+                }
+            }
+            if ready[0] {
                 while let Ok(frames) = self.dealer.recv_multipart(zmq::DONTWAIT) {
                     match Message::from_frames(&frames) {
                         Ok(m) if m.uuid() == uuid => return Ok(m),
@@ -105,8 +129,8 @@ impl Connection {
         Ok(())
     }
 
-    fn timeout_error(&self) -> anyhow::Error {
-        let secs = self.timeout_secs;
+    fn timeout_error(&self, waited: Duration) -> anyhow::Error {
+        let secs = waited.as_secs_f64();
         match (&self.keys, self.handshake_done) {
             (Some(keys), false) => {
                 anyhow!("{} (waited {secs} s)", monitor::no_handshake_text(&self.server, &keys.path))
@@ -126,27 +150,30 @@ impl Connection {
 
     /// Sends a request the server runs itself and returns its response;
     /// a response carrying `custom.error` is an error.
-    pub fn ask_server(&mut self, request: &Message, deadline: Instant) -> Result<Message> {
+    pub fn ask_server(&mut self, request: &Message, deadline: &mut Deadline) -> Result<Message> {
         self.send(request)?;
-        let response = self.recv(request.uuid(), deadline)?;
+        let response = self.recv(request.uuid(), deadline, None)?;
         if let Some(error) = response.error() {
             bail!("the server refused {}: {error}", request.message_type());
         }
         Ok(response)
     }
 
-    /// Sends a request the server forwards to clients. `on_answer` gets each
-    /// client's answer as it arrives (an answer with `custom.error` counts as
-    /// failed and is printed to stderr here).
+    /// Sends a request the server forwards to clients. `on_list` gets the
+    /// identities that will answer; `on_answer` gets each answer as it
+    /// arrives and says whether it succeeded (an answer with `custom.error`
+    /// is printed to stderr here and counts as failed).
     pub fn ask_clients(
         &mut self,
         request: &Message,
-        deadline: Instant,
-        mut on_answer: impl FnMut(&Message),
+        deadline: &mut Deadline,
+        mut side: Option<&mut (dyn SideTask + '_)>,
+        on_list: impl FnOnce(&[String]),
+        mut on_answer: impl FnMut(&Message) -> bool,
     ) -> Result<ClientAnswers> {
         self.send(request)?;
         let list = loop {
-            let m = self.recv(request.uuid(), deadline)?;
+            let m = self.recv(request.uuid(), deadline, side.as_deref_mut())?;
             if let Some(error) = m.error() {
                 bail!("the server refused {}: {error}", request.message_type());
             }
@@ -155,13 +182,14 @@ impl Connection {
             }
         };
         let mut waiting: BTreeSet<String> = list.body.iter().filter_map(BodyPart::as_text).map(str::to_owned).collect();
+        on_list(&waiting.iter().cloned().collect::<Vec<_>>());
         let expected = waiting.len();
         let mut failed = Vec::new();
         while !waiting.is_empty() {
-            let answer = match self.recv(request.uuid(), deadline) {
+            let answer = match self.recv(request.uuid(), deadline, side.as_deref_mut()) {
                 Ok(answer) => answer,
                 // Out of time: the clients still waited for are named below.
-                Err(_) if Instant::now() >= deadline => break,
+                Err(_) if Instant::now() >= deadline.at => break,
                 Err(e) => return Err(e),
             };
             if !waiting.remove(&answer.metadata.from) {
@@ -170,8 +198,8 @@ impl Connection {
             if let Some(error) = answer.error() {
                 eprintln!("{}: error: {error}", answer.metadata.from);
                 failed.push(answer.metadata.from.clone());
-            } else {
-                on_answer(&answer);
+            } else if !on_answer(&answer) {
+                failed.push(answer.metadata.from.clone());
             }
         }
         let missing: Vec<String> = waiting.into_iter().collect();

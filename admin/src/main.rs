@@ -9,18 +9,18 @@ mod connection;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use pantry_shared::commands::{create_client, echo, status};
+use pantry_shared::commands::{app_config, create_client, echo, exec, status, upload};
 use pantry_shared::config::{self, Config, Program};
 use pantry_shared::filter::ClientFilter;
 use pantry_shared::keys::{self, ClientKeys};
 use pantry_shared::security::SocketSecurity;
 use pantry_shared::Message;
 
-use connection::Connection;
+use connection::{Connection, Deadline};
 
 const DEFAULTS_FILE: &str = ".pantry/config";
 const KEYS_DIR: &str = ".pantry";
@@ -65,8 +65,9 @@ struct Global {
     /// Use CURVE with the keys in .pantry/FILE (it may hold only server_public_key).
     #[arg(long, global = true, value_name = "FILE")]
     curve_key_file: Option<PathBuf>,
-    /// Seconds to wait for the server and the clients.
-    #[arg(long, global = true, default_value_t = 10.0, value_name = "SECONDS")]
+    /// Seconds to wait for the server and the clients (also accepted after
+    /// the command).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     timeout: f64,
     /// Say more on stderr.
     #[arg(short = 'v', long, global = true)]
@@ -74,6 +75,14 @@ struct Global {
     /// Say everything on stderr.
     #[arg(short = 'd', long, global = true)]
     debug: bool,
+}
+
+/// `--timeout` given after the command name overrides the global one.
+#[derive(Args, Debug, Clone, Copy)]
+struct Wait {
+    /// Seconds to wait for the server and the clients.
+    #[arg(long = "timeout", value_name = "SECONDS")]
+    timeout: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,6 +93,8 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Every matching client answers with MESSAGE.
     Echo {
@@ -91,6 +102,34 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Run PROGRAM with ARGS on every matching client: `exec -- uname -a`.
+    Exec {
+        /// Seconds each client lets the program run before killing its
+        /// process group.
+        #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+        timeout: f64,
+        /// Run through `sh -c` (PROGRAM ARGS joined by spaces).
+        #[arg(long)]
+        shell: bool,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// The program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+        command: Vec<String>,
+    },
+    /// Copy LOCAL_FILE to REMOTE_PATH (absolute) on every matching client.
+    Upload {
+        local_file: PathBuf,
+        remote_path: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        wait: Wait,
     },
     /// Create a client key pair on the server and print it as YAML for the
     /// client's client_keys.yml (needs CURVE).
@@ -99,7 +138,37 @@ enum Command {
         /// Write the keys to FILE (mode 0600) instead of printing them.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        wait: Wait,
     },
+    /// Print the configuration of the application given with -a.
+    #[command(name = "app:show")]
+    AppShow {
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Edit the configuration of the application given with -a in $EDITOR;
+    /// saved only when changed and valid YAML.
+    Edit {
+        #[command(flatten)]
+        wait: Wait,
+    },
+}
+
+impl Command {
+    /// How long to wait for the server and clients when nothing happens.
+    fn wait(&self, global: f64) -> f64 {
+        match self {
+            Command::Status { wait, .. }
+            | Command::Echo { wait, .. }
+            | Command::Upload { wait, .. }
+            | Command::ClientCreate { wait, .. }
+            | Command::AppShow { wait }
+            | Command::Edit { wait } => wait.timeout.unwrap_or(global),
+            // The clients' time limit, plus the usual wait for the answers.
+            Command::Exec { timeout, .. } => timeout + global,
+        }
+    }
 }
 
 fn main() {
@@ -169,7 +238,8 @@ fn run(cli: Cli) -> Result<bool> {
     net.networking.pub_sub_port = g.pub_sub_port.unwrap_or(net.networking.pub_sub_port);
     net.networking.receive_port = g.receive_port.unwrap_or(net.networking.receive_port);
     net.networking.file_service_port = g.file_service_port.unwrap_or(net.networking.file_service_port);
-    if !(g.timeout > 0.0 && g.timeout.is_finite()) {
+    let wait = cli.command.wait(g.timeout);
+    if !(wait > 0.0 && wait.is_finite()) {
         bail!("--timeout must be a positive number of seconds");
     }
 
@@ -193,8 +263,8 @@ fn run(cli: Cli) -> Result<bool> {
         );
     }
     let server = net.networking.endpoint(net.networking.receive_port);
-    let mut conn = Connection::open(server, &security, keys, g.timeout)?;
-    let deadline = Instant::now() + Duration::from_secs_f64(g.timeout);
+    let mut conn = Connection::open(server, &security, keys)?;
+    let mut deadline = Deadline::after(Duration::from_secs_f64(wait));
     let filter = ClientFilter {
         application: g.application.clone(),
         environment: g.environment.clone(),
@@ -202,10 +272,11 @@ fn run(cli: Cli) -> Result<bool> {
         identity: None,
     };
     filter.validate().map_err(anyhow::Error::msg)?;
+    let target = || filter.target_stream().map_err(anyhow::Error::msg);
 
     let ok = match &cli.command {
-        Command::Status { json } => {
-            let response = conn.ask_server(&stamped(status::request(&filter)), deadline)?;
+        Command::Status { json, .. } => {
+            let response = conn.ask_server(&stamped(status::request(&filter)), &mut deadline)?;
             let clients = status::clients(&response);
             if *json {
                 println!("{}", serde_json::to_string_pretty(&clients)?);
@@ -214,31 +285,62 @@ fn run(cli: Cli) -> Result<bool> {
             }
             true
         }
-        Command::Echo { message, json } => {
-            let mut request = stamped(echo::request(message));
-            request.stream = filter.target_stream().map_err(anyhow::Error::msg)?;
-            request.metadata.to = request.stream.clone();
+        Command::Echo { message, json, .. } => {
+            let request = to_clients(echo::request(message), target()?);
             let mut answers = Vec::new();
-            let result = conn.ask_clients(&request, deadline, |answer| {
-                if *json {
-                    answers.push(serde_json::json!({
-                        "identity": answer.metadata.from,
-                        "message": answer.body.first().and_then(|b| b.as_text()),
-                    }));
-                } else {
-                    println!("{}", echo::format_answer(answer));
-                    let _ = std::io::stdout().flush();
-                }
-            })?;
-            if *json {
-                let out = serde_json::json!({
-                    "answers": answers, "failed": result.failed, "missing": result.missing,
-                });
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            }
+            let result = conn.ask_clients(
+                &request,
+                &mut deadline,
+                None,
+                |_| {},
+                |answer| {
+                    if *json {
+                        answers.push(serde_json::json!({
+                            "identity": answer.metadata.from,
+                            "message": answer.body.first().and_then(|b| b.as_text()),
+                        }));
+                    } else {
+                        println!("{}", echo::format_answer(answer));
+                        let _ = std::io::stdout().flush();
+                    }
+                    true
+                },
+            )?;
+            print_json_summary(*json, answers, &result)?;
             report(&result)
         }
-        Command::ClientCreate { output } => {
+        Command::Exec { timeout, shell, json, command } => {
+            let (program, args) = command.split_first().context("no program given")?;
+            let exec_request =
+                exec::ExecRequest { program: program.clone(), args: args.to_vec(), shell: *shell, timeout: *timeout };
+            let request = to_clients(exec::request(&exec_request), target()?);
+            let mut answers = Vec::new();
+            let result = conn.ask_clients(
+                &request,
+                &mut deadline,
+                None,
+                |_| {},
+                |answer| {
+                    let Some(result) = exec::result(answer) else {
+                        eprintln!("{}: answer without a result", answer.metadata.from);
+                        return false;
+                    };
+                    if *json {
+                        answers.push(serde_json::json!({"identity": answer.metadata.from, "result": result}));
+                    } else {
+                        print!("{}", exec::format_answer(&answer.metadata.from, &result, *timeout));
+                        let _ = std::io::stdout().flush();
+                    }
+                    result.succeeded()
+                },
+            )?;
+            print_json_summary(*json, answers, &result)?;
+            report(&result)
+        }
+        Command::Upload { local_file, remote_path, json, .. } => {
+            upload_file(&mut conn, &net, &security, local_file, remote_path, target()?, *json, &mut deadline)?
+        }
+        Command::ClientCreate { output, .. } => {
             if !security.is_curve() {
                 bail!("client:create needs CURVE: pass --curve-key-file FILE (or a config with security: curve)");
             }
@@ -247,7 +349,7 @@ fn run(cli: Cli) -> Result<bool> {
                     bail!("{} already exists; not overwriting a key file", path.display());
                 }
             }
-            let response = conn.ask_server(&stamped(create_client::request()), deadline)?;
+            let response = conn.ask_server(&stamped(create_client::request()), &mut deadline)?;
             let yaml = create_client::credentials_yaml(&response)?;
             match output {
                 Some(path) => {
@@ -258,11 +360,149 @@ fn run(cli: Cli) -> Result<bool> {
             }
             true
         }
+        Command::AppShow { .. } => {
+            let application = g.application.as_deref().context("app:show needs -a/--application NAME")?;
+            let response = conn.ask_server(&stamped(app_config::show_request(application)), &mut deadline)?;
+            match app_config::config_text(&response) {
+                Some(text) => print!("{text}"),
+                None => bail!("application {application} has no config yet (create one with `-a {application} edit`)"),
+            }
+            true
+        }
+        Command::Edit { .. } => {
+            let application = g.application.as_deref().context("edit needs -a/--application NAME")?;
+            edit_application(&mut conn, application, &mut deadline)?
+        }
     };
     if ok {
         save_generated_keys(&mut conn)?;
     }
     Ok(ok)
+}
+
+/// A request for the clients behind `stream`.
+fn to_clients(request: Message, stream: String) -> Message {
+    let mut request = stamped(request);
+    request.metadata.to = stream.clone();
+    request.stream = stream;
+    request
+}
+
+fn print_json_summary(json: bool, answers: Vec<serde_json::Value>, result: &connection::ClientAnswers) -> Result<()> {
+    if json {
+        let out = serde_json::json!({"answers": answers, "failed": result.failed, "missing": result.missing});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// The admin's side of an upload: offer the file on the file service, ask
+/// the clients to fetch it, serve their chunks while a progress bar runs.
+#[allow(clippy::too_many_arguments)]
+fn upload_file(
+    conn: &mut Connection,
+    net: &Config,
+    security: &SocketSecurity,
+    local: &Path,
+    remote: &str,
+    stream: String,
+    json: bool,
+    deadline: &mut Deadline,
+) -> Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    if !remote.starts_with('/') {
+        bail!("REMOTE_PATH must be absolute: {remote}");
+    }
+    let (size, sha256) = upload::describe(local).with_context(|| format!("cannot read {}", local.display()))?;
+    let mode = std::fs::metadata(local).map(|m| m.permissions().mode() & 0o7777).ok();
+    let transfer_id = uuid::Uuid::new_v4().to_string();
+    let ctx = zmq::Context::new();
+    let endpoint = net.networking.endpoint(net.networking.file_service_port);
+    let socket = security.socket(&ctx, zmq::DEALER)?;
+    socket.connect(&endpoint).with_context(|| format!("cannot connect to {endpoint}"))?;
+    socket.send_multipart(upload::offer_frames(&transfer_id), 0)?;
+
+    // Its length is known once the server says how many clients will fetch.
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut side = UploadSide { socket, sender: upload::Sender::new(local, &transfer_id, size)?, bar: bar.clone() };
+    let request = upload::UploadRequest { transfer_id, remote_path: remote.to_owned(), size, sha256, mode };
+    let request = to_clients(upload::request(&request), stream);
+    let mut answers = Vec::new();
+    let result = conn.ask_clients(
+        &request,
+        deadline,
+        Some(&mut side),
+        |ids| bar.set_length(size * ids.len() as u64),
+        |answer| {
+            let Some(done) = upload::result(answer) else { return false };
+            if json {
+                answers.push(serde_json::json!({"identity": answer.metadata.from, "result": done}));
+            } else {
+                bar.suspend(|| eprintln!("{}", upload::format_answer(&answer.metadata.from, &done)));
+            }
+            true
+        },
+    );
+    bar.finish_and_clear();
+    let _ = side.socket.send_multipart(side.sender.done_frames(), zmq::DONTWAIT);
+    let result = result?;
+    print_json_summary(json, answers, &result)?;
+    Ok(report(&result))
+}
+
+/// Serves chunk requests while the admin waits for the clients' answers.
+struct UploadSide {
+    socket: zmq::Socket,
+    sender: upload::Sender,
+    bar: indicatif::ProgressBar,
+}
+
+impl connection::SideTask for UploadSide {
+    fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+
+    fn ready(&mut self) -> Result<bool> {
+        let sent = self.sender.serve(&self.socket).context("cannot read the local file")?;
+        self.bar.set_position(self.sender.sent);
+        Ok(sent > 0)
+    }
+}
+
+/// `edit`: fetch, open in $EDITOR, check, save if changed.
+fn edit_application(conn: &mut Connection, application: &str, deadline: &mut Deadline) -> Result<bool> {
+    let response = conn.ask_server(&stamped(app_config::show_request(application)), deadline)?;
+    let before = app_config::config_text(&response).unwrap_or_default();
+    let mut file = tempfile::Builder::new().prefix(&format!("pantry-{application}-")).suffix(".yml").tempfile()?;
+    file.write_all(before.as_bytes())?;
+    file.flush()?;
+    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
+    // Through the shell, so EDITOR may carry arguments ("code --wait").
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("pantry-edit")
+        .arg(file.path())
+        .status()
+        .with_context(|| format!("cannot run the editor `{editor}`"))?;
+    if !status.success() {
+        bail!("the editor `{editor}` failed ({status}); nothing saved");
+    }
+    let after = std::fs::read_to_string(file.path()).context("cannot read the edited file")?;
+    if after == before {
+        eprintln!("no changes; nothing saved");
+        return Ok(true);
+    }
+    app_config::check_yaml(&after).map_err(|e| anyhow::anyhow!("{e}; nothing saved"))?;
+    // The edit may have taken long: give the save its own wait.
+    let mut save_deadline = Deadline::after(deadline.idle);
+    conn.ask_server(&stamped(app_config::edit_request(application, &after)), &mut save_deadline)?;
+    eprintln!("saved the config of {application}");
+    Ok(true)
 }
 
 fn stamped(mut request: Message) -> Message {
@@ -317,11 +557,39 @@ mod tests {
         let cli = Cli::try_parse_from(args).unwrap();
         assert_eq!(cli.global.host.as_deref(), Some("from-cli"));
         assert_eq!(cli.global.timeout, 3.0);
+        let cli = Cli::try_parse_from(["pantry-admin", "echo", "--timeout", "2", "hi"]).unwrap();
+        assert_eq!(cli.command.wait(10.0), 2.0);
     }
 
     #[test]
     fn roles_split_on_commas() {
         let cli = Cli::try_parse_from(["pantry-admin", "-r", "web,db", "status"]).unwrap();
         assert_eq!(cli.global.roles, ["web", "db"]);
+    }
+}
+
+#[cfg(test)]
+mod exec_cli_tests {
+    use super::*;
+
+    #[test]
+    fn exec_takes_everything_after_the_double_dash() {
+        let cli = Cli::try_parse_from(["pantry-admin", "-a", "web", "exec", "--timeout", "1", "--", "ls", "-la", "/"])
+            .unwrap();
+        match cli.command {
+            Command::Exec { timeout, command, shell, .. } => {
+                assert_eq!(timeout, 1.0);
+                assert!(!shell);
+                assert_eq!(command, ["ls", "-la", "/"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            Cli::try_parse_from(["pantry-admin", "--timeout", "5", "exec", "--timeout", "1", "--", "true"])
+                .unwrap()
+                .command
+                .wait(5.0),
+            6.0
+        );
     }
 }

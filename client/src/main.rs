@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use pantry_shared::commands::{self, register_client, ClientContext};
+use pantry_shared::commands::{self, register_client, upload, ClientContext};
 use pantry_shared::config::{Config, Program};
 use pantry_shared::filter::BROADCAST_TOPIC;
 use pantry_shared::keys::{self, ClientKeys};
@@ -23,7 +23,7 @@ use pantry_shared::logging::{self, LogTarget};
 use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::security::SocketSecurity;
 use pantry_shared::Message;
-use slog::{debug, info, Level, Logger};
+use slog::{debug, info, warn, Level, Logger};
 
 use handshake::{Backoff, HandshakeWatch};
 
@@ -103,15 +103,27 @@ struct Agent {
     /// Set while disconnected after a failed handshake: when to try again.
     reconnect_at: Option<Instant>,
     log: Logger,
-    // Keeps the context alive for as long as the sockets.
-    _ctx: zmq::Context,
+    /// Answers from commands run on worker threads.
+    results: zmq::Socket,
+    ctx: zmq::Context,
 }
+
+const RESULTS_ENDPOINT: &str = "inproc://pantry-agent-results";
 
 impl Agent {
     fn connect(config: &Config, security: &SocketSecurity, keys: Option<ClientKeys>, log: Logger) -> Result<Agent> {
-        let me = ClientContext { filter: config.client_filter() };
         let net = &config.networking;
         let ctx = zmq::Context::new();
+        let file_service = upload::FileService {
+            ctx: ctx.clone(),
+            security: security.clone(),
+            endpoint: net.endpoint(net.file_service_port),
+        };
+        let me = ClientContext {
+            filter: config.client_filter(),
+            allow_exec: config.client.allow_exec,
+            file_service: Some(file_service),
+        };
 
         let sub = security.socket(&ctx, zmq::SUB)?;
         for stream in me.filter.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]) {
@@ -126,6 +138,9 @@ impl Agent {
         }
         let dealer_monitor = monitor::monitor(&ctx, &dealer)?;
         let sub_monitor = monitor::monitor(&ctx, &sub)?;
+        let results = ctx.socket(zmq::PULL)?;
+        results.set_linger(0)?;
+        results.bind(RESULTS_ENDPOINT)?;
         let (receive, publish) = (net.endpoint(net.receive_port), net.endpoint(net.pub_sub_port));
         sub.connect(&publish).with_context(|| format!("cannot connect to {publish}"))?;
         dealer.connect(&receive).with_context(|| format!("cannot connect to {receive}"))?;
@@ -147,7 +162,8 @@ impl Agent {
             backoff: Backoff::new(),
             reconnect_at: None,
             log,
-            _ctx: ctx,
+            results,
+            ctx,
         })
     }
 
@@ -164,6 +180,7 @@ impl Agent {
                 self.dealer_monitor.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(signals.as_raw_fd(), zmq::POLLIN),
                 self.sub_monitor.as_poll_item(zmq::POLLIN),
+                self.results.as_poll_item(zmq::POLLIN),
             ];
             match zmq::poll(&mut items, wait.as_millis().min(i64::MAX as u128) as i64) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
@@ -209,6 +226,13 @@ impl Agent {
                         }
                         SocketEvent::Disconnected => self.listening = false,
                         _ => {}
+                    }
+                }
+            }
+            if ready[5] {
+                while let Ok(frames) = self.results.recv_multipart(zmq::DONTWAIT) {
+                    if let Err(e) = self.dealer.send_multipart(frames, zmq::DONTWAIT) {
+                        warn!(self.log, "cannot send an answer to the server"; "error" => %e);
                     }
                 }
             }
@@ -264,10 +288,39 @@ impl Agent {
             debug!(self.log, "request received";
                 "type" => request.message_type(), "from" => &request.metadata.from,
                 "to" => &request.stream, "uuid" => request.uuid());
+            if commands::may_block(request.message_type()) {
+                self.run_on_worker(request);
+                continue;
+            }
             let response = commands::run_on_client(&request, &self.me);
             if request.metadata.requires_response {
                 self.send(response);
             }
+        }
+    }
+}
+
+impl Agent {
+    /// Runs a long command on its own thread; the answer comes back through
+    /// the results socket, so only the main thread touches the DEALER.
+    fn run_on_worker(&self, request: Message) {
+        let (me, ctx, log) = (self.me.clone(), self.ctx.clone(), self.log.clone());
+        let spawned = std::thread::Builder::new().name("pantry-command".into()).spawn(move || {
+            let response = commands::run_on_client(&request, &me);
+            if !request.metadata.requires_response {
+                return;
+            }
+            let sent = ctx.socket(zmq::PUSH).and_then(|push| {
+                push.set_linger(1000)?;
+                push.connect(RESULTS_ENDPOINT)?;
+                push.send_multipart(response.to_frames(), 0)
+            });
+            if let Err(e) = sent {
+                warn!(log, "cannot hand an answer to the main thread"; "uuid" => request.uuid(), "error" => %e);
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(self.log, "cannot start a worker thread; request dropped"; "error" => %e);
         }
     }
 }

@@ -10,10 +10,11 @@
 //! topic.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use pantry_shared::commands::{self, create_client, register_client, status, RunsOn};
+use pantry_shared::commands::{self, app_config, create_client, register_client, status, RunsOn};
 use pantry_shared::{BodyPart, Message};
 use serde_json::Value;
 use slog::{debug, info, warn, Logger};
@@ -40,6 +41,8 @@ pub struct CommandDispatcher {
     /// Present under CURVE only.
     keys: Option<Addr<ZapHandler>>,
     pending: HashMap<String, Pending>,
+    /// Where application configs live.
+    root_dir: PathBuf,
     log: Logger,
 }
 
@@ -48,9 +51,10 @@ impl CommandDispatcher {
         listener: Addr<SocketListener>,
         registry: Addr<ClientRegistry>,
         keys: Option<Addr<ZapHandler>>,
+        root_dir: PathBuf,
         log: Logger,
     ) -> Self {
-        CommandDispatcher { listener, registry, keys, pending: HashMap::new(), log }
+        CommandDispatcher { listener, registry, keys, pending: HashMap::new(), root_dir, log }
     }
 
     fn reply(&self, peer: Vec<u8>, message: Message) {
@@ -135,6 +139,17 @@ impl CommandDispatcher {
                         .spawn(ctx);
                 }
             },
+            app_config::SHOW_TYPE => self.reply(peer, app_config::respond_show(&message, &self.root_dir)),
+            app_config::EDIT_TYPE => {
+                let response = app_config::respond_edit(&message, &self.root_dir);
+                match response.error() {
+                    None => info!(self.log, "application config saved";
+                        "application" => app_config::application(&message).unwrap_or_default(),
+                        "from" => &message.metadata.from),
+                    Some(e) => warn!(self.log, "application config not saved"; "error" => e),
+                }
+                self.reply(peer, response);
+            }
             _ => {}
         }
     }

@@ -9,6 +9,7 @@
 
 mod client_registry;
 mod command_dispatcher;
+mod file_service;
 mod socket_listener;
 mod zap_handler;
 
@@ -25,6 +26,7 @@ use slog::{info, warn, Level};
 
 use client_registry::ClientRegistry;
 use command_dispatcher::CommandDispatcher;
+use file_service::FileService;
 use socket_listener::{BoundSockets, Endpoints, Shutdown, SocketListener};
 use zap_handler::ZapHandler;
 
@@ -78,22 +80,27 @@ fn run(cli: Cli) -> Result<()> {
     } else {
         warn!(
             log,
-            "security is null: traffic is neither encrypted nor authenticated; \
-                    set networking.security: curve or tunnel the ports"
+            "security is null: traffic is neither encrypted nor authenticated, and anyone who can reach \
+             the server's ports can run commands on its clients; set networking.security: curve or put the \
+             ports behind an encrypted tunnel"
         );
         (SocketSecurity::Null, None)
     };
     let net = &config.networking;
-    let endpoints = Endpoints { publish: net.endpoint(net.pub_sub_port), receive: net.endpoint(net.receive_port) };
+    let endpoints = Endpoints {
+        publish: net.endpoint(net.pub_sub_port),
+        receive: net.endpoint(net.receive_port),
+        file_service: net.endpoint(net.file_service_port),
+    };
 
     let ctx = zmq::Context::new();
     let sockets = BoundSockets::bind(&ctx, &security, &endpoints)?;
     info!(log, "pantry-server started";
-        "version" => pantry_shared::VERSION, "publish" => &endpoints.publish, "receive" => &endpoints.receive,
+        "version" => pantry_shared::VERSION, "publish" => &endpoints.publish, "receive" => &endpoints.receive, "file_service" => &endpoints.file_service,
         "security" => net.security_name(), "root_dir" => %root_dir.display());
 
     let system = System::new();
-    let started = system.block_on(async { start_actors(sockets, store, &logging) });
+    let started = system.block_on(async { start_actors(sockets, store, root_dir.clone(), &logging) });
     let listener = started?;
     system.block_on(async { wait_for_signal(listener, &logging).await });
     system.run()?;
@@ -106,23 +113,27 @@ fn run(cli: Cli) -> Result<()> {
 fn start_actors(
     sockets: BoundSockets,
     store: Option<ServerKeyStore>,
+    root_dir: PathBuf,
     logging: &Logging,
 ) -> Result<Addr<SocketListener>> {
     let log = &logging.logger;
     let registry = ClientRegistry::default().start();
     let dispatcher_ctx = Context::<CommandDispatcher>::new();
+    let files_ctx = Context::<FileService>::new();
     let zap_ctx = store.as_ref().map(|_| Context::<ZapHandler>::new());
     let zap_addr = zap_ctx.as_ref().map(Context::address);
     let listener = SocketListener::start(
         sockets,
         dispatcher_ctx.address().recipient(),
+        files_ctx.address().recipient(),
         zap_addr.clone().map(Addr::recipient),
         log.clone(),
     )?;
     if let (Some(zap_ctx), Some(store)) = (zap_ctx, store) {
         zap_ctx.run(ZapHandler::new(store, listener.clone(), log.clone()));
     }
-    dispatcher_ctx.run(CommandDispatcher::new(listener.clone(), registry, zap_addr, log.clone()));
+    files_ctx.run(FileService::new(listener.clone(), log.clone()));
+    dispatcher_ctx.run(CommandDispatcher::new(listener.clone(), registry, zap_addr, root_dir, log.clone()));
     Ok(listener)
 }
 

@@ -19,6 +19,7 @@ use pantry_shared::Message;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::command_dispatcher::Incoming;
+use crate::file_service::FileFrames;
 use crate::zap_handler::ZapRequest;
 
 const OUTBOUND_ENDPOINT: &str = "inproc://pantry-outbound";
@@ -27,6 +28,7 @@ const OUTBOUND_ENDPOINT: &str = "inproc://pantry-outbound";
 const TO_PEER: &[u8] = b"R";
 const TO_SUBSCRIBERS: &[u8] = b"P";
 const TO_ZAP: &[u8] = b"Z";
+const TO_FILE_PEER: &[u8] = b"F";
 const STOP: &[u8] = b"S";
 
 /// Where the server listens.
@@ -34,6 +36,7 @@ const STOP: &[u8] = b"S";
 pub struct Endpoints {
     pub publish: String,
     pub receive: String,
+    pub file_service: String,
 }
 
 /// The server's sockets, bound but not yet serving.
@@ -42,6 +45,7 @@ pub struct BoundSockets {
     zap: Option<zmq::Socket>,
     router: zmq::Socket,
     publisher: zmq::Socket,
+    files: zmq::Socket,
     pull: zmq::Socket,
     router_monitor: zmq::Socket,
     publisher_monitor: zmq::Socket,
@@ -78,7 +82,13 @@ impl BoundSockets {
             .bind(&endpoints.receive)
             .with_context(|| format!("cannot bind ROUTER socket on {}", endpoints.receive))?;
 
-        Ok(BoundSockets { ctx: ctx.clone(), zap, router, publisher, pull, router_monitor, publisher_monitor })
+        let files = security.socket(ctx, zmq::ROUTER)?;
+        files.set_router_mandatory(true)?;
+        files
+            .bind(&endpoints.file_service)
+            .with_context(|| format!("cannot bind file service socket on {}", endpoints.file_service))?;
+
+        Ok(BoundSockets { ctx: ctx.clone(), zap, router, publisher, files, pull, router_monitor, publisher_monitor })
     }
 }
 
@@ -95,6 +105,7 @@ impl SocketListener {
     pub fn start(
         sockets: BoundSockets,
         dispatcher: Recipient<Incoming>,
+        files: Recipient<FileFrames>,
         zap: Option<Recipient<ZapRequest>>,
         log: Logger,
     ) -> anyhow::Result<Addr<SocketListener>> {
@@ -104,7 +115,7 @@ impl SocketListener {
         let thread_log = log.clone();
         let thread = std::thread::Builder::new()
             .name("pantry-sockets".into())
-            .spawn(move || SocketThread { sockets, dispatcher, zap, log: thread_log }.run())?;
+            .spawn(move || SocketThread { sockets, dispatcher, files, zap, log: thread_log }.run())?;
         Ok(SocketListener { push, thread: Some(thread), log }.start())
     }
 
@@ -171,6 +182,21 @@ impl Handler<ZapReply> for SocketListener {
     }
 }
 
+/// Send frames (routing id first) on the file service socket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendFileFrames {
+    pub frames: Vec<Vec<u8>>,
+}
+
+impl Handler<SendFileFrames> for SocketListener {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendFileFrames, _: &mut Context<Self>) {
+        self.send_tagged(TO_FILE_PEER, msg.frames);
+    }
+}
+
 /// Close every socket (linger 0) and end the socket thread.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -192,6 +218,7 @@ impl Handler<Shutdown> for SocketListener {
 struct SocketThread {
     sockets: BoundSockets,
     dispatcher: Recipient<Incoming>,
+    files: Recipient<FileFrames>,
     zap: Option<Recipient<ZapRequest>>,
     log: Logger,
 }
@@ -205,6 +232,7 @@ impl SocketThread {
                 s.router.as_poll_item(zmq::POLLIN),
                 s.router_monitor.as_poll_item(zmq::POLLIN),
                 s.publisher_monitor.as_poll_item(zmq::POLLIN),
+                s.files.as_poll_item(zmq::POLLIN),
             ];
             if let Some(zap) = &s.zap {
                 items.push(zap.as_poll_item(zmq::POLLIN));
@@ -230,7 +258,10 @@ impl SocketThread {
             if ready[3] {
                 self.drain_monitor(&s.publisher_monitor, "PUB");
             }
-            if ready.get(4) == Some(&true) {
+            if ready[4] {
+                self.drain_files();
+            }
+            if ready.get(5) == Some(&true) {
                 self.drain_zap();
             }
         }
@@ -244,7 +275,8 @@ impl SocketThread {
             }
             let tag = frames.remove(0);
             match tag.as_slice() {
-                TO_PEER => self.send_to_peer(frames),
+                TO_PEER => self.send_to_peer(&self.sockets.router, frames),
+                TO_FILE_PEER => self.send_to_peer(&self.sockets.files, frames),
                 TO_SUBSCRIBERS => {
                     if let Err(e) = self.sockets.publisher.send_multipart(frames, zmq::DONTWAIT) {
                         warn!(self.log, "cannot publish"; "error" => %e);
@@ -264,16 +296,14 @@ impl SocketThread {
         true
     }
 
-    fn send_to_peer(&self, frames: Vec<Vec<u8>>) {
+    fn send_to_peer(&self, socket: &zmq::Socket, frames: Vec<Vec<u8>>) {
         let mut frames = frames.into_iter();
         let Some(peer) = frames.next() else { return };
         // The routing frame alone: ROUTER_MANDATORY reports a gone or full
         // peer here, before anything of the message is queued.
-        let result = self
-            .sockets
-            .router
+        let result = socket
             .send(&peer, zmq::SNDMORE | zmq::DONTWAIT)
-            .and_then(|()| self.sockets.router.send_multipart(frames, zmq::DONTWAIT));
+            .and_then(|()| socket.send_multipart(frames, zmq::DONTWAIT));
         match result {
             Ok(()) => {}
             Err(zmq::Error::EHOSTUNREACH) => debug!(self.log, "peer is gone; response dropped"; "peer" => Hex(&peer)),
@@ -304,6 +334,16 @@ impl SocketThread {
                 Err(e) => debug!(self.log, "malformed message dropped";
                     "peer" => Hex(peer), "key" => user_id.unwrap_or_default(), "frames" => rest.len(), "error" => %e),
             }
+        }
+    }
+
+    fn drain_files(&self) {
+        while let Ok(mut frames) = self.sockets.files.recv_multipart(zmq::DONTWAIT) {
+            if frames.len() < 2 {
+                continue;
+            }
+            let peer = frames.remove(0);
+            self.files.do_send(FileFrames { peer, frames });
         }
     }
 

@@ -93,6 +93,9 @@ pub struct ClientSection {
     pub roles: Vec<String>,
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval: u64,
+    /// Whether `exec` may run programs on this client.
+    #[serde(default = "default_true")]
+    pub allow_exec: bool,
 }
 
 fn default_log_to() -> String {
@@ -113,6 +116,9 @@ fn default_receive_port() -> u16 {
 fn default_file_service_port() -> u16 {
     DEFAULT_FILE_SERVICE_PORT
 }
+fn default_true() -> bool {
+    true
+}
 fn default_heartbeat() -> u64 {
     DEFAULT_HEARTBEAT_INTERVAL
 }
@@ -125,6 +131,7 @@ impl Default for ClientSection {
             environment: None,
             roles: Vec::new(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            allow_exec: true,
         }
     }
 }
