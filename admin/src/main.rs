@@ -421,6 +421,7 @@ fn upload_file(
     let socket = security.socket(&ctx, zmq::DEALER)?;
     socket.connect(&endpoint).with_context(|| format!("cannot connect to {endpoint}"))?;
     socket.send_multipart(upload::offer_frames(&transfer_id), 0)?;
+    upload::await_offered(&socket, &transfer_id, deadline.idle).map_err(anyhow::Error::msg)?;
 
     // Its length is known once the server says how many clients will fetch.
     let bar = indicatif::ProgressBar::new(0);

@@ -70,7 +70,9 @@ impl Handler<FileFrames> for FileService {
         match relay {
             Relay::Offer { transfer_id } => {
                 debug!(self.log, "upload offered"; "transfer" => String::from_utf8_lossy(&transfer_id).as_ref(), "peer" => Hex(&peer));
-                self.transfers.insert(transfer_id, Transfer { sender: peer, last_used: Instant::now() });
+                self.transfers
+                    .insert(transfer_id.clone(), Transfer { sender: peer.clone(), last_used: Instant::now() });
+                self.send(Relay::offered(peer, transfer_id));
             }
             Relay::Done { transfer_id } => {
                 if self.transfers.get(&transfer_id).is_some_and(|t| t.sender == peer) {

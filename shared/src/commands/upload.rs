@@ -2,8 +2,9 @@
 //! through the server, without holding it in memory anywhere.
 //!
 //! 1. The admin hashes the file (SHA-256), connects to the server's file
-//!    service and offers the transfer (`OFFER`), then sends an `Upload`
-//!    request to the clients like any other command.
+//!    service and offers the transfer (`OFFER`); once the server confirms
+//!    (`OFFERED`), it sends an `Upload` request to the clients like any
+//!    other command.
 //! 2. Each agent connects to the file service and pulls the file in chunks,
 //!    keeping a few requests in flight (credit-based flow, after the ZeroMQ
 //!    guide's file transfer): `FETCH offset len`. A slow receiver asks for
@@ -34,6 +35,7 @@ pub const TYPE: &str = "Upload";
 
 /// File-service frame names (first frame after the routing id).
 pub const OFFER: &[u8] = b"OFFER";
+pub const OFFERED: &[u8] = b"OFFERED";
 pub const FETCH: &[u8] = b"FETCH";
 pub const CHUNK: &[u8] = b"CHUNK";
 pub const DONE: &[u8] = b"DONE";
@@ -98,6 +100,25 @@ pub fn request(upload: &UploadRequest) -> Message {
 /// Admin, step 1: the frames that register us as the sender.
 pub fn offer_frames(transfer_id: &str) -> Vec<Vec<u8>> {
     vec![OFFER.to_vec(), transfer_id.as_bytes().to_vec()]
+}
+
+/// Admin, step 1: waits until the server confirms the offer, so that no
+/// client asks for a transfer the server does not know yet.
+pub fn await_offered(socket: &zmq::Socket, transfer_id: &str, timeout: Duration) -> Result<(), String> {
+    let end = Instant::now() + timeout;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("the file service did not confirm the upload within {} s", timeout.as_secs_f64()));
+        }
+        let mut items = [socket.as_poll_item(zmq::POLLIN)];
+        zmq::poll(&mut items, left.as_millis().max(1) as i64).map_err(|e| e.to_string())?;
+        while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
+            if frames.len() == 2 && frames[0] == OFFERED && frames[1] == transfer_id.as_bytes() {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Agent, step 2: read the request.
@@ -250,6 +271,11 @@ impl Relay {
     /// To the receiver: `[receiver, CHUNK, id, offset, data]`.
     pub fn chunk_for_receiver(receiver: Vec<u8>, id: Vec<u8>, offset: Vec<u8>, data: Vec<u8>) -> Vec<Vec<u8>> {
         vec![receiver, CHUNK.to_vec(), id, offset, data]
+    }
+
+    /// To the sender: `[sender, OFFERED, id]`.
+    pub fn offered(sender: Vec<u8>, id: Vec<u8>) -> Vec<Vec<u8>> {
+        vec![sender, OFFERED.to_vec(), id]
     }
 
     /// To a receiver whose transfer is unknown.
