@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use pantry_shared::commands::{app_config, create_client, echo, exec, status, upload};
+use pantry_shared::commands::{app_config, client_list, client_revoke, create_client, echo, exec, status, upload};
 use pantry_shared::config::{self, Config, Program};
 use pantry_shared::filter::ClientFilter;
-use pantry_shared::keys::{self, ClientKeys};
+use pantry_shared::keys::{self, ClientKeys, Role};
 use pantry_shared::security::SocketSecurity;
 use pantry_shared::Message;
 
@@ -131,13 +131,37 @@ enum Command {
         #[command(flatten)]
         wait: Wait,
     },
-    /// Create a client key pair on the server and print it as YAML for the
-    /// client's client_keys.yml (needs CURVE).
+    /// Create a key pair on the server and print it as YAML for a client's
+    /// client_keys.yml (needs CURVE and an admin key).
     #[command(name = "client:create")]
     ClientCreate {
+        /// The key's name: an agent's identity, or an admin's name.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Make an admin key instead of a client key.
+        #[arg(long)]
+        admin: bool,
         /// Write the keys to FILE (mode 0600) instead of printing them.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// List the server's known keys: name, role, key, created, last seen,
+    /// connected.
+    #[command(name = "client:list")]
+    ClientList {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Remove a key (by name or Z85 key) and cut its connections off.
+    #[command(name = "client:revoke")]
+    ClientRevoke {
+        #[arg(value_name = "NAME|KEY")]
+        target: String,
         #[command(flatten)]
         wait: Wait,
     },
@@ -163,6 +187,8 @@ impl Command {
             | Command::Echo { wait, .. }
             | Command::Upload { wait, .. }
             | Command::ClientCreate { wait, .. }
+            | Command::ClientList { wait, .. }
+            | Command::ClientRevoke { wait, .. }
             | Command::AppShow { wait }
             | Command::Edit { wait } => wait.timeout.unwrap_or(global),
             // The clients' time limit, plus the usual wait for the answers.
@@ -262,6 +288,7 @@ fn run(cli: Cli) -> Result<bool> {
             security.mechanism()
         );
     }
+    pantry_shared::security::set_max_message_size(net.networking.max_message_size);
     let server = net.networking.endpoint(net.networking.receive_port);
     let mut conn = Connection::open(server, &security, keys)?;
     let mut deadline = Deadline::after(Duration::from_secs_f64(wait));
@@ -340,7 +367,22 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Upload { local_file, remote_path, json, .. } => {
             upload_file(&mut conn, &net, &security, local_file, remote_path, target()?, *json, &mut deadline)?
         }
-        Command::ClientCreate { output, .. } => {
+        Command::ClientList { json, .. } => {
+            let response = conn.ask_server(&stamped(client_list::request()), &mut deadline)?;
+            let keys = client_list::keys(&response);
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                print!("{}", client_list::format_table(&keys, SystemTime::now()));
+            }
+            true
+        }
+        Command::ClientRevoke { target, .. } => {
+            let response = conn.ask_server(&stamped(client_revoke::request(target)), &mut deadline)?;
+            println!("{}", client_revoke::format_answer(&response));
+            true
+        }
+        Command::ClientCreate { output, name, admin, .. } => {
             if !security.is_curve() {
                 bail!("client:create needs CURVE: pass --curve-key-file FILE (or a config with security: curve)");
             }
@@ -349,7 +391,8 @@ fn run(cli: Cli) -> Result<bool> {
                     bail!("{} already exists; not overwriting a key file", path.display());
                 }
             }
-            let response = conn.ask_server(&stamped(create_client::request()), &mut deadline)?;
+            let role = if *admin { Role::Admin } else { Role::Client };
+            let response = conn.ask_server(&stamped(create_client::request(name.as_deref(), role)), &mut deadline)?;
             let yaml = create_client::credentials_yaml(&response)?;
             match output {
                 Some(path) => {

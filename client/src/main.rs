@@ -75,6 +75,7 @@ fn run(cli: Cli) -> Result<()> {
         (SocketSecurity::Null, None)
     };
 
+    pantry_shared::security::set_max_message_size(config.networking.max_message_size);
     let (signal_read, signal_write) = UnixStream::pair()?;
     signal_read.set_nonblocking(true)?;
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

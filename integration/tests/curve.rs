@@ -73,9 +73,18 @@ fn bootstrap_admin(server: &Server) -> (TempDir, String) {
     (cwd, field(&keys, "public_key"))
 }
 
-/// `client:create` from an enrolled admin; returns the printed YAML.
+/// `client:create` from an enrolled admin; returns the printed YAML. The
+/// server picks the key's name (an agent's identity must match its key's
+/// name: use [`create_named_client`] for agents).
 fn create_client(server: &Server, cwd: &Path) -> String {
     let run = server.admin_in(cwd, &["--curve-key-file", KEYS, "--timeout", "5", "client:create"]);
+    assert!(run.success(), "client:create failed: {run:?}");
+    run.stdout
+}
+
+/// `client:create --name NAME`.
+fn create_named_client(server: &Server, cwd: &Path, name: &str) -> String {
+    let run = server.admin_in(cwd, &["--curve-key-file", KEYS, "--timeout", "5", "client:create", "--name", name]);
     assert!(run.success(), "client:create failed: {run:?}");
     run.stdout
 }
@@ -122,7 +131,7 @@ fn encrypted_round_trip_with_an_agent_enrolled_by_client_create() {
     let received = wait_for_line(|| server.log(), &["message received", &format!("key: {admin_key}")], LOG_WAIT);
     assert!(received.is_some(), "messages not attributed to {admin_key}:\n{}", server.log());
 
-    let credentials = create_client(&server, cwd.path());
+    let credentials = create_named_client(&server, cwd.path(), "agent-1");
     let parsed = yaml(&credentials);
     assert_eq!(field(&parsed, "server_public_key"), server.public_key());
     let agent_key = field(&parsed, "public_key");
@@ -237,7 +246,17 @@ fn client_create_output_file_and_stdout() {
     let out = out_dir.path().join("new_client_keys.yml");
     let run = server.admin_in(
         cwd.path(),
-        &["--curve-key-file", KEYS, "--timeout", "5", "client:create", "--output", out.to_str().unwrap()],
+        &[
+            "--curve-key-file",
+            KEYS,
+            "--timeout",
+            "5",
+            "client:create",
+            "--name",
+            "agent-file",
+            "--output",
+            out.to_str().unwrap(),
+        ],
     );
     assert!(run.success(), "client:create --output failed: {run:?}");
     assert_eq!(mode(&out), 0o600, "--output file mode");

@@ -14,6 +14,8 @@ use pantry_shared::filter::ClientFilter;
 struct Entry {
     filter: ClientFilter,
     last_checked_in: SystemTime,
+    /// The key that registered this identity (CURVE): no other may.
+    key: Option<String>,
 }
 
 #[derive(Default)]
@@ -41,35 +43,77 @@ impl Actor for ClientRegistry {
     type Context = Context<Self>;
 }
 
-/// A client checked in. Returns true when the server had not seen it yet
-/// (or it changed its application, environment or roles).
+/// A client checked in.
 #[derive(Message)]
-#[rtype(result = "bool")]
+#[rtype(result = "Registered")]
 pub struct Register {
     /// With the identity set.
     pub client: ClientFilter,
+    /// The sender's key, under CURVE.
+    pub key: Option<String>,
+}
+
+/// What a registration did.
+#[derive(Debug, PartialEq, Eq, MessageResponse)]
+pub enum Registered {
+    /// First time, or with a new application, environment or roles.
+    New,
+    /// A heartbeat.
+    Again,
+    /// The identity belongs to another key.
+    Refused { bound_to: String },
 }
 
 impl Handler<Register> for ClientRegistry {
-    type Result = bool;
+    type Result = Registered;
 
-    fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> bool {
+    fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> Registered {
         let identity = msg.client.identity.clone().unwrap_or_default();
         let now = SystemTime::now();
         if let Some(entry) = self.clients.get_mut(&identity) {
+            if let (Some(bound), Some(key)) = (&entry.key, &msg.key) {
+                if bound != key {
+                    return Registered::Refused { bound_to: bound.clone() };
+                }
+            }
             entry.last_checked_in = now;
             if entry.filter == msg.client {
-                return false;
+                return Registered::Again;
             }
             let old = std::mem::replace(&mut entry.filter, msg.client.clone());
             self.unindex(&identity, &old);
         } else {
-            self.clients.insert(identity.clone(), Entry { filter: msg.client.clone(), last_checked_in: now });
+            let entry = Entry { filter: msg.client.clone(), last_checked_in: now, key: msg.key };
+            self.clients.insert(identity.clone(), entry);
         }
         for stream in msg.client.streams() {
             self.by_stream.entry(stream).or_default().insert(identity.clone());
         }
-        true
+        Registered::New
+    }
+}
+
+/// Drop every client registered by a (revoked) key.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forget {
+    pub key: String,
+}
+
+impl Handler<Forget> for ClientRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Forget, _: &mut Context<Self>) {
+        let gone: Vec<(String, ClientFilter)> = self
+            .clients
+            .iter()
+            .filter(|(_, e)| e.key.as_deref() == Some(msg.key.as_str()))
+            .map(|(id, e)| (id.clone(), e.filter.clone()))
+            .collect();
+        for (identity, filter) in gone {
+            self.clients.remove(&identity);
+            self.unindex(&identity, &filter);
+        }
     }
 }
 
@@ -132,9 +176,16 @@ mod tests {
     #[actix_rt::test]
     async fn recipients_follow_registrations() {
         let registry = ClientRegistry::default().start();
-        assert!(registry.send(Register { client: client("h1", "pantry", "test", &["web"]) }).await.unwrap());
-        assert!(registry.send(Register { client: client("h2", "pantry", "prod", &["db"]) }).await.unwrap());
-        assert!(!registry.send(Register { client: client("h1", "pantry", "test", &["web"]) }).await.unwrap());
+        let reg = |c: ClientFilter, key: &str| Register { client: c, key: Some(key.into()) };
+        assert_eq!(registry.send(reg(client("h1", "pantry", "test", &["web"]), "k1")).await.unwrap(), Registered::New);
+        assert_eq!(registry.send(reg(client("h2", "pantry", "prod", &["db"]), "k2")).await.unwrap(), Registered::New);
+        assert_eq!(
+            registry.send(reg(client("h1", "pantry", "test", &["web"]), "k1")).await.unwrap(),
+            Registered::Again
+        );
+        // Another key cannot take h1.
+        let refused = registry.send(reg(client("h1", "pantry", "test", &["web"]), "k9")).await.unwrap();
+        assert_eq!(refused, Registered::Refused { bound_to: "k1".into() });
         let to = |s: &str| registry.send(Recipients { stream: s.into() });
         assert_eq!(to("").await.unwrap(), ["h1", "h2"]);
         assert_eq!(to("pantry").await.unwrap(), ["h1", "h2"]);
@@ -143,7 +194,7 @@ mod tests {
         assert_eq!(to("h1").await.unwrap(), ["h1"]);
         assert!(to("h").await.unwrap().is_empty());
         // Changing roles moves the client in the index.
-        assert!(registry.send(Register { client: client("h1", "pantry", "test", &["db"]) }).await.unwrap());
+        assert_eq!(registry.send(reg(client("h1", "pantry", "test", &["db"]), "k1")).await.unwrap(), Registered::New);
         assert!(to("pantry.test.web").await.unwrap().is_empty());
         assert_eq!(to("pantry.test.db").await.unwrap(), ["h1"]);
         let q = registry
@@ -151,5 +202,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(q.len(), 2);
+        registry.send(Forget { key: "k2".into() }).await.unwrap();
+        assert!(to("pantry.prod").await.unwrap().is_empty());
+        assert_eq!(to("").await.unwrap(), ["h1"]);
     }
 }

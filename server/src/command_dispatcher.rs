@@ -1,8 +1,13 @@
 //! The command dispatcher: every decoded message from the ROUTER ends here.
 //!
+//! - Under CURVE, the sender is who its key says (the ZAP handler's user id
+//!   and properties), never what `from` claims: a client key claiming
+//!   another name is dropped; revoked keys are dropped; commands that need
+//!   an admin key are refused for client keys.
 //! - An answer from a client to a request the server forwarded goes back to
 //!   the requester's ROUTER connection.
-//! - Server commands (`RegisterClient`, `Status`, `CreateClient`) run here.
+//! - Server commands (`RegisterClient`, `Status`, `CreateClient`, key
+//!   management, application configs) run here.
 //! - Every other type is forwarded: the requester first gets the list of the
 //!   clients that will answer, then the request is published to them.
 //!
@@ -11,17 +16,22 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
-use pantry_shared::commands::{self, app_config, create_client, register_client, status, RunsOn};
+use pantry_shared::commands::{
+    self, app_config, client_list, client_revoke, create_client, register_client, status, RunsOn,
+};
+use pantry_shared::keys::Role;
 use pantry_shared::{BodyPart, Message};
 use serde_json::Value;
 use slog::{debug, info, warn, Logger};
 
-use crate::client_registry::{ClientRegistry, Query, Recipients, Register};
-use crate::socket_listener::{Hex, Publish, SendToPeer, SocketListener};
-use crate::zap_handler::{CreateClientKey, ZapHandler};
+use crate::client_registry::{ClientRegistry, Forget, Query, Recipients, Register, Registered};
+use crate::connections::{PeerAuth, Presence};
+use crate::socket_listener::{CutOff, Hex, Publish, SendToPeer, SocketListener};
+use crate::zap_handler::{CreateKey, ListKeys, RevokeKey, ZapHandler};
 
 /// How long the answers to a forwarded request are awaited before the
 /// server forgets the request (the requester has its own, shorter timeout).
@@ -43,6 +53,12 @@ pub struct CommandDispatcher {
     pending: HashMap<String, Pending>,
     /// Where application configs live.
     root_dir: PathBuf,
+    /// Keys revoked since start: their open connections may still deliver
+    /// a message or two before the cut-off lands.
+    revoked: HashSet<String>,
+    /// Key → when it last sent something, and how many connections it has.
+    seen: HashMap<String, SystemTime>,
+    connected: HashSet<String>,
     log: Logger,
 }
 
@@ -54,7 +70,17 @@ impl CommandDispatcher {
         root_dir: PathBuf,
         log: Logger,
     ) -> Self {
-        CommandDispatcher { listener, registry, keys, pending: HashMap::new(), root_dir, log }
+        CommandDispatcher {
+            listener,
+            registry,
+            keys,
+            pending: HashMap::new(),
+            root_dir,
+            revoked: HashSet::new(),
+            seen: HashMap::new(),
+            connected: HashSet::new(),
+            log,
+        }
     }
 
     fn reply(&self, peer: Vec<u8>, message: Message) {
@@ -88,19 +114,24 @@ impl CommandDispatcher {
     }
 
     fn run_on_server(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
-        let Incoming { peer, message, .. } = incoming;
+        let Incoming { peer, message, auth } = incoming;
         match message.message_type() {
             register_client::TYPE => match register_client::parse(&message) {
                 Ok(client) => {
                     let log = self.log.clone();
                     let identity = message.metadata.from.clone();
+                    let key = auth.as_ref().map(|a| a.key.clone());
                     self.registry
-                        .send(Register { client })
+                        .send(Register { client, key: key.clone() })
                         .into_actor(self)
-                        .map(move |first, _, _| {
-                            if first.unwrap_or(false) {
-                                info!(log, "client registered"; "identity" => identity, "peer" => Hex(&peer));
+                        .map(move |outcome, _, _| match outcome {
+                            Ok(Registered::New) => {
+                                info!(log, "client registered"; "identity" => identity, "peer" => Hex(&peer))
                             }
+                            Ok(Registered::Refused { bound_to }) => warn!(log,
+                                "registration refused: the identity is bound to another key";
+                                "identity" => identity, "key" => key.unwrap_or_default(), "bound_to" => bound_to),
+                            Ok(Registered::Again) | Err(_) => {}
                         })
                         .spawn(ctx);
                 }
@@ -121,24 +152,12 @@ impl CommandDispatcher {
                 }
                 Err(e) => self.reply_error(peer, &message, e.to_string()),
             },
-            create_client::TYPE => match &self.keys {
-                None => self.reply_error(peer, &message, "client:create needs `security: curve` on the server".into()),
-                Some(keys) => {
-                    keys.send(CreateClientKey)
-                        .into_actor(self)
-                        .map(move |created, act, _| match created {
-                            Ok(Ok((server_key, pair))) => {
-                                act.reply(peer, create_client::respond(&message, &server_key, &pair));
-                            }
-                            Ok(Err(e)) => {
-                                warn!(act.log, "client:create failed"; "error" => %e);
-                                act.reply_error(peer, &message, format!("cannot create a client key: {e}"));
-                            }
-                            Err(e) => act.reply_error(peer, &message, format!("key store unavailable: {e}")),
-                        })
-                        .spawn(ctx);
-                }
-            },
+            create_client::TYPE | client_list::TYPE | client_revoke::TYPE if self.keys.is_none() => {
+                self.reply_error(peer, &message, "key management needs `security: curve` on the server".into())
+            }
+            create_client::TYPE => self.create_key(peer, message, ctx),
+            client_list::TYPE => self.list_keys(peer, message, ctx),
+            client_revoke::TYPE => self.revoke_key(peer, message, ctx),
             app_config::SHOW_TYPE => self.reply(peer, app_config::respond_show(&message, &self.root_dir)),
             app_config::EDIT_TYPE => {
                 let response = app_config::respond_edit(&message, &self.root_dir);
@@ -152,6 +171,106 @@ impl CommandDispatcher {
             }
             _ => {}
         }
+    }
+
+    fn create_key(&mut self, peer: Vec<u8>, message: Message, ctx: &mut Context<Self>) {
+        let (Some(keys), Ok((name, role))) = (&self.keys, create_client::parse(&message)) else {
+            return self.reply_error(peer, &message, "invalid client:create request".into());
+        };
+        keys.send(CreateKey { name, role })
+            .into_actor(self)
+            .map(move |created, act, _| match created {
+                Ok(Ok((server_key, pair, _))) => act.reply(peer, create_client::respond(&message, &server_key, &pair)),
+                Ok(Err(e)) => {
+                    warn!(act.log, "client:create failed"; "error" => %e);
+                    act.reply_error(peer, &message, format!("cannot create a key: {e}"));
+                }
+                Err(e) => act.reply_error(peer, &message, format!("key store unavailable: {e}")),
+            })
+            .spawn(ctx);
+    }
+
+    fn list_keys(&mut self, peer: Vec<u8>, message: Message, ctx: &mut Context<Self>) {
+        let Some(keys) = &self.keys else { return };
+        keys.send(ListKeys)
+            .into_actor(self)
+            .map(move |listed, act, _| match listed {
+                Ok(Ok(known)) => {
+                    let response = client_list::respond(&message, &known, |key| {
+                        let last = act.seen.get(key).map(|t| humantime::format_rfc3339_seconds(*t).to_string());
+                        (last, act.connected.contains(key))
+                    });
+                    act.reply(peer, response);
+                }
+                Ok(Err(e)) => act.reply_error(peer, &message, format!("cannot read the key store: {e}")),
+                Err(e) => act.reply_error(peer, &message, format!("key store unavailable: {e}")),
+            })
+            .spawn(ctx);
+    }
+
+    /// Removes the key, then cuts it off: its messages are dropped from now
+    /// on, its connections are shut down, it leaves the registry.
+    fn revoke_key(&mut self, peer: Vec<u8>, message: Message, ctx: &mut Context<Self>) {
+        let (Some(keys), Some(target)) = (&self.keys, client_revoke::target(&message)) else {
+            return self.reply_error(peer, &message, "client:revoke needs a name or key".into());
+        };
+        keys.send(RevokeKey { name_or_key: target.to_owned() })
+            .into_actor(self)
+            .map(move |revoked, act, _| match revoked {
+                Ok(Ok(known)) => {
+                    act.revoked.insert(known.public_key.clone());
+                    act.connected.remove(&known.public_key);
+                    act.listener.do_send(CutOff { key: known.public_key.clone() });
+                    act.registry.do_send(Forget { key: known.public_key.clone() });
+                    warn!(act.log, "key revoked and cut off";
+                        "name" => &known.name, "key" => &known.public_key, "by" => &message.metadata.from);
+                    act.reply(peer, client_revoke::respond(&message, &known.name, &known.public_key));
+                }
+                Ok(Err(e)) => act.reply_error(peer, &message, format!("cannot revoke: {e}")),
+                Err(e) => act.reply_error(peer, &message, format!("key store unavailable: {e}")),
+            })
+            .spawn(ctx);
+    }
+
+    /// Under CURVE: who sent the message, by key. Drops (returns false) what
+    /// a revoked key, a client key claiming another name, or a client key
+    /// asking for an admin command sent; rewrites an admin's `from` to its
+    /// key's name.
+    fn authorize(&mut self, incoming: &mut Incoming) -> bool {
+        if self.keys.is_none() {
+            return true;
+        }
+        let m = &incoming.message;
+        let Some(auth) = incoming.auth.clone() else {
+            warn!(self.log, "message without an authenticated key dropped"; "type" => m.message_type(),
+                "peer" => Hex(&incoming.peer));
+            return false;
+        };
+        if self.revoked.contains(&auth.key) {
+            debug!(self.log, "message from a revoked key dropped";
+                "type" => m.message_type(), "name" => &auth.name, "key" => &auth.key);
+            return false;
+        }
+        self.seen.insert(auth.key.clone(), SystemTime::now());
+        if m.metadata.from != auth.name {
+            if auth.role == Role::Client {
+                warn!(self.log, "message with a spoofed sender dropped";
+                    "claimed" => &m.metadata.from, "name" => &auth.name, "key" => &auth.key,
+                    "type" => m.message_type(), "uuid" => m.uuid());
+                return false;
+            }
+            // Admins do not register as clients: their name is their key's.
+            incoming.message.metadata.from = auth.name.clone();
+        }
+        let m = &incoming.message;
+        if auth.role == Role::Client && commands::needs_admin(m.message_type()) {
+            warn!(self.log, "unauthorized command refused: it needs an admin key";
+                "type" => m.message_type(), "name" => &auth.name, "key" => &auth.key, "uuid" => m.uuid());
+            let error = format!("not authorized: {} needs an admin key", m.message_type());
+            self.reply_error(incoming.peer.clone(), m, error);
+            return false;
+        }
+        true
     }
 
     fn reply_error(&self, peer: Vec<u8>, request: &Message, error: String) {
@@ -212,19 +331,44 @@ impl Actor for CommandDispatcher {
 pub struct Incoming {
     /// ROUTER routing id of the connection it came from.
     pub peer: Vec<u8>,
-    /// The Z85 public key of the sender (CURVE only).
-    pub user_id: Option<String>,
+    /// Who sent it, by key (CURVE only).
+    pub auth: Option<Arc<PeerAuth>>,
     pub message: Message,
+}
+
+/// A key's first connection opened or its last one closed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerPresence(pub Presence);
+
+impl Handler<PeerPresence> for CommandDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerPresence, _: &mut Context<Self>) {
+        match msg.0 {
+            Presence::Connected(key) => {
+                self.seen.insert(key.clone(), SystemTime::now());
+                self.connected.insert(key);
+            }
+            Presence::Disconnected(key) => {
+                self.connected.remove(&key);
+            }
+        }
+    }
 }
 
 impl Handler<Incoming> for CommandDispatcher {
     type Result = ();
 
-    fn handle(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
+    fn handle(&mut self, mut incoming: Incoming, ctx: &mut Context<Self>) {
         let m = &incoming.message;
         debug!(self.log, "message received";
-            "type" => m.message_type(), "from" => &m.metadata.from, "to" => &m.stream,
-            "uuid" => m.uuid(), "peer" => Hex(&incoming.peer), "key" => incoming.user_id.as_deref().unwrap_or("-"));
+            "type" => m.message_type(), "from" => &m.metadata.from, "to" => &m.stream, "uuid" => m.uuid(),
+            "peer" => Hex(&incoming.peer), "key" => incoming.auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-"));
+        if !self.authorize(&mut incoming) {
+            return;
+        }
+        let m = &incoming.message;
         if self.route_answer(&incoming) {
             return;
         }

@@ -8,11 +8,15 @@
 //! `pantry_shared::commands::upload` for the whole story.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use pantry_shared::commands::upload::Relay;
-use slog::{debug, Logger};
+use pantry_shared::keys::Role;
+use slog::{debug, warn, Logger};
+
+use crate::connections::PeerAuth;
 
 use crate::socket_listener::{Hex, SendFileFrames, SocketListener};
 
@@ -26,13 +30,14 @@ struct Transfer {
 
 pub struct FileService {
     listener: Addr<SocketListener>,
+    curve: bool,
     transfers: HashMap<Vec<u8>, Transfer>,
     log: Logger,
 }
 
 impl FileService {
-    pub fn new(listener: Addr<SocketListener>, log: Logger) -> Self {
-        FileService { listener, transfers: HashMap::new(), log }
+    pub fn new(listener: Addr<SocketListener>, curve: bool, log: Logger) -> Self {
+        FileService { listener, curve, transfers: HashMap::new(), log }
     }
 
     fn send(&self, frames: Vec<Vec<u8>>) {
@@ -55,6 +60,8 @@ impl Actor for FileService {
 #[rtype(result = "()")]
 pub struct FileFrames {
     pub peer: Vec<u8>,
+    /// Who sent them, by key (CURVE only).
+    pub auth: Option<Arc<PeerAuth>>,
     pub frames: Vec<Vec<u8>>,
 }
 
@@ -62,12 +69,17 @@ impl Handler<FileFrames> for FileService {
     type Result = ();
 
     fn handle(&mut self, msg: FileFrames, _: &mut Context<Self>) {
-        let FileFrames { peer, frames } = msg;
+        let FileFrames { peer, auth, frames } = msg;
         let Some(relay) = Relay::parse(frames) else {
             debug!(self.log, "malformed file service message dropped"; "peer" => Hex(&peer));
             return;
         };
         match relay {
+            // Under CURVE only an admin key may offer files to clients.
+            Relay::Offer { .. } if self.curve && auth.as_ref().is_none_or(|a| a.role != Role::Admin) => {
+                warn!(self.log, "upload offer refused: it needs an admin key"; "peer" => Hex(&peer),
+                    "key" => auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-"));
+            }
             Relay::Offer { transfer_id } => {
                 debug!(self.log, "upload offered"; "transfer" => String::from_utf8_lossy(&transfer_id).as_ref(), "peer" => Hex(&peer));
                 self.transfers

@@ -9,6 +9,7 @@
 
 mod client_registry;
 mod command_dispatcher;
+mod connections;
 mod file_service;
 mod socket_listener;
 mod zap_handler;
@@ -43,6 +44,25 @@ struct Cli {
     /// Log at debug level (every message and handshake).
     #[arg(short = 'd', long = "debug")]
     debug: bool,
+    #[command(subcommand)]
+    command: Option<ServerCommand>,
+}
+
+/// Without a command, the server runs.
+#[derive(clap::Subcommand, Debug)]
+enum ServerCommand {
+    /// Write a new admin key into the key store (CURVE), whether the server
+    /// is stopped or running (it picks the key up without a restart), and
+    /// print its credentials for the admin's `.pantry/` keys file.
+    #[command(name = "keys:create-admin")]
+    KeysCreateAdmin {
+        /// The admin's name.
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Write the credentials to FILE (mode 0600) instead of printing them.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -58,6 +78,9 @@ fn run(cli: Cli) -> Result<()> {
         Some(path) => Config::load(path, Program::Server)?,
         None => Config::defaults(Program::Server),
     };
+    if let Some(ServerCommand::KeysCreateAdmin { name, output }) = &cli.command {
+        return create_admin_key(&config, name, output.as_deref());
+    }
     let mut level = config.log_level.to_slog();
     if cli.debug {
         level = Level::Debug;
@@ -93,6 +116,7 @@ fn run(cli: Cli) -> Result<()> {
         file_service: net.endpoint(net.file_service_port),
     };
 
+    pantry_shared::security::set_max_message_size(net.max_message_size);
     let ctx = zmq::Context::new();
     let sockets = BoundSockets::bind(&ctx, &security, &endpoints)?;
     info!(log, "pantry-server started";
@@ -100,11 +124,49 @@ fn run(cli: Cli) -> Result<()> {
         "security" => net.security_name(), "root_dir" => %root_dir.display());
 
     let system = System::new();
-    let started = system.block_on(async { start_actors(sockets, store, root_dir.clone(), &logging) });
+    let trust_first_client = net.trust_first_client;
+    let started =
+        system.block_on(async { start_actors(sockets, store, trust_first_client, root_dir.clone(), &logging) });
     let listener = started?;
     system.block_on(async { wait_for_signal(listener, &logging).await });
     system.run()?;
     drop(ctx);
+    Ok(())
+}
+
+/// `keys:create-admin`: adds an admin key to the store on disk.
+fn create_admin_key(config: &Config, name: &str, output: Option<&std::path::Path>) -> Result<()> {
+    use pantry_shared::keys::{client_keys_yaml, decode_z85, ClientKeysFile, KeyPair, Role};
+    if !config.networking.is_curve() {
+        anyhow::bail!("keys:create-admin needs networking.security: curve in the config (null security has no keys)");
+    }
+    if let Some(path) = output.filter(|p| p.exists()) {
+        anyhow::bail!("{} already exists; not overwriting a key file", path.display());
+    }
+    let mut store = ServerKeyStore::open(config.root_dir())?;
+    let pair = KeyPair::generate()?;
+    let key = decode_z85(&pair.public_key).context("generated key")?;
+    let known = store.add(&key, name, Role::Admin)?;
+    let yaml = client_keys_yaml(&ClientKeysFile {
+        server_public_key: Some(store.keys.public_key.clone()),
+        public_key: Some(pair.public_key),
+        private_key: Some(pair.private_key),
+    });
+    match output {
+        Some(path) => {
+            pantry_shared::keys::write_atomically(path, yaml.as_bytes())?;
+            eprintln!(
+                "admin key `{}` added to {}; credentials written to {}",
+                known.name,
+                store.path().display(),
+                path.display()
+            );
+        }
+        None => {
+            eprintln!("admin key `{}` added to {}", known.name, store.path().display());
+            print!("{yaml}");
+        }
+    }
     Ok(())
 }
 
@@ -113,6 +175,7 @@ fn run(cli: Cli) -> Result<()> {
 fn start_actors(
     sockets: BoundSockets,
     store: Option<ServerKeyStore>,
+    trust_first_client: bool,
     root_dir: PathBuf,
     logging: &Logging,
 ) -> Result<Addr<SocketListener>> {
@@ -125,14 +188,15 @@ fn start_actors(
     let listener = SocketListener::start(
         sockets,
         dispatcher_ctx.address().recipient(),
+        dispatcher_ctx.address().recipient(),
         files_ctx.address().recipient(),
         zap_addr.clone().map(Addr::recipient),
         log.clone(),
     )?;
     if let (Some(zap_ctx), Some(store)) = (zap_ctx, store) {
-        zap_ctx.run(ZapHandler::new(store, listener.clone(), log.clone()));
+        zap_ctx.run(ZapHandler::new(store, listener.clone(), trust_first_client, log.clone()));
     }
-    files_ctx.run(FileService::new(listener.clone(), log.clone()));
+    files_ctx.run(FileService::new(listener.clone(), zap_addr.is_some(), log.clone()));
     dispatcher_ctx.run(CommandDispatcher::new(listener.clone(), registry, zap_addr, root_dir, log.clone()));
     Ok(listener)
 }

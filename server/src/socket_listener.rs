@@ -2,8 +2,9 @@
 //!
 //! ZeroMQ sockets may be used from one thread at a time, so the sockets live
 //! on a dedicated thread that blocks in `zmq::poll` on the ROUTER (requests
-//! from clients and admins), the ZAP handler socket, the socket monitors and
-//! an inproc PULL. Inbound traffic is decoded there and handed to actors with
+//! from clients and admins), the file service ROUTER, the XPUB (whose
+//! subscriptions say which connection is whose), the ZAP handler socket, the
+//! socket monitors and an inproc PULL. Inbound traffic is decoded there and handed to actors with
 //! `do_send`. Outbound traffic goes the other way: the [`SocketListener`]
 //! actor writes tagged frames to its inproc PUSH, and the thread sends them
 //! on the right socket. No poll timeout, so no latency floor.
@@ -18,7 +19,8 @@ use pantry_shared::security::{SocketSecurity, ZAP_ENDPOINT};
 use pantry_shared::Message;
 use slog::{debug, error, info, warn, Logger};
 
-use crate::command_dispatcher::Incoming;
+use crate::command_dispatcher::{Incoming, PeerPresence};
+use crate::connections::{Connections, Presence, RawFrame, SocketKind};
 use crate::file_service::FileFrames;
 use crate::zap_handler::ZapRequest;
 
@@ -29,6 +31,7 @@ const TO_PEER: &[u8] = b"R";
 const TO_SUBSCRIBERS: &[u8] = b"P";
 const TO_ZAP: &[u8] = b"Z";
 const TO_FILE_PEER: &[u8] = b"F";
+const CUT_OFF: &[u8] = b"C";
 const STOP: &[u8] = b"S";
 
 /// Where the server listens.
@@ -49,6 +52,7 @@ pub struct BoundSockets {
     pull: zmq::Socket,
     router_monitor: zmq::Socket,
     publisher_monitor: zmq::Socket,
+    files_monitor: zmq::Socket,
 }
 
 impl BoundSockets {
@@ -68,7 +72,10 @@ impl BoundSockets {
         pull.set_linger(0)?;
         pull.bind(OUTBOUND_ENDPOINT)?;
 
-        let publisher = security.socket(ctx, zmq::PUB)?;
+        // XPUB: like PUB for subscribers, but every subscription reaches us,
+        // which tells which connection (descriptor) belongs to which key.
+        let publisher = security.socket(ctx, zmq::XPUB)?;
+        publisher.set_xpub_verbose(true)?;
         let publisher_monitor = monitor::monitor(ctx, &publisher)?;
         publisher
             .bind(&endpoints.publish)
@@ -84,11 +91,22 @@ impl BoundSockets {
 
         let files = security.socket(ctx, zmq::ROUTER)?;
         files.set_router_mandatory(true)?;
+        let files_monitor = monitor::monitor(ctx, &files)?;
         files
             .bind(&endpoints.file_service)
             .with_context(|| format!("cannot bind file service socket on {}", endpoints.file_service))?;
 
-        Ok(BoundSockets { ctx: ctx.clone(), zap, router, publisher, files, pull, router_monitor, publisher_monitor })
+        Ok(BoundSockets {
+            ctx: ctx.clone(),
+            zap,
+            router,
+            publisher,
+            files,
+            pull,
+            router_monitor,
+            publisher_monitor,
+            files_monitor,
+        })
     }
 }
 
@@ -105,6 +123,7 @@ impl SocketListener {
     pub fn start(
         sockets: BoundSockets,
         dispatcher: Recipient<Incoming>,
+        presence: Recipient<PeerPresence>,
         files: Recipient<FileFrames>,
         zap: Option<Recipient<ZapRequest>>,
         log: Logger,
@@ -113,9 +132,10 @@ impl SocketListener {
         push.set_linger(0)?;
         push.connect(OUTBOUND_ENDPOINT)?;
         let thread_log = log.clone();
-        let thread = std::thread::Builder::new()
-            .name("pantry-sockets".into())
-            .spawn(move || SocketThread { sockets, dispatcher, files, zap, log: thread_log }.run())?;
+        let thread = std::thread::Builder::new().name("pantry-sockets".into()).spawn(move || {
+            let connections = Connections::default();
+            SocketThread { sockets, dispatcher, presence, files, zap, connections, log: thread_log }.run()
+        })?;
         Ok(SocketListener { push, thread: Some(thread), log }.start())
     }
 
@@ -197,6 +217,21 @@ impl Handler<SendFileFrames> for SocketListener {
     }
 }
 
+/// Close every open connection of a revoked key.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CutOff {
+    pub key: String,
+}
+
+impl Handler<CutOff> for SocketListener {
+    type Result = ();
+
+    fn handle(&mut self, msg: CutOff, _: &mut Context<Self>) {
+        self.send_tagged(CUT_OFF, [msg.key.into_bytes()]);
+    }
+}
+
 /// Close every socket (linger 0) and end the socket thread.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -218,21 +253,29 @@ impl Handler<Shutdown> for SocketListener {
 struct SocketThread {
     sockets: BoundSockets,
     dispatcher: Recipient<Incoming>,
+    presence: Recipient<PeerPresence>,
     files: Recipient<FileFrames>,
     zap: Option<Recipient<ZapRequest>>,
+    connections: Connections,
     log: Logger,
 }
 
 impl SocketThread {
-    fn run(self) {
-        let s = &self.sockets;
+    fn run(mut self) {
+        // The C handles, for reads that need message properties.
+        let router = self.sockets.router.as_mut_ptr();
+        let files = self.sockets.files.as_mut_ptr();
+        let publisher = self.sockets.publisher.as_mut_ptr();
         loop {
+            let s = &self.sockets;
             let mut items = vec![
                 s.pull.as_poll_item(zmq::POLLIN),
                 s.router.as_poll_item(zmq::POLLIN),
                 s.router_monitor.as_poll_item(zmq::POLLIN),
                 s.publisher_monitor.as_poll_item(zmq::POLLIN),
                 s.files.as_poll_item(zmq::POLLIN),
+                s.files_monitor.as_poll_item(zmq::POLLIN),
+                s.publisher.as_poll_item(zmq::POLLIN),
             ];
             if let Some(zap) = &s.zap {
                 items.push(zap.as_poll_item(zmq::POLLIN));
@@ -245,30 +288,37 @@ impl SocketThread {
                 return;
             }
             let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+            // Closed connections first: a descriptor number may be reused.
+            if ready[2] {
+                self.drain_monitor(SocketKind::Router);
+            }
+            if ready[3] {
+                self.drain_monitor(SocketKind::Publisher);
+            }
+            if ready[5] {
+                self.drain_monitor(SocketKind::Files);
+            }
             if ready[0] && !self.drain_outbound() {
                 info!(self.log, "sockets closed");
                 return;
             }
             if ready[1] {
-                self.drain_router();
-            }
-            if ready[2] {
-                self.drain_monitor(&s.router_monitor, "ROUTER");
-            }
-            if ready[3] {
-                self.drain_monitor(&s.publisher_monitor, "PUB");
+                self.drain_router(router, SocketKind::Router);
             }
             if ready[4] {
-                self.drain_files();
+                self.drain_router(files, SocketKind::Files);
             }
-            if ready.get(5) == Some(&true) {
+            if ready[6] {
+                self.drain_subscriptions(publisher);
+            }
+            if ready.get(7) == Some(&true) {
                 self.drain_zap();
             }
         }
     }
 
     /// Sends everything the actors queued. Returns false on the stop tag.
-    fn drain_outbound(&self) -> bool {
+    fn drain_outbound(&mut self) -> bool {
         while let Ok(mut frames) = self.sockets.pull.recv_multipart(zmq::DONTWAIT) {
             if frames.is_empty() {
                 continue;
@@ -289,6 +339,13 @@ impl SocketThread {
                         }
                     }
                 }
+                CUT_OFF => {
+                    let key =
+                        String::from_utf8_lossy(frames.first().map(Vec::as_slice).unwrap_or_default()).into_owned();
+                    let closed = self.connections.cut_off(&key);
+                    info!(self.log, "cut off a revoked key: its connections were shut down";
+                        "key" => key, "connections" => closed);
+                }
                 STOP => return false,
                 _ => {}
             }
@@ -306,44 +363,66 @@ impl SocketThread {
             .and_then(|()| socket.send_multipart(frames, zmq::DONTWAIT));
         match result {
             Ok(()) => {}
-            Err(zmq::Error::EHOSTUNREACH) => debug!(self.log, "peer is gone; response dropped"; "peer" => Hex(&peer)),
+            Err(zmq::Error::EHOSTUNREACH) => debug!(self.log, "peer is gone; message dropped"; "peer" => Hex(&peer)),
             Err(zmq::Error::EAGAIN) => {
-                debug!(self.log, "peer's queue is full (high-water mark); response dropped"; "peer" => Hex(&peer))
+                debug!(self.log, "peer's queue is full (high-water mark); message dropped"; "peer" => Hex(&peer))
             }
             Err(e) => warn!(self.log, "cannot send to peer"; "peer" => Hex(&peer), "error" => %e),
         }
     }
 
-    fn drain_router(&self) {
+    /// Reads every waiting message of a ROUTER socket (requests or file
+    /// service frames) with the identity of its sender.
+    fn drain_router(&mut self, socket: *mut std::ffi::c_void, kind: SocketKind) {
         loop {
-            let (frames, user_id) = match recv_with_user_id(&self.sockets.router) {
-                Ok(Some(received)) => received,
-                Ok(None) => return,
+            let mut routing = match RawFrame::recv(socket, zmq::DONTWAIT) {
+                Ok(frame) => frame,
+                Err(zmq::Error::EAGAIN) => return,
                 Err(e) => {
-                    warn!(self.log, "cannot receive on ROUTER"; "error" => %e);
+                    warn!(self.log, "cannot receive"; "socket" => kind.name(), "error" => %e);
                     return;
                 }
             };
-            let Some((peer, rest)) = frames.split_first() else {
-                continue;
-            };
-            match Message::from_frames(rest) {
-                Ok(message) => {
-                    self.dispatcher.do_send(Incoming { peer: peer.clone(), user_id, message });
+            let peer = routing.data().to_vec();
+            let mut frames = Vec::new();
+            let mut auth = None;
+            let mut more = routing.more();
+            while more {
+                let Ok(mut frame) = RawFrame::recv(socket, 0) else { break };
+                if frames.is_empty() {
+                    let (sender, presence) = self.connections.sender(kind, &peer, &mut frame);
+                    auth = sender;
+                    if let Some(presence) = presence {
+                        self.presence.do_send(PeerPresence(presence));
+                    }
                 }
-                Err(e) => debug!(self.log, "malformed message dropped";
-                    "peer" => Hex(peer), "key" => user_id.unwrap_or_default(), "frames" => rest.len(), "error" => %e),
+                more = frame.more();
+                frames.push(frame.data().to_vec());
+            }
+            match kind {
+                SocketKind::Files => self.files.do_send(FileFrames { peer, auth, frames }),
+                _ => match Message::from_frames(&frames) {
+                    Ok(message) => self.dispatcher.do_send(Incoming { peer, auth, message }),
+                    Err(e) => debug!(self.log, "malformed message dropped";
+                        "peer" => Hex(&peer), "key" => auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-"),
+                        "frames" => frames.len(), "error" => %e),
+                },
             }
         }
     }
 
-    fn drain_files(&self) {
-        while let Ok(mut frames) = self.sockets.files.recv_multipart(zmq::DONTWAIT) {
-            if frames.len() < 2 {
-                continue;
+    /// Subscriptions (XPUB): only to learn which connection is whose.
+    fn drain_subscriptions(&mut self, socket: *mut std::ffi::c_void) {
+        while let Ok(mut frame) = RawFrame::recv(socket, zmq::DONTWAIT) {
+            if let Some(presence) = self.connections.subscriber(&mut frame) {
+                self.presence.do_send(PeerPresence(presence));
             }
-            let peer = frames.remove(0);
-            self.files.do_send(FileFrames { peer, frames });
+            while frame.more() {
+                match RawFrame::recv(socket, 0) {
+                    Ok(next) => frame = next,
+                    Err(_) => break,
+                }
+            }
         }
     }
 
@@ -363,11 +442,28 @@ impl SocketThread {
         }
     }
 
-    fn drain_monitor(&self, pair: &zmq::Socket, socket_name: &str) {
-        while let Some(event) = monitor::read(pair) {
+    fn drain_monitor(&mut self, kind: SocketKind) {
+        let curve = self.sockets.zap.is_some();
+        loop {
+            let pair = match kind {
+                SocketKind::Router => &self.sockets.router_monitor,
+                SocketKind::Publisher => &self.sockets.publisher_monitor,
+                SocketKind::Files => &self.sockets.files_monitor,
+            };
+            let Some(event) = monitor::read(pair) else { return };
+            let socket_name = kind.name();
             match event.event {
                 SocketEvent::Accepted => debug!(self.log, "connection accepted";
                     "socket" => socket_name, "address" => event_peer(&event), "endpoint" => &event.endpoint),
+                SocketEvent::Disconnected => {
+                    if let Some(presence) = self.connections.closed(kind, event.value as RawFd) {
+                        if let Presence::Disconnected(key) = &presence {
+                            debug!(self.log, "key's last connection closed (or dropped: a message over \
+                                max_message_size closes it)"; "key" => key, "socket" => socket_name);
+                        }
+                        self.presence.do_send(PeerPresence(presence));
+                    }
+                }
                 SocketEvent::HandshakeFailedProtocol(code) => debug!(self.log,
                     "handshake rejected: {}", SocketEvent::protocol_reason(code);
                     "socket" => socket_name, "endpoint" => &event.endpoint,
@@ -375,15 +471,24 @@ impl SocketThread {
                 // A NULL client and a CURVE server each read the other's
                 // greeting; when the client hangs up first, this is all the
                 // server learns.
-                SocketEvent::HandshakeFailedNoDetail if self.sockets.zap.is_some() => debug!(self.log,
+                SocketEvent::HandshakeFailedNoDetail if curve => debug!(self.log,
                     "handshake rejected: connection closed during the handshake (the peer may not speak CURVE)";
                     "socket" => socket_name, "endpoint" => &event.endpoint),
-                SocketEvent::HandshakeFailedNoDetail => {
-                    debug!(self.log, "handshake failed: connection closed by the peer";
-                    "socket" => socket_name, "endpoint" => &event.endpoint)
-                }
+                SocketEvent::HandshakeFailedNoDetail => debug!(self.log,
+                    "handshake failed: connection closed by the peer";
+                    "socket" => socket_name, "endpoint" => &event.endpoint),
                 _ => {}
             }
+        }
+    }
+}
+
+impl SocketKind {
+    fn name(self) -> &'static str {
+        match self {
+            SocketKind::Router => "ROUTER",
+            SocketKind::Publisher => "PUB",
+            SocketKind::Files => "FILES",
         }
     }
 }
@@ -416,28 +521,6 @@ fn peer_address(fd: RawFd) -> Option<String> {
             _ => None,
         }
     }
-}
-
-/// Receives one multipart message without blocking, with the `User-Id`
-/// the ZAP handler gave its connection (the client's Z85 public key). The
-/// routing id frame is made by the ROUTER itself and carries no connection
-/// properties: they are read from the next frame.
-fn recv_with_user_id(socket: &zmq::Socket) -> zmq::Result<Option<(Vec<Vec<u8>>, Option<String>)>> {
-    let first = match socket.recv_msg(zmq::DONTWAIT) {
-        Ok(m) => m,
-        Err(zmq::Error::EAGAIN) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut frames = vec![first.to_vec()];
-    let mut user_id = None;
-    while socket.get_rcvmore()? {
-        let mut part = socket.recv_msg(0)?;
-        if frames.len() == 1 {
-            user_id = part.gets("User-Id").filter(|u| !u.is_empty()).map(str::to_owned);
-        }
-        frames.push(part.to_vec());
-    }
-    Ok(Some((frames, user_id)))
 }
 
 /// A binary routing id, logged as hex. Formatted only when a line is

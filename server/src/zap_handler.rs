@@ -3,13 +3,15 @@
 //! libzmq asks it about every handshake on the server's sockets. The socket
 //! thread parses each request and sends it here; the answer goes back
 //! through the socket listener. It accepts only the CURVE mechanism and only
-//! keys in the key store (a hash set: as fast with 100,000 keys as with 10).
+//! keys in the key store (a hash map: as fast with 100,000 keys as with 10).
+//! An accepted client's connection carries its Z85 key as user id and its
+//! key's name and role as properties, so every message says who sent it.
 //! While no client is known, the first one is trusted and stored before the
 //! reply (trust on first use); requests are handled one at a time, so if two
 //! race exactly one wins. Every request is answered.
 
 use actix::prelude::*;
-use pantry_shared::keys::{self, KeyPair, PublicKey, ServerKeyStore};
+use pantry_shared::keys::{self, KeyChangeError, KeyPair, KnownKey, PublicKey, Role, ServerKeyStore};
 use pantry_shared::KeyStoreError;
 use slog::{debug, error, info, Logger};
 
@@ -38,7 +40,7 @@ impl ZapRequest {
             let reason = format!("{} frames, version {:?}", frames.len(), frames.get(2).map(|v| hex_or_text(v)));
             let mut reply: Vec<Vec<u8>> = frames.iter().take(2).cloned().collect();
             let request_id = frames.get(3).cloned().unwrap_or_default();
-            reply.extend(reply_frames(&request_id, b"500", "malformed ZAP request", ""));
+            reply.extend(reply_frames(&request_id, b"500", "malformed ZAP request", None));
             return Err((reply, reason));
         }
         let credentials = frames.split_off(8);
@@ -57,16 +59,31 @@ fn hex_or_text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn reply_frames(request_id: &[u8], status: &[u8], text: &str, user_id: &str) -> Vec<Vec<u8>> {
-    vec![
-        ZAP_VERSION.to_vec(),
-        request_id.to_vec(),
-        status.to_vec(),
-        text.as_bytes().to_vec(),
-        user_id.as_bytes().to_vec(),
-        Vec::new(),
-    ]
+fn reply_frames(request_id: &[u8], status: &[u8], text: &str, accepted: Option<&KnownKey>) -> Vec<Vec<u8>> {
+    let (user_id, metadata) = match accepted {
+        Some(known) => (known.public_key.as_bytes().to_vec(), metadata(known)),
+        None => (Vec::new(), Vec::new()),
+    };
+    vec![ZAP_VERSION.to_vec(), request_id.to_vec(), status.to_vec(), text.as_bytes().to_vec(), user_id, metadata]
 }
+
+/// Connection properties every message from an accepted client carries:
+/// its key's name and role (RFC 27 metadata: 1-byte name length, name,
+/// 4-byte big-endian value length, value).
+fn metadata(known: &KnownKey) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in [(NAME_PROPERTY, known.name.as_str()), (ROLE_PROPERTY, known.role.as_str())] {
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// Names of the connection properties set by [`metadata`].
+pub const NAME_PROPERTY: &str = "X-Pantry-Name";
+pub const ROLE_PROPERTY: &str = "X-Pantry-Role";
 
 /// The handler actor. It owns the server's key store.
 pub struct ZapHandler {
@@ -76,38 +93,71 @@ pub struct ZapHandler {
     log: Logger,
 }
 
+/// A decision: ZAP status code, our reason, and the key when accepted.
+struct Decision {
+    status: &'static [u8],
+    reason: String,
+    accepted: Option<KnownKey>,
+}
+
+impl Decision {
+    fn reject(reason: impl Into<String>) -> Decision {
+        Decision { status: b"400", reason: reason.into(), accepted: None }
+    }
+}
+
 impl ZapHandler {
-    pub fn new(store: ServerKeyStore, listener: Addr<SocketListener>, log: Logger) -> ZapHandler {
-        ZapHandler { store, listener, trust_first_client: true, log }
+    pub fn new(store: ServerKeyStore, listener: Addr<SocketListener>, trust_first_client: bool, log: Logger) -> Self {
+        ZapHandler { store, listener, trust_first_client, log }
     }
 
-    /// The decision: status code, status text (our reason) and user id.
-    fn decide(&mut self, request: &ZapRequest) -> (&'static [u8], String, String) {
+    fn decide(&mut self, request: &ZapRequest) -> Decision {
         if request.mechanism != "CURVE" {
-            return (b"400", format!("mechanism {} not allowed", request.mechanism), String::new());
+            return Decision::reject(format!("mechanism {} not allowed", request.mechanism));
         }
         let Some(key) = request.credentials.first().and_then(|k| PublicKey::try_from(k.as_slice()).ok()) else {
-            return (b"400", "malformed CURVE credentials".into(), String::new());
+            return Decision::reject("malformed CURVE credentials");
         };
-        let z85 = keys::z85(&key);
-        if self.store.is_known(&key) {
-            return (b"200", "accepted".into(), z85);
+        if let Some(known) = self.known(&key) {
+            return Decision { status: b"200", reason: "accepted".into(), accepted: Some(known) };
         }
         if self.trust_first_client && self.store.known_count() == 0 {
-            return match self.store.add_client(&key) {
-                Ok(_) => {
-                    info!(self.log, "trusted the first client on first use and stored its key";
-                        "key" => &z85, "address" => &request.address, "file" => %self.store.path().display());
-                    (b"200", "accepted (trusted on first use)".into(), z85)
+            let z85 = keys::z85(&key);
+            return match self.store.add(&key, "admin", Role::Admin) {
+                Ok(known) => {
+                    info!(self.log, "trusted the first client on first use and stored its key as an admin";
+                        "key" => &z85, "name" => &known.name, "address" => &request.address,
+                        "file" => %self.store.path().display());
+                    Decision { status: b"200", reason: "accepted (trusted on first use)".into(), accepted: Some(known) }
                 }
                 Err(e) => {
                     error!(self.log, "cannot store the first client's key; handshake refused";
                         "key" => &z85, "error" => %e);
-                    (b"500", "key store write failed".into(), String::new())
+                    Decision { status: b"500", reason: "key store write failed".into(), accepted: None }
                 }
             };
         }
-        (b"400", "unknown client".into(), String::new())
+        Decision::reject("unknown client")
+    }
+
+    /// The key's entry; an unknown key makes the store re-read the file
+    /// first if another process changed it (`keys:create-admin`).
+    fn known(&mut self, key: &PublicKey) -> Option<KnownKey> {
+        if let Some(known) = self.store.lookup(key) {
+            return Some(known.clone());
+        }
+        match self.store.reload_if_changed() {
+            Ok(true) => {
+                info!(self.log, "key store changed on disk; reloaded";
+                    "file" => %self.store.path().display(), "known_clients" => self.store.known_count());
+                self.store.lookup(key).cloned()
+            }
+            Ok(false) => None,
+            Err(e) => {
+                error!(self.log, "cannot reload the key store; keeping the keys in memory"; "error" => %e);
+                None
+            }
+        }
     }
 }
 
@@ -119,35 +169,82 @@ impl Handler<ZapRequest> for ZapHandler {
     type Result = ();
 
     fn handle(&mut self, request: ZapRequest, _: &mut Context<Self>) {
-        let (status, reason, user_id) = self.decide(&request);
+        let decision = self.decide(&request);
         let key = match request.credentials.first().and_then(|k| PublicKey::try_from(k.as_slice()).ok()) {
             Some(k) => keys::z85(&k),
             None => "-".into(),
         };
-        let outcome = if status == b"200" { reason.clone() } else { format!("rejected: {reason}") };
+        let outcome =
+            if decision.status == b"200" { decision.reason.clone() } else { format!("rejected: {}", decision.reason) };
+        let name = decision.accepted.as_ref().map(|k| k.name.as_str()).unwrap_or("-");
         debug!(self.log, "handshake {}", outcome;
-            "key" => key, "address" => &request.address, "mechanism" => &request.mechanism);
+            "name" => name, "key" => key, "address" => &request.address, "mechanism" => &request.mechanism);
         let mut frames = request.envelope;
-        frames.extend(reply_frames(&request.request_id, status, &reason, &user_id));
+        frames.extend(reply_frames(&request.request_id, decision.status, &decision.reason, decision.accepted.as_ref()));
         self.listener.do_send(ZapReply { frames });
     }
 }
 
-/// Make a new client key pair, store its public key (on disk), and return
-/// it with the server's public key.
+/// Make a new key pair, store its public key (on disk) under `name` with
+/// `role`, and return it with the server's public key.
 #[derive(Message)]
-#[rtype(result = "Result<(String, KeyPair), KeyStoreError>")]
-pub struct CreateClientKey;
+#[rtype(result = "Result<(String, KeyPair, KnownKey), KeyChangeError>")]
+pub struct CreateKey {
+    /// None: a free `client-N` name.
+    pub name: Option<String>,
+    pub role: Role,
+}
 
-impl Handler<CreateClientKey> for ZapHandler {
-    type Result = Result<(String, KeyPair), KeyStoreError>;
+impl Handler<CreateKey> for ZapHandler {
+    type Result = Result<(String, KeyPair, KnownKey), KeyChangeError>;
 
-    fn handle(&mut self, _: CreateClientKey, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: CreateKey, _: &mut Context<Self>) -> Self::Result {
         let pair = KeyPair::generate()?;
         let key = keys::decode_key(&pair.public_key, self.store.path(), "public_key")?;
-        self.store.add_client(&key)?;
-        info!(self.log, "created a client key"; "key" => &pair.public_key, "known_clients" => self.store.known_count());
-        Ok((self.store.keys.public_key.clone(), pair))
+        let name = match msg.name {
+            Some(name) => name,
+            None => {
+                self.store.reload_if_changed()?;
+                self.store.free_name(msg.role.as_str())
+            }
+        };
+        let known = self.store.add(&key, &name, msg.role)?;
+        info!(self.log, "created a key";
+            "name" => &known.name, "role" => known.role.as_str(), "key" => &known.public_key,
+            "known_clients" => self.store.known_count());
+        Ok((self.store.keys.public_key.clone(), pair, known))
+    }
+}
+
+/// Every known key.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<KnownKey>, KeyStoreError>")]
+pub struct ListKeys;
+
+impl Handler<ListKeys> for ZapHandler {
+    type Result = Result<Vec<KnownKey>, KeyStoreError>;
+
+    fn handle(&mut self, _: ListKeys, _: &mut Context<Self>) -> Self::Result {
+        self.store.reload_if_changed()?;
+        Ok(self.store.entries().to_vec())
+    }
+}
+
+/// Remove a key by name or Z85 key; its next handshake fails.
+#[derive(Message)]
+#[rtype(result = "Result<KnownKey, KeyChangeError>")]
+pub struct RevokeKey {
+    pub name_or_key: String,
+}
+
+impl Handler<RevokeKey> for ZapHandler {
+    type Result = Result<KnownKey, KeyChangeError>;
+
+    fn handle(&mut self, msg: RevokeKey, _: &mut Context<Self>) -> Self::Result {
+        let revoked = self.store.revoke(&msg.name_or_key)?;
+        info!(self.log, "revoked a key";
+            "name" => &revoked.name, "role" => revoked.role.as_str(), "key" => &revoked.public_key);
+        Ok(revoked)
     }
 }
 
@@ -185,5 +282,20 @@ mod tests {
         assert_eq!(reply[0], b"peer");
         assert_eq!(reply[3], b"9");
         assert_eq!(reply[4], b"500");
+    }
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::*;
+
+    #[test]
+    fn metadata_is_rfc27_encoded() {
+        let known = KnownKey { public_key: "k".into(), name: "web-1".into(), role: Role::Client, created: None };
+        let m = metadata(&known);
+        assert_eq!(m[0] as usize, NAME_PROPERTY.len());
+        let after_name = 1 + NAME_PROPERTY.len();
+        assert_eq!(&m[after_name..after_name + 4], &5u32.to_be_bytes());
+        assert_eq!(&m[after_name + 4..after_name + 9], b"web-1");
     }
 }

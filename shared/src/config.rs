@@ -81,6 +81,13 @@ pub struct Networking {
     /// `None` (absent or null) is no security.
     #[serde(default)]
     pub security: Option<SecurityMode>,
+    /// Under CURVE, trust the first client while no key is known.
+    #[serde(default = "default_true")]
+    pub trust_first_client: bool,
+    /// Largest message (bytes) any socket accepts; a bigger one drops that
+    /// connection instead of exhausting memory.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +123,11 @@ fn default_receive_port() -> u16 {
 fn default_file_service_port() -> u16 {
     DEFAULT_FILE_SERVICE_PORT
 }
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 64 * 1024 * 1024;
+
+fn default_max_message_size() -> u64 {
+    DEFAULT_MAX_MESSAGE_SIZE
+}
 fn default_true() -> bool {
     true
 }
@@ -144,6 +156,8 @@ impl Default for Networking {
             receive_port: DEFAULT_RECEIVE_PORT,
             file_service_port: DEFAULT_FILE_SERVICE_PORT,
             security: None,
+            trust_first_client: true,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 }
@@ -204,6 +218,9 @@ impl Config {
         filter.validate().map_err(|e| format!("client: {e}"))?;
         if self.client.heartbeat_interval == 0 {
             return Err("client.heartbeat_interval: must be at least 1 second".into());
+        }
+        if self.networking.max_message_size < 1024 * 1024 {
+            return Err("networking.max_message_size: must be at least 1048576 (1 MiB)".into());
         }
         if self.networking.server_host.trim().is_empty() {
             return Err("networking.server_host: may not be empty".into());

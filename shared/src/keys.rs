@@ -6,10 +6,10 @@
 //! directory, is fsynced, then renamed over the old file (and the directory
 //! fsynced), so a crash leaves either the old file or the new one.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -123,25 +123,102 @@ fn write_yaml<T: Serialize>(path: &Path, value: &T) -> Result<(), KeyStoreError>
     write_atomically(path, format!("---\n{text}").as_bytes())
 }
 
-/// The contents of `server_keys.yml`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// What a known key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May run every command, including key management.
+    Admin,
+    /// An agent: registers, answers, and may send `echo`.
+    Client,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Client => "client",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "admin" => Some(Role::Admin),
+            "client" => Some(Role::Client),
+            _ => None,
+        }
+    }
+}
+
+/// One known client key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnownKey {
+    pub public_key: String,
+    pub name: String,
+    pub role: Role,
+    /// RFC 3339, when it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+/// An entry of `client_keys`: the original format is a bare Z85 string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ClientKeyEntry {
+    Plain(String),
+    Full(KnownKey),
+}
+
+/// The contents of `server_keys.yml` as read.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerKeysFile {
     public_key: Option<String>,
     private_key: Option<String>,
     #[serde(default)]
-    client_keys: Vec<String>,
+    client_keys: Vec<ClientKeyEntry>,
 }
 
-/// The server's key pair and the public keys of every known client, kept in
-/// memory for constant-time lookups and written through on every change.
+/// The contents of `server_keys.yml` as written.
+#[derive(Serialize)]
+struct ServerKeysOut<'a> {
+    public_key: &'a str,
+    private_key: &'a str,
+    client_keys: &'a [KnownKey],
+}
+
+/// Why a key could not be added or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyChangeError {
+    #[error("the name `{0}` is already taken by another key")]
+    NameTaken(String),
+    #[error("the key is already known as `{0}`")]
+    KeyKnown(String),
+    #[error("no known key with the name or key `{0}`")]
+    NotFound(String),
+    #[error("invalid name `{0}`: use letters, digits, `-` and `_`")]
+    BadName(String),
+    #[error(transparent)]
+    Store(#[from] KeyStoreError),
+}
+
+/// The server's key pair and every known client key, kept in memory for
+/// constant-time lookups and written through on every change.
+///
+/// Another process (`pantry-server keys:create-admin`) may change the file
+/// while the server runs: every change takes an exclusive lock on
+/// `server_keys.yml.lock` and first re-reads the file if it changed, and
+/// [`ServerKeyStore::reload_if_changed`] picks up outside changes.
 #[derive(Debug)]
 pub struct ServerKeyStore {
     path: PathBuf,
     pub keys: KeyPair,
     secret: PublicKey,
-    client_keys: Vec<String>,
-    known: HashSet<PublicKey>,
+    entries: Vec<KnownKey>,
+    by_key: HashMap<PublicKey, usize>,
+    /// Modification time and length of the file as last read or written.
+    stamp: Option<(std::time::SystemTime, u64)>,
 }
 
 impl ServerKeyStore {
@@ -152,20 +229,8 @@ impl ServerKeyStore {
         let dir = curve_dir(root_dir);
         ensure_private_dir(&dir)?;
         let path = dir.join(SERVER_KEYS_FILE);
-        let file: ServerKeysFile = read_yaml(&path)?.unwrap_or_default();
-        let mut known = HashSet::with_capacity(file.client_keys.len());
-        for (i, key) in file.client_keys.iter().enumerate() {
-            known.insert(decode_key(key, &path, &format!("client_keys[{i}]"))?);
-        }
-        let (keys, generated) = match (file.public_key, file.private_key) {
-            (Some(public_key), Some(private_key)) => (KeyPair { public_key, private_key }, false),
-            (None, None) => (KeyPair::generate()?, true),
-            (Some(_), None) => return Err(missing(&path, "private_key")),
-            (None, Some(_)) => return Err(missing(&path, "public_key")),
-        };
-        decode_key(&keys.public_key, &path, "public_key")?;
-        let secret = decode_key(&keys.private_key, &path, "private_key")?;
-        let store = ServerKeyStore { path, keys, secret, client_keys: file.client_keys, known };
+        let _lock = FileLock::exclusive(&path)?;
+        let (mut store, generated) = Self::read(&path)?;
         if generated {
             store.save()?;
         } else {
@@ -173,6 +238,57 @@ impl ServerKeyStore {
                 .map_err(|source| KeyStoreError::Write { path: store.path.clone(), source })?;
         }
         Ok(store)
+    }
+
+    fn read(path: &Path) -> Result<(ServerKeyStore, bool), KeyStoreError> {
+        let stamp = file_stamp(path);
+        let file: ServerKeysFile = read_yaml(path)?.unwrap_or_default();
+        let (keys, generated) = match (file.public_key, file.private_key) {
+            (Some(public_key), Some(private_key)) => (KeyPair { public_key, private_key }, false),
+            (None, None) => (KeyPair::generate()?, true),
+            (Some(_), None) => return Err(missing(path, "private_key")),
+            (None, Some(_)) => return Err(missing(path, "public_key")),
+        };
+        decode_key(&keys.public_key, path, "public_key")?;
+        let secret = decode_key(&keys.private_key, path, "private_key")?;
+        let mut entries = Vec::with_capacity(file.client_keys.len());
+        let mut by_key = HashMap::with_capacity(file.client_keys.len());
+        for (i, entry) in file.client_keys.into_iter().enumerate() {
+            let field = format!("client_keys[{i}]");
+            let known = match entry {
+                // The original format: the first key is the admin.
+                ClientKeyEntry::Plain(key) => KnownKey {
+                    name: if i == 0 { "admin".into() } else { format!("client-{}", i + 1) },
+                    role: if i == 0 { Role::Admin } else { Role::Client },
+                    public_key: key,
+                    created: None,
+                },
+                ClientKeyEntry::Full(known) => known,
+            };
+            let key = decode_key(&known.public_key, path, &format!("{field}.public_key"))?;
+            if by_key.insert(key, entries.len()).is_some() {
+                return Err(KeyStoreError::BadKey {
+                    path: path.to_owned(),
+                    field,
+                    reason: "the same key is listed twice".into(),
+                });
+            }
+            entries.push(known);
+        }
+        Ok((ServerKeyStore { path: path.to_owned(), keys, secret, entries, by_key, stamp }, generated))
+    }
+
+    /// Re-reads the file if another process changed it. Returns whether it
+    /// did. The server key pair never changes this way.
+    pub fn reload_if_changed(&mut self) -> Result<bool, KeyStoreError> {
+        if file_stamp(&self.path) == self.stamp {
+            return Ok(false);
+        }
+        let (fresh, _) = Self::read(&self.path)?;
+        self.entries = fresh.entries;
+        self.by_key = fresh.by_key;
+        self.stamp = fresh.stamp;
+        Ok(true)
     }
 
     pub fn path(&self) -> &Path {
@@ -183,36 +299,125 @@ impl ServerKeyStore {
         &self.secret
     }
 
-    pub fn is_known(&self, key: &PublicKey) -> bool {
-        self.known.contains(key)
+    pub fn lookup(&self, key: &PublicKey) -> Option<&KnownKey> {
+        self.by_key.get(key).map(|&i| &self.entries[i])
     }
 
     pub fn known_count(&self) -> usize {
-        self.known.len()
+        self.entries.len()
     }
 
-    /// Adds a client's public key and persists it before returning. Returns
-    /// false if it was already known.
-    pub fn add_client(&mut self, key: &PublicKey) -> Result<bool, KeyStoreError> {
-        if self.known.contains(key) {
-            return Ok(false);
-        }
-        self.client_keys.push(z85(key));
-        if let Err(e) = self.save() {
-            self.client_keys.pop();
-            return Err(e);
-        }
-        self.known.insert(*key);
-        Ok(true)
+    pub fn entries(&self) -> &[KnownKey] {
+        &self.entries
     }
 
-    fn save(&self) -> Result<(), KeyStoreError> {
-        let file = ServerKeysFile {
-            public_key: Some(self.keys.public_key.clone()),
-            private_key: Some(self.keys.private_key.clone()),
-            client_keys: self.client_keys.clone(),
+    /// Adds a key and persists it before returning.
+    pub fn add(&mut self, key: &PublicKey, name: &str, role: Role) -> Result<KnownKey, KeyChangeError> {
+        check_key_name(name)?;
+        let _lock = FileLock::exclusive(&self.path)?;
+        self.reload_if_changed()?;
+        if let Some(known) = self.lookup(key) {
+            return Err(KeyChangeError::KeyKnown(known.name.clone()));
+        }
+        if self.entries.iter().any(|e| e.name == name) {
+            return Err(KeyChangeError::NameTaken(name.to_owned()));
+        }
+        let known = KnownKey {
+            public_key: z85(key),
+            name: name.to_owned(),
+            role,
+            created: Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()),
         };
-        write_yaml(&self.path, &file)
+        self.entries.push(known.clone());
+        if let Err(e) = self.save() {
+            self.entries.pop();
+            return Err(e.into());
+        }
+        self.by_key.insert(*key, self.entries.len() - 1);
+        Ok(known)
+    }
+
+    /// A name for a new key that no other key has: `base`, `base-2`, ...
+    pub fn free_name(&self, base: &str) -> String {
+        let taken = |n: &str| self.entries.iter().any(|e| e.name == n);
+        if !taken(base) {
+            return base.to_owned();
+        }
+        (2..).map(|i| format!("{base}-{i}")).find(|n| !taken(n)).unwrap_or_default()
+    }
+
+    /// Removes the key with this name or Z85 public key, persisted before
+    /// returning.
+    pub fn revoke(&mut self, name_or_key: &str) -> Result<KnownKey, KeyChangeError> {
+        let _lock = FileLock::exclusive(&self.path)?;
+        self.reload_if_changed()?;
+        let index = self
+            .entries
+            .iter()
+            .position(|e| e.name == name_or_key || e.public_key == name_or_key)
+            .ok_or_else(|| KeyChangeError::NotFound(name_or_key.to_owned()))?;
+        let removed = self.entries.remove(index);
+        if let Err(e) = self.save() {
+            self.entries.insert(index, removed);
+            return Err(e.into());
+        }
+        self.by_key =
+            self.entries.iter().enumerate().filter_map(|(i, e)| Some((decode_z85(&e.public_key)?, i))).collect();
+        Ok(removed)
+    }
+
+    fn save(&mut self) -> Result<(), KeyStoreError> {
+        let out = ServerKeysOut {
+            public_key: &self.keys.public_key,
+            private_key: &self.keys.private_key,
+            client_keys: &self.entries,
+        };
+        write_yaml(&self.path, &out)?;
+        self.stamp = file_stamp(&self.path);
+        Ok(())
+    }
+}
+
+/// Names are used in logs, `from` fields and streams.
+fn check_key_name(name: &str) -> Result<(), KeyChangeError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '@');
+    if ok && !name.starts_with(crate::filter::BROADCAST_TOPIC) {
+        Ok(())
+    } else {
+        Err(KeyChangeError::BadName(name.to_owned()))
+    }
+}
+
+/// The 32 bytes of a Z85 key already checked when it was loaded.
+pub fn decode_z85(text: &str) -> Option<PublicKey> {
+    decode_key(text, Path::new(""), "").ok()
+}
+
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// An exclusive `flock` on `<file>.lock`, released on drop.
+struct FileLock {
+    _file: fs::File,
+}
+
+impl FileLock {
+    fn exclusive(file: &Path) -> Result<FileLock, KeyStoreError> {
+        let mut name = file.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let err = |source| KeyStoreError::Write { path: path.clone(), source };
+        let lock =
+            fs::OpenOptions::new().create(true).write(true).truncate(false).mode(0o600).open(&path).map_err(err)?;
+        // SAFETY: flock on a descriptor we own for the lifetime of `lock`.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(FileLock { _file: lock })
     }
 }
 
@@ -326,11 +531,13 @@ mod tests {
         let mut store = ServerKeyStore::open(root.path()).unwrap();
         let client = KeyPair::generate().unwrap();
         let key = decode_key(&client.public_key, Path::new("x"), "k").unwrap();
-        assert!(!store.is_known(&key));
-        assert!(store.add_client(&key).unwrap());
-        assert!(!store.add_client(&key).unwrap());
+        assert!(store.lookup(&key).is_none());
+        store.add(&key, "web-1", Role::Client).unwrap();
+        assert!(matches!(store.add(&key, "web-2", Role::Client), Err(KeyChangeError::KeyKnown(_))));
+        let other = decode_key(&KeyPair::generate().unwrap().public_key, Path::new("x"), "k").unwrap();
+        assert!(matches!(store.add(&other, "web-1", Role::Client), Err(KeyChangeError::NameTaken(_))));
         let again = ServerKeyStore::open(root.path()).unwrap();
-        assert!(again.is_known(&key));
+        assert_eq!(again.lookup(&key).map(|k| (k.name.as_str(), k.role)), Some(("web-1", Role::Client)));
         assert_eq!(again.known_count(), 1);
         let leftovers: Vec<_> = fs::read_dir(curve_dir(root.path()))
             .unwrap()
@@ -338,6 +545,50 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(".pantry-keys-"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn original_format_loads_first_key_as_admin() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = curve_dir(root.path());
+        ensure_private_dir(&dir).unwrap();
+        let server = KeyPair::generate().unwrap();
+        let (a, b) = (KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        fs::write(
+            dir.join(SERVER_KEYS_FILE),
+            format!(
+                "---\npublic_key: '{}'\nprivate_key: '{}'\nclient_keys:\n- '{}'\n- '{}'\n",
+                server.public_key, server.private_key, a.public_key, b.public_key
+            ),
+        )
+        .unwrap();
+        let store = ServerKeyStore::open(root.path()).unwrap();
+        let key = |p: &KeyPair| decode_z85(&p.public_key).unwrap();
+        assert_eq!(store.lookup(&key(&a)).map(|k| (k.name.as_str(), k.role)), Some(("admin", Role::Admin)));
+        assert_eq!(store.lookup(&key(&b)).map(|k| (k.name.as_str(), k.role)), Some(("client-2", Role::Client)));
+        assert_eq!(store.keys, server);
+    }
+
+    #[test]
+    fn revoke_and_outside_changes() {
+        let root = tempfile::tempdir().unwrap();
+        let mut running = ServerKeyStore::open(root.path()).unwrap();
+        let mut other = ServerKeyStore::open(root.path()).unwrap();
+        let a = decode_z85(&KeyPair::generate().unwrap().public_key).unwrap();
+        let b = decode_z85(&KeyPair::generate().unwrap().public_key).unwrap();
+        running.add(&a, "a", Role::Client).unwrap();
+        // Another process adds a key: its change re-reads first, so both stay.
+        other.add(&b, "b", Role::Admin).unwrap();
+        assert!(running.lookup(&b).is_none());
+        assert!(running.reload_if_changed().unwrap());
+        assert_eq!(running.lookup(&b).map(|k| k.role), Some(Role::Admin));
+        assert!(running.lookup(&a).is_some());
+        assert_eq!(running.revoke("a").unwrap().name, "a");
+        assert!(running.lookup(&a).is_none());
+        assert!(matches!(running.revoke("a"), Err(KeyChangeError::NotFound(_))));
+        assert_eq!(running.revoke(&z85(&b)).unwrap().name, "b");
+        assert_eq!(ServerKeyStore::open(root.path()).unwrap().known_count(), 0);
+        assert!(matches!(running.add(&a, "bad name", Role::Client), Err(KeyChangeError::BadName(_))));
     }
 
     #[test]

@@ -3,7 +3,23 @@
 //! sockets through [`SocketSecurity::socket`], so `null` and `curve` differ
 //! only here.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+
 use crate::keys::{decode_key, ClientKeys, PublicKey, ServerKeyStore};
+
+/// ZMQ_MAXMSGSIZE of every socket made here (-1: none), set once at startup
+/// from `networking.max_message_size`.
+static MAX_MESSAGE_SIZE: AtomicI64 = AtomicI64::new(-1);
+
+/// Messages queued per peer and direction before libzmq drops (PUB) or
+/// refuses (ROUTER: the server logs it) more: bounds the memory one slow
+/// peer can hold on the server.
+pub const HIGH_WATER_MARK: i32 = 1000;
+
+/// Applies to every socket created afterwards.
+pub fn set_max_message_size(bytes: u64) {
+    MAX_MESSAGE_SIZE.store(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
+}
 
 /// ZAP domain of the server's sockets. Setting one makes libzmq consult the
 /// ZAP handler for every handshake.
@@ -61,6 +77,10 @@ impl SocketSecurity {
         let socket = ctx.socket(kind)?;
         // Pending messages must never keep a stopping process alive.
         socket.set_linger(0)?;
+        // A bigger message drops the connection instead of the memory.
+        socket.set_maxmsgsize(MAX_MESSAGE_SIZE.load(Ordering::Relaxed))?;
+        socket.set_sndhwm(HIGH_WATER_MARK)?;
+        socket.set_rcvhwm(HIGH_WATER_MARK)?;
         match self {
             SocketSecurity::Null => {}
             SocketSecurity::CurveServer { secret_key } => {

@@ -1,21 +1,38 @@
-//! `client:create`: the server makes a new client key pair, stores its
-//! public key as known (on disk, before answering), and returns the
-//! credentials. The answer goes back only over the requester's own ROUTER
-//! connection, never over PUB: it holds a private key.
+//! `client:create [--name NAME] [--admin]`: the server makes a new key
+//! pair, stores its public key as known under NAME with the role `client`
+//! (or `admin`), on disk before answering, and returns the credentials. The
+//! answer goes back only over the requester's own ROUTER connection, never
+//! over PUB: it holds a private key. Only admin keys may ask.
 
 use serde_json::json;
 
 use crate::error::DecodeError;
-use crate::keys::{client_keys_yaml, ClientKeysFile, KeyPair};
+use crate::keys::{client_keys_yaml, ClientKeysFile, KeyPair, Role};
 use crate::message::{BodyPart, Message};
 
 pub const TYPE: &str = "CreateClient";
 
-/// Admin: no body.
-pub fn request() -> Message {
+/// Admin: the name and role go in `custom`; no body.
+pub fn request(name: Option<&str>, role: Role) -> Message {
     let mut m = Message::new(TYPE);
     m.metadata.requires_response = true;
+    if let Some(name) = name {
+        m.metadata.custom.insert("name".into(), name.into());
+    }
+    m.metadata.custom.insert("role".into(), role.as_str().into());
     m
+}
+
+/// Server: the requested name (None: the server picks one) and role.
+pub fn parse(request: &Message) -> Result<(Option<String>, Role), DecodeError> {
+    let custom = &request.metadata.custom;
+    let name = custom.get("name").and_then(|v| v.as_str()).map(str::to_owned);
+    let role = match custom.get("role").and_then(|v| v.as_str()) {
+        None => Role::Client,
+        Some(text) => Role::parse(text)
+            .ok_or_else(|| DecodeError::Body { message_type: TYPE.into(), reason: format!("unknown role `{text}`") })?,
+    };
+    Ok((name, role))
 }
 
 /// Server: the response carrying `{server_public_key, public_key,
@@ -49,7 +66,9 @@ mod tests {
     fn credentials_as_yaml() {
         let server = KeyPair::generate().unwrap();
         let pair = KeyPair::generate().unwrap();
-        let resp = respond(&request(), &server.public_key, &pair);
+        let req = request(Some("web-1"), Role::Admin);
+        assert_eq!(parse(&req).unwrap(), (Some("web-1".into()), Role::Admin));
+        let resp = respond(&req, &server.public_key, &pair);
         let yaml = credentials_yaml(&Message::from_frames(&resp.to_frames()).unwrap()).unwrap();
         let back: ClientKeysFile = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(back.server_public_key.as_deref(), Some(server.public_key.as_str()));

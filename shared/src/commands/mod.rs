@@ -3,6 +3,8 @@
 //! client does with it, how the admin prints the response.
 
 pub mod app_config;
+pub mod client_list;
+pub mod client_revoke;
 pub mod create_client;
 pub mod echo;
 pub mod exec;
@@ -46,6 +48,22 @@ impl ClientContext {
     pub fn identity(&self) -> &str {
         self.filter.identity.as_deref().unwrap_or_default()
     }
+}
+
+/// Whether only admin keys may send this type (under CURVE; null security
+/// has no keys and no roles). Client keys may register, answer, and `echo`.
+pub fn needs_admin(message_type: &str) -> bool {
+    matches!(
+        message_type,
+        create_client::TYPE
+            | client_list::TYPE
+            | client_revoke::TYPE
+            | exec::TYPE
+            | upload::TYPE
+            | app_config::EDIT_TYPE
+            | app_config::SHOW_TYPE
+            | status::TYPE
+    )
 }
 
 /// Whether a command may take long: the agent runs those on a worker
