@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE := target/release
 DEV_CONFIG := deploy/dev
 
-.PHONY: all deps build release run client test fmt lint clean
+.PHONY: all deps build release run client test fuzz fmt lint clean
 
 all: build
 
@@ -38,6 +38,14 @@ client: release
 test: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+	$(MAKE) fuzz
+
+# A bounded fuzz run (FUZZ_SECONDS per target) of the message decoder and
+# the config and key-store loaders over fuzz/corpus. Long runs:
+# `make fuzz FUZZ_SECONDS=3600`.
+FUZZ_SECONDS ?= 20
+fuzz:
+	SECONDS_PER_TARGET=$(FUZZ_SECONDS) fuzz/run.sh
 
 fmt:
 	$(CARGO) fmt --all
