@@ -3,7 +3,7 @@
 //! seconds, and runs the commands the server publishes to it.
 //!
 //! One thread owns the SUB (requests from the server), the DEALER (our
-//! registrations and answers), their monitors and a signal pipe, and blocks
+//! registrations and answers), their monitors and signal pipes, and blocks
 //! in `zmq::poll` until one of them is ready or the next heartbeat is due.
 
 mod handshake;
@@ -55,12 +55,7 @@ fn run(cli: Cli) -> Result<()> {
         Some(path) => Config::load(path, Program::Client)?,
         None => Config::defaults(Program::Client),
     };
-    let mut level = config.log_level.to_slog();
-    if cli.debug {
-        level = Level::Debug;
-    } else if cli.verbose && !level.is_at_least(Level::Info) {
-        level = Level::Info;
-    }
+    let level = log_level(&config, &cli);
     let logging = logging::init(&LogTarget::from_config(&config.log_to, &config.syslog_program_name), level)
         .with_context(|| format!("cannot open log {}", config.log_to))?;
     let root_dir = config.root_dir().to_path_buf();
@@ -76,14 +71,75 @@ fn run(cli: Cli) -> Result<()> {
     };
 
     pantry_shared::security::set_max_message_size(config.networking.max_message_size);
-    let (signal_read, signal_write) = UnixStream::pair()?;
-    signal_read.set_nonblocking(true)?;
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::low_level::pipe::register(sig, signal_write.try_clone()?)?;
-    }
+    let signals = Signals::install()?;
 
     let agent = Agent::connect(&config, &security, key_file, logging.logger.clone())?;
-    agent.run(&signal_read)
+    if let Err(e) = pantry_shared::systemd::notify("READY=1") {
+        slog::warn!(logging.logger, "cannot notify systemd of readiness"; "error" => %e);
+    }
+    agent.run(&signals, || reload(&logging, &cli))
+}
+
+/// The log level from the config, raised by `-v` or `-d`.
+fn log_level(config: &Config, cli: &Cli) -> Level {
+    let level = config.log_level.to_slog();
+    if cli.debug {
+        Level::Debug
+    } else if cli.verbose && !level.is_at_least(Level::Info) {
+        Level::Info
+    } else {
+        level
+    }
+}
+
+/// SIGHUP: reopen the log file (logrotate) and re-read `log_level`.
+fn reload(logging: &pantry_shared::logging::Logging, cli: &Cli) {
+    let log = &logging.logger;
+    if let Err(e) = logging.reopen() {
+        slog::error!(log, "cannot reopen the log file"; "error" => %e);
+    }
+    if let Some(path) = &cli.config {
+        match Config::load(path, Program::Client) {
+            Ok(config) => logging.set_level(log_level(&config, cli)),
+            Err(e) => slog::error!(log, "config not reloaded; keeping the running settings"; "error" => %e),
+        }
+    }
+    info!(log, "reloaded on SIGHUP (log file, log level)");
+}
+
+/// Signals arrive as bytes on pipes the main loop polls: one for stopping
+/// (SIGINT, SIGTERM), one for reloading (SIGHUP).
+struct Signals {
+    stop: UnixStream,
+    reload: UnixStream,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        let (stop, stop_write) = UnixStream::pair()?;
+        let (reload, reload_write) = UnixStream::pair()?;
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::low_level::pipe::register(sig, stop_write.try_clone()?)?;
+        }
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, reload_write)?;
+        stop.set_nonblocking(true)?;
+        reload.set_nonblocking(true)?;
+        Ok(Signals { stop, reload })
+    }
+
+    /// Empties the reload pipe; true if a SIGHUP came.
+    fn take_reload(&self) -> bool {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        let mut got = false;
+        while let Ok(n) = (&self.reload).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got = true;
+        }
+        got
+    }
 }
 
 struct Agent {
@@ -168,7 +224,7 @@ impl Agent {
         })
     }
 
-    fn run(mut self, signals: &UnixStream) -> Result<()> {
+    fn run(mut self, signals: &Signals, reload: impl Fn()) -> Result<()> {
         // The first registration waits for the SUB connection (or, failing
         // that, the first heartbeat).
         let mut next_heartbeat = Instant::now() + self.heartbeat;
@@ -179,9 +235,10 @@ impl Agent {
                 self.sub.as_poll_item(zmq::POLLIN),
                 self.dealer.as_poll_item(zmq::POLLIN),
                 self.dealer_monitor.as_poll_item(zmq::POLLIN),
-                zmq::PollItem::from_fd(signals.as_raw_fd(), zmq::POLLIN),
+                zmq::PollItem::from_fd(signals.stop.as_raw_fd(), zmq::POLLIN),
                 self.sub_monitor.as_poll_item(zmq::POLLIN),
                 self.results.as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(signals.reload.as_raw_fd(), zmq::POLLIN),
             ];
             match zmq::poll(&mut items, wait.as_millis().min(i64::MAX as u128) as i64) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
@@ -191,6 +248,9 @@ impl Agent {
             if ready[3] {
                 info!(self.log, "shutting down"; "identity" => self.me.identity());
                 return Ok(());
+            }
+            if ready[6] && signals.take_reload() {
+                reload();
             }
             if ready[0] {
                 self.drain_requests();

@@ -252,6 +252,15 @@ impl CommandDispatcher {
             return false;
         }
         self.seen.insert(auth.key.clone(), SystemTime::now());
+        // A request (not an answer, which keeps its request's type) that
+        // needs an admin key: refused with an answer, whatever `from` says.
+        if auth.role == Role::Client && m.metadata.requires_response && commands::needs_admin(m.message_type()) {
+            warn!(self.log, "unauthorized command refused: it needs an admin key";
+                "type" => m.message_type(), "name" => &auth.name, "key" => &auth.key, "uuid" => m.uuid());
+            let error = format!("not authorized: {} needs an admin key", m.message_type());
+            self.reply_error(incoming.peer.clone(), m, error);
+            return false;
+        }
         if m.metadata.from != auth.name {
             if auth.role == Role::Client {
                 warn!(self.log, "message with a spoofed sender dropped";
@@ -261,14 +270,6 @@ impl CommandDispatcher {
             }
             // Admins do not register as clients: their name is their key's.
             incoming.message.metadata.from = auth.name.clone();
-        }
-        let m = &incoming.message;
-        if auth.role == Role::Client && commands::needs_admin(m.message_type()) {
-            warn!(self.log, "unauthorized command refused: it needs an admin key";
-                "type" => m.message_type(), "name" => &auth.name, "key" => &auth.key, "uuid" => m.uuid());
-            let error = format!("not authorized: {} needs an admin key", m.message_type());
-            self.reply_error(incoming.peer.clone(), m, error);
-            return false;
         }
         true
     }

@@ -15,6 +15,7 @@ mod socket_listener;
 mod zap_handler;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use anyhow::{Context as _, Result};
@@ -23,13 +24,13 @@ use pantry_shared::config::{Config, Program};
 use pantry_shared::keys::ServerKeyStore;
 use pantry_shared::logging::{self, LogTarget, Logging};
 use pantry_shared::security::SocketSecurity;
-use slog::{info, warn, Level};
+use slog::{error, info, warn, Level};
 
 use client_registry::ClientRegistry;
 use command_dispatcher::CommandDispatcher;
 use file_service::FileService;
 use socket_listener::{BoundSockets, Endpoints, Shutdown, SocketListener};
-use zap_handler::ZapHandler;
+use zap_handler::{ReloadKeys, ZapHandler};
 
 /// The Pantry server: the hub every agent and admin connects to.
 #[derive(Parser, Debug)]
@@ -81,12 +82,7 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(ServerCommand::KeysCreateAdmin { name, output }) = &cli.command {
         return create_admin_key(&config, name, output.as_deref());
     }
-    let mut level = config.log_level.to_slog();
-    if cli.debug {
-        level = Level::Debug;
-    } else if cli.verbose && !level.is_at_least(Level::Info) {
-        level = Level::Info;
-    }
+    let level = log_level(&config, &cli);
     let logging = logging::init(&LogTarget::from_config(&config.log_to, &config.syslog_program_name), level)
         .with_context(|| format!("cannot open log {}", config.log_to))?;
     let log = logging.logger.clone();
@@ -127,8 +123,13 @@ fn run(cli: Cli) -> Result<()> {
     let trust_first_client = net.trust_first_client;
     let started =
         system.block_on(async { start_actors(sockets, store, trust_first_client, root_dir.clone(), &logging) });
-    let listener = started?;
-    system.block_on(async { wait_for_signal(listener, &logging).await });
+    let (listener, zap) = started?;
+    // The sockets are bound and served: tell systemd (Type=notify).
+    if let Err(e) = pantry_shared::systemd::notify("READY=1") {
+        warn!(log, "cannot notify systemd of readiness"; "error" => %e);
+    }
+    let logging = std::sync::Arc::new(logging);
+    system.block_on(async { handle_signals(listener, zap, logging.clone(), cli).await });
     system.run()?;
     drop(ctx);
     Ok(())
@@ -178,7 +179,7 @@ fn start_actors(
     trust_first_client: bool,
     root_dir: PathBuf,
     logging: &Logging,
-) -> Result<Addr<SocketListener>> {
+) -> Result<(Addr<SocketListener>, Option<Addr<ZapHandler>>)> {
     let log = &logging.logger;
     let registry = ClientRegistry::default().start();
     let dispatcher_ctx = Context::<CommandDispatcher>::new();
@@ -197,25 +198,67 @@ fn start_actors(
         zap_ctx.run(ZapHandler::new(store, listener.clone(), trust_first_client, log.clone()));
     }
     files_ctx.run(FileService::new(listener.clone(), zap_addr.is_some(), log.clone()));
-    dispatcher_ctx.run(CommandDispatcher::new(listener.clone(), registry, zap_addr, root_dir, log.clone()));
-    Ok(listener)
+    dispatcher_ctx.run(CommandDispatcher::new(listener.clone(), registry, zap_addr.clone(), root_dir, log.clone()));
+    Ok((listener, zap_addr))
 }
 
-/// Spawns the task that shuts down cleanly on SIGINT or SIGTERM.
-async fn wait_for_signal(listener: Addr<SocketListener>, logging: &Logging) {
+/// The log level from the config, raised by `-v` or `-d`.
+fn log_level(config: &Config, cli: &Cli) -> Level {
+    let level = config.log_level.to_slog();
+    if cli.debug {
+        Level::Debug
+    } else if cli.verbose && !level.is_at_least(Level::Info) {
+        Level::Info
+    } else {
+        level
+    }
+}
+
+/// Spawns the task that handles signals: SIGINT and SIGTERM shut down
+/// cleanly; SIGHUP reopens the log file (logrotate), re-reads `log_level`
+/// from the config and re-reads the key store, without dropping a client.
+async fn handle_signals(
+    listener: Addr<SocketListener>,
+    zap: Option<Addr<ZapHandler>>,
+    logging: Arc<Logging>,
+    cli: Cli,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let log = logging.logger.clone();
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup()))
+    else {
         warn!(log, "cannot install signal handlers; stop the server with SIGKILL");
         return;
     };
     actix_rt::spawn(async move {
-        let name = tokio::select! {
-            _ = int.recv() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
+        let name = loop {
+            tokio::select! {
+                _ = int.recv() => break "SIGINT",
+                _ = term.recv() => break "SIGTERM",
+                _ = hup.recv() => reload(&logging, &cli, zap.as_ref()),
+            }
         };
         info!(log, "shutting down"; "signal" => name);
         let _ = listener.send(Shutdown).await;
         System::current().stop();
     });
+}
+
+/// SIGHUP: what can change without a restart.
+fn reload(logging: &Logging, cli: &Cli, zap: Option<&Addr<ZapHandler>>) {
+    let log = &logging.logger;
+    if let Err(e) = logging.reopen() {
+        error!(log, "cannot reopen the log file"; "error" => %e);
+    }
+    if let Some(path) = &cli.config {
+        match Config::load(path, Program::Server) {
+            Ok(config) => logging.set_level(log_level(&config, cli)),
+            Err(e) => error!(log, "config not reloaded; keeping the running settings"; "error" => %e),
+        }
+    }
+    if let Some(zap) = zap {
+        zap.do_send(ReloadKeys);
+    }
+    info!(log, "reloaded on SIGHUP (log file, log level, key store)");
 }

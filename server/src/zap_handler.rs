@@ -248,6 +248,23 @@ impl Handler<RevokeKey> for ZapHandler {
     }
 }
 
+/// Re-read the key store from disk if it changed (SIGHUP).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReloadKeys;
+
+impl Handler<ReloadKeys> for ZapHandler {
+    type Result = ();
+
+    fn handle(&mut self, _: ReloadKeys, _: &mut Context<Self>) {
+        match self.store.reload_if_changed() {
+            Ok(true) => info!(self.log, "key store reloaded"; "known_clients" => self.store.known_count()),
+            Ok(false) => {}
+            Err(e) => error!(self.log, "cannot reload the key store; keeping the keys in memory"; "error" => %e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

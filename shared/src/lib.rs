@@ -11,6 +11,7 @@ pub mod logging;
 pub mod message;
 pub mod monitor;
 pub mod security;
+pub mod systemd;
 
 pub use error::{ConfigError, DecodeError, KeyStoreError};
 pub use message::{BodyPart, Message, Metadata};

@@ -69,6 +69,7 @@ impl LogTarget {
 pub struct Logging {
     pub logger: Logger,
     level: Arc<AtomicUsize>,
+    file: Option<Arc<ReopenableFile>>,
     _guard: slog_async::AsyncGuard,
 }
 
@@ -76,18 +77,64 @@ impl Logging {
     pub fn set_level(&self, level: Level) {
         self.level.store(level.as_usize(), Ordering::Relaxed);
     }
+
+    /// Opens the log file again (after logrotate moved it). Does nothing
+    /// for stdout and syslog.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        match &self.file {
+            Some(file) => file.reopen(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A log file that can be reopened under the same path while in use.
+struct ReopenableFile {
+    path: std::path::PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl ReopenableFile {
+    fn open(path: &std::path::Path) -> std::io::Result<ReopenableFile> {
+        Ok(ReopenableFile { path: path.to_owned(), file: Mutex::new(Self::append(path)?) })
+    }
+
+    fn append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    fn reopen(&self) -> std::io::Result<()> {
+        let fresh = Self::append(&self.path)?;
+        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+/// The writer slog-term formats into: whichever file is current.
+struct FileWriter(Arc<ReopenableFile>);
+
+impl std::io::Write for FileWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.file.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.file.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
 }
 
 /// Builds the logger. A syslog target without `/dev/log` falls back to
 /// stderr and says so in the first line.
 pub fn init(target: &LogTarget, level: Level) -> std::io::Result<Logging> {
     let mut fallback_note = None;
+    let mut reopenable = None;
     let drain: Box<dyn Drain<Ok = (), Err = slog::Never> + Send> = match target {
         LogTarget::Stdout => term_drain(slog_term::TermDecorator::new().stdout().build()),
         LogTarget::Stderr => term_drain(slog_term::TermDecorator::new().stderr().build()),
         LogTarget::File(path) => {
-            let file = OpenOptions::new().create(true).append(true).open(path)?;
-            term_drain(slog_term::PlainSyncDecorator::new(file))
+            let file = Arc::new(ReopenableFile::open(path)?);
+            reopenable = Some(file.clone());
+            term_drain(slog_term::PlainSyncDecorator::new(FileWriter(file)))
         }
         LogTarget::Syslog { program } => match SyslogDrain::connect(program) {
             Ok(drain) => Box::new(drain.fuse()),
@@ -104,7 +151,7 @@ pub fn init(target: &LogTarget, level: Level) -> std::io::Result<Logging> {
     if let Some(note) = fallback_note {
         slog::warn!(logger, "{}", note);
     }
-    Ok(Logging { logger, level, _guard: guard })
+    Ok(Logging { logger, level, file: reopenable, _guard: guard })
 }
 
 fn term_drain<D>(decorator: D) -> Box<dyn Drain<Ok = (), Err = slog::Never> + Send>
@@ -157,5 +204,29 @@ impl Drain for SyslogDrain {
         // A full or missing syslog must not stop the program.
         let _ = self.socket.send(line.as_bytes());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_logs_reopen_after_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pantry.log");
+        let logging = init(&LogTarget::File(path.clone()), Level::Info).unwrap();
+        slog::info!(logging.logger, "before rotation");
+        slog::debug!(logging.logger, "filtered out");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::fs::rename(&path, dir.path().join("pantry.log.1")).unwrap();
+        logging.reopen().unwrap();
+        logging.set_level(Level::Debug);
+        slog::debug!(logging.logger, "after rotation");
+        drop(logging);
+        let old = std::fs::read_to_string(dir.path().join("pantry.log.1")).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(old.contains("before rotation") && !old.contains("filtered out"), "{old}");
+        assert!(new.contains("after rotation"), "{new}");
     }
 }

@@ -27,9 +27,13 @@ pub enum RunsOn {
 /// Message types the server runs itself; every other type is forwarded.
 pub fn runs_on(message_type: &str) -> RunsOn {
     match message_type {
-        register_client::TYPE | status::TYPE | create_client::TYPE | app_config::SHOW_TYPE | app_config::EDIT_TYPE => {
-            RunsOn::Server
-        }
+        register_client::TYPE
+        | status::TYPE
+        | create_client::TYPE
+        | client_list::TYPE
+        | client_revoke::TYPE
+        | app_config::SHOW_TYPE
+        | app_config::EDIT_TYPE => RunsOn::Server,
         _ => RunsOn::Clients,
     }
 }
@@ -94,4 +98,27 @@ pub fn run_on_client(request: &Message, ctx: &ClientContext) -> Message {
     };
     response.metadata.from = ctx.identity().to_owned();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_commands_run_on_the_server() {
+        for t in [
+            register_client::TYPE,
+            status::TYPE,
+            create_client::TYPE,
+            client_list::TYPE,
+            client_revoke::TYPE,
+            app_config::SHOW_TYPE,
+            app_config::EDIT_TYPE,
+        ] {
+            assert_eq!(runs_on(t), RunsOn::Server, "{t}");
+        }
+        for t in [echo::TYPE, exec::TYPE, upload::TYPE, "SomethingNew"] {
+            assert_eq!(runs_on(t), RunsOn::Clients, "{t}");
+        }
+    }
 }
