@@ -32,7 +32,7 @@ use handshake::{Backoff, HandshakeWatch};
 #[command(name = "pantry-client", version = pantry_shared::VERSION)]
 struct Cli {
     /// Configuration file (client.yml). Without it, built-in defaults.
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Log at info level at least.
     #[arg(short = 'v', long = "verbose", conflicts_with = "debug")]
@@ -40,6 +40,17 @@ struct Cli {
     /// Log at debug level.
     #[arg(short = 'd', long = "debug")]
     debug: bool,
+    #[command(subcommand)]
+    command: Option<ClientCommand>,
+}
+
+/// Without a command, the agent runs.
+#[derive(clap::Subcommand, Debug)]
+enum ClientCommand {
+    /// Check the config and the key store (paths, permissions, keys, CURVE)
+    /// without starting or changing anything; exit 1 with a list of problems.
+    #[command(name = "check-config")]
+    CheckConfig,
 }
 
 fn main() {
@@ -51,6 +62,19 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(ClientCommand::CheckConfig) = &cli.command {
+        let Some(path) = cli.config.as_deref() else {
+            anyhow::bail!("check-config needs -c FILE");
+        };
+        let report = pantry_shared::check::check(path, Program::Client);
+        print!("{}", report.render());
+        if report.is_ok() {
+            println!("{}: no problems", path.display());
+            return Ok(());
+        }
+        println!("{}: {} problem(s)", path.display(), report.problems.len());
+        std::process::exit(1);
+    }
     let config = match &cli.config {
         Some(path) => Config::load(path, Program::Client)?,
         None => Config::defaults(Program::Client),

@@ -37,7 +37,7 @@ use zap_handler::{ReloadKeys, ZapHandler};
 #[command(name = "pantry-server", version = pantry_shared::VERSION)]
 struct Cli {
     /// Configuration file (server.yml). Without it, built-in defaults.
-    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    #[arg(short = 'c', long = "config", value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Log at info level at least.
     #[arg(short = 'v', long = "verbose", conflicts_with = "debug")]
@@ -52,6 +52,10 @@ struct Cli {
 /// Without a command, the server runs.
 #[derive(clap::Subcommand, Debug)]
 enum ServerCommand {
+    /// Check the config and the key store (paths, permissions, keys, CURVE)
+    /// without starting or changing anything; exit 1 with a list of problems.
+    #[command(name = "check-config")]
+    CheckConfig,
     /// Write a new admin key into the key store (CURVE), whether the server
     /// is stopped or running (it picks the key up without a restart), and
     /// print its credentials for the admin's `.pantry/` keys file.
@@ -75,6 +79,9 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(ServerCommand::CheckConfig) = &cli.command {
+        check_config(cli.config.as_deref(), Program::Server);
+    }
     let config = match &cli.config {
         Some(path) => Config::load(path, Program::Server)?,
         None => Config::defaults(Program::Server),
@@ -133,6 +140,22 @@ fn run(cli: Cli) -> Result<()> {
     system.run()?;
     drop(ctx);
     Ok(())
+}
+
+/// `check-config`: prints the report and exits 0 (fine) or 1 (problems).
+pub fn check_config(path: Option<&std::path::Path>, program: Program) -> ! {
+    let Some(path) = path else {
+        eprintln!("check-config needs -c FILE");
+        std::process::exit(2);
+    };
+    let report = pantry_shared::check::check(path, program);
+    print!("{}", report.render());
+    if report.is_ok() {
+        println!("{}: no problems", path.display());
+        std::process::exit(0);
+    }
+    println!("{}: {} problem(s)", path.display(), report.problems.len());
+    std::process::exit(1);
 }
 
 /// `keys:create-admin`: adds an admin key to the store on disk.

@@ -240,6 +240,14 @@ impl ServerKeyStore {
         Ok(store)
     }
 
+    /// Reads an existing key file without changing anything (`check-config`).
+    pub fn inspect(path: &Path) -> Result<ServerKeyStore, KeyStoreError> {
+        match Self::read(path)? {
+            (_, true) => Err(missing(path, "public_key")),
+            (store, false) => Ok(store),
+        }
+    }
+
     fn read(path: &Path) -> Result<(ServerKeyStore, bool), KeyStoreError> {
         let stamp = file_stamp(path);
         let file: ServerKeysFile = read_yaml(path)?.unwrap_or_default();

@@ -2,6 +2,7 @@
 //! wire format, configuration, targeting, CURVE key stores, socket security,
 //! logging and the commands.
 
+pub mod check;
 pub mod commands;
 pub mod config;
 pub mod error;

@@ -1,0 +1,231 @@
+//! `check-config`: validate a config and its key store without starting
+//! and without changing anything on disk (no key is generated, no directory
+//! created): paths, permissions, keys that parse, CURVE available.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::config::{Config, Program};
+use crate::keys::{self, ClientKeys, ServerKeyStore};
+
+/// The outcome: what was checked and what is wrong.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub checked: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    fn ok(&mut self, what: impl Into<String>) {
+        self.checked.push(what.into());
+    }
+
+    fn problem(&mut self, what: impl Into<String>) {
+        self.problems.push(what.into());
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// Human-readable: `ok:` lines, then `problem:` lines.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for line in &self.checked {
+            out.push_str(&format!("ok: {line}\n"));
+        }
+        for line in &self.problems {
+            out.push_str(&format!("problem: {line}\n"));
+        }
+        out
+    }
+}
+
+/// Checks the config file at `path` for `program`.
+pub fn check(path: &Path, program: Program) -> Report {
+    let mut report = Report::default();
+    let config = match Config::load(path, program) {
+        Ok(config) => {
+            report.ok(format!("{} parses", path.display()));
+            config
+        }
+        Err(e) => {
+            report.problem(e.to_string());
+            return report;
+        }
+    };
+    check_root_dir(&config, &mut report);
+    check_log_target(&config, &mut report);
+    check_ports(&config, &mut report);
+    if config.networking.is_curve() {
+        if keys::curve_available() {
+            report.ok("libzmq has CURVE");
+        } else {
+            report.problem(crate::error::KeyStoreError::CurveUnavailable.to_string());
+            return report;
+        }
+        match program {
+            Program::Server => check_server_keys(&config, &mut report),
+            Program::Client => check_client_keys(&config, &mut report),
+        }
+    } else {
+        report.ok("security: null (no key store to check)");
+    }
+    report
+}
+
+fn check_root_dir(config: &Config, report: &mut Report) {
+    let root = config.root_dir();
+    match std::fs::metadata(root) {
+        Ok(m) if !m.is_dir() => report.problem(format!("root_dir {} is not a directory", root.display())),
+        Ok(_) if !writable(root) => report.problem(format!("root_dir {} is not writable by this user", root.display())),
+        Ok(_) => report.ok(format!("root_dir {} is a writable directory", root.display())),
+        Err(_) => {
+            // create_dir_all makes every missing level: the first existing
+            // ancestor must be writable.
+            let ancestor = root.ancestors().skip(1).find(|p| p.exists());
+            match ancestor {
+                Some(p) if writable(p) => {
+                    report.ok(format!("root_dir {} does not exist yet; it will be created", root.display()))
+                }
+                _ => report.problem(format!(
+                    "root_dir {} does not exist and cannot be created ({} is not writable by this user)",
+                    root.display(),
+                    ancestor.map(|p| p.display().to_string()).unwrap_or_else(|| "no ancestor".into())
+                )),
+            }
+        }
+    }
+}
+
+fn check_log_target(config: &Config, report: &mut Report) {
+    match config.log_to.as_str() {
+        "stdout" | "stderr" => report.ok(format!("log_to {}", config.log_to)),
+        "syslog" => {
+            if Path::new("/dev/log").exists() {
+                report.ok("log_to syslog (/dev/log exists)")
+            } else {
+                report.problem("log_to syslog, but /dev/log does not exist (the program would log to stderr)")
+            }
+        }
+        file => {
+            let path = Path::new(file);
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            if path.exists() && !writable(path) {
+                report.problem(format!("log file {file} is not writable"));
+            } else if !path.exists() && !(dir.is_dir() && writable(dir)) {
+                report.problem(format!("log file {file} cannot be created in {}", dir.display()));
+            } else {
+                report.ok(format!("log file {file} is writable"));
+            }
+        }
+    }
+}
+
+fn check_ports(config: &Config, report: &mut Report) {
+    let n = &config.networking;
+    let ports = [n.pub_sub_port, n.receive_port, n.file_service_port];
+    if ports[0] == ports[1] || ports[1] == ports[2] || ports[0] == ports[2] {
+        report.problem(format!("networking: the three ports must differ (got {ports:?})"));
+    } else {
+        report.ok(format!("ports {} {} {}", ports[0], ports[1], ports[2]));
+    }
+}
+
+/// Directory 0700, file 0600: anything looser is a problem.
+fn check_modes(dir: &Path, file: &Path, report: &mut Report) {
+    for (path, want) in [(dir, 0o700), (file, 0o600)] {
+        match std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777) {
+            Ok(mode) if mode & !want != 0 => {
+                report.problem(format!("{} has mode {mode:o}; it must be {want:o}", path.display()))
+            }
+            Ok(mode) => report.ok(format!("{} mode {mode:o}", path.display())),
+            Err(e) => report.problem(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+fn check_server_keys(config: &Config, report: &mut Report) {
+    let dir = keys::curve_dir(config.root_dir());
+    let file = dir.join(keys::SERVER_KEYS_FILE);
+    if !file.exists() {
+        report.ok(format!("{} does not exist yet; the server generates its key pair at first start", file.display()));
+        return;
+    }
+    check_modes(&dir, &file, report);
+    match ServerKeyStore::inspect(&file) {
+        Ok(store) => report.ok(format!(
+            "{} parses: server public key {}, {} known client keys",
+            file.display(),
+            store.keys.public_key,
+            store.known_count()
+        )),
+        Err(e) => report.problem(e.to_string()),
+    }
+}
+
+fn check_client_keys(config: &Config, report: &mut Report) {
+    let dir = keys::curve_dir(config.root_dir());
+    let file = dir.join(keys::CLIENT_KEYS_FILE);
+    if !file.exists() {
+        report.problem(format!(
+            "{} does not exist: put the output of `pantry-admin client:create --name <identity>` there",
+            file.display()
+        ));
+        return;
+    }
+    check_modes(&dir, &file, report);
+    match ClientKeys::load(&file, false) {
+        Ok(keys) if keys.generated => report.ok(format!(
+            "{} holds only server_public_key; the agent generates its key pair at start (the server must then \
+             know it)",
+            file.display()
+        )),
+        Ok(keys) => report.ok(format!("{} parses: public key {}", file.display(), keys.keys.public_key)),
+        Err(e) => report.problem(e.to_string()),
+    }
+}
+
+fn writable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: access(2) reads a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_and_broken_setups() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let config = dir.path().join("server.yml");
+        std::fs::write(&config, format!("root_dir: {}\nnetworking:\n  security: curve\n", root.display())).unwrap();
+        let fresh = check(&config, Program::Server);
+        assert!(fresh.is_ok(), "{}", fresh.render());
+        assert!(!root.exists(), "check-config must not create anything");
+        ServerKeyStore::open(&root).unwrap();
+        assert!(check(&config, Program::Server).is_ok());
+        let keys_file = keys::curve_dir(&root).join(keys::SERVER_KEYS_FILE);
+        std::fs::set_permissions(&keys_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let loose = check(&config, Program::Server);
+        assert!(loose.render().contains("mode 644"), "{}", loose.render());
+        std::fs::write(&keys_file, "public_key: [\n").unwrap();
+        assert!(!check(&config, Program::Server).is_ok());
+        std::fs::write(&config, "networking:\n  receive_prot: 1\n").unwrap();
+        let bad = check(&config, Program::Server);
+        assert!(bad.render().contains("receive_prot"), "{}", bad.render());
+    }
+
+    #[test]
+    fn client_without_keys_is_a_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("client.yml");
+        let root = dir.path().join("root");
+        std::fs::write(&config, format!("root_dir: {}\nnetworking:\n  security: curve\n", root.display())).unwrap();
+        let r = check(&config, Program::Client);
+        assert!(r.render().contains("client:create"), "{}", r.render());
+    }
+}
