@@ -198,6 +198,7 @@ impl Command {
 }
 
 fn main() {
+    pantry_shared::docs::generate_if_requested(<Cli as clap::CommandFactory>::command);
     let args = match args_with_defaults(Path::new(DEFAULTS_FILE)) {
         Ok(args) => args,
         Err(e) => {
@@ -457,6 +458,8 @@ fn upload_file(
         bail!("REMOTE_PATH must be absolute: {remote}");
     }
     let (size, sha256) = upload::describe(local).with_context(|| format!("cannot read {}", local.display()))?;
+    // Hashing a big file takes a while: the wait for the server starts now.
+    *deadline = Deadline::after(deadline.idle);
     let mode = std::fs::metadata(local).map(|m| m.permissions().mode() & 0o7777).ok();
     let transfer_id = uuid::Uuid::new_v4().to_string();
     let ctx = zmq::Context::new();

@@ -54,6 +54,7 @@ enum ClientCommand {
 }
 
 fn main() {
+    pantry_shared::docs::generate_if_requested(<Cli as clap::CommandFactory>::command);
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("pantry-client: {e:#}");

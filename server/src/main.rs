@@ -71,6 +71,7 @@ enum ServerCommand {
 }
 
 fn main() {
+    pantry_shared::docs::generate_if_requested(<Cli as clap::CommandFactory>::command);
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("pantry-server: {e:#}");

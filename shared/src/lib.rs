@@ -5,6 +5,7 @@
 pub mod check;
 pub mod commands;
 pub mod config;
+pub mod docs;
 pub mod error;
 pub mod filter;
 pub mod keys;
