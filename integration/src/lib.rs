@@ -215,6 +215,14 @@ impl Server {
         );
     }
 
+    /// Restarts without waiting for the start line on stdout: for a config
+    /// that logs to a file. The caller waits on that file.
+    pub fn restart_quietly(&mut self) {
+        self.process.terminate();
+        self.restarts += 1;
+        self.process = Self::spawn(&self.dir, self.restarts);
+    }
+
     /// The server's public key from `server_keys.yml` (CURVE only).
     pub fn public_key(&self) -> String {
         let path = self.root_dir().join("security/curve/server_keys.yml");
