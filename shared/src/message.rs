@@ -318,6 +318,16 @@ mod tests {
     }
 
     #[test]
+    fn long_numbers_re_encode_to_the_same_value() {
+        // Found by fuzzing: without serde_json's float_roundtrip, a long
+        // integer parsed as f64 came back as a different f64.
+        let good = Message::new("Echo").to_frames();
+        let body = format!("⁂{{\"n\":[{}]}}", "6".repeat(45)).into_bytes();
+        let m = Message::from_frames(&[b"".to_vec(), good[1].clone(), body]).unwrap();
+        assert_eq!(Message::from_frames(&m.to_frames()).unwrap(), m);
+    }
+
+    #[test]
     fn bad_json_after_the_marker() {
         let good = Message::new("Echo").to_frames();
         let r = Message::from_frames(&[b"".to_vec(), good[1].clone(), b"ok".to_vec(), "⁂{".as_bytes().to_vec()]);
