@@ -107,14 +107,7 @@ fn run(cli: Cli) -> Result<()> {
 
 /// The log level from the config, raised by `-v` or `-d`.
 fn log_level(config: &Config, cli: &Cli) -> Level {
-    let level = config.log_level.to_slog();
-    if cli.debug {
-        Level::Debug
-    } else if cli.verbose && !level.is_at_least(Level::Info) {
-        Level::Info
-    } else {
-        level
-    }
+    logging::effective_level(config.log_level, cli.verbose, cli.debug)
 }
 
 /// SIGHUP: reopen the log file (logrotate) and re-read `log_level`.

@@ -228,14 +228,7 @@ fn start_actors(
 
 /// The log level from the config, raised by `-v` or `-d`.
 fn log_level(config: &Config, cli: &Cli) -> Level {
-    let level = config.log_level.to_slog();
-    if cli.debug {
-        Level::Debug
-    } else if cli.verbose && !level.is_at_least(Level::Info) {
-        Level::Info
-    } else {
-        level
-    }
+    logging::effective_level(config.log_level, cli.verbose, cli.debug)
 }
 
 /// Spawns the task that handles signals: SIGINT and SIGTERM shut down

@@ -75,6 +75,24 @@ pub struct KeyPair {
 }
 
 impl KeyPair {
+    /// The pair stored in a key file (both halves checked), or a new one
+    /// when the file has neither; true when generated.
+    fn from_file_or_generate(
+        public_key: Option<String>,
+        private_key: Option<String>,
+        path: &Path,
+    ) -> Result<(KeyPair, bool), KeyStoreError> {
+        let (pair, generated) = match (public_key, private_key) {
+            (Some(public_key), Some(private_key)) => (KeyPair { public_key, private_key }, false),
+            (None, None) => (KeyPair::generate()?, true),
+            (Some(_), None) => return Err(missing(path, "private_key")),
+            (None, Some(_)) => return Err(missing(path, "public_key")),
+        };
+        decode_key(&pair.public_key, path, "public_key")?;
+        decode_key(&pair.private_key, path, "private_key")?;
+        Ok((pair, generated))
+    }
+
     pub fn generate() -> Result<KeyPair, KeyStoreError> {
         require_curve()?;
         let pair = zmq::CurveKeyPair::new().map_err(KeyStoreError::Generate)?;
@@ -251,13 +269,7 @@ impl ServerKeyStore {
     fn read(path: &Path) -> Result<(ServerKeyStore, bool), KeyStoreError> {
         let stamp = file_stamp(path);
         let file: ServerKeysFile = read_yaml(path)?.unwrap_or_default();
-        let (keys, generated) = match (file.public_key, file.private_key) {
-            (Some(public_key), Some(private_key)) => (KeyPair { public_key, private_key }, false),
-            (None, None) => (KeyPair::generate()?, true),
-            (Some(_), None) => return Err(missing(path, "private_key")),
-            (None, Some(_)) => return Err(missing(path, "public_key")),
-        };
-        decode_key(&keys.public_key, path, "public_key")?;
+        let (keys, generated) = KeyPair::from_file_or_generate(file.public_key, file.private_key, path)?;
         let secret = decode_key(&keys.private_key, path, "private_key")?;
         let mut entries = Vec::with_capacity(file.client_keys.len());
         let mut by_key = HashMap::with_capacity(file.client_keys.len());
@@ -475,14 +487,7 @@ impl ClientKeys {
         };
         let server_public_key = file.server_public_key.clone().ok_or_else(|| missing(path, "server_public_key"))?;
         decode_key(&server_public_key, path, "server_public_key")?;
-        let (keys, generated) = match (file.public_key, file.private_key) {
-            (Some(public_key), Some(private_key)) => (KeyPair { public_key, private_key }, false),
-            (None, None) => (KeyPair::generate()?, true),
-            (Some(_), None) => return Err(missing(path, "private_key")),
-            (None, Some(_)) => return Err(missing(path, "public_key")),
-        };
-        decode_key(&keys.public_key, path, "public_key")?;
-        decode_key(&keys.private_key, path, "private_key")?;
+        let (keys, generated) = KeyPair::from_file_or_generate(file.public_key, file.private_key, path)?;
         let mut loaded = ClientKeys { path: path.to_owned(), server_public_key, keys, generated };
         if generated && save_generated {
             loaded.save()?;

@@ -25,6 +25,18 @@ impl LogLevel {
     }
 }
 
+/// The configured level, raised by `-v` (at least info) or `-d` (debug).
+pub fn effective_level(configured: LogLevel, verbose: bool, debug: bool) -> Level {
+    let level = configured.to_slog();
+    if debug {
+        Level::Debug
+    } else if verbose && !level.is_at_least(Level::Info) {
+        Level::Info
+    } else {
+        level
+    }
+}
+
 /// Drops records below a level that can be changed while running.
 struct RuntimeLevel<D> {
     level: Arc<AtomicUsize>,
