@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod curve;
+
 use tempfile::TempDir;
 
 /// Path of one of the workspace's binaries, next to the test executable

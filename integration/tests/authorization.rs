@@ -9,47 +9,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pantry_integration::{bin, wait_for_status, wait_until, AdminRun, Agent, AgentSpec, Server};
+use pantry_integration::curve::{
+    bootstrap_admin, create_named_client, decode, field, full_keys, line_with, server_key_only, wait_for_line,
+    write_key_file, yaml, KEYS,
+};
+use pantry_integration::{bin, wait_for_status, AdminRun, Agent, AgentSpec, Server};
 use pantry_shared::commands::{create_client, echo, register_client, status};
 use pantry_shared::filter::ClientFilter;
 use pantry_shared::keys::{KeyPair, Role};
 use pantry_shared::{BodyPart, Message};
 use tempfile::TempDir;
 
-const KEYS: &str = "keys.yml";
 const LOG_WAIT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------
 // Key files and admin runs (as in curve.rs)
 // ---------------------------------------------------------------------------
-
-/// Writes `<cwd>/.pantry/<name>`.
-fn write_key_file(cwd: &Path, name: &str, contents: &str) -> PathBuf {
-    let dir = cwd.join(".pantry");
-    std::fs::create_dir_all(&dir).expect("create .pantry");
-    let path = dir.join(name);
-    std::fs::write(&path, contents).expect("write key file");
-    path
-}
-
-fn server_key_only(server_public_key: &str) -> String {
-    format!("---\nserver_public_key: '{server_public_key}'\n")
-}
-
-fn full_keys(server_public_key: &str, pair: &KeyPair) -> String {
-    format!(
-        "---\nserver_public_key: '{server_public_key}'\npublic_key: '{}'\nprivate_key: '{}'\n",
-        pair.public_key, pair.private_key
-    )
-}
-
-fn yaml(text: &str) -> serde_yaml::Value {
-    serde_yaml::from_str(text).unwrap_or_else(|e| panic!("not YAML ({e}):\n{text}"))
-}
-
-fn field(value: &serde_yaml::Value, name: &str) -> String {
-    value[name].as_str().unwrap_or_else(|| panic!("no `{name}` in {value:?}")).to_owned()
-}
 
 /// The key pair in a credentials YAML (`client:create` output).
 fn pair_of(credentials: &str) -> KeyPair {
@@ -57,48 +32,14 @@ fn pair_of(credentials: &str) -> KeyPair {
     KeyPair { public_key: field(&parsed, "public_key"), private_key: field(&parsed, "private_key") }
 }
 
-/// The first log line that contains every needle.
-fn line_with(log: &str, needles: &[&str]) -> Option<String> {
-    log.lines().find(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned)
-}
-
-/// Waits (bounded) for a log line with every needle and returns it.
-fn wait_for_line(read: impl Fn() -> String, needles: &[&str], timeout: Duration) -> Option<String> {
-    let mut found = None;
-    wait_until(timeout, || {
-        found = line_with(&read(), needles);
-        found.is_some()
-    });
-    found
-}
-
 /// What the server logged after `offset` bytes.
 fn server_log_since(server: &Server, offset: usize) -> String {
     server.log().get(offset..).unwrap_or_default().to_owned()
 }
 
-/// An admin working directory whose `.pantry/keys.yml` holds only the
-/// server's public key, enrolled by one `status` (trust on first use on a new
-/// server). Returns the directory and the admin's public key.
-fn bootstrap_admin(server: &Server) -> (TempDir, String) {
-    let cwd = tempfile::tempdir().expect("temp dir");
-    let path = write_key_file(cwd.path(), KEYS, &server_key_only(&server.public_key()));
-    let run = server.admin_in(cwd.path(), &["--curve-key-file", KEYS, "--timeout", "5", "status"]);
-    assert!(run.success(), "bootstrap status failed: {run:?}\nserver log:\n{}", server.log());
-    let keys = yaml(&std::fs::read_to_string(&path).expect("keys file"));
-    (cwd, field(&keys, "public_key"))
-}
-
 /// The admin's key pair, read back from its `.pantry/keys.yml`.
 fn admin_pair(cwd: &Path) -> KeyPair {
     pair_of(&std::fs::read_to_string(cwd.join(".pantry").join(KEYS)).expect("admin keys file"))
-}
-
-/// `client:create --name NAME` from an admin; returns the printed YAML.
-fn create_named_client(server: &Server, cwd: &Path, name: &str) -> String {
-    let run = server.admin_in(cwd, &["--curve-key-file", KEYS, "--timeout", "5", "client:create", "--name", name]);
-    assert!(run.success(), "client:create --name {name} failed: {run:?}\nserver log:\n{}", server.log());
-    run.stdout
 }
 
 /// `pantry-admin --curve-key-file keys.yml --timeout SECONDS ARGS...` from `cwd`.
@@ -175,10 +116,6 @@ fn answered_by(run: &AdminRun, identity: &str, text: &str) -> bool {
 // ---------------------------------------------------------------------------
 // Raw CURVE sockets
 // ---------------------------------------------------------------------------
-
-fn decode(z85: &str) -> Vec<u8> {
-    zmq::z85_decode(z85).expect("Z85 key")
-}
 
 /// A CURVE DEALER on the server's receive port with `pair`.
 fn curve_dealer(ctx: &zmq::Context, server: &Server, pair: &KeyPair) -> zmq::Socket {

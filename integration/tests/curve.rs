@@ -4,73 +4,20 @@
 //! out over PUB.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use pantry_integration::curve::{
+    bootstrap_admin, create_named_client, decode, field, full_keys, server_key_only, wait_for_line, write_key_file,
+    yaml, KEYS,
+};
 use pantry_integration::{wait_for_status, wait_until, Agent, AgentSpec, Server};
 use pantry_shared::keys::KeyPair;
-use tempfile::TempDir;
 
-const KEYS: &str = "keys.yml";
 const LOG_WAIT: Duration = Duration::from_secs(5);
-
-/// Writes `<cwd>/.pantry/<name>`.
-fn write_key_file(cwd: &Path, name: &str, contents: &str) -> PathBuf {
-    let dir = cwd.join(".pantry");
-    std::fs::create_dir_all(&dir).expect("create .pantry");
-    let path = dir.join(name);
-    std::fs::write(&path, contents).expect("write key file");
-    path
-}
-
-fn server_key_only(server_public_key: &str) -> String {
-    format!("---\nserver_public_key: '{server_public_key}'\n")
-}
-
-fn full_keys(server_public_key: &str, pair: &KeyPair) -> String {
-    format!(
-        "---\nserver_public_key: '{server_public_key}'\npublic_key: '{}'\nprivate_key: '{}'\n",
-        pair.public_key, pair.private_key
-    )
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
-}
-
-fn yaml(text: &str) -> serde_yaml::Value {
-    serde_yaml::from_str(text).unwrap_or_else(|e| panic!("not YAML ({e}):\n{text}"))
-}
-
-fn field(value: &serde_yaml::Value, name: &str) -> String {
-    value[name].as_str().unwrap_or_else(|| panic!("no `{name}` in {value:?}")).to_owned()
-}
-
-/// The first log line that contains every needle.
-fn line_with(log: &str, needles: &[&str]) -> Option<String> {
-    log.lines().find(|l| needles.iter().all(|n| l.contains(n))).map(str::to_owned)
-}
-
-/// Waits (bounded) for a log line with every needle and returns it.
-fn wait_for_line(read: impl Fn() -> String, needles: &[&str], timeout: Duration) -> Option<String> {
-    let mut found = None;
-    wait_until(timeout, || {
-        found = line_with(&read(), needles);
-        found.is_some()
-    });
-    found
-}
-
-/// An admin working directory whose `.pantry/keys.yml` holds only the
-/// server's public key, enrolled by one `status` (trust on first use on a new
-/// server). Returns the directory and the admin's public key.
-fn bootstrap_admin(server: &Server) -> (TempDir, String) {
-    let cwd = tempfile::tempdir().expect("temp dir");
-    let path = write_key_file(cwd.path(), KEYS, &server_key_only(&server.public_key()));
-    let run = server.admin_in(cwd.path(), &["--curve-key-file", KEYS, "--timeout", "5", "status"]);
-    assert!(run.success(), "bootstrap status failed: {run:?}\nserver log:\n{}", server.log());
-    let keys = yaml(&std::fs::read_to_string(&path).expect("keys file"));
-    (cwd, field(&keys, "public_key"))
 }
 
 /// `client:create` from an enrolled admin; returns the printed YAML. The
@@ -78,13 +25,6 @@ fn bootstrap_admin(server: &Server) -> (TempDir, String) {
 /// name: use [`create_named_client`] for agents).
 fn create_client(server: &Server, cwd: &Path) -> String {
     let run = server.admin_in(cwd, &["--curve-key-file", KEYS, "--timeout", "5", "client:create"]);
-    assert!(run.success(), "client:create failed: {run:?}");
-    run.stdout
-}
-
-/// `client:create --name NAME`.
-fn create_named_client(server: &Server, cwd: &Path, name: &str) -> String {
-    let run = server.admin_in(cwd, &["--curve-key-file", KEYS, "--timeout", "5", "client:create", "--name", name]);
     assert!(run.success(), "client:create failed: {run:?}");
     run.stdout
 }
@@ -115,10 +55,6 @@ fn assert_agent_answers(server: &Server, cwd: &Path, identity: &str, keys_yaml: 
     assert!(run.success(), "echo failed: {run:?}\nagent log:\n{}", agent.log());
     assert!(run.stdout.lines().any(|l| l == format!("{identity}: hello curve")), "echo output: {run:?}");
     agent
-}
-
-fn decode(z85: &str) -> Vec<u8> {
-    zmq::z85_decode(z85).expect("Z85 key")
 }
 
 #[test]

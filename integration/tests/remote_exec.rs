@@ -30,10 +30,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pantry_integration::curve::{bootstrap_admin, create_named_client, KEYS};
 use pantry_integration::{bin, wait_for_status, wait_until, AdminRun, Agent, AgentSpec, Server};
 use tempfile::TempDir;
 
-const KEYS: &str = "keys.yml";
 const MIB: u64 = 1024 * 1024;
 /// How long agents may take to show up in `status`.
 const AGENTS_WAIT: Duration = Duration::from_secs(15);
@@ -42,38 +42,10 @@ const AGENTS_WAIT: Duration = Duration::from_secs(15);
 // CURVE enrollment (as in tests/curve.rs)
 // ---------------------------------------------------------------------------
 
-/// Writes `<cwd>/.pantry/<name>`.
-fn write_key_file(cwd: &Path, name: &str, contents: &str) -> PathBuf {
-    let dir = cwd.join(".pantry");
-    std::fs::create_dir_all(&dir).expect("create .pantry");
-    let path = dir.join(name);
-    std::fs::write(&path, contents).expect("write key file");
-    path
-}
-
-/// An admin working directory enrolled by trust on first use: its
-/// `.pantry/keys.yml` held only the server's public key before one `status`.
-fn bootstrap_admin(server: &Server) -> TempDir {
-    let cwd = tempfile::tempdir().expect("temp dir");
-    write_key_file(cwd.path(), KEYS, &format!("---\nserver_public_key: '{}'\n", server.public_key()));
-    let run = server.admin_in(cwd.path(), &["--curve-key-file", KEYS, "--timeout", "5", "status"]);
-    assert!(run.success(), "bootstrap status failed: {run:?}\nserver log:\n{}", server.log());
-    cwd
-}
-
-/// `client:create --name NAME` from an enrolled admin: YAML for the
-/// client_keys.yml of the agent whose identity is NAME (a key is bound to
-/// its name).
-fn create_client(server: &Server, cwd: &Path, name: &str) -> String {
-    let run = server.admin_in(cwd, &["--curve-key-file", KEYS, "--timeout", "5", "client:create", "--name", name]);
-    assert!(run.success(), "client:create --name {name} failed: {run:?}");
-    run.stdout
-}
-
 /// A harness agent enrolled with fresh keys.
 fn enrolled_agent(server: &Server, cwd: &Path, identity: &str, application: &str) -> Agent {
     let mut spec = AgentSpec::new(identity, application, "test", &["worker"]);
-    spec.client_keys_yaml = Some(create_client(server, cwd, identity));
+    spec.client_keys_yaml = Some(create_named_client(server, cwd, identity));
     Agent::start(server, spec)
 }
 
@@ -305,7 +277,7 @@ fn processes_running(argv: &[&str]) -> Vec<u32> {
 #[test]
 fn exec_on_three_agents_answers_fails_times_out_and_speaks_json() {
     let server = Server::start(true);
-    let cwd = bootstrap_admin(&server);
+    let cwd = bootstrap_admin(&server).0;
     let ids = ["exec-1", "exec-2", "exec-3"];
     let agents: Vec<Agent> = ids.iter().map(|id| enrolled_agent(&server, cwd.path(), id, "app")).collect();
     let logs = || agents.iter().map(Agent::log).collect::<Vec<_>>();
@@ -415,9 +387,9 @@ fn exec_on_three_agents_answers_fails_times_out_and_speaks_json() {
 #[test]
 fn exec_is_refused_by_an_agent_with_allow_exec_false() {
     let server = Server::start(true);
-    let cwd = bootstrap_admin(&server);
+    let cwd = bootstrap_admin(&server).0;
     let open = enrolled_agent(&server, cwd.path(), "open-agent", "open");
-    let keys = create_client(&server, cwd.path(), "locked-agent");
+    let keys = create_named_client(&server, cwd.path(), "locked-agent");
     let locked = OwnAgent::start(&server, &keys, "locked-agent", "locked", "  allow_exec: false\n");
     assert_agents_up(&server, cwd.path(), &["open-agent", "locked-agent"], &[open.log(), locked.log()]);
 
@@ -507,11 +479,11 @@ fn upload_of_200_mib_to_two_agents_arrives_intact_in_bounded_memory() {
     const SIZE: u64 = 200 * MIB;
     const NAME: &str = "payload.bin";
     let server = Server::start(true);
-    let cwd = bootstrap_admin(&server);
+    let cwd = bootstrap_admin(&server).0;
     let ids = ["upload-1", "upload-2"];
     let agents: Vec<OwnAgent> = ids
         .iter()
-        .map(|id| OwnAgent::start(&server, &create_client(&server, cwd.path(), id), id, "files", ""))
+        .map(|id| OwnAgent::start(&server, &create_named_client(&server, cwd.path(), id), id, "files", ""))
         .collect();
     let logs = || agents.iter().map(OwnAgent::log).collect::<Vec<_>>();
     assert_agents_up(&server, cwd.path(), &ids, &logs());
@@ -593,7 +565,7 @@ fn upload_timeout_does_not_count_hashing_the_local_file() {
     let (size, timeout) = if cfg!(debug_assertions) { (128 * MIB, "3") } else { (2048 * MIB, "0.5") };
     const NAME: &str = "hashed.bin";
     let server = Server::start(true);
-    let cwd = bootstrap_admin(&server);
+    let cwd = bootstrap_admin(&server).0;
     let agent = enrolled_agent(&server, cwd.path(), "hash-agent", "files");
     assert_agents_up(&server, cwd.path(), &["hash-agent"], &[agent.log()]);
 
@@ -624,7 +596,7 @@ fn killing_the_server_mid_transfer_leaves_no_file_behind() {
     let size: u64 = if cfg!(debug_assertions) { 96 * MIB } else { 1024 * MIB };
     const NAME: &str = "big.bin";
     let mut server = Server::start(true);
-    let cwd = bootstrap_admin(&server);
+    let cwd = bootstrap_admin(&server).0;
     let agent = enrolled_agent(&server, cwd.path(), "cut-agent", "files");
     assert_agents_up(&server, cwd.path(), &["cut-agent"], &[agent.log()]);
 
@@ -710,7 +682,7 @@ fn app_show(server: &Server, cwd: &Path, application: &str) -> AdminRun {
 fn edit_saves_only_valid_yaml_and_app_show_prints_it() {
     const APP: &str = "shop";
     let server = Server::start(true);
-    let cwd = bootstrap_admin(&server);
+    let cwd = bootstrap_admin(&server).0;
     let scripts = tempfile::tempdir().expect("temp dir");
     let invalid =
         editor_script(scripts.path(), "invalid.sh", "printf 'name: shop\\nports: [80, 443\\nmode: }\\n' > \"$1\"");
@@ -764,7 +736,7 @@ fn edit_saves_only_valid_yaml_and_app_show_prints_it() {
 #[test]
 fn edit_without_an_application_fails_clearly() {
     let server = Server::start(true);
-    let cwd = bootstrap_admin(&server);
+    let cwd = bootstrap_admin(&server).0;
     let scripts = tempfile::tempdir().expect("temp dir");
     let marker = scripts.path().join("editor-ran");
     let editor = editor_script(scripts.path(), "marker.sh", &format!("touch '{}'", marker.display()));
