@@ -405,3 +405,49 @@ fn status_without_agents() {
     let run = admin_ok(&server, &["status", "--json"]);
     assert!(status_identities(&run).is_empty(), "{run:#?}");
 }
+
+/// A requester that falls behind must still get every answer: more answers
+/// than the ROUTER's high-water mark (1000) wait on the server instead of
+/// being dropped.
+#[test]
+fn answers_beyond_the_high_water_mark_are_not_lost() {
+    let server = Server::start(false);
+    let _agent = Agent::start(&server, AgentSpec::new("hwm-1", "pantry", "test", &[]));
+    assert!(wait_for_status(&server, server.dir.path(), &[], &["hwm-1"], Duration::from_secs(10)));
+    let ctx = zmq::Context::new();
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.set_linger(0).unwrap();
+    dealer.set_rcvhwm(100).unwrap();
+    dealer.connect(&format!("tcp://127.0.0.1:{}", server.ports.receive)).unwrap();
+    // 16 KiB answers: more than the kernel's socket buffers hold too.
+    const REQUESTS: usize = 1500;
+    let payload = "x".repeat(16 * 1024);
+    for i in 0..REQUESTS {
+        let mut request = pantry_shared::commands::echo::request(&format!("{i} {payload}"));
+        request.stream = "hwm-1".into();
+        request.metadata.from = "raw-admin".into();
+        dealer.send_multipart(request.to_frames(), 0).unwrap();
+    }
+    // Not reading for a while: answers pile up on the server.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut lists, mut answers) = (0, 0);
+    let end = Instant::now() + Duration::from_secs(20);
+    while (lists < REQUESTS || answers < REQUESTS) && Instant::now() < end {
+        let mut items = [dealer.as_poll_item(zmq::POLLIN)];
+        zmq::poll(&mut items, 200).unwrap();
+        while let Ok(frames) = dealer.recv_multipart(zmq::DONTWAIT) {
+            let m = pantry_shared::Message::from_frames(&frames).unwrap();
+            if m.is_client_response_list() {
+                lists += 1;
+            } else {
+                answers += 1;
+            }
+        }
+    }
+    assert_eq!(
+        (lists, answers),
+        (REQUESTS, REQUESTS),
+        "server log:\n{}",
+        server.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+}

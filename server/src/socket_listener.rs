@@ -9,6 +9,7 @@
 //! actor writes tagged frames to its inproc PUSH, and the thread sends them
 //! on the right socket. No poll timeout, so no latency floor.
 
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::thread::JoinHandle;
 
@@ -133,8 +134,8 @@ impl SocketListener {
         push.connect(OUTBOUND_ENDPOINT)?;
         let thread_log = log.clone();
         let thread = std::thread::Builder::new().name("pantry-sockets".into()).spawn(move || {
-            let connections = Connections::default();
-            SocketThread { sockets, dispatcher, presence, files, zap, connections, log: thread_log }.run()
+            let (connections, backlogs) = Default::default();
+            SocketThread { sockets, dispatcher, presence, files, zap, connections, backlogs, log: thread_log }.run()
         })?;
         Ok(SocketListener { push, thread: Some(thread), log }.start())
     }
@@ -249,6 +250,31 @@ impl Handler<Shutdown> for SocketListener {
     }
 }
 
+/// Messages for ROUTER peers whose queue is full (the high-water mark):
+/// kept in order and retried when the peer has read, so a fan-out's N
+/// answers to one requester are not lost. Bounded per peer: beyond that a
+/// peer that stopped reading loses messages (logged at debug), and the
+/// server's memory stays bounded.
+#[derive(Default)]
+struct Backlog {
+    by_peer: HashMap<Vec<u8>, VecDeque<Vec<Vec<u8>>>>,
+}
+
+const BACKLOG_PER_PEER: usize = 100_000;
+
+fn backlog_index(kind: SocketKind) -> usize {
+    match kind {
+        SocketKind::Files => 1,
+        _ => 0,
+    }
+}
+
+impl Backlog {
+    fn is_empty(&self) -> bool {
+        self.by_peer.is_empty()
+    }
+}
+
 /// The thread that owns the sockets.
 struct SocketThread {
     sockets: BoundSockets,
@@ -257,6 +283,8 @@ struct SocketThread {
     files: Recipient<FileFrames>,
     zap: Option<Recipient<ZapRequest>>,
     connections: Connections,
+    /// Per socket kind: ROUTER and file service.
+    backlogs: [Backlog; 2],
     log: Logger,
 }
 
@@ -280,7 +308,9 @@ impl SocketThread {
             if let Some(zap) = &s.zap {
                 items.push(zap.as_poll_item(zmq::POLLIN));
             }
-            if let Err(e) = zmq::poll(&mut items, -1) {
+            // With messages waiting for full peers, wake up to retry them.
+            let timeout = if self.backlogs.iter().all(Backlog::is_empty) { -1 } else { 1 };
+            if let Err(e) = zmq::poll(&mut items, timeout) {
                 if e == zmq::Error::EINTR {
                     continue;
                 }
@@ -288,6 +318,7 @@ impl SocketThread {
                 return;
             }
             let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+            self.retry_backlogs();
             // Closed connections first: a descriptor number may be reused.
             if ready[2] {
                 self.drain_monitor(SocketKind::Router);
@@ -325,8 +356,8 @@ impl SocketThread {
             }
             let tag = frames.remove(0);
             match tag.as_slice() {
-                TO_PEER => self.send_to_peer(&self.sockets.router, frames),
-                TO_FILE_PEER => self.send_to_peer(&self.sockets.files, frames),
+                TO_PEER => self.send_to_peer(SocketKind::Router, frames),
+                TO_FILE_PEER => self.send_to_peer(SocketKind::Files, frames),
                 TO_SUBSCRIBERS => {
                     if let Err(e) = self.sockets.publisher.send_multipart(frames, zmq::DONTWAIT) {
                         warn!(self.log, "cannot publish"; "error" => %e);
@@ -353,22 +384,76 @@ impl SocketThread {
         true
     }
 
-    fn send_to_peer(&self, socket: &zmq::Socket, frames: Vec<Vec<u8>>) {
-        let mut frames = frames.into_iter();
-        let Some(peer) = frames.next() else { return };
-        // The routing frame alone: ROUTER_MANDATORY reports a gone or full
-        // peer here, before anything of the message is queued.
-        let result = socket
-            .send(&peer, zmq::SNDMORE | zmq::DONTWAIT)
-            .and_then(|()| socket.send_multipart(frames, zmq::DONTWAIT));
-        match result {
-            Ok(()) => {}
-            Err(zmq::Error::EHOSTUNREACH) => debug!(self.log, "peer is gone; message dropped"; "peer" => Hex(&peer)),
-            Err(zmq::Error::EAGAIN) => {
-                debug!(self.log, "peer's queue is full (high-water mark); message dropped"; "peer" => Hex(&peer))
-            }
-            Err(e) => warn!(self.log, "cannot send to peer"; "peer" => Hex(&peer), "error" => %e),
+    fn socket_of(&self, kind: SocketKind) -> &zmq::Socket {
+        match kind {
+            SocketKind::Files => &self.sockets.files,
+            _ => &self.sockets.router,
         }
+    }
+
+    /// Sends `[peer, frames...]` on a ROUTER socket, behind whatever is
+    /// already waiting for that peer.
+    fn send_to_peer(&mut self, kind: SocketKind, frames: Vec<Vec<u8>>) {
+        let Some(peer) = frames.first() else { return };
+        let backlog = &mut self.backlogs[backlog_index(kind)];
+        if let Some(waiting) = backlog.by_peer.get_mut(peer) {
+            if waiting.len() < BACKLOG_PER_PEER {
+                waiting.push_back(frames);
+            } else {
+                debug!(self.log, "peer stopped reading: its backlog is full; message dropped"; "peer" => Hex(peer));
+            }
+            return;
+        }
+        if let Some(frames) = self.try_send(kind, frames) {
+            let peer = frames[0].clone();
+            self.backlogs[backlog_index(kind)].by_peer.entry(peer).or_default().push_back(frames);
+        }
+    }
+
+    /// Sends what the full peers can take now, in order.
+    fn retry_backlogs(&mut self) {
+        for kind in [SocketKind::Router, SocketKind::Files] {
+            let mut backlog = std::mem::take(&mut self.backlogs[backlog_index(kind)]);
+            backlog.by_peer.retain(|_, waiting| {
+                while let Some(frames) = waiting.pop_front() {
+                    if let Some(frames) = self.try_send(kind, frames) {
+                        waiting.push_front(frames);
+                        return true;
+                    }
+                }
+                false
+            });
+            self.backlogs[backlog_index(kind)] = backlog;
+        }
+    }
+
+    /// One attempt; gives the frames back if the peer's queue is full.
+    fn try_send(&self, kind: SocketKind, frames: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+        let socket = self.socket_of(kind);
+        // The routing frame alone first: ROUTER_MANDATORY reports a gone or
+        // full peer there, before anything of the message is queued.
+        match socket.send(&frames[0], zmq::SNDMORE | zmq::DONTWAIT) {
+            Ok(()) => {}
+            Err(zmq::Error::EAGAIN) => return Some(frames),
+            Err(zmq::Error::EHOSTUNREACH) => {
+                debug!(self.log, "peer is gone; message dropped"; "peer" => Hex(&frames[0]));
+                return None;
+            }
+            Err(e) => {
+                warn!(self.log, "cannot send to peer"; "peer" => Hex(&frames[0]), "error" => %e);
+                return None;
+            }
+        }
+        let mut rest = frames.iter().skip(1).peekable();
+        while let Some(frame) = rest.next() {
+            let flags = if rest.peek().is_some() { zmq::SNDMORE } else { 0 };
+            // After the first frame libzmq takes the whole message.
+            if let Err(e) = socket.send(frame, flags | zmq::DONTWAIT) {
+                warn!(self.log, "cannot send to peer"; "peer" => Hex(&frames[0]), "error" => %e);
+                return None;
+            }
+        }
+        None
     }
 
     /// Reads every waiting message of a ROUTER socket (requests or file
