@@ -58,7 +58,7 @@ impl Connection {
     pub fn open(server: String, security: &SocketSecurity, keys: Option<ClientKeys>) -> Result<Self> {
         let ctx = zmq::Context::new();
         let dealer = security.socket(&ctx, zmq::DEALER)?;
-        let monitor = monitor::monitor(&ctx, &dealer)?;
+        let monitor = monitor::monitor(&ctx, &dealer, monitor::CLIENT_EVENTS)?;
         dealer.connect(&server).map_err(|e| anyhow!("cannot connect to {server}: {e}"))?;
         Ok(Connection { dealer, monitor, server, keys, handshake_done: false, handshake_failures: 0, _ctx: ctx })
     }

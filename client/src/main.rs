@@ -211,8 +211,8 @@ impl Agent {
             socket.set_reconnect_ivl(100)?;
             socket.set_reconnect_ivl_max(10_000)?;
         }
-        let dealer_monitor = monitor::monitor(&ctx, &dealer)?;
-        let sub_monitor = monitor::monitor(&ctx, &sub)?;
+        let dealer_monitor = monitor::monitor(&ctx, &dealer, monitor::CLIENT_EVENTS)?;
+        let sub_monitor = monitor::monitor(&ctx, &sub, monitor::CLIENT_EVENTS)?;
         let results = ctx.socket(zmq::PULL)?;
         results.set_linger(0)?;
         results.bind(RESULTS_ENDPOINT)?;

@@ -27,6 +27,10 @@ use crate::zap_handler::ZapRequest;
 
 const OUTBOUND_ENDPOINT: &str = "inproc://pantry-outbound";
 
+/// listen(2) backlog of the server's TCP sockets (Linux caps it at
+/// net.core.somaxconn, 4096 by default).
+const ACCEPT_BACKLOG: i32 = 4096;
+
 /// Tags of the first frame on the inproc PULL: which socket the rest goes to.
 const TO_PEER: &[u8] = b"R";
 const TO_SUBSCRIBERS: &[u8] = b"P";
@@ -77,7 +81,11 @@ impl BoundSockets {
         // which tells which connection (descriptor) belongs to which key.
         let publisher = security.socket(ctx, zmq::XPUB)?;
         publisher.set_xpub_verbose(true)?;
-        let publisher_monitor = monitor::monitor(ctx, &publisher)?;
+        // Thousands of agents reconnect at once after a restart: libzmq's
+        // default accept backlog (100) would overflow and stall them for
+        // seconds in the kernel's SYN retries.
+        publisher.set_backlog(ACCEPT_BACKLOG)?;
+        let publisher_monitor = monitor::monitor(ctx, &publisher, monitor::SERVER_EVENTS)?;
         publisher
             .bind(&endpoints.publish)
             .with_context(|| format!("cannot bind PUB socket on {}", endpoints.publish))?;
@@ -85,14 +93,16 @@ impl BoundSockets {
         let router = security.socket(ctx, zmq::ROUTER)?;
         // Sending to a peer that is gone is an error we log, not a silent drop.
         router.set_router_mandatory(true)?;
-        let router_monitor = monitor::monitor(ctx, &router)?;
+        router.set_backlog(ACCEPT_BACKLOG)?;
+        let router_monitor = monitor::monitor(ctx, &router, monitor::SERVER_EVENTS)?;
         router
             .bind(&endpoints.receive)
             .with_context(|| format!("cannot bind ROUTER socket on {}", endpoints.receive))?;
 
         let files = security.socket(ctx, zmq::ROUTER)?;
         files.set_router_mandatory(true)?;
-        let files_monitor = monitor::monitor(ctx, &files)?;
+        files.set_backlog(ACCEPT_BACKLOG)?;
+        let files_monitor = monitor::monitor(ctx, &files, monitor::SERVER_EVENTS)?;
         files
             .bind(&endpoints.file_service)
             .with_context(|| format!("cannot bind file service socket on {}", endpoints.file_service))?;
@@ -539,7 +549,7 @@ impl SocketThread {
             let socket_name = kind.name();
             match event.event {
                 SocketEvent::Accepted => debug!(self.log, "connection accepted";
-                    "socket" => socket_name, "address" => event_peer(&event), "endpoint" => &event.endpoint),
+                    "socket" => socket_name, "address" => EventPeer(event.value as RawFd), "endpoint" => &event.endpoint),
                 SocketEvent::Disconnected => {
                     if let Some(presence) = self.connections.closed(kind, event.value as RawFd) {
                         if let Presence::Disconnected(key) = &presence {
@@ -579,9 +589,14 @@ impl SocketKind {
 }
 
 /// The peer address of an ACCEPTED event, whose value is the new socket's
-/// file descriptor.
-fn event_peer(event: &monitor::MonitorEvent) -> String {
-    peer_address(event.value as RawFd).unwrap_or_else(|| "unknown".into())
+/// file descriptor; looked up only when the line is written (debug).
+struct EventPeer(RawFd);
+
+impl slog::Value for EventPeer {
+    fn serialize(&self, _: &slog::Record, key: slog::Key, serializer: &mut dyn slog::Serializer) -> slog::Result {
+        let address = peer_address(self.0).unwrap_or_else(|| "unknown".into());
+        serializer.emit_str(key, &address)
+    }
 }
 
 fn peer_address(fd: RawFd) -> Option<String> {

@@ -180,12 +180,7 @@ impl Message {
             return Err(DecodeError::TooFewFrames(frames.len()));
         }
         let stream = std::str::from_utf8(frames[0].as_ref()).map_err(|_| DecodeError::StreamNotUtf8)?.to_owned();
-        let raw: Value =
-            serde_json::from_slice(frames[1].as_ref()).map_err(|e| DecodeError::MetadataJson(e.to_string()))?;
-        if !raw.is_object() {
-            return Err(DecodeError::MetadataNotObject);
-        }
-        let metadata: Metadata = serde_json::from_value(raw).map_err(|e| DecodeError::MetadataFields(e.to_string()))?;
+        let metadata = parse_metadata(frames[1].as_ref())?;
         let body = frames[2..]
             .iter()
             .enumerate()
@@ -193,6 +188,16 @@ impl Message {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Message { stream, metadata, body })
     }
+}
+
+/// Straight into the struct (the hot path); only a frame that does not fit
+/// is parsed again to say why.
+fn parse_metadata(bytes: &[u8]) -> Result<Metadata, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|fields| match serde_json::from_slice::<Value>(bytes) {
+        Err(e) => DecodeError::MetadataJson(e.to_string()),
+        Ok(v) if !v.is_object() => DecodeError::MetadataNotObject,
+        Ok(_) => DecodeError::MetadataFields(fields.to_string()),
+    })
 }
 
 #[cfg(test)]

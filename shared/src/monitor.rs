@@ -69,24 +69,36 @@ pub fn no_handshake_text(server: &str, key_file: &std::path::Path) -> String {
 
 static NEXT_MONITOR: AtomicUsize = AtomicUsize::new(0);
 
-/// Starts monitoring `socket` and returns the PAIR socket to read events
-/// from. Must be created in the same context as `socket`.
-pub fn monitor(ctx: &zmq::Context, socket: &zmq::Socket) -> zmq::Result<zmq::Socket> {
+/// Events a connecting socket (agent, admin) wants: handshake outcomes and
+/// connection state.
+pub const CLIENT_EVENTS: &[zmq::SocketEvent] = &[
+    zmq::SocketEvent::CONNECTED,
+    zmq::SocketEvent::DISCONNECTED,
+    zmq::SocketEvent::CONNECT_RETRIED,
+    zmq::SocketEvent::HANDSHAKE_SUCCEEDED,
+    zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL,
+    zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL,
+    zmq::SocketEvent::HANDSHAKE_FAILED_AUTH,
+];
+
+/// Events a listening socket (the server) wants: accepted and closed
+/// connections and failed handshakes; a successful one says nothing the
+/// ZAP handler did not, and would only wake the socket thread.
+pub const SERVER_EVENTS: &[zmq::SocketEvent] = &[
+    zmq::SocketEvent::ACCEPTED,
+    zmq::SocketEvent::DISCONNECTED,
+    zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL,
+    zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL,
+    zmq::SocketEvent::HANDSHAKE_FAILED_AUTH,
+];
+
+/// Starts monitoring `socket` for `events` and returns the PAIR socket to
+/// read them from. Must be created in the same context as `socket`.
+pub fn monitor(ctx: &zmq::Context, socket: &zmq::Socket, events: &[zmq::SocketEvent]) -> zmq::Result<zmq::Socket> {
     let endpoint =
         format!("inproc://pantry-monitor-{}-{}", std::process::id(), NEXT_MONITOR.fetch_add(1, Ordering::Relaxed));
-    let events = [
-        zmq::SocketEvent::CONNECTED,
-        zmq::SocketEvent::ACCEPTED,
-        zmq::SocketEvent::DISCONNECTED,
-        zmq::SocketEvent::CONNECT_RETRIED,
-        zmq::SocketEvent::HANDSHAKE_SUCCEEDED,
-        zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL,
-        zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL,
-        zmq::SocketEvent::HANDSHAKE_FAILED_AUTH,
-    ]
-    .iter()
-    .fold(0i32, |mask, e| mask | i32::from(e.to_raw()));
-    socket.monitor(&endpoint, events)?;
+    let mask = events.iter().fold(0i32, |mask, e| mask | i32::from(e.to_raw()));
+    socket.monitor(&endpoint, mask)?;
     let pair = ctx.socket(zmq::PAIR)?;
     pair.set_linger(0)?;
     pair.connect(&endpoint)?;

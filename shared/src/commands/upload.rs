@@ -163,7 +163,7 @@ fn receive(upload: &UploadRequest, service: &FileService) -> Result<UploadResult
         .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
 
     let socket = service.security.socket(&service.ctx, zmq::DEALER).map_err(|e| e.to_string())?;
-    let events = monitor::monitor(&service.ctx, &socket).map_err(|e| e.to_string())?;
+    let events = monitor::monitor(&service.ctx, &socket, monitor::CLIENT_EVENTS).map_err(|e| e.to_string())?;
     socket.connect(&service.endpoint).map_err(|e| format!("cannot connect to {}: {e}", service.endpoint))?;
 
     let id = upload.transfer_id.as_bytes();

@@ -1,0 +1,608 @@
+//! The whole benchmark: for each security mode, a real `pantry-server` and a
+//! baseline relay side by side; for each N, an agent pool per system,
+//! alternating Pantry and baseline rounds; then handshake rates with 100
+//! and 100,000 known keys; then the report.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+
+use pantry_shared::keys::{KnownKey, Role};
+
+use crate::agents::{identity, Kind, Pool};
+use crate::handshake::{handshake_rate, HandshakeSettings};
+use crate::keys::{self, Pair};
+use crate::limits::{self, FdLimits};
+use crate::procs::{Endpoints, PantryServer, Relay};
+use crate::requesters::{fanout, throughput, wait_until_reachable, Requester, ThroughputSettings};
+use crate::stats::{median, percentile};
+
+/// What to run and where.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The `pantry-server` and `pantry-client` binaries.
+    pub server_bin: PathBuf,
+    pub client_bin: PathBuf,
+    /// The `pantry-bench` binary, started as `pantry-bench relay`.
+    pub relay_exe: PathBuf,
+    /// Where `latest.md` and `fanout.svg` go.
+    pub out_dir: PathBuf,
+    /// Agent counts, ascending.
+    pub sizes: Vec<usize>,
+    /// Pantry/baseline alternations per N; figures are medians over rounds.
+    pub rounds: usize,
+    /// Fan-out echoes per N per round.
+    pub fanout_requests: usize,
+    pub fanout_timeout: Duration,
+    /// Concurrent requesters in the throughput scenario.
+    pub requesters: usize,
+    pub throughput: ThroughputSettings,
+    /// Known-key counts of the handshake scenario.
+    pub handshake_keys: Vec<usize>,
+    pub handshake: HandshakeSettings,
+    /// Security modes to run, in order (true: CURVE).
+    pub curve_modes: Vec<bool>,
+    /// Longest wait for a pool's agents to be registered and subscribed.
+    pub reachable_timeout: Duration,
+    /// The server's log level (`info` is the production default).
+    pub log_level: String,
+}
+
+impl Config {
+    /// The full benchmark of `make bench`.
+    pub fn full(server_bin: PathBuf, client_bin: PathBuf, relay_exe: PathBuf, out_dir: PathBuf) -> Config {
+        Config {
+            server_bin,
+            client_bin,
+            relay_exe,
+            out_dir,
+            sizes: vec![1, 100, 1000, 4000],
+            rounds: 3,
+            fanout_requests: 20,
+            fanout_timeout: Duration::from_secs(10),
+            requesters: 4,
+            throughput: ThroughputSettings {
+                window: 16,
+                warmup: Duration::from_millis(300),
+                duration: Duration::from_millis(1500),
+            },
+            handshake_keys: vec![100, 100_000],
+            handshake: HandshakeSettings {
+                slots: 32,
+                warmup: Duration::from_millis(300),
+                duration: Duration::from_millis(1500),
+            },
+            curve_modes: vec![true, false],
+            reachable_timeout: Duration::from_secs(90),
+            log_level: "info".into(),
+        }
+    }
+
+    /// N = 2, one iteration of everything, a few seconds: keeps the harness
+    /// from rotting (`make test`).
+    pub fn smoke(server_bin: PathBuf, client_bin: PathBuf, relay_exe: PathBuf, out_dir: PathBuf) -> Config {
+        Config {
+            sizes: vec![2],
+            rounds: 1,
+            fanout_requests: 1,
+            fanout_timeout: Duration::from_secs(5),
+            requesters: 2,
+            throughput: ThroughputSettings {
+                window: 4,
+                warmup: Duration::from_millis(50),
+                duration: Duration::from_millis(200),
+            },
+            handshake_keys: vec![10, 100],
+            handshake: HandshakeSettings {
+                slots: 4,
+                warmup: Duration::from_millis(50),
+                duration: Duration::from_millis(200),
+            },
+            reachable_timeout: Duration::from_secs(20),
+            ..Config::full(server_bin, client_bin, relay_exe, out_dir)
+        }
+    }
+}
+
+/// A figure for Pantry and for the baseline.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Both<T> {
+    pub pantry: T,
+    pub baseline: T,
+}
+
+impl<T> Both<T> {
+    pub fn get_mut(&mut self, kind: Kind) -> &mut T {
+        match kind {
+            Kind::Pantry => &mut self.pantry,
+            Kind::Baseline => &mut self.baseline,
+        }
+    }
+}
+
+impl Both<Option<f64>> {
+    /// Pantry / baseline.
+    pub fn ratio(&self) -> Option<f64> {
+        match (self.pantry, self.baseline) {
+            (Some(p), Some(b)) if b > 0.0 => Some(p / b),
+            _ => None,
+        }
+    }
+}
+
+/// Everything measured at one N in one security mode (medians over rounds).
+#[derive(Debug, Clone, Default)]
+pub struct SizeRow {
+    pub n: usize,
+    /// Both pools did not fit at once: each round built and dropped them in turn.
+    pub sequential: bool,
+    pub fanout_p50_ms: Both<Option<f64>>,
+    pub fanout_p99_ms: Both<Option<f64>>,
+    /// Fan-outs that did not get every answer within the timeout.
+    pub fanout_incomplete: Both<usize>,
+    /// Fan-outs attempted (a round gives up after a few incomplete ones).
+    pub fanout_attempted: Both<usize>,
+    /// Share of the expected fan-out answers that arrived.
+    pub fanout_delivered: Both<Option<f64>>,
+    /// Server CPU time (all threads) per completed request in the
+    /// throughput runs, microseconds.
+    pub cpu_us_per_request: Both<Option<f64>>,
+    /// Server CPU time per answer in the fan-out runs, microseconds.
+    pub cpu_us_per_answer: Both<Option<f64>>,
+    pub throughput: Both<Option<f64>>,
+    pub lost: Both<u64>,
+    /// Server RSS with N agents connected and registered.
+    pub rss_kib: Both<Option<u64>>,
+    /// Seconds from the first connect until every agent answered a broadcast.
+    pub setup_s: Both<Option<f64>>,
+}
+
+/// One security mode.
+#[derive(Debug, Clone, Default)]
+pub struct ModeResult {
+    pub curve: bool,
+    /// Server RSS right after start, no agent connected.
+    pub rss0_kib: Both<Option<u64>>,
+    pub rows: Vec<SizeRow>,
+    /// The real `pantry-client` after it registered, idle.
+    pub idle_client_rss_kib: Option<u64>,
+    /// Peak server RSS over the whole mode.
+    pub peak_rss_kib: Both<Option<u64>>,
+}
+
+impl ModeResult {
+    pub fn name(&self) -> &'static str {
+        if self.curve {
+            "CURVE"
+        } else {
+            "null"
+        }
+    }
+}
+
+/// Handshake rate with a given number of known keys (CURVE).
+#[derive(Debug, Clone, Default)]
+pub struct HandshakeRow {
+    pub known_keys: usize,
+    pub rate: Both<Option<f64>>,
+    pub failed: Both<u64>,
+    /// Server CPU time (all threads) per successful handshake, microseconds.
+    pub cpu_us: Both<Option<f64>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Results {
+    pub cores: usize,
+    pub libzmq: String,
+    pub limits: FdLimits,
+    pub max_agents: usize,
+    pub sizes_skipped: Vec<usize>,
+    pub modes: Vec<ModeResult>,
+    pub handshakes: Vec<HandshakeRow>,
+    pub elapsed: Duration,
+    pub config: Config,
+}
+
+const ADMIN_NAME: &str = "bench-admin";
+const IDLE_CLIENT: &str = "bench-idle";
+
+fn requester_name(k: usize) -> String {
+    format!("bench-requester-{k}")
+}
+
+/// Keys of everyone who connects under CURVE.
+struct KeyRing {
+    server: Pair,
+    agents: Vec<Pair>,
+    admin: Pair,
+    requesters: Vec<Pair>,
+    idle_client: Pair,
+    handshake: Vec<Pair>,
+}
+
+impl KeyRing {
+    fn generate(agents: usize, cfg: &Config) -> Result<KeyRing> {
+        Ok(KeyRing {
+            server: Pair::generate()?,
+            agents: keys::generate(agents)?,
+            admin: Pair::generate()?,
+            requesters: keys::generate(cfg.requesters)?,
+            idle_client: Pair::generate()?,
+            handshake: keys::generate(cfg.handshake.slots.min(100))?,
+        })
+    }
+
+    /// Keys enrolled in the main servers' key store: each agent's under its
+    /// identity, the admin and the requesters as admins.
+    fn enrolled(&self) -> Vec<KnownKey> {
+        let mut all: Vec<KnownKey> = self
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, p)| keys::known(p.public_z85(), identity(i), Role::Client))
+            .collect();
+        all.push(keys::known(self.admin.public_z85(), ADMIN_NAME.into(), Role::Admin));
+        all.extend(
+            self.requesters
+                .iter()
+                .enumerate()
+                .map(|(k, p)| keys::known(p.public_z85(), requester_name(k), Role::Admin)),
+        );
+        all.push(keys::known(self.idle_client.public_z85(), IDLE_CLIENT.into(), Role::Client));
+        all
+    }
+}
+
+/// Progress on stderr, with the time since the start.
+struct Progress(Instant);
+
+impl Progress {
+    fn say(&self, text: impl AsRef<str>) {
+        eprintln!("[{:>6.1}s] {}", self.0.elapsed().as_secs_f64(), text.as_ref());
+    }
+}
+
+/// Runs everything and writes the report. Returns the figures.
+pub fn run(cfg: &Config) -> Result<Results> {
+    let started = Instant::now();
+    let progress = Progress(started);
+    let limits = limits::raise_nofile().context("cannot raise the open-file limit")?;
+    let max_agents = limits.max_agents();
+    let mut sizes: Vec<usize> = cfg.sizes.clone();
+    sizes.sort_unstable();
+    let sizes_skipped: Vec<usize> = sizes.iter().copied().filter(|&n| n > max_agents).collect();
+    sizes.retain(|&n| n <= max_agents);
+    let (major, minor, patch) = zmq::version();
+    let libzmq = format!("{major}.{minor}.{patch}");
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    progress.say(format!(
+        "open files: soft limit {} (was {}), hard {}: up to {max_agents} agents per pool ({} descriptors each); \
+         both pools at once up to N = {}{}",
+        limits.soft,
+        limits.soft_before,
+        limits.hard,
+        limits::FDS_PER_AGENT,
+        max_agents / 2,
+        if sizes_skipped.is_empty() { String::new() } else { format!("; skipping N = {sizes_skipped:?}") }
+    ));
+    progress.say(format!("libzmq {libzmq}, {cores} cores, sizes {sizes:?}, {} rounds", cfg.rounds));
+    let ring = KeyRing::generate(sizes.last().copied().unwrap_or(0), cfg)?;
+
+    let mut modes = Vec::new();
+    for &curve in &cfg.curve_modes {
+        modes.push(run_mode(cfg, curve, &sizes, &limits, &ring, &progress)?);
+    }
+    let handshakes = if cfg.curve_modes.contains(&true) { run_handshakes(cfg, &ring, &progress)? } else { Vec::new() };
+
+    let results = Results {
+        cores,
+        libzmq,
+        limits,
+        max_agents,
+        sizes_skipped,
+        modes,
+        handshakes,
+        elapsed: started.elapsed(),
+        config: cfg.clone(),
+    };
+    crate::report::write(&results, &cfg.out_dir)?;
+    progress.say(format!("report written to {}", cfg.out_dir.display()));
+    Ok(results)
+}
+
+/// The requesting side for one system: an admin for fan-outs and the
+/// concurrent requesters for throughput.
+struct Clients {
+    admin: Requester,
+    requesters: Vec<Requester>,
+}
+
+impl Clients {
+    fn connect(kind: Kind, endpoints: &Endpoints, ring: &KeyRing, curve: bool) -> Result<Clients> {
+        let pick = |p: &Pair| if curve { Some(p.clone()) } else { None };
+        let admin = Requester::connect(kind, endpoints, pick(&ring.admin).as_ref(), ADMIN_NAME)?;
+        let requesters = ring
+            .requesters
+            .iter()
+            .enumerate()
+            .map(|(k, p)| Requester::connect(kind, endpoints, pick(p).as_ref(), &requester_name(k)))
+            .collect::<Result<_>>()?;
+        Ok(Clients { admin, requesters })
+    }
+}
+
+/// Per-round figures of one system at one N.
+#[derive(Default)]
+struct Samples {
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    incomplete: usize,
+    attempted: usize,
+    throughput: Vec<f64>,
+    lost: u64,
+    cpu_us_per_request: Vec<f64>,
+    cpu_us_per_answer: Vec<f64>,
+    delivered: Vec<f64>,
+}
+
+/// A round stops its fan-outs after this many incomplete ones (each costs
+/// the idle timeout).
+const MAX_INCOMPLETE_PER_ROUND: usize = 4;
+
+/// How long a fan-out waits with no answer before it counts as incomplete
+/// (answers were dropped: they will never come).
+const FANOUT_IDLE: Duration = Duration::from_secs(1);
+
+fn cpu_us_per(pid: u32, before: Option<u64>, count: u64) -> Option<f64> {
+    let (before, after) = (before?, crate::procs::cpu_ns(pid)?);
+    (count > 0).then(|| after.saturating_sub(before) as f64 / 1000.0 / count as f64)
+}
+
+struct System<'a> {
+    kind: Kind,
+    endpoints: &'a Endpoints,
+    clients: Clients,
+    pid: u32,
+}
+
+fn run_mode(
+    cfg: &Config,
+    curve: bool,
+    sizes: &[usize],
+    limits: &FdLimits,
+    ring: &KeyRing,
+    progress: &Progress,
+) -> Result<ModeResult> {
+    let mode = if curve { "CURVE" } else { "null" };
+    let enrolled = ring.enrolled();
+    let mut server =
+        PantryServer::start(&cfg.server_bin, curve.then_some((&ring.server, &enrolled[..])), &cfg.log_level)?;
+    let relay = Relay::start(&cfg.relay_exe, curve.then_some(&ring.server))?;
+    progress.say(format!("{mode}: pantry-server pid {}, relay pid {}", server.process.pid, relay.process.pid));
+    // Both idle, nothing connected yet.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut result = ModeResult {
+        curve,
+        rss0_kib: Both { pantry: server.process.rss_kib(), baseline: relay.process.rss_kib() },
+        ..Default::default()
+    };
+    let mut systems = [
+        System {
+            kind: Kind::Pantry,
+            endpoints: &server.endpoints,
+            clients: Clients::connect(Kind::Pantry, &server.endpoints, ring, curve)?,
+            pid: server.process.pid,
+        },
+        System {
+            kind: Kind::Baseline,
+            endpoints: &relay.endpoints,
+            clients: Clients::connect(Kind::Baseline, &relay.endpoints, ring, curve)?,
+            pid: relay.process.pid,
+        },
+    ];
+    for &n in sizes {
+        let row = run_size(cfg, n, !limits.both_pools_fit(n), &mut systems, ring, curve, progress)?;
+        progress.say(format!(
+            "{mode} N={n}: fan-out p50 {} / {} ms, p99 {} / {} ms; throughput {} / {} per s (Pantry / baseline)",
+            fmt(row.fanout_p50_ms.pantry),
+            fmt(row.fanout_p50_ms.baseline),
+            fmt(row.fanout_p99_ms.pantry),
+            fmt(row.fanout_p99_ms.baseline),
+            fmt(row.throughput.pantry),
+            fmt(row.throughput.baseline),
+        ));
+        result.rows.push(row);
+    }
+    drop(systems);
+    result.peak_rss_kib = Both {
+        pantry: crate::procs::peak_rss_kib(server.process.pid),
+        baseline: crate::procs::peak_rss_kib(relay.process.pid),
+    };
+
+    // The real agent, idle after registering.
+    let client = server.start_client(&cfg.client_bin, IDLE_CLIENT, curve.then_some(&ring.idle_client))?;
+    server.wait_registered(IDLE_CLIENT, Duration::from_secs(20))?;
+    std::thread::sleep(Duration::from_millis(500));
+    result.idle_client_rss_kib = client.rss_kib();
+    progress.say(format!("{mode}: idle pantry-client RSS {:?} KiB", result.idle_client_rss_kib));
+    drop(client);
+    Ok(result)
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map(|v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") }).unwrap_or_else(|| "-".into())
+}
+
+/// Builds a pool and waits until every agent answered a broadcast.
+fn start_pool(system: &mut System, n: usize, ring: &KeyRing, curve: bool, timeout: Duration) -> Result<(Pool, f64)> {
+    let started = Instant::now();
+    let pairs: &[Pair] = if curve { &ring.agents } else { &[] };
+    let pool = Pool::start(system.kind, system.endpoints, pairs, n)?;
+    wait_until_reachable(&mut system.clients.admin, &crate::agents::group_streams(n), timeout)
+        .with_context(|| format!("{} pool of {n}", system.kind.name()))?;
+    Ok((pool, started.elapsed().as_secs_f64()))
+}
+
+/// Fan-outs then a throughput run on one system. An incomplete fan-out
+/// (answers lost) counts as infinitely slow in the percentiles.
+fn measure(cfg: &Config, system: &mut System, n: usize, samples: &mut Samples, progress: &Progress) -> Result<()> {
+    let started = Instant::now();
+    let mut times = Vec::with_capacity(cfg.fanout_requests);
+    let (mut incomplete, mut answers) = (0, 0u64);
+    let cpu = crate::procs::cpu_ns(system.pid);
+    for _ in 0..cfg.fanout_requests {
+        if incomplete >= MAX_INCOMPLETE_PER_ROUND {
+            break;
+        }
+        let f = fanout(&mut system.clients.admin, n, cfg.fanout_timeout, FANOUT_IDLE)?;
+        answers += f.answers as u64;
+        if f.complete(n) {
+            times.push(f.elapsed.as_secs_f64() * 1000.0);
+        } else {
+            incomplete += 1;
+            times.push(f64::INFINITY);
+        }
+    }
+    samples.cpu_us_per_answer.extend(cpu_us_per(system.pid, cpu, answers));
+    if !times.is_empty() {
+        samples.delivered.push(answers as f64 / (times.len() * n) as f64);
+    }
+    samples.incomplete += incomplete;
+    samples.attempted += times.len();
+    samples.p50.extend(percentile(&times, 50.0));
+    samples.p99.extend(percentile(&times, 99.0));
+    let cpu = crate::procs::cpu_ns(system.pid);
+    let t = throughput(&mut system.clients.requesters, n, cfg.throughput)?;
+    samples.cpu_us_per_request.extend(cpu_us_per(system.pid, cpu, t.total_completed));
+    samples.throughput.push(t.per_second);
+    samples.lost += t.lost;
+    progress.say(format!(
+        "  N={n} {}: fan-out p50 {} ms ({incomplete} incomplete), throughput {}/s ({} lost) in {:.1} s",
+        system.kind.name(),
+        fmt(samples.p50.last().copied()),
+        fmt(Some(t.per_second)),
+        t.lost,
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+fn run_size(
+    cfg: &Config,
+    n: usize,
+    sequential: bool,
+    systems: &mut [System; 2],
+    ring: &KeyRing,
+    curve: bool,
+    progress: &Progress,
+) -> Result<SizeRow> {
+    let mut row = SizeRow { n, sequential, ..Default::default() };
+    let mut samples: [Samples; 2] = Default::default();
+    if sequential {
+        progress.say(format!("N={n}: both pools do not fit the open-file limit at once: one at a time"));
+        for round in 0..cfg.rounds {
+            for i in order(round) {
+                let system = &mut systems[i];
+                let (pool, setup) = start_pool(system, n, ring, curve, cfg.reachable_timeout)?;
+                progress.say(format!("  N={n} {}: pool reachable in {setup:.1} s", system.kind.name()));
+                if round == 0 {
+                    *row.setup_s.get_mut(system.kind) = Some(setup);
+                    *row.rss_kib.get_mut(system.kind) = crate::procs::rss_kib(system.pid);
+                }
+                measure(cfg, system, n, &mut samples[i], progress)?;
+                drop(pool);
+            }
+        }
+    } else {
+        let mut pools = Vec::new();
+        for system in systems.iter_mut() {
+            let (pool, setup) = start_pool(system, n, ring, curve, cfg.reachable_timeout)?;
+            *row.setup_s.get_mut(system.kind) = Some(setup);
+            pools.push(pool);
+        }
+        for system in systems.iter() {
+            *row.rss_kib.get_mut(system.kind) = crate::procs::rss_kib(system.pid);
+        }
+        for round in 0..cfg.rounds {
+            for i in order(round) {
+                measure(cfg, &mut systems[i], n, &mut samples[i], progress)?;
+            }
+        }
+        drop(pools);
+    }
+    for (i, s) in samples.iter().enumerate() {
+        let kind = systems[i].kind;
+        *row.fanout_p50_ms.get_mut(kind) = median(&s.p50);
+        *row.fanout_p99_ms.get_mut(kind) = median(&s.p99);
+        *row.fanout_incomplete.get_mut(kind) = s.incomplete;
+        *row.fanout_attempted.get_mut(kind) = s.attempted;
+        *row.fanout_delivered.get_mut(kind) = median(&s.delivered);
+        *row.cpu_us_per_request.get_mut(kind) = median(&s.cpu_us_per_request);
+        *row.cpu_us_per_answer.get_mut(kind) = median(&s.cpu_us_per_answer);
+        *row.throughput.get_mut(kind) = median(&s.throughput);
+        *row.lost.get_mut(kind) = s.lost;
+    }
+    Ok(row)
+}
+
+/// Pantry first in even rounds, the baseline first in odd ones.
+fn order(round: usize) -> [usize; 2] {
+    if round % 2 == 0 {
+        [0, 1]
+    } else {
+        [1, 0]
+    }
+}
+
+fn run_handshakes(cfg: &Config, ring: &KeyRing, progress: &Progress) -> Result<Vec<HandshakeRow>> {
+    let relay = Relay::start(&cfg.relay_exe, Some(&ring.server))?;
+    let mut rows = Vec::new();
+    for &known in &cfg.handshake_keys {
+        let mut keys: Vec<KnownKey> = ring
+            .handshake
+            .iter()
+            .enumerate()
+            .map(|(i, p)| keys::known(p.public_z85(), format!("handshake-{i}"), Role::Client))
+            .collect();
+        keys.extend(keys::filler(known.saturating_sub(keys.len()))?);
+        let load = Instant::now();
+        let server = PantryServer::start(&cfg.server_bin, Some((&ring.server, &keys)), &cfg.log_level)?;
+        progress.say(format!(
+            "handshakes: server with {} known keys up in {:.2} s",
+            keys.len(),
+            load.elapsed().as_secs_f64()
+        ));
+        let mut row = HandshakeRow { known_keys: keys.len(), ..Default::default() };
+        let mut rates: [Vec<f64>; 2] = Default::default();
+        let mut cpu: [Vec<f64>; 2] = Default::default();
+        for round in 0..cfg.rounds {
+            for i in order(round) {
+                let (endpoints, pid) = if i == 0 {
+                    (&server.endpoints, server.process.pid)
+                } else {
+                    (&relay.endpoints, relay.process.pid)
+                };
+                let before = crate::procs::cpu_ns(pid);
+                let r = handshake_rate(endpoints, &ring.handshake, cfg.handshake)?;
+                cpu[i].extend(cpu_us_per(pid, before, r.total_succeeded));
+                rates[i].push(r.per_second);
+                if i == 0 {
+                    row.failed.pantry += r.failed;
+                } else {
+                    row.failed.baseline += r.failed;
+                }
+            }
+        }
+        row.rate = Both { pantry: median(&rates[0]), baseline: median(&rates[1]) };
+        row.cpu_us = Both { pantry: median(&cpu[0]), baseline: median(&cpu[1]) };
+        progress.say(format!(
+            "handshakes with {} known keys: {} / {} per s (Pantry / baseline)",
+            row.known_keys,
+            fmt(row.rate.pantry),
+            fmt(row.rate.baseline)
+        ));
+        rows.push(row);
+    }
+    Ok(rows)
+}

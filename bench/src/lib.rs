@@ -1,0 +1,20 @@
+//! `pantry-bench`: the real `pantry-server` measured side by side with a
+//! raw-libzmq relay, with 1 to 4,000 agents simulated in this process.
+//!
+//! [`harness::run`] does everything `make bench` shows: fan-out latency,
+//! throughput, handshake rate and memory, Pantry against the baseline, and
+//! writes `latest.md` and `fanout.svg`.
+
+pub mod agents;
+pub mod handshake;
+pub mod harness;
+pub mod keys;
+pub mod limits;
+pub mod procs;
+pub mod profile;
+pub mod relay;
+pub mod report;
+pub mod requesters;
+pub mod stats;
+
+pub use harness::{run, Config, Results};

@@ -1,0 +1,61 @@
+//! The open-file limit decides how many agents one process can simulate:
+//! each agent holds a SUB and a DEALER socket, and each socket costs a TCP
+//! connection and a mailbox (an eventfd).
+
+/// File descriptors one simulated agent holds in the bench process.
+pub const FDS_PER_AGENT: u64 = 4;
+
+/// Descriptors kept free for contexts, requesters, monitors, logs, pipes.
+pub const RESERVED_FDS: u64 = 600;
+
+/// RLIMIT_NOFILE before and after raising the soft limit.
+#[derive(Debug, Clone, Copy)]
+pub struct FdLimits {
+    pub soft_before: u64,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+impl FdLimits {
+    /// How many agents fit in one pool with these limits.
+    pub fn max_agents(&self) -> usize {
+        (self.soft.saturating_sub(RESERVED_FDS) / FDS_PER_AGENT) as usize
+    }
+
+    /// Whether a Pantry pool and a baseline pool of `n` agents fit at once.
+    pub fn both_pools_fit(&self, n: usize) -> bool {
+        2 * n <= self.max_agents()
+    }
+}
+
+fn get() -> std::io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into the pointer it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(limit)
+}
+
+/// Raises the soft open-file limit to the hard limit (capped by the kernel's
+/// `nr_open` when the hard limit is infinite). Child processes inherit it.
+pub fn raise_nofile() -> std::io::Result<FdLimits> {
+    let before = get()?;
+    let mut target = before.rlim_max;
+    if target == libc::RLIM_INFINITY {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(1 << 20);
+        target = nr_open as libc::rlim_t;
+    }
+    if target > before.rlim_cur {
+        let raised = libc::rlimit { rlim_cur: target, rlim_max: before.rlim_max };
+        // SAFETY: setrlimit reads one rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let after = get()?;
+    Ok(FdLimits { soft_before: before.rlim_cur as u64, soft: after.rlim_cur as u64, hard: after.rlim_max as u64 })
+}

@@ -1,0 +1,279 @@
+//! Child processes: the real `pantry-server` and `pantry-client`, and the
+//! baseline relay (this binary again, `pantry-bench relay`). Every child is
+//! stopped when its handle is dropped; every wait is bounded.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use tempfile::TempDir;
+
+use crate::keys::{self, Pair};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Resident set size of a process in KiB (`VmRSS` in `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_field(pid, "VmRSS:")
+}
+
+/// Peak resident set size in KiB (`VmHWM`).
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_field(pid, "VmHWM:")
+}
+
+fn status_field(pid: u32, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// `PANTRY_BENCH_KEEP=1` keeps the servers' temporary directories (config,
+/// keys, logs) for a look after the run.
+fn keep_dirs() -> bool {
+    std::env::var_os("PANTRY_BENCH_KEEP").is_some_and(|v| v == "1")
+}
+
+/// CPU time a process has used so far, all threads (from
+/// `/proc/PID/task/*/schedstat`, in nanoseconds).
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        total += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Some(total)
+}
+
+/// Where a server (Pantry or relay) listens.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub publish: String,
+    pub receive: String,
+    /// The server's public key under CURVE.
+    pub server_key: Option<[u8; 32]>,
+}
+
+/// A child process, stopped with SIGTERM (then SIGKILL) on drop.
+pub struct Process {
+    child: Option<Child>,
+    pub pid: u32,
+    pub log_path: PathBuf,
+    name: &'static str,
+}
+
+impl Process {
+    fn spawn(name: &'static str, command: &mut Command, log_path: PathBuf) -> Result<Process> {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe. The child gets SIGTERM when the
+        // bench dies, whatever way it dies.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let log = std::fs::File::create(&log_path)?;
+        let child = command
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({command:?})"))?;
+        Ok(Process { pid: child.id(), child: Some(child), log_path, name })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` or the process exits.
+    fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.log().contains(needle) {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    bail!("{} exited ({status}) before `{needle}`:\n{}", self.name, self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{} did not log `{needle}` within {timeout:?}:\n{}", self.name, self.log())
+    }
+
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid)
+    }
+
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn networking_yaml(host_ports: (u16, u16, u16), curve: bool) -> String {
+    let (pub_sub, receive, file_service) = host_ports;
+    format!(
+        "networking:\n  server_host: 127.0.0.1\n  pub_sub_port: {pub_sub}\n  receive_port: {receive}\n  \
+         file_service_port: {file_service}\n{}",
+        if curve { "  security: curve\n" } else { "" }
+    )
+}
+
+/// The real `pantry-server` with a fresh root_dir.
+pub struct PantryServer {
+    pub process: Process,
+    pub endpoints: Endpoints,
+    ports: (u16, u16, u16),
+    pub curve: bool,
+    // Removed after the process (fields drop in order).
+    dir: TempDir,
+}
+
+impl PantryServer {
+    /// Starts the server. Under CURVE, `server_keys.yml` is written first
+    /// with `server` as its pair and `client_keys` as the known keys.
+    pub fn start(
+        binary: &Path,
+        server: Option<(&Pair, &[pantry_shared::keys::KnownKey])>,
+        log_level: &str,
+    ) -> Result<PantryServer> {
+        let dir = tempfile::Builder::new().prefix("pantry-bench-server-").disable_cleanup(keep_dirs()).tempdir()?;
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root)?;
+        if keep_dirs() {
+            eprintln!("pantry-server directory kept: {}", dir.path().display());
+        }
+        let curve = server.is_some();
+        if let Some((pair, client_keys)) = server {
+            keys::write_server_keys(&root, pair, client_keys)?;
+        }
+        let ports = (free_port()?, free_port()?, free_port()?);
+        let config = format!("log_level: {log_level}\nroot_dir: {}\n{}", root.display(), networking_yaml(ports, curve));
+        let config_path = dir.path().join("server.yml");
+        std::fs::write(&config_path, config)?;
+        let mut process = Process::spawn(
+            "pantry-server",
+            Command::new(binary).arg("-c").arg(&config_path).stdin(Stdio::null()),
+            dir.path().join("server.log"),
+        )?;
+        process.wait_for_log("pantry-server started", Duration::from_secs(60))?;
+        let endpoints = Endpoints {
+            publish: format!("tcp://127.0.0.1:{}", ports.0),
+            receive: format!("tcp://127.0.0.1:{}", ports.1),
+            server_key: server.map(|(pair, _)| pair.public),
+        };
+        Ok(PantryServer { process, endpoints, ports, curve, dir })
+    }
+
+    /// Starts the real `pantry-client` against this server (log level
+    /// warn, long heartbeat), with `keys` as its CURVE pair.
+    pub fn start_client(&self, binary: &Path, identity: &str, keys: Option<&Pair>) -> Result<Process> {
+        let root = self.dir.path().join(format!("client-{identity}"));
+        if let (Some(pair), Some(server_key)) = (keys, &self.endpoints.server_key) {
+            let curve = root.join("security").join("curve");
+            std::fs::create_dir_all(&curve)?;
+            let text = format!(
+                "---\nserver_public_key: '{}'\npublic_key: '{}'\nprivate_key: '{}'\n",
+                keys::z85(server_key),
+                pair.public_z85(),
+                pair.secret_z85()
+            );
+            std::fs::write(curve.join(pantry_shared::keys::CLIENT_KEYS_FILE), text)?;
+        }
+        let config = format!(
+            "log_level: info\nroot_dir: {}\n{}client:\n  identity: {identity}\n  application: bench\n  \
+             environment: idle\n  heartbeat_interval: 300\n",
+            root.display(),
+            networking_yaml(self.ports, self.curve)
+        );
+        let path = self.dir.path().join(format!("client-{identity}.yml"));
+        std::fs::write(&path, config)?;
+        let mut process = Process::spawn(
+            "pantry-client",
+            Command::new(binary).arg("-c").arg(&path).stdin(Stdio::null()),
+            self.dir.path().join(format!("client-{identity}.log")),
+        )?;
+        process.wait_for_log("pantry-client started", Duration::from_secs(20))?;
+        Ok(process)
+    }
+
+    /// Waits until the server logged the registration of `identity`.
+    pub fn wait_registered(&mut self, identity: &str, timeout: Duration) -> Result<()> {
+        let needle = format!("identity: {identity}");
+        self.process.wait_for_log(&needle, timeout)
+    }
+}
+
+/// The baseline relay, run as `pantry-bench relay` in its own process like
+/// the server, so that its CPU and memory are measured the same way.
+pub struct Relay {
+    pub process: Process,
+    pub endpoints: Endpoints,
+    // Closing it tells the relay to exit.
+    _stdin: ChildStdin,
+    _dir: TempDir,
+}
+
+impl Relay {
+    pub fn start(exe: &Path, server: Option<&Pair>) -> Result<Relay> {
+        let dir = tempfile::Builder::new().prefix("pantry-bench-relay-").disable_cleanup(keep_dirs()).tempdir()?;
+        let (pub_port, receive_port) = (free_port()?, free_port()?);
+        let log_path = dir.path().join("relay.log");
+        let mut command = Command::new(exe);
+        command
+            .args(["relay", "--pub-port", &pub_port.to_string(), "--receive-port", &receive_port.to_string()])
+            .stdin(Stdio::piped());
+        let mut process = Process::spawn("pantry-bench relay", &mut command, log_path)?;
+        let mut stdin = process.child.as_mut().and_then(|c| c.stdin.take()).context("relay stdin")?;
+        // The secret key goes over stdin, never on the command line.
+        let secret = server.map(Pair::secret_z85).unwrap_or_default();
+        writeln!(stdin, "{secret}")?;
+        stdin.flush()?;
+        process.wait_for_log(crate::relay::READY, Duration::from_secs(20))?;
+        let endpoints = Endpoints {
+            publish: format!("tcp://127.0.0.1:{pub_port}"),
+            receive: format!("tcp://127.0.0.1:{receive_port}"),
+            server_key: server.map(|p| p.public),
+        };
+        Ok(Relay { process, endpoints, _stdin: stdin, _dir: dir })
+    }
+}
+
+/// Reads the relay's one line of configuration from stdin (the CURVE
+/// secret key in Z85, or an empty line for no security).
+pub fn read_relay_secret() -> Result<Option<[u8; 32]>> {
+    let mut line = String::new();
+    BufReader::new(std::io::stdin()).read_line(&mut line)?;
+    let line = line.trim();
+    if line.is_empty() {
+        return Ok(None);
+    }
+    let bytes = zmq::z85_decode(line).context("relay secret key is not Z85")?;
+    Ok(Some(bytes.try_into().map_err(|_| anyhow::anyhow!("relay secret key is not 32 bytes"))?))
+}

@@ -1,0 +1,163 @@
+//! `pantry-bench profile`: one scenario against one CURVE `pantry-server`
+//! for a fixed time, optionally under `perf record`, and the server CPU time
+//! per operation. Where the report says Pantry falls short, this shows why.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::agents::{group_streams, Kind, Pool};
+use crate::handshake::{handshake_rate, HandshakeSettings};
+use crate::keys::{self, Pair};
+use crate::procs::{cpu_ns, PantryServer, Relay};
+use crate::requesters::{fanout, throughput, wait_until_reachable, Requester, ThroughputSettings};
+use pantry_shared::keys::{KnownKey, Role};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Pipelined echoes to single agents.
+    Throughput,
+    /// Echoes to every agent, one after the other.
+    Fanout,
+    /// New CURVE connections.
+    Handshake,
+}
+
+impl std::str::FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "throughput" => Ok(Scenario::Throughput),
+            "fanout" => Ok(Scenario::Fanout),
+            "handshake" => Ok(Scenario::Handshake),
+            _ => Err(format!("unknown scenario `{s}` (throughput, fanout, handshake)")),
+        }
+    }
+}
+
+pub struct ProfileConfig {
+    pub server_bin: PathBuf,
+    /// This binary, for the relay.
+    pub relay_exe: PathBuf,
+    /// Pantry, or the baseline relay for comparison.
+    pub kind: Kind,
+    pub scenario: Scenario,
+    pub agents: usize,
+    pub known_keys: usize,
+    pub duration: Duration,
+    /// `perf record` output; none: no perf.
+    pub perf_out: Option<PathBuf>,
+    /// Extra `perf record` arguments (e.g. `--call-graph=dwarf`).
+    pub perf_args: Vec<String>,
+}
+
+/// Runs the scenario and prints what the server spent per operation.
+pub fn run(cfg: &ProfileConfig) -> Result<()> {
+    crate::limits::raise_nofile()?;
+    let server_pair = Pair::generate()?;
+    let agents = keys::generate(cfg.agents)?;
+    let admin = Pair::generate()?;
+    let requesters = keys::generate(4)?;
+    let mut known: Vec<KnownKey> = agents
+        .iter()
+        .enumerate()
+        .map(|(i, p)| keys::known(p.public_z85(), crate::agents::identity(i), Role::Client))
+        .collect();
+    known.push(keys::known(admin.public_z85(), "bench-admin".into(), Role::Admin));
+    known.extend(
+        requesters
+            .iter()
+            .enumerate()
+            .map(|(k, p)| keys::known(p.public_z85(), format!("bench-requester-{k}"), Role::Admin)),
+    );
+    known.extend(keys::filler(cfg.known_keys.saturating_sub(known.len()))?);
+    let (server, relay) = match cfg.kind {
+        Kind::Pantry => (Some(PantryServer::start(&cfg.server_bin, Some((&server_pair, &known)), "info")?), None),
+        Kind::Baseline => (None, Some(Relay::start(&cfg.relay_exe, Some(&server_pair))?)),
+    };
+    let (pid, endpoints) = match (&server, &relay) {
+        (Some(s), _) => (s.process.pid, s.endpoints.clone()),
+        (_, Some(r)) => (r.process.pid, r.endpoints.clone()),
+        _ => unreachable!(),
+    };
+    let kind = cfg.kind;
+    eprintln!("{} pid {pid}, {} known keys", kind.name(), known.len());
+
+    let mut admin = Requester::connect(kind, &endpoints, Some(&admin), "bench-admin")?;
+    let pool = if cfg.scenario == Scenario::Handshake {
+        None
+    } else {
+        let pool = Pool::start(kind, &endpoints, &agents, cfg.agents)?;
+        wait_until_reachable(&mut admin, &group_streams(cfg.agents), Duration::from_secs(90))?;
+        Some(pool)
+    };
+    let mut clients: Vec<Requester> = requesters
+        .iter()
+        .enumerate()
+        .map(|(k, p)| Requester::connect(kind, &endpoints, Some(p), &format!("bench-requester-{k}")))
+        .collect::<Result<_>>()?;
+
+    let mut perf = match &cfg.perf_out {
+        Some(out) => {
+            let child = Command::new("perf")
+                .arg("record")
+                .args(&cfg.perf_args)
+                .arg("-p")
+                .arg(pid.to_string())
+                .arg("-o")
+                .arg(out)
+                .stdin(Stdio::null())
+                .spawn()
+                .context("cannot start perf (apt-get install linux-perf)")?;
+            std::thread::sleep(Duration::from_millis(500));
+            Some(child)
+        }
+        None => None,
+    };
+    let cpu_before = cpu_ns(pid).unwrap_or(0);
+    let started = Instant::now();
+    let (operations, what) = match cfg.scenario {
+        Scenario::Throughput => {
+            let s = ThroughputSettings { window: 16, warmup: Duration::ZERO, duration: cfg.duration };
+            let t = throughput(&mut clients, cfg.agents, s)?;
+            eprintln!("{:.0} requests/s, {} lost", t.per_second, t.lost);
+            (t.total_completed, "request")
+        }
+        Scenario::Fanout => {
+            let (mut answers, mut count) = (0u64, 0u64);
+            while started.elapsed() < cfg.duration && count < 100_000 {
+                let f = fanout(&mut admin, cfg.agents, Duration::from_secs(10), Duration::from_secs(1))?;
+                answers += f.answers as u64;
+                count += 1;
+            }
+            let sent = pool.as_ref().map(Pool::answered).unwrap_or(0);
+            eprintln!("{count} fan-outs, {answers} answers received, agents sent {sent} in all");
+            (answers, "answer")
+        }
+        Scenario::Handshake => {
+            let s = HandshakeSettings { slots: 32, warmup: Duration::ZERO, duration: cfg.duration };
+            let r = handshake_rate(&endpoints, &requesters, s)?;
+            eprintln!("{:.0} handshakes/s, {} failed", r.per_second, r.failed);
+            (r.total_succeeded, "handshake")
+        }
+    };
+    let cpu = cpu_ns(pid).unwrap_or(0).saturating_sub(cpu_before);
+    if let Some(child) = perf.as_mut() {
+        // SAFETY: SIGINT to our own child: perf writes its file and exits.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let _ = child.wait();
+    }
+    if operations == 0 {
+        bail!("no {what} completed");
+    }
+    println!(
+        "{operations} {what}s in {:.1} s; server CPU {:.0} ms = {:.1} µs per {what}",
+        started.elapsed().as_secs_f64(),
+        cpu as f64 / 1e6,
+        cpu as f64 / 1e3 / operations as f64
+    );
+    drop(pool);
+    Ok(())
+}

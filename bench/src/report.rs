@@ -1,0 +1,484 @@
+//! `latest.md` (every figure, Pantry / baseline ratios, the targets) and
+//! `fanout.svg` (fan-out p50 and p99 against N).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use plotters::prelude::*;
+
+use crate::harness::{Both, ModeResult, Results};
+
+pub const MARKDOWN: &str = "latest.md";
+pub const CHART: &str = "fanout.svg";
+
+/// Targets of issue 4 (reported, never asserted).
+const FANOUT_TARGET_N: usize = 1000;
+const FANOUT_TARGET_MS: f64 = 50.0;
+const THROUGHPUT_TARGET: f64 = 0.5;
+const HANDSHAKE_TARGET: f64 = 0.8;
+/// "The same" rate with many keys: within 10%.
+const SAME_RATE: f64 = 0.9;
+const KIB_PER_AGENT_TARGET: f64 = 30.0;
+const IDLE_AGENT_TARGET_KIB: u64 = 10 * 1024;
+
+pub fn write(results: &Results, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let md = markdown(results);
+    std::fs::write(dir.join(MARKDOWN), md).with_context(|| format!("cannot write {}", dir.display()))?;
+    chart(results, &dir.join(CHART))?;
+    Ok(())
+}
+
+fn num(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) if v.is_infinite() => "lost".into(),
+        Some(v) if v >= 1000.0 => group(v.round() as u64),
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) if v >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+/// 12345 → "12,345".
+fn group(v: u64) -> String {
+    let digits = v.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn kib(v: Option<u64>) -> String {
+    v.map(group).unwrap_or_else(|| "–".into())
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|r| format!("{:.0}%", r * 100.0)).unwrap_or_else(|| "–".into())
+}
+
+fn ratio(v: Option<f64>) -> String {
+    v.filter(|r| r.is_finite()).map(|r| format!("{r:.2}×")).unwrap_or_else(|| "–".into())
+}
+
+fn status(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "met",
+        Some(false) => "**not met**",
+        None => "not measured",
+    }
+}
+
+/// Server growth per connected agent between 0 and the largest N.
+pub fn kib_per_agent(mode: &ModeResult) -> Both<Option<f64>> {
+    let last = mode.rows.iter().rev().find(|r| r.n > 0);
+    let per = |zero: Option<u64>, at: Option<u64>, n: usize| match (zero, at) {
+        (Some(z), Some(a)) => Some((a as f64 - z as f64) / n as f64),
+        _ => None,
+    };
+    match last {
+        Some(r) => Both {
+            pantry: per(mode.rss0_kib.pantry, r.rss_kib.pantry, r.n),
+            baseline: per(mode.rss0_kib.baseline, r.rss_kib.baseline, r.n),
+        },
+        None => Both::default(),
+    }
+}
+
+fn curve_mode(results: &Results) -> Option<&ModeResult> {
+    results.modes.iter().find(|m| m.curve)
+}
+
+fn min_opt(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    values.flatten().fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.min(v))))
+}
+
+fn targets(results: &Results, out: &mut String) {
+    let curve = curve_mode(results);
+    let _ = writeln!(out, "## Targets\n\n| target | measured | status |\n|---|---|---|");
+    let fan_row = curve.and_then(|m| m.rows.iter().find(|r| r.n == FANOUT_TARGET_N));
+    let fan = fan_row.and_then(|r| r.fanout_p50_ms.pantry);
+    let fan_text = match (fan, fan_row) {
+        (Some(v), Some(r)) if v.is_infinite() => {
+            format!("answers lost: {} of {} fan-outs incomplete", r.fanout_incomplete.pantry, r.fanout_attempted.pantry)
+        }
+        (Some(v), Some(r)) if r.fanout_incomplete.pantry > 0 => format!(
+            "{} ms, but {} of {} fan-outs lost answers",
+            num(Some(v)),
+            r.fanout_incomplete.pantry,
+            r.fanout_attempted.pantry
+        ),
+        (Some(v), _) => format!("{} ms", num(Some(v))),
+        _ => "–".into(),
+    };
+    let complete = fan_row.is_some_and(|r| r.fanout_incomplete.pantry == 0);
+    let _ = writeln!(
+        out,
+        "| fan-out echo to {} CURVE agents: p50 < {FANOUT_TARGET_MS} ms, every answer delivered | {fan_text} | {} |",
+        group(FANOUT_TARGET_N as u64),
+        status(fan.map(|v| v < FANOUT_TARGET_MS && complete))
+    );
+    let worst = curve.and_then(|m| min_opt(m.rows.iter().map(|r| r.throughput.ratio())));
+    let _ = writeln!(
+        out,
+        "| throughput ≥ {} of the baseline (CURVE, lowest over N) | {} | {} |",
+        pct(Some(THROUGHPUT_TARGET)),
+        pct(worst),
+        status(worst.map(|r| r >= THROUGHPUT_TARGET))
+    );
+    let hs = min_opt(results.handshakes.iter().map(|h| h.rate.ratio()));
+    let _ = writeln!(
+        out,
+        "| handshake rate ≥ {} of the baseline (lowest over key counts) | {} | {} |",
+        pct(Some(HANDSHAKE_TARGET)),
+        pct(hs),
+        status(hs.map(|r| r >= HANDSHAKE_TARGET))
+    );
+    let same = match (results.handshakes.first(), results.handshakes.last()) {
+        (Some(a), Some(b)) if results.handshakes.len() > 1 => {
+            Both { pantry: b.rate.pantry, baseline: a.rate.pantry }.ratio().map(|r| (r, a.known_keys, b.known_keys))
+        }
+        _ => None,
+    };
+    let _ = writeln!(
+        out,
+        "| the same handshake rate with many known keys (Pantry, {} vs {} keys) | {} | {} |",
+        same.map(|s| group(s.2 as u64)).unwrap_or_else(|| "–".into()),
+        same.map(|s| group(s.1 as u64)).unwrap_or_else(|| "–".into()),
+        pct(same.map(|s| s.0)),
+        status(same.map(|s| s.0 >= SAME_RATE))
+    );
+    let per = curve.map(kib_per_agent).and_then(|b| b.pantry);
+    let last_n = curve.and_then(|m| m.rows.last()).map(|r| r.n).unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "| server memory < {KIB_PER_AGENT_TARGET} KiB per connected agent (CURVE, 0 → {} agents) | {} KiB | {} |",
+        group(last_n as u64),
+        num(per),
+        status(per.map(|v| v < KIB_PER_AGENT_TARGET))
+    );
+    let idle = curve.and_then(|m| m.idle_client_rss_kib);
+    let _ = writeln!(
+        out,
+        "| idle agent (`pantry-client`, CURVE) < 10 MiB RSS | {} KiB | {} |\n",
+        kib(idle),
+        status(idle.map(|v| v < IDLE_AGENT_TARGET_KIB))
+    );
+}
+
+pub fn markdown(results: &Results) -> String {
+    let cfg = &results.config;
+    let mut out = String::new();
+    let _ = writeln!(out, "# Pantry benchmark: latest run\n");
+    let sequential: Vec<String> = results
+        .modes
+        .first()
+        .map(|m| m.rows.iter().filter(|r| r.sequential).map(|r| group(r.n as u64)).collect())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "`make bench` (`pantry-bench`), {:.0} s in all. Machine: **{} cores**, **libzmq {}**. \
+         Open files: soft limit {} (was {}), hard {}, so up to {} simulated agents per pool \
+         ({} descriptors each) and both pools at once up to N = {}{}{}.\n",
+        results.elapsed.as_secs_f64(),
+        results.cores,
+        results.libzmq,
+        results.limits.soft,
+        results.limits.soft_before,
+        results.limits.hard,
+        group(results.max_agents as u64),
+        crate::limits::FDS_PER_AGENT,
+        group(results.max_agents as u64 / 2),
+        if sequential.is_empty() {
+            String::new()
+        } else {
+            format!("; N = {} ran one pool at a time", sequential.join(", "))
+        },
+        if results.sizes_skipped.is_empty() {
+            String::new()
+        } else {
+            format!("; N = {:?} skipped (over the limit)", results.sizes_skipped)
+        },
+    );
+    let _ = writeln!(
+        out,
+        "Pantry is the release `pantry-server` in its own process; the baseline is a raw-libzmq \
+         ROUTER-in / PUB-out relay (`pantry-bench relay`, its own process, CURVE with an accept-all ZAP \
+         handler). Agents, admin and requesters are simulated in the bench process (own SUB + DEALER and \
+         own CURVE key pair per agent, all keys enrolled). Every figure is the median of {} rounds that \
+         alternate Pantry and the baseline; ratios are Pantry / baseline.\n",
+        cfg.rounds
+    );
+    targets(results, &mut out);
+
+    let _ = writeln!(
+        out,
+        "## Fan-out latency\n\nAn admin-side `echo` to every agent (stream `\"\"`), time until the last answer \
+         arrived; {} requests per N and round, p50 and p99 per round, median over rounds (ms; ratio > 1: \
+         Pantry slower). \
+         A fan-out that lost answers (no answer for 1 s) is incomplete and counts as infinitely slow \
+         (`lost`); a round stops after 4 incomplete ones.\n",
+        cfg.fanout_requests
+    );
+    let _ = writeln!(
+        out,
+        "| security | N | Pantry p50 | baseline p50 | ratio p50 | Pantry p99 | baseline p99 | ratio p99 | \
+         incomplete Pantry | incomplete baseline | answers delivered (P/B) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for m in &results.modes {
+        for r in &m.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} of {} | {} of {} | {} / {} |",
+                m.name(),
+                group(r.n as u64),
+                num(r.fanout_p50_ms.pantry),
+                num(r.fanout_p50_ms.baseline),
+                ratio(r.fanout_p50_ms.ratio()),
+                num(r.fanout_p99_ms.pantry),
+                num(r.fanout_p99_ms.baseline),
+                ratio(r.fanout_p99_ms.ratio()),
+                r.fanout_incomplete.pantry,
+                r.fanout_attempted.pantry,
+                r.fanout_incomplete.baseline,
+                r.fanout_attempted.baseline,
+                pct(r.fanout_delivered.pantry),
+                pct(r.fanout_delivered.baseline)
+            );
+        }
+    }
+
+    let t = &cfg.throughput;
+    let _ = writeln!(
+        out,
+        "\n## Throughput\n\nEcho request/response pairs per second: {} concurrent requesters, each keeping {} \
+         requests in flight, each request to one agent by identity (round robin over the N agents); {:.1} s \
+         measured after {:.1} s of warm-up.\n",
+        cfg.requesters,
+        t.window,
+        t.duration.as_secs_f64(),
+        t.warmup.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "| security | N | Pantry | baseline | Pantry / baseline | lost (P/B) | server CPU µs per request (P/B) |\n\
+         |---|---:|---:|---:|---:|---:|---:|"
+    );
+    for m in &results.modes {
+        for r in &m.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {}/{} | {} / {} |",
+                m.name(),
+                group(r.n as u64),
+                num(r.throughput.pantry),
+                num(r.throughput.baseline),
+                pct(r.throughput.ratio()),
+                r.lost.pantry,
+                r.lost.baseline,
+                num(r.cpu_us_per_request.pantry),
+                num(r.cpu_us_per_request.baseline)
+            );
+        }
+    }
+
+    if !results.handshakes.is_empty() {
+        let h = &cfg.handshake;
+        let _ = writeln!(
+            out,
+            "\n## Handshake rate\n\nNew CURVE connections per second through the ZAP handler (client-side \
+             HANDSHAKE_SUCCEEDED from socket monitors): {} connections in progress at a time, each reconnecting \
+             as soon as it succeeded; {:.1} s measured. Known keys: the connecting clients' keys plus random \
+             filler keys.\n",
+            h.slots,
+            h.duration.as_secs_f64()
+        );
+        let _ = writeln!(
+            out,
+            "| known keys | Pantry | baseline | Pantry / baseline | failed (P/B) | server CPU µs per handshake (P/B) |\n\
+             |---:|---:|---:|---:|---:|---:|"
+        );
+        for row in &results.handshakes {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {}/{} | {} / {} |",
+                group(row.known_keys as u64),
+                num(row.rate.pantry),
+                num(row.rate.baseline),
+                pct(row.rate.ratio()),
+                row.failed.pantry,
+                row.failed.baseline,
+                num(row.cpu_us.pantry),
+                num(row.cpu_us.baseline)
+            );
+        }
+    }
+
+    let _ = writeln!(
+        out,
+        "\n## Memory\n\nServer VmRSS (KiB, `/proc/PID/status`) right after start and with N agents connected \
+         and registered.\n"
+    );
+    let _ = writeln!(out, "| security | agents | Pantry server | baseline relay |\n|---|---:|---:|---:|");
+    for m in &results.modes {
+        let _ = writeln!(out, "| {} | 0 | {} | {} |", m.name(), kib(m.rss0_kib.pantry), kib(m.rss0_kib.baseline));
+        for r in &m.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                m.name(),
+                group(r.n as u64),
+                kib(r.rss_kib.pantry),
+                kib(r.rss_kib.baseline)
+            );
+        }
+        let per = kib_per_agent(m);
+        let _ = writeln!(
+            out,
+            "| {} | KiB per agent (0 → {}) | {} | {} |",
+            m.name(),
+            m.rows.last().map(|r| group(r.n as u64)).unwrap_or_default(),
+            num(per.pantry),
+            num(per.baseline)
+        );
+        let _ = writeln!(
+            out,
+            "| {} | peak (VmHWM) | {} | {} |",
+            m.name(),
+            kib(m.peak_rss_kib.pantry),
+            kib(m.peak_rss_kib.baseline)
+        );
+    }
+    let idle: Vec<String> =
+        results.modes.iter().map(|m| format!("{} {} KiB", m.name(), kib(m.idle_client_rss_kib))).collect();
+    let _ = writeln!(out, "\nIdle `pantry-client` (release, registered, VmRSS): {}.\n", idle.join(", "));
+
+    let _ = writeln!(
+        out,
+        "## Set-up\n\nSeconds from the first connect until every agent of a new pool answered an echo sent to \
+         its group of {} (CURVE: two handshakes per agent; connects paced at about 650 agents per second).\n",
+        crate::agents::GROUP_SIZE
+    );
+    let _ = writeln!(out, "| security | N | Pantry | baseline |\n|---|---:|---:|---:|");
+    for m in &results.modes {
+        for r in &m.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                m.name(),
+                group(r.n as u64),
+                num(r.setup_s.pantry),
+                num(r.setup_s.baseline)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n## Server CPU per fan-out answer\n\nServer CPU time (all threads, `/proc/PID/task/*/schedstat`) during \
+         the fan-out runs divided by the answers that reached the admin, microseconds.\n"
+    );
+    let _ = writeln!(out, "| security | N | Pantry | baseline | Pantry / baseline |\n|---|---:|---:|---:|---:|");
+    for m in &results.modes {
+        for r in &m.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                m.name(),
+                group(r.n as u64),
+                num(r.cpu_us_per_answer.pantry),
+                num(r.cpu_us_per_answer.baseline),
+                ratio(r.cpu_us_per_answer.ratio())
+            );
+        }
+    }
+    let _ = writeln!(out, "\n![fan-out latency against N]({CHART})");
+    out
+}
+
+/// A line of the chart: label, colour, dashed, the value of a row.
+type Series = (&'static str, RGBColor, bool, Box<dyn Fn(&crate::harness::SizeRow) -> Option<f64>>);
+
+/// Fan-out p50 and p99 against N, log-log, one panel per security mode.
+fn chart(results: &Results, path: &Path) -> Result<()> {
+    let modes: Vec<&ModeResult> = results.modes.iter().filter(|m| !m.rows.is_empty()).collect();
+    let width = 480 * modes.len().max(1) as u32;
+    let root = SVGBackend::new(path, (width, 400)).into_drawing_area();
+    let draw = || -> Result<(), Box<dyn std::error::Error + '_>> {
+        root.fill(&WHITE)?;
+        let panels = root.split_evenly((1, modes.len().max(1)));
+        for (panel, mode) in panels.iter().zip(&modes) {
+            let ns: Vec<f64> = mode.rows.iter().map(|r| r.n as f64).collect();
+            let values: Vec<f64> = mode
+                .rows
+                .iter()
+                .flat_map(|r| [r.fanout_p50_ms, r.fanout_p99_ms])
+                .flat_map(|b| [b.pantry, b.baseline])
+                .flatten()
+                .filter(|v| v.is_finite())
+                .collect();
+            let (x0, x1) = (ns.iter().copied().fold(f64::MAX, f64::min), ns.iter().copied().fold(0.0, f64::max));
+            let (y0, y1) =
+                (values.iter().copied().fold(f64::MAX, f64::min), values.iter().copied().fold(0.0, f64::max));
+            let (y0, y1) = if values.is_empty() { (0.1, 10.0) } else { (y0.max(0.01) / 1.5, y1 * 1.5) };
+            let mut chart = ChartBuilder::on(panel)
+                .caption(format!("Fan-out echo latency, {}", mode.name()), ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(52)
+                .build_cartesian_2d((x0.max(0.5) / 1.5..x1 * 1.5).log_scale(), (y0..y1).log_scale())?;
+            chart
+                .configure_mesh()
+                .x_desc("agents (N); × at the top: answers lost")
+                .y_desc("ms")
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y}"))
+                .draw()?;
+            let series: [Series; 4] = [
+                ("Pantry p50", RGBColor(31, 119, 180), false, Box::new(|r| r.fanout_p50_ms.pantry)),
+                ("Pantry p99", RGBColor(31, 119, 180), true, Box::new(|r| r.fanout_p99_ms.pantry)),
+                ("baseline p50", RGBColor(214, 39, 40), false, Box::new(|r| r.fanout_p50_ms.baseline)),
+                ("baseline p99", RGBColor(214, 39, 40), true, Box::new(|r| r.fanout_p99_ms.baseline)),
+            ];
+            for (_, color, _, value) in &series {
+                let lost = mode.rows.iter().filter(|r| value(r).is_some_and(f64::is_infinite));
+                chart.draw_series(lost.map(|r| Cross::new((r.n as f64, y1 / 1.3), 5, color.stroke_width(2))))?;
+            }
+            for (label, color, dashed, value) in series {
+                let points: Vec<(f64, f64)> = mode
+                    .rows
+                    .iter()
+                    .filter_map(|r| value(r).filter(|v| v.is_finite()).map(|v| (r.n as f64, v)))
+                    .collect();
+                let style = color.stroke_width(2);
+                if dashed {
+                    chart
+                        .draw_series(DashedLineSeries::new(points.clone(), 6, 4, style))?
+                        .label(label)
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(1)));
+                    chart.draw_series(points.iter().map(|&p| TriangleMarker::new(p, 4, color.filled())))?;
+                } else {
+                    chart
+                        .draw_series(LineSeries::new(points.clone(), style))?
+                        .label(label)
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3)));
+                    chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+                }
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))
+}
