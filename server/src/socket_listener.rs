@@ -416,6 +416,8 @@ impl SocketThread {
         }
         if let Some(frames) = self.try_send(kind, frames) {
             let peer = frames[0].clone();
+            debug!(self.log, "peer's queue is full (high-water mark): holding its messages until it reads";
+                "peer" => Hex(&peer), "socket" => kind.name());
             self.backlogs[backlog_index(kind)].by_peer.entry(peer).or_default().push_back(frames);
         }
     }
