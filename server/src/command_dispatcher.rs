@@ -251,7 +251,13 @@ impl CommandDispatcher {
                 "type" => m.message_type(), "name" => &auth.name, "key" => &auth.key);
             return false;
         }
-        self.seen.insert(auth.key.clone(), SystemTime::now());
+        // Per message: no allocation once the key has been seen.
+        match self.seen.get_mut(&auth.key) {
+            Some(seen) => *seen = SystemTime::now(),
+            None => {
+                self.seen.insert(auth.key.clone(), SystemTime::now());
+            }
+        }
         // A request (not an answer, which keeps its request's type) that
         // needs an admin key: refused with an answer, whatever `from` says.
         if auth.role == Role::Client && m.metadata.requires_response && commands::needs_admin(m.message_type()) {
