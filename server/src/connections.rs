@@ -42,12 +42,15 @@ pub enum Presence {
     Disconnected(String),
 }
 
+/// Who owns a descriptor: a key, and on ROUTER sockets a routing id.
+type Owner = (String, Option<Vec<u8>>);
+
 #[derive(Default)]
 pub struct Connections {
     /// Routing id → sender, per socket kind (ids are never reused).
     peers: [HashMap<Vec<u8>, Option<Arc<PeerAuth>>>; 3],
     /// Descriptor → key and routing id.
-    by_fd: HashMap<(SocketKind, RawFd), (String, Option<Vec<u8>>)>,
+    by_fd: HashMap<(SocketKind, RawFd), Owner>,
     by_key: HashMap<String, HashSet<(SocketKind, RawFd)>>,
 }
 
@@ -167,18 +170,18 @@ impl RawFrame {
     }
 
     /// The descriptor of the connection the frame came from.
-    pub fn source_fd(&mut self) -> Option<RawFd> {
+    pub fn source_fd(&self) -> Option<RawFd> {
         // SAFETY: ZMQ_SRCFD is a valid property of a received message.
-        let fd = unsafe { zmq_sys::zmq_msg_get(&mut self.0, ZMQ_SRCFD) };
+        let fd = unsafe { zmq_sys::zmq_msg_get(&self.0, ZMQ_SRCFD) };
         (fd >= 0).then_some(fd)
     }
 
     /// A connection property (ZAP user id or metadata).
-    pub fn property(&mut self, name: &CStr) -> Option<String> {
+    pub fn property(&self, name: &CStr) -> Option<String> {
         // SAFETY: libzmq returns a NUL-terminated string owned by the
         // message's metadata, or NULL; it is copied before the frame drops.
         unsafe {
-            let value = zmq_sys::zmq_msg_gets(&mut self.0, name.as_ptr());
+            let value = zmq_sys::zmq_msg_gets(&self.0, name.as_ptr());
             if value.is_null() {
                 return None;
             }

@@ -36,7 +36,7 @@ impl ZapRequest {
     /// identity, mechanism, credentials...]`. A request that cannot be read
     /// still gets an answer: the error carries a 500 reply to send.
     pub fn parse(mut frames: Vec<Vec<u8>>) -> Result<ZapRequest, (Vec<Vec<u8>>, String)> {
-        if frames.len() < 8 || frames[1].len() != 0 || frames[2] != ZAP_VERSION {
+        if frames.len() < 8 || !frames[1].is_empty() || frames[2] != ZAP_VERSION {
             let reason = format!("{} frames, version {:?}", frames.len(), frames.get(2).map(|v| hex_or_text(v)));
             let mut reply: Vec<Vec<u8>> = frames.iter().take(2).cloned().collect();
             let request_id = frames.get(3).cloned().unwrap_or_default();

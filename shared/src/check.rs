@@ -113,7 +113,7 @@ fn check_log_target(config: &Config, report: &mut Report) {
             let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
             if path.exists() && !writable(path) {
                 report.problem(format!("log file {file} is not writable"));
-            } else if !path.exists() && !(dir.is_dir() && writable(dir)) {
+            } else if !path.exists() && (!dir.is_dir() || !writable(dir)) {
                 report.problem(format!("log file {file} cannot be created in {}", dir.display()));
             } else {
                 report.ok(format!("log file {file} is writable"));
