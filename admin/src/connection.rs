@@ -181,8 +181,9 @@ impl Connection {
                 break m;
             }
         };
-        let mut waiting: BTreeSet<String> = list.body.iter().filter_map(BodyPart::as_text).map(str::to_owned).collect();
-        on_list(&waiting.iter().cloned().collect::<Vec<_>>());
+        let listed: Vec<String> = list.body.iter().filter_map(BodyPart::as_text).map(str::to_owned).collect();
+        on_list(&listed);
+        let mut waiting: BTreeSet<String> = listed.into_iter().collect();
         let expected = waiting.len();
         let mut failed = Vec::new();
         while !waiting.is_empty() {

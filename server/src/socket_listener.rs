@@ -306,7 +306,14 @@ impl SocketThread {
         let publisher = self.sockets.publisher.as_mut_ptr();
         loop {
             let s = &self.sockets;
-            let mut items = vec![
+            // Without CURVE there is no ZAP socket: its slot polls the PULL
+            // for nothing, so the set is a fixed array (no allocation per
+            // wake-up).
+            let zap = match &s.zap {
+                Some(zap) => zap.as_poll_item(zmq::POLLIN),
+                None => s.pull.as_poll_item(zmq::PollEvents::empty()),
+            };
+            let mut items = [
                 s.pull.as_poll_item(zmq::POLLIN),
                 s.router.as_poll_item(zmq::POLLIN),
                 s.router_monitor.as_poll_item(zmq::POLLIN),
@@ -314,10 +321,8 @@ impl SocketThread {
                 s.files.as_poll_item(zmq::POLLIN),
                 s.files_monitor.as_poll_item(zmq::POLLIN),
                 s.publisher.as_poll_item(zmq::POLLIN),
+                zap,
             ];
-            if let Some(zap) = &s.zap {
-                items.push(zap.as_poll_item(zmq::POLLIN));
-            }
             // With messages waiting for full peers, wake up to retry them.
             let timeout = if self.backlogs.iter().all(Backlog::is_empty) { -1 } else { 1 };
             if let Err(e) = zmq::poll(&mut items, timeout) {
@@ -327,7 +332,7 @@ impl SocketThread {
                 error!(self.log, "socket poll failed; the server stops serving"; "error" => %e);
                 return;
             }
-            let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+            let ready = items.map(|i| i.is_readable());
             self.retry_backlogs();
             // Closed connections first: a descriptor number may be reused.
             if ready[2] {
@@ -352,7 +357,7 @@ impl SocketThread {
             if ready[6] {
                 self.drain_subscriptions(publisher);
             }
-            if ready.get(7) == Some(&true) {
+            if ready[7] {
                 self.drain_zap();
             }
         }

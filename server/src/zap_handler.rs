@@ -111,19 +111,19 @@ impl ZapHandler {
         ZapHandler { store, listener, trust_first_client, log }
     }
 
-    fn decide(&mut self, request: &ZapRequest) -> Decision {
+    fn decide(&mut self, request: &ZapRequest, key: Option<&PublicKey>) -> Decision {
         if request.mechanism != "CURVE" {
             return Decision::reject(format!("mechanism {} not allowed", request.mechanism));
         }
-        let Some(key) = request.credentials.first().and_then(|k| PublicKey::try_from(k.as_slice()).ok()) else {
+        let Some(key) = key else {
             return Decision::reject("malformed CURVE credentials");
         };
-        if let Some(known) = self.known(&key) {
+        if let Some(known) = self.known(key) {
             return Decision { status: b"200", reason: "accepted".into(), accepted: Some(known) };
         }
         if self.trust_first_client && self.store.known_count() == 0 {
-            let z85 = keys::z85(&key);
-            return match self.store.add(&key, "admin", Role::Admin) {
+            let z85 = keys::z85(key);
+            return match self.store.add(key, "admin", Role::Admin) {
                 Ok(known) => {
                     info!(self.log, "trusted the first client on first use and stored its key as an admin";
                         "key" => &z85, "name" => &known.name, "address" => &request.address,
@@ -169,11 +169,9 @@ impl Handler<ZapRequest> for ZapHandler {
     type Result = ();
 
     fn handle(&mut self, request: ZapRequest, _: &mut Context<Self>) {
-        let decision = self.decide(&request);
-        let key = match request.credentials.first().and_then(|k| PublicKey::try_from(k.as_slice()).ok()) {
-            Some(k) => keys::z85(&k),
-            None => "-".into(),
-        };
+        let key = request.credentials.first().and_then(|k| PublicKey::try_from(k.as_slice()).ok());
+        let decision = self.decide(&request, key.as_ref());
+        let key = key.map(|k| keys::z85(&k)).unwrap_or_else(|| "-".into());
         let outcome =
             if decision.status == b"200" { decision.reason.clone() } else { format!("rejected: {}", decision.reason) };
         let name = decision.accepted.as_ref().map(|k| k.name.as_str()).unwrap_or("-");

@@ -214,7 +214,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
-        let filter = self.client_filter_unchecked();
+        let filter = self.client_filter();
         filter.validate().map_err(|e| format!("client: {e}"))?;
         if self.client.heartbeat_interval == 0 {
             return Err("client.heartbeat_interval: must be at least 1 second".into());
@@ -248,10 +248,6 @@ impl Config {
 
     /// The agent's identity, application, environment and roles.
     pub fn client_filter(&self) -> ClientFilter {
-        self.client_filter_unchecked()
-    }
-
-    fn client_filter_unchecked(&self) -> ClientFilter {
         ClientFilter {
             identity: self.client.identity.clone(),
             application: self.client.application.clone(),

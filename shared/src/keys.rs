@@ -381,8 +381,9 @@ impl ServerKeyStore {
             self.entries.insert(index, removed);
             return Err(e.into());
         }
-        self.by_key =
-            self.entries.iter().enumerate().filter_map(|(i, e)| Some((decode_z85(&e.public_key)?, i))).collect();
+        // Entries after the removed one moved down by one; nothing to decode.
+        self.by_key.retain(|_, i| *i != index);
+        self.by_key.values_mut().filter(|i| **i > index).for_each(|i| *i -= 1);
         Ok(removed)
     }
 
@@ -598,6 +599,7 @@ mod tests {
         assert!(running.lookup(&a).is_some());
         assert_eq!(running.revoke("a").unwrap().name, "a");
         assert!(running.lookup(&a).is_none());
+        assert_eq!(running.lookup(&b).map(|k| k.name.as_str()), Some("b"), "index moved with the removal");
         assert!(matches!(running.revoke("a"), Err(KeyChangeError::NotFound(_))));
         assert_eq!(running.revoke(&z85(&b)).unwrap().name, "b");
         assert_eq!(ServerKeyStore::open(root.path()).unwrap().known_count(), 0);
