@@ -461,13 +461,12 @@ fn upload_file(
     // Hashing a big file takes a while: the wait for the server starts now.
     *deadline = Deadline::after(deadline.idle);
     let mode = std::fs::metadata(local).map(|m| m.permissions().mode() & 0o7777).ok();
-    let transfer_id = uuid::Uuid::new_v4().to_string();
     let ctx = zmq::Context::new();
     let endpoint = net.networking.endpoint(net.networking.file_service_port);
     let socket = security.socket(&ctx, zmq::DEALER)?;
     socket.connect(&endpoint).with_context(|| format!("cannot connect to {endpoint}"))?;
-    socket.send_multipart(upload::offer_frames(&transfer_id), 0)?;
-    upload::await_offered(&socket, &transfer_id, deadline.idle).map_err(anyhow::Error::msg)?;
+    socket.send_multipart(upload::offer_frames(), 0)?;
+    let transfer_id = upload::await_offered(&socket, deadline.idle).map_err(anyhow::Error::msg)?;
 
     // Its length is known once the server says how many clients will fetch.
     let bar = indicatif::ProgressBar::new(0);

@@ -44,7 +44,7 @@ pub fn generate(count: usize) -> Result<Vec<Pair>> {
 /// A known key: its name is the sender name the server binds to it (an
 /// agent's identity), its role what it may do.
 pub fn known(public: String, name: String, role: Role) -> KnownKey {
-    KnownKey { public_key: public, name, role, created: None }
+    KnownKey { public_key: public, name: Some(name), role, created: None }
 }
 
 /// `count` random known client keys (`filler-0`, ...) nobody holds the
@@ -104,6 +104,6 @@ mod tests {
         assert_eq!(store.known_count(), 8);
         assert_eq!(store.keys.public_key, server.public_z85());
         let found = store.lookup(&pairs[1].public).expect("a known key");
-        assert_eq!((found.name.as_str(), found.role), ("a-1", Role::Client));
+        assert_eq!((found.name.as_deref(), found.role), (Some("a-1"), Role::Client));
     }
 }

@@ -230,19 +230,31 @@ fn spoofed_sender_is_dropped_and_logged_and_the_real_owner_is_unaffected() {
     spoofed_echo.metadata.to = "db-1".into();
     send(&dealer, &spoofed_echo);
 
-    for (kind, uuid) in [("RegisterClient", register.uuid()), ("Echo", spoofed_echo.uuid())] {
-        let line = wait_for_line(
-            || server.log(),
-            &["WARN", "spoofed sender", "db-1", "web-1", &web.public_key, uuid],
-            LOG_WAIT,
-        );
-        let line = line.unwrap_or_else(|| panic!("no spoofed-sender warning for the {kind}:\n{}", server.log()));
-        assert!(line.contains(kind), "the warning does not name the type {kind}: {line}");
-        eprintln!("spoofed {kind}: {line}");
-    }
-    // The spoofed echo was neither forwarded (no recipient list) nor
-    // published (db-1 never saw it).
-    assert!(recv_for(&dealer, spoofed_echo.uuid(), Duration::from_millis(500)).is_none(), "the spoofer got an answer");
+    let line = wait_for_line(
+        || server.log(),
+        &["WARN", "spoofed sender", "db-1", "web-1", &web.public_key, register.uuid()],
+        LOG_WAIT,
+    );
+    let line = line.unwrap_or_else(|| panic!("no spoofed-sender warning for the registration:\n{}", server.log()));
+    assert!(line.contains("RegisterClient"), "the warning does not name the type: {line}");
+    eprintln!("spoofed RegisterClient: {line}");
+    // A client key may not send an echo at all, whatever it claims to be:
+    // refused and told so, neither forwarded nor published.
+    let refused = wait_for_line(
+        || server.log(),
+        &["WARN", "unauthorized command refused", "Echo", &web.public_key, spoofed_echo.uuid()],
+        LOG_WAIT,
+    );
+    assert!(refused.is_some(), "no refusal logged for the client key's echo:\n{}", server.log());
+    let answer = recv_for(&dealer, spoofed_echo.uuid(), Duration::from_millis(2000)).expect("a refusal");
+    assert!(answer.error().is_some_and(|e| e.contains("not authorized")), "{answer:?}");
+    assert!(!answer.is_client_response_list(), "the echo was forwarded: {answer:?}");
+    // An answer claiming to come from db-1 is dropped as spoofed.
+    let mut spoofed_answer = echo::request("spoofed answer").response();
+    spoofed_answer.metadata.from = "db-1".into();
+    send(&dealer, &spoofed_answer);
+    let line = wait_for_line(|| server.log(), &["WARN", "spoofed sender", "db-1", spoofed_answer.uuid()], LOG_WAIT);
+    assert!(line.is_some(), "no spoofed-sender warning for the answer:\n{}", server.log());
     assert!(!db.log().contains(spoofed_echo.uuid()), "db-1 received the spoofed echo:\n{}", db.log());
     let forwarded = line_with(&server.log(), &["request forwarded", spoofed_echo.uuid()]);
     assert!(forwarded.is_none(), "the spoofed echo was forwarded: {forwarded:?}");

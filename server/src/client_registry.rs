@@ -3,9 +3,16 @@
 //!
 //! It lives in memory: after a restart it refills as agents check in again.
 //! An index from stream to identities answers "who receives a message sent
-//! to this stream" without scanning every client.
+//! to this stream" without scanning every client. Under CURVE a client
+//! receives only once its PUB subscriptions are granted (it is
+//! *listening*), so only listening clients are recipients.
+//!
+//! An identity is never also a stream: a registration whose identity is
+//! another client's `app`, `app.env` or `app.env.role` stream, or whose
+//! streams are another client's identity, is refused (a message to that
+//! name would reach both).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;
 
 use actix::prelude::*;
@@ -18,15 +25,21 @@ struct Entry {
     key: Option<String>,
 }
 
-#[derive(Default)]
 pub struct ClientRegistry {
+    curve: bool,
     clients: HashMap<String, Entry>,
     /// Stream → identities subscribed to it (identity, app, app.env,
     /// app.env.role), kept in step with `clients`.
     by_stream: HashMap<String, BTreeSet<String>>,
+    /// Keys whose PUB subscriptions are all granted (CURVE).
+    listening: HashSet<String>,
 }
 
 impl ClientRegistry {
+    pub fn new(curve: bool) -> Self {
+        ClientRegistry { curve, clients: HashMap::new(), by_stream: HashMap::new(), listening: HashSet::new() }
+    }
+
     fn unindex(&mut self, identity: &str, filter: &ClientFilter) {
         for stream in filter.streams() {
             if let Some(set) = self.by_stream.get_mut(&stream) {
@@ -36,6 +49,23 @@ impl ClientRegistry {
                 }
             }
         }
+    }
+
+    /// Why `client` may not register beside the others, if it may not.
+    fn confusion(&self, identity: &str, client: &ClientFilter) -> Option<String> {
+        if self.by_stream.get(identity).is_some_and(|ids| ids.iter().any(|id| id != identity)) {
+            return Some(format!("the identity `{identity}` is another client's application stream"));
+        }
+        client
+            .streams()
+            .into_iter()
+            .filter(|s| s != identity)
+            .find(|s| self.clients.contains_key(s))
+            .map(|s| format!("the stream `{s}` is another client's identity"))
+    }
+
+    fn receives(&self, entry: &Entry) -> bool {
+        !self.curve || entry.key.as_ref().is_some_and(|k| self.listening.contains(k))
     }
 }
 
@@ -60,8 +90,8 @@ pub enum Registered {
     New,
     /// A heartbeat.
     Again,
-    /// The identity belongs to another key.
-    Refused { bound_to: String },
+    /// Refused, with the reason the agent is told.
+    Refused(String),
 }
 
 impl Handler<Register> for ClientRegistry {
@@ -70,12 +100,17 @@ impl Handler<Register> for ClientRegistry {
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) -> Registered {
         let identity = msg.client.identity.clone().unwrap_or_default();
         let now = SystemTime::now();
-        if let Some(entry) = self.clients.get_mut(&identity) {
+        if let Some(entry) = self.clients.get(&identity) {
             if let (Some(bound), Some(key)) = (&entry.key, &msg.key) {
                 if bound != key {
-                    return Registered::Refused { bound_to: bound.clone() };
+                    return Registered::Refused(format!("the identity `{identity}` is registered by another key"));
                 }
             }
+        }
+        if let Some(reason) = self.confusion(&identity, &msg.client) {
+            return Registered::Refused(reason);
+        }
+        if let Some(entry) = self.clients.get_mut(&identity) {
             entry.last_checked_in = now;
             if entry.filter == msg.client {
                 return Registered::Again;
@@ -93,6 +128,26 @@ impl Handler<Register> for ClientRegistry {
     }
 }
 
+/// A key's PUB subscriptions are all granted, or no longer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Listening {
+    pub key: String,
+    pub listening: bool,
+}
+
+impl Handler<Listening> for ClientRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Listening, _: &mut Context<Self>) {
+        if msg.listening {
+            self.listening.insert(msg.key);
+        } else {
+            self.listening.remove(&msg.key);
+        }
+    }
+}
+
 /// Drop every client registered by a (revoked) key.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -104,6 +159,7 @@ impl Handler<Forget> for ClientRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: Forget, _: &mut Context<Self>) {
+        self.listening.remove(&msg.key);
         let gone: Vec<(String, ClientFilter)> = self
             .clients
             .iter()
@@ -131,7 +187,7 @@ impl Handler<Query> for ClientRegistry {
         let mut list: Vec<(ClientFilter, SystemTime)> = self
             .clients
             .values()
-            .filter(|e| msg.filter.selects(&e.filter))
+            .filter(|e| msg.filter.selects(&e.filter) && self.receives(e))
             .map(|e| (e.filter.clone(), e.last_checked_in))
             .collect();
         list.sort_by(|a, b| a.0.identity.cmp(&b.0.identity));
@@ -139,9 +195,18 @@ impl Handler<Query> for ClientRegistry {
     }
 }
 
-/// The identities that receive a message sent to `stream` (`""`: all).
+/// One client a forwarded request goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub identity: String,
+    /// Its key, under CURVE.
+    pub key: Option<String>,
+}
+
+/// The clients that receive a message sent to `stream` (`""`: all), sorted
+/// by identity.
 #[derive(Message)]
-#[rtype(result = "Vec<String>")]
+#[rtype(result = "Vec<Recipient>")]
 pub struct Recipients {
     pub stream: String,
 }
@@ -150,12 +215,16 @@ impl Handler<Recipients> for ClientRegistry {
     type Result = MessageResult<Recipients>;
 
     fn handle(&mut self, msg: Recipients, _: &mut Context<Self>) -> Self::Result {
-        let mut list: Vec<String> = if msg.stream.is_empty() {
-            self.clients.keys().cloned().collect()
-        } else {
-            self.by_stream.get(&msg.stream).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        let recipient = |identity: &String| {
+            let entry = self.clients.get(identity).filter(|e| self.receives(e))?;
+            Some(Recipient { identity: identity.clone(), key: entry.key.clone() })
         };
-        list.sort();
+        let mut list: Vec<Recipient> = if msg.stream.is_empty() {
+            self.clients.keys().filter_map(recipient).collect()
+        } else {
+            self.by_stream.get(&msg.stream).map(|s| s.iter().filter_map(recipient).collect()).unwrap_or_default()
+        };
+        list.sort_by(|a, b| a.identity.cmp(&b.identity));
         MessageResult(list)
     }
 }
@@ -173,9 +242,13 @@ mod tests {
         }
     }
 
+    fn ids(list: Vec<Recipient>) -> Vec<String> {
+        list.into_iter().map(|r| r.identity).collect()
+    }
+
     #[actix_rt::test]
     async fn recipients_follow_registrations() {
-        let registry = ClientRegistry::default().start();
+        let registry = ClientRegistry::new(false).start();
         let reg = |c: ClientFilter, key: &str| Register { client: c, key: Some(key.into()) };
         assert_eq!(registry.send(reg(client("h1", "pantry", "test", &["web"]), "k1")).await.unwrap(), Registered::New);
         assert_eq!(registry.send(reg(client("h2", "pantry", "prod", &["db"]), "k2")).await.unwrap(), Registered::New);
@@ -185,18 +258,18 @@ mod tests {
         );
         // Another key cannot take h1.
         let refused = registry.send(reg(client("h1", "pantry", "test", &["web"]), "k9")).await.unwrap();
-        assert_eq!(refused, Registered::Refused { bound_to: "k1".into() });
+        assert!(matches!(refused, Registered::Refused(r) if r.contains("another key")));
         let to = |s: &str| registry.send(Recipients { stream: s.into() });
-        assert_eq!(to("").await.unwrap(), ["h1", "h2"]);
-        assert_eq!(to("pantry").await.unwrap(), ["h1", "h2"]);
-        assert_eq!(to("pantry.test").await.unwrap(), ["h1"]);
-        assert_eq!(to("pantry.prod.db").await.unwrap(), ["h2"]);
-        assert_eq!(to("h1").await.unwrap(), ["h1"]);
+        assert_eq!(ids(to("").await.unwrap()), ["h1", "h2"]);
+        assert_eq!(ids(to("pantry").await.unwrap()), ["h1", "h2"]);
+        assert_eq!(ids(to("pantry.test").await.unwrap()), ["h1"]);
+        assert_eq!(ids(to("pantry.prod.db").await.unwrap()), ["h2"]);
+        assert_eq!(ids(to("h1").await.unwrap()), ["h1"]);
         assert!(to("h").await.unwrap().is_empty());
         // Changing roles moves the client in the index.
         assert_eq!(registry.send(reg(client("h1", "pantry", "test", &["db"]), "k1")).await.unwrap(), Registered::New);
         assert!(to("pantry.test.web").await.unwrap().is_empty());
-        assert_eq!(to("pantry.test.db").await.unwrap(), ["h1"]);
+        assert_eq!(ids(to("pantry.test.db").await.unwrap()), ["h1"]);
         let q = registry
             .send(Query { filter: ClientFilter { roles: vec!["db".into()], ..Default::default() } })
             .await
@@ -204,6 +277,36 @@ mod tests {
         assert_eq!(q.len(), 2);
         registry.send(Forget { key: "k2".into() }).await.unwrap();
         assert!(to("pantry.prod").await.unwrap().is_empty());
-        assert_eq!(to("").await.unwrap(), ["h1"]);
+        assert_eq!(ids(to("").await.unwrap()), ["h1"]);
+    }
+
+    #[actix_rt::test]
+    async fn identities_and_streams_never_meet() {
+        let registry = ClientRegistry::new(false).start();
+        let reg = |c: ClientFilter| Register { client: c, key: None };
+        assert_eq!(
+            registry.send(reg(client("web1.example.com", "shop", "prod", &["web"]))).await.unwrap(),
+            Registered::New
+        );
+        // An identity that is a registered stream, and the reverse.
+        let r = registry.send(reg(client("shop.prod", "other", "x", &[]))).await.unwrap();
+        assert!(matches!(r, Registered::Refused(reason) if reason.contains("shop.prod")), "identity = stream");
+        let r = registry.send(reg(client("db-1", "web1.example.com", "x", &[]))).await.unwrap();
+        assert!(matches!(r, Registered::Refused(_)), "app = identity");
+        let to = |s: &str| registry.send(Recipients { stream: s.into() });
+        assert_eq!(ids(to("web1.example.com").await.unwrap()), ["web1.example.com"]);
+    }
+
+    #[actix_rt::test]
+    async fn under_curve_only_listening_clients_receive() {
+        let registry = ClientRegistry::new(true).start();
+        let r = Register { client: client("h1", "a", "e", &[]), key: Some("k1".into()) };
+        assert_eq!(registry.send(r).await.unwrap(), Registered::New);
+        let to = || registry.send(Recipients { stream: "a".into() });
+        assert!(to().await.unwrap().is_empty());
+        registry.send(Listening { key: "k1".into(), listening: true }).await.unwrap();
+        assert_eq!(to().await.unwrap(), [Recipient { identity: "h1".into(), key: Some("k1".into()) }]);
+        registry.send(Listening { key: "k1".into(), listening: false }).await.unwrap();
+        assert!(to().await.unwrap().is_empty());
     }
 }

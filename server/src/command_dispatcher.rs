@@ -1,18 +1,18 @@
-//! The command dispatcher: every decoded message from the ROUTER ends here.
+//! The command dispatcher: every decoded message from the receive socket
+//! ends here.
 //!
-//! - Under CURVE, the sender is who its key says (the ZAP handler's user id
-//!   and properties), never what `from` claims: a client key claiming
-//!   another name is dropped; revoked keys are dropped; commands that need
-//!   an admin key are refused for client keys.
-//! - An answer from a client to a request the server forwarded goes back to
-//!   the requester's ROUTER connection.
-//! - Server commands (`RegisterClient`, `Status`, `CreateClient`, key
-//!   management, application configs) run here.
-//! - Every other type is forwarded: the requester first gets the list of the
-//!   clients that will answer, then the request is published to them.
+//! - [`crate::authorize`] judges it first (deny by default).
+//! - An answer to a request the server forwarded goes back to the
+//!   requester's connection, if its sender is one of the recipients still
+//!   awaited.
+//! - Server commands (`RegisterClient`, `Status`, key management,
+//!   application configs) run here.
+//! - Every other request is forwarded: the requester first gets the list of
+//!   the clients that will answer, then the request is published to them.
+//!   A pending request belongs to its requester: its uuid cannot be taken
+//!   over, and each requester has a bounded number of them.
 //!
-//! Responses to a requester never go over PUB: any subscriber can read any
-//! topic.
+//! Responses to a requester never go over PUB.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -21,60 +21,91 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use pantry_shared::commands::{
-    self, app_config, client_list, client_revoke, create_client, register_client, status, RunsOn,
+    app_config, client_list, client_revoke, create_client, register_client, status, upload, Kind, RunsOn,
 };
 use pantry_shared::keys::Role;
 use pantry_shared::{BodyPart, Message};
 use serde_json::Value;
 use slog::{debug, info, warn, Logger};
 
-use crate::client_registry::{ClientRegistry, Forget, Query, Recipients, Register, Registered};
-use crate::connections::{PeerAuth, Presence};
-use crate::socket_listener::{CutOff, Hex, Publish, SendToPeer, SocketListener};
-use crate::zap_handler::{CreateKey, ListKeys, RevokeKey, ZapHandler};
+use crate::authorize::{authorize, Verdict};
+use crate::client_registry::{ClientRegistry, Forget, Listening, Query, Recipient, Recipients, Register, Registered};
+use crate::file_service::{AuthorizeTransfer, FileService, KeyRevoked};
+use crate::key_store::{BindKey, CreateKey, KeyStore, ListKeys, RevokeKey};
+use crate::messages::{Grant, Hex, Incoming, PeerAuth, Presence};
+use crate::outbox::{Outbound, Outbox};
 
 /// How long the answers to a forwarded request are awaited before the
 /// server forgets the request (the requester has its own, shorter timeout).
 const PENDING_TTL: Duration = Duration::from_secs(600);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+/// Forwarded requests one requester may have waiting for answers at once.
+pub const MAX_PENDING_PER_REQUESTER: usize = 1000;
+
 /// A request forwarded to clients, awaiting their answers.
 struct Pending {
+    /// The requester's connection.
     requester: Vec<u8>,
+    /// Who owns it: the requester's key, or its connection under null
+    /// security.
+    owner: String,
     waiting_for: HashSet<String>,
     since: Instant,
 }
 
 pub struct CommandDispatcher {
-    listener: Addr<SocketListener>,
+    outbox: Outbox,
     registry: Addr<ClientRegistry>,
+    files: Addr<FileService>,
     /// Present under CURVE only.
-    keys: Option<Addr<ZapHandler>>,
+    keys: Option<Addr<KeyStore>>,
     pending: HashMap<String, Pending>,
+    pending_per_owner: HashMap<String, usize>,
     /// Where application configs live.
     root_dir: PathBuf,
     /// Keys revoked since start: their open connections may still deliver
     /// a message or two before the cut-off lands.
     revoked: HashSet<String>,
-    /// Key → when it last sent something, and how many connections it has.
+    /// Key → when it last sent something, and which keys are connected.
     seen: HashMap<String, SystemTime>,
     connected: HashSet<String>,
     log: Logger,
 }
 
+/// Who asked: the connection, its key, what it sent.
+struct Request {
+    peer: Vec<u8>,
+    auth: Option<Arc<PeerAuth>>,
+    message: Message,
+}
+
+impl Request {
+    fn key(&self) -> &str {
+        self.auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-")
+    }
+
+    fn address(&self) -> &str {
+        self.auth.as_ref().map(|a| a.address.as_str()).unwrap_or("-")
+    }
+}
+
 impl CommandDispatcher {
     pub fn new(
-        listener: Addr<SocketListener>,
+        outbox: Outbox,
         registry: Addr<ClientRegistry>,
-        keys: Option<Addr<ZapHandler>>,
+        files: Addr<FileService>,
+        keys: Option<Addr<KeyStore>>,
         root_dir: PathBuf,
         log: Logger,
     ) -> Self {
         CommandDispatcher {
-            listener,
+            outbox,
             registry,
+            files,
             keys,
             pending: HashMap::new(),
+            pending_per_owner: HashMap::new(),
             root_dir,
             revoked: HashSet::new(),
             seen: HashMap::new(),
@@ -84,236 +115,316 @@ impl CommandDispatcher {
     }
 
     fn reply(&self, peer: Vec<u8>, message: Message) {
-        self.listener.do_send(SendToPeer { peer, message });
+        self.outbox.to_peer(peer, message);
     }
 
-    /// Routes a client's answer to whoever asked. Returns false if the
-    /// message is not an awaited answer.
-    fn route_answer(&mut self, incoming: &Incoming) -> bool {
-        let message = &incoming.message;
-        if message.metadata.requires_response {
-            return false;
+    /// Tells the requester why its request was not carried out (when it
+    /// asked for a response). The refusal does not echo the request's
+    /// `custom`, so it costs a few bytes whatever the request carried.
+    fn refuse(&self, request: &Request, reason: impl Into<String>) {
+        if request.message.metadata.requires_response {
+            self.reply(request.peer.clone(), request.message.refusal(reason));
         }
-        let Some(pending) = self.pending.get_mut(message.uuid()) else {
-            return false;
+    }
+
+    /// Routes a client's answer to whoever asked, if that client was asked.
+    fn route_answer(&mut self, request: Request) {
+        let Request { message, .. } = request;
+        let uuid = message.uuid();
+        let Some(pending) = self.pending.get_mut(uuid) else {
+            debug!(self.log, "answer to no pending request dropped (late, duplicate or unasked)";
+                "type" => message.message_type(), "from" => &message.metadata.from, "uuid" => uuid);
+            return;
         };
         if !pending.waiting_for.remove(&message.metadata.from) {
-            return false;
+            debug!(self.log, "answer from a client the request was not sent to, or that answered already, dropped";
+                "type" => message.message_type(), "from" => &message.metadata.from, "uuid" => uuid);
+            return;
         }
-        let mut answer = message.clone();
-        answer.metadata.forwarded = true;
         let requester = pending.requester.clone();
         if pending.waiting_for.is_empty() {
-            self.pending.remove(message.uuid());
+            let uuid = uuid.to_owned();
+            self.finish(&uuid);
         }
         debug!(self.log, "answer routed to requester";
             "type" => message.message_type(), "from" => &message.metadata.from,
-            "to" => &message.metadata.to, "uuid" => message.uuid(), "requester" => Hex(&requester));
+            "uuid" => message.uuid(), "requester" => Hex(&requester));
+        let mut answer = message;
+        answer.metadata.forwarded = true;
         self.reply(requester, answer);
-        true
     }
 
-    fn run_on_server(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
-        let Incoming { peer, message, auth } = incoming;
-        match message.message_type() {
-            register_client::TYPE => match register_client::parse(&message) {
-                Ok(client) => {
-                    let log = self.log.clone();
-                    let identity = message.metadata.from.clone();
-                    let key = auth.as_ref().map(|a| a.key.clone());
-                    self.registry
-                        .send(Register { client, key: key.clone() })
-                        .into_actor(self)
-                        .map(move |outcome, _, _| match outcome {
-                            Ok(Registered::New) => {
-                                info!(log, "client registered"; "identity" => identity, "peer" => Hex(&peer))
-                            }
-                            Ok(Registered::Refused { bound_to }) => warn!(log,
-                                "registration refused: the identity is bound to another key";
-                                "identity" => identity, "key" => key.unwrap_or_default(), "bound_to" => bound_to),
-                            Ok(Registered::Again) | Err(_) => {}
-                        })
-                        .spawn(ctx);
+    fn finish(&mut self, uuid: &str) {
+        if let Some(done) = self.pending.remove(uuid) {
+            if let Some(count) = self.pending_per_owner.get_mut(&done.owner) {
+                *count -= 1;
+                if *count == 0 {
+                    self.pending_per_owner.remove(&done.owner);
                 }
-                Err(e) => debug!(self.log, "registration dropped";
-                    "from" => &message.metadata.from, "peer" => Hex(&peer), "error" => %e),
-            },
-            status::TYPE => match status::parse(&message) {
+            }
+        }
+    }
+
+    fn run_on_server(&mut self, kind: Kind, request: Request, ctx: &mut Context<Self>) {
+        let needs_keys = matches!(kind, Kind::CreateClient | Kind::ListClients | Kind::RevokeClient);
+        if needs_keys && self.keys.is_none() {
+            return self.refuse(&request, "key management needs `security: curve` on the server");
+        }
+        match kind {
+            Kind::RegisterClient => self.register(request, ctx),
+            Kind::Status => match status::parse(&request.message) {
                 Ok(filter) => {
                     self.registry
                         .send(Query { filter })
                         .into_actor(self)
                         .map(move |clients, act, _| {
                             let clients = clients.unwrap_or_default();
-                            let response = status::respond(&message, clients.iter().map(|(c, t)| (c, *t)));
-                            act.reply(peer, response);
+                            let response = status::respond(&request.message, clients.iter().map(|(c, t)| (c, *t)));
+                            act.reply(request.peer, response);
                         })
                         .spawn(ctx);
                 }
-                Err(e) => self.reply_error(peer, &message, e.to_string()),
+                Err(e) => self.refuse(&request, e.to_string()),
             },
-            create_client::TYPE | client_list::TYPE | client_revoke::TYPE if self.keys.is_none() => {
-                self.reply_error(peer, &message, "key management needs `security: curve` on the server".into())
+            Kind::CreateClient => self.create_key(request, ctx),
+            Kind::ListClients => self.list_keys(request, ctx),
+            Kind::RevokeClient => self.revoke_key(request, ctx),
+            Kind::ShowApplication => {
+                let response = app_config::respond_show(&request.message, &self.root_dir);
+                self.reply(request.peer, response);
             }
-            create_client::TYPE => self.create_key(peer, message, ctx),
-            client_list::TYPE => self.list_keys(peer, message, ctx),
-            client_revoke::TYPE => self.revoke_key(peer, message, ctx),
-            app_config::SHOW_TYPE => self.reply(peer, app_config::respond_show(&message, &self.root_dir)),
-            app_config::EDIT_TYPE => {
-                let response = app_config::respond_edit(&message, &self.root_dir);
+            Kind::EditApplication => {
+                let response = app_config::respond_edit(&request.message, &self.root_dir);
                 match response.error() {
                     None => info!(self.log, "application config saved";
-                        "application" => app_config::application(&message).unwrap_or_default(),
-                        "from" => &message.metadata.from),
+                        "application" => app_config::application(&request.message).unwrap_or_default(),
+                        "from" => &request.message.metadata.from),
                     Some(e) => warn!(self.log, "application config not saved"; "error" => e),
                 }
-                self.reply(peer, response);
+                self.reply(request.peer, response);
             }
-            _ => {}
+            Kind::Echo | Kind::Exec | Kind::Upload => {}
         }
     }
 
-    fn create_key(&mut self, peer: Vec<u8>, message: Message, ctx: &mut Context<Self>) {
-        let (Some(keys), Ok((name, role))) = (&self.keys, create_client::parse(&message)) else {
-            return self.reply_error(peer, &message, "invalid client:create request".into());
+    /// `RegisterClient`: an unbound key is bound to the identity first (in
+    /// the key store, on disk, before the registration is accepted); then
+    /// the registry decides. Under CURVE the client's streams become its PUB
+    /// grants. An agent that asked for a response hears the outcome.
+    fn register(&mut self, request: Request, ctx: &mut Context<Self>) {
+        let client = match register_client::parse(&request.message) {
+            Ok(client) => client,
+            Err(e) => {
+                info!(self.log, "registration refused: {}", e;
+                    "identity" => &request.message.metadata.from, "key" => request.key(), "address" => request.address());
+                return self.refuse(&request, e.to_string());
+            }
         };
-        keys.send(CreateKey { name, role })
-            .into_actor(self)
-            .map(move |created, act, _| match created {
-                Ok(Ok((server_key, pair, _))) => act.reply(peer, create_client::respond(&message, &server_key, &pair)),
-                Ok(Err(e)) => {
-                    warn!(act.log, "client:create failed"; "error" => %e);
-                    act.reply_error(peer, &message, format!("cannot create a key: {e}"));
+        let identity = client.identity.clone().unwrap_or_default();
+        let bind = match (&self.keys, &request.auth) {
+            (Some(keys), Some(auth)) if auth.name.is_none() => {
+                Some(keys.send(BindKey { key: auth.key.clone(), identity: identity.clone() }))
+            }
+            _ => None,
+        };
+        let registry = self.registry.clone();
+        let key = request.auth.as_ref().map(|a| a.key.clone());
+        let work = async move {
+            if let Some(bind) = bind {
+                match bind.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err((format!("cannot bind this key to `{identity}`: {e}"), false)),
+                    Err(e) => return Err((format!("key store unavailable: {e}"), false)),
                 }
-                Err(e) => act.reply_error(peer, &message, format!("key store unavailable: {e}")),
+            }
+            let registered = registry.send(Register { client: client.clone(), key }).await;
+            Ok((registered.unwrap_or(Registered::Refused("registry unavailable".into())), client))
+        };
+        let bound = request.auth.as_ref().is_some_and(|a| a.name.is_none());
+        work.into_actor(self)
+            .map(move |outcome, act, _| {
+                let identity = &request.message.metadata.from;
+                match outcome {
+                    Ok((Registered::New, client)) => {
+                        if bound {
+                            info!(act.log, "key bound to the identity of its first registration";
+                                "identity" => identity, "key" => request.key(), "address" => request.address());
+                        }
+                        info!(act.log, "client registered"; "identity" => identity, "key" => request.key(),
+                            "streams" => client.streams().join(" "), "peer" => Hex(&request.peer));
+                        if let Some(key) = request.auth.as_ref().map(|a| &a.key) {
+                            act.outbox.send(Outbound::Grant(Grant::of(key, &client)));
+                        }
+                        act.acknowledge(&request);
+                    }
+                    Ok((Registered::Again, _)) => act.acknowledge(&request),
+                    Ok((Registered::Refused(reason), _)) | Err((reason, _)) => {
+                        warn!(act.log, "registration refused: {}", reason;
+                            "identity" => identity, "key" => request.key(), "address" => request.address());
+                        act.refuse(&request, format!("registration refused: {reason}"));
+                    }
+                }
             })
             .spawn(ctx);
     }
 
-    fn list_keys(&mut self, peer: Vec<u8>, message: Message, ctx: &mut Context<Self>) {
+    fn acknowledge(&self, request: &Request) {
+        if request.message.metadata.requires_response {
+            self.reply(request.peer.clone(), request.message.response());
+        }
+    }
+
+    fn create_key(&mut self, request: Request, ctx: &mut Context<Self>) {
+        let Some(keys) = &self.keys else { return };
+        let (name, role) = match create_client::parse(&request.message) {
+            Ok(parsed) => parsed,
+            Err(e) => return self.refuse(&request, format!("invalid client:create request: {e}")),
+        };
+        keys.send(CreateKey { name, role })
+            .into_actor(self)
+            .map(move |created, act, _| match created {
+                Ok(Ok((server_key, pair, known))) => {
+                    let response = create_client::respond(&request.message, &server_key, &pair, known.name.as_deref());
+                    act.reply(request.peer, response);
+                }
+                Ok(Err(e)) => {
+                    warn!(act.log, "client:create failed"; "error" => %e);
+                    act.refuse(&request, format!("cannot create a key: {e}"));
+                }
+                Err(e) => act.refuse(&request, format!("key store unavailable: {e}")),
+            })
+            .spawn(ctx);
+    }
+
+    fn list_keys(&mut self, request: Request, ctx: &mut Context<Self>) {
         let Some(keys) = &self.keys else { return };
         keys.send(ListKeys)
             .into_actor(self)
             .map(move |listed, act, _| match listed {
                 Ok(Ok(known)) => {
-                    let response = client_list::respond(&message, &known, |key| {
+                    let response = client_list::respond(&request.message, &known, |key| {
                         let last = act.seen.get(key).map(|t| humantime::format_rfc3339_seconds(*t).to_string());
                         (last, act.connected.contains(key))
                     });
-                    act.reply(peer, response);
+                    act.reply(request.peer, response);
                 }
-                Ok(Err(e)) => act.reply_error(peer, &message, format!("cannot read the key store: {e}")),
-                Err(e) => act.reply_error(peer, &message, format!("key store unavailable: {e}")),
+                Ok(Err(e)) => act.refuse(&request, format!("cannot read the key store: {e}")),
+                Err(e) => act.refuse(&request, format!("key store unavailable: {e}")),
             })
             .spawn(ctx);
     }
 
     /// Removes the key, then cuts it off: its messages are dropped from now
-    /// on, its connections are shut down, it leaves the registry.
-    fn revoke_key(&mut self, peer: Vec<u8>, message: Message, ctx: &mut Context<Self>) {
-        let (Some(keys), Some(target)) = (&self.keys, client_revoke::target(&message)) else {
-            return self.reply_error(peer, &message, "client:revoke needs a name or key".into());
+    /// on, its connections are shut down (by the socket thread, on the key
+    /// store's update), it leaves the registry and fetches no file.
+    fn revoke_key(&mut self, request: Request, ctx: &mut Context<Self>) {
+        let (Some(keys), Some(target)) = (&self.keys, client_revoke::target(&request.message)) else {
+            return self.refuse(&request, "client:revoke needs a name or key");
         };
         keys.send(RevokeKey { name_or_key: target.to_owned() })
             .into_actor(self)
             .map(move |revoked, act, _| match revoked {
                 Ok(Ok(known)) => {
-                    act.revoked.insert(known.public_key.clone());
-                    act.connected.remove(&known.public_key);
-                    act.listener.do_send(CutOff { key: known.public_key.clone() });
-                    act.registry.do_send(Forget { key: known.public_key.clone() });
+                    let key = known.public_key.clone();
+                    act.revoked.insert(key.clone());
+                    act.connected.remove(&key);
+                    act.registry.do_send(Forget { key: key.clone() });
+                    act.files.do_send(KeyRevoked { key: key.clone() });
+                    let name = known.name.as_deref().unwrap_or("(unbound)");
                     warn!(act.log, "key revoked and cut off";
-                        "name" => &known.name, "key" => &known.public_key, "by" => &message.metadata.from);
-                    act.reply(peer, client_revoke::respond(&message, &known.name, &known.public_key));
+                        "name" => name, "key" => &key, "by" => &request.message.metadata.from);
+                    act.reply(request.peer, client_revoke::respond(&request.message, name, &key));
                 }
-                Ok(Err(e)) => act.reply_error(peer, &message, format!("cannot revoke: {e}")),
-                Err(e) => act.reply_error(peer, &message, format!("key store unavailable: {e}")),
+                Ok(Err(e)) => act.refuse(&request, format!("cannot revoke: {e}")),
+                Err(e) => act.refuse(&request, format!("key store unavailable: {e}")),
             })
             .spawn(ctx);
     }
 
-    /// Under CURVE: who sent the message, by key. Drops (returns false) what
-    /// a revoked key, a client key claiming another name, or a client key
-    /// asking for an admin command sent; rewrites an admin's `from` to its
-    /// key's name.
-    fn authorize(&mut self, incoming: &mut Incoming) -> bool {
-        if self.keys.is_none() {
-            return true;
+    /// Tells the requester who will answer, then publishes the request. An
+    /// upload's transfer must be the requester's own offer; its recipients
+    /// become the only keys that may fetch it.
+    fn forward(&mut self, kind: Kind, request: Request, ctx: &mut Context<Self>) {
+        let uuid = request.message.uuid().to_owned();
+        if self.pending.contains_key(&uuid) {
+            warn!(self.log, "request refused: its uuid is already in use by a pending request";
+                "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key());
+            return self.refuse(&request, "the uuid is already in use by a pending request");
         }
-        let m = &incoming.message;
-        let Some(auth) = incoming.auth.clone() else {
-            warn!(self.log, "message without an authenticated key dropped"; "type" => m.message_type(),
-                "peer" => Hex(&incoming.peer));
-            return false;
+        let owner = match &request.auth {
+            Some(auth) => auth.key.clone(),
+            None => Hex(&request.peer).to_string(),
         };
-        if self.revoked.contains(&auth.key) {
-            debug!(self.log, "message from a revoked key dropped";
-                "type" => m.message_type(), "name" => &auth.name, "key" => &auth.key);
-            return false;
+        let count = self.pending_per_owner.get(&owner).copied().unwrap_or(0);
+        if count >= MAX_PENDING_PER_REQUESTER {
+            warn!(self.log, "request refused: too many requests of this sender await answers";
+                "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key(),
+                "pending" => count, "limit" => MAX_PENDING_PER_REQUESTER);
+            return self.refuse(
+                &request,
+                format!("too many requests awaiting answers ({MAX_PENDING_PER_REQUESTER}); wait for some to finish"),
+            );
         }
-        // Per message: no allocation once the key has been seen.
-        match self.seen.get_mut(&auth.key) {
-            Some(seen) => *seen = SystemTime::now(),
-            None => {
-                self.seen.insert(auth.key.clone(), SystemTime::now());
-            }
-        }
-        // A request (not an answer, which keeps its request's type) that
-        // needs an admin key: refused with an answer, whatever `from` says.
-        if auth.role == Role::Client && m.metadata.requires_response && commands::needs_admin(m.message_type()) {
-            warn!(self.log, "unauthorized command refused: it needs an admin key";
-                "type" => m.message_type(), "name" => &auth.name, "key" => &auth.key, "uuid" => m.uuid());
-            let error = format!("not authorized: {} needs an admin key", m.message_type());
-            self.reply_error(incoming.peer.clone(), m, error);
-            return false;
-        }
-        if m.metadata.from != auth.name {
-            if auth.role == Role::Client {
-                warn!(self.log, "message with a spoofed sender dropped";
-                    "claimed" => &m.metadata.from, "name" => &auth.name, "key" => &auth.key,
-                    "type" => m.message_type(), "uuid" => m.uuid());
-                return false;
-            }
-            // Admins do not register as clients: their name is their key's.
-            incoming.message.metadata.from = auth.name.clone();
-        }
-        true
-    }
+        // Reserve the uuid now: the recipients come back asynchronously.
+        let pending = Pending {
+            requester: request.peer.clone(),
+            owner: owner.clone(),
+            waiting_for: HashSet::new(),
+            since: Instant::now(),
+        };
+        self.pending.insert(uuid.clone(), pending);
+        *self.pending_per_owner.entry(owner).or_default() += 1;
 
-    fn reply_error(&self, peer: Vec<u8>, request: &Message, error: String) {
-        if !request.metadata.requires_response {
-            return;
-        }
-        let mut response = request.response();
-        response.set_error(error);
-        self.reply(peer, response);
-    }
-
-    /// Tells the requester who will answer, then publishes the request.
-    fn forward(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
-        let Incoming { peer, message, .. } = incoming;
-        self.registry
-            .send(Recipients { stream: message.stream.clone() })
-            .into_actor(self)
-            .map(move |recipients, act, _| {
-                let recipients = recipients.unwrap_or_default();
-                debug!(act.log, "request forwarded";
-                    "type" => message.message_type(), "from" => &message.metadata.from,
-                    "to" => &message.stream, "uuid" => message.uuid(), "clients" => recipients.len());
-                let mut list = message.response();
-                list.metadata.custom.insert("client_response_list".into(), Value::Bool(true));
-                list.body = recipients.iter().map(|id| BodyPart::Text(id.clone())).collect();
-                act.reply(peer.clone(), list);
-                if !recipients.is_empty() {
-                    let waiting_for = recipients.into_iter().collect();
-                    let pending = Pending { requester: peer, waiting_for, since: Instant::now() };
-                    act.pending.insert(message.uuid().to_owned(), pending);
+        let registry = self.registry.clone();
+        let files = self.files.clone();
+        let stream = request.message.stream.clone();
+        let transfer = (kind == Kind::Upload).then(|| upload::parse(&request.message).map(|u| u.transfer_id));
+        let requester = request.auth.clone();
+        let work = async move {
+            let recipients = registry.send(Recipients { stream }).await.map_err(|e| e.to_string())?;
+            if let Some(transfer) = transfer {
+                let transfer_id = transfer.map_err(|e| e.to_string())?;
+                let keys = recipients.iter().filter_map(|r| r.key.clone()).collect();
+                let authorized = AuthorizeTransfer { transfer_id, requester, recipients: keys };
+                files.send(authorized).await.map_err(|e| e.to_string())??;
+            }
+            Ok::<_, String>(recipients)
+        };
+        work.into_actor(self)
+            .map(move |outcome, act, _| match outcome {
+                Ok(recipients) => act.publish(request, recipients),
+                Err(reason) => {
+                    act.finish(&uuid);
+                    warn!(act.log, "request refused: {}", reason;
+                        "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key());
+                    act.refuse(&request, reason);
                 }
-                let mut out = message;
-                out.metadata.forwarded = true;
-                act.listener.do_send(Publish { message: out });
             })
             .spawn(ctx);
+    }
+
+    fn publish(&mut self, request: Request, recipients: Vec<Recipient>) {
+        let Request { peer, message, .. } = request;
+        debug!(self.log, "request forwarded";
+            "type" => message.message_type(), "from" => &message.metadata.from,
+            "to" => &message.stream, "uuid" => message.uuid(), "clients" => recipients.len());
+        let mut list = message.response();
+        list.metadata.from = String::new();
+        list.metadata.custom.insert("client_response_list".into(), Value::Bool(true));
+        list.body = recipients.iter().map(|r| BodyPart::Text(r.identity.clone())).collect();
+        self.reply(peer, list);
+        match self.pending.get_mut(message.uuid()) {
+            Some(pending) if !recipients.is_empty() => {
+                pending.waiting_for = recipients.into_iter().map(|r| r.identity).collect();
+            }
+            _ => {
+                let uuid = message.uuid().to_owned();
+                self.finish(&uuid);
+            }
+        }
+        let mut out = message;
+        out.metadata.forwarded = true;
+        self.outbox.send(Outbound::Publish(out));
     }
 }
 
@@ -322,37 +433,23 @@ impl Actor for CommandDispatcher {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(SWEEP_EVERY, |act, _| {
-            let before = act.pending.len();
-            act.pending.retain(|_, p| p.since.elapsed() < PENDING_TTL);
-            let expired = before - act.pending.len();
-            if expired > 0 {
-                debug!(act.log, "forgot forwarded requests whose clients never answered"; "count" => expired);
+            let expired: Vec<String> =
+                act.pending.iter().filter(|(_, p)| p.since.elapsed() >= PENDING_TTL).map(|(u, _)| u.clone()).collect();
+            for uuid in &expired {
+                act.finish(uuid);
+            }
+            if !expired.is_empty() {
+                debug!(act.log, "forgot forwarded requests whose clients never answered"; "count" => expired.len());
             }
         });
     }
 }
 
-/// A decoded message from a peer of the ROUTER socket.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Incoming {
-    /// ROUTER routing id of the connection it came from.
-    pub peer: Vec<u8>,
-    /// Who sent it, by key (CURVE only).
-    pub auth: Option<Arc<PeerAuth>>,
-    pub message: Message,
-}
-
-/// A key's first connection opened or its last one closed.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PeerPresence(pub Presence);
-
-impl Handler<PeerPresence> for CommandDispatcher {
+impl Handler<Presence> for CommandDispatcher {
     type Result = ();
 
-    fn handle(&mut self, msg: PeerPresence, _: &mut Context<Self>) {
-        match msg.0 {
+    fn handle(&mut self, msg: Presence, _: &mut Context<Self>) {
+        match msg {
             Presence::Connected(key) => {
                 self.seen.insert(key.clone(), SystemTime::now());
                 self.connected.insert(key);
@@ -360,6 +457,7 @@ impl Handler<PeerPresence> for CommandDispatcher {
             Presence::Disconnected(key) => {
                 self.connected.remove(&key);
             }
+            Presence::Listening { key, listening } => self.registry.do_send(Listening { key, listening }),
         }
     }
 }
@@ -367,24 +465,51 @@ impl Handler<PeerPresence> for CommandDispatcher {
 impl Handler<Incoming> for CommandDispatcher {
     type Result = ();
 
-    fn handle(&mut self, mut incoming: Incoming, ctx: &mut Context<Self>) {
-        let m = &incoming.message;
+    fn handle(&mut self, incoming: Incoming, ctx: &mut Context<Self>) {
+        let Incoming { peer, auth, message } = incoming;
         debug!(self.log, "message received";
-            "type" => m.message_type(), "from" => &m.metadata.from, "to" => &m.stream, "uuid" => m.uuid(),
-            "peer" => Hex(&incoming.peer), "key" => incoming.auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-"));
-        if !self.authorize(&mut incoming) {
-            return;
+            "type" => message.message_type(), "from" => &message.metadata.from, "to" => &message.stream,
+            "uuid" => message.uuid(), "peer" => Hex(&peer),
+            "key" => auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-"));
+        let mut request = Request { peer, auth, message };
+        if let Some(auth) = &request.auth {
+            if self.revoked.contains(&auth.key) {
+                debug!(self.log, "message from a revoked key dropped";
+                    "type" => request.message.message_type(), "name" => auth.name_or_dash(), "key" => &auth.key);
+                return;
+            }
+            // Per message: no allocation once the key has been seen.
+            match self.seen.get_mut(&auth.key) {
+                Some(seen) => *seen = SystemTime::now(),
+                None => {
+                    self.seen.insert(auth.key.clone(), SystemTime::now());
+                }
+            }
         }
-        let m = &incoming.message;
-        if self.route_answer(&incoming) {
-            return;
-        }
-        match commands::runs_on(m.message_type()) {
-            RunsOn::Server => self.run_on_server(incoming, ctx),
-            RunsOn::Clients if m.metadata.requires_response => self.forward(incoming, ctx),
-            // Not awaited: a late answer, a duplicate, or an answer to nobody.
-            RunsOn::Clients => debug!(self.log, "answer to no pending request dropped";
-                "type" => m.message_type(), "from" => &m.metadata.from, "uuid" => m.uuid()),
+        let m = &request.message;
+        match authorize(m, request.auth.as_deref(), self.keys.is_some()) {
+            Verdict::Drop(reason) => warn!(self.log, "{} dropped", reason;
+                "type" => m.message_type(), "uuid" => m.uuid(), "claimed" => &m.metadata.from,
+                "name" => request.auth.as_ref().map(|a| a.name_or_dash()).unwrap_or("-"), "key" => request.key(),
+                "address" => request.address()),
+            Verdict::Refuse(reason) => {
+                warn!(self.log, "unauthorized command refused: {}", reason;
+                    "type" => m.message_type(), "uuid" => m.uuid(), "key" => request.key(),
+                    "name" => request.auth.as_ref().map(|a| a.name_or_dash()).unwrap_or("-"),
+                    "address" => request.address());
+                self.refuse(&request, reason);
+            }
+            Verdict::Answer(_) => self.route_answer(request),
+            Verdict::Request(kind) => {
+                // Admins do not register as clients: their name is their key's.
+                if let Some(auth) = request.auth.as_ref().filter(|a| a.role == Role::Admin) {
+                    request.message.metadata.from = auth.name_or_dash().to_owned();
+                }
+                match kind.runs_on() {
+                    RunsOn::Server => self.run_on_server(kind, request, ctx),
+                    RunsOn::Clients => self.forward(kind, request, ctx),
+                }
+            }
         }
     }
 }

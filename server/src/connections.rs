@@ -1,226 +1,227 @@
-//! Who is at the other end of each connection (CURVE only), for the socket
-//! thread: the key, name and role the ZAP handler attached to it, per ROUTER
-//! routing id and per TCP file descriptor.
+//! Who is at the other end of each connection, for the socket thread: per
+//! ROUTER routing id and per TCP descriptor, the key (CURVE) that the ZAP
+//! handler admitted; and the connections accepted but not yet identified.
 //!
-//! libzmq gives no handle on a single connection of a PUB or ROUTER socket,
-//! so revoking a key closes its connections underneath libzmq: every
-//! message (and, with XPUB, every subscription) tells us the descriptor it
-//! came from (`ZMQ_SRCFD`), and `shutdown(2)` on those descriptors ends the
-//! connections; libzmq then closes them itself, and the peer's reconnect
-//! fails its handshake.
+//! libzmq gives no handle on one connection of a PUB or ROUTER socket, so
+//! the server closes connections underneath it: every message and every
+//! subscription tells the descriptor it came from (`ZMQ_SRCFD`), and
+//! `shutdown(2)` on it ends the connection (libzmq then closes it itself).
+//! A connection that has not sent anything yet cannot be tied to a key:
+//! those are tracked by descriptor from the socket monitor's ACCEPTED event
+//! until they identify themselves, so they can be shut down too (at a
+//! revocation, or when descriptors run short).
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::{c_void, CStr};
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use pantry_shared::keys::Role;
+use pantry_shared::keys::KnownKey;
+use pantry_shared::security::ServerPort;
 
-use crate::zap_handler::{NAME_PROPERTY, ROLE_PROPERTY};
+use crate::messages::{PeerAuth, Presence};
+use crate::raw_zmq::shutdown_connection;
 
-/// The authenticated sender of a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerAuth {
-    /// Z85 public key (the ZAP user id).
-    pub key: String,
-    pub name: String,
-    pub role: Role,
-}
-
-/// Which server socket a connection belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SocketKind {
-    Router = 0,
-    Publisher = 1,
-    Files = 2,
-}
-
-/// A key's first connection opened, or its last one closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Presence {
-    Connected(String),
-    Disconnected(String),
-}
+type Conn = (ServerPort, RawFd);
 
 /// Who owns a descriptor: a key, and on ROUTER sockets a routing id.
-type Owner = (String, Option<Vec<u8>>);
+struct Owner {
+    key: String,
+    peer: Option<Vec<u8>>,
+}
 
 #[derive(Default)]
 pub struct Connections {
-    /// Routing id → sender, per socket kind (ids are never reused).
-    peers: [HashMap<Vec<u8>, Option<Arc<PeerAuth>>>; 3],
-    /// Descriptor → key and routing id.
-    by_fd: HashMap<(SocketKind, RawFd), Owner>,
-    by_key: HashMap<String, HashSet<(SocketKind, RawFd)>>,
+    /// Routing id → sender, per ROUTER socket (receive, files); `None` for
+    /// a connection that is not (or no longer) trusted.
+    peers: [HashMap<Vec<u8>, Option<Arc<PeerAuth>>>; 2],
+    by_fd: HashMap<Conn, Owner>,
+    by_key: HashMap<String, HashSet<Conn>>,
+    unidentified: HashMap<Conn, Instant>,
+    /// Connections accepted and not yet closed, on all three sockets.
+    pub open: usize,
+}
+
+fn router_index(port: ServerPort) -> usize {
+    match port {
+        ServerPort::Files => 1,
+        _ => 0,
+    }
 }
 
 impl Connections {
-    /// The sender of a message from `peer` on a ROUTER socket. Reads the
-    /// connection's properties from `frame` (the first frame after the
-    /// routing id) only the first time the peer is seen.
-    pub fn sender(
-        &mut self,
-        kind: SocketKind,
-        peer: &[u8],
-        frame: &mut RawFrame,
-    ) -> (Option<Arc<PeerAuth>>, Option<Presence>) {
-        if let Some(auth) = self.peers[kind as usize].get(peer) {
-            return (auth.clone(), None);
-        }
-        let auth = frame.auth().map(Arc::new);
-        let presence = match (&auth, frame.source_fd()) {
-            (Some(auth), Some(fd)) => self.track(kind, fd, &auth.key, Some(peer.to_vec())),
-            _ => None,
-        };
-        self.peers[kind as usize].insert(peer.to_vec(), auth.clone());
-        (auth, presence)
-    }
-
-    /// Notes the connection a subscription came from (XPUB).
-    pub fn subscriber(&mut self, frame: &mut RawFrame) -> Option<Presence> {
-        let key = frame.property(c"User-Id")?;
-        let fd = frame.source_fd()?;
-        if self.by_fd.contains_key(&(SocketKind::Publisher, fd)) {
-            return None;
-        }
-        self.track(SocketKind::Publisher, fd, &key, None)
-    }
-
-    fn track(&mut self, kind: SocketKind, fd: RawFd, key: &str, peer: Option<Vec<u8>>) -> Option<Presence> {
+    /// The socket monitor saw a new connection.
+    pub fn accepted(&mut self, port: ServerPort, fd: RawFd) {
+        self.open += 1;
         // A descriptor number reused by a new connection replaces the old.
-        self.closed(kind, fd);
-        self.by_fd.insert((kind, fd), (key.to_owned(), peer));
-        let fds = self.by_key.entry(key.to_owned()).or_default();
-        fds.insert((kind, fd));
-        (fds.len() == 1).then(|| Presence::Connected(key.to_owned()))
+        self.forget(port, fd);
+        self.unidentified.insert((port, fd), Instant::now());
     }
 
     /// A connection closed (monitor DISCONNECTED, whose value is the fd).
-    pub fn closed(&mut self, kind: SocketKind, fd: RawFd) -> Option<Presence> {
-        let (key, peer) = self.by_fd.remove(&(kind, fd))?;
-        if let Some(peer) = peer {
-            self.peers[kind as usize].remove(&peer);
+    pub fn closed(&mut self, port: ServerPort, fd: RawFd) -> Option<Presence> {
+        self.open = self.open.saturating_sub(1);
+        self.unidentified.remove(&(port, fd));
+        self.forget(port, fd)
+    }
+
+    fn forget(&mut self, port: ServerPort, fd: RawFd) -> Option<Presence> {
+        let owner = self.by_fd.remove(&(port, fd))?;
+        if let Some(peer) = owner.peer {
+            self.peers[router_index(port)].remove(&peer);
         }
-        let fds = self.by_key.get_mut(&key)?;
-        fds.remove(&(kind, fd));
-        if fds.is_empty() {
-            self.by_key.remove(&key);
-            return Some(Presence::Disconnected(key));
+        let conns = self.by_key.get_mut(&owner.key)?;
+        conns.remove(&(port, fd));
+        if conns.is_empty() {
+            self.by_key.remove(&owner.key);
+            return Some(Presence::Disconnected(owner.key));
         }
         None
     }
 
-    /// Shuts down every connection of `key`; returns how many.
+    /// The sender of a message from routing id `peer`, if already known.
+    /// `None` inside means known and not trusted.
+    pub fn cached_sender(&self, port: ServerPort, peer: &[u8]) -> Option<Option<Arc<PeerAuth>>> {
+        self.peers[router_index(port)].get(peer).cloned()
+    }
+
+    /// Records the sender of a routing id's first message, read from its
+    /// connection by the caller. Returns a presence change.
+    pub fn new_sender(
+        &mut self,
+        port: ServerPort,
+        peer: &[u8],
+        fd: Option<RawFd>,
+        auth: Option<Arc<PeerAuth>>,
+    ) -> Option<Presence> {
+        self.peers[router_index(port)].insert(peer.to_vec(), auth.clone());
+        let fd = fd?;
+        self.unidentified.remove(&(port, fd));
+        self.track(port, fd, &auth?.key, Some(peer.to_vec()))
+    }
+
+    /// Notes the PUB connection a subscription came from.
+    pub fn subscriber(&mut self, fd: RawFd, key: &str) -> Option<Presence> {
+        let conn = (ServerPort::Publish, fd);
+        self.unidentified.remove(&conn);
+        if self.by_fd.contains_key(&conn) {
+            return None;
+        }
+        self.track(ServerPort::Publish, fd, key, None)
+    }
+
+    /// Under null security nothing is tracked by key, but a connection
+    /// that spoke is no longer unidentified.
+    pub fn identified(&mut self, port: ServerPort, fd: RawFd) {
+        self.unidentified.remove(&(port, fd));
+    }
+
+    fn track(&mut self, port: ServerPort, fd: RawFd, key: &str, peer: Option<Vec<u8>>) -> Option<Presence> {
+        self.by_fd.insert((port, fd), Owner { key: key.to_owned(), peer });
+        let conns = self.by_key.entry(key.to_owned()).or_default();
+        conns.insert((port, fd));
+        (conns.len() == 1).then(|| Presence::Connected(key.to_owned()))
+    }
+
+    /// A key's name or role changed (a binding): its cached senders follow.
+    pub fn key_changed(&mut self, known: &KnownKey) {
+        let Some(conns) = self.by_key.get(&known.public_key) else { return };
+        for conn in conns {
+            let Some(Owner { peer: Some(peer), .. }) = self.by_fd.get(conn) else { continue };
+            let cached = self.peers[router_index(conn.0)].get_mut(peer);
+            if let Some(Some(auth)) = cached {
+                let fresh = PeerAuth { name: known.name.clone(), role: known.role, ..PeerAuth::clone(auth) };
+                *auth = Arc::new(fresh);
+            }
+        }
+    }
+
+    /// Shuts down every connection of `key` and every connection not yet
+    /// identified (it may be the key's too). Returns how many.
     pub fn cut_off(&mut self, key: &str) -> usize {
-        let Some(fds) = self.by_key.get(key) else { return 0 };
-        for (_, fd) in fds {
-            // SAFETY: shutdown(2) does not close the descriptor (libzmq owns
-            // it); it only ends the TCP connection in both directions.
-            unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
-        }
-        // Forget the peers at once: nothing more is read from them.
-        let n = fds.len();
-        for (kind, fd) in fds.clone() {
-            if let Some((_, Some(peer))) = self.by_fd.get(&(kind, fd)) {
-                self.peers[kind as usize].insert(peer.clone(), None);
+        let mut cut = self.cut_unidentified(Duration::ZERO);
+        let Some(conns) = self.by_key.get(key) else { return cut };
+        for conn in conns {
+            shutdown_connection(conn.1);
+            cut += 1;
+            // Nothing more is read from it, whatever is already queued.
+            if let Some(Owner { peer: Some(peer), .. }) = self.by_fd.get(conn) {
+                self.peers[router_index(conn.0)].insert(peer.clone(), None);
             }
         }
-        n
+        cut
     }
-}
 
-/// `zmq_msg_get` property: the descriptor a message came from (zmq.h; not
-/// exported by zmq-sys).
-const ZMQ_SRCFD: i32 = 2;
-
-/// One frame received through libzmq's C API, for the properties rust-zmq
-/// does not expose (`ZMQ_SRCFD`).
-pub struct RawFrame(zmq_sys::zmq_msg_t);
-
-impl RawFrame {
-    /// Receives one frame from a socket's raw handle.
-    pub fn recv(socket: *mut c_void, flags: i32) -> zmq::Result<RawFrame> {
-        // SAFETY: the message is initialised before use and closed on drop;
-        // `socket` is a live socket owned by the calling thread.
-        unsafe {
-            let mut msg = std::mem::MaybeUninit::<zmq_sys::zmq_msg_t>::uninit();
-            zmq_sys::zmq_msg_init(msg.as_mut_ptr());
-            let mut frame = RawFrame(msg.assume_init());
-            if zmq_sys::zmq_msg_recv(&mut frame.0, socket, flags) < 0 {
-                return Err(zmq::Error::from_raw(zmq_sys::zmq_errno()));
-            }
-            Ok(frame)
+    /// Shuts down one connection.
+    pub fn cut(&mut self, port: ServerPort, fd: RawFd) {
+        shutdown_connection(fd);
+        if let Some(Owner { peer: Some(peer), .. }) = self.by_fd.get(&(port, fd)) {
+            self.peers[router_index(port)].insert(peer.clone(), None);
         }
     }
 
-    pub fn data(&mut self) -> &[u8] {
-        // SAFETY: data and size describe the message's own buffer.
-        unsafe {
-            let size = zmq_sys::zmq_msg_size(&self.0);
-            if size == 0 {
-                return &[];
-            }
-            std::slice::from_raw_parts(zmq_sys::zmq_msg_data(&mut self.0) as *const u8, size)
+    /// Shuts down the unidentified connections older than `age`, oldest
+    /// first, at most `limit`. Returns how many.
+    pub fn cut_unidentified_limited(&mut self, age: Duration, limit: usize) -> usize {
+        let mut old: Vec<(Instant, Conn)> =
+            self.unidentified.iter().filter(|(_, at)| at.elapsed() >= age).map(|(c, at)| (*at, *c)).collect();
+        old.sort_by_key(|(at, _)| *at);
+        old.truncate(limit);
+        for (_, conn) in &old {
+            shutdown_connection(conn.1);
+            self.unidentified.remove(conn);
         }
+        old.len()
     }
 
-    pub fn more(&self) -> bool {
-        // SAFETY: reads a flag of an initialised message.
-        unsafe { zmq_sys::zmq_msg_more(&self.0) != 0 }
+    pub fn cut_unidentified(&mut self, age: Duration) -> usize {
+        self.cut_unidentified_limited(age, usize::MAX)
     }
 
-    /// The descriptor of the connection the frame came from.
-    pub fn source_fd(&self) -> Option<RawFd> {
-        // SAFETY: ZMQ_SRCFD is a valid property of a received message.
-        let fd = unsafe { zmq_sys::zmq_msg_get(&self.0, ZMQ_SRCFD) };
-        (fd >= 0).then_some(fd)
+    pub fn unidentified_count(&self) -> usize {
+        self.unidentified.len()
     }
 
-    /// A connection property (ZAP user id or metadata).
-    pub fn property(&self, name: &CStr) -> Option<String> {
-        // SAFETY: libzmq returns a NUL-terminated string owned by the
-        // message's metadata, or NULL; it is copied before the frame drops.
-        unsafe {
-            let value = zmq_sys::zmq_msg_gets(&self.0, name.as_ptr());
-            if value.is_null() {
-                return None;
-            }
-            CStr::from_ptr(value).to_str().ok().filter(|v| !v.is_empty()).map(str::to_owned)
-        }
-    }
-
-    /// The sender the ZAP handler described, if the connection has one.
-    pub fn auth(&mut self) -> Option<PeerAuth> {
-        let key = self.property(c"User-Id")?;
-        let name = std::ffi::CString::new(NAME_PROPERTY).ok()?;
-        let role = std::ffi::CString::new(ROLE_PROPERTY).ok()?;
-        Some(PeerAuth {
-            name: self.property(&name).unwrap_or_default(),
-            role: self.property(&role).and_then(|r| Role::parse(&r)).unwrap_or(Role::Client),
-            key,
-        })
-    }
-}
-
-impl Drop for RawFrame {
-    fn drop(&mut self) {
-        // SAFETY: closes the message initialised in `recv`.
-        unsafe { zmq_sys::zmq_msg_close(&mut self.0) };
+    /// The keys with at least one connection.
+    pub fn is_connected(&self, key: &str) -> bool {
+        self.by_key.contains_key(key)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pantry_shared::keys::Role;
+
+    fn auth(key: &str) -> Option<Arc<PeerAuth>> {
+        Some(Arc::new(PeerAuth { key: key.into(), name: Some("n".into()), role: Role::Client, address: "a".into() }))
+    }
 
     #[test]
     fn presence_follows_descriptors() {
         let mut c = Connections::default();
-        assert_eq!(c.track(SocketKind::Router, 7, "k", Some(b"p".to_vec())), Some(Presence::Connected("k".into())));
-        assert_eq!(c.track(SocketKind::Publisher, 8, "k", None), None);
-        assert_eq!(c.closed(SocketKind::Router, 7), None);
-        assert_eq!(c.closed(SocketKind::Publisher, 8), Some(Presence::Disconnected("k".into())));
-        assert_eq!(c.closed(SocketKind::Publisher, 8), None);
-        assert_eq!(c.cut_off("k"), 0);
+        c.accepted(ServerPort::Receive, 7);
+        c.accepted(ServerPort::Publish, 8);
+        assert_eq!(c.unidentified_count(), 2);
+        assert_eq!(c.new_sender(ServerPort::Receive, b"p", Some(7), auth("k")), Some(Presence::Connected("k".into())));
+        assert_eq!(c.subscriber(8, "k"), None);
+        assert_eq!(c.unidentified_count(), 0);
+        assert!(c.cached_sender(ServerPort::Receive, b"p").is_some());
+        assert_eq!(c.closed(ServerPort::Receive, 7), None);
+        assert!(c.cached_sender(ServerPort::Receive, b"p").is_none());
+        assert_eq!(c.closed(ServerPort::Publish, 8), Some(Presence::Disconnected("k".into())));
+        assert_eq!(c.closed(ServerPort::Publish, 8), None);
+        assert_eq!(c.open, 0);
+    }
+
+    #[test]
+    fn a_cut_off_key_is_no_longer_trusted() {
+        let mut c = Connections::default();
+        // Descriptors that are not sockets: shutdown(2) fails harmlessly.
+        c.accepted(ServerPort::Receive, -10);
+        c.new_sender(ServerPort::Receive, b"p", Some(-10), auth("k"));
+        c.accepted(ServerPort::Publish, -11);
+        assert_eq!(c.cut_off("k"), 2, "its connection and the unidentified one");
+        assert_eq!(c.cached_sender(ServerPort::Receive, b"p"), Some(None));
     }
 }

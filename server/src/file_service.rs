@@ -6,8 +6,17 @@
 //! flight), the request goes to the sender with the agent's routing id, and
 //! the sender's `CHUNK` comes back to that agent. See
 //! `pantry_shared::commands::upload` for the whole story.
+//!
+//! Who may do what (CURVE):
+//! - only an admin key offers; the transfer id is the server's, random and
+//!   unguessable (128 bits), and an offer nobody uses soon expires;
+//! - the `Upload` request naming a transfer must come from the key that
+//!   offered it; the dispatcher then tells the service which client keys
+//!   the request went to;
+//! - only those keys fetch, and only while not revoked; only the sender
+//!   answers with chunks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,32 +25,53 @@ use pantry_shared::commands::upload::Relay;
 use pantry_shared::keys::Role;
 use slog::{debug, warn, Logger};
 
-use crate::connections::PeerAuth;
+use crate::messages::{FileFrames, Hex, PeerAuth};
+use crate::outbox::{Outbound, Outbox};
 
-use crate::socket_listener::{Hex, SendFileFrames, SocketListener};
-
+/// An offer no `Upload` request names within this long is forgotten.
+const OFFER_TTL: Duration = Duration::from_secs(60);
 /// A transfer nobody touched for this long is forgotten.
 const IDLE_TTL: Duration = Duration::from_secs(600);
 
 struct Transfer {
     sender: Vec<u8>,
+    /// The offering key (CURVE).
+    sender_key: Option<String>,
+    /// Client keys allowed to fetch, once an `Upload` request named it.
+    /// Under null security, anyone: `Some(empty)`.
+    recipients: Option<HashSet<String>>,
     last_used: Instant,
 }
 
+impl Transfer {
+    fn expired(&self) -> bool {
+        let ttl = if self.recipients.is_some() { IDLE_TTL } else { OFFER_TTL };
+        self.last_used.elapsed() >= ttl
+    }
+}
+
 pub struct FileService {
-    listener: Addr<SocketListener>,
+    outbox: Outbox,
     curve: bool,
     transfers: HashMap<Vec<u8>, Transfer>,
     log: Logger,
 }
 
 impl FileService {
-    pub fn new(listener: Addr<SocketListener>, curve: bool, log: Logger) -> Self {
-        FileService { listener, curve, transfers: HashMap::new(), log }
+    pub fn new(outbox: Outbox, curve: bool, log: Logger) -> Self {
+        FileService { outbox, curve, transfers: HashMap::new(), log }
     }
 
     fn send(&self, frames: Vec<Vec<u8>>) {
-        self.listener.do_send(SendFileFrames { frames });
+        self.outbox.send(Outbound::ToFilePeer(frames));
+    }
+
+    fn may_fetch(&self, transfer: &Transfer, auth: Option<&PeerAuth>) -> bool {
+        match &transfer.recipients {
+            None => false,
+            Some(_) if !self.curve => true,
+            Some(keys) => auth.is_some_and(|a| keys.contains(&a.key)),
+        }
     }
 }
 
@@ -49,20 +79,10 @@ impl Actor for FileService {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(Duration::from_secs(60), |act, _| {
-            act.transfers.retain(|_, t| t.last_used.elapsed() < IDLE_TTL);
+        ctx.run_interval(Duration::from_secs(10), |act, _| {
+            act.transfers.retain(|_, t| !t.expired());
         });
     }
-}
-
-/// Frames from a peer of the file service socket.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct FileFrames {
-    pub peer: Vec<u8>,
-    /// Who sent them, by key (CURVE only).
-    pub auth: Option<Arc<PeerAuth>>,
-    pub frames: Vec<Vec<u8>>,
 }
 
 impl Handler<FileFrames> for FileService {
@@ -74,16 +94,24 @@ impl Handler<FileFrames> for FileService {
             debug!(self.log, "malformed file service message dropped"; "peer" => Hex(&peer));
             return;
         };
+        let key = || auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-");
         match relay {
-            // Under CURVE only an admin key may offer files to clients.
-            Relay::Offer { .. } if self.curve && auth.as_ref().is_none_or(|a| a.role != Role::Admin) => {
-                warn!(self.log, "upload offer refused: it needs an admin key"; "peer" => Hex(&peer),
-                    "key" => auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-"));
+            Relay::Offer if self.curve && auth.as_ref().is_none_or(|a| a.role != Role::Admin) => {
+                warn!(self.log, "upload offer refused: it needs an admin key"; "peer" => Hex(&peer), "key" => key(),
+                    "name" => auth.as_ref().map(|a| a.name_or_dash()).unwrap_or("-"));
+                self.send(Relay::error_for(peer, Vec::new(), "not authorized: upload needs an admin key"));
             }
-            Relay::Offer { transfer_id } => {
-                debug!(self.log, "upload offered"; "transfer" => String::from_utf8_lossy(&transfer_id).as_ref(), "peer" => Hex(&peer));
-                self.transfers
-                    .insert(transfer_id.clone(), Transfer { sender: peer.clone(), last_used: Instant::now() });
+            Relay::Offer => {
+                let transfer_id = uuid::Uuid::new_v4().simple().to_string().into_bytes();
+                debug!(self.log, "upload offered";
+                    "transfer" => String::from_utf8_lossy(&transfer_id).as_ref(), "peer" => Hex(&peer), "key" => key());
+                let transfer = Transfer {
+                    sender: peer.clone(),
+                    sender_key: auth.as_ref().map(|a| a.key.clone()),
+                    recipients: None,
+                    last_used: Instant::now(),
+                };
+                self.transfers.insert(transfer_id.clone(), transfer);
                 self.send(Relay::offered(peer, transfer_id));
             }
             Relay::Done { transfer_id } => {
@@ -91,14 +119,20 @@ impl Handler<FileFrames> for FileService {
                     self.transfers.remove(&transfer_id);
                 }
             }
-            Relay::Fetch { transfer_id, offset, len } => match self.transfers.get_mut(&transfer_id) {
-                Some(t) => {
+            Relay::Fetch { transfer_id, offset, len } => {
+                let allowed = self.transfers.get(&transfer_id).filter(|t| self.may_fetch(t, auth.as_deref()));
+                let Some(sender) = allowed.map(|t| t.sender.clone()) else {
+                    warn!(self.log, "file fetch refused: no such transfer for this key";
+                        "transfer" => String::from_utf8_lossy(&transfer_id).as_ref(), "key" => key(),
+                        "name" => auth.as_ref().map(|a| a.name_or_dash()).unwrap_or("-"), "peer" => Hex(&peer));
+                    let text = "unknown transfer, or not one this key was asked to fetch (the sender may be gone)";
+                    return self.send(Relay::error_for(peer, transfer_id, text));
+                };
+                if let Some(t) = self.transfers.get_mut(&transfer_id) {
                     t.last_used = Instant::now();
-                    let frames = Relay::fetch_for_sender(t.sender.clone(), transfer_id, offset, len, peer);
-                    self.send(frames);
                 }
-                None => self.send(Relay::error_for(peer, transfer_id, "unknown transfer (the sender is gone)")),
-            },
+                self.send(Relay::fetch_for_sender(sender, transfer_id, offset, len, peer));
+            }
             Relay::Chunk { transfer_id, offset, receiver, data } => match self.transfers.get_mut(&transfer_id) {
                 // Only the sender of a transfer may answer for it.
                 Some(t) if t.sender == peer => {
@@ -107,6 +141,54 @@ impl Handler<FileFrames> for FileService {
                 }
                 _ => debug!(self.log, "chunk for an unknown transfer dropped"; "peer" => Hex(&peer)),
             },
+        }
+    }
+}
+
+/// An `Upload` request names a transfer: it must be the requester's own
+/// offer, not yet used; from now on `recipients` may fetch it.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct AuthorizeTransfer {
+    pub transfer_id: String,
+    /// The requester's key (CURVE).
+    pub requester: Option<Arc<PeerAuth>>,
+    /// The client keys the request goes to.
+    pub recipients: Vec<String>,
+}
+
+impl Handler<AuthorizeTransfer> for FileService {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: AuthorizeTransfer, _: &mut Context<Self>) -> Self::Result {
+        let requester = msg.requester.as_ref().map(|a| a.key.clone());
+        let transfer = self
+            .transfers
+            .get_mut(msg.transfer_id.as_bytes())
+            .filter(|t| t.recipients.is_none() && t.sender_key == requester)
+            .ok_or("no such upload offered by this key (offer it on the file service first)")?;
+        transfer.recipients = Some(msg.recipients.into_iter().collect());
+        transfer.last_used = Instant::now();
+        Ok(())
+    }
+}
+
+/// A key was revoked: it fetches nothing more, and its offers are gone.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KeyRevoked {
+    pub key: String,
+}
+
+impl Handler<KeyRevoked> for FileService {
+    type Result = ();
+
+    fn handle(&mut self, msg: KeyRevoked, _: &mut Context<Self>) {
+        self.transfers.retain(|_, t| t.sender_key.as_deref() != Some(msg.key.as_str()));
+        for t in self.transfers.values_mut() {
+            if let Some(keys) = &mut t.recipients {
+                keys.remove(&msg.key);
+            }
         }
     }
 }

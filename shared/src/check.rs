@@ -41,6 +41,23 @@ impl Report {
     }
 }
 
+/// `check-config` for either program: prints the report and exits 0 (fine),
+/// 1 (problems) or 2 (no file given).
+pub fn exit_with_report(path: Option<&Path>, program: Program) -> ! {
+    let Some(path) = path else {
+        eprintln!("check-config needs -c FILE");
+        std::process::exit(2);
+    };
+    let report = check(path, program);
+    print!("{}", report.render());
+    if report.is_ok() {
+        println!("{}: no problems", path.display());
+        std::process::exit(0);
+    }
+    println!("{}: {} problem(s)", path.display(), report.problems.len());
+    std::process::exit(1);
+}
+
 /// Checks the config file at `path` for `program`.
 pub fn check(path: &Path, program: Program) -> Report {
     let mut report = Report::default();

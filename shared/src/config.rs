@@ -235,9 +235,6 @@ impl Config {
         if self.root_dir.is_none() {
             self.root_dir = Some(default_root_dir(program));
         }
-        if self.client.identity.is_none() {
-            self.client.identity = Some(hostname());
-        }
         self
     }
 
@@ -246,10 +243,11 @@ impl Config {
         self.root_dir.as_deref().unwrap_or(Path::new("."))
     }
 
-    /// The agent's identity, application, environment and roles.
+    /// The agent's identity, application, environment and roles; the
+    /// identity defaults to the host name.
     pub fn client_filter(&self) -> ClientFilter {
         ClientFilter {
-            identity: self.client.identity.clone(),
+            identity: Some(self.client.identity.clone().unwrap_or_else(hostname)),
             application: self.client.application.clone(),
             environment: self.client.environment.clone(),
             roles: self.client.roles.clone(),
@@ -266,20 +264,14 @@ pub fn default_root_dir(program: Program) -> PathBuf {
         .join(program.state_dir_name())
 }
 
-/// This machine's short host name (up to the first dot: a dot would split
-/// the identity into stream parts), the agent's default identity.
+/// This machine's host name as `hostname` prints it (often fully
+/// qualified: identities may contain dots), the agent's default identity.
 pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its whole length; gethostname writes at
-    // most that many bytes.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    match (rc, std::str::from_utf8(&buf[..end])) {
-        (0, Ok(name)) if !name.is_empty() && !name.starts_with('.') => {
-            name.split('.').next().unwrap_or(name).to_owned()
-        }
-        _ => "localhost".into(),
-    }
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .filter(|name| crate::filter::ClientFilter::check_identity(name).is_ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]

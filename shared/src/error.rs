@@ -15,6 +15,8 @@ pub enum DecodeError {
     MetadataNotObject,
     #[error("metadata fields: {0}")]
     MetadataFields(String),
+    #[error("uuid of {0} bytes (at most 64)")]
+    UuidTooLong(usize),
     #[error("body part {index}: invalid JSON after the \u{2042} marker: {reason}")]
     BodyJson { index: usize, reason: String },
     #[error("body of {message_type}: {reason}")]

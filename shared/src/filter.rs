@@ -11,6 +11,28 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// application, environment or role may start with it.
 pub const BROADCAST_TOPIC: &str = "*";
 
+/// Ends every topic the server publishes under. XPUB (like SUB) matches
+/// prefixes: a connection allowed `web-1` would also receive `web-10`, and
+/// one allowed `pantry` every `pantry.ENV.ROLE`. The server grants topics
+/// with this terminator, so each matches exactly one stream. Agents read
+/// the stream without it.
+pub const TOPIC_END: char = '\0';
+
+/// Longest identity, application, environment or role.
+pub const MAX_NAME_LEN: usize = 253;
+
+/// Most roles one client may have.
+pub const MAX_ROLES: usize = 64;
+
+/// The PUB topic a message to `stream` is published under.
+pub fn topic(stream: &str) -> Vec<u8> {
+    let stream = if stream.is_empty() { BROADCAST_TOPIC } else { stream };
+    let mut topic = Vec::with_capacity(stream.len() + 1);
+    topic.extend_from_slice(stream.as_bytes());
+    topic.push(TOPIC_END as u8);
+    topic
+}
+
 /// Who a client is (when it registers) or whom a request selects (status).
 /// `None` and an empty role list mean "any".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,13 +88,13 @@ impl ClientFilter {
 
     /// Whether a message sent to `stream` is meant for this client.
     pub fn accepts_stream(&self, stream: &str) -> bool {
-        if stream.is_empty() || stream == BROADCAST_TOPIC {
+        if stream.is_empty() || stream == BROADCAST_TOPIC || self.identity.as_deref() == Some(stream) {
             return true;
         }
         let mut parts = stream.splitn(3, '.');
         let first = parts.next().unwrap_or_default();
         match (parts.next(), parts.next()) {
-            (None, None) => self.identity.as_deref() == Some(first) || self.application.as_deref() == Some(first),
+            (None, None) => self.application.as_deref() == Some(first),
             (Some(env), None) => self.application.as_deref() == Some(first) && self.environment.as_deref() == Some(env),
             (Some(env), Some(role)) => {
                 self.application.as_deref() == Some(first)
@@ -120,29 +142,55 @@ impl ClientFilter {
             && (self.roles.is_empty() || self.roles.iter().any(|r| client.roles.contains(r)))
     }
 
-    /// Why a name cannot be used as an identity, application, environment or
-    /// role, if it cannot.
+    /// Why a name cannot be used as an application, environment or role, if
+    /// it cannot: those are the parts of `app.env.role` streams, so they may
+    /// not contain a dot.
     pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
-        if name.is_empty() {
-            return Err(format!("{kind} may not be empty"));
-        }
-        if name.starts_with(BROADCAST_TOPIC) {
-            return Err(format!("{kind} `{name}` may not start with `{BROADCAST_TOPIC}`"));
-        }
+        Self::check_identity_like(kind, name)?;
         if name.contains('.') {
             return Err(format!("{kind} `{name}` may not contain `.`"));
         }
         Ok(())
     }
 
-    /// Checks every name in the filter with [`ClientFilter::check_name`].
+    /// Why a name cannot be an identity, if it cannot. Identities may contain
+    /// dots (a host's fully qualified name); the server keeps them apart from
+    /// `app.env.role` streams (see `docs/security.md`).
+    pub fn check_identity(name: &str) -> Result<(), String> {
+        Self::check_identity_like("identity", name)
+    }
+
+    fn check_identity_like(kind: &str, name: &str) -> Result<(), String> {
+        if name.is_empty() {
+            return Err(format!("{kind} may not be empty"));
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(format!("{kind} is {} bytes long (at most {MAX_NAME_LEN})", name.len()));
+        }
+        if name.starts_with(BROADCAST_TOPIC) {
+            return Err(format!("{kind} `{name}` may not start with `{BROADCAST_TOPIC}`"));
+        }
+        if let Some(c) = name.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{kind} {name:?} may not contain {c:?}"));
+        }
+        if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
+            return Err(format!("{kind} `{name}` may not start or end with `.` or hold `..`"));
+        }
+        Ok(())
+    }
+
+    /// Checks every name in the filter.
     pub fn validate(&self) -> Result<(), String> {
-        let named =
-            [("identity", &self.identity), ("application", &self.application), ("environment", &self.environment)];
-        for (kind, value) in named {
+        if let Some(identity) = &self.identity {
+            Self::check_identity(identity)?;
+        }
+        for (kind, value) in [("application", &self.application), ("environment", &self.environment)] {
             if let Some(v) = value {
                 Self::check_name(kind, v)?;
             }
+        }
+        if self.roles.len() > MAX_ROLES {
+            return Err(format!("{} roles (at most {MAX_ROLES})", self.roles.len()));
         }
         self.roles.iter().try_for_each(|r| Self::check_name("role", r))
     }
@@ -229,5 +277,27 @@ mod tests {
         assert!(ClientFilter::check_name("role", "*web").is_err());
         assert!(ClientFilter::check_name("role", "a.b").is_err());
         assert!(ClientFilter::check_name("role", "").is_err());
+        assert!(ClientFilter::check_name("role", "a\nb").is_err());
+        assert!(ClientFilter::check_identity("web1.example.com").is_ok());
+        for bad in ["", "*x", "a b", "x\0", ".a", "a.", "a..b"] {
+            assert!(ClientFilter::check_identity(bad).is_err(), "{bad:?}");
+        }
+        assert!(ClientFilter::check_identity(&"a".repeat(MAX_NAME_LEN + 1)).is_err());
+        let many = ClientFilter { roles: (0..=MAX_ROLES).map(|i| format!("r{i}")).collect(), ..Default::default() };
+        assert!(many.validate().is_err());
+    }
+
+    #[test]
+    fn dotted_identities_are_accepted_as_themselves() {
+        let c = ClientFilter { identity: Some("web1.example.com".into()), ..host1() };
+        assert!(c.accepts_stream("web1.example.com"));
+        assert!(!c.accepts_stream("web1.example"));
+        assert!(c.accepts_stream("pantry.test.web"));
+    }
+
+    #[test]
+    fn topics_end_with_the_terminator() {
+        assert_eq!(topic("web-1"), b"web-1\0");
+        assert_eq!(topic(""), b"*\0");
     }
 }

@@ -113,7 +113,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), KeyStoreErro
     let err = |source| KeyStoreError::Write { path: path.to_owned(), source };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(".pantry-keys-")
+        .prefix(TEMPORARY_PREFIX)
         .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)
         .map_err(err)?;
@@ -123,14 +123,39 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), KeyStoreErro
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)
 }
 
+/// Prefix of the temporary files [`write_atomically`] renames into place.
+const TEMPORARY_PREFIX: &str = ".pantry-keys-";
+
+/// Removes temporary key files a killed process left in `dir`; returns
+/// their names. Call it while no other writer can be at work (under the
+/// store's lock).
+pub fn remove_leftover_temporaries(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(TEMPORARY_PREFIX) && fs::remove_file(dir.join(name)).is_ok())
+        .collect()
+}
+
+/// A key file's contents; `None` when the file does not exist. An empty
+/// file is an error: it is what a failed copy or a full disk leaves, and
+/// reading it as "no keys" would silently replace the keys.
 fn read_yaml<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, KeyStoreError> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(KeyStoreError::Read { path: path.to_owned(), source }),
     };
-    let text = if text.trim().is_empty() { "{}" } else { &text };
-    serde_yaml::from_str(text)
+    if text.trim().is_empty() {
+        return Err(KeyStoreError::Invalid {
+            path: path.to_owned(),
+            reason: "the file is empty (only a missing file means \"generate new keys\"); restore it from a backup \
+                     or remove it"
+                .into(),
+        });
+    }
+    serde_yaml::from_str(&text)
         .map(Some)
         .map_err(|e| KeyStoreError::Invalid { path: path.to_owned(), reason: e.to_string() })
 }
@@ -173,7 +198,10 @@ impl Role {
 #[serde(deny_unknown_fields)]
 pub struct KnownKey {
     pub public_key: String,
-    pub name: String,
+    /// The identity (client) or name (admin) the key speaks for. A client
+    /// key without one is unbound: its first registration binds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub role: Role,
     /// RFC 3339, when it was added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -213,9 +241,11 @@ pub enum KeyChangeError {
     NameTaken(String),
     #[error("the key is already known as `{0}`")]
     KeyKnown(String),
+    #[error("the key is already bound to `{0}`")]
+    AlreadyBound(String),
     #[error("no known key with the name or key `{0}`")]
     NotFound(String),
-    #[error("invalid name `{0}`: use letters, digits, `-` and `_`")]
+    #[error("invalid name: {0}")]
     BadName(String),
     #[error(transparent)]
     Store(#[from] KeyStoreError),
@@ -237,18 +267,24 @@ pub struct ServerKeyStore {
     by_key: HashMap<PublicKey, usize>,
     /// Modification time and length of the file as last read or written.
     stamp: Option<(std::time::SystemTime, u64)>,
+    /// Temporary files removed by [`ServerKeyStore::open`].
+    pub removed_temporaries: Vec<String>,
 }
 
 impl ServerKeyStore {
     /// Loads `root_dir/security/curve/server_keys.yml`, generating and
-    /// saving the server key pair when it is missing.
+    /// saving the server key pair when the file does not exist. Temporary
+    /// files a killed writer left behind are removed (their names are in
+    /// `removed_temporaries`).
     pub fn open(root_dir: &Path) -> Result<ServerKeyStore, KeyStoreError> {
         require_curve()?;
         let dir = curve_dir(root_dir);
         ensure_private_dir(&dir)?;
         let path = dir.join(SERVER_KEYS_FILE);
         let _lock = FileLock::exclusive(&path)?;
+        let removed = remove_leftover_temporaries(&dir);
         let (mut store, generated) = Self::read(&path)?;
+        store.removed_temporaries = removed;
         if generated {
             store.save()?;
         } else {
@@ -268,7 +304,15 @@ impl ServerKeyStore {
 
     fn read(path: &Path) -> Result<(ServerKeyStore, bool), KeyStoreError> {
         let stamp = file_stamp(path);
-        let file: ServerKeysFile = read_yaml(path)?.unwrap_or_default();
+        let (file, exists) = match read_yaml::<ServerKeysFile>(path)? {
+            Some(file) => (file, true),
+            None => (ServerKeysFile::default(), false),
+        };
+        // Only a missing file gets a new server key pair: a file without one
+        // is damaged, and a new pair would break every enrolled agent.
+        if exists && file.public_key.is_none() {
+            return Err(missing(path, "public_key"));
+        }
         let (keys, generated) = KeyPair::from_file_or_generate(file.public_key, file.private_key, path)?;
         let secret = decode_key(&keys.private_key, path, "private_key")?;
         let mut entries = Vec::with_capacity(file.client_keys.len());
@@ -276,9 +320,10 @@ impl ServerKeyStore {
         for (i, entry) in file.client_keys.into_iter().enumerate() {
             let field = format!("client_keys[{i}]");
             let known = match entry {
-                // The original format: the first key is the admin.
+                // The original format: the first key is the admin; the others
+                // are unbound, each taken by the identity it registers first.
                 ClientKeyEntry::Plain(key) => KnownKey {
-                    name: if i == 0 { "admin".into() } else { format!("client-{}", i + 1) },
+                    name: (i == 0).then(|| "admin".into()),
                     role: if i == 0 { Role::Admin } else { Role::Client },
                     public_key: key,
                     created: None,
@@ -295,7 +340,16 @@ impl ServerKeyStore {
             }
             entries.push(known);
         }
-        Ok((ServerKeyStore { path: path.to_owned(), keys, secret, entries, by_key, stamp }, generated))
+        let store = ServerKeyStore {
+            path: path.to_owned(),
+            keys,
+            secret,
+            entries,
+            by_key,
+            stamp,
+            removed_temporaries: Vec::new(),
+        };
+        Ok((store, generated))
     }
 
     /// Re-reads the file if another process changed it. Returns whether it
@@ -331,20 +385,23 @@ impl ServerKeyStore {
         &self.entries
     }
 
-    /// Adds a key and persists it before returning.
-    pub fn add(&mut self, key: &PublicKey, name: &str, role: Role) -> Result<KnownKey, KeyChangeError> {
-        check_key_name(name)?;
+    /// Adds a key (bound to `name`, or unbound) and persists it before
+    /// returning.
+    pub fn add(&mut self, key: &PublicKey, name: Option<&str>, role: Role) -> Result<KnownKey, KeyChangeError> {
+        if let Some(name) = name {
+            check_key_name(name)?;
+        }
         let _lock = FileLock::exclusive(&self.path)?;
         self.reload_if_changed()?;
         if let Some(known) = self.lookup(key) {
-            return Err(KeyChangeError::KeyKnown(known.name.clone()));
+            return Err(KeyChangeError::KeyKnown(known.name.clone().unwrap_or_else(|| "(unbound)".into())));
         }
-        if self.entries.iter().any(|e| e.name == name) {
+        if let Some(name) = name.filter(|n| self.is_taken(n)) {
             return Err(KeyChangeError::NameTaken(name.to_owned()));
         }
         let known = KnownKey {
             public_key: z85(key),
-            name: name.to_owned(),
+            name: name.map(str::to_owned),
             role,
             created: Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()),
         };
@@ -357,13 +414,37 @@ impl ServerKeyStore {
         Ok(known)
     }
 
+    /// Binds an unbound key to `name` (its first registration), persisted
+    /// before returning.
+    pub fn bind(&mut self, key: &PublicKey, name: &str) -> Result<KnownKey, KeyChangeError> {
+        check_key_name(name)?;
+        let _lock = FileLock::exclusive(&self.path)?;
+        self.reload_if_changed()?;
+        let index = *self.by_key.get(key).ok_or_else(|| KeyChangeError::NotFound(z85(key)))?;
+        if let Some(bound) = &self.entries[index].name {
+            return Err(KeyChangeError::AlreadyBound(bound.clone()));
+        }
+        if self.is_taken(name) {
+            return Err(KeyChangeError::NameTaken(name.to_owned()));
+        }
+        self.entries[index].name = Some(name.to_owned());
+        if let Err(e) = self.save() {
+            self.entries[index].name = None;
+            return Err(e.into());
+        }
+        Ok(self.entries[index].clone())
+    }
+
+    fn is_taken(&self, name: &str) -> bool {
+        self.entries.iter().any(|e| e.name.as_deref() == Some(name))
+    }
+
     /// A name for a new key that no other key has: `base`, `base-2`, ...
     pub fn free_name(&self, base: &str) -> String {
-        let taken = |n: &str| self.entries.iter().any(|e| e.name == n);
-        if !taken(base) {
+        if !self.is_taken(base) {
             return base.to_owned();
         }
-        (2..).map(|i| format!("{base}-{i}")).find(|n| !taken(n)).unwrap_or_default()
+        (2..).map(|i| format!("{base}-{i}")).find(|n| !self.is_taken(n)).unwrap_or_default()
     }
 
     /// Removes the key with this name or Z85 public key, persisted before
@@ -374,7 +455,7 @@ impl ServerKeyStore {
         let index = self
             .entries
             .iter()
-            .position(|e| e.name == name_or_key || e.public_key == name_or_key)
+            .position(|e| e.name.as_deref() == Some(name_or_key) || e.public_key == name_or_key)
             .ok_or_else(|| KeyChangeError::NotFound(name_or_key.to_owned()))?;
         let removed = self.entries.remove(index);
         if let Err(e) = self.save() {
@@ -399,16 +480,10 @@ impl ServerKeyStore {
     }
 }
 
-/// Names are used in logs, `from` fields and streams.
+/// A client key's name is its identity: the same rules apply (dots
+/// allowed, no spaces or control characters, not the broadcast topic).
 fn check_key_name(name: &str) -> Result<(), KeyChangeError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '@');
-    if ok && !name.starts_with(crate::filter::BROADCAST_TOPIC) {
-        Ok(())
-    } else {
-        Err(KeyChangeError::BadName(name.to_owned()))
-    }
+    crate::filter::ClientFilter::check_identity(name).map_err(KeyChangeError::BadName)
 }
 
 /// The 32 bytes of a Z85 key already checked when it was loaded.
@@ -457,6 +532,9 @@ pub struct ClientKeysFile {
     pub public_key: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    /// The identity (or admin name) the key is bound to on the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// What a client needs to connect over CURVE, checked and decoded.
@@ -465,6 +543,8 @@ pub struct ClientKeys {
     pub path: PathBuf,
     pub server_public_key: String,
     pub keys: KeyPair,
+    /// The name the credentials are for, if they say.
+    pub name: Option<String>,
     /// True when the key pair was generated now and is not yet in the file.
     pub generated: bool,
 }
@@ -489,7 +569,7 @@ impl ClientKeys {
         let server_public_key = file.server_public_key.clone().ok_or_else(|| missing(path, "server_public_key"))?;
         decode_key(&server_public_key, path, "server_public_key")?;
         let (keys, generated) = KeyPair::from_file_or_generate(file.public_key, file.private_key, path)?;
-        let mut loaded = ClientKeys { path: path.to_owned(), server_public_key, keys, generated };
+        let mut loaded = ClientKeys { path: path.to_owned(), server_public_key, keys, name: file.name, generated };
         if generated && save_generated {
             loaded.save()?;
         }
@@ -508,6 +588,7 @@ impl ClientKeys {
             server_public_key: Some(self.server_public_key.clone()),
             public_key: Some(self.keys.public_key.clone()),
             private_key: Some(self.keys.private_key.clone()),
+            name: self.name.clone(),
         }
     }
 }
@@ -546,12 +627,12 @@ mod tests {
         let client = KeyPair::generate().unwrap();
         let key = decode_key(&client.public_key, Path::new("x"), "k").unwrap();
         assert!(store.lookup(&key).is_none());
-        store.add(&key, "web-1", Role::Client).unwrap();
-        assert!(matches!(store.add(&key, "web-2", Role::Client), Err(KeyChangeError::KeyKnown(_))));
+        store.add(&key, Some("web-1"), Role::Client).unwrap();
+        assert!(matches!(store.add(&key, Some("web-2"), Role::Client), Err(KeyChangeError::KeyKnown(_))));
         let other = decode_key(&KeyPair::generate().unwrap().public_key, Path::new("x"), "k").unwrap();
-        assert!(matches!(store.add(&other, "web-1", Role::Client), Err(KeyChangeError::NameTaken(_))));
+        assert!(matches!(store.add(&other, Some("web-1"), Role::Client), Err(KeyChangeError::NameTaken(_))));
         let again = ServerKeyStore::open(root.path()).unwrap();
-        assert_eq!(again.lookup(&key).map(|k| (k.name.as_str(), k.role)), Some(("web-1", Role::Client)));
+        assert_eq!(again.lookup(&key).map(|k| (k.name.as_deref(), k.role)), Some((Some("web-1"), Role::Client)));
         assert_eq!(again.known_count(), 1);
         let leftovers: Vec<_> = fs::read_dir(curve_dir(root.path()))
             .unwrap()
@@ -578,8 +659,8 @@ mod tests {
         .unwrap();
         let store = ServerKeyStore::open(root.path()).unwrap();
         let key = |p: &KeyPair| decode_z85(&p.public_key).unwrap();
-        assert_eq!(store.lookup(&key(&a)).map(|k| (k.name.as_str(), k.role)), Some(("admin", Role::Admin)));
-        assert_eq!(store.lookup(&key(&b)).map(|k| (k.name.as_str(), k.role)), Some(("client-2", Role::Client)));
+        assert_eq!(store.lookup(&key(&a)).map(|k| (k.name.as_deref(), k.role)), Some((Some("admin"), Role::Admin)));
+        assert_eq!(store.lookup(&key(&b)).map(|k| (k.name.as_deref(), k.role)), Some((None, Role::Client)));
         assert_eq!(store.keys, server);
     }
 
@@ -590,20 +671,28 @@ mod tests {
         let mut other = ServerKeyStore::open(root.path()).unwrap();
         let a = decode_z85(&KeyPair::generate().unwrap().public_key).unwrap();
         let b = decode_z85(&KeyPair::generate().unwrap().public_key).unwrap();
-        running.add(&a, "a", Role::Client).unwrap();
+        running.add(&a, Some("a"), Role::Client).unwrap();
         // Another process adds a key: its change re-reads first, so both stay.
-        other.add(&b, "b", Role::Admin).unwrap();
+        other.add(&b, Some("b"), Role::Admin).unwrap();
         assert!(running.lookup(&b).is_none());
         assert!(running.reload_if_changed().unwrap());
         assert_eq!(running.lookup(&b).map(|k| k.role), Some(Role::Admin));
         assert!(running.lookup(&a).is_some());
-        assert_eq!(running.revoke("a").unwrap().name, "a");
+        assert_eq!(running.revoke("a").unwrap().name.as_deref(), Some("a"));
         assert!(running.lookup(&a).is_none());
-        assert_eq!(running.lookup(&b).map(|k| k.name.as_str()), Some("b"), "index moved with the removal");
+        assert_eq!(running.lookup(&b).and_then(|k| k.name.as_deref()), Some("b"), "index moved with the removal");
         assert!(matches!(running.revoke("a"), Err(KeyChangeError::NotFound(_))));
-        assert_eq!(running.revoke(&z85(&b)).unwrap().name, "b");
+        assert_eq!(running.revoke(&z85(&b)).unwrap().name.as_deref(), Some("b"));
         assert_eq!(ServerKeyStore::open(root.path()).unwrap().known_count(), 0);
-        assert!(matches!(running.add(&a, "bad name", Role::Client), Err(KeyChangeError::BadName(_))));
+        assert!(matches!(running.add(&a, Some("bad name"), Role::Client), Err(KeyChangeError::BadName(_))));
+        // Unbound keys bind once, to a free name; dots are fine.
+        running.add(&a, None, Role::Client).unwrap();
+        running.add(&b, Some("web1.example.com"), Role::Client).unwrap();
+        assert!(matches!(running.bind(&a, "web1.example.com"), Err(KeyChangeError::NameTaken(_))));
+        assert_eq!(running.bind(&a, "db1.example.com").unwrap().name.as_deref(), Some("db1.example.com"));
+        assert!(matches!(running.bind(&a, "other"), Err(KeyChangeError::AlreadyBound(_))));
+        let reread = ServerKeyStore::open(root.path()).unwrap();
+        assert_eq!(reread.lookup(&a).and_then(|k| k.name.as_deref()), Some("db1.example.com"));
     }
 
     #[test]
@@ -626,6 +715,33 @@ mod tests {
         fs::write(&path, "public_key: [1\n").unwrap();
         let e = ServerKeyStore::open(root.path()).unwrap_err().to_string();
         assert!(e.contains("server_keys.yml"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_or_keyless_store_is_an_error_and_is_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = curve_dir(root.path());
+        ensure_private_dir(&dir).unwrap();
+        let path = dir.join(SERVER_KEYS_FILE);
+        for text in ["", "\n  \n", "client_keys: []\n", "---\n{}\n"] {
+            fs::write(&path, text).unwrap();
+            let e = ServerKeyStore::open(root.path()).unwrap_err().to_string();
+            assert!(e.contains("server_keys.yml"), "{text:?}: {e}");
+            assert_eq!(fs::read_to_string(&path).unwrap(), text, "the file was replaced");
+        }
+    }
+
+    #[test]
+    fn leftover_temporaries_are_removed_at_open() {
+        let root = tempfile::tempdir().unwrap();
+        let store = ServerKeyStore::open(root.path()).unwrap();
+        let dir = curve_dir(root.path());
+        fs::write(dir.join(".pantry-keys-AbC123"), "half").unwrap();
+        fs::write(dir.join("other"), "kept").unwrap();
+        drop(store);
+        let again = ServerKeyStore::open(root.path()).unwrap();
+        assert_eq!(again.removed_temporaries, [".pantry-keys-AbC123"]);
+        assert!(!dir.join(".pantry-keys-AbC123").exists() && dir.join("other").exists());
     }
 
     #[test]

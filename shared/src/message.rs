@@ -13,6 +13,11 @@ use crate::error::DecodeError;
 /// Prefix that marks a body part as JSON (U+2042, three bytes in UTF-8).
 pub const JSON_MARKER: &str = "\u{2042}";
 
+/// Longest `uuid` accepted (a UUID has 36 characters). A longer one makes
+/// the message malformed, so no sender can pin memory in the server's table
+/// of pending requests with huge keys.
+pub const MAX_UUID_LEN: usize = 64;
+
 /// The routing header of every message: who it is from, for whom, and how
 /// it should be handled. Field order matches the original on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +154,27 @@ impl Message {
         Message { stream: self.metadata.from.clone(), metadata, body: Vec::new() }
     }
 
+    /// The answer refusing this request: same uuid and type, `custom` holds
+    /// only the error. The request's own `custom` is not echoed, so a refusal
+    /// never costs more than a few bytes whatever the request carried.
+    pub fn refusal(&self, error: impl Into<String>) -> Message {
+        let mut response = Message {
+            stream: self.metadata.from.clone(),
+            metadata: Metadata {
+                uuid: self.metadata.uuid.clone(),
+                message_type: self.metadata.message_type.clone(),
+                from: self.metadata.to.clone(),
+                to: self.metadata.from.clone(),
+                requires_response: false,
+                forwarded: false,
+                custom: Map::new(),
+            },
+            body: Vec::new(),
+        };
+        response.set_error(error);
+        response
+    }
+
     /// `custom.error`, set by whoever could not carry out the request.
     pub fn error(&self) -> Option<&str> {
         self.metadata.custom.get("error").and_then(Value::as_str)
@@ -179,8 +205,14 @@ impl Message {
         if frames.len() < 2 {
             return Err(DecodeError::TooFewFrames(frames.len()));
         }
-        let stream = std::str::from_utf8(frames[0].as_ref()).map_err(|_| DecodeError::StreamNotUtf8)?.to_owned();
+        let stream = std::str::from_utf8(frames[0].as_ref()).map_err(|_| DecodeError::StreamNotUtf8)?;
+        // The server ends published topics with a terminator (exact XPUB
+        // matching); the stream is what comes before it.
+        let stream = stream.strip_suffix(crate::filter::TOPIC_END).unwrap_or(stream).to_owned();
         let metadata = parse_metadata(frames[1].as_ref())?;
+        if metadata.uuid.len() > MAX_UUID_LEN {
+            return Err(DecodeError::UuidTooLong(metadata.uuid.len()));
+        }
         let body = frames[2..]
             .iter()
             .enumerate()
@@ -330,6 +362,28 @@ mod tests {
         let body = format!("⁂{{\"n\":[{}]}}", "6".repeat(45)).into_bytes();
         let m = Message::from_frames(&[b"".to_vec(), good[1].clone(), body]).unwrap();
         assert_eq!(Message::from_frames(&m.to_frames()).unwrap(), m);
+    }
+
+    #[test]
+    fn long_uuids_and_topic_terminators() {
+        let mut m = Message::new("Echo");
+        m.metadata.uuid = "u".repeat(MAX_UUID_LEN);
+        assert!(Message::from_frames(&m.to_frames()).is_ok());
+        m.metadata.uuid.push('u');
+        assert_eq!(Message::from_frames(&m.to_frames()), Err(DecodeError::UuidTooLong(MAX_UUID_LEN + 1)));
+        let mut frames = Message::new("Echo").to_frames();
+        frames[0] = crate::filter::topic("web-1");
+        assert_eq!(Message::from_frames(&frames).unwrap().stream, "web-1");
+    }
+
+    #[test]
+    fn refusals_do_not_echo_custom() {
+        let mut m = sample();
+        m.metadata.custom.insert("big".into(), json!("x".repeat(1000)));
+        let r = m.refusal("not authorized");
+        assert_eq!((r.uuid(), r.message_type(), r.error()), (m.uuid(), "Echo", Some("not authorized")));
+        assert_eq!(r.metadata.custom.len(), 1);
+        assert_eq!(r.metadata.to, m.metadata.from);
     }
 
     #[test]

@@ -15,6 +15,9 @@ const PROTOCOL_ERROR_MECHANISM_MISMATCH: u32 = 0x1100_0002;
 pub enum SocketEvent {
     Connected,
     Accepted,
+    /// The server could not accept a connection (errno: EMFILE when out of
+    /// descriptors).
+    AcceptFailed(u32),
     Disconnected,
     ConnectRetried,
     HandshakeSucceeded,
@@ -86,6 +89,7 @@ pub const CLIENT_EVENTS: &[zmq::SocketEvent] = &[
 /// ZAP handler did not, and would only wake the socket thread.
 pub const SERVER_EVENTS: &[zmq::SocketEvent] = &[
     zmq::SocketEvent::ACCEPTED,
+    zmq::SocketEvent::ACCEPT_FAILED,
     zmq::SocketEvent::DISCONNECTED,
     zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL,
     zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL,
@@ -126,6 +130,8 @@ pub fn parse(frames: &[Vec<u8>]) -> Option<MonitorEvent> {
         SocketEvent::Connected
     } else if is(zmq::SocketEvent::ACCEPTED) {
         SocketEvent::Accepted
+    } else if is(zmq::SocketEvent::ACCEPT_FAILED) {
+        SocketEvent::AcceptFailed(value)
     } else if is(zmq::SocketEvent::DISCONNECTED) {
         SocketEvent::Disconnected
     } else if is(zmq::SocketEvent::CONNECT_RETRIED) {

@@ -21,9 +21,51 @@ pub fn set_max_message_size(bytes: u64) {
     MAX_MESSAGE_SIZE.store(i64::try_from(bytes).unwrap_or(i64::MAX), Ordering::Relaxed);
 }
 
-/// ZAP domain of the server's sockets. Setting one makes libzmq consult the
-/// ZAP handler for every handshake.
+/// ZAP domain of a listening socket when it does not matter which one
+/// (the benchmark's relay). Setting one makes libzmq consult the ZAP handler
+/// for every handshake.
 pub const ZAP_DOMAIN: &str = "pantry";
+
+/// Which of the server's sockets a handshake is for: each has its own ZAP
+/// domain, so the ZAP handler can admit a key on one port and not another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ServerPort {
+    /// PUB: requests to clients.
+    Publish,
+    /// ROUTER: requests and answers from clients and admins.
+    Receive,
+    /// ROUTER: the file service.
+    Files,
+}
+
+impl ServerPort {
+    pub const fn zap_domain(self) -> &'static str {
+        match self {
+            ServerPort::Publish => "pantry.publish",
+            ServerPort::Receive => "pantry.receive",
+            ServerPort::Files => "pantry.files",
+        }
+    }
+
+    pub fn from_zap_domain(domain: &[u8]) -> Option<ServerPort> {
+        [ServerPort::Publish, ServerPort::Receive, ServerPort::Files]
+            .into_iter()
+            .find(|p| p.zap_domain().as_bytes() == domain)
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ServerPort::Publish => "PUB",
+            ServerPort::Receive => "ROUTER",
+            ServerPort::Files => "FILES",
+        }
+    }
+}
+
+/// How long a connection to the server may take to complete its handshake
+/// (ZMQ_HANDSHAKE_IVL; libzmq's default is 30 s): a peer that stalls is
+/// dropped, so stalled connections cannot pile up and use every descriptor.
+pub const SERVER_HANDSHAKE_IVL_MS: i32 = 10_000;
 
 /// The endpoint a ZAP handler binds (RFC 27).
 pub const ZAP_ENDPOINT: &str = "inproc://zeromq.zap.01";
@@ -70,6 +112,22 @@ impl SocketSecurity {
 
     pub fn is_curve(&self) -> bool {
         !matches!(self, SocketSecurity::Null)
+    }
+
+    /// One of the server's listening sockets: its own ZAP domain (CURVE) and
+    /// a bounded handshake time.
+    pub fn server_socket(
+        &self,
+        ctx: &zmq::Context,
+        kind: zmq::SocketType,
+        port: ServerPort,
+    ) -> zmq::Result<zmq::Socket> {
+        let socket = self.socket(ctx, kind)?;
+        socket.set_handshake_ivl(SERVER_HANDSHAKE_IVL_MS)?;
+        if self.is_curve() {
+            socket.set_zap_domain(port.zap_domain())?;
+        }
+        Ok(socket)
     }
 
     /// A new socket of `kind` with this security and Pantry's common options.

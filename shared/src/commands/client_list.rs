@@ -19,7 +19,8 @@ pub fn request() -> Message {
 /// One known key as the admin sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyStatus {
-    pub name: String,
+    /// `None`: an unbound client key (its first registration binds it).
+    pub name: Option<String>,
     pub role: String,
     pub public_key: String,
     pub created: Option<String>,
@@ -64,7 +65,12 @@ pub fn format_table(keys: &[KeyStatus], now: std::time::SystemTime) -> String {
         let connected = if k.connected { "yes" } else { "no" };
         out.push_str(&format!(
             "{:<20} {:<6} {:<40} {:<20} {:<16} {}\n",
-            k.name, k.role, k.public_key, created, seen, connected
+            k.name.as_deref().unwrap_or("(unbound)"),
+            k.role,
+            k.public_key,
+            created,
+            seen,
+            connected
         ));
     }
     out
@@ -77,8 +83,12 @@ mod tests {
 
     #[test]
     fn list_round_trip() {
-        let known =
-            vec![KnownKey { public_key: "k".repeat(40), name: "web-1".into(), role: Role::Client, created: None }];
+        let known = vec![KnownKey {
+            public_key: "k".repeat(40),
+            name: Some("web-1".into()),
+            role: Role::Client,
+            created: None,
+        }];
         let resp = respond(&request(), &known, |_| (None, true));
         let back = keys(&Message::from_frames(&resp.to_frames()).unwrap());
         assert_eq!(back.len(), 1);

@@ -36,14 +36,19 @@ pub fn parse(request: &Message) -> Result<(Option<String>, Role), DecodeError> {
 }
 
 /// Server: the response carrying `{server_public_key, public_key,
-/// private_key}`. The caller has already stored `pair.public_key`.
-pub fn respond(request: &Message, server_public_key: &str, pair: &KeyPair) -> Message {
+/// private_key}` and the key's `name` when it has one. The caller has
+/// already stored `pair.public_key`.
+pub fn respond(request: &Message, server_public_key: &str, pair: &KeyPair, name: Option<&str>) -> Message {
     let mut response = request.response();
-    response.body.push(BodyPart::Json(json!({
+    let mut credentials = json!({
         "server_public_key": server_public_key,
         "public_key": pair.public_key,
         "private_key": pair.private_key,
-    })));
+    });
+    if let Some(name) = name {
+        credentials["name"] = name.into();
+    }
+    response.body.push(BodyPart::Json(credentials));
     response
 }
 
@@ -68,9 +73,10 @@ mod tests {
         let pair = KeyPair::generate().unwrap();
         let req = request(Some("web-1"), Role::Admin);
         assert_eq!(parse(&req).unwrap(), (Some("web-1".into()), Role::Admin));
-        let resp = respond(&req, &server.public_key, &pair);
+        let resp = respond(&req, &server.public_key, &pair, Some("web-1"));
         let yaml = credentials_yaml(&Message::from_frames(&resp.to_frames()).unwrap()).unwrap();
         let back: ClientKeysFile = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(back.name.as_deref(), Some("web-1"));
         assert_eq!(back.server_public_key.as_deref(), Some(server.public_key.as_str()));
         assert_eq!(back.private_key.as_deref(), Some(pair.private_key.as_str()));
     }

@@ -10,7 +10,7 @@
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -111,8 +111,10 @@ pub fn handle(request: &Message, allowed: bool) -> Message {
     response
 }
 
-/// Runs the program in its own process group, kills the group at the time
-/// limit, and collects capped output.
+/// Runs the program in its own process group and kills the whole group at
+/// the time limit, whatever holds the output pipes: the program itself, or
+/// a child it left running in the background (`sleep 20 & echo started`).
+/// Output read by then is kept, capped.
 pub fn run(exec: &ExecRequest) -> ExecResult {
     let started = Instant::now();
     let mut command = if exec.shell {
@@ -142,25 +144,39 @@ pub fn run(exec: &ExecRequest) -> ExecResult {
             }
         }
     };
-    let stdout = child.stdout.take().map(capture);
-    let stderr = child.stderr.take().map(capture);
+    let deadline = started + Duration::from_secs_f64(exec.timeout);
+    // Each reader says when its pipe closed; the waiter when the program
+    // ended. Nothing below waits past the deadline (plus a grace after the
+    // kill) for either.
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let stdout = Capture::start(child.stdout.take(), closed_tx.clone());
+    let stderr = Capture::start(child.stderr.take(), closed_tx);
     let pid = child.id() as i32;
     let (done_tx, done_rx) = mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let status = child.wait();
-        let _ = done_tx.send(());
-        status
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait());
     });
-    let limit = Duration::from_secs_f64(exec.timeout);
-    let timed_out = done_rx.recv_timeout(limit).is_err();
+    let mut status = done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok();
+    let mut open_pipes = 2;
+    while open_pipes > 0 && closed_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok() {
+        open_pipes -= 1;
+    }
+    let timed_out = status.is_none() || open_pipes > 0;
     if timed_out {
-        // The whole group: a shell's children die with it.
+        // The whole group: a shell's children and background jobs die too.
         // SAFETY: kill(2) with a negative pid signals our child's group.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let grace = Instant::now() + KILL_GRACE;
+        if status.is_none() {
+            status = done_rx.recv_timeout(KILL_GRACE).ok();
+        }
+        while open_pipes > 0 && closed_rx.recv_timeout(grace.saturating_duration_since(Instant::now())).is_ok() {
+            open_pipes -= 1;
+        }
     }
-    let status = waiter.join().ok().and_then(Result::ok);
-    let (stdout, stdout_truncated) = stdout.and_then(|h| h.join().ok()).unwrap_or_default();
-    let (stderr, stderr_truncated) = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+    let status = status.and_then(Result::ok);
+    let (stdout, stdout_truncated) = stdout.take();
+    let (stderr, stderr_truncated) = stderr.take();
     ExecResult {
         exit_code: status.and_then(|s| s.code()),
         signal: status.and_then(|s| s.signal()),
@@ -174,26 +190,51 @@ pub fn run(exec: &ExecRequest) -> ExecResult {
     }
 }
 
-/// Reads a pipe to the end, keeping at most [`OUTPUT_CAP`] bytes.
-fn capture(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<(String, bool)> {
-    std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        let mut truncated = false;
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let room = OUTPUT_CAP - kept.len();
-                    if n > room {
-                        truncated = true;
+/// How long to wait for the pipes to close after killing the group (a
+/// process that left the group may hold them forever: its output is lost).
+const KILL_GRACE: Duration = Duration::from_millis(500);
+
+/// One output pipe, read to the end on its own thread, at most
+/// [`OUTPUT_CAP`] bytes kept. What was read is available at any time.
+struct Capture(Arc<Mutex<(Vec<u8>, bool)>>);
+
+impl Capture {
+    fn start(pipe: Option<impl Read + Send + 'static>, closed: mpsc::Sender<()>) -> Capture {
+        let kept = Arc::new(Mutex::new((Vec::new(), false)));
+        let Some(mut pipe) = pipe else {
+            let _ = closed.send(());
+            return Capture(kept);
+        };
+        let shared = kept.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let Ok(mut guard) = shared.lock() else { break };
+                        let (kept, truncated) = &mut *guard;
+                        let room = OUTPUT_CAP - kept.len();
+                        *truncated |= n > room;
+                        kept.extend_from_slice(&buf[..n.min(room)]);
                     }
-                    kept.extend_from_slice(&buf[..n.min(room)]);
                 }
             }
+            let _ = closed.send(());
+        });
+        Capture(kept)
+    }
+
+    /// The output so far, as text, and whether it was cut.
+    fn take(&self) -> (String, bool) {
+        match self.0.lock() {
+            Ok(mut guard) => {
+                let (kept, truncated) = &mut *guard;
+                (String::from_utf8_lossy(&std::mem::take(kept)).into_owned(), *truncated)
+            }
+            Err(_) => (String::new(), false),
         }
-        (String::from_utf8_lossy(&kept).into_owned(), truncated)
-    })
+    }
 }
 
 /// Admin: the result in an answer, if it carries one.
@@ -248,6 +289,21 @@ mod tests {
         assert!(r.timed_out, "{r:?}");
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         assert_eq!(r.status_text(0.3), "timed out after 0.3 s, killed");
+    }
+
+    #[test]
+    fn a_background_child_holding_the_pipes_is_killed_at_the_deadline() {
+        let started = Instant::now();
+        let r = run(&exec("sleep 20 & echo started", &[], true, 1.0));
+        let took = started.elapsed();
+        assert!(r.timed_out, "{r:?}");
+        assert_eq!(r.stdout, "started\n");
+        assert!(took < Duration::from_secs(5), "answered after {took:?}");
+        assert_eq!(r.status_text(1.0), "timed out after 1 s, killed");
+        // The background sleep died with its group: no process of that
+        // command line is left.
+        let ps = Command::new("pgrep").args(["-f", "^sleep 20$"]).output().unwrap();
+        assert!(ps.stdout.is_empty(), "left running: {}", String::from_utf8_lossy(&ps.stdout));
     }
 
     #[test]

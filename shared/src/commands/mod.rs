@@ -1,6 +1,11 @@
 //! Pantry's commands, one file each. Every file reads in the order the
 //! command travels: how the admin builds the request, what the server or the
 //! client does with it, how the admin prints the response.
+//!
+//! [`Kind`] is the registry: every message type the protocol knows, where it
+//! runs, who may send it and whether it may block an agent. The server's
+//! authorization, the agent and the admin consult it; a type that is not in
+//! it is refused (deny by default).
 
 pub mod app_config;
 pub mod client_list;
@@ -24,17 +29,86 @@ pub enum RunsOn {
     Clients,
 }
 
-/// Message types the server runs itself; every other type is forwarded.
-pub fn runs_on(message_type: &str) -> RunsOn {
-    match message_type {
-        register_client::TYPE
-        | status::TYPE
-        | create_client::TYPE
-        | client_list::TYPE
-        | client_revoke::TYPE
-        | app_config::SHOW_TYPE
-        | app_config::EDIT_TYPE => RunsOn::Server,
-        _ => RunsOn::Clients,
+/// Which keys may send a command's requests under CURVE (null security has
+/// no keys: everyone may send everything). Answers to commands that run on
+/// clients come only from client keys the request was sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Senders {
+    /// Admin keys only.
+    Admins,
+    /// Client keys only (an agent speaking for itself).
+    Clients,
+}
+
+/// Every message type Pantry knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    RegisterClient,
+    Status,
+    Echo,
+    Exec,
+    Upload,
+    CreateClient,
+    ListClients,
+    RevokeClient,
+    ShowApplication,
+    EditApplication,
+}
+
+/// What the registry says about one kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// The `type` field on the wire.
+    pub wire: &'static str,
+    pub runs_on: RunsOn,
+    pub senders: Senders,
+    /// The agent runs it on a worker thread, so heartbeats go on.
+    pub may_block: bool,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 10] = [
+        Kind::RegisterClient,
+        Kind::Status,
+        Kind::Echo,
+        Kind::Exec,
+        Kind::Upload,
+        Kind::CreateClient,
+        Kind::ListClients,
+        Kind::RevokeClient,
+        Kind::ShowApplication,
+        Kind::EditApplication,
+    ];
+
+    pub const fn rule(self) -> Rule {
+        use RunsOn::{Clients as OnClients, Server as OnServer};
+        use Senders::{Admins, Clients};
+        let (wire, runs_on, senders, may_block) = match self {
+            Kind::RegisterClient => (register_client::TYPE, OnServer, Clients, false),
+            Kind::Status => (status::TYPE, OnServer, Admins, false),
+            Kind::Echo => (echo::TYPE, OnClients, Admins, false),
+            Kind::Exec => (exec::TYPE, OnClients, Admins, true),
+            Kind::Upload => (upload::TYPE, OnClients, Admins, true),
+            Kind::CreateClient => (create_client::TYPE, OnServer, Admins, false),
+            Kind::ListClients => (client_list::TYPE, OnServer, Admins, false),
+            Kind::RevokeClient => (client_revoke::TYPE, OnServer, Admins, false),
+            Kind::ShowApplication => (app_config::SHOW_TYPE, OnServer, Admins, false),
+            Kind::EditApplication => (app_config::EDIT_TYPE, OnServer, Admins, false),
+        };
+        Rule { wire, runs_on, senders, may_block }
+    }
+
+    /// The kind of a wire type; `None` for a type Pantry does not know.
+    pub fn from_wire(message_type: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.rule().wire == message_type)
+    }
+
+    pub fn wire(self) -> &'static str {
+        self.rule().wire
+    }
+
+    pub fn runs_on(self) -> RunsOn {
+        self.rule().runs_on
     }
 }
 
@@ -54,35 +128,19 @@ impl ClientContext {
     }
 }
 
-/// Whether only admin keys may send this type (under CURVE; null security
-/// has no keys and no roles). Client keys may register, answer, and `echo`.
-pub fn needs_admin(message_type: &str) -> bool {
-    matches!(
-        message_type,
-        create_client::TYPE
-            | client_list::TYPE
-            | client_revoke::TYPE
-            | exec::TYPE
-            | upload::TYPE
-            | app_config::EDIT_TYPE
-            | app_config::SHOW_TYPE
-            | status::TYPE
-    )
-}
-
-/// Whether a command may take long: the agent runs those on a worker
-/// thread so that heartbeats and other commands go on meanwhile.
+/// Whether the agent should run this request on a worker thread.
 pub fn may_block(message_type: &str) -> bool {
-    message_type == exec::TYPE || message_type == upload::TYPE
+    Kind::from_wire(message_type).is_some_and(|k| k.rule().may_block)
 }
 
 /// Runs a request on an agent and returns its answer. A type the agent does
-/// not know gets an answer with `custom.error`, so no requester waits in vain.
+/// not run gets an answer with `custom.error` naming it, so no requester
+/// waits in vain.
 pub fn run_on_client(request: &Message, ctx: &ClientContext) -> Message {
-    let mut response = match request.message_type() {
-        echo::TYPE => echo::handle(request),
-        exec::TYPE => exec::handle(request, ctx.allow_exec),
-        upload::TYPE => match &ctx.file_service {
+    let mut response = match Kind::from_wire(request.message_type()) {
+        Some(Kind::Echo) => echo::handle(request),
+        Some(Kind::Exec) => exec::handle(request, ctx.allow_exec),
+        Some(Kind::Upload) => match &ctx.file_service {
             Some(service) => upload::handle(request, service),
             None => {
                 let mut r = request.response();
@@ -90,9 +148,9 @@ pub fn run_on_client(request: &Message, ctx: &ClientContext) -> Message {
                 r
             }
         },
-        other => {
+        _ => {
             let mut r = request.response();
-            r.set_error(format!("client {} does not know the command type `{other}`", ctx.identity()));
+            r.set_error(unknown_type_error(ctx.identity(), request.message_type()));
             r
         }
     };
@@ -100,25 +158,40 @@ pub fn run_on_client(request: &Message, ctx: &ClientContext) -> Message {
     response
 }
 
+/// The error an agent answers a type it does not run with.
+pub fn unknown_type_error(identity: &str, message_type: &str) -> String {
+    format!("client {identity} does not know the command type `{message_type}`")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn server_commands_run_on_the_server() {
-        for t in [
-            register_client::TYPE,
-            status::TYPE,
-            create_client::TYPE,
-            client_list::TYPE,
-            client_revoke::TYPE,
-            app_config::SHOW_TYPE,
-            app_config::EDIT_TYPE,
-        ] {
-            assert_eq!(runs_on(t), RunsOn::Server, "{t}");
+    fn every_kind_round_trips_through_its_wire_type() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::from_wire(kind.wire()), Some(kind), "{kind:?}");
         }
-        for t in [echo::TYPE, exec::TYPE, upload::TYPE, "SomethingNew"] {
-            assert_eq!(runs_on(t), RunsOn::Clients, "{t}");
+        assert_eq!(Kind::from_wire("SomethingNew"), None);
+        assert_eq!(Kind::from_wire(""), None);
+    }
+
+    #[test]
+    fn only_registration_is_for_client_keys() {
+        for kind in Kind::ALL {
+            let expected = if kind == Kind::RegisterClient { Senders::Clients } else { Senders::Admins };
+            assert_eq!(kind.rule().senders, expected, "{kind:?}");
         }
+        assert!(may_block(exec::TYPE) && may_block(upload::TYPE) && !may_block(echo::TYPE));
+        assert!(!may_block("SomethingNew"));
+    }
+
+    #[test]
+    fn unknown_types_get_an_error_naming_them() {
+        let ctx = ClientContext { filter: ClientFilter::default(), allow_exec: true, file_service: None };
+        let mut request = Message::new("Frobnicate");
+        request.metadata.requires_response = true;
+        let answer = run_on_client(&request, &ctx);
+        assert!(answer.error().unwrap().contains("`Frobnicate`"), "{answer:?}");
     }
 }

@@ -2,9 +2,11 @@
 //! through the server, without holding it in memory anywhere.
 //!
 //! 1. The admin hashes the file (SHA-256), connects to the server's file
-//!    service and offers the transfer (`OFFER`); once the server confirms
-//!    (`OFFERED`), it sends an `Upload` request to the clients like any
-//!    other command.
+//!    service and offers a transfer (`OFFER`); the server answers with an
+//!    unguessable transfer id (`OFFERED id`), or `ERROR` when the key may not
+//!    upload. The admin then sends an `Upload` request with that id to the
+//!    clients like any other command; the server lets only those clients
+//!    fetch it.
 //! 2. Each agent connects to the file service and pulls the file in chunks,
 //!    keeping a few requests in flight (credit-based flow, after the ZeroMQ
 //!    guide's file transfer): `FETCH offset len`. A slow receiver asks for
@@ -98,13 +100,14 @@ pub fn request(upload: &UploadRequest) -> Message {
 }
 
 /// Admin, step 1: the frames that register us as the sender.
-pub fn offer_frames(transfer_id: &str) -> Vec<Vec<u8>> {
-    vec![OFFER.to_vec(), transfer_id.as_bytes().to_vec()]
+pub fn offer_frames() -> Vec<Vec<u8>> {
+    vec![OFFER.to_vec()]
 }
 
-/// Admin, step 1: waits until the server confirms the offer, so that no
-/// client asks for a transfer the server does not know yet.
-pub fn await_offered(socket: &zmq::Socket, transfer_id: &str, timeout: Duration) -> Result<(), String> {
+/// Admin, step 1: waits for the transfer id the server gives the offer (so
+/// that no client asks for a transfer the server does not know yet), or
+/// the server's refusal.
+pub fn await_offered(socket: &zmq::Socket, timeout: Duration) -> Result<String, String> {
     let end = Instant::now() + timeout;
     loop {
         let left = end.saturating_duration_since(Instant::now());
@@ -114,8 +117,13 @@ pub fn await_offered(socket: &zmq::Socket, transfer_id: &str, timeout: Duration)
         let mut items = [socket.as_poll_item(zmq::POLLIN)];
         zmq::poll(&mut items, left.as_millis().max(1) as i64).map_err(|e| e.to_string())?;
         while let Ok(frames) = socket.recv_multipart(zmq::DONTWAIT) {
-            if frames.len() == 2 && frames[0] == OFFERED && frames[1] == transfer_id.as_bytes() {
-                return Ok(());
+            match frames.first().map(Vec::as_slice) {
+                Some(OFFERED) if frames.len() == 2 => return Ok(String::from_utf8_lossy(&frames[1]).into_owned()),
+                Some(ERROR) => {
+                    let text = frames.last().map(|t| String::from_utf8_lossy(t).into_owned()).unwrap_or_default();
+                    return Err(format!("the server refused the upload: {text}"));
+                }
+                _ => {}
             }
         }
     }
@@ -231,8 +239,8 @@ fn receive(upload: &UploadRequest, service: &FileService) -> Result<UploadResult
 /// Server, step 3: what the file service does with one frame set from a
 /// peer. The caller keeps the table of transfers (transfer id → sender).
 pub enum Relay {
-    /// `peer` offers `transfer_id`.
-    Offer { transfer_id: Vec<u8> },
+    /// `peer` offers a file; the server picks the transfer id.
+    Offer,
     /// The sender is finished with `transfer_id`.
     Done { transfer_id: Vec<u8> },
     /// Ask the sender of `transfer_id` for a chunk on behalf of the peer.
@@ -248,7 +256,7 @@ impl Relay {
         let count = frames.len();
         let mut take = |i: usize| frames.get_mut(i).map(std::mem::take);
         let relay = match (name.as_slice(), count) {
-            (OFFER, 2) => Relay::Offer { transfer_id: take(1)? },
+            (OFFER, 1) => Relay::Offer,
             (DONE, 2) => Relay::Done { transfer_id: take(1)? },
             (FETCH, 4) => Relay::Fetch { transfer_id: take(1)?, offset: take(2)?, len: take(3)? },
             (CHUNK, 5) => Relay::Chunk { transfer_id: take(1)?, offset: take(2)?, receiver: take(3)?, data: take(4)? },
@@ -352,7 +360,7 @@ mod tests {
     #[test]
     fn relay_frames_parse() {
         let f = |parts: &[&[u8]]| parts.iter().map(|p| p.to_vec()).collect::<Vec<_>>();
-        assert!(matches!(Relay::parse(f(&[OFFER, b"t"])), Some(Relay::Offer { .. })));
+        assert!(matches!(Relay::parse(f(&[OFFER])), Some(Relay::Offer)));
         assert!(matches!(Relay::parse(f(&[FETCH, b"t", b"o", b"l"])), Some(Relay::Fetch { .. })));
         assert!(matches!(Relay::parse(f(&[CHUNK, b"t", b"o", b"r", b"d"])), Some(Relay::Chunk { .. })));
         assert!(Relay::parse(f(&[FETCH, b"t"])).is_none());

@@ -1,0 +1,372 @@
+//! The agent's loop: one thread owns the SUB (requests from the server),
+//! the DEALER (registrations and answers), their monitors and the signal
+//! pipes, and blocks in `zmq::poll` until one of them is ready or the next
+//! registration is due. Long commands run on worker threads and hand their
+//! answers back through an inproc PULL, so only this thread touches the
+//! DEALER.
+//!
+//! The agent registers once its SUB connection is up (so it listens before
+//! the server can publish to it), again on every reconnection and every
+//! `heartbeat_interval`. Each registration asks for an answer: a refusal
+//! (identity bound to another key, a name that is not allowed) is logged at
+//! warn with the server's reason and retried with a backoff until the
+//! operator fixes it.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use pantry_shared::commands::{self, register_client, upload, ClientContext};
+use pantry_shared::config::Config;
+use pantry_shared::filter::BROADCAST_TOPIC;
+use pantry_shared::keys::ClientKeys;
+use pantry_shared::monitor::{self, SocketEvent};
+use pantry_shared::security::SocketSecurity;
+use pantry_shared::Message;
+use slog::{debug, info, warn, Logger};
+
+use crate::handshake::{Backoff, HandshakeWatch};
+
+/// Signals arrive as bytes on pipes the main loop polls: one for stopping
+/// (SIGINT, SIGTERM), one for reloading (SIGHUP).
+pub struct Signals {
+    stop: UnixStream,
+    reload: UnixStream,
+}
+
+impl Signals {
+    pub fn install() -> Result<Signals> {
+        let (stop, stop_write) = UnixStream::pair()?;
+        let (reload, reload_write) = UnixStream::pair()?;
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::low_level::pipe::register(sig, stop_write.try_clone()?)?;
+        }
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, reload_write)?;
+        stop.set_nonblocking(true)?;
+        reload.set_nonblocking(true)?;
+        Ok(Signals { stop, reload })
+    }
+
+    /// Empties the reload pipe; true if a SIGHUP came.
+    fn take_reload(&self) -> bool {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        let mut got = false;
+        while let Ok(n) = (&self.reload).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got = true;
+        }
+        got
+    }
+}
+
+/// Where the last registration stands.
+enum Registration {
+    /// Not yet answered (or not yet sent).
+    Waiting,
+    Accepted,
+    /// Refused: sent again at `retry_at`.
+    Refused {
+        reason: String,
+        retry_at: Instant,
+    },
+}
+
+pub struct Agent {
+    me: ClientContext,
+    heartbeat: Duration,
+    sub: zmq::Socket,
+    dealer: zmq::Socket,
+    dealer_monitor: zmq::Socket,
+    sub_monitor: zmq::Socket,
+    /// Whether the SUB connection is up, so our subscriptions reached the
+    /// server's PUB: registering before that would let the server publish
+    /// to us before we listen (the slow-joiner problem).
+    listening: bool,
+    publish: String,
+    receive: String,
+    watch: HandshakeWatch,
+    backoff: Backoff,
+    /// Set while disconnected after a failed handshake: when to try again.
+    reconnect_at: Option<Instant>,
+    registration: Registration,
+    /// The backoff between refused registrations.
+    refusals: Backoff,
+    log: Logger,
+    /// Answers from commands run on worker threads.
+    results: zmq::Socket,
+    ctx: zmq::Context,
+}
+
+const RESULTS_ENDPOINT: &str = "inproc://pantry-agent-results";
+
+impl Agent {
+    pub fn connect(
+        config: &Config,
+        me: pantry_shared::filter::ClientFilter,
+        security: &SocketSecurity,
+        keys: Option<ClientKeys>,
+        log: Logger,
+    ) -> Result<Agent> {
+        let net = &config.networking;
+        let ctx = zmq::Context::new();
+        let file_service = upload::FileService {
+            ctx: ctx.clone(),
+            security: security.clone(),
+            endpoint: net.endpoint(net.file_service_port),
+        };
+        let me = ClientContext { filter: me, allow_exec: config.client.allow_exec, file_service: Some(file_service) };
+
+        let sub = security.socket(&ctx, zmq::SUB)?;
+        for stream in me.filter.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]) {
+            sub.set_subscribe(stream.as_bytes())?;
+        }
+        let dealer = security.socket(&ctx, zmq::DEALER)?;
+        for socket in [&sub, &dealer] {
+            // Back off up to 10 s between reconnects to a server that is down.
+            socket.set_reconnect_ivl(100)?;
+            socket.set_reconnect_ivl_max(10_000)?;
+        }
+        let dealer_monitor = monitor::monitor(&ctx, &dealer, monitor::CLIENT_EVENTS)?;
+        let sub_monitor = monitor::monitor(&ctx, &sub, monitor::CLIENT_EVENTS)?;
+        let results = ctx.socket(zmq::PULL)?;
+        results.set_linger(0)?;
+        results.bind(RESULTS_ENDPOINT)?;
+        let (receive, publish) = (net.endpoint(net.receive_port), net.endpoint(net.pub_sub_port));
+        sub.connect(&publish).with_context(|| format!("cannot connect to {publish}"))?;
+        dealer.connect(&receive).with_context(|| format!("cannot connect to {receive}"))?;
+        info!(log, "pantry-client started";
+            "version" => pantry_shared::VERSION, "identity" => me.identity(), "server" => &receive,
+            "subscriptions" => me.filter.streams().join(" "), "security" => net.security_name());
+        let watch = HandshakeWatch::new(receive.clone(), keys, log.clone());
+        Ok(Agent {
+            me,
+            heartbeat: Duration::from_secs(config.client.heartbeat_interval),
+            sub,
+            dealer,
+            dealer_monitor,
+            sub_monitor,
+            listening: false,
+            publish,
+            receive,
+            watch,
+            backoff: Backoff::new(),
+            reconnect_at: None,
+            registration: Registration::Waiting,
+            refusals: Backoff::new(),
+            log,
+            results,
+            ctx,
+        })
+    }
+
+    pub fn run(mut self, signals: &Signals, reload: impl Fn()) -> Result<()> {
+        // The first registration waits for the SUB connection (or, failing
+        // that, the first heartbeat).
+        let mut next_heartbeat = Instant::now() + self.heartbeat;
+        loop {
+            let mut wake = self.reconnect_at.map_or(next_heartbeat, |at| at.min(next_heartbeat));
+            if let Registration::Refused { retry_at, .. } = &self.registration {
+                wake = wake.min(*retry_at);
+            }
+            let wait = wake.saturating_duration_since(Instant::now());
+            let mut items = [
+                self.sub.as_poll_item(zmq::POLLIN),
+                self.dealer.as_poll_item(zmq::POLLIN),
+                self.dealer_monitor.as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(signals.stop.as_raw_fd(), zmq::POLLIN),
+                self.sub_monitor.as_poll_item(zmq::POLLIN),
+                self.results.as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(signals.reload.as_raw_fd(), zmq::POLLIN),
+            ];
+            match zmq::poll(&mut items, wait.as_millis().min(i64::MAX as u128) as i64) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => return Err(e).context("socket poll failed"),
+            }
+            let ready = items.map(|i| i.is_readable());
+            if ready[3] {
+                info!(self.log, "shutting down"; "identity" => self.me.identity());
+                return Ok(());
+            }
+            if ready[6] && signals.take_reload() {
+                reload();
+            }
+            if ready[0] {
+                self.drain_requests();
+            }
+            if ready[1] {
+                self.drain_answers();
+            }
+            if ready[2] {
+                while let Some(event) = monitor::read(&self.dealer_monitor) {
+                    let reconnected = event.event == SocketEvent::HandshakeSucceeded;
+                    if self.watch.observe(&event) {
+                        self.pause_after_failed_handshake();
+                    }
+                    if reconnected {
+                        self.backoff.reset();
+                        // A restarted server may have lost us: check in now.
+                        if self.listening {
+                            self.register();
+                            next_heartbeat = Instant::now() + self.heartbeat;
+                        }
+                    }
+                }
+            }
+            if ready[4] {
+                while let Some(event) = monitor::read(&self.sub_monitor) {
+                    match event.event {
+                        SocketEvent::HandshakeSucceeded => {
+                            self.listening = true;
+                            self.register();
+                            next_heartbeat = Instant::now() + self.heartbeat;
+                        }
+                        SocketEvent::Disconnected => self.listening = false,
+                        _ => {}
+                    }
+                }
+            }
+            if ready[5] {
+                while let Ok(frames) = self.results.recv_multipart(zmq::DONTWAIT) {
+                    if let Err(e) = self.dealer.send_multipart(frames, zmq::DONTWAIT) {
+                        warn!(self.log, "cannot send an answer to the server"; "error" => %e);
+                    }
+                }
+            }
+            if self.reconnect_at.is_some_and(|at| Instant::now() >= at) {
+                self.reconnect_at = None;
+                debug!(self.log, "connecting again"; "server" => &self.receive);
+                self.sub.connect(&self.publish)?;
+                self.dealer.connect(&self.receive)?;
+            }
+            let retry_due =
+                matches!(&self.registration, Registration::Refused { retry_at, .. } if Instant::now() >= *retry_at);
+            if retry_due || Instant::now() >= next_heartbeat {
+                self.register();
+                next_heartbeat = Instant::now() + self.heartbeat;
+            }
+        }
+    }
+
+    /// Drops both connections until the backoff delay has passed.
+    fn pause_after_failed_handshake(&mut self) {
+        if self.reconnect_at.is_some() {
+            return;
+        }
+        let delay = self.backoff.next_delay();
+        // Disconnecting an endpoint that is already down fails harmlessly.
+        let _ = self.sub.disconnect(&self.publish);
+        let _ = self.dealer.disconnect(&self.receive);
+        debug!(self.log, "retrying after a failed handshake"; "in_seconds" => delay.as_secs());
+        self.reconnect_at = Some(Instant::now() + delay);
+    }
+
+    fn register(&mut self) {
+        let mut request = register_client::request(&self.me.filter);
+        request.metadata.requires_response = true;
+        if let Registration::Refused { retry_at, .. } = &mut self.registration {
+            // Until the answer comes, no second retry.
+            *retry_at = Instant::now() + self.heartbeat;
+        }
+        self.send(request);
+    }
+
+    fn send(&self, message: Message) {
+        // DONTWAIT: with the server gone, a full queue must not block the agent.
+        if let Err(e) = self.dealer.send_multipart(message.to_frames(), zmq::DONTWAIT) {
+            debug!(self.log, "cannot send to the server now"; "type" => message.message_type(), "error" => %e);
+        }
+    }
+
+    /// What the server says on the DEALER: the answers to registrations.
+    fn drain_answers(&mut self) {
+        while let Ok(frames) = self.dealer.recv_multipart(zmq::DONTWAIT) {
+            let answer = match Message::from_frames(&frames) {
+                Ok(m) if m.message_type() == register_client::TYPE => m,
+                Ok(m) => {
+                    debug!(self.log, "unexpected message on DEALER dropped"; "type" => m.message_type());
+                    continue;
+                }
+                Err(e) => {
+                    debug!(self.log, "malformed message on DEALER dropped"; "error" => %e);
+                    continue;
+                }
+            };
+            match answer.error() {
+                Some(reason) => self.refused(reason.to_owned()),
+                None => {
+                    if !matches!(self.registration, Registration::Accepted) {
+                        info!(self.log, "registered with the server"; "identity" => self.me.identity(),
+                            "server" => &self.receive);
+                    }
+                    self.registration = Registration::Accepted;
+                    self.refusals.reset();
+                }
+            }
+        }
+    }
+
+    fn refused(&mut self, reason: String) {
+        let delay = self.refusals.next_delay();
+        let repeated = matches!(&self.registration, Registration::Refused { reason: r, .. } if *r == reason);
+        if !repeated {
+            warn!(self.log, "the server refused this client's registration: {}", reason;
+                "identity" => self.me.identity(), "server" => &self.receive, "retry_in_seconds" => delay.as_secs());
+        } else {
+            debug!(self.log, "registration refused again"; "reason" => &reason, "retry_in_seconds" => delay.as_secs());
+        }
+        self.registration = Registration::Refused { reason, retry_at: Instant::now() + delay };
+    }
+
+    fn drain_requests(&self) {
+        while let Ok(frames) = self.sub.recv_multipart(zmq::DONTWAIT) {
+            let request = match Message::from_frames(&frames) {
+                Ok(m) => m,
+                Err(e) => {
+                    debug!(self.log, "malformed message from the server dropped"; "error" => %e);
+                    continue;
+                }
+            };
+            if !self.me.filter.accepts_stream(&request.stream) {
+                continue;
+            }
+            debug!(self.log, "request received";
+                "type" => request.message_type(), "from" => &request.metadata.from,
+                "to" => &request.stream, "uuid" => request.uuid());
+            if commands::may_block(request.message_type()) {
+                self.run_on_worker(request);
+                continue;
+            }
+            let response = commands::run_on_client(&request, &self.me);
+            if request.metadata.requires_response {
+                self.send(response);
+            }
+        }
+    }
+
+    /// Runs a long command on its own thread; the answer comes back through
+    /// the results socket, so only the main thread touches the DEALER.
+    fn run_on_worker(&self, request: Message) {
+        let (me, ctx, log) = (self.me.clone(), self.ctx.clone(), self.log.clone());
+        let spawned = std::thread::Builder::new().name("pantry-command".into()).spawn(move || {
+            let response = commands::run_on_client(&request, &me);
+            if !request.metadata.requires_response {
+                return;
+            }
+            let sent = ctx.socket(zmq::PUSH).and_then(|push| {
+                push.set_linger(1000)?;
+                push.connect(RESULTS_ENDPOINT)?;
+                push.send_multipart(response.to_frames(), 0)
+            });
+            if let Err(e) = sent {
+                warn!(log, "cannot hand an answer to the main thread"; "uuid" => request.uuid(), "error" => %e);
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(self.log, "cannot start a worker thread; request dropped"; "error" => %e);
+        }
+    }
+}

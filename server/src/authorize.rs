@@ -1,0 +1,155 @@
+//! Authorization, deny by default, in one place: every message is judged
+//! here before any handler sees it, whatever its flags say.
+//!
+//! - A type the registry ([`Kind`]) does not know is refused.
+//! - Under CURVE the sender is who its key says, never what `from` claims.
+//!   A request is allowed only from the keys its rule names (admins, or
+//!   clients for `RegisterClient`); an answer (a client-run type without
+//!   `requires_response`) only from a client key speaking for itself. The
+//!   dispatcher then routes an answer only if its sender is one of the
+//!   pending request's recipients.
+//! - Null security has no keys: every known type is allowed.
+
+use pantry_shared::commands::{Kind, RunsOn, Senders};
+use pantry_shared::keys::Role;
+use pantry_shared::Message;
+
+use crate::messages::PeerAuth;
+
+/// What to do with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A request: run it on the server or forward it.
+    Request(Kind),
+    /// An answer to a request forwarded to clients.
+    Answer(Kind),
+    /// Refused with a reason the sender is told (when it asked for a
+    /// response) and the log says at warn.
+    Refuse(String),
+    /// Dropped without an answer (a reply would help a spoofer); logged at
+    /// warn.
+    Drop(&'static str),
+}
+
+pub fn authorize(message: &Message, sender: Option<&PeerAuth>, curve: bool) -> Verdict {
+    let wire = message.message_type();
+    let Some(kind) = Kind::from_wire(wire) else {
+        return Verdict::Refuse(format!("unknown command type `{wire}`"));
+    };
+    let rule = kind.rule();
+    let is_answer = rule.runs_on == RunsOn::Clients && !message.metadata.requires_response;
+    let judged = if is_answer { Verdict::Answer(kind) } else { Verdict::Request(kind) };
+    if !curve {
+        return judged;
+    }
+    let Some(sender) = sender else {
+        return Verdict::Drop("message without an authenticated key");
+    };
+    match sender.role {
+        Role::Admin if is_answer => Verdict::Drop("an admin key cannot answer a request sent to clients"),
+        Role::Admin if rule.senders == Senders::Admins => judged,
+        Role::Admin => Verdict::Refuse(format!("not authorized: {wire} is sent by agents only")),
+        Role::Client if !is_answer && rule.senders != Senders::Clients => {
+            Verdict::Refuse(format!("not authorized: {wire} needs an admin key"))
+        }
+        // A client key speaks only for itself; an unbound one may only
+        // register (its first registration binds it).
+        Role::Client => match &sender.name {
+            Some(name) if *name == message.metadata.from => judged,
+            None if kind == Kind::RegisterClient => judged,
+            _ => Verdict::Drop("message with a spoofed sender"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pantry_shared::commands::{create_client, echo, exec, register_client, status};
+    use pantry_shared::filter::ClientFilter;
+
+    fn key(name: Option<&str>, role: Role) -> PeerAuth {
+        PeerAuth { key: "k".into(), name: name.map(Into::into), role, address: "127.0.0.1".into() }
+    }
+
+    fn from(mut m: Message, who: &str) -> Message {
+        m.metadata.from = who.into();
+        m
+    }
+
+    fn registration(identity: &str) -> Message {
+        register_client::request(&ClientFilter { identity: Some(identity.into()), ..Default::default() })
+    }
+
+    #[test]
+    fn client_keys_run_no_admin_command_whatever_the_flags_say() {
+        let web = key(Some("web-1"), Role::Client);
+        for mut m in [
+            create_client::request(Some("x"), Role::Admin),
+            status::request(&ClientFilter::default()),
+            echo::request("hi"),
+        ] {
+            m.metadata.from = "web-1".into();
+            for requires_response in [true, false] {
+                m.metadata.requires_response = requires_response;
+                let verdict = authorize(&m, Some(&web), true);
+                // Echo without requires_response is an answer: routed only
+                // if web-1 was asked; never run as a request.
+                let ok = matches!(verdict, Verdict::Refuse(_))
+                    || (m.message_type() == echo::TYPE && !requires_response && verdict == Verdict::Answer(Kind::Echo));
+                assert!(ok, "{} requires_response={requires_response}: {verdict:?}", m.message_type());
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_types_are_refused_for_everyone() {
+        let m = from(Message::new("Frobnicate"), "admin");
+        for curve in [true, false] {
+            let verdict = authorize(&m, Some(&key(Some("admin"), Role::Admin)), curve);
+            assert_eq!(verdict, Verdict::Refuse("unknown command type `Frobnicate`".into()));
+        }
+    }
+
+    #[test]
+    fn senders_speak_for_themselves() {
+        let web = key(Some("web-1"), Role::Client);
+        assert_eq!(
+            authorize(&from(registration("web-1"), "web-1"), Some(&web), true),
+            Verdict::Request(Kind::RegisterClient)
+        );
+        assert_eq!(
+            authorize(&from(registration("db-1"), "db-1"), Some(&web), true),
+            Verdict::Drop("message with a spoofed sender")
+        );
+        let mut answer = from(echo::request("hi").response(), "web-1");
+        answer.metadata.requires_response = false;
+        assert_eq!(authorize(&answer, Some(&web), true), Verdict::Answer(Kind::Echo));
+        answer.metadata.from = "db-1".into();
+        assert!(matches!(authorize(&answer, Some(&web), true), Verdict::Drop(_)));
+        // Unbound: registers (and binds), nothing else.
+        let unbound = key(None, Role::Client);
+        assert_eq!(
+            authorize(&from(registration("web-3"), "web-3"), Some(&unbound), true),
+            Verdict::Request(Kind::RegisterClient)
+        );
+        answer.metadata.from = "web-3".into();
+        assert!(matches!(authorize(&answer, Some(&unbound), true), Verdict::Drop(_)));
+    }
+
+    #[test]
+    fn admins_request_but_neither_answer_nor_register() {
+        let admin = key(Some("ops"), Role::Admin);
+        assert_eq!(authorize(&from(exec::request(&exec_req()), "x"), Some(&admin), true), Verdict::Request(Kind::Exec));
+        let mut answer = echo::request("hi");
+        answer.metadata.requires_response = false;
+        assert!(matches!(authorize(&answer, Some(&admin), true), Verdict::Drop(_)));
+        assert!(matches!(authorize(&registration("ops"), Some(&admin), true), Verdict::Refuse(_)));
+        assert!(matches!(authorize(&echo::request("hi"), None, true), Verdict::Drop(_)));
+        assert_eq!(authorize(&echo::request("hi"), None, false), Verdict::Request(Kind::Echo));
+    }
+
+    fn exec_req() -> exec::ExecRequest {
+        exec::ExecRequest { program: "true".into(), args: vec![], shell: false, timeout: 1.0 }
+    }
+}

@@ -1,0 +1,192 @@
+//! `pantry-server` as a library: [`run`] serves until the caller's future
+//! ends; the binary (`main.rs`) only parses the command line, sets up
+//! logging and turns signals into that future.
+//!
+//! Layout:
+//! - [`sockets`]: the socket thread. Owns every ZeroMQ socket, decodes
+//!   inbound traffic for the actors, answers known keys' handshakes, decides
+//!   PUB subscriptions ([`subscriptions`]) and tracks connections
+//!   ([`connections`]) and descriptors ([`limits`]).
+//! - [`outbox`]: the typed way from the actors to the socket thread.
+//! - [`messages`]: types and actor messages the others share.
+//! - [`authorize`]: deny-by-default rules, judged before any handler.
+//! - [`command_dispatcher`]: routes requests and answers, runs server
+//!   commands.
+//! - [`client_registry`]: who is checked in.
+//! - [`key_store`]: owns `server_keys.yml`; decides unknown keys' handshakes.
+//! - [`file_service`]: relays uploads, only to the keys they were sent to.
+//! - [`zap`], [`raw_zmq`]: ZAP encoding, and the few libzmq calls rust-zmq
+//!   lacks (all of the server's `unsafe`).
+
+pub mod authorize;
+pub mod client_registry;
+pub mod command_dispatcher;
+pub mod connections;
+pub mod file_service;
+pub mod key_store;
+pub mod limits;
+pub mod messages;
+pub mod outbox;
+pub mod raw_zmq;
+pub mod sockets;
+pub mod subscriptions;
+pub mod zap;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use anyhow::{Context as _, Result};
+use pantry_shared::config::Config;
+use pantry_shared::keys::ServerKeyStore;
+use pantry_shared::security::SocketSecurity;
+use slog::{info, warn, Logger};
+
+use client_registry::ClientRegistry;
+use command_dispatcher::CommandDispatcher;
+use file_service::FileService;
+use key_store::{KeyStore, ReloadKeys};
+use limits::FdBudget;
+use outbox::{KeyUpdate, Outbound, Outbox};
+use sockets::{BoundSockets, Endpoints};
+
+/// How long a stopping server waits for its socket thread.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What the program running a server may ask of it.
+#[derive(Clone)]
+pub struct Control {
+    key_store: Option<Addr<KeyStore>>,
+}
+
+impl Control {
+    /// Re-read the key store from disk if it changed (SIGHUP).
+    pub fn reload_keys(&self) {
+        if let Some(keys) = &self.key_store {
+            keys.do_send(ReloadKeys);
+        }
+    }
+}
+
+/// Serves with `config` until the future `serve` makes (given the server's
+/// controls) completes, then shuts down. Returns once the sockets are
+/// closed.
+pub fn run<F, Fut>(config: &Config, log: Logger, serve: F) -> Result<()>
+where
+    F: FnOnce(Control) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let root_dir = config.root_dir().to_path_buf();
+    std::fs::create_dir_all(&root_dir).with_context(|| format!("cannot create root_dir {}", root_dir.display()))?;
+    let fd_budget = descriptor_budget(&log);
+
+    let (security, store) = if config.networking.is_curve() {
+        let store = ServerKeyStore::open(&root_dir)?;
+        info!(log, "server public key (give it to clients as server_public_key)";
+            "public_key" => &store.keys.public_key, "file" => %store.path().display(),
+            "known_clients" => store.known_count());
+        for leftover in &store.removed_temporaries {
+            info!(log, "removed a temporary key file left by an interrupted write"; "file" => leftover);
+        }
+        (SocketSecurity::server(&store), Some(store))
+    } else {
+        warn!(
+            log,
+            "security is null: traffic is neither encrypted nor authenticated, and anyone who can reach \
+             the server's ports can run commands on its clients; set networking.security: curve or put the \
+             ports behind an encrypted tunnel"
+        );
+        (SocketSecurity::Null, None)
+    };
+    let net = &config.networking;
+    let endpoints = Endpoints {
+        publish: net.endpoint(net.pub_sub_port),
+        receive: net.endpoint(net.receive_port),
+        file_service: net.endpoint(net.file_service_port),
+    };
+    pantry_shared::security::set_max_message_size(net.max_message_size);
+    let ctx = zmq::Context::new();
+    let sockets = BoundSockets::bind(&ctx, &security, &endpoints)?;
+    let (outbox, inbox) = Outbox::new(&ctx)?;
+    if let Some(store) = &store {
+        // Before the socket thread serves: it answers known keys itself.
+        outbox.send(Outbound::Keys(KeyUpdate::All(store.entries().to_vec())));
+    }
+
+    let system = System::new();
+    let trust_first_client = net.trust_first_client;
+    let started = system.block_on(async {
+        start_actors(&outbox, sockets, inbox, store, trust_first_client, root_dir.clone(), fd_budget, &log)
+    });
+    let (control, thread) = started?;
+    info!(log, "pantry-server started";
+        "version" => pantry_shared::VERSION, "publish" => &endpoints.publish, "receive" => &endpoints.receive,
+        "file_service" => &endpoints.file_service, "security" => net.security_name(),
+        "root_dir" => %root_dir.display());
+    // The sockets are bound and served: tell systemd (Type=notify).
+    if let Err(e) = pantry_shared::systemd::notify("READY=1") {
+        warn!(log, "cannot notify systemd of readiness"; "error" => %e);
+    }
+    system.block_on(serve(control));
+
+    outbox.send(Outbound::Stop);
+    let deadline = Instant::now() + SHUTDOWN_DEADLINE;
+    while !thread.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if thread.is_finished() {
+        let _ = thread.join();
+    } else {
+        warn!(log, "shutdown: the socket thread did not stop in time; exiting without waiting for it";
+            "waited_seconds" => SHUTDOWN_DEADLINE.as_secs());
+    }
+    Ok(())
+}
+
+/// Raises the open-file limit and says what the server got.
+fn descriptor_budget(log: &Logger) -> FdBudget {
+    match limits::raise_fd_limit() {
+        Ok(limit) => {
+            info!(log, "open-file limit"; "limit" => limit.soft, "raised_from" => limit.before,
+                "agents_it_allows" => limit.soft / 2);
+            FdBudget { limit: usize::try_from(limit.soft).unwrap_or(usize::MAX) }
+        }
+        Err(e) => {
+            warn!(log, "cannot read or raise the open-file limit; assuming 1024"; "error" => %e);
+            FdBudget { limit: 1024 }
+        }
+    }
+}
+
+/// Creates the actors and starts the socket thread.
+#[allow(clippy::too_many_arguments)]
+fn start_actors(
+    outbox: &Outbox,
+    sockets: BoundSockets,
+    inbox: outbox::Inbox,
+    store: Option<ServerKeyStore>,
+    trust_first_client: bool,
+    root_dir: PathBuf,
+    fd_budget: FdBudget,
+    log: &Logger,
+) -> Result<(Control, std::thread::JoinHandle<()>)> {
+    let curve = store.is_some();
+    let registry = ClientRegistry::new(curve).start();
+    let files = FileService::new(outbox.try_clone()?, curve, log.clone()).start();
+    let key_store = match store {
+        Some(store) => Some(KeyStore::new(store, outbox.try_clone()?, trust_first_client, log.clone()).start()),
+        None => None,
+    };
+    let dispatcher =
+        CommandDispatcher::new(outbox.try_clone()?, registry, files.clone(), key_store.clone(), root_dir, log.clone())
+            .start();
+    let to = sockets::Recipients {
+        dispatcher: dispatcher.clone().recipient(),
+        presence: dispatcher.recipient(),
+        files: files.recipient(),
+        key_store: key_store.clone().map(Addr::recipient),
+    };
+    let thread = sockets::start(sockets, inbox, to, fd_budget, log.clone())?;
+    Ok((Control { key_store }, thread))
+}

@@ -1,0 +1,668 @@
+//! The socket thread: owns every ZeroMQ socket of the server.
+//!
+//! ZeroMQ sockets may be used from one thread at a time, so they live on a
+//! dedicated thread that blocks in `zmq::poll` on the receive ROUTER
+//! (requests and answers), the file service ROUTER, the XPUB (whose
+//! subscriptions it decides itself), the ZAP handler socket, the socket
+//! monitors and the outbox doorbell. Inbound traffic is decoded here and
+//! handed to actors with `do_send`; outbound traffic comes from the actors
+//! as typed [`Outbound`] items. No poll timeout while there is nothing to
+//! retry, so no latency floor.
+//!
+//! It also answers the ZAP handshakes of known keys from its own copy of
+//! the key store (unknown keys go to the key store actor), decides every
+//! PUB subscription ([`crate::subscriptions`]), and keeps the server's
+//! descriptors in check ([`crate::limits`]).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use pantry_shared::filter::topic;
+use pantry_shared::monitor::{self, SocketEvent};
+use pantry_shared::security::{ServerPort, SocketSecurity, ZAP_ENDPOINT};
+use pantry_shared::Message;
+use slog::{debug, error, info, warn, Logger};
+
+use crate::connections::Connections;
+use crate::limits::FdBudget;
+use crate::messages::{FileFrames, Hex, Incoming, PeerAuth, Presence, ZapRequest};
+use crate::outbox::{Inbox, KeyUpdate, Outbound};
+use crate::raw_zmq::{self, peer_address, RawFrame};
+use crate::subscriptions::Subscriptions;
+use crate::zap::{self, KeySnapshot, Status};
+
+/// listen(2) backlog of the server's TCP sockets (Linux caps it at
+/// net.core.somaxconn, 4096 by default).
+const ACCEPT_BACKLOG: i32 = 4096;
+
+/// Messages for one peer whose queue is full, kept for it at most: beyond
+/// either bound a peer that stopped reading loses messages, and the server's
+/// memory stays bounded.
+const BACKLOG_MESSAGES_PER_PEER: usize = 100_000;
+pub const BACKLOG_BYTES_PER_PEER: usize = 256 * 1024 * 1024;
+
+/// The same descriptor warning at most this often.
+const FD_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Where the server listens.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub publish: String,
+    pub receive: String,
+    pub file_service: String,
+}
+
+/// The server's sockets, bound but not yet serving.
+pub struct BoundSockets {
+    zap: Option<zmq::Socket>,
+    router: zmq::Socket,
+    publisher: zmq::Socket,
+    files: zmq::Socket,
+    monitors: [zmq::Socket; 3],
+}
+
+impl BoundSockets {
+    /// Binds the ZAP handler socket (CURVE only) first, so that no handshake
+    /// can happen without it, then the three server sockets.
+    pub fn bind(ctx: &zmq::Context, security: &SocketSecurity, endpoints: &Endpoints) -> anyhow::Result<BoundSockets> {
+        use anyhow::Context as _;
+        let zap = if security.is_curve() {
+            let zap = ctx.socket(zmq::ROUTER)?;
+            zap.set_linger(0)?;
+            zap.bind(ZAP_ENDPOINT).with_context(|| format!("cannot bind the ZAP handler on {ZAP_ENDPOINT}"))?;
+            Some(zap)
+        } else {
+            None
+        };
+        let listen = |kind, port: ServerPort, endpoint: &str| -> anyhow::Result<(zmq::Socket, zmq::Socket)> {
+            let mut socket = security.server_socket(ctx, kind, port)?;
+            // Thousands of agents reconnect at once after a restart: libzmq's
+            // default accept backlog (100) would overflow and stall them for
+            // seconds in the kernel's SYN retries.
+            socket.set_backlog(ACCEPT_BACKLOG)?;
+            match port {
+                // Subscriptions reach us and take effect only when granted.
+                ServerPort::Publish => raw_zmq::set_xpub_manual(&mut socket)?,
+                // Sending to a peer that is gone is an error we log, not a
+                // silent drop.
+                _ => socket.set_router_mandatory(true)?,
+            }
+            let monitor = monitor::monitor(ctx, &socket, monitor::SERVER_EVENTS)?;
+            socket.bind(endpoint).with_context(|| format!("cannot bind the {} socket on {endpoint}", port.name()))?;
+            Ok((socket, monitor))
+        };
+        let (publisher, publisher_monitor) = listen(zmq::XPUB, ServerPort::Publish, &endpoints.publish)?;
+        let (router, router_monitor) = listen(zmq::ROUTER, ServerPort::Receive, &endpoints.receive)?;
+        let (files, files_monitor) = listen(zmq::ROUTER, ServerPort::Files, &endpoints.file_service)?;
+        Ok(BoundSockets { zap, router, publisher, files, monitors: [publisher_monitor, router_monitor, files_monitor] })
+    }
+}
+
+const MONITOR_PORTS: [ServerPort; 3] = [ServerPort::Publish, ServerPort::Receive, ServerPort::Files];
+
+/// Where the socket thread hands inbound traffic.
+pub struct Recipients {
+    pub dispatcher: Recipient<Incoming>,
+    pub presence: Recipient<Presence>,
+    pub files: Recipient<FileFrames>,
+    /// The key store actor, for handshakes of unknown keys (CURVE).
+    pub key_store: Option<Recipient<ZapRequest>>,
+}
+
+/// Starts the socket thread.
+pub fn start(
+    sockets: BoundSockets,
+    inbox: Inbox,
+    to: Recipients,
+    fd_budget: FdBudget,
+    log: Logger,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("pantry-sockets".into()).spawn(move || {
+        let curve = sockets.zap.is_some();
+        SocketThread {
+            sockets,
+            inbox,
+            to,
+            connections: Connections::default(),
+            subscriptions: Subscriptions::new(curve),
+            keys: KeySnapshot::default(),
+            curve,
+            backlogs: Default::default(),
+            fd_budget,
+            base_fds: crate::limits::open_fds(),
+            last_fd_warning: None,
+            log,
+        }
+        .run()
+    })
+}
+
+/// Messages for ROUTER peers whose queue is full (the high-water mark):
+/// kept in order and retried when the peer has read, so a fan-out's N
+/// answers to one requester are not lost.
+#[derive(Default)]
+struct Backlog {
+    by_peer: HashMap<Vec<u8>, PeerBacklog>,
+}
+
+#[derive(Default)]
+struct PeerBacklog {
+    queue: VecDeque<Vec<Vec<u8>>>,
+    bytes: usize,
+    /// Whether a drop was already logged for this backlog.
+    warned: bool,
+}
+
+fn size_of(frames: &[Vec<u8>]) -> usize {
+    frames.iter().map(Vec::len).sum()
+}
+
+struct SocketThread {
+    sockets: BoundSockets,
+    inbox: Inbox,
+    to: Recipients,
+    connections: Connections,
+    subscriptions: Subscriptions,
+    keys: KeySnapshot,
+    curve: bool,
+    /// Receive and file service ROUTERs.
+    backlogs: [Backlog; 2],
+    fd_budget: FdBudget,
+    /// Descriptors open before any connection (files, inproc pipes).
+    base_fds: usize,
+    last_fd_warning: Option<Instant>,
+    log: Logger,
+}
+
+fn backlog_index(port: ServerPort) -> usize {
+    match port {
+        ServerPort::Files => 1,
+        _ => 0,
+    }
+}
+
+impl SocketThread {
+    fn run(mut self) {
+        loop {
+            let s = &self.sockets;
+            // Without CURVE there is no ZAP socket: its slot is an invalid
+            // descriptor that poll(2) skips, so the set is a fixed array (no
+            // allocation per wake-up). It must not repeat another ZeroMQ
+            // socket: zmq_poll reads each item's ZMQ_EVENTS, which resets the
+            // socket's notification descriptor, and a wake-up read through
+            // an item without POLLIN would be lost.
+            let zap = match &s.zap {
+                Some(zap) => zap.as_poll_item(zmq::POLLIN),
+                None => zmq::PollItem::from_fd(-1, zmq::PollEvents::empty()),
+            };
+            let mut items = [
+                self.inbox.bell.as_poll_item(zmq::POLLIN),
+                s.router.as_poll_item(zmq::POLLIN),
+                s.monitors[0].as_poll_item(zmq::POLLIN),
+                s.monitors[1].as_poll_item(zmq::POLLIN),
+                s.monitors[2].as_poll_item(zmq::POLLIN),
+                s.files.as_poll_item(zmq::POLLIN),
+                s.publisher.as_poll_item(zmq::POLLIN),
+                zap,
+            ];
+            // With messages waiting for full peers, wake up to retry them.
+            let timeout = if self.backlogs.iter().all(|b| b.by_peer.is_empty()) { -1 } else { 1 };
+            if let Err(e) = zmq::poll(&mut items, timeout) {
+                if e == zmq::Error::EINTR {
+                    continue;
+                }
+                error!(self.log, "socket poll failed; the server stops serving"; "error" => %e);
+                return;
+            }
+            let ready = items.map(|i| i.is_readable());
+            self.retry_backlogs();
+            // Closed connections first: a descriptor number may be reused.
+            for (i, port) in MONITOR_PORTS.into_iter().enumerate() {
+                if ready[2 + i] {
+                    self.drain_monitor(i, port);
+                }
+            }
+            if ready[0] && !self.drain_outbound() {
+                info!(self.log, "sockets closed");
+                return;
+            }
+            if ready[7] {
+                self.drain_zap();
+            }
+            if ready[1] {
+                self.drain_router(ServerPort::Receive);
+            }
+            if ready[5] {
+                self.drain_router(ServerPort::Files);
+            }
+            if ready[6] {
+                self.drain_subscriptions();
+            }
+        }
+    }
+
+    /// Handles everything the actors queued. Returns false on `Stop`.
+    fn drain_outbound(&mut self) -> bool {
+        let items: Vec<Outbound> = self.inbox.drain().collect();
+        for item in items {
+            match item {
+                Outbound::ToPeer { peer, message } => {
+                    let mut frames = Vec::with_capacity(3 + message.body.len());
+                    frames.push(peer);
+                    frames.extend(message.to_frames());
+                    self.send_to_peer(ServerPort::Receive, frames);
+                }
+                Outbound::ToFilePeer(frames) => self.send_to_peer(ServerPort::Files, frames),
+                Outbound::Publish(message) => self.publish(&message),
+                Outbound::ZapReply(frames) => self.send_zap(frames),
+                Outbound::Keys(update) => self.update_keys(update),
+                Outbound::Grant(grant) => {
+                    let key = grant.key.clone();
+                    for fd in self.subscriptions.grant(grant, &self.keys) {
+                        debug!(self.log, "subscriber's streams changed: its connection is shut down to subscribe \
+                            again"; "key" => &key);
+                        self.connections.cut(ServerPort::Publish, fd);
+                    }
+                }
+                Outbound::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn publish(&self, message: &Message) {
+        let mut frames = message.to_frames();
+        frames[0] = topic(&message.stream);
+        if let Err(e) = self.sockets.publisher.send_multipart(frames, zmq::DONTWAIT) {
+            warn!(self.log, "cannot publish"; "uuid" => message.uuid(), "error" => %e);
+        }
+    }
+
+    fn send_zap(&self, frames: Vec<Vec<u8>>) {
+        if let Some(zap) = &self.sockets.zap {
+            if let Err(e) = zap.send_multipart(frames, zmq::DONTWAIT) {
+                error!(self.log, "cannot send a ZAP reply"; "error" => %e);
+            }
+        }
+    }
+
+    /// Applies a change of the known keys: removed keys are cut off, and
+    /// subscribers whose grants changed subscribe again.
+    fn update_keys(&mut self, update: KeyUpdate) {
+        let changed = match update {
+            KeyUpdate::All(all) => {
+                let kept: HashSet<&str> = all.iter().map(|k| k.public_key.as_str()).collect();
+                let removed: Vec<String> =
+                    self.keys.iter().map(|k| k.public_key.clone()).filter(|k| !kept.contains(k.as_str())).collect();
+                self.keys.replace_all(all.clone());
+                for key in removed {
+                    self.remove_key(&key);
+                }
+                all
+            }
+            KeyUpdate::Added(known) => {
+                self.keys.insert(known.clone());
+                vec![known]
+            }
+            KeyUpdate::Removed(key) => {
+                self.keys.remove(&key);
+                self.remove_key(&key);
+                Vec::new()
+            }
+        };
+        for known in changed {
+            self.connections.key_changed(&known);
+            for fd in self.subscriptions.key_changed(&known.public_key, known.name.as_deref(), &self.keys) {
+                self.connections.cut(ServerPort::Publish, fd);
+            }
+        }
+    }
+
+    fn remove_key(&mut self, key: &str) {
+        self.subscriptions.key_removed(key);
+        let closed = self.connections.cut_off(key);
+        info!(self.log, "cut off a revoked key: its connections were shut down"; "key" => key, "connections" => closed);
+    }
+
+    /// Sends `[peer, frames...]` on a ROUTER socket, behind whatever is
+    /// already waiting for that peer.
+    fn send_to_peer(&mut self, port: ServerPort, frames: Vec<Vec<u8>>) {
+        if frames.is_empty() {
+            return;
+        }
+        let backlog = &mut self.backlogs[backlog_index(port)];
+        if let Some(waiting) = backlog.by_peer.get_mut(&frames[0]) {
+            let size = size_of(&frames);
+            if waiting.queue.len() < BACKLOG_MESSAGES_PER_PEER && waiting.bytes + size <= BACKLOG_BYTES_PER_PEER {
+                waiting.bytes += size;
+                waiting.queue.push_back(frames);
+            } else if !std::mem::replace(&mut waiting.warned, true) {
+                warn!(self.log, "peer stopped reading and its backlog is full: messages to it are dropped";
+                    "peer" => Hex(&frames[0]), "socket" => port.name(), "queued_messages" => waiting.queue.len(),
+                    "queued_bytes" => waiting.bytes);
+            }
+            return;
+        }
+        if let Some(frames) = self.try_send(port, frames) {
+            let peer = frames[0].clone();
+            debug!(self.log, "peer's queue is full (high-water mark): holding its messages until it reads";
+                "peer" => Hex(&peer), "socket" => port.name());
+            let waiting = self.backlogs[backlog_index(port)].by_peer.entry(peer).or_default();
+            waiting.bytes += size_of(&frames);
+            waiting.queue.push_back(frames);
+        }
+    }
+
+    /// Sends what the full peers can take now, in order.
+    fn retry_backlogs(&mut self) {
+        for port in [ServerPort::Receive, ServerPort::Files] {
+            let mut backlog = std::mem::take(&mut self.backlogs[backlog_index(port)]);
+            backlog.by_peer.retain(|_, waiting| {
+                while let Some(frames) = waiting.queue.pop_front() {
+                    let size = size_of(&frames);
+                    if let Some(frames) = self.try_send(port, frames) {
+                        waiting.queue.push_front(frames);
+                        return true;
+                    }
+                    waiting.bytes -= size;
+                }
+                false
+            });
+            self.backlogs[backlog_index(port)] = backlog;
+        }
+    }
+
+    fn router(&self, port: ServerPort) -> &zmq::Socket {
+        match port {
+            ServerPort::Files => &self.sockets.files,
+            _ => &self.sockets.router,
+        }
+    }
+
+    /// One attempt; gives the frames back if the peer's queue is full.
+    fn try_send(&self, port: ServerPort, frames: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+        let socket = self.router(port);
+        // The routing frame alone first: ROUTER_MANDATORY reports a gone or
+        // full peer there, before anything of the message is queued.
+        match socket.send(&frames[0], zmq::SNDMORE | zmq::DONTWAIT) {
+            Ok(()) => {}
+            Err(zmq::Error::EAGAIN) => return Some(frames),
+            Err(zmq::Error::EHOSTUNREACH) => {
+                debug!(self.log, "peer is gone; message dropped"; "peer" => Hex(&frames[0]));
+                return None;
+            }
+            Err(e) => {
+                warn!(self.log, "cannot send to peer"; "peer" => Hex(&frames[0]), "error" => %e);
+                return None;
+            }
+        }
+        let mut rest = frames.iter().skip(1).peekable();
+        while let Some(frame) = rest.next() {
+            let flags = if rest.peek().is_some() { zmq::SNDMORE } else { 0 };
+            // After the first frame libzmq takes the whole message.
+            if let Err(e) = socket.send(frame, flags | zmq::DONTWAIT) {
+                warn!(self.log, "cannot send to peer"; "peer" => Hex(&frames[0]), "error" => %e);
+                return None;
+            }
+        }
+        None
+    }
+
+    /// Reads every waiting message of a ROUTER socket (requests or file
+    /// service frames) with the key of its sender.
+    fn drain_router(&mut self, port: ServerPort) {
+        while let Some((peer, first, frames)) = self.read_router(port) {
+            let auth = match self.connections.cached_sender(port, &peer) {
+                Some(auth) => auth,
+                None => {
+                    let auth = first.as_ref().and_then(|f| self.sender_of(f));
+                    let fd = first.as_ref().and_then(RawFrame::source_fd);
+                    if let Some(presence) = self.connections.new_sender(port, &peer, fd, auth.clone()) {
+                        self.to.presence.do_send(presence);
+                    }
+                    auth
+                }
+            };
+            if self.curve && auth.is_none() {
+                debug!(self.log, "message from a connection whose key is not (or no longer) known dropped";
+                    "peer" => Hex(&peer), "socket" => port.name());
+                continue;
+            }
+            match port {
+                ServerPort::Files => self.to.files.do_send(FileFrames { peer, auth, frames }),
+                _ => match Message::from_frames(&frames) {
+                    Ok(message) => self.to.dispatcher.do_send(Incoming { peer, auth, message }),
+                    Err(e) => debug!(self.log, "malformed message dropped";
+                        "peer" => Hex(&peer), "key" => auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-"),
+                        "frames" => frames.len(), "error" => %e),
+                },
+            }
+        }
+    }
+
+    /// One message of a ROUTER socket: the routing id, the first frame after
+    /// it (whose properties say who sent it) and the frames' data.
+    fn read_router(&mut self, port: ServerPort) -> Option<RouterMessage> {
+        let socket = match port {
+            ServerPort::Files => &mut self.sockets.files,
+            _ => &mut self.sockets.router,
+        };
+        let mut routing = match RawFrame::recv(socket, zmq::DONTWAIT) {
+            Ok(frame) => frame,
+            Err(zmq::Error::EAGAIN) => return None,
+            Err(e) => {
+                warn!(self.log, "cannot receive"; "socket" => port.name(), "error" => %e);
+                return None;
+            }
+        };
+        let peer = routing.data().to_vec();
+        let (mut first, mut frames) = (None, Vec::new());
+        let mut more = routing.more();
+        while more {
+            let Ok(mut frame) = RawFrame::recv(socket, 0) else { break };
+            more = frame.more();
+            frames.push(frame.data().to_vec());
+            if first.is_none() {
+                first = Some(frame);
+            }
+        }
+        Some((peer, first, frames))
+    }
+
+    /// Who sent a connection's first message: its key as the ZAP handler
+    /// admitted it, with the name and role the key has now. `None` for a
+    /// key no longer known (revoked) and under null security.
+    fn sender_of(&self, frame: &RawFrame) -> Option<Arc<PeerAuth>> {
+        let key = frame.property(c"User-Id")?;
+        let known = self.keys.by_z85(&key)?;
+        let address = frame.property(c"Peer-Address").unwrap_or_default();
+        Some(Arc::new(PeerAuth { key, name: known.name.clone(), role: known.role, address }))
+    }
+
+    /// Subscriptions (XPUB, manual): each decided for the connection it
+    /// came from, before the next one is read.
+    fn drain_subscriptions(&mut self) {
+        loop {
+            let mut frame = match RawFrame::recv(&mut self.sockets.publisher, zmq::DONTWAIT) {
+                Ok(frame) => frame,
+                Err(_) => return,
+            };
+            let mut more = frame.more();
+            while more {
+                more = RawFrame::recv(&mut self.sockets.publisher, 0).is_ok_and(|f| f.more());
+            }
+            let fd = frame.source_fd();
+            let key = frame.property(c"User-Id");
+            let data = frame.data().to_vec();
+            // Unsubscriptions libzmq makes for a closed connection carry
+            // no connection: nothing to decide.
+            let (Some(fd), Some((&flag, requested))) = (fd, data.split_first()) else { continue };
+            if flag > 1 {
+                continue;
+            }
+            match &key {
+                Some(key) if self.curve => {
+                    if let Some(presence) = self.connections.subscriber(fd, key) {
+                        self.to.presence.do_send(presence);
+                    }
+                }
+                _ => self.connections.identified(ServerPort::Publish, fd),
+            }
+            let outcome = self.subscriptions.handle(fd, key.as_deref(), requested, flag == 1, &self.keys);
+            for t in &outcome.subscribe {
+                if let Err(e) = self.sockets.publisher.set_subscribe(t) {
+                    warn!(self.log, "cannot grant a subscription"; "error" => %e);
+                }
+            }
+            for t in &outcome.unsubscribe {
+                let _ = self.sockets.publisher.set_unsubscribe(t);
+            }
+            if let Some(refusal) = &outcome.refused {
+                let key = key.as_deref().unwrap_or("-");
+                let name = key_name(&self.keys, key);
+                let topic = String::from_utf8_lossy(requested);
+                if refusal.is_expected() {
+                    debug!(self.log, "subscription not granted yet: {}", refusal.reason();
+                        "key" => key, "name" => name, "topic" => %topic);
+                } else {
+                    warn!(self.log, "subscription refused: {}", refusal.reason();
+                        "key" => key, "name" => name, "topic" => %topic,
+                        "address" => peer_address(fd).unwrap_or_else(|| "unknown".into()));
+                }
+                if *refusal == crate::subscriptions::Refusal::UnknownKey {
+                    self.connections.cut(ServerPort::Publish, fd);
+                }
+            }
+            if let Some((key, listening)) = outcome.listening {
+                self.to.presence.do_send(Presence::Listening { key, listening });
+            }
+        }
+    }
+
+    /// ZAP requests: known keys are answered here, the rest by the key
+    /// store actor.
+    fn drain_zap(&self) {
+        let Some(zap_socket) = &self.sockets.zap else { return };
+        while let Ok(frames) = zap_socket.recv_multipart(zmq::DONTWAIT) {
+            let request = match zap::parse(frames) {
+                Ok(request) => request,
+                Err((reply, reason)) => {
+                    warn!(self.log, "malformed ZAP request answered with 500"; "reason" => reason);
+                    self.send_zap(reply);
+                    continue;
+                }
+            };
+            let Some((status, text, known)) = self.keys.decide(&request) else {
+                if let Some(key_store) = &self.to.key_store {
+                    key_store.do_send(request);
+                }
+                continue;
+            };
+            let z85 = request.key.as_ref().map(pantry_shared::keys::z85).unwrap_or_else(|| "-".into());
+            let port = request.port.map(ServerPort::name).unwrap_or("-");
+            match status {
+                Status::Ok => debug!(self.log, "handshake accepted";
+                    "name" => known.and_then(|k| k.name.as_deref()).unwrap_or("-"),
+                    "role" => known.map(|k| k.role.as_str()).unwrap_or("-"), "key" => &z85,
+                    "address" => &request.address, "mechanism" => &request.mechanism, "socket" => port),
+                _ => debug!(self.log, "handshake rejected: {}", text;
+                    "key" => &z85, "address" => &request.address, "mechanism" => &request.mechanism, "socket" => port),
+            }
+            self.send_zap(zap::reply(request.envelope.clone(), &request.request_id, status, text, known));
+        }
+    }
+
+    fn drain_monitor(&mut self, index: usize, port: ServerPort) {
+        while let Some(event) = monitor::read(&self.sockets.monitors[index]) {
+            let socket_name = port.name();
+            match event.event {
+                SocketEvent::Accepted => {
+                    let fd = event.value as RawFd;
+                    self.connections.accepted(port, fd);
+                    debug!(self.log, "connection accepted";
+                        "socket" => socket_name, "address" => EventPeer(fd), "endpoint" => &event.endpoint);
+                    self.check_descriptors();
+                }
+                SocketEvent::AcceptFailed(errno) => error!(self.log,
+                    "cannot accept a connection: {}", std::io::Error::from_raw_os_error(errno as i32);
+                    "socket" => socket_name, "open_connections" => self.connections.open,
+                    "descriptor_limit" => self.fd_budget.limit),
+                SocketEvent::Disconnected => {
+                    let fd = event.value as RawFd;
+                    if port == ServerPort::Publish {
+                        if let Some((key, listening)) = self.subscriptions.closed(fd) {
+                            self.to.presence.do_send(Presence::Listening { key, listening });
+                        }
+                    }
+                    if let Some(presence) = self.connections.closed(port, fd) {
+                        if let Presence::Disconnected(key) = &presence {
+                            debug!(self.log, "key's last connection closed (or dropped: a message over \
+                                max_message_size closes it)"; "key" => key, "socket" => socket_name);
+                        }
+                        self.to.presence.do_send(presence);
+                    }
+                }
+                SocketEvent::HandshakeFailedProtocol(code) => debug!(self.log,
+                    "handshake rejected: {}", SocketEvent::protocol_reason(code);
+                    "socket" => socket_name, "endpoint" => &event.endpoint,
+                    "address" => "unknown (libzmq does not report it before authentication)"),
+                // A NULL client and a CURVE server each read the other's
+                // greeting; when the client hangs up first, this is all the
+                // server learns.
+                SocketEvent::HandshakeFailedNoDetail if self.curve => debug!(self.log,
+                    "handshake rejected: connection closed during the handshake (the peer may not speak CURVE, \
+                     or stalled past the handshake time limit)";
+                    "socket" => socket_name, "endpoint" => &event.endpoint),
+                SocketEvent::HandshakeFailedNoDetail => debug!(self.log,
+                    "handshake failed: connection closed by the peer";
+                    "socket" => socket_name, "endpoint" => &event.endpoint),
+                _ => {}
+            }
+        }
+    }
+
+    /// Warns when descriptors run short, and sheds connections that have
+    /// not identified themselves (stalled handshakes, silent peers) before
+    /// known keys are locked out.
+    fn check_descriptors(&mut self) {
+        let used = self.base_fds + self.connections.open;
+        if used >= self.fd_budget.shed_at() {
+            let excess = used - self.fd_budget.shed_to();
+            let cut = self.connections.cut_unidentified_limited(Duration::from_secs(1), excess);
+            if cut > 0 {
+                warn!(self.log, "descriptors nearly exhausted: shut down connections that had not completed \
+                    their handshake or said nothing yet";
+                    "shut_down" => cut, "open_descriptors" => used, "limit" => self.fd_budget.limit);
+            }
+        }
+        if used >= self.fd_budget.warn_at() && self.last_fd_warning.is_none_or(|at| at.elapsed() >= FD_WARN_EVERY) {
+            self.last_fd_warning = Some(Instant::now());
+            warn!(self.log, "over 80% of the open-file limit in use";
+                "open_descriptors" => used, "limit" => self.fd_budget.limit,
+                "connections_in_handshake" => self.connections.unidentified_count());
+        }
+    }
+}
+
+/// A ROUTER message: routing id, the first frame after it, every frame's
+/// data.
+type RouterMessage = (Vec<u8>, Option<RawFrame>, Vec<Vec<u8>>);
+
+fn key_name<'a>(keys: &'a KeySnapshot, key: &str) -> &'a str {
+    keys.by_z85(key).and_then(|k| k.name.as_deref()).unwrap_or("-")
+}
+
+/// The peer address of an ACCEPTED event, whose value is the new socket's
+/// file descriptor; looked up only when the line is written (debug).
+struct EventPeer(RawFd);
+
+impl slog::Value for EventPeer {
+    fn serialize(&self, _: &slog::Record, key: slog::Key, serializer: &mut dyn slog::Serializer) -> slog::Result {
+        let address = peer_address(self.0).unwrap_or_else(|| "unknown".into());
+        serializer.emit_str(key, &address)
+    }
+}
