@@ -18,6 +18,8 @@ pub struct Connection {
     keys: Option<ClientKeys>,
     handshake_done: bool,
     handshake_failures: u32,
+    /// Whether TCP connected at all.
+    connected: bool,
     // Dropped last: sockets first.
     _ctx: zmq::Context,
 }
@@ -60,7 +62,16 @@ impl Connection {
         let dealer = security.socket(&ctx, zmq::DEALER)?;
         let monitor = monitor::monitor(&ctx, &dealer, monitor::CLIENT_EVENTS)?;
         dealer.connect(&server).map_err(|e| anyhow!("cannot connect to {server}: {e}"))?;
-        Ok(Connection { dealer, monitor, server, keys, handshake_done: false, handshake_failures: 0, _ctx: ctx })
+        Ok(Connection {
+            dealer,
+            monitor,
+            server,
+            keys,
+            handshake_done: false,
+            handshake_failures: 0,
+            connected: false,
+            _ctx: ctx,
+        })
     }
 
     pub fn send(&self, message: &Message) -> Result<()> {
@@ -116,6 +127,7 @@ impl Connection {
         while let Some(event) = monitor::read(&self.monitor) {
             match event.event {
                 SocketEvent::HandshakeSucceeded => self.handshake_done = true,
+                SocketEvent::Connected => self.connected = true,
                 SocketEvent::HandshakeFailedAuth(status) => {
                     let key = self.keys.as_ref().map(|k| k.keys.public_key.as_str()).unwrap_or("-");
                     bail!("{}", monitor::rejected_key_text(status, key));
@@ -132,6 +144,13 @@ impl Connection {
     fn timeout_error(&self, waited: Duration) -> anyhow::Error {
         let secs = waited.as_secs_f64();
         match (&self.keys, self.handshake_done) {
+            // Connected, and the server neither finished nor failed the
+            // handshake: it is not reading (overloaded, out of descriptors).
+            (Some(_), false) if self.connected && self.handshake_failures == 0 => anyhow!(
+                "connected to {} but the server did not answer the CURVE handshake within {secs} s: it may be \
+                 overloaded or out of file descriptors (see its log)",
+                self.server
+            ),
             (Some(keys), false) => {
                 anyhow!("{} (waited {secs} s)", monitor::no_handshake_text(&self.server, &keys.path))
             }

@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use pantry_shared::commands::{app_config, client_list, client_revoke, create_client, echo, exec, status, upload};
 use pantry_shared::config::{self, Config, Program};
-use pantry_shared::filter::ClientFilter;
+use pantry_shared::filter::{ClientFilter, Identities};
 use pantry_shared::keys::{self, ClientKeys, Role};
 use pantry_shared::security::SocketSecurity;
 use pantry_shared::Message;
@@ -62,6 +62,10 @@ struct Global {
     /// Target clients with these roles (comma-separated).
     #[arg(short = 'r', long, global = true, value_delimiter = ',', value_name = "ROLE1,ROLE2")]
     roles: Vec<String>,
+    /// Target these identities (comma-separated; shell globs such as
+    /// 'web-*'), within -a/-e/-r when given.
+    #[arg(short = 'i', long = "identity", global = true, value_delimiter = ',', value_name = "NAME[,NAME...]")]
+    identities: Vec<String>,
     /// Use CURVE with the keys in .pantry/FILE (it may hold only server_public_key).
     #[arg(long, global = true, value_name = "FILE")]
     curve_key_file: Option<PathBuf>,
@@ -197,6 +201,27 @@ impl Command {
     }
 }
 
+/// How a command ended, as the exit status says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// 0: everything answered and succeeded.
+    Done = 0,
+    /// 1: some client failed or did not answer (or the command failed).
+    Failed = 1,
+    /// 2: no client matched the target.
+    NoMatch = 2,
+}
+
+impl From<bool> for Outcome {
+    fn from(ok: bool) -> Outcome {
+        if ok {
+            Outcome::Done
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
 fn main() {
     pantry_shared::docs::generate_if_requested(<Cli as clap::CommandFactory>::command);
     let args = match args_with_defaults(Path::new(DEFAULTS_FILE)) {
@@ -208,8 +233,7 @@ fn main() {
     };
     let cli = Cli::parse_from(args);
     match run(cli) {
-        Ok(true) => {}
-        Ok(false) => std::process::exit(1),
+        Ok(outcome) => std::process::exit(outcome as i32),
         Err(e) => {
             eprintln!("pantry-admin: {e:#}");
             std::process::exit(1);
@@ -253,7 +277,7 @@ fn admin_identity() -> String {
     format!("{user}@{}", config::hostname())
 }
 
-fn run(cli: Cli) -> Result<bool> {
+fn run(cli: Cli) -> Result<Outcome> {
     let g = &cli.global;
     let mut net = match &g.config {
         Some(path) => Config::load(path, Program::Client)?,
@@ -300,21 +324,28 @@ fn run(cli: Cli) -> Result<bool> {
         identity: None,
     };
     filter.validate().map_err(anyhow::Error::msg)?;
-    let target = || filter.target_stream().map_err(anyhow::Error::msg);
+    Identities::parse(&g.identities).map_err(anyhow::Error::msg)?;
+    let target = || -> Result<Target> {
+        let stream = filter.target_stream().map_err(anyhow::Error::msg)?;
+        Ok(Target { stream, identities: g.identities.clone() })
+    };
 
-    let ok = match &cli.command {
+    let outcome = match &cli.command {
         Command::Status { json, .. } => {
-            let response = conn.ask_server(&stamped(status::request(&filter)), &mut deadline)?;
+            let mut request = status::request(&filter);
+            Identities::attach(&mut request, &g.identities);
+            let response = conn.ask_server(&stamped(request), &mut deadline)?;
             let clients = status::clients(&response);
             if *json {
                 println!("{}", serde_json::to_string_pretty(&clients)?);
             } else {
                 print!("{}", status::format_table(&clients, SystemTime::now()));
             }
-            true
+            Outcome::Done
         }
         Command::Echo { message, json, .. } => {
-            let request = to_clients(echo::request(message), target()?);
+            let target = target()?;
+            let request = to_clients(echo::request(message), &target);
             let mut answers = Vec::new();
             let result = conn.ask_clients(
                 &request,
@@ -335,13 +366,14 @@ fn run(cli: Cli) -> Result<bool> {
                 },
             )?;
             print_json_summary(*json, answers, &result)?;
-            report(&result)
+            report(&result, &target)
         }
         Command::Exec { timeout, shell, json, command } => {
             let (program, args) = command.split_first().context("no program given")?;
             let exec_request =
                 exec::ExecRequest { program: program.clone(), args: args.to_vec(), shell: *shell, timeout: *timeout };
-            let request = to_clients(exec::request(&exec_request), target()?);
+            let target = target()?;
+            let request = to_clients(exec::request(&exec_request), &target);
             let mut answers = Vec::new();
             let result = conn.ask_clients(
                 &request,
@@ -350,7 +382,7 @@ fn run(cli: Cli) -> Result<bool> {
                 |_| {},
                 |answer| {
                     let Some(result) = exec::result(answer) else {
-                        eprintln!("{}: answer without a result", answer.metadata.from);
+                        eprintln!("{}: {}", answer.metadata.from, unsupported(exec::TYPE));
                         return false;
                     };
                     if *json {
@@ -363,10 +395,10 @@ fn run(cli: Cli) -> Result<bool> {
                 },
             )?;
             print_json_summary(*json, answers, &result)?;
-            report(&result)
+            report(&result, &target)
         }
         Command::Upload { local_file, remote_path, json, .. } => {
-            upload_file(&mut conn, &net, &security, local_file, remote_path, target()?, *json, &mut deadline)?
+            upload_file(&mut conn, &net, &security, local_file, remote_path, &target()?, *json, &mut deadline)?
         }
         Command::ClientList { json, .. } => {
             let response = conn.ask_server(&stamped(client_list::request()), &mut deadline)?;
@@ -376,12 +408,12 @@ fn run(cli: Cli) -> Result<bool> {
             } else {
                 print!("{}", client_list::format_table(&keys, SystemTime::now()));
             }
-            true
+            Outcome::Done
         }
         Command::ClientRevoke { target, .. } => {
             let response = conn.ask_server(&stamped(client_revoke::request(target)), &mut deadline)?;
             println!("{}", client_revoke::format_answer(&response));
-            true
+            Outcome::Done
         }
         Command::ClientCreate { output, name, admin, .. } => {
             if !security.is_curve() {
@@ -402,7 +434,7 @@ fn run(cli: Cli) -> Result<bool> {
                 }
                 None => print!("{yaml}"),
             }
-            true
+            Outcome::Done
         }
         Command::AppShow { .. } => {
             let application = g.application.as_deref().context("app:show needs -a/--application NAME")?;
@@ -411,25 +443,50 @@ fn run(cli: Cli) -> Result<bool> {
                 Some(text) => print!("{text}"),
                 None => bail!("application {application} has no config yet (create one with `-a {application} edit`)"),
             }
-            true
+            Outcome::Done
         }
         Command::Edit { .. } => {
             let application = g.application.as_deref().context("edit needs -a/--application NAME")?;
-            edit_application(&mut conn, application, &mut deadline)?
+            edit_application(&mut conn, application, &mut deadline)?.into()
         }
     };
-    if ok {
+    if outcome == Outcome::Done {
         save_generated_keys(&mut conn)?;
     }
-    Ok(ok)
+    Ok(outcome)
 }
 
-/// A request for the clients behind `stream`.
-fn to_clients(request: Message, stream: String) -> Message {
+/// Whom a command sent to clients is for: a stream (`-a/-e/-r`, `""` for
+/// everyone) and, with `-i`, identity patterns within it.
+struct Target {
+    stream: String,
+    identities: Vec<String>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.stream.as_str(), self.identities.is_empty()) {
+            ("", true) => f.write_str("(every client)"),
+            (stream, true) => write!(f, "`{stream}`"),
+            ("", false) => write!(f, "identity {}", self.identities.join(",")),
+            (stream, false) => write!(f, "identity {} in `{stream}`", self.identities.join(",")),
+        }
+    }
+}
+
+/// A request for the clients of `target`.
+fn to_clients(request: Message, target: &Target) -> Message {
     let mut request = stamped(request);
-    request.metadata.to = stream.clone();
-    request.stream = stream;
+    request.metadata.to = target.stream.clone();
+    request.stream = target.stream.clone();
+    Identities::attach(&mut request, &target.identities);
     request
+}
+
+/// What the admin says of a client that answered without a result: an
+/// agent (an older or the original one) that does not run the command.
+fn unsupported(message_type: &str) -> String {
+    format!("does not support the command type {message_type} (an older or the original agent?)")
 }
 
 fn print_json_summary(json: bool, answers: Vec<serde_json::Value>, result: &connection::ClientAnswers) -> Result<()> {
@@ -449,10 +506,10 @@ fn upload_file(
     security: &SocketSecurity,
     local: &Path,
     remote: &str,
-    stream: String,
+    target: &Target,
     json: bool,
     deadline: &mut Deadline,
-) -> Result<bool> {
+) -> Result<Outcome> {
     use std::os::unix::fs::PermissionsExt;
     if !remote.starts_with('/') {
         bail!("REMOTE_PATH must be absolute: {remote}");
@@ -476,7 +533,7 @@ fn upload_file(
     );
     let mut side = UploadSide { socket, sender: upload::Sender::new(local, &transfer_id, size)?, bar: bar.clone() };
     let request = upload::UploadRequest { transfer_id, remote_path: remote.to_owned(), size, sha256, mode };
-    let request = to_clients(upload::request(&request), stream);
+    let request = to_clients(upload::request(&request), target);
     let mut answers = Vec::new();
     let result = conn.ask_clients(
         &request,
@@ -484,7 +541,10 @@ fn upload_file(
         Some(&mut side),
         |ids| bar.set_length(size * ids.len() as u64),
         |answer| {
-            let Some(done) = upload::result(answer) else { return false };
+            let Some(done) = upload::result(answer) else {
+                bar.suspend(|| eprintln!("{}: {}", answer.metadata.from, unsupported(upload::TYPE)));
+                return false;
+            };
             if json {
                 answers.push(serde_json::json!({"identity": answer.metadata.from, "result": done}));
             } else {
@@ -497,7 +557,7 @@ fn upload_file(
     let _ = side.socket.send_multipart(side.sender.done_frames(), zmq::DONTWAIT);
     let result = result?;
     print_json_summary(json, answers, &result)?;
-    Ok(report(&result))
+    Ok(report(&result, target))
 }
 
 /// Serves chunk requests while the admin waits for the clients' answers.
@@ -556,8 +616,12 @@ fn stamped(mut request: Message) -> Message {
     request
 }
 
-/// Prints the summary of a command run on clients; true if all answered.
-fn report(result: &connection::ClientAnswers) -> bool {
+/// Prints the summary of a command run on clients.
+fn report(result: &connection::ClientAnswers, target: &Target) -> Outcome {
+    if result.expected == 0 {
+        eprintln!("no clients match {target}");
+        return Outcome::NoMatch;
+    }
     let mut summary = format!("{} of {} clients answered", result.answered, result.expected);
     if !result.failed.is_empty() {
         summary.push_str(&format!(", {} failed", result.failed.len()));
@@ -566,7 +630,7 @@ fn report(result: &connection::ClientAnswers) -> bool {
     if !result.missing.is_empty() {
         eprintln!("did not answer: {}", result.missing.join(", "));
     }
-    result.missing.is_empty() && result.failed.is_empty()
+    (result.missing.is_empty() && result.failed.is_empty()).into()
 }
 
 /// After the first successful command with a file that held only the

@@ -3,12 +3,13 @@
 //! clients, and reading what the processes log.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pantry_shared::keys::KeyPair;
+use pantry_shared::Message;
 use tempfile::TempDir;
 
-use crate::{wait_until, Server};
+use crate::{wait_until, AdminRun, Server};
 
 /// The admin's key file name, in `<cwd>/.pantry/`.
 pub const KEYS: &str = "keys.yml";
@@ -81,4 +82,86 @@ pub fn create_named_client(server: &Server, cwd: &Path, name: &str) -> String {
 /// The 32 bytes of a Z85 key.
 pub fn decode(z85: &str) -> Vec<u8> {
     zmq::z85_decode(z85).expect("Z85 key")
+}
+
+/// The key pair in a credentials YAML (`client:create` output).
+pub fn pair_of(credentials: &str) -> KeyPair {
+    let parsed = yaml(credentials);
+    KeyPair { public_key: field(&parsed, "public_key"), private_key: field(&parsed, "private_key") }
+}
+
+/// The admin's key pair, read back from its `.pantry/keys.yml`.
+pub fn admin_pair(cwd: &Path) -> KeyPair {
+    pair_of(&std::fs::read_to_string(cwd.join(".pantry").join(KEYS)).expect("admin keys file"))
+}
+
+/// What the server logged after `offset` bytes.
+pub fn log_since(server: &Server, offset: usize) -> String {
+    server.log().get(offset..).unwrap_or_default().to_owned()
+}
+
+/// `pantry-admin --curve-key-file keys.yml --timeout SECONDS ARGS...` from `cwd`.
+pub fn admin(server: &Server, cwd: &Path, timeout: u32, args: &[&str]) -> AdminRun {
+    let timeout = timeout.to_string();
+    let mut all = vec!["--curve-key-file", KEYS, "--timeout", &timeout];
+    all.extend_from_slice(args);
+    server.admin_in(cwd, &all)
+}
+
+/// A directory whose `.pantry/keys.yml` holds `pair` (any role).
+pub fn keys_dir(server: &Server, pair: &KeyPair) -> TempDir {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    write_key_file(cwd.path(), KEYS, &full_keys(&server.public_key(), pair));
+    cwd
+}
+
+/// A CURVE socket of `kind` with `pair`, connected to `port` on loopback.
+pub fn curve_socket(
+    ctx: &zmq::Context,
+    server: &Server,
+    pair: &KeyPair,
+    kind: zmq::SocketType,
+    port: u16,
+) -> zmq::Socket {
+    let socket = ctx.socket(kind).expect("socket");
+    connect_curve(&socket, server, pair, port);
+    socket
+}
+
+/// Gives `socket` the CURVE keys and connects it to `port` on loopback.
+pub fn connect_curve(socket: &zmq::Socket, server: &Server, pair: &KeyPair, port: u16) {
+    socket.set_linger(0).unwrap();
+    socket.set_curve_serverkey(&decode(&server.public_key())).unwrap();
+    socket.set_curve_publickey(&decode(&pair.public_key)).unwrap();
+    socket.set_curve_secretkey(&decode(&pair.private_key)).unwrap();
+    socket.connect(&format!("tcp://127.0.0.1:{port}")).unwrap();
+}
+
+/// A CURVE DEALER on the server's receive port with `pair`.
+pub fn curve_dealer(ctx: &zmq::Context, server: &Server, pair: &KeyPair) -> zmq::Socket {
+    curve_socket(ctx, server, pair, zmq::DEALER, server.ports.receive)
+}
+
+pub fn send(dealer: &zmq::Socket, message: &Message) {
+    dealer.send_multipart(message.to_frames(), 0).expect("send");
+}
+
+/// The first message for `uuid` within `timeout`.
+pub fn recv_for(dealer: &zmq::Socket, uuid: &str, timeout: Duration) -> Option<Message> {
+    let end = Instant::now() + timeout;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let mut items = [dealer.as_poll_item(zmq::POLLIN)];
+        zmq::poll(&mut items, left.as_millis().max(1) as i64).expect("poll");
+        while let Ok(frames) = dealer.recv_multipart(zmq::DONTWAIT) {
+            if let Ok(m) = Message::from_frames(&frames) {
+                if m.uuid() == uuid {
+                    return Some(m);
+                }
+            }
+        }
+    }
 }

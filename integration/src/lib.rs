@@ -89,15 +89,30 @@ pub struct Process {
 
 impl Process {
     fn spawn(program: &Path, args: &[&str], log_path: PathBuf) -> Process {
+        Self::spawn_limited(program, args, log_path, None)
+    }
+
+    /// Like `spawn`, with the open-file limit (soft and hard) set to `nofile`.
+    fn spawn_limited(program: &Path, args: &[&str], log_path: PathBuf, nofile: Option<u64>) -> Process {
+        use std::os::unix::process::CommandExt;
         let log = std::fs::File::create(&log_path).expect("create log file");
         let err = log.try_clone().expect("clone log file");
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let mut command = Command::new(program);
+        command.args(args).stdin(Stdio::null()).stdout(log).stderr(err);
+        if let Some(limit) = nofile {
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child
+            // between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         Process { child: Some(child), log_path }
     }
 
@@ -171,6 +186,11 @@ impl Server {
 
     /// Like [`Server::start`], with extra top-level YAML appended to the config.
     pub fn start_with(curve: bool, extra_yaml: &str) -> Server {
+        Self::start_limited(curve, extra_yaml, None)
+    }
+
+    /// Like [`Server::start_with`], under an open-file limit of `nofile`.
+    pub fn start_limited(curve: bool, extra_yaml: &str, nofile: Option<u64>) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = Ports::free();
         let config = format!(
@@ -180,7 +200,10 @@ impl Server {
             extra_yaml
         );
         std::fs::write(dir.path().join("server.yml"), config).expect("write server.yml");
-        let process = Self::spawn(&dir, 0);
+        let config = dir.path().join("server.yml");
+        let log = dir.path().join("server-0.log");
+        let process =
+            Process::spawn_limited(&bin("pantry-server"), &["-c", config.to_str().expect("utf-8 path")], log, nofile);
         let server = Server { dir, ports, curve, process, restarts: 0 };
         assert!(
             server.process.wait_for_log("pantry-server started", Duration::from_secs(10)),

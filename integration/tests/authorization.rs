@@ -10,52 +10,20 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pantry_integration::curve::{
-    bootstrap_admin, create_named_client, decode, field, full_keys, line_with, server_key_only, wait_for_line,
-    write_key_file, yaml, KEYS,
+    admin, admin_pair, bootstrap_admin, create_named_client, curve_dealer, field, full_keys, keys_dir, line_with,
+    log_since, pair_of, recv_for, send, server_key_only, wait_for_line, write_key_file, yaml, KEYS,
 };
 use pantry_integration::{bin, wait_for_status, AdminRun, Agent, AgentSpec, Server};
 use pantry_shared::commands::{create_client, echo, register_client, status};
 use pantry_shared::filter::ClientFilter;
 use pantry_shared::keys::{KeyPair, Role};
-use pantry_shared::{BodyPart, Message};
-use tempfile::TempDir;
+use pantry_shared::BodyPart;
 
 const LOG_WAIT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------
 // Key files and admin runs (as in curve.rs)
 // ---------------------------------------------------------------------------
-
-/// The key pair in a credentials YAML (`client:create` output).
-fn pair_of(credentials: &str) -> KeyPair {
-    let parsed = yaml(credentials);
-    KeyPair { public_key: field(&parsed, "public_key"), private_key: field(&parsed, "private_key") }
-}
-
-/// What the server logged after `offset` bytes.
-fn server_log_since(server: &Server, offset: usize) -> String {
-    server.log().get(offset..).unwrap_or_default().to_owned()
-}
-
-/// The admin's key pair, read back from its `.pantry/keys.yml`.
-fn admin_pair(cwd: &Path) -> KeyPair {
-    pair_of(&std::fs::read_to_string(cwd.join(".pantry").join(KEYS)).expect("admin keys file"))
-}
-
-/// `pantry-admin --curve-key-file keys.yml --timeout SECONDS ARGS...` from `cwd`.
-fn admin(server: &Server, cwd: &Path, timeout: u32, args: &[&str]) -> AdminRun {
-    let timeout = timeout.to_string();
-    let mut all = vec!["--curve-key-file", KEYS, "--timeout", &timeout];
-    all.extend_from_slice(args);
-    server.admin_in(cwd, &all)
-}
-
-/// A directory whose `.pantry/keys.yml` holds `pair` (any role).
-fn keys_dir(server: &Server, pair: &KeyPair) -> TempDir {
-    let cwd = tempfile::tempdir().expect("temp dir");
-    write_key_file(cwd.path(), KEYS, &full_keys(&server.public_key(), pair));
-    cwd
-}
 
 /// `client:list --json`, parsed.
 fn client_list(server: &Server, cwd: &Path) -> Vec<serde_json::Value> {
@@ -116,41 +84,6 @@ fn answered_by(run: &AdminRun, identity: &str, text: &str) -> bool {
 // ---------------------------------------------------------------------------
 // Raw CURVE sockets
 // ---------------------------------------------------------------------------
-
-/// A CURVE DEALER on the server's receive port with `pair`.
-fn curve_dealer(ctx: &zmq::Context, server: &Server, pair: &KeyPair) -> zmq::Socket {
-    let dealer = ctx.socket(zmq::DEALER).expect("dealer");
-    dealer.set_linger(0).unwrap();
-    dealer.set_curve_serverkey(&decode(&server.public_key())).unwrap();
-    dealer.set_curve_publickey(&decode(&pair.public_key)).unwrap();
-    dealer.set_curve_secretkey(&decode(&pair.private_key)).unwrap();
-    dealer.connect(&format!("tcp://127.0.0.1:{}", server.ports.receive)).unwrap();
-    dealer
-}
-
-fn send(dealer: &zmq::Socket, message: &Message) {
-    dealer.send_multipart(message.to_frames(), 0).expect("send");
-}
-
-/// The first message for `uuid` within `timeout`.
-fn recv_for(dealer: &zmq::Socket, uuid: &str, timeout: Duration) -> Option<Message> {
-    let end = Instant::now() + timeout;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        let mut items = [dealer.as_poll_item(zmq::POLLIN)];
-        zmq::poll(&mut items, left.as_millis().max(1) as i64).expect("poll");
-        while let Ok(frames) = dealer.recv_multipart(zmq::DONTWAIT) {
-            if let Ok(m) = Message::from_frames(&frames) {
-                if m.uuid() == uuid {
-                    return Some(m);
-                }
-            }
-        }
-    }
-}
 
 /// A client key sends `CreateClient` from a raw DEALER with its own name in
 /// `from`: the answer is "not authorized" and the server warns. Returns the
@@ -296,11 +229,11 @@ fn client_key_is_refused_admin_commands_and_an_admin_key_is_allowed() {
         let run = admin(&server, client_cwd.path(), 3, args);
         assert!(!run.success(), "a client key ran {args:?}: {run:?}");
         let refused = wait_for_line(
-            || server_log_since(&server, offset),
+            || log_since(&server, offset),
             &["WARN", "unauthorized command refused", kind, &web.public_key],
             LOG_WAIT,
         );
-        let spoofed = line_with(&server_log_since(&server, offset), &["spoofed sender", &web.public_key]);
+        let spoofed = line_with(&log_since(&server, offset), &["spoofed sender", &web.public_key]);
         assert!(
             run.stderr.contains("not authorized"),
             "stderr of a client key's {args:?} lacks \"not authorized\": {run:?}\nserver warned: {:?}\n\
@@ -367,13 +300,10 @@ fn revoked_agent_is_cut_off_at_once_and_cannot_reconnect() {
     assert!(!run.stdout.contains("web-1") && !run.stderr.contains("web-1"), "web-1 still addressed: {run:?}");
     assert!(run.success(), "echo after the revoke failed: {run:?}\n{}", server.log());
 
-    let revoked_line = wait_for_line(
-        || server_log_since(&server, offset),
-        &["WARN", "key revoked and cut off", "web-1", &web_key],
-        LOG_WAIT,
-    );
+    let revoked_line =
+        wait_for_line(|| log_since(&server, offset), &["WARN", "key revoked and cut off", "web-1", &web_key], LOG_WAIT);
     let revoked_line = revoked_line.unwrap_or_else(|| panic!("no revocation logged:\n{}", server.log()));
-    let cut_line = wait_for_line(|| server_log_since(&server, offset), &["cut off a revoked key", &web_key], LOG_WAIT);
+    let cut_line = wait_for_line(|| log_since(&server, offset), &["cut off a revoked key", &web_key], LOG_WAIT);
     let cut_line = cut_line.unwrap_or_else(|| panic!("no cut-off logged:\n{}", server.log()));
     assert!(!cut_line.contains("connections: 0"), "no connection was shut down: {cut_line}");
     eprintln!("revocation: {revoked_line}\ncut-off: {cut_line}");
@@ -391,11 +321,10 @@ fn revoked_agent_is_cut_off_at_once_and_cannot_reconnect() {
     assert!(!stored.contains(&web_key), "the key is still stored:\n{stored}");
 
     // It cannot come back.
-    let rejected =
-        wait_for_line(|| server_log_since(&server, offset), &["rejected: unknown client", &web_key], LOG_WAIT);
-    assert!(rejected.is_some(), "web-1's reconnect was not rejected:\n{}", server_log_since(&server, offset));
+    let rejected = wait_for_line(|| log_since(&server, offset), &["rejected: unknown client", &web_key], LOG_WAIT);
+    assert!(rejected.is_some(), "web-1's reconnect was not rejected:\n{}", log_since(&server, offset));
     eprintln!("reconnect after the revoke: {}", rejected.unwrap_or_default());
-    let accepted = line_with(&server_log_since(&server, offset), &["handshake accepted", &web_key]);
+    let accepted = line_with(&log_since(&server, offset), &["handshake accepted", &web_key]);
     assert!(accepted.is_none(), "web-1 was let in again: {accepted:?}");
     let run = echo_all(&server, cwd.path(), "later");
     assert!(answered_by(&run, "db-1", "later") && !run.stdout.contains("web-1"), "echo: {run:?}");
@@ -504,17 +433,14 @@ fn oversized_message_drops_its_connection_and_the_server_keeps_serving() {
     let started = Instant::now();
     send(&dealer, &big);
     drop(big);
-    let closed = wait_for_line(
-        || server_log_since(&server, offset),
-        &["last connection closed", &admin_key],
-        Duration::from_secs(15),
-    );
+    let closed =
+        wait_for_line(|| log_since(&server, offset), &["last connection closed", &admin_key], Duration::from_secs(15));
     eprintln!("65 MiB message: connection closed after {:?}: {closed:?}", started.elapsed());
     assert!(closed.is_some(), "the oversized message's connection was not dropped:\n{}", server.log());
     assert!(
-        line_with(&server_log_since(&server, offset), &["message received", "Echo", &admin_key]).is_none(),
+        line_with(&log_since(&server, offset), &["message received", "Echo", &admin_key]).is_none(),
         "the oversized message was delivered:\n{}",
-        server_log_since(&server, offset)
+        log_since(&server, offset)
     );
     drop(dealer);
 
@@ -566,7 +492,7 @@ fn original_format_server_keys_load_and_work() {
     let run = admin(&server, client_cwd.path(), 3, &["client:create", "--name", "sneaky"]);
     assert!(!run.success(), "client-2 created a key: {run:?}");
     let refused = wait_for_line(
-        || server_log_since(&server, offset),
+        || log_since(&server, offset),
         &["unauthorized command refused", "CreateClient", &second.public_key],
         LOG_WAIT,
     );
@@ -574,7 +500,7 @@ fn original_format_server_keys_load_and_work() {
         run.stderr.contains("not authorized"),
         "stderr of client-2's client:create lacks \"not authorized\": {run:?}\nserver warned: {refused:?}\n\
          server log since:\n{}",
-        server_log_since(&server, offset)
+        log_since(&server, offset)
     );
     assert!(refused.is_some(), "no warning for client-2's client:create:\n{}", server.log());
     let stored = std::fs::read_to_string(server_keys_path(&server)).unwrap();

@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;
 
 use actix::prelude::*;
-use pantry_shared::filter::ClientFilter;
+use pantry_shared::filter::{ClientFilter, Identities};
 
 struct Entry {
     filter: ClientFilter,
@@ -173,11 +173,13 @@ impl Handler<Forget> for ClientRegistry {
     }
 }
 
-/// The clients a status filter selects, sorted by identity.
+/// The clients a status filter (and identity patterns) select, sorted by
+/// identity.
 #[derive(Message)]
 #[rtype(result = "Vec<(ClientFilter, SystemTime)>")]
 pub struct Query {
     pub filter: ClientFilter,
+    pub identities: Option<Identities>,
 }
 
 impl Handler<Query> for ClientRegistry {
@@ -188,6 +190,9 @@ impl Handler<Query> for ClientRegistry {
             .clients
             .values()
             .filter(|e| msg.filter.selects(&e.filter) && self.receives(e))
+            .filter(|e| {
+                msg.identities.as_ref().is_none_or(|ids| ids.matches(e.filter.identity.as_deref().unwrap_or_default()))
+            })
             .map(|e| (e.filter.clone(), e.last_checked_in))
             .collect();
         list.sort_by(|a, b| a.0.identity.cmp(&b.0.identity));
@@ -203,12 +208,14 @@ pub struct Recipient {
     pub key: Option<String>,
 }
 
-/// The clients that receive a message sent to `stream` (`""`: all), sorted
-/// by identity.
+/// The clients that receive a message sent to `stream` (`""`: all), or
+/// only those of them whose identity matches `identities`, sorted by
+/// identity.
 #[derive(Message)]
 #[rtype(result = "Vec<Recipient>")]
 pub struct Recipients {
     pub stream: String,
+    pub identities: Option<Identities>,
 }
 
 impl Handler<Recipients> for ClientRegistry {
@@ -216,6 +223,9 @@ impl Handler<Recipients> for ClientRegistry {
 
     fn handle(&mut self, msg: Recipients, _: &mut Context<Self>) -> Self::Result {
         let recipient = |identity: &String| {
+            if msg.identities.as_ref().is_some_and(|ids| !ids.matches(identity)) {
+                return None;
+            }
             let entry = self.clients.get(identity).filter(|e| self.receives(e))?;
             Some(Recipient { identity: identity.clone(), key: entry.key.clone() })
         };
@@ -259,8 +269,11 @@ mod tests {
         // Another key cannot take h1.
         let refused = registry.send(reg(client("h1", "pantry", "test", &["web"]), "k9")).await.unwrap();
         assert!(matches!(refused, Registered::Refused(r) if r.contains("another key")));
-        let to = |s: &str| registry.send(Recipients { stream: s.into() });
+        let to = |s: &str| registry.send(Recipients { stream: s.into(), identities: None });
         assert_eq!(ids(to("").await.unwrap()), ["h1", "h2"]);
+        let some = |p: &str| Identities::parse(&[p.into()]).unwrap();
+        let globbed = registry.send(Recipients { stream: "pantry".into(), identities: some("h[2-9]") }).await;
+        assert_eq!(ids(globbed.unwrap()), ["h2"]);
         assert_eq!(ids(to("pantry").await.unwrap()), ["h1", "h2"]);
         assert_eq!(ids(to("pantry.test").await.unwrap()), ["h1"]);
         assert_eq!(ids(to("pantry.prod.db").await.unwrap()), ["h2"]);
@@ -271,7 +284,7 @@ mod tests {
         assert!(to("pantry.test.web").await.unwrap().is_empty());
         assert_eq!(ids(to("pantry.test.db").await.unwrap()), ["h1"]);
         let q = registry
-            .send(Query { filter: ClientFilter { roles: vec!["db".into()], ..Default::default() } })
+            .send(Query { filter: ClientFilter { roles: vec!["db".into()], ..Default::default() }, identities: None })
             .await
             .unwrap();
         assert_eq!(q.len(), 2);
@@ -293,7 +306,7 @@ mod tests {
         assert!(matches!(r, Registered::Refused(reason) if reason.contains("shop.prod")), "identity = stream");
         let r = registry.send(reg(client("db-1", "web1.example.com", "x", &[]))).await.unwrap();
         assert!(matches!(r, Registered::Refused(_)), "app = identity");
-        let to = |s: &str| registry.send(Recipients { stream: s.into() });
+        let to = |s: &str| registry.send(Recipients { stream: s.into(), identities: None });
         assert_eq!(ids(to("web1.example.com").await.unwrap()), ["web1.example.com"]);
     }
 
@@ -302,7 +315,7 @@ mod tests {
         let registry = ClientRegistry::new(true).start();
         let r = Register { client: client("h1", "a", "e", &[]), key: Some("k1".into()) };
         assert_eq!(registry.send(r).await.unwrap(), Registered::New);
-        let to = || registry.send(Recipients { stream: "a".into() });
+        let to = || registry.send(Recipients { stream: "a".into(), identities: None });
         assert!(to().await.unwrap().is_empty());
         registry.send(Listening { key: "k1".into(), listening: true }).await.unwrap();
         assert_eq!(to().await.unwrap(), [Recipient { identity: "h1".into(), key: Some("k1".into()) }]);

@@ -23,6 +23,7 @@ use actix::prelude::*;
 use pantry_shared::commands::{
     app_config, client_list, client_revoke, create_client, register_client, status, upload, Kind, RunsOn,
 };
+use pantry_shared::filter::Identities;
 use pantry_shared::keys::Role;
 use pantry_shared::{BodyPart, Message};
 use serde_json::Value;
@@ -40,8 +41,18 @@ use crate::outbox::{Outbound, Outbox};
 const PENDING_TTL: Duration = Duration::from_secs(600);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-/// Forwarded requests one requester may have waiting for answers at once.
-pub const MAX_PENDING_PER_REQUESTER: usize = 1000;
+/// Forwarded requests one requester may have waiting for answers at once,
+/// and answers it may be waiting for in all (about 60 bytes each): bounds
+/// the memory one requester can pin for the pending requests' lifetime.
+pub const MAX_PENDING_PER_REQUESTER: usize = 10_000;
+pub const MAX_AWAITED_PER_REQUESTER: usize = 1_000_000;
+
+/// What one requester has pending.
+#[derive(Default)]
+struct Load {
+    requests: usize,
+    awaited: usize,
+}
 
 /// A request forwarded to clients, awaiting their answers.
 struct Pending {
@@ -61,7 +72,7 @@ pub struct CommandDispatcher {
     /// Present under CURVE only.
     keys: Option<Addr<KeyStore>>,
     pending: HashMap<String, Pending>,
-    pending_per_owner: HashMap<String, usize>,
+    load: HashMap<String, Load>,
     /// Where application configs live.
     root_dir: PathBuf,
     /// Keys revoked since start: their open connections may still deliver
@@ -105,7 +116,7 @@ impl CommandDispatcher {
             files,
             keys,
             pending: HashMap::new(),
-            pending_per_owner: HashMap::new(),
+            load: HashMap::new(),
             root_dir,
             revoked: HashSet::new(),
             seen: HashMap::new(),
@@ -142,7 +153,11 @@ impl CommandDispatcher {
             return;
         }
         let requester = pending.requester.clone();
-        if pending.waiting_for.is_empty() {
+        let (owner, done) = (pending.owner.clone(), pending.waiting_for.is_empty());
+        if let Some(load) = self.load.get_mut(&owner) {
+            load.awaited = load.awaited.saturating_sub(1);
+        }
+        if done {
             let uuid = uuid.to_owned();
             self.finish(&uuid);
         }
@@ -155,12 +170,12 @@ impl CommandDispatcher {
     }
 
     fn finish(&mut self, uuid: &str) {
-        if let Some(done) = self.pending.remove(uuid) {
-            if let Some(count) = self.pending_per_owner.get_mut(&done.owner) {
-                *count -= 1;
-                if *count == 0 {
-                    self.pending_per_owner.remove(&done.owner);
-                }
+        let Some(done) = self.pending.remove(uuid) else { return };
+        if let Some(load) = self.load.get_mut(&done.owner) {
+            load.requests -= 1;
+            load.awaited = load.awaited.saturating_sub(done.waiting_for.len());
+            if load.requests == 0 {
+                self.load.remove(&done.owner);
             }
         }
     }
@@ -172,10 +187,13 @@ impl CommandDispatcher {
         }
         match kind {
             Kind::RegisterClient => self.register(request, ctx),
-            Kind::Status => match status::parse(&request.message) {
-                Ok(filter) => {
+            Kind::Status => match status::parse(&request.message)
+                .map_err(|e| e.to_string())
+                .and_then(|filter| Ok((filter, Identities::of(&request.message)?)))
+            {
+                Ok((filter, identities)) => {
                     self.registry
-                        .send(Query { filter })
+                        .send(Query { filter, identities })
                         .into_actor(self)
                         .map(move |clients, act, _| {
                             let clients = clients.unwrap_or_default();
@@ -184,7 +202,7 @@ impl CommandDispatcher {
                         })
                         .spawn(ctx);
                 }
-                Err(e) => self.refuse(&request, e.to_string()),
+                Err(e) => self.refuse(&request, e),
             },
             Kind::CreateClient => self.create_key(request, ctx),
             Kind::ListClients => self.list_keys(request, ctx),
@@ -345,6 +363,10 @@ impl CommandDispatcher {
     /// upload's transfer must be the requester's own offer; its recipients
     /// become the only keys that may fetch it.
     fn forward(&mut self, kind: Kind, request: Request, ctx: &mut Context<Self>) {
+        let identities = match Identities::of(&request.message) {
+            Ok(identities) => identities,
+            Err(e) => return self.refuse(&request, e),
+        };
         let uuid = request.message.uuid().to_owned();
         if self.pending.contains_key(&uuid) {
             warn!(self.log, "request refused: its uuid is already in use by a pending request";
@@ -355,7 +377,7 @@ impl CommandDispatcher {
             Some(auth) => auth.key.clone(),
             None => Hex(&request.peer).to_string(),
         };
-        let count = self.pending_per_owner.get(&owner).copied().unwrap_or(0);
+        let count = self.load.get(&owner).map_or(0, |l| l.requests);
         if count >= MAX_PENDING_PER_REQUESTER {
             warn!(self.log, "request refused: too many requests of this sender await answers";
                 "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key(),
@@ -373,15 +395,16 @@ impl CommandDispatcher {
             since: Instant::now(),
         };
         self.pending.insert(uuid.clone(), pending);
-        *self.pending_per_owner.entry(owner).or_default() += 1;
+        self.load.entry(owner).or_default().requests += 1;
 
         let registry = self.registry.clone();
         let files = self.files.clone();
         let stream = request.message.stream.clone();
         let transfer = (kind == Kind::Upload).then(|| upload::parse(&request.message).map(|u| u.transfer_id));
         let requester = request.auth.clone();
+        let by_identity = identities.is_some();
         let work = async move {
-            let recipients = registry.send(Recipients { stream }).await.map_err(|e| e.to_string())?;
+            let recipients = registry.send(Recipients { stream, identities }).await.map_err(|e| e.to_string())?;
             if let Some(transfer) = transfer {
                 let transfer_id = transfer.map_err(|e| e.to_string())?;
                 let keys = recipients.iter().filter_map(|r| r.key.clone()).collect();
@@ -392,7 +415,7 @@ impl CommandDispatcher {
         };
         work.into_actor(self)
             .map(move |outcome, act, _| match outcome {
-                Ok(recipients) => act.publish(request, recipients),
+                Ok(recipients) => act.publish(request, recipients, by_identity),
                 Err(reason) => {
                     act.finish(&uuid);
                     warn!(act.log, "request refused: {}", reason;
@@ -403,7 +426,26 @@ impl CommandDispatcher {
             .spawn(ctx);
     }
 
-    fn publish(&mut self, request: Request, recipients: Vec<Recipient>) {
+    /// Sends the requester the list of recipients, then publishes: once to
+    /// the request's stream, or, when it targets identities, once to each
+    /// recipient's own stream.
+    fn publish(&mut self, request: Request, recipients: Vec<Recipient>, by_identity: bool) {
+        let owner = self.pending.get(request.message.uuid()).map(|p| p.owner.clone()).unwrap_or_default();
+        let awaited = self.load.get(&owner).map_or(0, |l| l.awaited);
+        if awaited + recipients.len() > MAX_AWAITED_PER_REQUESTER {
+            let uuid = request.message.uuid().to_owned();
+            self.finish(&uuid);
+            warn!(self.log, "request refused: its sender awaits too many answers already";
+                "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key(),
+                "awaited" => awaited, "limit" => MAX_AWAITED_PER_REQUESTER);
+            return self.refuse(
+                &request,
+                format!(
+                    "too many answers awaited ({awaited} for earlier requests; at most {MAX_AWAITED_PER_REQUESTER}); \
+                 wait for some to finish"
+                ),
+            );
+        }
         let Request { peer, message, .. } = request;
         debug!(self.log, "request forwarded";
             "type" => message.message_type(), "from" => &message.metadata.from,
@@ -413,18 +455,25 @@ impl CommandDispatcher {
         list.metadata.custom.insert("client_response_list".into(), Value::Bool(true));
         list.body = recipients.iter().map(|r| BodyPart::Text(r.identity.clone())).collect();
         self.reply(peer, list);
-        match self.pending.get_mut(message.uuid()) {
-            Some(pending) if !recipients.is_empty() => {
-                pending.waiting_for = recipients.into_iter().map(|r| r.identity).collect();
-            }
-            _ => {
-                let uuid = message.uuid().to_owned();
-                self.finish(&uuid);
-            }
-        }
+        let identities: Vec<String> = recipients.into_iter().map(|r| r.identity).collect();
         let mut out = message;
         out.metadata.forwarded = true;
-        self.outbox.send(Outbound::Publish(out));
+        if by_identity {
+            for identity in &identities {
+                let mut one = out.clone();
+                one.stream = identity.clone();
+                self.outbox.send(Outbound::Publish(one));
+            }
+        } else {
+            self.outbox.send(Outbound::Publish(out.clone()));
+        }
+        match self.pending.get_mut(out.uuid()) {
+            Some(pending) if !identities.is_empty() => {
+                self.load.entry(owner).or_default().awaited += identities.len();
+                pending.waiting_for = identities.into_iter().collect();
+            }
+            _ => self.finish(out.uuid()),
+        }
     }
 }
 

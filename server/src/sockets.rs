@@ -135,6 +135,7 @@ pub fn start(
             fd_budget,
             base_fds: crate::limits::open_fds(),
             last_fd_warning: None,
+            last_accept_error: None,
             log,
         }
         .run()
@@ -175,6 +176,8 @@ struct SocketThread {
     /// Descriptors open before any connection (files, inproc pipes).
     base_fds: usize,
     last_fd_warning: Option<Instant>,
+    /// Accept errors repeat as fast as libzmq retries: logged once a second.
+    last_accept_error: Option<Instant>,
     log: Logger,
 }
 
@@ -587,10 +590,17 @@ impl SocketThread {
                         "socket" => socket_name, "address" => EventPeer(fd), "endpoint" => &event.endpoint);
                     self.check_descriptors();
                 }
-                SocketEvent::AcceptFailed(errno) => error!(self.log,
-                    "cannot accept a connection: {}", std::io::Error::from_raw_os_error(errno as i32);
-                    "socket" => socket_name, "open_connections" => self.connections.open,
-                    "descriptor_limit" => self.fd_budget.limit),
+                SocketEvent::AcceptFailed(errno) => {
+                    // Out of descriptors (EMFILE): make room at once.
+                    let shed =
+                        self.connections.cut_unidentified_limited(Duration::from_secs(1), self.fd_budget.limit / 10);
+                    if self.last_accept_error.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                        self.last_accept_error = Some(Instant::now());
+                        error!(self.log, "cannot accept a connection: {}", std::io::Error::from_raw_os_error(errno as i32);
+                            "socket" => socket_name, "open_connections" => self.connections.open,
+                            "descriptor_limit" => self.fd_budget.limit, "shut_down_in_handshake" => shed);
+                    }
+                }
                 SocketEvent::Disconnected => {
                     let fd = event.value as RawFd;
                     if port == ServerPort::Publish {

@@ -123,7 +123,7 @@ fn default_receive_port() -> u16 {
 fn default_file_service_port() -> u16 {
     DEFAULT_FILE_SERVICE_PORT
 }
-pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 16 * 1024 * 1024;
 
 fn default_max_message_size() -> u64 {
     DEFAULT_MAX_MESSAGE_SIZE

@@ -6,6 +6,9 @@
 //! the client checks again with [`ClientFilter::accepts_stream`].
 
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::message::Message;
 
 /// The PUB topic of messages for every client (stream `""`). No identity,
 /// application, environment or role may start with it.
@@ -196,6 +199,52 @@ impl ClientFilter {
     }
 }
 
+/// `custom.identities` of a request: the identities it targets, as shell
+/// globs (`web-*`). The server expands them against the registry (within
+/// the request's stream) and sends to each matching identity's own stream.
+pub const IDENTITIES_FIELD: &str = "identities";
+
+/// Identity patterns, checked.
+#[derive(Debug, Clone)]
+pub struct Identities(Vec<glob::Pattern>);
+
+impl Identities {
+    /// Reads `patterns`; an empty list is `None` (no identity targeting).
+    pub fn parse(patterns: &[String]) -> Result<Option<Identities>, String> {
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let parsed = patterns
+            .iter()
+            .map(|p| glob::Pattern::new(p).map_err(|e| format!("invalid identity pattern `{p}`: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Identities(parsed)))
+    }
+
+    /// The patterns in a request's `custom`, if any.
+    pub fn of(request: &Message) -> Result<Option<Identities>, String> {
+        match request.metadata.custom.get(IDENTITIES_FIELD) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => {
+                let patterns: Option<Vec<String>> = items.iter().map(|v| v.as_str().map(str::to_owned)).collect();
+                Self::parse(&patterns.ok_or("`identities` must be a list of strings")?)
+            }
+            Some(_) => Err("`identities` must be a list of strings".into()),
+        }
+    }
+
+    /// Puts `patterns` in a request.
+    pub fn attach(request: &mut Message, patterns: &[String]) {
+        if !patterns.is_empty() {
+            request.metadata.custom.insert(IDENTITIES_FIELD.into(), patterns.to_vec().into());
+        }
+    }
+
+    pub fn matches(&self, identity: &str) -> bool {
+        self.0.iter().any(|p| p.matches(identity))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +342,19 @@ mod tests {
         assert!(c.accepts_stream("web1.example.com"));
         assert!(!c.accepts_stream("web1.example"));
         assert!(c.accepts_stream("pantry.test.web"));
+    }
+
+    #[test]
+    fn identity_globs() {
+        let ids = Identities::parse(&["web-*".into(), "db-1".into()]).unwrap().unwrap();
+        assert!(ids.matches("web-3") && ids.matches("db-1") && !ids.matches("db-10"));
+        assert!(Identities::parse(&[]).unwrap().is_none());
+        assert!(Identities::parse(&["web-[".into()]).is_err());
+        let mut m = Message::new("Echo");
+        Identities::attach(&mut m, &["web-?".into()]);
+        assert!(Identities::of(&m).unwrap().unwrap().matches("web-7"));
+        m.metadata.custom.insert(IDENTITIES_FIELD.into(), 5.into());
+        assert!(Identities::of(&m).is_err());
     }
 
     #[test]
