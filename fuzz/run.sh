@@ -10,7 +10,7 @@ seconds=${SECONDS_PER_TARGET:-20}
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz
 fi
-for target in decode_message load_config_and_keys; do
+for target in decode_message load_config_and_keys authorize_and_subscribe; do
     scratch=$(mktemp -d)
     cp -r "fuzz/corpus/$target/." "$scratch/"
     echo "fuzzing $target for ${seconds}s"

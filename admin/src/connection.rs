@@ -11,6 +11,9 @@ use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::security::SocketSecurity;
 use pantry_shared::{BodyPart, Message};
 
+/// How the server's refusal of an unknown key begins.
+const UNKNOWN_CLIENT: &str = "unknown client";
+
 pub struct Connection {
     dealer: zmq::Socket,
     monitor: zmq::Socket,
@@ -173,9 +176,19 @@ impl Connection {
         self.send(request)?;
         let response = self.recv(request.uuid(), deadline, None)?;
         if let Some(error) = response.error() {
-            bail!("the server refused {}: {error}", request.message_type());
+            return Err(self.refused(request, error));
         }
         Ok(response)
+    }
+
+    /// The error for a refusal: a key the server does not know is said the
+    /// way a refused handshake is.
+    fn refused(&self, request: &Message, error: &str) -> anyhow::Error {
+        if error.starts_with(UNKNOWN_CLIENT) {
+            let key = self.keys.as_ref().map(|k| k.keys.public_key.as_str()).unwrap_or("-");
+            return anyhow!("{}", monitor::rejected_key_text(400, key));
+        }
+        anyhow!("the server refused {}: {error}", request.message_type())
     }
 
     /// Sends a request the server forwards to clients. `on_list` gets the
@@ -194,7 +207,7 @@ impl Connection {
         let list = loop {
             let m = self.recv(request.uuid(), deadline, side.as_deref_mut())?;
             if let Some(error) = m.error() {
-                bail!("the server refused {}: {error}", request.message_type());
+                return Err(self.refused(request, error));
             }
             if m.is_client_response_list() {
                 break m;

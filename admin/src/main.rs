@@ -13,7 +13,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use pantry_shared::commands::{app_config, client_list, client_revoke, create_client, echo, exec, status, upload};
+use pantry_shared::commands::{
+    app_config, client_list, client_pending, client_revoke, client_token, create_client, echo, exec, status, upload,
+};
 use pantry_shared::config::{self, Config, Program};
 use pantry_shared::filter::{ClientFilter, Identities};
 use pantry_shared::keys::{self, ClientKeys, Role};
@@ -169,6 +171,51 @@ enum Command {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Make an enrollment token for `pantry-client enroll --token` and print
+    /// it (one line); the server keeps only its hash.
+    #[command(name = "client:token")]
+    ClientToken {
+        /// The identity the enrolled agent gets (default: its own).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = client_token::DEFAULT_USES, value_name = "N")]
+        uses: u32,
+        /// How long it is valid (e.g. 30m, 1h, 7d).
+        #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// List the keys that tried to connect but are not known: key, claimed
+    /// identity, address, when last seen, attempts.
+    #[command(name = "client:pending")]
+    ClientPending {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Make a pending key a client key, bound to NAME (default: the
+    /// identity it claimed).
+    #[command(name = "client:accept")]
+    ClientAccept {
+        #[arg(value_name = "KEY|IDENTITY")]
+        target: String,
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// Forget a pending key.
+    #[command(name = "client:reject")]
+    ClientReject {
+        #[arg(value_name = "KEY|IDENTITY")]
+        target: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// Print the configuration of the application given with -a.
     #[command(name = "app:show")]
     AppShow {
@@ -193,6 +240,10 @@ impl Command {
             | Command::ClientCreate { wait, .. }
             | Command::ClientList { wait, .. }
             | Command::ClientRevoke { wait, .. }
+            | Command::ClientToken { wait, .. }
+            | Command::ClientPending { wait, .. }
+            | Command::ClientAccept { wait, .. }
+            | Command::ClientReject { wait, .. }
             | Command::AppShow { wait }
             | Command::Edit { wait } => wait.timeout.unwrap_or(global),
             // The clients' time limit, plus the usual wait for the answers.
@@ -413,6 +464,33 @@ fn run(cli: Cli) -> Result<Outcome> {
         Command::ClientRevoke { target, .. } => {
             let response = conn.ask_server(&stamped(client_revoke::request(target)), &mut deadline)?;
             println!("{}", client_revoke::format_answer(&response));
+            Outcome::Done
+        }
+        Command::ClientToken { name, uses, ttl, .. } => {
+            let asked = client_token::TokenRequest { name: name.clone(), uses: *uses, ttl: *ttl };
+            let response = conn.ask_server(&stamped(client_token::request(&asked)), &mut deadline)?;
+            println!("{}", client_token::token(&response).context("the server's answer holds no token")?);
+            Outcome::Done
+        }
+        Command::ClientPending { json, .. } => {
+            let response = conn.ask_server(&stamped(client_pending::list_request()), &mut deadline)?;
+            let keys = client_pending::keys(&response);
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+            } else {
+                print!("{}", client_pending::format_table(&keys, SystemTime::now()));
+            }
+            Outcome::Done
+        }
+        Command::ClientAccept { target, name, .. } => {
+            let request = client_pending::accept_request(target, name.as_deref());
+            let response = conn.ask_server(&stamped(request), &mut deadline)?;
+            println!("{}", client_pending::format_done(&response, "accepted"));
+            Outcome::Done
+        }
+        Command::ClientReject { target, .. } => {
+            let response = conn.ask_server(&stamped(client_pending::reject_request(target)), &mut deadline)?;
+            println!("{}", client_pending::format_done(&response, "rejected"));
             Outcome::Done
         }
         Command::ClientCreate { output, name, admin, .. } => {

@@ -11,12 +11,19 @@
 //! (identity bound to another key, a name that is not allowed) is logged at
 //! warn with the server's reason and retried with a backoff until the
 //! operator fixes it.
+//!
+//! An agent whose key the server does not know (it made its key pair at its
+//! first start, with only the server's public key configured) enrolls
+//! itself: it asks on the DEALER, logs at warn that it waits to be
+//! accepted, asks again with a backoff, and once an admin has run
+//! `client:accept` it connects its SUB and registers, without a restart.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use pantry_shared::commands::enroll::{self, EnrollRequest, Enrolled};
 use pantry_shared::commands::{self, register_client, upload, ClientContext};
 use pantry_shared::config::Config;
 use pantry_shared::filter::BROADCAST_TOPIC;
@@ -95,6 +102,15 @@ pub struct Agent {
     registration: Registration,
     /// The backoff between refused registrations.
     refusals: Backoff,
+    /// Set while the server does not know our key: when to ask again.
+    enrolling: Option<Instant>,
+    enroll_backoff: Backoff,
+    /// Whether the operator was told the agent waits to be accepted.
+    told_waiting: bool,
+    /// `client.identity`, when client.yml sets it.
+    configured_identity: Option<String>,
+    /// Our keys (CURVE), to record the name we are accepted under.
+    keys: Option<ClientKeys>,
     log: Logger,
     /// Answers from commands run on worker threads.
     results: zmq::Socket,
@@ -136,12 +152,17 @@ impl Agent {
         results.set_linger(0)?;
         results.bind(RESULTS_ENDPOINT)?;
         let (receive, publish) = (net.endpoint(net.receive_port), net.endpoint(net.pub_sub_port));
-        sub.connect(&publish).with_context(|| format!("cannot connect to {publish}"))?;
+        // A key made just now is unknown to the server: enroll first; the
+        // SUB connects once the key is accepted.
+        let enrolling = keys.as_ref().is_some_and(|k| k.generated).then(Instant::now);
+        if enrolling.is_none() {
+            sub.connect(&publish).with_context(|| format!("cannot connect to {publish}"))?;
+        }
         dealer.connect(&receive).with_context(|| format!("cannot connect to {receive}"))?;
         info!(log, "pantry-client started";
             "version" => pantry_shared::VERSION, "identity" => me.identity(), "server" => &receive,
             "subscriptions" => me.filter.streams().join(" "), "security" => net.security_name());
-        let watch = HandshakeWatch::new(receive.clone(), keys, log.clone());
+        let watch = HandshakeWatch::new(receive.clone(), keys.clone(), log.clone());
         Ok(Agent {
             me,
             heartbeat: Duration::from_secs(config.client.heartbeat_interval),
@@ -157,6 +178,11 @@ impl Agent {
             reconnect_at: None,
             registration: Registration::Waiting,
             refusals: Backoff::new(),
+            enrolling,
+            enroll_backoff: Backoff::new(),
+            told_waiting: false,
+            configured_identity: config.client.identity.clone(),
+            keys,
             log,
             results,
             ctx,
@@ -171,6 +197,9 @@ impl Agent {
             let mut wake = self.reconnect_at.map_or(next_heartbeat, |at| at.min(next_heartbeat));
             if let Registration::Refused { retry_at, .. } = &self.registration {
                 wake = wake.min(*retry_at);
+            }
+            if let Some(at) = self.enrolling {
+                wake = wake.min(at);
             }
             let wait = wake.saturating_duration_since(Instant::now());
             let mut items = [
@@ -239,12 +268,18 @@ impl Agent {
             if self.reconnect_at.is_some_and(|at| Instant::now() >= at) {
                 self.reconnect_at = None;
                 debug!(self.log, "connecting again"; "server" => &self.receive);
-                self.sub.connect(&self.publish)?;
+                if self.enrolling.is_none() {
+                    self.sub.connect(&self.publish)?;
+                }
                 self.dealer.connect(&self.receive)?;
+            }
+            if self.enrolling.is_some_and(|at| Instant::now() >= at) {
+                self.ask_to_enroll();
+                continue;
             }
             let retry_due =
                 matches!(&self.registration, Registration::Refused { retry_at, .. } if Instant::now() >= *retry_at);
-            if retry_due || Instant::now() >= next_heartbeat {
+            if self.enrolling.is_none() && (retry_due || Instant::now() >= next_heartbeat) {
                 self.register();
                 next_heartbeat = Instant::now() + self.heartbeat;
             }
@@ -257,7 +292,8 @@ impl Agent {
             return;
         }
         let delay = self.backoff.next_delay();
-        // Disconnecting an endpoint that is already down fails harmlessly.
+        // Disconnecting an endpoint that is down (or was never connected)
+        // fails harmlessly.
         let _ = self.sub.disconnect(&self.publish);
         let _ = self.dealer.disconnect(&self.receive);
         debug!(self.log, "retrying after a failed handshake"; "in_seconds" => delay.as_secs());
@@ -281,10 +317,69 @@ impl Agent {
         }
     }
 
-    /// What the server says on the DEALER: the answers to registrations.
+    /// Asks the server to enroll our key (no token: it waits on the
+    /// server's pending list until an admin accepts it).
+    fn ask_to_enroll(&mut self) {
+        let request = EnrollRequest {
+            token: None,
+            identity: self.configured_identity.clone(),
+            hostname: pantry_shared::config::hostname(),
+        };
+        self.send(enroll::request(&request));
+        self.enrolling = Some(Instant::now() + self.enroll_backoff.next_delay());
+    }
+
+    fn enroll_answered(&mut self, answer: &Message) {
+        let key = self.keys.as_ref().map(|k| k.keys.public_key.clone()).unwrap_or_default();
+        match enroll::outcome(answer) {
+            Ok(Enrolled::Waiting) => {
+                if !std::mem::replace(&mut self.told_waiting, true) {
+                    warn!(self.log, "the server does not know this agent's key yet: it waits to be accepted \
+                        (pantry-admin client:pending, then client:accept {})", self.me.identity();
+                        "identity" => self.me.identity(), "public_key" => &key, "server" => &self.receive);
+                }
+            }
+            Ok(Enrolled::Accepted { name }) => self.accepted(name),
+            Err(reason) => warn!(self.log, "the server refused to enroll this agent: {}", reason;
+                "identity" => self.me.identity(), "public_key" => &key),
+        }
+    }
+
+    /// Our key is known now, bound to `name`: listen and register.
+    fn accepted(&mut self, name: String) {
+        if self.configured_identity.as_ref().is_some_and(|configured| *configured != name) {
+            slog::error!(self.log, "the server accepted this agent's key under another name than client.yml's \
+                identity: make them the same"; "accepted_as" => &name, "identity" => self.me.identity());
+            return;
+        }
+        info!(self.log, "the server accepted this agent's key"; "identity" => &name, "server" => &self.receive);
+        if self.me.identity() != name {
+            let _ = self.sub.set_unsubscribe(self.me.identity().as_bytes());
+            let _ = self.sub.set_subscribe(name.as_bytes());
+            self.me.filter.identity = Some(name.clone());
+        }
+        if let Some(keys) = &mut self.keys {
+            keys.name = Some(name);
+            if let Err(e) = keys.save() {
+                warn!(self.log, "cannot record the accepted name in the key file"; "error" => %e);
+            }
+        }
+        self.enrolling = None;
+        self.enroll_backoff.reset();
+        if let Err(e) = self.sub.connect(&self.publish) {
+            warn!(self.log, "cannot connect to the server's PUB socket"; "error" => %e);
+        }
+    }
+
+    /// What the server says on the DEALER: the answers to registrations and
+    /// enrollment requests.
     fn drain_answers(&mut self) {
         while let Ok(frames) = self.dealer.recv_multipart(zmq::DONTWAIT) {
             let answer = match Message::from_frames(&frames) {
+                Ok(m) if m.message_type() == enroll::TYPE => {
+                    self.enroll_answered(&m);
+                    continue;
+                }
                 Ok(m) if m.message_type() == register_client::TYPE => m,
                 Ok(m) => {
                     debug!(self.log, "unexpected message on DEALER dropped"; "type" => m.message_type());
@@ -310,6 +405,15 @@ impl Agent {
     }
 
     fn refused(&mut self, reason: String) {
+        if reason.starts_with("unknown client") && self.keys.is_some() {
+            // The key is not (or no longer) known: ask to be enrolled.
+            if self.enrolling.is_none() {
+                let _ = self.sub.disconnect(&self.publish);
+                self.listening = false;
+                self.enrolling = Some(Instant::now());
+            }
+            return;
+        }
         let delay = self.refusals.next_delay();
         let repeated = matches!(&self.registration, Registration::Refused { reason: r, .. } if *r == reason);
         if !repeated {

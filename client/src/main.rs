@@ -5,6 +5,7 @@
 //! The loop is in [`agent`]; this file reads the config and the keys.
 
 mod agent;
+mod enroll;
 mod handshake;
 
 use std::path::PathBuf;
@@ -43,6 +44,18 @@ enum ClientCommand {
     /// without starting or changing anything; exit 1 with a list of problems.
     #[command(name = "check-config")]
     CheckConfig,
+    /// Enroll this agent with a token from `pantry-admin client:token`: make
+    /// a key pair here, have the server store its public key, write
+    /// client_keys.yml (0600). The private key never leaves this machine.
+    Enroll {
+        /// The token `pantry-admin client:token` printed.
+        #[arg(long, value_name = "TOKEN")]
+        token: String,
+        /// The server's public key (default: client_keys.yml's, or
+        /// networking.server_public_key in the config).
+        #[arg(long, value_name = "KEY")]
+        server_public_key: Option<String>,
+    },
 }
 
 fn main() {
@@ -62,6 +75,9 @@ fn run(cli: Cli) -> Result<()> {
         Some(path) => Config::load(path, Program::Client)?,
         None => Config::defaults(Program::Client),
     };
+    if let Some(ClientCommand::Enroll { token, server_public_key }) = &cli.command {
+        return enroll::run(&config, token, server_public_key.as_deref());
+    }
     let level = log_level(&config, &cli);
     let logging = logging::init(&LogTarget::from_config(&config.log_to, &config.syslog_program_name), level)
         .with_context(|| format!("cannot open log {}", config.log_to))?;
@@ -71,7 +87,8 @@ fn run(cli: Cli) -> Result<()> {
     let (security, key_file) = if config.networking.is_curve() {
         let dir = keys::curve_dir(&root_dir);
         keys::ensure_private_dir(&dir)?;
-        let keys = ClientKeys::load(&dir.join(keys::CLIENT_KEYS_FILE), true)?;
+        let path = dir.join(keys::CLIENT_KEYS_FILE);
+        let keys = ClientKeys::load_agent(&path, config.networking.server_public_key.as_deref())?;
         (SocketSecurity::client(&keys)?, Some(keys))
     } else {
         (SocketSecurity::Null, None)

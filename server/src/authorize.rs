@@ -14,7 +14,7 @@ use pantry_shared::commands::{Kind, RunsOn, Senders};
 use pantry_shared::keys::Role;
 use pantry_shared::Message;
 
-use crate::messages::PeerAuth;
+use crate::messages::{PeerAuth, Standing};
 
 /// What to do with a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +31,11 @@ pub enum Verdict {
     Drop(&'static str),
 }
 
+/// What an unknown key hears for anything but `Enroll`; the admin and the
+/// agent recognise it and say the server rejected the key.
+pub const UNKNOWN_CLIENT: &str = "unknown client: the server does not know this key (enroll it with \
+    `pantry-client enroll --token`, or have an admin run `pantry-admin client:accept`)";
+
 pub fn authorize(message: &Message, sender: Option<&PeerAuth>, curve: bool) -> Verdict {
     let wire = message.message_type();
     let Some(kind) = Kind::from_wire(wire) else {
@@ -45,16 +50,24 @@ pub fn authorize(message: &Message, sender: Option<&PeerAuth>, curve: bool) -> V
     let Some(sender) = sender else {
         return Verdict::Drop("message without an authenticated key");
     };
-    match sender.role {
-        Role::Admin if is_answer => Verdict::Drop("an admin key cannot answer a request sent to clients"),
-        Role::Admin if rule.senders == Senders::Admins => judged,
-        Role::Admin => Verdict::Refuse(format!("not authorized: {wire} is sent by agents only")),
-        Role::Client if !is_answer && rule.senders != Senders::Clients => {
+    match sender.standing {
+        // An unknown key may only ask to be enrolled.
+        Standing::Enrollee if kind == Kind::Enroll => judged,
+        Standing::Enrollee => Verdict::Refuse(UNKNOWN_CLIENT.into()),
+        Standing::Known(Role::Admin) if is_answer => {
+            Verdict::Drop("an admin key cannot answer a request sent to clients")
+        }
+        Standing::Known(Role::Admin) if rule.senders == Senders::Admins => judged,
+        Standing::Known(Role::Admin) => Verdict::Refuse(format!("not authorized: {wire} is sent by agents only")),
+        // An enrolled agent asking again hears its name (it may have been
+        // accepted while it waited).
+        Standing::Known(Role::Client) if kind == Kind::Enroll => judged,
+        Standing::Known(Role::Client) if !is_answer && rule.senders != Senders::Clients => {
             Verdict::Refuse(format!("not authorized: {wire} needs an admin key"))
         }
         // A client key speaks only for itself; an unbound one may only
         // register (its first registration binds it).
-        Role::Client => match &sender.name {
+        Standing::Known(Role::Client) => match &sender.name {
             Some(name) if *name == message.metadata.from => judged,
             None if kind == Kind::RegisterClient => judged,
             _ => Verdict::Drop("message with a spoofed sender"),
@@ -69,7 +82,12 @@ mod tests {
     use pantry_shared::filter::ClientFilter;
 
     fn key(name: Option<&str>, role: Role) -> PeerAuth {
-        PeerAuth { key: "k".into(), name: name.map(Into::into), role, address: "127.0.0.1".into() }
+        PeerAuth {
+            key: "k".into(),
+            name: name.map(Into::into),
+            standing: Standing::Known(role),
+            address: "127.0.0.1".into(),
+        }
     }
 
     fn from(mut m: Message, who: &str) -> Message {
@@ -135,6 +153,21 @@ mod tests {
         );
         answer.metadata.from = "web-3".into();
         assert!(matches!(authorize(&answer, Some(&unbound), true), Verdict::Drop(_)));
+    }
+
+    #[test]
+    fn unknown_keys_may_only_enroll() {
+        let stranger = PeerAuth { standing: Standing::Enrollee, ..key(None, Role::Client) };
+        let enroll = pantry_shared::commands::enroll::request(&pantry_shared::commands::enroll::EnrollRequest {
+            token: None,
+            identity: None,
+            hostname: "h".into(),
+        });
+        assert_eq!(authorize(&enroll, Some(&stranger), true), Verdict::Request(Kind::Enroll));
+        for m in [status::request(&ClientFilter::default()), registration("h"), echo::request("x")] {
+            assert_eq!(authorize(&m, Some(&stranger), true), Verdict::Refuse(UNKNOWN_CLIENT.into()));
+        }
+        assert!(matches!(authorize(&enroll, Some(&key(Some("ops"), Role::Admin)), true), Verdict::Refuse(_)));
     }
 
     #[test]

@@ -20,11 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
+use pantry_shared::commands::enroll::{self, Enrolled};
 use pantry_shared::commands::{
-    app_config, client_list, client_revoke, create_client, register_client, status, upload, Kind, RunsOn,
+    app_config, client_list, client_pending, client_revoke, client_token, create_client, register_client, status,
+    upload, Kind, RunsOn,
 };
 use pantry_shared::filter::Identities;
-use pantry_shared::keys::Role;
+use pantry_shared::keys::{self, Token};
 use pantry_shared::{BodyPart, Message};
 use serde_json::Value;
 use slog::{debug, info, warn, Logger};
@@ -32,7 +34,9 @@ use slog::{debug, info, warn, Logger};
 use crate::authorize::{authorize, Verdict};
 use crate::client_registry::{ClientRegistry, Forget, Listening, Query, Recipient, Recipients, Register, Registered};
 use crate::file_service::{AuthorizeTransfer, FileService, KeyRevoked};
-use crate::key_store::{BindKey, CreateKey, KeyStore, ListKeys, RevokeKey};
+use crate::key_store::{
+    AcceptPending, AddToken, BindKey, CreateKey, EnrollKey, KeyStore, ListKeys, ListPending, RejectPending, RevokeKey,
+};
 use crate::messages::{Grant, Hex, Incoming, PeerAuth, Presence};
 use crate::outbox::{Outbound, Outbox};
 
@@ -181,10 +185,6 @@ impl CommandDispatcher {
     }
 
     fn run_on_server(&mut self, kind: Kind, request: Request, ctx: &mut Context<Self>) {
-        let needs_keys = matches!(kind, Kind::CreateClient | Kind::ListClients | Kind::RevokeClient);
-        if needs_keys && self.keys.is_none() {
-            return self.refuse(&request, "key management needs `security: curve` on the server");
-        }
         match kind {
             Kind::RegisterClient => self.register(request, ctx),
             Kind::Status => match status::parse(&request.message)
@@ -204,9 +204,6 @@ impl CommandDispatcher {
                 }
                 Err(e) => self.refuse(&request, e),
             },
-            Kind::CreateClient => self.create_key(request, ctx),
-            Kind::ListClients => self.list_keys(request, ctx),
-            Kind::RevokeClient => self.revoke_key(request, ctx),
             Kind::ShowApplication => {
                 let response = app_config::respond_show(&request.message, &self.root_dir);
                 self.reply(request.peer, response);
@@ -221,8 +218,117 @@ impl CommandDispatcher {
                 }
                 self.reply(request.peer, response);
             }
-            Kind::Echo | Kind::Exec | Kind::Upload => {}
+            _ => match self.keys.clone() {
+                Some(keys) => self.manage_keys(&keys, kind, request, ctx),
+                None => self.refuse(&request, "key management needs `security: curve` on the server"),
+            },
         }
+    }
+
+    /// The server commands that change or read the key store (CURVE).
+    fn manage_keys(&mut self, keys: &Addr<KeyStore>, kind: Kind, request: Request, ctx: &mut Context<Self>) {
+        match kind {
+            Kind::CreateClient => self.create_key(keys, request, ctx),
+            Kind::ListClients => self.list_keys(keys, request, ctx),
+            Kind::RevokeClient => self.revoke_key(keys, request, ctx),
+            Kind::CreateToken => self.create_token(keys, request, ctx),
+            Kind::Enroll => self.enroll(keys, request, ctx),
+            Kind::ListPendingKeys => {
+                keys.send(ListPending)
+                    .into_actor(self)
+                    .map(move |listed, act, _| {
+                        let response = client_pending::respond_list(&request.message, &listed.unwrap_or_default());
+                        act.reply(request.peer, response);
+                    })
+                    .spawn(ctx);
+            }
+            Kind::AcceptPendingKey => {
+                let Some(target) = client_pending::target(&request.message).map(str::to_owned) else {
+                    return self.refuse(&request, "client:accept needs a key or an identity");
+                };
+                let name = client_pending::name(&request.message).map(str::to_owned);
+                keys.send(AcceptPending { target, name })
+                    .into_actor(self)
+                    .map(move |accepted, act, _| match accepted {
+                        Ok(Ok(known)) => {
+                            let response = client_pending::respond_done(
+                                &request.message,
+                                &known.public_key,
+                                known.name.as_deref(),
+                            );
+                            act.reply(request.peer, response);
+                        }
+                        Ok(Err(e)) => act.refuse(&request, e),
+                        Err(e) => act.refuse(&request, format!("key store unavailable: {e}")),
+                    })
+                    .spawn(ctx);
+            }
+            Kind::RejectPendingKey => {
+                let Some(target) = client_pending::target(&request.message).map(str::to_owned) else {
+                    return self.refuse(&request, "client:reject needs a key or an identity");
+                };
+                keys.send(RejectPending { target })
+                    .into_actor(self)
+                    .map(move |rejected, act, _| match rejected {
+                        Ok(Ok(gone)) => {
+                            let response = client_pending::respond_done(&request.message, &gone.public_key, None);
+                            act.reply(request.peer, response);
+                        }
+                        Ok(Err(e)) => act.refuse(&request, e),
+                        Err(e) => act.refuse(&request, format!("key store unavailable: {e}")),
+                    })
+                    .spawn(ctx);
+            }
+            _ => {}
+        }
+    }
+
+    /// `client:token`: a new token; the key store keeps only its hash.
+    fn create_token(&mut self, keys: &Addr<KeyStore>, request: Request, ctx: &mut Context<Self>) {
+        let asked = match client_token::parse(&request.message) {
+            Ok(asked) => asked,
+            Err(e) => return self.refuse(&request, e.to_string()),
+        };
+        let token = match client_token::new_token() {
+            Ok(token) => token,
+            Err(e) => return self.refuse(&request, format!("cannot make a random token: {e}")),
+        };
+        let expires = humantime::format_rfc3339_seconds(SystemTime::now() + asked.ttl).to_string();
+        let stored = Token {
+            hash: keys::token_hash(&token),
+            name: asked.name,
+            uses_left: asked.uses,
+            expires: expires.clone(),
+            created: Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string()),
+        };
+        keys.send(AddToken(stored))
+            .into_actor(self)
+            .map(move |added, act, _| match added {
+                Ok(Ok(())) => act.reply(request.peer, client_token::respond(&request.message, &token, &expires)),
+                Ok(Err(e)) => act.refuse(&request, format!("cannot store the token: {e}")),
+                Err(e) => act.refuse(&request, format!("key store unavailable: {e}")),
+            })
+            .spawn(ctx);
+    }
+
+    /// `Enroll` from a key the server does not know (or one accepted while
+    /// it waited).
+    fn enroll(&mut self, keys: &Addr<KeyStore>, request: Request, ctx: &mut Context<Self>) {
+        let (Some(auth), Ok(asked)) = (request.auth.clone(), enroll::parse(&request.message)) else {
+            return self.refuse(&request, "invalid enrollment request");
+        };
+        keys.send(EnrollKey { key: auth.key.clone(), request: asked, address: auth.address.clone() })
+            .into_actor(self)
+            .map(move |enrolled, act, _| {
+                let response = match enrolled {
+                    Ok(Ok(Enrolled::Accepted { name })) => enroll::respond_accepted(&request.message, &name),
+                    Ok(Ok(Enrolled::Waiting)) => enroll::respond_waiting(&request.message),
+                    Ok(Err(reason)) => request.message.refusal(reason),
+                    Err(e) => request.message.refusal(format!("key store unavailable: {e}")),
+                };
+                act.reply(request.peer, response);
+            })
+            .spawn(ctx);
     }
 
     /// `RegisterClient`: an unbound key is bound to the identity first (in
@@ -292,8 +398,7 @@ impl CommandDispatcher {
         }
     }
 
-    fn create_key(&mut self, request: Request, ctx: &mut Context<Self>) {
-        let Some(keys) = &self.keys else { return };
+    fn create_key(&mut self, keys: &Addr<KeyStore>, request: Request, ctx: &mut Context<Self>) {
         let (name, role) = match create_client::parse(&request.message) {
             Ok(parsed) => parsed,
             Err(e) => return self.refuse(&request, format!("invalid client:create request: {e}")),
@@ -314,8 +419,7 @@ impl CommandDispatcher {
             .spawn(ctx);
     }
 
-    fn list_keys(&mut self, request: Request, ctx: &mut Context<Self>) {
-        let Some(keys) = &self.keys else { return };
+    fn list_keys(&mut self, keys: &Addr<KeyStore>, request: Request, ctx: &mut Context<Self>) {
         keys.send(ListKeys)
             .into_actor(self)
             .map(move |listed, act, _| match listed {
@@ -335,8 +439,8 @@ impl CommandDispatcher {
     /// Removes the key, then cuts it off: its messages are dropped from now
     /// on, its connections are shut down (by the socket thread, on the key
     /// store's update), it leaves the registry and fetches no file.
-    fn revoke_key(&mut self, request: Request, ctx: &mut Context<Self>) {
-        let (Some(keys), Some(target)) = (&self.keys, client_revoke::target(&request.message)) else {
+    fn revoke_key(&mut self, keys: &Addr<KeyStore>, request: Request, ctx: &mut Context<Self>) {
+        let Some(target) = client_revoke::target(&request.message) else {
             return self.refuse(&request, "client:revoke needs a name or key");
         };
         keys.send(RevokeKey { name_or_key: target.to_owned() })
@@ -551,7 +655,7 @@ impl Handler<Incoming> for CommandDispatcher {
             Verdict::Answer(_) => self.route_answer(request),
             Verdict::Request(kind) => {
                 // Admins do not register as clients: their name is their key's.
-                if let Some(auth) = request.auth.as_ref().filter(|a| a.role == Role::Admin) {
+                if let Some(auth) = request.auth.as_ref().filter(|a| a.is_admin()) {
                     request.message.metadata.from = auth.name_or_dash().to_owned();
                 }
                 match kind.runs_on() {

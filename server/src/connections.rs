@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use pantry_shared::keys::KnownKey;
 use pantry_shared::security::ServerPort;
 
-use crate::messages::{PeerAuth, Presence};
+use crate::messages::{PeerAuth, Presence, Standing};
 use crate::raw_zmq::shutdown_connection;
 
 type Conn = (ServerPort, RawFd);
@@ -38,6 +38,8 @@ pub struct Connections {
     by_fd: HashMap<Conn, Owner>,
     by_key: HashMap<String, HashSet<Conn>>,
     unidentified: HashMap<Conn, Instant>,
+    /// Connections of keys admitted only to enroll, and since when.
+    enrollees: HashMap<Conn, Instant>,
     /// Connections accepted and not yet closed, on all three sockets.
     pub open: usize,
 }
@@ -62,6 +64,7 @@ impl Connections {
     pub fn closed(&mut self, port: ServerPort, fd: RawFd) -> Option<Presence> {
         self.open = self.open.saturating_sub(1);
         self.unidentified.remove(&(port, fd));
+        self.enrollees.remove(&(port, fd));
         self.forget(port, fd)
     }
 
@@ -96,8 +99,13 @@ impl Connections {
     ) -> Option<Presence> {
         self.peers[router_index(port)].insert(peer.to_vec(), auth.clone());
         let fd = fd?;
-        self.unidentified.remove(&(port, fd));
-        self.track(port, fd, &auth?.key, Some(peer.to_vec()))
+        let auth = auth?;
+        if let Some(accepted) = self.unidentified.remove(&(port, fd)) {
+            if auth.standing == Standing::Enrollee {
+                self.enrollees.insert((port, fd), accepted);
+            }
+        }
+        self.track(port, fd, &auth.key, Some(peer.to_vec()))
     }
 
     /// Notes the PUB connection a subscription came from.
@@ -130,9 +138,14 @@ impl Connections {
             let Some(Owner { peer: Some(peer), .. }) = self.by_fd.get(conn) else { continue };
             let cached = self.peers[router_index(conn.0)].get_mut(peer);
             if let Some(Some(auth)) = cached {
-                let fresh = PeerAuth { name: known.name.clone(), role: known.role, ..PeerAuth::clone(auth) };
+                let fresh = PeerAuth {
+                    name: known.name.clone(),
+                    standing: Standing::Known(known.role),
+                    ..PeerAuth::clone(auth)
+                };
                 *auth = Arc::new(fresh);
             }
+            self.enrollees.remove(conn);
         }
     }
 
@@ -178,6 +191,21 @@ impl Connections {
         self.cut_unidentified_limited(age, usize::MAX)
     }
 
+    /// Shuts down the enrolling connections older than `age`: an unknown
+    /// key has a few seconds to enroll. Returns how many.
+    pub fn cut_enrollees(&mut self, age: Duration) -> usize {
+        let old: Vec<Conn> = self.enrollees.iter().filter(|(_, at)| at.elapsed() >= age).map(|(c, _)| *c).collect();
+        for conn in &old {
+            self.enrollees.remove(conn);
+            self.cut(conn.0, conn.1);
+        }
+        old.len()
+    }
+
+    pub fn has_enrollees(&self) -> bool {
+        !self.enrollees.is_empty()
+    }
+
     pub fn unidentified_count(&self) -> usize {
         self.unidentified.len()
     }
@@ -194,7 +222,12 @@ mod tests {
     use pantry_shared::keys::Role;
 
     fn auth(key: &str) -> Option<Arc<PeerAuth>> {
-        Some(Arc::new(PeerAuth { key: key.into(), name: Some("n".into()), role: Role::Client, address: "a".into() }))
+        Some(Arc::new(PeerAuth {
+            key: key.into(),
+            name: Some("n".into()),
+            standing: Standing::Known(Role::Client),
+            address: "a".into(),
+        }))
     }
 
     #[test]

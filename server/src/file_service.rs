@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use pantry_shared::commands::upload::Relay;
-use pantry_shared::keys::Role;
 use slog::{debug, warn, Logger};
 
 use crate::messages::{FileFrames, Hex, PeerAuth};
@@ -96,7 +95,7 @@ impl Handler<FileFrames> for FileService {
         };
         let key = || auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-");
         match relay {
-            Relay::Offer if self.curve && auth.as_ref().is_none_or(|a| a.role != Role::Admin) => {
+            Relay::Offer if self.curve && !auth.as_ref().is_some_and(|a| a.is_admin()) => {
                 warn!(self.log, "upload offer refused: it needs an admin key"; "peer" => Hex(&peer), "key" => key(),
                     "name" => auth.as_ref().map(|a| a.name_or_dash()).unwrap_or("-"));
                 self.send(Relay::error_for(peer, Vec::new(), "not authorized: upload needs an admin key"));

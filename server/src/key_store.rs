@@ -7,30 +7,112 @@
 //! - While no key is known, the first one is trusted and stored as the
 //!   admin before the reply (trust on first use); requests are handled one
 //!   at a time, so if two race exactly one wins.
-//! - Every other unknown key is refused. Every request gets an answer.
+//! - Every other unknown key is admitted on the receive port only, to
+//!   enroll (the socket thread ends such connections after a few seconds,
+//!   and the dispatcher refuses them anything but `Enroll`); it is refused
+//!   on the PUB and file ports. Every request gets an answer.
 //!
-//! After each change the socket thread gets the new keys (a removed key's
-//! connections are shut down there).
+//! It also keeps the pending list: the most recent unknown keys that tried
+//! to connect, in memory and in the database, for `client:pending`,
+//! `client:accept` and `client:reject`. After each change the socket thread
+//! gets the new keys (a removed key's connections are shut down there).
+
+use std::collections::HashMap;
+use std::time::SystemTime;
 
 use actix::prelude::*;
-use pantry_shared::keys::{self, KeyChangeError, KeyPair, KnownKey, PublicKey, Role, ServerKeyStore};
+use pantry_shared::commands::client_pending::PendingKey;
+use pantry_shared::commands::enroll::{EnrollRequest, Enrolled};
+use pantry_shared::keys::{
+    self, EnrollError, KeyChangeError, KeyPair, KnownKey, PublicKey, Role, ServerKeyStore, Token,
+};
+use pantry_shared::security::ServerPort;
 use pantry_shared::KeyStoreError;
-use slog::{debug, error, info, Logger};
+use slog::{debug, error, info, warn, Logger};
 
-use crate::messages::ZapRequest;
+use crate::messages::{ZapRequest, ENROLLEE};
 use crate::outbox::{KeyUpdate, Outbound, Outbox};
-use crate::zap::{self, Status};
+use crate::store::{Write, Writer};
+use crate::zap::{self, Admitted, Status};
+
+/// Unknown keys remembered at most; the least recently seen go first.
+pub const MAX_PENDING_KEYS: usize = 1000;
+
+/// The ZAP status text of a connection admitted only to enroll.
+const ADMITTED_TO_ENROLL: &str = "admitted to enroll only";
 
 pub struct KeyStore {
     store: ServerKeyStore,
     outbox: Outbox,
     trust_first_client: bool,
+    /// Z85 key → what the server saw of it.
+    pending: HashMap<String, PendingKey>,
+    db: Writer,
     log: Logger,
 }
 
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
 impl KeyStore {
-    pub fn new(store: ServerKeyStore, outbox: Outbox, trust_first_client: bool, log: Logger) -> Self {
-        KeyStore { store, outbox, trust_first_client, log }
+    pub fn new(
+        store: ServerKeyStore,
+        outbox: Outbox,
+        trust_first_client: bool,
+        pending: Vec<PendingKey>,
+        db: Writer,
+        log: Logger,
+    ) -> Self {
+        let pending = pending.into_iter().map(|k| (k.public_key.clone(), k)).collect();
+        KeyStore { store, outbox, trust_first_client, pending, db, log }
+    }
+
+    /// Notes an unknown key's attempt (and the identity it claims).
+    fn saw_unknown(&mut self, key: &str, address: &str, identity: Option<&str>) {
+        let now = now_rfc3339();
+        let entry = self.pending.entry(key.to_owned()).or_insert_with(|| PendingKey {
+            public_key: key.to_owned(),
+            address: address.to_owned(),
+            first_seen: now.clone(),
+            last_seen: now.clone(),
+            attempts: 0,
+            identity: None,
+        });
+        entry.attempts += 1;
+        entry.last_seen = now;
+        entry.address = address.to_owned();
+        if let Some(identity) = identity {
+            entry.identity = Some(identity.to_owned());
+        }
+        self.db.write(Write::PendingKey(entry.clone()));
+        if self.pending.len() > MAX_PENDING_KEYS {
+            let oldest =
+                self.pending.values().min_by(|a, b| a.last_seen.cmp(&b.last_seen)).map(|k| k.public_key.clone());
+            if let Some(oldest) = oldest {
+                self.forget_pending(&oldest);
+            }
+        }
+    }
+
+    fn forget_pending(&mut self, key: &str) -> Option<PendingKey> {
+        let gone = self.pending.remove(key)?;
+        self.db.write(Write::ForgetPendingKey(key.to_owned()));
+        Some(gone)
+    }
+
+    /// The pending key a `client:accept`/`client:reject` names: by Z85 key,
+    /// or by claimed identity when exactly one claims it.
+    fn find_pending(&self, target: &str) -> Result<&PendingKey, String> {
+        if let Some(found) = self.pending.get(target) {
+            return Ok(found);
+        }
+        let mut claiming = self.pending.values().filter(|k| k.identity.as_deref() == Some(target));
+        match (claiming.next(), claiming.next()) {
+            (Some(found), None) => Ok(found),
+            (Some(_), Some(_)) => Err(format!("several pending keys claim `{target}`: name one by its key")),
+            (None, _) => Err(format!("no pending key is `{target}` or claims that identity")),
+        }
     }
 
     fn publish(&self, update: KeyUpdate) {
@@ -54,9 +136,9 @@ impl KeyStore {
     }
 
     fn decide(&mut self, request: &ZapRequest, key: &PublicKey) -> (Status, String, Option<KnownKey>) {
-        if request.port.is_none() {
+        let Some(port) = request.port else {
             return (Status::Denied, "unknown ZAP domain".into(), None);
-        }
+        };
         if let Err(e) = self.reload() {
             error!(self.log, "cannot reload the key store; keeping the keys in memory"; "error" => %e);
         }
@@ -80,6 +162,10 @@ impl KeyStore {
                 }
             };
         }
+        self.saw_unknown(&keys::z85(key), &request.address, None);
+        if port == ServerPort::Receive {
+            return (Status::Ok, ADMITTED_TO_ENROLL.into(), None);
+        }
         (Status::Denied, "unknown client".into(), None)
     }
 }
@@ -97,12 +183,23 @@ impl Handler<ZapRequest> for KeyStore {
             None => (Status::Denied, "malformed CURVE credentials".into(), None),
         };
         let key = request.key.as_ref().map(keys::z85).unwrap_or_else(|| "-".into());
-        let outcome = if status == Status::Ok { reason.clone() } else { format!("rejected: {reason}") };
+        let outcome = match status {
+            Status::Ok if known.is_none() => {
+                "rejected: unknown client (admitted on the receive port to enroll only)".to_owned()
+            }
+            Status::Ok => reason.clone(),
+            _ => format!("rejected: {reason}"),
+        };
         debug!(self.log, "handshake {}", outcome;
-            "name" => known.as_ref().and_then(|k| k.name.as_deref()).unwrap_or("-"), "key" => key,
+            "name" => known.as_ref().and_then(|k| k.name.as_deref()).unwrap_or("-"), "key" => &key,
             "address" => &request.address, "mechanism" => &request.mechanism,
             "socket" => request.port.map(|p| p.name()).unwrap_or("-"));
-        let frames = zap::reply(request.envelope, &request.request_id, status, &reason, known.as_ref());
+        let admitted = match (&known, status) {
+            (Some(known), _) => Some(Admitted::known(known)),
+            (None, Status::Ok) => Some(Admitted { key: &key, name: "", role: ENROLLEE }),
+            (None, _) => None,
+        };
+        let frames = zap::reply(request.envelope, &request.request_id, status, &reason, admitted);
         self.outbox.send(Outbound::ZapReply(frames));
     }
 }
@@ -191,6 +288,136 @@ impl Handler<BindKey> for KeyStore {
         let bound = self.store.bind(&key, &msg.identity)?;
         self.publish(KeyUpdate::Added(bound.clone()));
         Ok(bound)
+    }
+}
+
+/// Enroll the key of an `Enroll` request.
+#[derive(Message)]
+#[rtype(result = "Result<Enrolled, String>")]
+pub struct EnrollKey {
+    pub key: String,
+    pub request: EnrollRequest,
+    pub address: String,
+}
+
+impl Handler<EnrollKey> for KeyStore {
+    type Result = Result<Enrolled, String>;
+
+    fn handle(&mut self, msg: EnrollKey, _: &mut Context<Self>) -> Self::Result {
+        let key = keys::decode_z85(&msg.key).ok_or("not a CURVE key")?;
+        if let Some(name) = self.store.lookup(&key).map(|k| k.name.clone()) {
+            // Accepted (or enrolled) while it waited: it hears its name.
+            return name.map(|name| Enrolled::Accepted { name }).ok_or_else(|| "this key is already known".into());
+        }
+        let claimed = msg.request.claimed().to_owned();
+        let Some(token) = &msg.request.token else {
+            let new = !self.pending.get(&msg.key).is_some_and(|k| k.identity.is_some());
+            self.saw_unknown(&msg.key, &msg.address, Some(&claimed));
+            if new {
+                info!(self.log, "an unknown key asks to be enrolled: accept it with `pantry-admin client:accept`";
+                    "identity" => &claimed, "key" => &msg.key, "address" => &msg.address);
+            }
+            return Ok(Enrolled::Waiting);
+        };
+        match self.store.enroll(&key, token, msg.request.identity.as_deref(), &msg.request.hostname) {
+            Ok(known) => {
+                let name = known.name.clone().unwrap_or_default();
+                info!(self.log, "enrolled a key with a token"; "name" => &name, "key" => &msg.key, "address" => &msg.address);
+                self.forget_pending(&msg.key);
+                self.publish(KeyUpdate::Added(known));
+                Ok(Enrolled::Accepted { name })
+            }
+            Err(e) => {
+                let reason = match &e {
+                    EnrollError::Key(KeyChangeError::NameTaken(name)) => {
+                        format!("the identity `{name}` is already taken by another key")
+                    }
+                    other => other.to_string(),
+                };
+                warn!(self.log, "enrollment refused: {}", reason;
+                    "identity" => &claimed, "key" => &msg.key, "address" => &msg.address);
+                Err(reason)
+            }
+        }
+    }
+}
+
+/// Store a new enrollment token's hash.
+#[derive(Message)]
+#[rtype(result = "Result<(), KeyChangeError>")]
+pub struct AddToken(pub Token);
+
+impl Handler<AddToken> for KeyStore {
+    type Result = Result<(), KeyChangeError>;
+
+    fn handle(&mut self, msg: AddToken, _: &mut Context<Self>) -> Self::Result {
+        let token = msg.0;
+        let (name, uses, expires) = (token.name.clone(), token.uses_left, token.expires.clone());
+        self.store.add_token(token)?;
+        info!(self.log, "created an enrollment token";
+            "name" => name.as_deref().unwrap_or("(the agent's identity)"), "uses" => uses, "expires" => expires);
+        Ok(())
+    }
+}
+
+/// The pending keys, most recently seen first.
+#[derive(Message)]
+#[rtype(result = "Vec<PendingKey>")]
+pub struct ListPending;
+
+impl Handler<ListPending> for KeyStore {
+    type Result = MessageResult<ListPending>;
+
+    fn handle(&mut self, _: ListPending, _: &mut Context<Self>) -> Self::Result {
+        let mut list: Vec<PendingKey> = self.pending.values().cloned().collect();
+        list.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+        MessageResult(list)
+    }
+}
+
+/// `client:accept`: the pending key becomes a client key bound to `name`
+/// (default: its claimed identity).
+#[derive(Message)]
+#[rtype(result = "Result<KnownKey, String>")]
+pub struct AcceptPending {
+    pub target: String,
+    pub name: Option<String>,
+}
+
+impl Handler<AcceptPending> for KeyStore {
+    type Result = Result<KnownKey, String>;
+
+    fn handle(&mut self, msg: AcceptPending, _: &mut Context<Self>) -> Self::Result {
+        let pending = self.find_pending(&msg.target)?.clone();
+        let name = msg
+            .name
+            .or(pending.identity.clone())
+            .ok_or_else(|| format!("`{}` claimed no identity: give one with --name", pending.public_key))?;
+        let key = keys::decode_z85(&pending.public_key).ok_or("not a CURVE key")?;
+        let known = self.store.add(&key, Some(&name), Role::Client).map_err(|e| e.to_string())?;
+        self.forget_pending(&pending.public_key);
+        info!(self.log, "accepted a pending key"; "name" => &name, "key" => &pending.public_key, "address" => &pending.address);
+        self.publish(KeyUpdate::Added(known.clone()));
+        Ok(known)
+    }
+}
+
+/// `client:reject`: the pending key is forgotten.
+#[derive(Message)]
+#[rtype(result = "Result<PendingKey, String>")]
+pub struct RejectPending {
+    pub target: String,
+}
+
+impl Handler<RejectPending> for KeyStore {
+    type Result = Result<PendingKey, String>;
+
+    fn handle(&mut self, msg: RejectPending, _: &mut Context<Self>) -> Self::Result {
+        let key = self.find_pending(&msg.target)?.public_key.clone();
+        let gone = self.forget_pending(&key).ok_or("no such pending key")?;
+        info!(self.log, "rejected a pending key"; "key" => &gone.public_key,
+            "identity" => gone.identity.as_deref().unwrap_or("-"), "address" => &gone.address);
+        Ok(gone)
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`client_registry`]: who is checked in.
 //! - [`key_store`]: owns `server_keys.yml`; decides unknown keys' handshakes.
 //! - [`file_service`]: relays uploads, only to the keys they were sent to.
+//! - [`store`]: the embedded SQLite database and its writer thread.
 //! - [`zap`], [`raw_zmq`]: ZAP encoding, and the few libzmq calls rust-zmq
 //!   lacks (all of the server's `unsafe`).
 
@@ -29,6 +30,7 @@ pub mod messages;
 pub mod outbox;
 pub mod raw_zmq;
 pub mod sockets;
+pub mod store;
 pub mod subscriptions;
 pub mod zap;
 
@@ -114,10 +116,21 @@ where
         outbox.send(Outbound::Keys(KeyUpdate::All(store.entries().to_vec())));
     }
 
+    let db_path = root_dir.join(store::DB_FILE);
+    let db = store::open(&db_path)?;
+    let pending =
+        if store.is_some() { store::pending_keys(&db).context("cannot read the pending keys")? } else { Vec::new() };
+    drop(db);
+    let (writer, writer_thread) = store::start_writer(&db_path, log.clone())?;
+
     let system = System::new();
     let trust_first_client = net.trust_first_client;
     let started = system.block_on(async {
-        start_actors(&outbox, sockets, inbox, store, trust_first_client, root_dir.clone(), fd_budget, &log)
+        let keys = store.map(|store| {
+            let outbox = outbox.try_clone()?;
+            Ok(KeyStore::new(store, outbox, trust_first_client, pending, writer.clone(), log.clone()))
+        });
+        start_actors(&outbox, sockets, inbox, keys, root_dir.clone(), fd_budget, &log)
     });
     let (control, thread) = started?;
     info!(log, "pantry-server started";
@@ -141,6 +154,11 @@ where
         warn!(log, "shutdown: the socket thread did not stop in time; exiting without waiting for it";
             "waited_seconds" => SHUTDOWN_DEADLINE.as_secs());
     }
+    // The actors, and with them the database writer's senders, go with the
+    // system; the writer commits what is queued and ends.
+    drop(system);
+    drop(writer);
+    let _ = writer_thread.join();
     Ok(())
 }
 
@@ -160,24 +178,19 @@ fn descriptor_budget(log: &Logger) -> FdBudget {
 }
 
 /// Creates the actors and starts the socket thread.
-#[allow(clippy::too_many_arguments)]
 fn start_actors(
     outbox: &Outbox,
     sockets: BoundSockets,
     inbox: outbox::Inbox,
-    store: Option<ServerKeyStore>,
-    trust_first_client: bool,
+    keys: Option<zmq::Result<KeyStore>>,
     root_dir: PathBuf,
     fd_budget: FdBudget,
     log: &Logger,
 ) -> Result<(Control, std::thread::JoinHandle<()>)> {
-    let curve = store.is_some();
+    let curve = keys.is_some();
     let registry = ClientRegistry::new(curve).start();
     let files = FileService::new(outbox.try_clone()?, curve, log.clone()).start();
-    let key_store = match store {
-        Some(store) => Some(KeyStore::new(store, outbox.try_clone()?, trust_first_client, log.clone()).start()),
-        None => None,
-    };
+    let key_store = keys.transpose()?.map(Actor::start);
     let dispatcher =
         CommandDispatcher::new(outbox.try_clone()?, registry, files.clone(), key_store.clone(), root_dir, log.clone())
             .start();

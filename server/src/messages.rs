@@ -10,6 +10,27 @@ use pantry_shared::keys::Role;
 use pantry_shared::security::ServerPort;
 use pantry_shared::Message;
 
+/// What a key is to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// In the key store, with this role.
+    Known(Role),
+    /// Not known: admitted on the receive port only, to enroll.
+    Enrollee,
+}
+
+impl Standing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Standing::Known(role) => role.as_str(),
+            Standing::Enrollee => ENROLLEE,
+        }
+    }
+}
+
+/// The role the ZAP handler gives a connection admitted to enroll.
+pub const ENROLLEE: &str = "enrollee";
+
 /// The authenticated sender of a message (CURVE): what the ZAP handler put
 /// on its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +39,7 @@ pub struct PeerAuth {
     pub key: String,
     /// The key's name; `None` for a key not yet bound to an identity.
     pub name: Option<String>,
-    pub role: Role,
+    pub standing: Standing,
     /// The peer's IP address, as libzmq reports it.
     pub address: String,
 }
@@ -26,6 +47,10 @@ pub struct PeerAuth {
 impl PeerAuth {
     pub fn name_or_dash(&self) -> &str {
         self.name.as_deref().unwrap_or("-")
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.standing == Standing::Known(Role::Admin)
     }
 }
 

@@ -29,7 +29,7 @@ use slog::{debug, error, info, warn, Logger};
 
 use crate::connections::Connections;
 use crate::limits::FdBudget;
-use crate::messages::{FileFrames, Hex, Incoming, PeerAuth, Presence, ZapRequest};
+use crate::messages::{FileFrames, Hex, Incoming, PeerAuth, Presence, Standing, ZapRequest, ENROLLEE};
 use crate::outbox::{Inbox, KeyUpdate, Outbound};
 use crate::raw_zmq::{self, peer_address, RawFrame};
 use crate::subscriptions::Subscriptions;
@@ -44,6 +44,9 @@ const ACCEPT_BACKLOG: i32 = 4096;
 /// memory stays bounded.
 const BACKLOG_MESSAGES_PER_PEER: usize = 100_000;
 pub const BACKLOG_BYTES_PER_PEER: usize = 256 * 1024 * 1024;
+
+/// How long a key the server does not know may stay connected to enroll.
+pub const ENROLL_WINDOW: Duration = Duration::from_secs(10);
 
 /// The same descriptor warning at most this often.
 const FD_WARN_EVERY: Duration = Duration::from_secs(60);
@@ -212,8 +215,15 @@ impl SocketThread {
                 s.publisher.as_poll_item(zmq::POLLIN),
                 zap,
             ];
-            // With messages waiting for full peers, wake up to retry them.
-            let timeout = if self.backlogs.iter().all(|b| b.by_peer.is_empty()) { -1 } else { 1 };
+            // With messages waiting for full peers, wake up to retry them;
+            // with keys enrolling, to end their time.
+            let timeout = if !self.backlogs.iter().all(|b| b.by_peer.is_empty()) {
+                1
+            } else if self.connections.has_enrollees() {
+                1000
+            } else {
+                -1
+            };
             if let Err(e) = zmq::poll(&mut items, timeout) {
                 if e == zmq::Error::EINTR {
                     continue;
@@ -223,6 +233,12 @@ impl SocketThread {
             }
             let ready = items.map(|i| i.is_readable());
             self.retry_backlogs();
+            if self.connections.has_enrollees() {
+                let cut = self.connections.cut_enrollees(ENROLL_WINDOW);
+                if cut > 0 {
+                    debug!(self.log, "enrolling connections past their time shut down"; "connections" => cut);
+                }
+            }
             // Closed connections first: a descriptor number may be reused.
             for (i, port) in MONITOR_PORTS.into_iter().enumerate() {
                 if ready[2 + i] {
@@ -477,13 +493,18 @@ impl SocketThread {
     }
 
     /// Who sent a connection's first message: its key as the ZAP handler
-    /// admitted it, with the name and role the key has now. `None` for a
-    /// key no longer known (revoked) and under null security.
+    /// admitted it, with the name and role the key has now (or admitted to
+    /// enroll). `None` for a key no longer known (revoked) and under null
+    /// security.
     fn sender_of(&self, frame: &RawFrame) -> Option<Arc<PeerAuth>> {
         let key = frame.property(c"User-Id")?;
-        let known = self.keys.by_z85(&key)?;
         let address = frame.property(c"Peer-Address").unwrap_or_default();
-        Some(Arc::new(PeerAuth { key, name: known.name.clone(), role: known.role, address }))
+        let (name, standing) = match self.keys.by_z85(&key) {
+            Some(known) => (known.name.clone(), Standing::Known(known.role)),
+            None if frame.property(zap::ROLE_PROPERTY).as_deref() == Some(ENROLLEE) => (None, Standing::Enrollee),
+            None => return None,
+        };
+        Some(Arc::new(PeerAuth { key, name, standing, address }))
     }
 
     /// Subscriptions (XPUB, manual): each decided for the connection it
@@ -575,7 +596,8 @@ impl SocketThread {
                 _ => debug!(self.log, "handshake rejected: {}", text;
                     "key" => &z85, "address" => &request.address, "mechanism" => &request.mechanism, "socket" => port),
             }
-            self.send_zap(zap::reply(request.envelope.clone(), &request.request_id, status, text, known));
+            let admitted = known.map(zap::Admitted::known);
+            self.send_zap(zap::reply(request.envelope.clone(), &request.request_id, status, text, admitted));
         }
     }
 

@@ -63,17 +63,33 @@ impl Status {
     }
 }
 
-/// The reply frames, envelope first. An accepted key's connection gets its
+/// Who a 200 reply admits: the connection's user id (the Z85 key) and
+/// properties (name, role).
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted<'a> {
+    pub key: &'a str,
+    /// Empty for an unbound or unknown key.
+    pub name: &'a str,
+    pub role: &'a str,
+}
+
+impl<'a> Admitted<'a> {
+    pub fn known(known: &'a KnownKey) -> Admitted<'a> {
+        Admitted { key: &known.public_key, name: known.name.as_deref().unwrap_or_default(), role: known.role.as_str() }
+    }
+}
+
+/// The reply frames, envelope first. An admitted key's connection gets its
 /// Z85 key as user id and its name and role as metadata.
 pub fn reply(
     mut envelope: Vec<Vec<u8>>,
     request_id: &[u8],
     status: Status,
     text: &str,
-    accepted: Option<&KnownKey>,
+    admitted: Option<Admitted>,
 ) -> Vec<Vec<u8>> {
-    let (user_id, metadata) = match accepted {
-        Some(known) => (known.public_key.as_bytes().to_vec(), metadata(known)),
+    let (user_id, metadata) = match admitted {
+        Some(who) => (who.key.as_bytes().to_vec(), metadata(&who)),
         None => (Vec::new(), Vec::new()),
     };
     envelope.extend([
@@ -88,11 +104,10 @@ pub fn reply(
 }
 
 /// RFC 27 metadata: per property a 1-byte name length, the name, a 4-byte
-/// big-endian value length and the value. An unbound key's name is empty.
-fn metadata(known: &KnownKey) -> Vec<u8> {
+/// big-endian value length and the value.
+fn metadata(who: &Admitted) -> Vec<u8> {
     let mut out = Vec::new();
-    let name = known.name.as_deref().unwrap_or_default();
-    for (property, value) in [(NAME_PROPERTY, name), (ROLE_PROPERTY, known.role.as_str())] {
+    for (property, value) in [(NAME_PROPERTY, who.name), (ROLE_PROPERTY, who.role)] {
         let property = property.to_bytes();
         out.push(property.len() as u8);
         out.extend_from_slice(property);
@@ -203,7 +218,7 @@ mod tests {
     #[test]
     fn metadata_is_rfc27_encoded() {
         let known = KnownKey { public_key: "k".into(), name: Some("web-1".into()), role: Role::Client, created: None };
-        let m = metadata(&known);
+        let m = metadata(&Admitted::known(&known));
         let name = NAME_PROPERTY.to_bytes();
         assert_eq!(m[0] as usize, name.len());
         let after_name = 1 + name.len();

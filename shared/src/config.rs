@@ -88,6 +88,10 @@ pub struct Networking {
     /// connection instead of exhausting memory.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
+    /// Agent under CURVE: the server's public key, when client_keys.yml
+    /// does not hold it yet (an agent enrolling itself).
+    #[serde(default)]
+    pub server_public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +162,7 @@ impl Default for Networking {
             security: None,
             trust_first_client: true,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            server_public_key: None,
         }
     }
 }

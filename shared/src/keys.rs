@@ -224,6 +224,8 @@ struct ServerKeysFile {
     private_key: Option<String>,
     #[serde(default)]
     client_keys: Vec<ClientKeyEntry>,
+    #[serde(default)]
+    tokens: Vec<Token>,
 }
 
 /// The contents of `server_keys.yml` as written.
@@ -232,6 +234,47 @@ struct ServerKeysOut<'a> {
     public_key: &'a str,
     private_key: &'a str,
     client_keys: &'a [KnownKey],
+    #[serde(skip_serializing_if = "<[Token]>::is_empty")]
+    tokens: &'a [Token],
+}
+
+/// An enrollment token as the server keeps it: never the token itself,
+/// only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Token {
+    /// Lowercase hex SHA-256 of the token.
+    pub hash: String,
+    /// The name every key enrolled with it gets (one use), or `None`: the
+    /// agent's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub uses_left: u32,
+    /// RFC 3339.
+    pub expires: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+/// SHA-256 of a token, lowercase hex.
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.trim().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why an enrollment was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("unknown enrollment token")]
+    UnknownToken,
+    #[error("the enrollment token is used up")]
+    UsedUp,
+    #[error("the enrollment token expired at {0}")]
+    Expired(String),
+    #[error("the token is for `{token}` but client.yml sets identity `{configured}`")]
+    NameConflict { token: String, configured: String },
+    #[error(transparent)]
+    Key(#[from] KeyChangeError),
 }
 
 /// Why a key could not be added or removed.
@@ -265,6 +308,7 @@ pub struct ServerKeyStore {
     secret: PublicKey,
     entries: Vec<KnownKey>,
     by_key: HashMap<PublicKey, usize>,
+    tokens: Vec<Token>,
     /// Modification time and length of the file as last read or written.
     stamp: Option<(std::time::SystemTime, u64)>,
     /// Temporary files removed by [`ServerKeyStore::open`].
@@ -346,6 +390,7 @@ impl ServerKeyStore {
             secret,
             entries,
             by_key,
+            tokens: file.tokens,
             stamp,
             removed_temporaries: Vec::new(),
         };
@@ -361,6 +406,7 @@ impl ServerKeyStore {
         let (fresh, _) = Self::read(&self.path)?;
         self.entries = fresh.entries;
         self.by_key = fresh.by_key;
+        self.tokens = fresh.tokens;
         self.stamp = fresh.stamp;
         Ok(true)
     }
@@ -435,6 +481,77 @@ impl ServerKeyStore {
         Ok(self.entries[index].clone())
     }
 
+    /// Stores a new enrollment token's hash, persisted before returning.
+    pub fn add_token(&mut self, token: Token) -> Result<(), KeyChangeError> {
+        if let Some(name) = &token.name {
+            check_key_name(name)?;
+        }
+        let _lock = FileLock::exclusive(&self.path)?;
+        self.reload_if_changed()?;
+        let now = std::time::SystemTime::now();
+        // Expired and used-up tokens go when a new one comes.
+        self.tokens.retain(|t| t.uses_left > 0 && !expired(t, now));
+        self.tokens.push(token);
+        if let Err(e) = self.save() {
+            self.tokens.pop();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Enrolls `key` with `token`: in one write, the key is stored bound to
+    /// the token's name (or `configured`, or `default_name`) and the token
+    /// loses a use.
+    pub fn enroll(
+        &mut self,
+        key: &PublicKey,
+        token: &str,
+        configured: Option<&str>,
+        default_name: &str,
+    ) -> Result<KnownKey, EnrollError> {
+        let _lock = FileLock::exclusive(&self.path).map_err(KeyChangeError::from)?;
+        self.reload_if_changed().map_err(KeyChangeError::from)?;
+        let hash = token_hash(token);
+        let index = self.tokens.iter().position(|t| t.hash == hash).ok_or(EnrollError::UnknownToken)?;
+        let entry = &self.tokens[index];
+        if entry.uses_left == 0 {
+            return Err(EnrollError::UsedUp);
+        }
+        if expired(entry, std::time::SystemTime::now()) {
+            return Err(EnrollError::Expired(entry.expires.clone()));
+        }
+        let name = match (&entry.name, configured) {
+            (Some(named), Some(configured)) if named != configured => {
+                return Err(EnrollError::NameConflict { token: named.clone(), configured: configured.to_owned() })
+            }
+            (Some(named), _) => named.clone(),
+            (None, Some(configured)) => configured.to_owned(),
+            (None, None) => default_name.to_owned(),
+        };
+        check_key_name(&name)?;
+        if let Some(known) = self.lookup(key) {
+            return Err(KeyChangeError::KeyKnown(known.name.clone().unwrap_or_else(|| "(unbound)".into())).into());
+        }
+        if self.is_taken(&name) {
+            return Err(KeyChangeError::NameTaken(name).into());
+        }
+        let known = KnownKey {
+            public_key: z85(key),
+            name: Some(name),
+            role: Role::Client,
+            created: Some(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()),
+        };
+        self.entries.push(known.clone());
+        self.tokens[index].uses_left -= 1;
+        if let Err(e) = self.save() {
+            self.entries.pop();
+            self.tokens[index].uses_left += 1;
+            return Err(KeyChangeError::from(e).into());
+        }
+        self.by_key.insert(*key, self.entries.len() - 1);
+        Ok(known)
+    }
+
     fn is_taken(&self, name: &str) -> bool {
         self.entries.iter().any(|e| e.name.as_deref() == Some(name))
     }
@@ -473,11 +590,16 @@ impl ServerKeyStore {
             public_key: &self.keys.public_key,
             private_key: &self.keys.private_key,
             client_keys: &self.entries,
+            tokens: &self.tokens,
         };
         write_yaml(&self.path, &out)?;
         self.stamp = file_stamp(&self.path);
         Ok(())
     }
+}
+
+fn expired(token: &Token, now: std::time::SystemTime) -> bool {
+    humantime::parse_rfc3339_weak(&token.expires).map_or(true, |at| at <= now)
 }
 
 /// A client key's name is its identity: the same rules apply (dots
@@ -572,6 +694,30 @@ impl ClientKeys {
         let mut loaded = ClientKeys { path: path.to_owned(), server_public_key, keys, name: file.name, generated };
         if generated && save_generated {
             loaded.save()?;
+        }
+        Ok(loaded)
+    }
+
+    /// The agent's keys: the file's, with the server's public key from the
+    /// config (`networking.server_public_key`) when the file lacks it or is
+    /// missing. A missing key pair is generated and saved at once (0600; the
+    /// caller made the directory 0700): an agent can then enroll itself.
+    pub fn load_agent(path: &Path, server_public_key: Option<&str>) -> Result<ClientKeys, KeyStoreError> {
+        require_curve()?;
+        let file: ClientKeysFile = read_yaml(path)?.unwrap_or_default();
+        let server_public_key =
+            file.server_public_key.clone().or_else(|| server_public_key.map(str::to_owned)).ok_or_else(|| {
+                KeyStoreError::Missing {
+                    path: path.to_owned(),
+                    field: "server_public_key (nor networking.server_public_key in the config)".into(),
+                }
+            })?;
+        decode_key(&server_public_key, path, "server_public_key")?;
+        let (keys, generated) = KeyPair::from_file_or_generate(file.public_key, file.private_key, path)?;
+        let mut loaded = ClientKeys { path: path.to_owned(), server_public_key, keys, name: file.name, generated };
+        if generated {
+            loaded.save()?;
+            loaded.generated = true;
         }
         Ok(loaded)
     }
@@ -742,6 +888,41 @@ mod tests {
         let again = ServerKeyStore::open(root.path()).unwrap();
         assert_eq!(again.removed_temporaries, [".pantry-keys-AbC123"]);
         assert!(!dir.join(".pantry-keys-AbC123").exists() && dir.join("other").exists());
+    }
+
+    #[test]
+    fn tokens_enroll_keys_until_used_up_or_expired() {
+        let root = tempfile::tempdir().unwrap();
+        let mut store = ServerKeyStore::open(root.path()).unwrap();
+        let soon = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + std::time::Duration::from_secs(60));
+        let token = |name: Option<&str>, uses, expires: &str| Token {
+            hash: token_hash(&format!("t-{uses}-{name:?}")),
+            name: name.map(Into::into),
+            uses_left: uses,
+            expires: expires.into(),
+            created: None,
+        };
+        store.add_token(token(None, 2, &soon.to_string())).unwrap();
+        store.add_token(token(Some("db-9"), 1, &soon.to_string())).unwrap();
+        store.add_token(token(None, 5, "2000-01-01T00:00:00Z")).unwrap();
+        let key = || decode_z85(&KeyPair::generate().unwrap().public_key).unwrap();
+        let a = store.enroll(&key(), "t-2-None", None, "host-a").unwrap();
+        assert_eq!(a.name.as_deref(), Some("host-a"));
+        let b = store.enroll(&key(), "t-2-None", Some("web-2"), "host-b").unwrap();
+        assert_eq!(b.name.as_deref(), Some("web-2"));
+        assert!(matches!(store.enroll(&key(), "t-2-None", None, "host-c"), Err(EnrollError::UsedUp)));
+        assert!(matches!(store.enroll(&key(), "nope", None, "h"), Err(EnrollError::UnknownToken)));
+        assert!(matches!(store.enroll(&key(), "t-5-None", None, "h"), Err(EnrollError::Expired(_))));
+        let conflict = store.enroll(&key(), "t-1-Some(\"db-9\")", Some("web-9"), "h").unwrap_err().to_string();
+        assert!(conflict.contains("db-9") && conflict.contains("web-9"), "{conflict}");
+        let named = store.enroll(&key(), "t-1-Some(\"db-9\")", None, "h").unwrap();
+        assert_eq!(named.name.as_deref(), Some("db-9"));
+        // Persisted: a fresh read sees the keys and the used tokens.
+        let text = fs::read_to_string(store.path()).unwrap();
+        assert!(!text.contains("t-2-None"), "the token itself is stored:\n{text}");
+        let mut again = ServerKeyStore::open(root.path()).unwrap();
+        assert_eq!(again.known_count(), 3);
+        assert!(matches!(again.enroll(&key(), "t-2-None", None, "x"), Err(EnrollError::UsedUp)));
     }
 
     #[test]

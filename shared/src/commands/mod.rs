@@ -9,9 +9,12 @@
 
 pub mod app_config;
 pub mod client_list;
+pub mod client_pending;
 pub mod client_revoke;
+pub mod client_token;
 pub mod create_client;
 pub mod echo;
+pub mod enroll;
 pub mod exec;
 pub mod register_client;
 pub mod status;
@@ -38,6 +41,8 @@ pub enum Senders {
     Admins,
     /// Client keys only (an agent speaking for itself).
     Clients,
+    /// Keys the server does not know yet (an agent enrolling itself).
+    Enrollees,
 }
 
 /// Every message type Pantry knows.
@@ -53,6 +58,11 @@ pub enum Kind {
     RevokeClient,
     ShowApplication,
     EditApplication,
+    CreateToken,
+    Enroll,
+    ListPendingKeys,
+    AcceptPendingKey,
+    RejectPendingKey,
 }
 
 /// What the registry says about one kind.
@@ -67,7 +77,7 @@ pub struct Rule {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 15] = [
         Kind::RegisterClient,
         Kind::Status,
         Kind::Echo,
@@ -78,11 +88,16 @@ impl Kind {
         Kind::RevokeClient,
         Kind::ShowApplication,
         Kind::EditApplication,
+        Kind::CreateToken,
+        Kind::Enroll,
+        Kind::ListPendingKeys,
+        Kind::AcceptPendingKey,
+        Kind::RejectPendingKey,
     ];
 
     pub const fn rule(self) -> Rule {
         use RunsOn::{Clients as OnClients, Server as OnServer};
-        use Senders::{Admins, Clients};
+        use Senders::{Admins, Clients, Enrollees};
         let (wire, runs_on, senders, may_block) = match self {
             Kind::RegisterClient => (register_client::TYPE, OnServer, Clients, false),
             Kind::Status => (status::TYPE, OnServer, Admins, false),
@@ -94,6 +109,11 @@ impl Kind {
             Kind::RevokeClient => (client_revoke::TYPE, OnServer, Admins, false),
             Kind::ShowApplication => (app_config::SHOW_TYPE, OnServer, Admins, false),
             Kind::EditApplication => (app_config::EDIT_TYPE, OnServer, Admins, false),
+            Kind::CreateToken => (client_token::TYPE, OnServer, Admins, false),
+            Kind::Enroll => (enroll::TYPE, OnServer, Enrollees, false),
+            Kind::ListPendingKeys => (client_pending::LIST_TYPE, OnServer, Admins, false),
+            Kind::AcceptPendingKey => (client_pending::ACCEPT_TYPE, OnServer, Admins, false),
+            Kind::RejectPendingKey => (client_pending::REJECT_TYPE, OnServer, Admins, false),
         };
         Rule { wire, runs_on, senders, may_block }
     }
@@ -179,7 +199,11 @@ mod tests {
     #[test]
     fn only_registration_is_for_client_keys() {
         for kind in Kind::ALL {
-            let expected = if kind == Kind::RegisterClient { Senders::Clients } else { Senders::Admins };
+            let expected = match kind {
+                Kind::RegisterClient => Senders::Clients,
+                Kind::Enroll => Senders::Enrollees,
+                _ => Senders::Admins,
+            };
             assert_eq!(kind.rule().senders, expected, "{kind:?}");
         }
         assert!(may_block(exec::TYPE) && may_block(upload::TYPE) && !may_block(echo::TYPE));

@@ -1,0 +1,425 @@
+//! Fuzz the server's authorization paths: [`authorize`] on whatever decodes,
+//! for every kind of sender, and the PUB subscription decisions
+//! ([`Subscriptions`], CURVE) over a sequence of subscriptions, grants, key
+//! bindings, revocations and closed connections. Invariants, never a panic:
+//! no sender gets more than its key allows, no connection holds a topic its
+//! key may not read.
+//!
+//! Input: `[header][frames separated by 0xFF][0xFE][operations]`. 0xFE and
+//! 0xFF never occur in UTF-8, so the stream and metadata frames cannot hold
+//! them; the message part ends at the first 0xFE.
+//!
+//! Header bits: 0-1 sender (none, admin, bound client, unbound client),
+//! 2 curve, 3-4 the bound client's name (the message's `from`, its stream,
+//! `web-1`, its `to`).
+//!
+//! Operations, one opcode byte each (`opcode % 6`), then:
+//! - 0 subscribe, 1 unsubscribe: `[fd|key<<3][topic]`
+//! - 2 grant: `[key][stream bits]` (a bit per entry of [`STREAMS`])
+//! - 3 close: `[fd]`
+//! - 4 bind an unbound key: `[key][name]` (index into [`NAMES`])
+//! - 5 revoke: `[key]`
+//!
+//! A topic byte below 0x80 picks from [`TOPICS`]; otherwise its low six
+//! bits are the length of the raw topic bytes that follow. Missing bytes
+//! read as 0.
+#![no_main]
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::RawFd;
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use pantry_server::authorize::{authorize, Verdict};
+use pantry_server::messages::{Grant, PeerAuth};
+use pantry_server::subscriptions::{Refusal, Subscriptions};
+use pantry_server::zap::KeySnapshot;
+use pantry_shared::commands::{Kind, RunsOn, Senders};
+use pantry_shared::filter::{topic, BROADCAST_TOPIC, TOPIC_END};
+use pantry_shared::keys::{self, KnownKey, Role};
+use pantry_shared::Message;
+
+/// Canonical Z85 of fixed 32-byte keys (SHA-256 of a label), so a crash
+/// replays the same: admin `ops`, client `web-1`, client `web-10`, an
+/// unbound client, and a valid key that is not known.
+const ADMIN: &str = "3uT8!KG=TeWlZZf[MU7#X1d%Y-i).YkT{>6jYZd@";
+const WEB1: &str = "?RO?%F9I4gH}kQAltE[n}Zi7oN%vb>jmQ:>Cb-gr";
+const WEB10: &str = "966+q+L.Xb5E>0l*Dmk#w$]n2l9n1ViuG6fs<cTt";
+const UNBOUND: &str = "MWDRxKR)eyx3BvN9W<qH}zC}a=9.@C?7X6mIsu!E";
+const UNKNOWN: &str = "g73oYxoj}JqJ5[ID9?Y-Q!e#s0-]XF*T(2[UYhaD";
+
+/// What a subscription may carry as its key (the ZAP user id): the four
+/// known keys, an unknown one, none, and text that is no key at all.
+const SUBSCRIBER_KEYS: [Option<&str>; 8] =
+    [Some(ADMIN), Some(WEB1), Some(WEB10), Some(UNBOUND), Some(UNKNOWN), None, Some("not a key"), Some(WEB1)];
+
+const TOPICS: [&str; 16] = [
+    "",
+    "*",
+    "ops",
+    "web-1",
+    "web-10",
+    "web-3",
+    "pantry",
+    "pantry.test",
+    "pantry.test.web",
+    "pantry.prod",
+    "web",
+    "web-1\0",
+    "\0",
+    "*\0",
+    "web-10\0x",
+    "OPS",
+];
+
+/// Streams a registration may grant (including other keys' names, which
+/// must never be granted as such).
+const STREAMS: [&str; 8] = ["pantry", "pantry.test", "pantry.test.web", "web-10", "ops", "web-3", "*", "pantry.prod"];
+
+/// Names an unbound key may be bound to (taken ones are refused, as the
+/// key store does).
+const NAMES: [&str; 6] = ["web-3", "pantry", "pantry.test", "web-1", "ops", "pantry.test.web"];
+
+fn initial_keys() -> &'static [KnownKey] {
+    static KEYS: OnceLock<Vec<KnownKey>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let known = |public_key: &str, name: Option<&str>, role| KnownKey {
+            public_key: public_key.to_owned(),
+            name: name.map(str::to_owned),
+            role,
+            created: None,
+        };
+        for k in [ADMIN, WEB1, WEB10, UNBOUND, UNKNOWN] {
+            let decoded = keys::decode_z85(k).expect("fixed keys are valid Z85");
+            assert_eq!(keys::z85(&decoded), k, "fixed keys are canonical Z85");
+        }
+        vec![
+            known(ADMIN, Some("ops"), Role::Admin),
+            known(WEB1, Some("web-1"), Role::Client),
+            known(WEB10, Some("web-10"), Role::Client),
+            known(UNBOUND, None, Role::Client),
+        ]
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&header, rest)) = data.split_first() else { return };
+    let (message_part, ops) = match rest.iter().position(|&b| b == 0xfe) {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &[][..]),
+    };
+    let frames: Vec<&[u8]> = message_part.split(|&b| b == 0xff).collect();
+    if let Ok(message) = Message::from_frames(&frames) {
+        check_authorize(&message, header);
+    }
+    check_subscriptions(ops);
+});
+
+fn check_authorize(message: &Message, header: u8) {
+    let curve = header & 0b100 != 0;
+    let name = match (header >> 3) & 0b11 {
+        0 => message.metadata.from.clone(),
+        1 => message.stream.clone(),
+        2 => "web-1".to_owned(),
+        _ => message.metadata.to.clone(),
+    };
+    let peer = |name: Option<String>, role| PeerAuth { key: WEB1.to_owned(), name, role, address: "192.0.2.1".into() };
+    let sender = match header & 0b11 {
+        0 => None,
+        1 => Some(peer(Some("ops".into()), Role::Admin)),
+        2 => Some(peer(Some(name), Role::Client)),
+        _ => Some(peer(None, Role::Client)),
+    };
+    let verdict = authorize(message, sender.as_ref(), curve);
+    let wire = message.message_type();
+    let context = || format!("type {wire:?}, sender {sender:?}, curve {curve}: {verdict:?}");
+
+    let Some(kind) = Kind::from_wire(wire) else {
+        assert!(matches!(verdict, Verdict::Refuse(_)), "an unknown type must be refused; {}", context());
+        return;
+    };
+    let allowed = match &verdict {
+        Verdict::Request(k) | Verdict::Answer(k) => {
+            assert_eq!(*k, kind, "the verdict names another kind; {}", context());
+            true
+        }
+        Verdict::Refuse(_) | Verdict::Drop(_) => false,
+    };
+    let rule = kind.rule();
+    if let Verdict::Answer(_) = verdict {
+        assert!(
+            rule.runs_on == RunsOn::Clients && !message.metadata.requires_response,
+            "only a client-run type without requires_response is an answer; {}",
+            context()
+        );
+    }
+    if let Verdict::Request(_) = verdict {
+        assert!(
+            rule.runs_on == RunsOn::Server || message.metadata.requires_response,
+            "a client-run type without requires_response is an answer, not a request; {}",
+            context()
+        );
+    }
+    if !curve {
+        assert!(allowed, "null security allows every known type; {}", context());
+        return;
+    }
+    let Some(sender) = &sender else {
+        assert!(!allowed, "no key, no request or answer under CURVE; {}", context());
+        return;
+    };
+    match sender.role {
+        Role::Admin => {
+            assert!(!matches!(verdict, Verdict::Answer(_)), "an admin key never answers; {}", context());
+            if allowed {
+                assert_eq!(rule.senders, Senders::Admins, "an admin key sends admin commands only; {}", context());
+            }
+        }
+        Role::Client => {
+            if let Verdict::Request(k) = verdict {
+                assert_ne!(k.rule().senders, Senders::Admins, "a client key never runs an admin command; {}", context());
+            }
+            match &sender.name {
+                Some(name) if allowed => {
+                    assert_eq!(*name, message.metadata.from, "a client key speaks only for itself; {}", context())
+                }
+                None if allowed => assert_eq!(
+                    verdict,
+                    Verdict::Request(Kind::RegisterClient),
+                    "an unbound client key may only register; {}",
+                    context()
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Reads operation bytes; missing ones read as 0.
+struct Ops<'a>(std::slice::Iter<'a, u8>);
+
+impl Ops<'_> {
+    fn byte(&mut self) -> u8 {
+        self.0.next().copied().unwrap_or(0)
+    }
+
+    fn topic(&mut self) -> Vec<u8> {
+        let b = self.byte();
+        if b < 0x80 {
+            return TOPICS[usize::from(b) % TOPICS.len()].as_bytes().to_vec();
+        }
+        (0..b & 0x3f).map(|_| self.byte()).collect()
+    }
+}
+
+/// What the harness knows of one PUB connection, as the XPUB would: its
+/// key (fixed for the connection's life) and the topics it holds.
+struct Conn {
+    key: Option<&'static str>,
+    held: HashSet<Vec<u8>>,
+}
+
+/// The socket thread's side of [`Subscriptions`]: the known keys, the
+/// registered streams, and the connections with what they hold.
+struct World {
+    subs: Subscriptions,
+    keys: KeySnapshot,
+    /// The current known keys (what the snapshot was given).
+    known: Vec<KnownKey>,
+    grants: HashMap<&'static str, Vec<&'static str>>,
+    conns: HashMap<RawFd, Conn>,
+}
+
+fn check_subscriptions(ops: &[u8]) {
+    let mut keys = KeySnapshot::default();
+    keys.replace_all(initial_keys().to_vec());
+    let mut world = World {
+        subs: Subscriptions::new(true),
+        keys,
+        known: initial_keys().to_vec(),
+        grants: HashMap::new(),
+        conns: HashMap::new(),
+    };
+    let mut ops = Ops(ops.iter());
+    // At most 64 operations: longer inputs add little but time.
+    for _ in 0..64 {
+        let Some(&opcode) = ops.0.next() else { break };
+        match opcode % 6 {
+            0 | 1 => {
+                let b = ops.byte();
+                let fd = RawFd::from(b & 0b111) + 3;
+                let key = SUBSCRIBER_KEYS[usize::from(b >> 3) & 0b111];
+                let requested = ops.topic();
+                world.subscription(fd, key, &requested, opcode % 6 == 0);
+            }
+            2 => {
+                let key = SUBSCRIBER_KEYS[usize::from(ops.byte()) & 0b111];
+                let bits = ops.byte();
+                let streams: Vec<&'static str> =
+                    STREAMS.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, s)| *s).collect();
+                // Grants come from a registration, so only for a known key.
+                if let Some(key) = key.filter(|k| world.keys.by_z85(k).is_some()) {
+                    world.grants.insert(key, streams.clone());
+                    let grant = Grant { key: key.to_owned(), streams: streams.into_iter().map(str::to_owned).collect() };
+                    let stale = world.subs.grant(grant, &world.keys);
+                    world.cut(stale);
+                }
+            }
+            3 => {
+                let fd = RawFd::from(ops.byte() & 0b111) + 3;
+                world.close(fd);
+            }
+            4 => {
+                let key = SUBSCRIBER_KEYS[usize::from(ops.byte()) & 0b111];
+                let name = NAMES[usize::from(ops.byte()) % NAMES.len()];
+                world.bind(key, name);
+            }
+            _ => {
+                let key = SUBSCRIBER_KEYS[usize::from(ops.byte()) & 0b111];
+                world.revoke(key);
+            }
+        }
+        world.check_held();
+    }
+}
+
+impl World {
+    /// The topics `key` may hold now, by the rules the module states.
+    fn allowed(&self, key: Option<&str>) -> HashSet<Vec<u8>> {
+        let Some(known) = key.and_then(|k| self.keys.by_z85(k)) else { return HashSet::new() };
+        let key = key.unwrap_or_default();
+        match (known.role, known.name.as_deref()) {
+            (Role::Admin, Some(name)) => [topic(name)].into(),
+            (Role::Admin, None) => HashSet::new(),
+            (Role::Client, own) => {
+                let mut allowed: HashSet<Vec<u8>> = own.map(topic).into_iter().collect();
+                allowed.insert(topic(BROADCAST_TOPIC));
+                for s in self.grants.get(key).into_iter().flatten() {
+                    if self.keys.owner_of(s).is_none_or(|owner| owner == key) {
+                        allowed.insert(topic(s));
+                    }
+                }
+                allowed
+            }
+        }
+    }
+
+    fn subscription(&mut self, fd: RawFd, key: Option<&'static str>, requested: &[u8], subscribe: bool) {
+        // A connection's key is the one it authenticated with.
+        let key = self.conns.get(&fd).map_or(key, |c| c.key);
+        let outcome = self.subs.handle(fd, key, requested, subscribe, &self.keys);
+        let context = || format!("fd {fd}, key {key:?}, requested {requested:?}, subscribe {subscribe}");
+        let allowed = self.allowed(key);
+        let known = key.and_then(|k| self.keys.by_z85(k));
+        for t in &outcome.subscribe {
+            assert!(subscribe, "an unsubscription granted {t:?}; {}", context());
+            assert!(!t.is_empty(), "the empty topic (everything) granted under CURVE; {}", context());
+            assert_eq!(t.last(), Some(&(TOPIC_END as u8)), "a topic granted without its terminator: {t:?}; {}", context());
+            assert_eq!(
+                t.iter().filter(|&&b| b == TOPIC_END as u8).count(),
+                1,
+                "a topic granted with a terminator inside it: {t:?}; {}",
+                context()
+            );
+            let known = known.unwrap_or_else(|| panic!("an unknown key was granted {t:?}; {}", context()));
+            match known.role {
+                Role::Admin => assert_eq!(
+                    Some(t),
+                    known.name.as_deref().map(topic).as_ref(),
+                    "an admin key may hold only its own name; {}",
+                    context()
+                ),
+                Role::Client => {
+                    for other in self.keys.iter().filter(|k| k.public_key != known.public_key) {
+                        if let Some(other_name) = &other.name {
+                            assert_ne!(*t, topic(other_name), "a client key was granted another key's name; {}", context());
+                        }
+                    }
+                }
+            }
+            assert!(allowed.contains(t), "granted {t:?}, which the key may not hold; {}", context());
+        }
+        if let Some((listening_key, _)) = &outcome.listening {
+            assert_eq!(Some(listening_key.as_str()), key, "listening changed for another key; {}", context());
+        }
+        if key.is_none_or(|k| self.keys.by_z85(k).is_none()) && subscribe {
+            assert_eq!(outcome.refused, Some(Refusal::UnknownKey), "{}", context());
+        }
+        if !subscribe && !self.conns.contains_key(&fd) {
+            assert_eq!(outcome, Default::default(), "an unknown connection unsubscribed; {}", context());
+            return;
+        }
+        // The XPUB's side: what the connection now holds.
+        let conn = self.conns.entry(fd).or_insert_with(|| Conn { key, held: HashSet::new() });
+        for t in &outcome.unsubscribe {
+            assert!(conn.held.remove(t), "unsubscribed {t:?}, which the connection did not hold; {}", context());
+        }
+        for t in &outcome.subscribe {
+            assert!(conn.held.insert(t.clone()), "subscribed {t:?} twice; {}", context());
+        }
+        // The socket thread cuts a connection whose key is unknown.
+        if outcome.refused == Some(Refusal::UnknownKey) {
+            self.close(fd);
+        }
+    }
+
+    /// Connections the server shuts down: they disconnect.
+    fn cut(&mut self, fds: Vec<RawFd>) {
+        for fd in fds {
+            assert!(self.conns.contains_key(&fd), "cut fd {fd}, which is not a PUB connection");
+            self.close(fd);
+        }
+    }
+
+    fn close(&mut self, fd: RawFd) {
+        let was = self.conns.remove(&fd);
+        if let Some((key, _)) = self.subs.closed(fd) {
+            assert_eq!(
+                Some(key.as_str()),
+                was.and_then(|c| c.key),
+                "closing fd {fd} changed listening for another key"
+            );
+        }
+    }
+
+    /// The key store binds an unbound key (KeyUpdate::Added).
+    fn bind(&mut self, key: Option<&'static str>, name: &str) {
+        let Some(key) = key else { return };
+        if self.known.iter().any(|k| k.name.as_deref() == Some(name)) {
+            return;
+        }
+        let Some(entry) = self.known.iter_mut().find(|k| k.public_key == key && k.name.is_none()) else { return };
+        entry.name = Some(name.to_owned());
+        let bound = entry.clone();
+        self.keys.insert(bound.clone());
+        let stale = self.subs.key_changed(&bound.public_key, bound.name.as_deref(), &self.keys);
+        self.cut(stale);
+    }
+
+    /// A key is revoked (KeyUpdate::Removed): its connections are cut off.
+    fn revoke(&mut self, key: Option<&'static str>) {
+        let Some(key) = key else { return };
+        self.known.retain(|k| k.public_key != key);
+        self.grants.remove(key);
+        self.keys.remove(key);
+        self.subs.key_removed(key);
+        let theirs: Vec<RawFd> = self.conns.iter().filter(|(_, c)| c.key == Some(key)).map(|(fd, _)| *fd).collect();
+        for fd in theirs {
+            self.close(fd);
+        }
+    }
+
+    /// No connection holds a topic its key may not read now.
+    fn check_held(&self) {
+        for (fd, conn) in &self.conns {
+            let allowed = self.allowed(conn.key);
+            for t in &conn.held {
+                assert!(
+                    allowed.contains(t),
+                    "fd {fd} (key {:?}) still holds {t:?}, which its key may no longer read",
+                    conn.key
+                );
+            }
+        }
+    }
+}
