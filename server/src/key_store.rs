@@ -311,7 +311,7 @@ impl Handler<EnrollKey> for KeyStore {
         }
         let claimed = msg.request.claimed().to_owned();
         let Some(token) = &msg.request.token else {
-            let new = !self.pending.get(&msg.key).is_some_and(|k| k.identity.is_some());
+            let new = self.pending.get(&msg.key).is_none_or(|k| k.identity.is_none());
             self.saw_unknown(&msg.key, &msg.address, Some(&claimed));
             if new {
                 info!(self.log, "an unknown key asks to be enrolled: accept it with `pantry-admin client:accept`";

@@ -129,7 +129,8 @@ mod tests {
             attempts: 3,
             identity: Some("web-3".into()),
         };
-        let back = keys(&Message::from_frames(&respond_list(&list_request(), &[k.clone()]).to_frames()).unwrap());
+        let back =
+            keys(&Message::from_frames(&respond_list(&list_request(), std::slice::from_ref(&k)).to_frames()).unwrap());
         assert_eq!(back, [k]);
         assert!(format_table(&back, std::time::SystemTime::now()).contains("web-3"));
         let accept = accept_request("web-3", Some("web-03"));
