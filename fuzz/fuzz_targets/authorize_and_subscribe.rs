@@ -9,9 +9,10 @@
 //! 0xFF never occur in UTF-8, so the stream and metadata frames cannot hold
 //! them; the message part ends at the first 0xFE.
 //!
-//! Header bits: 0-1 sender (none, admin, bound client, unbound client),
-//! 2 curve, 3-4 the bound client's name (the message's `from`, its stream,
-//! `web-1`, its `to`).
+//! Header bits: 0-1 and 5 the sender (none, admin, bound client, unbound
+//! client; with bit 5: an enrollee, an enrollee with a name, an admin
+//! without one, a bound client), 2 curve, 3-4 the named sender's name (the
+//! message's `from`, its stream, `web-1`, its `to`).
 //!
 //! Operations, one opcode byte each (`opcode % 6`), then:
 //! - 0 subscribe, 1 unsubscribe: `[fd|key<<3][topic]`
@@ -31,7 +32,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use pantry_server::authorize::{authorize, Verdict};
-use pantry_server::messages::{Grant, PeerAuth};
+use pantry_server::messages::{Grant, PeerAuth, Standing};
 use pantry_server::subscriptions::{Refusal, Subscriptions};
 use pantry_server::zap::KeySnapshot;
 use pantry_shared::commands::{Kind, RunsOn, Senders};
@@ -123,12 +124,15 @@ fn check_authorize(message: &Message, header: u8) {
         2 => "web-1".to_owned(),
         _ => message.metadata.to.clone(),
     };
-    let peer = |name: Option<String>, role| PeerAuth { key: WEB1.to_owned(), name, role, address: "192.0.2.1".into() };
-    let sender = match header & 0b11 {
+    let peer = |name: Option<String>, standing| PeerAuth { key: WEB1.to_owned(), name, standing, address: "192.0.2.1".into() };
+    let sender = match (header & 0b11) | (header >> 3 & 0b100) {
         0 => None,
-        1 => Some(peer(Some("ops".into()), Role::Admin)),
-        2 => Some(peer(Some(name), Role::Client)),
-        _ => Some(peer(None, Role::Client)),
+        1 => Some(peer(Some("ops".into()), Standing::Known(Role::Admin))),
+        2 | 7 => Some(peer(Some(name), Standing::Known(Role::Client))),
+        3 => Some(peer(None, Standing::Known(Role::Client))),
+        4 => Some(peer(None, Standing::Enrollee)),
+        5 => Some(peer(Some(name), Standing::Enrollee)),
+        _ => Some(peer(None, Standing::Known(Role::Admin))),
     };
     let verdict = authorize(message, sender.as_ref(), curve);
     let wire = message.message_type();
@@ -168,25 +172,35 @@ fn check_authorize(message: &Message, header: u8) {
         assert!(!allowed, "no key, no request or answer under CURVE; {}", context());
         return;
     };
-    match sender.role {
-        Role::Admin => {
+    match sender.standing {
+        // An unknown key may only ask to be enrolled, whatever it says.
+        Standing::Enrollee => {
+            if allowed {
+                assert_eq!(verdict, Verdict::Request(Kind::Enroll), "an unknown key may only enroll; {}", context());
+            }
+        }
+        Standing::Known(Role::Admin) => {
             assert!(!matches!(verdict, Verdict::Answer(_)), "an admin key never answers; {}", context());
             if allowed {
                 assert_eq!(rule.senders, Senders::Admins, "an admin key sends admin commands only; {}", context());
             }
         }
-        Role::Client => {
+        Standing::Known(Role::Client) => {
             if let Verdict::Request(k) = verdict {
                 assert_ne!(k.rule().senders, Senders::Admins, "a client key never runs an admin command; {}", context());
             }
+            // `Enroll` from a known key is answered from the key (its name),
+            // not from `from`: the one request a client key may send with
+            // any `from`.
+            let enroll = verdict == Verdict::Request(Kind::Enroll);
             match &sender.name {
-                Some(name) if allowed => {
+                Some(name) if allowed && !enroll => {
                     assert_eq!(*name, message.metadata.from, "a client key speaks only for itself; {}", context())
                 }
-                None if allowed => assert_eq!(
+                None if allowed && !enroll => assert_eq!(
                     verdict,
                     Verdict::Request(Kind::RegisterClient),
-                    "an unbound client key may only register; {}",
+                    "an unbound client key may only register (or enroll); {}",
                     context()
                 ),
                 _ => {}

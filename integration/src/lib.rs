@@ -314,6 +314,11 @@ pub struct AgentSpec {
     pub heartbeat: u64,
     /// Contents of `client_keys.yml` (CURVE only).
     pub client_keys_yaml: Option<String>,
+    /// Whether client.yml sets `identity` (otherwise the agent takes its
+    /// key's name or the host name).
+    pub identity_in_config: bool,
+    /// Extra lines for the `networking:` section (two-space indented).
+    pub networking_extra: String,
 }
 
 impl AgentSpec {
@@ -325,6 +330,8 @@ impl AgentSpec {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             heartbeat: 1,
             client_keys_yaml: None,
+            identity_in_config: true,
+            networking_extra: String::new(),
         }
     }
 }
@@ -336,9 +343,46 @@ pub struct Agent {
     pub process: Process,
 }
 
+/// An agent's directory and config, not started yet (to run
+/// `pantry-client enroll` first, say).
+pub struct PreparedAgent {
+    pub dir: TempDir,
+    pub spec: AgentSpec,
+    pub config: PathBuf,
+}
+
+impl PreparedAgent {
+    /// Runs `pantry-client -c client.yml ARGS...` to completion.
+    pub fn run(&self, args: &[&str]) -> AdminRun {
+        let mut all = vec!["-c", self.config.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        let output =
+            Command::new(bin("pantry-client")).args(&all).stdin(Stdio::null()).output().expect("run pantry-client");
+        AdminRun::from(output)
+    }
+
+    pub fn keys_path(&self) -> PathBuf {
+        self.dir.path().join("root/security/curve/client_keys.yml")
+    }
+
+    pub fn start(self) -> Agent {
+        let process = Process::spawn(
+            &bin("pantry-client"),
+            &["-c", self.config.to_str().expect("utf-8 path")],
+            self.dir.path().join("client.log"),
+        );
+        Agent { dir: self.dir, spec: self.spec, process }
+    }
+}
+
 impl Agent {
     /// Starts an agent (log level debug) connected to `server`.
     pub fn start(server: &Server, spec: AgentSpec) -> Agent {
+        Self::prepare(server, spec).start()
+    }
+
+    /// Writes an agent's config (and key file) for `server`.
+    pub fn prepare(server: &Server, spec: AgentSpec) -> PreparedAgent {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().join("root");
         if let Some(keys) = &spec.client_keys_yaml {
@@ -346,7 +390,10 @@ impl Agent {
             std::fs::create_dir_all(&curve).expect("create curve dir");
             std::fs::write(curve.join("client_keys.yml"), keys).expect("write client_keys.yml");
         }
-        let mut client = format!("client:\n  identity: {}\n  heartbeat_interval: {}\n", spec.identity, spec.heartbeat);
+        let mut client = format!("client:\n  heartbeat_interval: {}\n", spec.heartbeat);
+        if spec.identity_in_config {
+            client.push_str(&format!("  identity: {}\n", spec.identity));
+        }
         if let Some(a) = &spec.application {
             client.push_str(&format!("  application: {a}\n"));
         }
@@ -357,19 +404,15 @@ impl Agent {
             client.push_str(&format!("  roles: [{}]\n", spec.roles.join(", ")));
         }
         let config = format!(
-            "log_level: debug\nroot_dir: {}\n{}{}",
+            "log_level: debug\nroot_dir: {}\n{}{}{}",
             root.display(),
             server.ports.networking_yaml(server.curve),
+            spec.networking_extra,
             client
         );
         let path = dir.path().join("client.yml");
         std::fs::write(&path, config).expect("write client.yml");
-        let process = Process::spawn(
-            &bin("pantry-client"),
-            &["-c", path.to_str().expect("utf-8 path")],
-            dir.path().join("client.log"),
-        );
-        Agent { dir, spec, process }
+        PreparedAgent { dir, spec, config: path }
     }
 
     pub fn log(&self) -> String {
