@@ -385,7 +385,7 @@ impl CommandDispatcher {
                     Ok((Registered::Refused(reason), _)) | Err((reason, _)) => {
                         warn!(act.log, "registration refused: {}", reason;
                             "identity" => identity, "key" => request.key(), "address" => request.address());
-                        act.refuse(&request, format!("registration refused: {reason}"));
+                        act.refuse(&request, reason);
                     }
                 }
             })
