@@ -6,10 +6,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
+use pantry_shared::commands::recipients::{self, Offline};
 use pantry_shared::keys::ClientKeys;
 use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::security::SocketSecurity;
-use pantry_shared::{BodyPart, Message};
+use pantry_shared::Message;
 
 /// How the server's refusal of an unknown key begins.
 const UNKNOWN_CLIENT: &str = "unknown client";
@@ -57,6 +58,9 @@ pub struct ClientAnswers {
     pub answered: usize,
     pub failed: Vec<String>,
     pub missing: Vec<String>,
+    /// Targeted clients that are offline: the server did not send them the
+    /// request.
+    pub offline: Vec<Offline>,
 }
 
 impl Connection {
@@ -200,7 +204,7 @@ impl Connection {
         request: &Message,
         deadline: &mut Deadline,
         mut side: Option<&mut (dyn SideTask + '_)>,
-        on_list: impl FnOnce(&[String]),
+        on_list: impl FnOnce(&[String], &[Offline]),
         mut on_answer: impl FnMut(&Message) -> bool,
     ) -> Result<ClientAnswers> {
         self.send(request)?;
@@ -213,8 +217,9 @@ impl Connection {
                 break m;
             }
         };
-        let listed: Vec<String> = list.body.iter().filter_map(BodyPart::as_text).map(str::to_owned).collect();
-        on_list(&listed);
+        let listed = recipients::online(&list);
+        let offline = recipients::offline(&list);
+        on_list(&listed, &offline);
         let mut waiting: BTreeSet<String> = listed.into_iter().collect();
         let expected = waiting.len();
         let mut failed = Vec::new();
@@ -236,6 +241,6 @@ impl Connection {
             }
         }
         let missing: Vec<String> = waiting.into_iter().collect();
-        Ok(ClientAnswers { expected, answered: expected - missing.len(), failed, missing })
+        Ok(ClientAnswers { expected, answered: expected - missing.len(), failed, missing, offline })
     }
 }

@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use pantry_shared::commands::{
-    app_config, client_list, client_pending, client_revoke, client_token, create_client, echo, exec, status, upload,
+    app_config, client_forget, client_list, client_pending, client_revoke, client_token, create_client, echo, exec,
+    recipients, status, upload,
 };
 use pantry_shared::config::{self, Config, Program};
 use pantry_shared::filter::{ClientFilter, Identities};
@@ -68,6 +69,9 @@ struct Global {
     /// 'web-*'), within -a/-e/-r when given.
     #[arg(short = 'i', long = "identity", global = true, value_delimiter = ',', value_name = "NAME[,NAME...]")]
     identities: Vec<String>,
+    /// Leave offline clients out of the output and the exit status.
+    #[arg(long, global = true)]
+    online_only: bool,
     /// Use CURVE with the keys in .pantry/FILE (it may hold only server_public_key).
     #[arg(long, global = true, value_name = "FILE")]
     curve_key_file: Option<PathBuf>,
@@ -99,6 +103,12 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Only the clients that are online.
+        #[arg(long, conflicts_with = "offline")]
+        online: bool,
+        /// Only the clients that are offline.
+        #[arg(long)]
+        offline: bool,
         #[command(flatten)]
         wait: Wait,
     },
@@ -208,6 +218,14 @@ enum Command {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Drop a client from the registry now (offline clients leave by
+    /// themselves after registry.forget_after).
+    #[command(name = "client:forget")]
+    ClientForget {
+        identity: String,
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// Forget a pending key.
     #[command(name = "client:reject")]
     ClientReject {
@@ -244,6 +262,7 @@ impl Command {
             | Command::ClientPending { wait, .. }
             | Command::ClientAccept { wait, .. }
             | Command::ClientReject { wait, .. }
+            | Command::ClientForget { wait, .. }
             | Command::AppShow { wait }
             | Command::Edit { wait } => wait.timeout.unwrap_or(global),
             // The clients' time limit, plus the usual wait for the answers.
@@ -382,11 +401,15 @@ fn run(cli: Cli) -> Result<Outcome> {
     };
 
     let outcome = match &cli.command {
-        Command::Status { json, .. } => {
+        Command::Status { json, online, offline, .. } => {
             let mut request = status::request(&filter);
             Identities::attach(&mut request, &g.identities);
             let response = conn.ask_server(&stamped(request), &mut deadline)?;
-            let clients = status::clients(&response);
+            let mut clients = status::clients(&response);
+            if *online || *offline {
+                let wanted = if *online { status::ONLINE } else { status::OFFLINE };
+                clients.retain(|c| c.state == wanted);
+            }
             if *json {
                 println!("{}", serde_json::to_string_pretty(&clients)?);
             } else {
@@ -402,7 +425,7 @@ fn run(cli: Cli) -> Result<Outcome> {
                 &request,
                 &mut deadline,
                 None,
-                |_| {},
+                |_, offline| report_offline(offline, g.online_only, *json),
                 |answer| {
                     if *json {
                         answers.push(serde_json::json!({
@@ -417,7 +440,7 @@ fn run(cli: Cli) -> Result<Outcome> {
                 },
             )?;
             print_json_summary(*json, answers, &result)?;
-            report(&result, &target)
+            report(&result, &target, g.online_only)
         }
         Command::Exec { timeout, shell, json, command } => {
             let (program, args) = command.split_first().context("no program given")?;
@@ -430,7 +453,7 @@ fn run(cli: Cli) -> Result<Outcome> {
                 &request,
                 &mut deadline,
                 None,
-                |_| {},
+                |_, offline| report_offline(offline, g.online_only, *json),
                 |answer| {
                     let Some(result) = exec::result(answer) else {
                         eprintln!("{}: {}", answer.metadata.from, unsupported(exec::TYPE));
@@ -446,10 +469,21 @@ fn run(cli: Cli) -> Result<Outcome> {
                 },
             )?;
             print_json_summary(*json, answers, &result)?;
-            report(&result, &target)
+            report(&result, &target, g.online_only)
         }
         Command::Upload { local_file, remote_path, json, .. } => {
-            upload_file(&mut conn, &net, &security, local_file, remote_path, &target()?, *json, &mut deadline)?
+            let target = target()?;
+            upload_file(
+                &mut conn,
+                &net,
+                &security,
+                local_file,
+                remote_path,
+                &target,
+                *json,
+                g.online_only,
+                &mut deadline,
+            )?
         }
         Command::ClientList { json, .. } => {
             let response = conn.ask_server(&stamped(client_list::request()), &mut deadline)?;
@@ -486,6 +520,11 @@ fn run(cli: Cli) -> Result<Outcome> {
             let request = client_pending::accept_request(target, name.as_deref());
             let response = conn.ask_server(&stamped(request), &mut deadline)?;
             println!("{}", client_pending::format_done(&response, "accepted"));
+            Outcome::Done
+        }
+        Command::ClientForget { identity, .. } => {
+            conn.ask_server(&stamped(client_forget::request(identity)), &mut deadline)?;
+            println!("{}", client_forget::format_answer(identity));
             Outcome::Done
         }
         Command::ClientReject { target, .. } => {
@@ -569,7 +608,12 @@ fn unsupported(message_type: &str) -> String {
 
 fn print_json_summary(json: bool, answers: Vec<serde_json::Value>, result: &connection::ClientAnswers) -> Result<()> {
     if json {
-        let out = serde_json::json!({"answers": answers, "failed": result.failed, "missing": result.missing});
+        let out = serde_json::json!({
+            "answers": answers,
+            "failed": result.failed,
+            "missing": result.missing,
+            "offline": result.offline,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
     }
     Ok(())
@@ -586,6 +630,7 @@ fn upload_file(
     remote: &str,
     target: &Target,
     json: bool,
+    online_only: bool,
     deadline: &mut Deadline,
 ) -> Result<Outcome> {
     use std::os::unix::fs::PermissionsExt;
@@ -617,7 +662,10 @@ fn upload_file(
         &request,
         deadline,
         Some(&mut side),
-        |ids| bar.set_length(size * ids.len() as u64),
+        |ids, offline| {
+            bar.suspend(|| report_offline(offline, online_only, json));
+            bar.set_length(size * ids.len() as u64)
+        },
         |answer| {
             let Some(done) = upload::result(answer) else {
                 bar.suspend(|| eprintln!("{}: {}", answer.metadata.from, unsupported(upload::TYPE)));
@@ -635,7 +683,7 @@ fn upload_file(
     let _ = side.socket.send_multipart(side.sender.done_frames(), zmq::DONTWAIT);
     let result = result?;
     print_json_summary(json, answers, &result)?;
-    Ok(report(&result, target))
+    Ok(report(&result, target, online_only))
 }
 
 /// Serves chunk requests while the admin waits for the clients' answers.
@@ -694,21 +742,39 @@ fn stamped(mut request: Message) -> Message {
     request
 }
 
+/// Says at once which targeted clients are offline (the server did not
+/// send them the request): one line each, unless left out.
+fn report_offline(offline: &[recipients::Offline], online_only: bool, json: bool) {
+    if online_only || json {
+        return;
+    }
+    let now = SystemTime::now();
+    for client in offline {
+        println!("{}", recipients::format_offline(client, now));
+    }
+    let _ = std::io::stdout().flush();
+}
+
 /// Prints the summary of a command run on clients.
-fn report(result: &connection::ClientAnswers, target: &Target) -> Outcome {
-    if result.expected == 0 {
-        eprintln!("no clients match {target}");
+fn report(result: &connection::ClientAnswers, target: &Target, online_only: bool) -> Outcome {
+    let offline = if online_only { 0 } else { result.offline.len() };
+    if result.expected == 0 && offline == 0 {
+        let which = if online_only && !result.offline.is_empty() { "no online clients" } else { "no clients" };
+        eprintln!("{which} match {target}");
         return Outcome::NoMatch;
     }
-    let mut summary = format!("{} of {} clients answered", result.answered, result.expected);
+    let mut summary = format!("{} of {} clients answered", result.answered, result.expected + offline);
     if !result.failed.is_empty() {
         summary.push_str(&format!(", {} failed", result.failed.len()));
+    }
+    if offline > 0 {
+        summary.push_str(&format!(", {offline} offline"));
     }
     eprintln!("{summary}");
     if !result.missing.is_empty() {
         eprintln!("did not answer: {}", result.missing.join(", "));
     }
-    (result.missing.is_empty() && result.failed.is_empty()).into()
+    (result.missing.is_empty() && result.failed.is_empty() && offline == 0).into()
 }
 
 /// After the first successful command with a file that held only the

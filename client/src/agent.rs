@@ -301,7 +301,7 @@ impl Agent {
     }
 
     fn register(&mut self) {
-        let mut request = register_client::request(&self.me.filter);
+        let mut request = register_client::request_every(&self.me.filter, self.heartbeat.as_secs());
         request.metadata.requires_response = true;
         if let Registration::Refused { retry_at, .. } = &mut self.registration {
             // Until the answer comes, no second retry.

@@ -420,7 +420,8 @@ impl Agent {
     }
 }
 
-/// Waits until `status --json` lists exactly `identities` (in any order).
+/// Waits until `status --json` lists exactly `identities` (in any order)
+/// online.
 pub fn wait_for_status(server: &Server, cwd: &Path, extra: &[&str], identities: &[&str], timeout: Duration) -> bool {
     let mut want: Vec<String> = identities.iter().map(|s| s.to_string()).collect();
     want.sort();
@@ -434,7 +435,12 @@ pub fn wait_for_status(server: &Server, cwd: &Path, extra: &[&str], identities: 
         let Ok(list) = serde_json::from_str::<serde_json::Value>(&run.stdout) else { return false };
         let mut got: Vec<String> = list
             .as_array()
-            .map(|a| a.iter().filter_map(|c| c["identity"].as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter(|c| c["state"] == "online")
+                    .filter_map(|c| c["identity"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         got.sort();
         got == want

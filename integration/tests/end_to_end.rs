@@ -191,22 +191,36 @@ fn targeting_by_application_environment_and_roles() {
 }
 
 #[test]
-fn a_killed_agent_is_named_as_not_answering() {
+fn a_killed_agent_is_offline_at_once_and_nobody_waits_for_it() {
     let server = Server::start(false);
     let mut agents = three_agents(&server);
 
     agents[1].process.kill(); // db-1
+    let killed = Instant::now();
+    let offline = wait_until(Duration::from_secs(2), || {
+        let run = admin(&server, &["status", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&run.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|list| list.iter().any(|c| c["identity"] == "db-1" && c["state"] == "offline"))
+    });
+    assert!(offline, "db-1 not offline within 2 s of SIGKILL:\n{}", server.log());
+    eprintln!("SIGKILL to offline in status: {:?}", killed.elapsed());
     let start = Instant::now();
-    let run = admin(&server, &["echo", "--timeout", "2", "hi"]);
+    let run = admin(&server, &["echo", "--timeout", "5", "hi"]);
     let elapsed = start.elapsed();
 
-    assert_ne!(run.code, Some(0), "{run:#?}");
-    assert!(run.stderr.contains("did not answer: db-1"), "{run:#?}");
-    assert!(run.stderr.contains("2 of 3 clients answered"), "{run:#?}");
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    assert!(run.stderr.contains("2 of 3 clients answered, 1 offline"), "{run:#?}");
     let mut out = lines(&run.stdout);
     out.sort();
-    assert_eq!(out, ["web-1: hi", "web-2: hi"], "{run:#?}");
-    assert!(elapsed < Duration::from_secs(5), "the admin waited {elapsed:?} with --timeout 2");
+    assert_eq!(out.len(), 3, "{run:#?}");
+    assert!(out[0].starts_with("db-1: offline (last seen "), "{run:#?}");
+    assert_eq!(&out[1..], ["web-1: hi", "web-2: hi"], "{run:#?}");
+    assert!(elapsed < Duration::from_secs(1), "the admin waited {elapsed:?} for a dead agent");
+    // --online-only leaves it out of the output and the exit status.
+    let run = admin(&server, &["--online-only", "echo", "hi"]);
+    assert!(run.success() && !run.stdout.contains("db-1"), "{run:#?}");
 }
 
 #[test]

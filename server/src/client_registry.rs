@@ -1,28 +1,49 @@
-//! The client registry: who is checked in, with which identity, application,
-//! environment and roles, and when each last checked in.
+//! The client registry: who registered, with which identity, application,
+//! environment and roles, when each last checked in, and whether it is
+//! online.
 //!
-//! It lives in memory: after a restart it refills as agents check in again.
-//! An index from stream to identities answers "who receives a message sent
-//! to this stream" without scanning every client. Under CURVE a client
-//! receives only once its PUB subscriptions are granted (it is
-//! *listening*), so only listening clients are recipients.
+//! A client is *online* while the connection its registration came over is
+//! up, it has checked in within three of its heartbeat intervals, and (under
+//! CURVE) its PUB subscriptions are granted; otherwise *offline*. Only
+//! online clients are sent requests; the offline ones a request would have
+//! reached are reported to the requester at once. Registrations are kept in
+//! the database, so after a restart every known client is listed, offline
+//! until it checks in again; offline clients not seen for
+//! `registry.forget_after` leave.
 //!
 //! An identity is never also a stream: a registration whose identity is
 //! another client's `app`, `app.env` or `app.env.role` stream, or whose
 //! streams are another client's identity, is refused (a message to that
-//! name would reach both).
+//! name would reach both). An index from stream to identities answers "who
+//! receives a message sent to this stream" without scanning every client.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
+use pantry_shared::commands::recipients::Offline;
+use pantry_shared::commands::status::ClientRecord;
+use pantry_shared::config::DEFAULT_HEARTBEAT_INTERVAL;
 use pantry_shared::filter::{ClientFilter, Identities};
+use slog::{debug, info, Logger};
+
+use crate::store::{StoredClient, Write, Writer};
+
+/// Missed heartbeats after which a client is offline.
+const MISSED_HEARTBEATS: u32 = 3;
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 struct Entry {
     filter: ClientFilter,
-    last_checked_in: SystemTime,
+    last_seen: SystemTime,
     /// The key that registered this identity (CURVE): no other may.
     key: Option<String>,
+    /// The receive-port connection its last registration came over, while
+    /// it is open.
+    peer: Option<Vec<u8>>,
+    heartbeat: Duration,
+    /// Whether it was online at the last look (for logging changes).
+    was_online: bool,
 }
 
 pub struct ClientRegistry {
@@ -31,13 +52,47 @@ pub struct ClientRegistry {
     /// Stream → identities subscribed to it (identity, app, app.env,
     /// app.env.role), kept in step with `clients`.
     by_stream: HashMap<String, BTreeSet<String>>,
+    /// Connection → the identity that registered over it.
+    by_peer: HashMap<Vec<u8>, String>,
     /// Keys whose PUB subscriptions are all granted (CURVE).
     listening: HashSet<String>,
+    forget_after: Duration,
+    db: Writer,
+    log: Logger,
 }
 
 impl ClientRegistry {
-    pub fn new(curve: bool) -> Self {
-        ClientRegistry { curve, clients: HashMap::new(), by_stream: HashMap::new(), listening: HashSet::new() }
+    pub fn new(curve: bool, stored: Vec<StoredClient>, forget_after: Duration, db: Writer, log: Logger) -> Self {
+        let mut registry = ClientRegistry {
+            curve,
+            clients: HashMap::new(),
+            by_stream: HashMap::new(),
+            by_peer: HashMap::new(),
+            listening: HashSet::new(),
+            forget_after,
+            db,
+            log,
+        };
+        for s in stored {
+            let identity = s.client.identity.clone().unwrap_or_default();
+            registry.index(&identity, &s.client);
+            let entry = Entry {
+                filter: s.client,
+                last_seen: s.last_seen,
+                key: s.key,
+                peer: None,
+                heartbeat: s.heartbeat,
+                was_online: false,
+            };
+            registry.clients.insert(identity, entry);
+        }
+        registry
+    }
+
+    fn index(&mut self, identity: &str, filter: &ClientFilter) {
+        for stream in filter.streams() {
+            self.by_stream.entry(stream).or_default().insert(identity.to_owned());
+        }
     }
 
     fn unindex(&mut self, identity: &str, filter: &ClientFilter) {
@@ -49,6 +104,16 @@ impl ClientRegistry {
                 }
             }
         }
+    }
+
+    fn remove(&mut self, identity: &str) -> Option<Entry> {
+        let entry = self.clients.remove(identity)?;
+        self.unindex(identity, &entry.filter);
+        if let Some(peer) = &entry.peer {
+            self.by_peer.remove(peer);
+        }
+        self.db.write(Write::ForgetClient(identity.to_owned()));
+        Some(entry)
     }
 
     /// Why `client` may not register beside the others, if it may not.
@@ -64,13 +129,60 @@ impl ClientRegistry {
             .map(|s| format!("the stream `{s}` is another client's identity"))
     }
 
-    fn receives(&self, entry: &Entry) -> bool {
-        !self.curve || entry.key.as_ref().is_some_and(|k| self.listening.contains(k))
+    fn is_online(&self, entry: &Entry, now: SystemTime) -> bool {
+        let fresh = now.duration_since(entry.last_seen).map_or(true, |age| age < entry.heartbeat * MISSED_HEARTBEATS);
+        let listening = !self.curve || entry.key.as_ref().is_some_and(|k| self.listening.contains(k));
+        entry.peer.is_some() && listening && fresh
+    }
+
+    /// Logs the clients whose state changed, and forgets those offline for
+    /// longer than `forget_after`.
+    fn sweep(&mut self) {
+        let now = SystemTime::now();
+        let mut changed = Vec::new();
+        let mut forget = Vec::new();
+        for (identity, entry) in &self.clients {
+            let online = self.is_online(entry, now);
+            if online != entry.was_online {
+                changed.push((identity.clone(), online));
+            }
+            let age = now.duration_since(entry.last_seen).unwrap_or_default();
+            if !online && age >= self.forget_after {
+                forget.push(identity.clone());
+            }
+        }
+        for (identity, online) in changed {
+            self.note_change(&identity, online, "missed heartbeats or its connection closed");
+        }
+        for identity in forget {
+            if self.remove(&identity).is_some() {
+                info!(self.log, "client forgotten: offline longer than registry.forget_after";
+                    "identity" => &identity, "forget_after_seconds" => self.forget_after.as_secs());
+            }
+        }
+    }
+
+    fn note_change(&mut self, identity: &str, online: bool, why: &str) {
+        let Some(entry) = self.clients.get_mut(identity) else { return };
+        if entry.was_online == online {
+            return;
+        }
+        entry.was_online = online;
+        let seen = humantime::format_rfc3339_seconds(entry.last_seen).to_string();
+        if online {
+            debug!(self.log, "client online"; "identity" => identity);
+        } else {
+            info!(self.log, "client offline: {}", why; "identity" => identity, "last_seen" => seen);
+        }
     }
 }
 
 impl Actor for ClientRegistry {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(SWEEP_EVERY, |act, _| act.sweep());
+    }
 }
 
 /// A client checked in.
@@ -81,6 +193,10 @@ pub struct Register {
     pub client: ClientFilter,
     /// The sender's key, under CURVE.
     pub key: Option<String>,
+    /// The connection it came over.
+    pub peer: Vec<u8>,
+    /// How often it checks in (absent: the default, 300 s).
+    pub heartbeat: Option<Duration>,
 }
 
 /// What a registration did.
@@ -110,21 +226,79 @@ impl Handler<Register> for ClientRegistry {
         if let Some(reason) = self.confusion(&identity, &msg.client) {
             return Registered::Refused(reason);
         }
-        if let Some(entry) = self.clients.get_mut(&identity) {
-            entry.last_checked_in = now;
-            if entry.filter == msg.client {
-                return Registered::Again;
+        let heartbeat = msg.heartbeat.unwrap_or(Duration::from_secs(DEFAULT_HEARTBEAT_INTERVAL));
+        if let Some(old) = self.by_peer.insert(msg.peer.clone(), identity.clone()).filter(|old| *old != identity) {
+            if let Some(entry) = self.clients.get_mut(&old) {
+                entry.peer = None;
             }
-            let old = std::mem::replace(&mut entry.filter, msg.client.clone());
-            self.unindex(&identity, &old);
-        } else {
-            let entry = Entry { filter: msg.client.clone(), last_checked_in: now, key: msg.key };
-            self.clients.insert(identity.clone(), entry);
         }
-        for stream in msg.client.streams() {
-            self.by_stream.entry(stream).or_default().insert(identity.clone());
+        let outcome = match self.clients.get_mut(&identity) {
+            Some(entry) => {
+                let previous_peer = entry.peer.replace(msg.peer.clone()).filter(|p| *p != msg.peer);
+                entry.last_seen = now;
+                entry.heartbeat = heartbeat;
+                if entry.key.is_none() {
+                    entry.key = msg.key.clone();
+                }
+                let changed = entry.filter != msg.client;
+                let old = std::mem::replace(&mut entry.filter, msg.client.clone());
+                if let Some(previous) = previous_peer {
+                    self.by_peer.remove(&previous);
+                }
+                if changed {
+                    self.unindex(&identity, &old);
+                    self.index(&identity, &msg.client);
+                    Registered::New
+                } else {
+                    Registered::Again
+                }
+            }
+            None => {
+                let entry = Entry {
+                    filter: msg.client.clone(),
+                    last_seen: now,
+                    key: msg.key.clone(),
+                    peer: Some(msg.peer),
+                    heartbeat,
+                    was_online: false,
+                };
+                self.clients.insert(identity.clone(), entry);
+                self.index(&identity, &msg.client);
+                Registered::New
+            }
+        };
+        let stored = match outcome {
+            Registered::New => {
+                Write::Client(StoredClient { client: msg.client, key: msg.key, last_seen: now, heartbeat })
+            }
+            _ => Write::ClientSeen { identity: identity.clone(), last_seen: now },
+        };
+        self.db.write(stored);
+        let online = self.clients.get(&identity).is_some_and(|e| self.is_online(e, now));
+        self.note_change(&identity, online, "");
+        outcome
+    }
+}
+
+/// A receive-port connection closed: the client that registered over it is
+/// offline.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerClosed {
+    pub peer: Vec<u8>,
+}
+
+impl Handler<PeerClosed> for ClientRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerClosed, _: &mut Context<Self>) {
+        let Some(identity) = self.by_peer.remove(&msg.peer) else { return };
+        if let Some(entry) = self.clients.get_mut(&identity) {
+            if entry.peer.as_ref() == Some(&msg.peer) {
+                entry.peer = None;
+            }
         }
-        Registered::New
+        self.note_change(&identity, false, "its connection closed");
     }
 }
 
@@ -160,23 +334,50 @@ impl Handler<Forget> for ClientRegistry {
 
     fn handle(&mut self, msg: Forget, _: &mut Context<Self>) {
         self.listening.remove(&msg.key);
-        let gone: Vec<(String, ClientFilter)> = self
+        let gone: Vec<String> = self
             .clients
             .iter()
             .filter(|(_, e)| e.key.as_deref() == Some(msg.key.as_str()))
-            .map(|(id, e)| (id.clone(), e.filter.clone()))
+            .map(|(id, _)| id.clone())
             .collect();
-        for (identity, filter) in gone {
-            self.clients.remove(&identity);
-            self.unindex(&identity, &filter);
+        for identity in gone {
+            self.remove(&identity);
         }
+    }
+}
+
+/// `client:forget IDENTITY`: drop one client now.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct ForgetIdentity {
+    pub identity: String,
+}
+
+impl Handler<ForgetIdentity> for ClientRegistry {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: ForgetIdentity, _: &mut Context<Self>) -> Self::Result {
+        self.remove(&msg.identity).map(|_| ()).ok_or_else(|| format!("no client `{}` in the registry", msg.identity))
+    }
+}
+
+/// One registered client, as `status` shows it.
+pub struct Listed {
+    pub filter: ClientFilter,
+    pub last_seen: SystemTime,
+    pub online: bool,
+}
+
+impl Listed {
+    pub fn record(&self) -> ClientRecord<'_> {
+        ClientRecord { client: &self.filter, last_seen: self.last_seen, online: self.online }
     }
 }
 
 /// The clients a status filter (and identity patterns) select, sorted by
 /// identity.
 #[derive(Message)]
-#[rtype(result = "Vec<(ClientFilter, SystemTime)>")]
+#[rtype(result = "Vec<Listed>")]
 pub struct Query {
     pub filter: ClientFilter,
     pub identities: Option<Identities>,
@@ -186,16 +387,16 @@ impl Handler<Query> for ClientRegistry {
     type Result = MessageResult<Query>;
 
     fn handle(&mut self, msg: Query, _: &mut Context<Self>) -> Self::Result {
-        let mut list: Vec<(ClientFilter, SystemTime)> = self
+        let now = SystemTime::now();
+        let mut list: Vec<Listed> = self
             .clients
-            .values()
-            .filter(|e| msg.filter.selects(&e.filter) && self.receives(e))
-            .filter(|e| {
-                msg.identities.as_ref().is_none_or(|ids| ids.matches(e.filter.identity.as_deref().unwrap_or_default()))
+            .iter()
+            .filter(|(id, e)| {
+                msg.filter.selects(&e.filter) && msg.identities.as_ref().is_none_or(|ids| ids.matches(id))
             })
-            .map(|e| (e.filter.clone(), e.last_checked_in))
+            .map(|(_, e)| Listed { filter: e.filter.clone(), last_seen: e.last_seen, online: self.is_online(e, now) })
             .collect();
-        list.sort_by(|a, b| a.0.identity.cmp(&b.0.identity));
+        list.sort_by(|a, b| a.filter.identity.cmp(&b.filter.identity));
         MessageResult(list)
     }
 }
@@ -208,34 +409,50 @@ pub struct Recipient {
     pub key: Option<String>,
 }
 
+/// Who a request reaches: the online clients, and the offline ones it would
+/// have reached.
+#[derive(Debug, Default, PartialEq, Eq, MessageResponse)]
+pub struct Reached {
+    pub online: Vec<Recipient>,
+    pub offline: Vec<Offline>,
+}
+
 /// The clients that receive a message sent to `stream` (`""`: all), or
 /// only those of them whose identity matches `identities`, sorted by
 /// identity.
 #[derive(Message)]
-#[rtype(result = "Vec<Recipient>")]
+#[rtype(result = "Reached")]
 pub struct Recipients {
     pub stream: String,
     pub identities: Option<Identities>,
 }
 
 impl Handler<Recipients> for ClientRegistry {
-    type Result = MessageResult<Recipients>;
+    type Result = Reached;
 
-    fn handle(&mut self, msg: Recipients, _: &mut Context<Self>) -> Self::Result {
-        let recipient = |identity: &String| {
-            if msg.identities.as_ref().is_some_and(|ids| !ids.matches(identity)) {
-                return None;
-            }
-            let entry = self.clients.get(identity).filter(|e| self.receives(e))?;
-            Some(Recipient { identity: identity.clone(), key: entry.key.clone() })
-        };
-        let mut list: Vec<Recipient> = if msg.stream.is_empty() {
-            self.clients.keys().filter_map(recipient).collect()
+    fn handle(&mut self, msg: Recipients, _: &mut Context<Self>) -> Reached {
+        let now = SystemTime::now();
+        let selected: Vec<&String> = if msg.stream.is_empty() {
+            self.clients.keys().collect()
         } else {
-            self.by_stream.get(&msg.stream).map(|s| s.iter().filter_map(recipient).collect()).unwrap_or_default()
+            self.by_stream.get(&msg.stream).map(|s| s.iter().collect()).unwrap_or_default()
         };
-        list.sort_by(|a, b| a.identity.cmp(&b.identity));
-        MessageResult(list)
+        let mut reached = Reached::default();
+        for identity in selected {
+            if msg.identities.as_ref().is_some_and(|ids| !ids.matches(identity)) {
+                continue;
+            }
+            let Some(entry) = self.clients.get(identity) else { continue };
+            if self.is_online(entry, now) {
+                reached.online.push(Recipient { identity: identity.clone(), key: entry.key.clone() });
+            } else {
+                let last_seen = humantime::format_rfc3339_seconds(entry.last_seen).to_string();
+                reached.offline.push(Offline { identity: identity.clone(), last_seen });
+            }
+        }
+        reached.online.sort_by(|a, b| a.identity.cmp(&b.identity));
+        reached.offline.sort_by(|a, b| a.identity.cmp(&b.identity));
+        reached
     }
 }
 
@@ -252,14 +469,25 @@ mod tests {
         }
     }
 
-    fn ids(list: Vec<Recipient>) -> Vec<String> {
-        list.into_iter().map(|r| r.identity).collect()
+    fn ids(list: Reached) -> Vec<String> {
+        list.online.into_iter().map(|r| r.identity).collect()
+    }
+
+    fn registry(curve: bool) -> (Addr<ClientRegistry>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Logger::root(slog::Discard, slog::o!());
+        let (writer, _) = crate::store::start_writer(&dir.path().join("db"), log.clone()).unwrap();
+        (ClientRegistry::new(curve, Vec::new(), Duration::from_secs(3600), writer, log).start(), dir)
+    }
+
+    fn reg(c: ClientFilter, key: &str) -> Register {
+        let peer = c.identity.clone().unwrap_or_default().into_bytes();
+        Register { client: c, key: Some(key.into()), peer, heartbeat: None }
     }
 
     #[actix_rt::test]
     async fn recipients_follow_registrations() {
-        let registry = ClientRegistry::new(false).start();
-        let reg = |c: ClientFilter, key: &str| Register { client: c, key: Some(key.into()) };
+        let (registry, _dir) = registry(false);
         assert_eq!(registry.send(reg(client("h1", "pantry", "test", &["web"]), "k1")).await.unwrap(), Registered::New);
         assert_eq!(registry.send(reg(client("h2", "pantry", "prod", &["db"]), "k2")).await.unwrap(), Registered::New);
         assert_eq!(
@@ -278,10 +506,10 @@ mod tests {
         assert_eq!(ids(to("pantry.test").await.unwrap()), ["h1"]);
         assert_eq!(ids(to("pantry.prod.db").await.unwrap()), ["h2"]);
         assert_eq!(ids(to("h1").await.unwrap()), ["h1"]);
-        assert!(to("h").await.unwrap().is_empty());
+        assert!(to("h").await.unwrap().online.is_empty());
         // Changing roles moves the client in the index.
         assert_eq!(registry.send(reg(client("h1", "pantry", "test", &["db"]), "k1")).await.unwrap(), Registered::New);
-        assert!(to("pantry.test.web").await.unwrap().is_empty());
+        assert!(to("pantry.test.web").await.unwrap().online.is_empty());
         assert_eq!(ids(to("pantry.test.db").await.unwrap()), ["h1"]);
         let q = registry
             .send(Query { filter: ClientFilter { roles: vec!["db".into()], ..Default::default() }, identities: None })
@@ -289,14 +517,32 @@ mod tests {
             .unwrap();
         assert_eq!(q.len(), 2);
         registry.send(Forget { key: "k2".into() }).await.unwrap();
-        assert!(to("pantry.prod").await.unwrap().is_empty());
+        assert!(to("pantry.prod").await.unwrap().online.is_empty());
         assert_eq!(ids(to("").await.unwrap()), ["h1"]);
     }
 
     #[actix_rt::test]
+    async fn a_closed_connection_makes_its_client_offline_until_it_checks_in() {
+        let (registry, _dir) = registry(false);
+        registry.send(reg(client("h1", "a", "e", &[]), "k1")).await.unwrap();
+        registry.send(reg(client("h2", "a", "e", &[]), "k2")).await.unwrap();
+        registry.send(PeerClosed { peer: b"h2".to_vec() }).await.unwrap();
+        let reached = registry.send(Recipients { stream: "a".into(), identities: None }).await.unwrap();
+        assert_eq!(ids(Reached { online: reached.online, offline: Vec::new() }), ["h1"]);
+        assert_eq!(reached.offline.iter().map(|o| o.identity.as_str()).collect::<Vec<_>>(), ["h2"]);
+        let listed = registry.send(Query { filter: ClientFilter::default(), identities: None }).await.unwrap();
+        assert_eq!(listed.iter().map(|l| l.online).collect::<Vec<_>>(), [true, false]);
+        registry.send(reg(client("h2", "a", "e", &[]), "k2")).await.unwrap();
+        let reached = registry.send(Recipients { stream: "a".into(), identities: None }).await.unwrap();
+        assert_eq!(reached.online.len(), 2);
+        registry.send(ForgetIdentity { identity: "h2".into() }).await.unwrap().unwrap();
+        assert!(registry.send(ForgetIdentity { identity: "h2".into() }).await.unwrap().is_err());
+    }
+
+    #[actix_rt::test]
     async fn identities_and_streams_never_meet() {
-        let registry = ClientRegistry::new(false).start();
-        let reg = |c: ClientFilter| Register { client: c, key: None };
+        let (registry, _dir) = registry(false);
+        let reg = |c: ClientFilter| reg(c, "k");
         assert_eq!(
             registry.send(reg(client("web1.example.com", "shop", "prod", &["web"]))).await.unwrap(),
             Registered::New
@@ -312,14 +558,13 @@ mod tests {
 
     #[actix_rt::test]
     async fn under_curve_only_listening_clients_receive() {
-        let registry = ClientRegistry::new(true).start();
-        let r = Register { client: client("h1", "a", "e", &[]), key: Some("k1".into()) };
-        assert_eq!(registry.send(r).await.unwrap(), Registered::New);
+        let (registry, _dir) = registry(true);
+        assert_eq!(registry.send(reg(client("h1", "a", "e", &[]), "k1")).await.unwrap(), Registered::New);
         let to = || registry.send(Recipients { stream: "a".into(), identities: None });
-        assert!(to().await.unwrap().is_empty());
+        assert!(to().await.unwrap().online.is_empty());
         registry.send(Listening { key: "k1".into(), listening: true }).await.unwrap();
-        assert_eq!(to().await.unwrap(), [Recipient { identity: "h1".into(), key: Some("k1".into()) }]);
+        assert_eq!(to().await.unwrap().online, [Recipient { identity: "h1".into(), key: Some("k1".into()) }]);
         registry.send(Listening { key: "k1".into(), listening: false }).await.unwrap();
-        assert!(to().await.unwrap().is_empty());
+        assert!(to().await.unwrap().online.is_empty());
     }
 }

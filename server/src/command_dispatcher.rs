@@ -22,17 +22,19 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 use pantry_shared::commands::enroll::{self, Enrolled};
 use pantry_shared::commands::{
-    app_config, client_list, client_pending, client_revoke, client_token, create_client, register_client, status,
-    upload, Kind, RunsOn,
+    app_config, client_forget, client_list, client_pending, client_revoke, client_token, create_client, recipients,
+    register_client, status, upload, Kind, RunsOn,
 };
 use pantry_shared::filter::Identities;
 use pantry_shared::keys::{self, Token};
-use pantry_shared::{BodyPart, Message};
-use serde_json::Value;
+use pantry_shared::Message;
 use slog::{debug, info, warn, Logger};
 
 use crate::authorize::{authorize, Verdict};
-use crate::client_registry::{ClientRegistry, Forget, Listening, Query, Recipient, Recipients, Register, Registered};
+use crate::client_registry::{
+    ClientRegistry, Forget, ForgetIdentity, Listed, Listening, PeerClosed, Query, Reached, Recipients, Register,
+    Registered,
+};
 use crate::file_service::{AuthorizeTransfer, FileService, KeyRevoked};
 use crate::key_store::{
     AcceptPending, AddToken, BindKey, CreateKey, EnrollKey, KeyStore, ListKeys, ListPending, RejectPending, RevokeKey,
@@ -197,7 +199,7 @@ impl CommandDispatcher {
                         .into_actor(self)
                         .map(move |clients, act, _| {
                             let clients = clients.unwrap_or_default();
-                            let response = status::respond(&request.message, clients.iter().map(|(c, t)| (c, *t)));
+                            let response = status::respond(&request.message, clients.iter().map(Listed::record));
                             act.reply(request.peer, response);
                         })
                         .spawn(ctx);
@@ -217,6 +219,24 @@ impl CommandDispatcher {
                     Some(e) => warn!(self.log, "application config not saved"; "error" => e),
                 }
                 self.reply(request.peer, response);
+            }
+            Kind::ForgetClient => {
+                let Some(identity) = client_forget::identity(&request.message).map(str::to_owned) else {
+                    return self.refuse(&request, "client:forget needs an identity");
+                };
+                self.registry
+                    .send(ForgetIdentity { identity: identity.clone() })
+                    .into_actor(self)
+                    .map(move |forgot, act, _| match forgot {
+                        Ok(Ok(())) => {
+                            info!(act.log, "client forgotten"; "identity" => &identity,
+                                "by" => &request.message.metadata.from);
+                            act.reply(request.peer, request.message.response());
+                        }
+                        Ok(Err(e)) => act.refuse(&request, e),
+                        Err(e) => act.refuse(&request, format!("registry unavailable: {e}")),
+                    })
+                    .spawn(ctx);
             }
             _ => match self.keys.clone() {
                 Some(keys) => self.manage_keys(&keys, kind, request, ctx),
@@ -336,8 +356,8 @@ impl CommandDispatcher {
     /// the registry decides. Under CURVE the client's streams become its PUB
     /// grants. An agent that asked for a response hears the outcome.
     fn register(&mut self, request: Request, ctx: &mut Context<Self>) {
-        let client = match register_client::parse(&request.message) {
-            Ok(client) => client,
+        let (client, heartbeat) = match register_client::parse(&request.message) {
+            Ok(r) => (r.client, r.heartbeat_interval.map(Duration::from_secs)),
             Err(e) => {
                 info!(self.log, "registration refused: {}", e;
                     "identity" => &request.message.metadata.from, "key" => request.key(), "address" => request.address());
@@ -353,6 +373,7 @@ impl CommandDispatcher {
         };
         let registry = self.registry.clone();
         let key = request.auth.as_ref().map(|a| a.key.clone());
+        let peer = request.peer.clone();
         let work = async move {
             if let Some(bind) = bind {
                 match bind.await {
@@ -361,7 +382,7 @@ impl CommandDispatcher {
                     Err(e) => return Err((format!("key store unavailable: {e}"), false)),
                 }
             }
-            let registered = registry.send(Register { client: client.clone(), key }).await;
+            let registered = registry.send(Register { client: client.clone(), key, peer, heartbeat }).await;
             Ok((registered.unwrap_or(Registered::Refused("registry unavailable".into())), client))
         };
         let bound = request.auth.as_ref().is_some_and(|a| a.name.is_none());
@@ -511,7 +532,7 @@ impl CommandDispatcher {
             let recipients = registry.send(Recipients { stream, identities }).await.map_err(|e| e.to_string())?;
             if let Some(transfer) = transfer {
                 let transfer_id = transfer.map_err(|e| e.to_string())?;
-                let keys = recipients.iter().filter_map(|r| r.key.clone()).collect();
+                let keys = recipients.online.iter().filter_map(|r| r.key.clone()).collect();
                 let authorized = AuthorizeTransfer { transfer_id, requester, recipients: keys };
                 files.send(authorized).await.map_err(|e| e.to_string())??;
             }
@@ -530,10 +551,12 @@ impl CommandDispatcher {
             .spawn(ctx);
     }
 
-    /// Sends the requester the list of recipients, then publishes: once to
-    /// the request's stream, or, when it targets identities, once to each
+    /// Sends the requester the list of recipients (and the targeted clients
+    /// that are offline), then publishes to the online ones: once to the
+    /// request's stream, or, when it targets identities, once to each
     /// recipient's own stream.
-    fn publish(&mut self, request: Request, recipients: Vec<Recipient>, by_identity: bool) {
+    fn publish(&mut self, request: Request, reached: Reached, by_identity: bool) {
+        let Reached { online: recipients, offline } = reached;
         let owner = self.pending.get(request.message.uuid()).map(|p| p.owner.clone()).unwrap_or_default();
         let awaited = self.load.get(&owner).map_or(0, |l| l.awaited);
         if awaited + recipients.len() > MAX_AWAITED_PER_REQUESTER {
@@ -552,14 +575,10 @@ impl CommandDispatcher {
         }
         let Request { peer, message, .. } = request;
         debug!(self.log, "request forwarded";
-            "type" => message.message_type(), "from" => &message.metadata.from,
-            "to" => &message.stream, "uuid" => message.uuid(), "clients" => recipients.len());
-        let mut list = message.response();
-        list.metadata.from = String::new();
-        list.metadata.custom.insert("client_response_list".into(), Value::Bool(true));
-        list.body = recipients.iter().map(|r| BodyPart::Text(r.identity.clone())).collect();
-        self.reply(peer, list);
+            "type" => message.message_type(), "from" => &message.metadata.from, "to" => &message.stream,
+            "uuid" => message.uuid(), "clients" => recipients.len(), "offline" => offline.len());
         let identities: Vec<String> = recipients.into_iter().map(|r| r.identity).collect();
+        self.reply(peer, recipients::respond(&message, &identities, &offline));
         let mut out = message;
         out.metadata.forwarded = true;
         if by_identity {
@@ -611,6 +630,7 @@ impl Handler<Presence> for CommandDispatcher {
                 self.connected.remove(&key);
             }
             Presence::Listening { key, listening } => self.registry.do_send(Listening { key, listening }),
+            Presence::PeerClosed(peer) => self.registry.do_send(PeerClosed { peer }),
         }
     }
 }

@@ -24,9 +24,10 @@ use crate::raw_zmq::shutdown_connection;
 
 type Conn = (ServerPort, RawFd);
 
-/// Who owns a descriptor: a key, and on ROUTER sockets a routing id.
+/// Who owns a descriptor: a key (CURVE), and on ROUTER sockets a routing
+/// id.
 struct Owner {
-    key: String,
+    key: Option<String>,
     peer: Option<Vec<u8>>,
 }
 
@@ -52,34 +53,42 @@ fn router_index(port: ServerPort) -> usize {
 }
 
 impl Connections {
-    /// The socket monitor saw a new connection.
-    pub fn accepted(&mut self, port: ServerPort, fd: RawFd) {
+    /// The socket monitor saw a new connection. A descriptor number reused
+    /// by a new connection replaces the old one, whose end is returned.
+    pub fn accepted(&mut self, port: ServerPort, fd: RawFd) -> Vec<Presence> {
         self.open += 1;
-        // A descriptor number reused by a new connection replaces the old.
-        self.forget(port, fd);
+        let gone = self.forget(port, fd);
         self.unidentified.insert((port, fd), Instant::now());
+        gone
     }
 
-    /// A connection closed (monitor DISCONNECTED, whose value is the fd).
-    pub fn closed(&mut self, port: ServerPort, fd: RawFd) -> Option<Presence> {
+    /// A connection closed (monitor DISCONNECTED, whose value is the fd):
+    /// what that changes (a receive-port peer gone, a key's last connection).
+    pub fn closed(&mut self, port: ServerPort, fd: RawFd) -> Vec<Presence> {
         self.open = self.open.saturating_sub(1);
         self.unidentified.remove(&(port, fd));
         self.enrollees.remove(&(port, fd));
         self.forget(port, fd)
     }
 
-    fn forget(&mut self, port: ServerPort, fd: RawFd) -> Option<Presence> {
-        let owner = self.by_fd.remove(&(port, fd))?;
+    fn forget(&mut self, port: ServerPort, fd: RawFd) -> Vec<Presence> {
+        let mut changes = Vec::new();
+        let Some(owner) = self.by_fd.remove(&(port, fd)) else { return changes };
         if let Some(peer) = owner.peer {
             self.peers[router_index(port)].remove(&peer);
+            if port == ServerPort::Receive {
+                changes.push(Presence::PeerClosed(peer));
+            }
         }
-        let conns = self.by_key.get_mut(&owner.key)?;
-        conns.remove(&(port, fd));
-        if conns.is_empty() {
-            self.by_key.remove(&owner.key);
-            return Some(Presence::Disconnected(owner.key));
+        let Some(key) = owner.key else { return changes };
+        if let Some(conns) = self.by_key.get_mut(&key) {
+            conns.remove(&(port, fd));
+            if conns.is_empty() {
+                self.by_key.remove(&key);
+                changes.push(Presence::Disconnected(key));
+            }
         }
-        None
+        changes
     }
 
     /// The sender of a message from routing id `peer`, if already known.
@@ -99,13 +108,11 @@ impl Connections {
     ) -> Option<Presence> {
         self.peers[router_index(port)].insert(peer.to_vec(), auth.clone());
         let fd = fd?;
-        let auth = auth?;
-        if let Some(accepted) = self.unidentified.remove(&(port, fd)) {
-            if auth.standing == Standing::Enrollee {
-                self.enrollees.insert((port, fd), accepted);
-            }
+        let accepted = self.unidentified.remove(&(port, fd));
+        if let (Some(accepted), Some(Standing::Enrollee)) = (accepted, auth.as_ref().map(|a| a.standing)) {
+            self.enrollees.insert((port, fd), accepted);
         }
-        self.track(port, fd, &auth.key, Some(peer.to_vec()))
+        self.track(port, fd, auth.map(|a| a.key.clone()), Some(peer.to_vec()))
     }
 
     /// Notes the PUB connection a subscription came from.
@@ -115,7 +122,7 @@ impl Connections {
         if self.by_fd.contains_key(&conn) {
             return None;
         }
-        self.track(ServerPort::Publish, fd, key, None)
+        self.track(ServerPort::Publish, fd, Some(key.to_owned()), None)
     }
 
     /// Under null security nothing is tracked by key, but a connection
@@ -124,11 +131,12 @@ impl Connections {
         self.unidentified.remove(&(port, fd));
     }
 
-    fn track(&mut self, port: ServerPort, fd: RawFd, key: &str, peer: Option<Vec<u8>>) -> Option<Presence> {
-        self.by_fd.insert((port, fd), Owner { key: key.to_owned(), peer });
-        let conns = self.by_key.entry(key.to_owned()).or_default();
+    fn track(&mut self, port: ServerPort, fd: RawFd, key: Option<String>, peer: Option<Vec<u8>>) -> Option<Presence> {
+        self.by_fd.insert((port, fd), Owner { key: key.clone(), peer });
+        let key = key?;
+        let conns = self.by_key.entry(key.clone()).or_default();
         conns.insert((port, fd));
-        (conns.len() == 1).then(|| Presence::Connected(key.to_owned()))
+        (conns.len() == 1).then_some(Presence::Connected(key))
     }
 
     /// A key's name or role changed (a binding): its cached senders follow.
@@ -240,10 +248,14 @@ mod tests {
         assert_eq!(c.subscriber(8, "k"), None);
         assert_eq!(c.unidentified_count(), 0);
         assert!(c.cached_sender(ServerPort::Receive, b"p").is_some());
-        assert_eq!(c.closed(ServerPort::Receive, 7), None);
+        assert_eq!(c.closed(ServerPort::Receive, 7), [Presence::PeerClosed(b"p".to_vec())]);
         assert!(c.cached_sender(ServerPort::Receive, b"p").is_none());
-        assert_eq!(c.closed(ServerPort::Publish, 8), Some(Presence::Disconnected("k".into())));
-        assert_eq!(c.closed(ServerPort::Publish, 8), None);
+        assert_eq!(c.closed(ServerPort::Publish, 8), [Presence::Disconnected("k".into())]);
+        assert_eq!(c.closed(ServerPort::Publish, 8), []);
+        // Under null security a peer has no key, and its closing is known.
+        c.accepted(ServerPort::Receive, 9);
+        c.new_sender(ServerPort::Receive, b"q", Some(9), None);
+        assert_eq!(c.closed(ServerPort::Receive, 9), [Presence::PeerClosed(b"q".to_vec())]);
         assert_eq!(c.open, 0);
     }
 

@@ -120,17 +120,30 @@ where
     let db = store::open(&db_path)?;
     let pending =
         if store.is_some() { store::pending_keys(&db).context("cannot read the pending keys")? } else { Vec::new() };
+    let clients = store::clients(&db).context("cannot read the registry")?;
     drop(db);
+    if store.is_some() {
+        // Registered clients may subscribe to their streams as soon as they
+        // reconnect.
+        for c in clients.iter().filter(|c| c.key.is_some()) {
+            outbox.send(Outbound::Grant(messages::Grant::of(c.key.as_deref().unwrap_or_default(), &c.client)));
+        }
+    }
+    info!(log, "registry loaded: every client is offline until it checks in";
+        "clients" => clients.len(), "database" => %db_path.display());
     let (writer, writer_thread) = store::start_writer(&db_path, log.clone())?;
 
     let system = System::new();
     let trust_first_client = net.trust_first_client;
+    let forget_after = config.registry.forget_after.0;
     let started = system.block_on(async {
         let keys = store.map(|store| {
             let outbox = outbox.try_clone()?;
             Ok(KeyStore::new(store, outbox, trust_first_client, pending, writer.clone(), log.clone()))
         });
-        start_actors(&outbox, sockets, inbox, keys, root_dir.clone(), fd_budget, &log)
+        let curve = keys.is_some();
+        let registry = ClientRegistry::new(curve, clients, forget_after, writer.clone(), log.clone());
+        start_actors(&outbox, sockets, inbox, keys, registry, root_dir.clone(), fd_budget, &log)
     });
     let (control, thread) = started?;
     info!(log, "pantry-server started";
@@ -178,17 +191,19 @@ fn descriptor_budget(log: &Logger) -> FdBudget {
 }
 
 /// Creates the actors and starts the socket thread.
+#[allow(clippy::too_many_arguments)]
 fn start_actors(
     outbox: &Outbox,
     sockets: BoundSockets,
     inbox: outbox::Inbox,
     keys: Option<zmq::Result<KeyStore>>,
+    registry: ClientRegistry,
     root_dir: PathBuf,
     fd_budget: FdBudget,
     log: &Logger,
 ) -> Result<(Control, std::thread::JoinHandle<()>)> {
     let curve = keys.is_some();
-    let registry = ClientRegistry::new(curve).start();
+    let registry = registry.start();
     let files = FileService::new(outbox.try_clone()?, curve, log.clone()).start();
     let key_store = keys.transpose()?.map(Actor::start);
     let dispatcher =

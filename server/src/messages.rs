@@ -76,6 +76,9 @@ pub enum Presence {
     /// A key's PUB subscriptions are all granted (it receives what is
     /// published to it), or no longer.
     Listening { key: String, listening: bool },
+    /// A receive-port connection that had sent something closed (its
+    /// routing id).
+    PeerClosed(Vec<u8>),
 }
 
 /// Frames from a peer of the file service socket.

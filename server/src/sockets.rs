@@ -607,7 +607,9 @@ impl SocketThread {
             match event.event {
                 SocketEvent::Accepted => {
                     let fd = event.value as RawFd;
-                    self.connections.accepted(port, fd);
+                    for presence in self.connections.accepted(port, fd) {
+                        self.to.presence.do_send(presence);
+                    }
                     debug!(self.log, "connection accepted";
                         "socket" => socket_name, "address" => EventPeer(fd), "endpoint" => &event.endpoint);
                     self.check_descriptors();
@@ -630,7 +632,7 @@ impl SocketThread {
                             self.to.presence.do_send(Presence::Listening { key, listening });
                         }
                     }
-                    if let Some(presence) = self.connections.closed(port, fd) {
+                    for presence in self.connections.closed(port, fd) {
                         if let Presence::Disconnected(key) = &presence {
                             debug!(self.log, "key's last connection closed (or dropped: a message over \
                                 max_message_size closes it)"; "key" => key, "socket" => socket_name);

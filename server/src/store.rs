@@ -10,9 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use pantry_shared::commands::client_pending::PendingKey;
+use pantry_shared::filter::ClientFilter;
 use rusqlite::{params, Connection};
 use slog::{error, Logger};
 
@@ -23,14 +24,25 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 /// The schema, one statement per version; the database's `user_version` says
 /// how many have run.
-const MIGRATIONS: &[&str] = &["CREATE TABLE pending_keys (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE pending_keys (
         public_key TEXT PRIMARY KEY,
         address TEXT NOT NULL,
         first_seen TEXT NOT NULL,
         last_seen TEXT NOT NULL,
         attempts INTEGER NOT NULL,
         identity TEXT
-    )"];
+    )",
+    "CREATE TABLE clients (
+        identity TEXT PRIMARY KEY,
+        application TEXT,
+        environment TEXT,
+        roles TEXT NOT NULL,
+        key TEXT,
+        last_seen INTEGER NOT NULL,
+        heartbeat INTEGER NOT NULL
+    )",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -45,6 +57,51 @@ pub enum StoreError {
 pub enum Write {
     PendingKey(PendingKey),
     ForgetPendingKey(String),
+    Client(StoredClient),
+    /// A client seen again: only its last check-in changes.
+    ClientSeen {
+        identity: String,
+        last_seen: SystemTime,
+    },
+    ForgetClient(String),
+}
+
+/// A registered client as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredClient {
+    pub client: ClientFilter,
+    pub key: Option<String>,
+    pub last_seen: SystemTime,
+    pub heartbeat: Duration,
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn from_unix(secs: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
+}
+
+/// Every registered client the store remembers.
+pub fn clients(conn: &Connection) -> rusqlite::Result<Vec<StoredClient>> {
+    let mut statement =
+        conn.prepare("SELECT identity, application, environment, roles, key, last_seen, heartbeat FROM clients")?;
+    let rows = statement.query_map([], |r| {
+        let roles: String = r.get(3)?;
+        Ok(StoredClient {
+            client: ClientFilter {
+                identity: Some(r.get(0)?),
+                application: r.get(1)?,
+                environment: r.get(2)?,
+                roles: serde_json::from_str(&roles).unwrap_or_default(),
+            },
+            key: r.get(4)?,
+            last_seen: from_unix(r.get(5)?),
+            heartbeat: Duration::from_secs(r.get::<_, i64>(6)?.max(1) as u64),
+        })
+    })?;
+    rows.collect()
 }
 
 /// Opens (creating and migrating) the database.
@@ -144,6 +201,33 @@ fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
             Write::ForgetPendingKey(key) => {
                 tx.execute("DELETE FROM pending_keys WHERE public_key = ?1", params![key])?;
             }
+            Write::Client(c) => {
+                let roles = serde_json::to_string(&c.client.roles).unwrap_or_else(|_| "[]".into());
+                tx.execute(
+                    "INSERT INTO clients (identity, application, environment, roles, key, last_seen, heartbeat)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (identity) DO UPDATE SET application = ?2, environment = ?3, roles = ?4, key = ?5,
+                         last_seen = ?6, heartbeat = ?7",
+                    params![
+                        c.client.identity.as_deref().unwrap_or_default(),
+                        c.client.application,
+                        c.client.environment,
+                        roles,
+                        c.key,
+                        unix(c.last_seen),
+                        c.heartbeat.as_secs() as i64
+                    ],
+                )?;
+            }
+            Write::ClientSeen { identity, last_seen } => {
+                tx.execute(
+                    "UPDATE clients SET last_seen = ?2 WHERE identity = ?1",
+                    params![identity, unix(*last_seen)],
+                )?;
+            }
+            Write::ForgetClient(identity) => {
+                tx.execute("DELETE FROM clients WHERE identity = ?1", params![identity])?;
+            }
         }
     }
     tx.commit()
@@ -184,5 +268,35 @@ mod tests {
         // Opening again does not migrate twice.
         drop(conn);
         assert_eq!(pending_keys(&open(&path).unwrap()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn clients_are_kept_seen_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let (writer, thread) = start_writer(&path, log).unwrap();
+        let web = StoredClient {
+            client: ClientFilter {
+                identity: Some("web1.example.com".into()),
+                application: Some("shop".into()),
+                environment: None,
+                roles: vec!["web".into(), "db".into()],
+            },
+            key: Some("k".into()),
+            last_seen: from_unix(1_700_000_000),
+            heartbeat: Duration::from_secs(30),
+        };
+        writer.write(Write::Client(web.clone()));
+        writer.write(Write::Client(StoredClient {
+            client: ClientFilter { identity: Some("gone".into()), ..Default::default() },
+            ..web.clone()
+        }));
+        writer.write(Write::ClientSeen { identity: "web1.example.com".into(), last_seen: from_unix(1_700_000_100) });
+        writer.write(Write::ForgetClient("gone".into()));
+        drop(writer);
+        thread.join().unwrap();
+        let all = clients(&open(&path).unwrap()).unwrap();
+        assert_eq!(all, [StoredClient { last_seen: from_unix(1_700_000_100), ..web }]);
     }
 }

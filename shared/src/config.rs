@@ -48,6 +48,50 @@ pub struct Config {
     pub networking: Networking,
     #[serde(default)]
     pub client: ClientSection,
+    /// server.yml only.
+    #[serde(default)]
+    pub registry: RegistrySection,
+}
+
+/// A duration in a config file: `90s`, `5m`, `7d`, `1h 30m`, or a number of
+/// seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(s) => Ok(ConfigDuration(std::time::Duration::from_secs(s))),
+            Raw::Text(t) => humantime::parse_duration(&t)
+                .map(ConfigDuration)
+                .map_err(|e| serde::de::Error::custom(format!("`{t}` is not a duration (e.g. 90s, 5m, 7d): {e}"))),
+        }
+    }
+}
+
+/// The server's registry of clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySection {
+    /// Offline clients not seen for this long leave the registry.
+    #[serde(default = "default_forget_after")]
+    pub forget_after: ConfigDuration,
+}
+
+impl Default for RegistrySection {
+    fn default() -> Self {
+        RegistrySection { forget_after: default_forget_after() }
+    }
+}
+
+fn default_forget_after() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(7 * 24 * 3600))
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -196,6 +240,7 @@ impl Config {
             root_dir: None,
             networking: Networking::default(),
             client: ClientSection::default(),
+            registry: RegistrySection::default(),
         }
         .finish(program)
     }
@@ -341,6 +386,15 @@ mod tests {
     fn unknown_security_names_the_key() {
         let e = error_of("networking:\n  security: curvy\n");
         assert!(e.contains("security") && e.contains("curvy"), "{e}");
+    }
+
+    #[test]
+    fn durations_read_as_text_or_seconds() {
+        assert_eq!(parse("").unwrap().registry.forget_after.0.as_secs(), 7 * 24 * 3600);
+        assert_eq!(parse("registry:\n  forget_after: 2s\n").unwrap().registry.forget_after.0.as_secs(), 2);
+        assert_eq!(parse("registry:\n  forget_after: 90\n").unwrap().registry.forget_after.0.as_secs(), 90);
+        let e = error_of("registry:\n  forget_after: soon\n");
+        assert!(e.contains("forget_after") || e.contains("soon"), "{e}");
     }
 
     #[test]

@@ -66,7 +66,7 @@ fn original_bodies_read_as_pantry_commands() {
             .unwrap_or_else(|| panic!("no {kind} {dir}"))
     };
     let reg = find("RegisterClient", "cli->srv");
-    let who = register_client::parse(&reg).unwrap();
+    let who = register_client::parse(&reg).unwrap().client;
     assert_eq!(who.identity.as_deref(), Some("cli-user"));
     assert_eq!(who.application, None);
 

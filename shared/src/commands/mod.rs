@@ -8,6 +8,7 @@
 //! it is refused (deny by default).
 
 pub mod app_config;
+pub mod client_forget;
 pub mod client_list;
 pub mod client_pending;
 pub mod client_revoke;
@@ -16,6 +17,7 @@ pub mod create_client;
 pub mod echo;
 pub mod enroll;
 pub mod exec;
+pub mod recipients;
 pub mod register_client;
 pub mod status;
 pub mod upload;
@@ -63,6 +65,7 @@ pub enum Kind {
     ListPendingKeys,
     AcceptPendingKey,
     RejectPendingKey,
+    ForgetClient,
 }
 
 /// What the registry says about one kind.
@@ -77,7 +80,7 @@ pub struct Rule {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::RegisterClient,
         Kind::Status,
         Kind::Echo,
@@ -93,6 +96,7 @@ impl Kind {
         Kind::ListPendingKeys,
         Kind::AcceptPendingKey,
         Kind::RejectPendingKey,
+        Kind::ForgetClient,
     ];
 
     pub const fn rule(self) -> Rule {
@@ -114,6 +118,7 @@ impl Kind {
             Kind::ListPendingKeys => (client_pending::LIST_TYPE, OnServer, Admins, false),
             Kind::AcceptPendingKey => (client_pending::ACCEPT_TYPE, OnServer, Admins, false),
             Kind::RejectPendingKey => (client_pending::REJECT_TYPE, OnServer, Admins, false),
+            Kind::ForgetClient => (client_forget::TYPE, OnServer, Admins, false),
         };
         Rule { wire, runs_on, senders, may_block }
     }

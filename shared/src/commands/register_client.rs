@@ -10,27 +10,56 @@ use crate::message::{BodyPart, Message};
 
 pub const TYPE: &str = "RegisterClient";
 
-/// Agent: the body is `{application, environment, roles}`; the identity is
-/// the message's `from`.
+/// The body is `{application, environment, roles}`, as the original agent
+/// sends it; the identity is the message's `from`.
 pub fn request(me: &ClientFilter) -> Message {
+    request_with(me, None)
+}
+
+/// Agent: the registration with `heartbeat_interval` (seconds) in the body,
+/// which tells the server when the agent is overdue.
+pub fn request_every(me: &ClientFilter, heartbeat_interval: u64) -> Message {
+    request_with(me, Some(heartbeat_interval))
+}
+
+fn request_with(me: &ClientFilter, heartbeat_interval: Option<u64>) -> Message {
     let mut m = Message::new(TYPE);
     m.metadata.from = me.identity.clone().unwrap_or_default();
-    m.body.push(BodyPart::Json(json!({
+    let mut body = json!({
         "application": me.application,
         "environment": me.environment,
         "roles": me.roles,
-    })));
+    });
+    if let Some(seconds) = heartbeat_interval {
+        body["heartbeat_interval"] = seconds.into();
+    }
+    m.body.push(BodyPart::Json(body));
     m
 }
 
+/// Who registered, and how often it checks in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub client: ClientFilter,
+    pub heartbeat_interval: Option<u64>,
+}
+
 /// Server: who registered. The identity comes from `from`.
-pub fn parse(request: &Message) -> Result<ClientFilter, DecodeError> {
+pub fn parse(request: &Message) -> Result<Registration, DecodeError> {
     let bad = |reason: String| DecodeError::Body { message_type: TYPE.into(), reason };
     let body = request.body.first().and_then(BodyPart::as_json).ok_or_else(|| bad("no JSON body part".into()))?;
-    let mut filter: ClientFilter = serde_json::from_value(body.clone()).map_err(|e| bad(e.to_string()))?;
-    filter.identity = Some(request.metadata.from.clone());
-    filter.validate().map_err(bad)?;
-    Ok(filter)
+    let heartbeat_interval = match body.get("heartbeat_interval") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(v.as_u64().filter(|s| *s > 0).ok_or_else(|| bad("heartbeat_interval: seconds".into()))?),
+    };
+    let mut fields = body.clone();
+    if let Some(map) = fields.as_object_mut() {
+        map.remove("heartbeat_interval");
+    }
+    let mut client: ClientFilter = serde_json::from_value(fields).map_err(|e| bad(e.to_string()))?;
+    client.identity = Some(request.metadata.from.clone());
+    client.validate().map_err(bad)?;
+    Ok(Registration { client, heartbeat_interval })
 }
 
 #[cfg(test)]
@@ -45,8 +74,9 @@ mod tests {
             environment: None,
             roles: vec!["web".into()],
         };
-        let m = Message::from_frames(&request(&me).to_frames()).unwrap();
-        assert_eq!(parse(&m).unwrap(), me);
+        let m = Message::from_frames(&request_every(&me, 30).to_frames()).unwrap();
+        assert_eq!(parse(&m).unwrap(), Registration { client: me.clone(), heartbeat_interval: Some(30) });
+        assert_eq!(parse(&request(&me)).unwrap().heartbeat_interval, None);
     }
 
     #[test]

@@ -28,8 +28,28 @@ pub struct ClientStatus {
     pub application: Option<String>,
     pub environment: Option<String>,
     pub roles: Vec<String>,
-    /// RFC 3339, UTC.
+    /// RFC 3339, UTC (the same as `last_seen`; kept for older readers).
     pub last_checked_in: String,
+    /// `online` or `offline`.
+    #[serde(default = "online")]
+    pub state: String,
+    /// RFC 3339, UTC: the last check-in.
+    #[serde(default)]
+    pub last_seen: String,
+}
+
+fn online() -> String {
+    ONLINE.into()
+}
+
+pub const ONLINE: &str = "online";
+pub const OFFLINE: &str = "offline";
+
+/// One registered client as the server knows it.
+pub struct ClientRecord<'a> {
+    pub client: &'a ClientFilter,
+    pub last_seen: SystemTime,
+    pub online: bool,
 }
 
 /// Server: read the filter (an absent body selects everyone).
@@ -43,16 +63,20 @@ pub fn parse(request: &Message) -> Result<ClientFilter, DecodeError> {
 }
 
 /// Server: the response, one body part per matching client.
-pub fn respond<'a>(request: &Message, clients: impl Iterator<Item = (&'a ClientFilter, SystemTime)>) -> Message {
+pub fn respond<'a>(request: &Message, clients: impl Iterator<Item = ClientRecord<'a>>) -> Message {
     let mut response = request.response();
     response.metadata.custom.insert("client_response_list".into(), Value::Bool(false));
-    for (client, checked_in) in clients {
+    for record in clients {
+        let client = record.client;
+        let seen = humantime::format_rfc3339_seconds(record.last_seen).to_string();
         let line = ClientStatus {
             identity: client.identity.clone().unwrap_or_default(),
             application: client.application.clone(),
             environment: client.environment.clone(),
             roles: client.roles.clone(),
-            last_checked_in: humantime::format_rfc3339_seconds(checked_in).to_string(),
+            last_checked_in: seen.clone(),
+            state: if record.online { ONLINE } else { OFFLINE }.into(),
+            last_seen: seen,
         };
         response.body.push(BodyPart::Json(serde_json::to_value(line).unwrap_or(Value::Null)));
     }
@@ -77,10 +101,14 @@ pub fn format_table(clients: &[ClientStatus], now: SystemTime) -> String {
     if clients.is_empty() {
         return "no clients checked in\n".into();
     }
-    let rows: Vec<[String; 5]> = clients
+    let rows: Vec<[String; 6]> = clients
         .iter()
         .map(|c| {
             [
+                match c.state.as_str() {
+                    OFFLINE => format!("offline {}", short_ago(&c.last_checked_in, now)),
+                    other => other.to_owned(),
+                },
                 ago(&c.last_checked_in, now),
                 c.identity.clone(),
                 c.application.clone().unwrap_or_else(|| "-".into()),
@@ -89,7 +117,7 @@ pub fn format_table(clients: &[ClientStatus], now: SystemTime) -> String {
             ]
         })
         .collect();
-    let header = ["LAST CHECK-IN", "IDENTITY", "APPLICATION", "ENVIRONMENT", "ROLES"].map(String::from);
+    let header = ["STATE", "LAST CHECK-IN", "IDENTITY", "APPLICATION", "ENVIRONMENT", "ROLES"].map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -103,6 +131,20 @@ pub fn format_table(clients: &[ClientStatus], now: SystemTime) -> String {
         out.push('\n');
     }
     out
+}
+
+/// "5m", "2h", "3d", "40s": how long ago, short.
+pub fn short_ago(rfc3339: &str, now: SystemTime) -> String {
+    let Ok(then) = humantime::parse_rfc3339_weak(rfc3339) else {
+        return "?".into();
+    };
+    let secs = now.duration_since(then).map(|d| d.as_secs()).unwrap_or(0);
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86_399 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
 }
 
 /// "12 seconds ago", from an RFC 3339 time.
@@ -133,12 +175,19 @@ mod tests {
         assert_eq!(filter.application.as_deref(), Some("pantry"));
         let c = ClientFilter { identity: Some("h1".into()), application: Some("pantry".into()), ..Default::default() };
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let resp = respond(&back, [(&c, t)].into_iter());
+        let d = ClientFilter { identity: Some("h2".into()), ..Default::default() };
+        let records = [
+            ClientRecord { client: &c, last_seen: t, online: true },
+            ClientRecord { client: &d, last_seen: t, online: false },
+        ];
+        let resp = respond(&back, records.into_iter());
         let list = clients(&resp);
-        assert_eq!(list.len(), 1);
-        assert_eq!(list[0].last_checked_in, "2023-11-14T22:13:20Z");
-        let table = format_table(&list, t + Duration::from_secs(12));
-        assert!(table.contains("12 seconds ago") && table.contains("h1"), "{table}");
+        assert_eq!(list.len(), 2);
+        assert_eq!((list[0].last_checked_in.as_str(), list[0].state.as_str()), ("2023-11-14T22:13:20Z", "online"));
+        assert_eq!((list[1].last_seen.as_str(), list[1].state.as_str()), ("2023-11-14T22:13:20Z", "offline"));
+        let table = format_table(&list, t + Duration::from_secs(300));
+        assert!(table.contains("5 minutes ago") && table.contains("h1"), "{table}");
+        assert!(table.contains("offline 5m"), "{table}");
     }
 
     #[test]
