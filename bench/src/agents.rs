@@ -40,8 +40,8 @@ pub const AGENTS_PER_CONTEXT: usize = 500;
 /// Agents connected at once, and the pause between batches (about 650
 /// agents, 1,300 connections, per second: the order of a server's CURVE
 /// handshake rate here).
-const CONNECT_BATCH: usize = 20;
-const CONNECT_PAUSE: Duration = Duration::from_millis(30);
+pub const CONNECT_BATCH: usize = 20;
+pub const CONNECT_PAUSE: Duration = Duration::from_millis(30);
 
 /// No agent thread outlives this, whatever happens to the bench.
 const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);

@@ -1,7 +1,8 @@
 //! The whole benchmark: for each security mode, a real `pantry-server` and a
 //! baseline relay side by side; for each N, an agent pool per system,
 //! alternating Pantry and baseline rounds; then handshake rates with 100
-//! and 100,000 known keys; then the report.
+//! and 100,000 known keys; then enrollment (one token for many agents, and
+//! `client:token` → echo with the real binaries); then the report.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use anyhow::{Context as _, Result};
 use pantry_shared::keys::{KnownKey, Role};
 
 use crate::agents::{identity, Kind, Pool};
+use crate::enrollment::{EnrollmentResult, EnrollmentSettings};
 use crate::handshake::{handshake_rate, HandshakeSettings};
 use crate::keys::{self, Pair};
 use crate::limits::{self, FdLimits};
@@ -47,12 +49,18 @@ pub struct Config {
     pub reachable_timeout: Duration,
     /// The server's log level (`info` is the production default).
     pub log_level: String,
+    /// The `pantry-admin` binary (the enrollment scenario runs
+    /// `client:token` with it) [default: next to `client_bin`].
+    pub admin_bin: PathBuf,
+    /// The enrollment scenario (CURVE only); `None`: skipped.
+    pub enrollment: Option<EnrollmentSettings>,
 }
 
 impl Config {
     /// The full benchmark of `make bench`.
     pub fn full(server_bin: PathBuf, client_bin: PathBuf, relay_exe: PathBuf, out_dir: PathBuf) -> Config {
         Config {
+            admin_bin: client_bin.with_file_name("pantry-admin"),
             server_bin,
             client_bin,
             relay_exe,
@@ -76,11 +84,12 @@ impl Config {
             curve_modes: vec![true, false],
             reachable_timeout: Duration::from_secs(90),
             log_level: "info".into(),
+            enrollment: Some(EnrollmentSettings { agents: 1000, repeats: 5, crowd_timeout: Duration::from_secs(120) }),
         }
     }
 
-    /// N = 2, one iteration of everything, a few seconds: keeps the harness
-    /// from rotting (`make test`).
+    /// N = 2, one iteration of everything, 20 agents enrolling, a few
+    /// seconds: keeps the harness from rotting (`make test`).
     pub fn smoke(server_bin: PathBuf, client_bin: PathBuf, relay_exe: PathBuf, out_dir: PathBuf) -> Config {
         Config {
             sizes: vec![2],
@@ -100,6 +109,7 @@ impl Config {
                 duration: Duration::from_millis(200),
             },
             reachable_timeout: Duration::from_secs(20),
+            enrollment: Some(EnrollmentSettings { agents: 20, repeats: 1, crowd_timeout: Duration::from_secs(30) }),
             ..Config::full(server_bin, client_bin, relay_exe, out_dir)
         }
     }
@@ -200,6 +210,8 @@ pub struct Results {
     pub sizes_skipped: Vec<usize>,
     pub modes: Vec<ModeResult>,
     pub handshakes: Vec<HandshakeRow>,
+    /// CURVE enrollment; `None` when not run.
+    pub enrollment: Option<EnrollmentResult>,
     pub elapsed: Duration,
     pub config: Config,
 }
@@ -294,6 +306,12 @@ pub fn run(cfg: &Config) -> Result<Results> {
         modes.push(run_mode(cfg, curve, &sizes, &limits, &ring, &progress)?);
     }
     let handshakes = if cfg.curve_modes.contains(&true) { run_handshakes(cfg, &ring, &progress)? } else { Vec::new() };
+    let enrollment = match cfg.enrollment {
+        Some(settings) if cfg.curve_modes.contains(&true) => {
+            Some(run_enrollment(cfg, settings, &ring.server, &ring.admin, &progress)?)
+        }
+        _ => None,
+    };
 
     let results = Results {
         cores,
@@ -303,6 +321,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         sizes_skipped,
         modes,
         handshakes,
+        enrollment,
         elapsed: started.elapsed(),
         config: cfg.clone(),
     };
@@ -605,4 +624,33 @@ fn run_handshakes(cfg: &Config, ring: &KeyRing, progress: &Progress) -> Result<V
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// The enrollment scenario against fresh CURVE servers that know only the
+/// bench's admin key.
+fn run_enrollment(
+    cfg: &Config,
+    settings: EnrollmentSettings,
+    server: &Pair,
+    admin: &Pair,
+    progress: &Progress,
+) -> Result<EnrollmentResult> {
+    let setup = crate::enrollment::Setup {
+        server_bin: cfg.server_bin.clone(),
+        client_bin: cfg.client_bin.clone(),
+        admin_bin: cfg.admin_bin.clone(),
+        log_level: &cfg.log_level,
+        server,
+        admin,
+        admin_name: ADMIN_NAME,
+    };
+    crate::enrollment::run(&setup, settings, &|text| progress.say(text))
+}
+
+/// Only the enrollment scenario (`pantry-bench enrollment`): fresh keys,
+/// progress on stderr; the report is the caller's.
+pub fn run_enrollment_only(cfg: &Config, settings: EnrollmentSettings) -> Result<EnrollmentResult> {
+    let progress = Progress(Instant::now());
+    limits::raise_nofile().context("cannot raise the open-file limit")?;
+    run_enrollment(cfg, settings, &Pair::generate()?, &Pair::generate()?, &progress)
 }

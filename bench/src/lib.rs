@@ -2,10 +2,12 @@
 //! raw-libzmq relay, with 1 to 4,000 agents simulated in this process.
 //!
 //! [`harness::run`] does everything `make bench` shows: fan-out latency,
-//! throughput, handshake rate and memory, Pantry against the baseline, and
-//! writes `latest.md` and `fanout.svg`.
+//! throughput, handshake rate and memory, Pantry against the baseline,
+//! enrollment with tokens (CURVE, Pantry only), and writes `latest.md` and
+//! `fanout.svg`.
 
 pub mod agents;
+pub mod enrollment;
 pub mod handshake;
 pub mod harness;
 pub mod keys;

@@ -18,6 +18,9 @@ struct Cli {
     /// The pantry-client binary [default: pantry-client next to this binary].
     #[arg(long, value_name = "FILE")]
     client: Option<PathBuf>,
+    /// The pantry-admin binary [default: pantry-admin next to this binary].
+    #[arg(long, value_name = "FILE")]
+    admin: Option<PathBuf>,
     /// Where latest.md and fanout.svg are written.
     #[arg(long, value_name = "DIR", default_value = "bench/results")]
     out: PathBuf,
@@ -48,6 +51,20 @@ enum Cmd {
         pub_port: u16,
         #[arg(long)]
         receive_port: u16,
+    },
+    /// Only the enrollment scenario (CURVE): agents enrolling with one token,
+    /// then `client:token` → echo with the real binaries; prints its
+    /// section of the report (latest.md is left alone).
+    Enrollment {
+        /// Agents enrolling with one token of as many uses.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// `client:token` → echo runs with the real binaries.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Longest the agents may take in all, seconds.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
     },
     /// One scenario against a CURVE pantry-server for a while, optionally
     /// under `perf record`; prints the server CPU time per operation.
@@ -90,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
     let dir = exe.parent().context("executable directory")?.to_path_buf();
     let server = cli.server.unwrap_or_else(|| dir.join("pantry-server"));
     let client = cli.client.unwrap_or_else(|| dir.join("pantry-client"));
+    let admin = cli.admin.unwrap_or_else(|| dir.join("pantry-admin"));
     if let Some(Cmd::Profile { scenario, agents, known_keys, seconds, perf, perf_args, baseline }) = cli.command {
         return pantry_bench::profile::run(&pantry_bench::profile::ProfileConfig {
             server_bin: server,
@@ -103,8 +121,21 @@ fn run(cli: Cli) -> Result<()> {
             perf_args,
         });
     }
-    for bin in [&server, &client] {
+    for bin in [&server, &client, &admin] {
         anyhow::ensure!(bin.exists(), "{} not found: build it first (`make bench` does)", bin.display());
+    }
+    if let Some(Cmd::Enrollment { agents, repeats, timeout }) = cli.command {
+        let mut config = pantry_bench::Config::full(server, client, exe, cli.out);
+        config.admin_bin = admin;
+        config.log_level = cli.log_level;
+        let settings = pantry_bench::enrollment::EnrollmentSettings {
+            agents,
+            repeats,
+            crowd_timeout: std::time::Duration::from_secs_f64(timeout.clamp(1.0, 3600.0)),
+        };
+        let result = pantry_bench::harness::run_enrollment_only(&config, settings)?;
+        print!("{}", pantry_bench::report::enrollment_section(&result));
+        return Ok(());
     }
     let mut config = if cli.smoke {
         pantry_bench::Config::smoke(server, client, exe, cli.out)
@@ -115,6 +146,7 @@ fn run(cli: Cli) -> Result<()> {
         c
     };
     config.log_level = cli.log_level;
+    config.admin_bin = admin;
     if cli.curve_only {
         config.curve_modes = vec![true];
     }

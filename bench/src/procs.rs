@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -50,6 +50,51 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
         total += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
     Some(total)
+}
+
+/// What a one-shot command printed and how it ended (`None`: killed after
+/// its time).
+#[derive(Debug)]
+pub struct Output {
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+}
+
+/// Runs `command` to completion, killed if it takes longer than `timeout`.
+pub fn run_bounded(command: &mut Command, timeout: Duration) -> Result<Output> {
+    use std::io::{Seek, SeekFrom};
+    let (mut out, mut err) = (tempfile::tempfile()?, tempfile::tempfile()?);
+    let mut child = command
+        .stdout(out.try_clone()?)
+        .stderr(err.try_clone()?)
+        .spawn()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    let end = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let read = |f: &mut std::fs::File| -> Result<String> {
+        let mut text = String::new();
+        f.seek(SeekFrom::Start(0))?;
+        std::io::Read::read_to_string(f, &mut text)?;
+        Ok(text)
+    };
+    Ok(Output { status, stdout: read(&mut out)?, stderr: read(&mut err)? })
 }
 
 /// Where a server (Pantry or relay) listens.
@@ -114,6 +159,11 @@ impl Process {
         rss_kib(self.pid)
     }
 
+    /// How the process ended, if it did.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         // SAFETY: kill(2) on our own child's pid.
@@ -144,6 +194,9 @@ fn networking_yaml(host_ports: (u16, u16, u16), curve: bool) -> String {
         if curve { "  security: curve\n" } else { "" }
     )
 }
+
+/// The admin key file `PantryServer::admin_command` writes.
+const ADMIN_KEY_FILE: &str = "bench-admin.yml";
 
 /// The real `pantry-server` with a fresh root_dir.
 pub struct PantryServer {
@@ -194,6 +247,16 @@ impl PantryServer {
     /// Starts the real `pantry-client` against this server (log level
     /// warn, long heartbeat), with `keys` as its CURVE pair.
     pub fn start_client(&self, binary: &Path, identity: &str, keys: Option<&Pair>) -> Result<Process> {
+        let config = self.client_config(identity, keys)?;
+        let mut process = self.spawn_client(binary, identity, &config)?;
+        process.wait_for_log("pantry-client started", Duration::from_secs(20))?;
+        Ok(process)
+    }
+
+    /// Writes a `pantry-client` config for `identity` against this server
+    /// (its own root_dir, log level info, long heartbeat) and, with `keys`,
+    /// its key file. Returns the config's path.
+    pub fn client_config(&self, identity: &str, keys: Option<&Pair>) -> Result<PathBuf> {
         let root = self.dir.path().join(format!("client-{identity}"));
         if let (Some(pair), Some(server_key)) = (keys, &self.endpoints.server_key) {
             let curve = root.join("security").join("curve");
@@ -214,13 +277,49 @@ impl PantryServer {
         );
         let path = self.dir.path().join(format!("client-{identity}.yml"));
         std::fs::write(&path, config)?;
-        let mut process = Process::spawn(
+        Ok(path)
+    }
+
+    /// Starts `pantry-client -c config` without waiting for anything; its
+    /// log is `client-IDENTITY.log` in the server's directory.
+    pub fn spawn_client(&self, binary: &Path, identity: &str, config: &Path) -> Result<Process> {
+        Process::spawn(
             "pantry-client",
-            Command::new(binary).arg("-c").arg(&path).stdin(Stdio::null()),
+            Command::new(binary).arg("-c").arg(config).stdin(Stdio::null()),
             self.dir.path().join(format!("client-{identity}.log")),
-        )?;
-        process.wait_for_log("pantry-client started", Duration::from_secs(20))?;
-        Ok(process)
+        )
+    }
+
+    /// A `pantry-admin` command line against this server, run from the
+    /// server's directory with `pair` as its CURVE key file
+    /// (`.pantry/bench-admin.yml` there); the caller adds the command.
+    pub fn admin_command(&self, binary: &Path, pair: &Pair) -> Result<Command> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let server_key = self.endpoints.server_key.context("pantry-admin with CURVE needs a CURVE server")?;
+        let dir = self.dir.path().join(".pantry");
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        let path = dir.join(ADMIN_KEY_FILE);
+        let text = format!(
+            "---\nserver_public_key: '{}'\npublic_key: '{}'\nprivate_key: '{}'\n",
+            keys::z85(&server_key),
+            pair.public_z85(),
+            pair.secret_z85()
+        );
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let mut command = Command::new(binary);
+        command
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .args(["--host", "127.0.0.1", "--receive-port", &self.ports.1.to_string()])
+            .args(["--pub-sub-port", &self.ports.0.to_string(), "--file-service-port", &self.ports.2.to_string()])
+            .args(["--curve-key-file", ADMIN_KEY_FILE]);
+        Ok(command)
+    }
+
+    /// The server's temporary directory (config, root_dir, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Waits until the server logged the registration of `identity`.

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use plotters::prelude::*;
 
+use crate::enrollment::EnrollmentResult;
 use crate::harness::{Both, ModeResult, Results};
 
 pub const MARKDOWN: &str = "latest.md";
@@ -21,6 +22,9 @@ const HANDSHAKE_TARGET: f64 = 0.8;
 const SAME_RATE: f64 = 0.9;
 const KIB_PER_AGENT_TARGET: f64 = 30.0;
 const IDLE_AGENT_TARGET_KIB: u64 = 10 * 1024;
+/// Enrollment targets: a crowd with one token, and one agent end to end.
+const CROWD_TARGET_S: f64 = 30.0;
+const END_TO_END_TARGET_S: f64 = 1.0;
 
 pub fn write(results: &Results, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -165,10 +169,125 @@ fn targets(results: &Results, out: &mut String) {
     let idle = curve.and_then(|m| m.idle_client_rss_kib);
     let _ = writeln!(
         out,
-        "| idle agent (`pantry-client`, CURVE) < 10 MiB RSS | {} KiB | {} |\n",
+        "| idle agent (`pantry-client`, CURVE) < 10 MiB RSS | {} KiB | {} |",
         kib(idle),
         status(idle.map(|v| v < IDLE_AGENT_TARGET_KIB))
     );
+    if let Some(e) = &results.enrollment {
+        enrollment_targets(e, out);
+    }
+    let _ = writeln!(out);
+}
+
+/// The enrollment rows of the targets table.
+fn enrollment_targets(e: &EnrollmentResult, out: &mut String) {
+    let c = &e.crowd;
+    let crowd = match c.wall_s {
+        Some(s) => {
+            format!("{} s, {} of {} registered", num(Some(s)), group(c.succeeded as u64), group(c.agents as u64))
+        }
+        None => format!("none of {} registered", group(c.agents as u64)),
+    };
+    let _ = writeln!(
+        out,
+        "| {} agents enroll with one token and register (CURVE) < {CROWD_TARGET_S} s, every one | {crowd} | {} |",
+        group(c.agents as u64),
+        status((c.agents > 0).then(|| c.complete() && c.wall_s.is_some_and(|s| s < CROWD_TARGET_S)))
+    );
+    let (median, max) = (e.median_total_s(), e.max_total_s());
+    let measured = match (median, max) {
+        (Some(m), Some(x)) => {
+            format!("median {} s, max {} s ({} of {} runs answered)", secs(m), secs(x), e.runs.len(), e.repeats)
+        }
+        _ => format!("no run answered ({} tried)", e.repeats),
+    };
+    let _ = writeln!(
+        out,
+        "| `client:token` → one agent answering `echo` < {END_TO_END_TARGET_S} s (real binaries, median) | {measured} | {} |",
+        status((e.repeats > 0).then(|| e.failed_runs.is_empty() && median.is_some_and(|m| m < END_TO_END_TARGET_S)))
+    );
+}
+
+fn secs(v: f64) -> String {
+    format!("{v:.3}")
+}
+
+fn ms_pair(a: Option<f64>, b: Option<f64>) -> String {
+    format!("{} / {}", num(a), num(b))
+}
+
+/// The `## Enrollment` section: the crowd and the end-to-end runs.
+pub fn enrollment_section(e: &EnrollmentResult) -> String {
+    let mut out = String::new();
+    let c = &e.crowd;
+    let _ = writeln!(
+        out,
+        "## Enrollment\n\nCURVE, each part against a fresh `pantry-server` that knows only the bench's admin key.\n\n\
+         **One token, {} agents.** The admin asks for one token of {} uses (`CreateToken` over its CURVE DEALER); \
+         then {} simulated agents (several ZeroMQ contexts, connects paced at about 650 per second) each make \
+         a key pair, connect a DEALER with it, send `Enroll` with the token and their own identity and, once \
+         accepted, `RegisterClient` asking for an answer on the same connection. Wall time: from the first \
+         connect to the last registration answer. An agent that hears nothing for 10 s gives up, as \
+         `pantry-client enroll` does. Per agent: from making its key pair and connecting to its enrollment \
+         answer, and from that answer to its registration answer (ms).\n",
+        group(c.agents as u64),
+        group(c.agents as u64),
+        group(c.agents as u64),
+    );
+    let _ = writeln!(
+        out,
+        "| agents | registered | wall time (s) | `CreateToken` (ms) | enrollment answer p50 / max | \
+         registration answer p50 / max | server CPU ms per agent |\n|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {} | {} | {} | {} |",
+        group(c.agents as u64),
+        group(c.succeeded as u64),
+        num(c.wall_s),
+        num(c.token_ms),
+        ms_pair(c.enroll_p50_ms, c.enroll_max_ms),
+        ms_pair(c.register_p50_ms, c.register_max_ms),
+        num(c.server_cpu_ms_per_agent)
+    );
+    if !c.failures.is_empty() {
+        let reasons: Vec<String> = c.failures.iter().map(|(r, n)| format!("{n} × {r}")).collect();
+        let _ = writeln!(out, "\nFailed agents: {}.", reasons.join("; "));
+    }
+    let _ = writeln!(
+        out,
+        "\n**`client:token` → one agent answering, real binaries**, {} {}: `pantry-admin client:token`, \
+         `pantry-client enroll --token T --server-public-key K` for a fresh agent directory, `pantry-client` \
+         started, and an `echo` to its identity (as `pantry-admin -i IDENTITY echo` sends it, from an admin \
+         connection already open) repeated until it is answered. Seconds.\n",
+        e.repeats,
+        if e.repeats == 1 { "run" } else { "runs" }
+    );
+    let _ = writeln!(
+        out,
+        "| run | `client:token` → echo answer | `client:token` | `enroll` | start → echo answer |\n|---:|---:|---:|---:|---:|"
+    );
+    for (i, r) in e.runs.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            i + 1,
+            secs(r.total_s),
+            secs(r.token_s),
+            secs(r.enroll_s),
+            secs(r.answer_s)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| median | {} | | | |\n| max | {} | | | |",
+        e.median_total_s().map(secs).unwrap_or_else(|| "–".into()),
+        e.max_total_s().map(secs).unwrap_or_else(|| "–".into())
+    );
+    for why in &e.failed_runs {
+        let _ = writeln!(out, "\nFailed: {}", why.lines().next().unwrap_or_default());
+    }
+    out
 }
 
 pub fn markdown(results: &Results) -> String {
@@ -396,6 +515,9 @@ pub fn markdown(results: &Results) -> String {
                 ratio(r.cpu_us_per_answer.ratio())
             );
         }
+    }
+    if let Some(e) = &results.enrollment {
+        let _ = writeln!(out, "\n{}", enrollment_section(e).trim_end());
     }
     let _ = writeln!(out, "\n![fan-out latency against N]({CHART})");
     out
