@@ -5,9 +5,12 @@
 //! answers back through an inproc PULL, so only this thread touches the
 //! DEALER.
 //!
-//! The agent registers once its SUB connection is up (so it listens before
-//! the server can publish to it), again on every reconnection and every
-//! `heartbeat_interval`. Each registration asks for an answer: a refusal
+//! Under null security the agent registers once its SUB connection is up (so
+//! it listens before the server can publish to it); under CURVE it
+//! registers first and connects its SUB once the server accepted the
+//! registration, so the server can grant every topic it asks for at once
+//! (and counts it online only once its subscriptions are granted). It
+//! registers again on every reconnection and every `heartbeat_interval`. Each registration asks for an answer: a refusal
 //! (identity bound to another key, a name that is not allowed) is logged at
 //! warn with the server's reason and retried with a backoff until the
 //! operator fixes it.
@@ -93,6 +96,10 @@ pub struct Agent {
     /// server's PUB: registering before that would let the server publish
     /// to us before we listen (the slow-joiner problem).
     listening: bool,
+    /// Whether the SUB is connected (or connecting).
+    sub_connected: bool,
+    /// CURVE: the SUB connects only after an accepted registration.
+    curve: bool,
     publish: String,
     receive: String,
     watch: HandshakeWatch,
@@ -152,10 +159,11 @@ impl Agent {
         results.set_linger(0)?;
         results.bind(RESULTS_ENDPOINT)?;
         let (receive, publish) = (net.endpoint(net.receive_port), net.endpoint(net.pub_sub_port));
-        // A key made just now is unknown to the server: enroll first; the
-        // SUB connects once the key is accepted.
+        // A key made just now is unknown to the server: enroll first. Under
+        // CURVE the SUB connects once a registration is accepted.
         let enrolling = keys.as_ref().is_some_and(|k| k.generated).then(Instant::now);
-        if enrolling.is_none() {
+        let curve = keys.is_some();
+        if !curve {
             sub.connect(&publish).with_context(|| format!("cannot connect to {publish}"))?;
         }
         dealer.connect(&receive).with_context(|| format!("cannot connect to {receive}"))?;
@@ -171,6 +179,8 @@ impl Agent {
             dealer_monitor,
             sub_monitor,
             listening: false,
+            sub_connected: !curve,
+            curve,
             publish,
             receive,
             watch,
@@ -237,8 +247,9 @@ impl Agent {
                     }
                     if reconnected {
                         self.backoff.reset();
-                        // A restarted server may have lost us: check in now.
-                        if self.listening {
+                        // A restarted server may have lost us: check in now
+                        // (under CURVE, before the SUB connects).
+                        if (self.listening || self.curve) && self.enrolling.is_none() {
                             self.register();
                             next_heartbeat = Instant::now() + self.heartbeat;
                         }
@@ -268,8 +279,8 @@ impl Agent {
             if self.reconnect_at.is_some_and(|at| Instant::now() >= at) {
                 self.reconnect_at = None;
                 debug!(self.log, "connecting again"; "server" => &self.receive);
-                if self.enrolling.is_none() {
-                    self.sub.connect(&self.publish)?;
+                if !self.curve {
+                    self.connect_sub();
                 }
                 self.dealer.connect(&self.receive)?;
             }
@@ -294,7 +305,7 @@ impl Agent {
         let delay = self.backoff.next_delay();
         // Disconnecting an endpoint that is down (or was never connected)
         // fails harmlessly.
-        let _ = self.sub.disconnect(&self.publish);
+        self.disconnect_sub();
         let _ = self.dealer.disconnect(&self.receive);
         debug!(self.log, "retrying after a failed handshake"; "in_seconds" => delay.as_secs());
         self.reconnect_at = Some(Instant::now() + delay);
@@ -366,9 +377,24 @@ impl Agent {
         }
         self.enrolling = None;
         self.enroll_backoff.reset();
-        if let Err(e) = self.sub.connect(&self.publish) {
-            warn!(self.log, "cannot connect to the server's PUB socket"; "error" => %e);
+        self.register();
+    }
+
+    fn connect_sub(&mut self) {
+        if self.sub_connected {
+            return;
         }
+        match self.sub.connect(&self.publish) {
+            Ok(()) => self.sub_connected = true,
+            Err(e) => warn!(self.log, "cannot connect to the server's PUB socket"; "error" => %e),
+        }
+    }
+
+    fn disconnect_sub(&mut self) {
+        if std::mem::take(&mut self.sub_connected) {
+            let _ = self.sub.disconnect(&self.publish);
+        }
+        self.listening = false;
     }
 
     /// What the server says on the DEALER: the answers to registrations and
@@ -399,6 +425,7 @@ impl Agent {
                     }
                     self.registration = Registration::Accepted;
                     self.refusals.reset();
+                    self.connect_sub();
                 }
             }
         }
@@ -408,8 +435,7 @@ impl Agent {
         if reason.starts_with("unknown client") && self.keys.is_some() {
             // The key is not (or no longer) known: ask to be enrolled.
             if self.enrolling.is_none() {
-                let _ = self.sub.disconnect(&self.publish);
-                self.listening = false;
+                self.disconnect_sub();
                 self.enrolling = Some(Instant::now());
             }
             return;

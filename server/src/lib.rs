@@ -134,6 +134,9 @@ where
     let (writer, writer_thread) = store::start_writer(&db_path, log.clone())?;
 
     let system = System::new();
+    // The key store actor has a thread of its own: key store writes (fsyncs)
+    // never hold up the dispatcher, however many agents enroll at once.
+    let keys_thread = system.block_on(async { Arbiter::new() });
     let trust_first_client = net.trust_first_client;
     let forget_after = config.registry.forget_after.0;
     let started = system.block_on(async {
@@ -143,7 +146,7 @@ where
         });
         let curve = keys.is_some();
         let registry = ClientRegistry::new(curve, clients, forget_after, writer.clone(), log.clone());
-        start_actors(&outbox, sockets, inbox, keys, registry, root_dir.clone(), fd_budget, &log)
+        start_actors(&outbox, sockets, inbox, keys, &keys_thread.handle(), registry, root_dir.clone(), fd_budget, &log)
     });
     let (control, thread) = started?;
     info!(log, "pantry-server started";
@@ -168,7 +171,10 @@ where
             "waited_seconds" => SHUTDOWN_DEADLINE.as_secs());
     }
     // The actors, and with them the database writer's senders, go with the
-    // system; the writer commits what is queued and ends.
+    // system and the key store's thread; the writer commits what is queued
+    // and ends.
+    keys_thread.stop();
+    let _ = keys_thread.join();
     drop(system);
     drop(writer);
     let _ = writer_thread.join();
@@ -197,6 +203,7 @@ fn start_actors(
     sockets: BoundSockets,
     inbox: outbox::Inbox,
     keys: Option<zmq::Result<KeyStore>>,
+    keys_thread: &ArbiterHandle,
     registry: ClientRegistry,
     root_dir: PathBuf,
     fd_budget: FdBudget,
@@ -205,7 +212,7 @@ fn start_actors(
     let curve = keys.is_some();
     let registry = registry.start();
     let files = FileService::new(outbox.try_clone()?, curve, log.clone()).start();
-    let key_store = keys.transpose()?.map(Actor::start);
+    let key_store = keys.transpose()?.map(|keys| KeyStore::start_in_arbiter(keys_thread, |_| keys));
     let dispatcher =
         CommandDispatcher::new(outbox.try_clone()?, registry, files.clone(), key_store.clone(), root_dir, log.clone())
             .start();

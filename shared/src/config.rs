@@ -51,6 +51,85 @@ pub struct Config {
     /// server.yml only.
     #[serde(default)]
     pub registry: RegistrySection,
+    /// server.yml only: the job store.
+    #[serde(default)]
+    pub jobs: JobsSection,
+    /// server.yml only: where the audit log goes: a file path (default
+    /// `root_dir/audit.log`), `syslog` or `stdout`.
+    #[serde(default)]
+    pub audit_log: Option<String>,
+    /// server.yml only: refuse requests when the audit log cannot be
+    /// written (fail closed).
+    #[serde(default = "default_true")]
+    pub audit_fail_closed: bool,
+}
+
+/// A size in a config file: `1MiB`, `512KiB`, `2GB`, or a number of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigSize(pub u64);
+
+impl<'de> Deserialize<'de> for ConfigSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(b) => Ok(ConfigSize(b)),
+            Raw::Text(t) => parse_size(&t)
+                .map(ConfigSize)
+                .ok_or_else(|| serde::de::Error::custom(format!("`{t}` is not a size (e.g. 1MiB, 512KiB, 1048576)"))),
+        }
+    }
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+/// The job store: every command sent to clients and every change, with the
+/// answers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSection {
+    /// Record jobs at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Jobs older than this are pruned.
+    #[serde(default = "default_keep")]
+    pub keep: ConfigDuration,
+    /// Most output kept per stream of each answer.
+    #[serde(default = "default_max_output")]
+    pub max_output: ConfigSize,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        JobsSection { enabled: true, keep: default_keep(), max_output: default_max_output() }
+    }
+}
+
+fn default_keep() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(30 * 24 * 3600))
+}
+
+fn default_max_output() -> ConfigSize {
+    ConfigSize(1 << 20)
 }
 
 /// A duration in a config file: `90s`, `5m`, `7d`, `1h 30m`, or a number of
@@ -241,6 +320,9 @@ impl Config {
             networking: Networking::default(),
             client: ClientSection::default(),
             registry: RegistrySection::default(),
+            jobs: JobsSection::default(),
+            audit_log: None,
+            audit_fail_closed: true,
         }
         .finish(program)
     }
@@ -395,6 +477,16 @@ mod tests {
         assert_eq!(parse("registry:\n  forget_after: 90\n").unwrap().registry.forget_after.0.as_secs(), 90);
         let e = error_of("registry:\n  forget_after: soon\n");
         assert!(e.contains("forget_after") || e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn job_settings_and_sizes() {
+        let c = parse("jobs:\n  keep: 2d\n  max_output: 512KiB\naudit_log: syslog\n").unwrap();
+        assert_eq!((c.jobs.keep.0.as_secs(), c.jobs.max_output.0), (2 * 86_400, 512 * 1024));
+        assert_eq!(c.audit_log.as_deref(), Some("syslog"));
+        assert_eq!(parse("").unwrap().jobs.max_output.0, 1 << 20);
+        assert!(error_of("jobs:\n  max_output: lots\n").contains("lots"));
+        assert_eq!(parse_size("2MB"), Some(2_000_000));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod create_client;
 pub mod echo;
 pub mod enroll;
 pub mod exec;
+pub mod jobs;
 pub mod recipients;
 pub mod register_client;
 pub mod status;
@@ -66,6 +67,8 @@ pub enum Kind {
     AcceptPendingKey,
     RejectPendingKey,
     ForgetClient,
+    ListJobs,
+    ShowJob,
 }
 
 /// What the registry says about one kind.
@@ -80,7 +83,7 @@ pub struct Rule {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 18] = [
         Kind::RegisterClient,
         Kind::Status,
         Kind::Echo,
@@ -97,6 +100,8 @@ impl Kind {
         Kind::AcceptPendingKey,
         Kind::RejectPendingKey,
         Kind::ForgetClient,
+        Kind::ListJobs,
+        Kind::ShowJob,
     ];
 
     pub const fn rule(self) -> Rule {
@@ -119,6 +124,8 @@ impl Kind {
             Kind::AcceptPendingKey => (client_pending::ACCEPT_TYPE, OnServer, Admins, false),
             Kind::RejectPendingKey => (client_pending::REJECT_TYPE, OnServer, Admins, false),
             Kind::ForgetClient => (client_forget::TYPE, OnServer, Admins, false),
+            Kind::ListJobs => (jobs::LIST_TYPE, OnServer, Admins, false),
+            Kind::ShowJob => (jobs::SHOW_TYPE, OnServer, Admins, false),
         };
         Rule { wire, runs_on, senders, may_block }
     }
@@ -134,6 +141,25 @@ impl Kind {
 
     pub fn runs_on(self) -> RunsOn {
         self.rule().runs_on
+    }
+
+    /// Whether the server records it as a job: commands sent to clients, and
+    /// changes to keys, clients and configs. Read-only queries are only in
+    /// the audit log.
+    pub fn is_job(self) -> bool {
+        matches!(
+            self,
+            Kind::Echo
+                | Kind::Exec
+                | Kind::Upload
+                | Kind::CreateClient
+                | Kind::RevokeClient
+                | Kind::CreateToken
+                | Kind::ForgetClient
+                | Kind::AcceptPendingKey
+                | Kind::RejectPendingKey
+                | Kind::EditApplication
+        )
     }
 }
 
