@@ -190,8 +190,9 @@ mod tests {
             pending: 0,
             offline: 1,
         };
-        assert_eq!(jobs(&respond_list(&m, std::slice::from_ref(&summary))), [summary.clone()]);
-        assert!(format_table(&[summary.clone()]).contains("Exec"));
+        let listed = jobs(&respond_list(&m, std::slice::from_ref(&summary)));
+        assert_eq!(listed, std::slice::from_ref(&summary));
+        assert!(format_table(&listed).contains("Exec"));
         let detail = JobDetail {
             summary,
             role: "admin".into(),
