@@ -195,6 +195,21 @@ impl Connection {
         anyhow!("the server refused {}: {error}", request.message_type())
     }
 
+    /// Sends a request the server forwards to clients and returns once the
+    /// server listed who will answer (the job exists): `--async`.
+    pub fn start_job(&mut self, request: &Message, deadline: &mut Deadline) -> Result<Message> {
+        self.send(request)?;
+        loop {
+            let m = self.recv(request.uuid(), deadline, None)?;
+            if let Some(error) = m.error() {
+                return Err(self.refused(request, error));
+            }
+            if m.is_client_response_list() {
+                return Ok(m);
+            }
+        }
+    }
+
     /// Sends a request the server forwards to clients. `on_list` gets the
     /// identities that will answer; `on_answer` gets each answer as it
     /// arrives and says whether it succeeded (an answer with `custom.error`

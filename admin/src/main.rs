@@ -15,7 +15,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use pantry_shared::commands::{
     app_config, client_forget, client_list, client_pending, client_revoke, client_token, create_client, echo, exec,
-    recipients, status, upload,
+    jobs, recipients, status, upload,
 };
 use pantry_shared::config::{self, Config, Program};
 use pantry_shared::filter::{ClientFilter, Identities};
@@ -118,6 +118,10 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Print the job id and return at once; `pantry-admin job ID` shows
+        /// the answers.
+        #[arg(long = "async")]
+        detach: bool,
         #[command(flatten)]
         wait: Wait,
     },
@@ -133,6 +137,10 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// Print the job id and return at once; `pantry-admin job ID` shows
+        /// the answers.
+        #[arg(long = "async")]
+        detach: bool,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
         command: Vec<String>,
@@ -234,6 +242,32 @@ enum Command {
         #[command(flatten)]
         wait: Wait,
     },
+    /// Recent jobs, newest first: commands sent to clients and key or config
+    /// changes, with answered / failed / pending / offline counts. -a/-e/-r
+    /// select jobs sent to that stream, -i jobs sent to those identities.
+    Jobs {
+        /// How many.
+        #[arg(long, default_value_t = jobs::DEFAULT_LIMIT, value_name = "N")]
+        limit: u32,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
+    /// One job's results, printed as the command printed them.
+    Job {
+        id: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Wait (up to --timeout) until every client sent the request has
+        /// answered.
+        #[arg(long = "wait")]
+        until_done: bool,
+        #[command(flatten)]
+        wait: Wait,
+    },
     /// Print the configuration of the application given with -a.
     #[command(name = "app:show")]
     AppShow {
@@ -263,6 +297,8 @@ impl Command {
             | Command::ClientAccept { wait, .. }
             | Command::ClientReject { wait, .. }
             | Command::ClientForget { wait, .. }
+            | Command::Jobs { wait, .. }
+            | Command::Job { wait, .. }
             | Command::AppShow { wait }
             | Command::Edit { wait } => wait.timeout.unwrap_or(global),
             // The clients' time limit, plus the usual wait for the answers.
@@ -417,6 +453,30 @@ fn run(cli: Cli) -> Result<Outcome> {
             }
             Outcome::Done
         }
+        Command::Echo { message, detach: true, .. } => {
+            let request = to_clients(echo::request(message), &target()?);
+            start_async(&mut conn, &request, &mut deadline)?
+        }
+        Command::Exec { timeout, shell, detach: true, command, .. } => {
+            let (program, args) = command.split_first().context("no program given")?;
+            let exec_request =
+                exec::ExecRequest { program: program.clone(), args: args.to_vec(), shell: *shell, timeout: *timeout };
+            let request = to_clients(exec::request(&exec_request), &target()?);
+            start_async(&mut conn, &request, &mut deadline)?
+        }
+        Command::Jobs { limit, json, .. } => {
+            let mut request = jobs::list_request(*limit, &filter);
+            Identities::attach(&mut request, &g.identities);
+            let response = conn.ask_server(&stamped(request), &mut deadline)?;
+            let list = jobs::jobs(&response);
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", jobs::format_table(&list));
+            }
+            Outcome::Done
+        }
+        Command::Job { id, json, until_done, .. } => show_job(&mut conn, id, *json, *until_done, &mut deadline)?,
         Command::Echo { message, json, .. } => {
             let target = target()?;
             let request = to_clients(echo::request(message), &target);
@@ -442,7 +502,7 @@ fn run(cli: Cli) -> Result<Outcome> {
             print_json_summary(*json, answers, &result)?;
             report(&result, &target, g.online_only)
         }
-        Command::Exec { timeout, shell, json, command } => {
+        Command::Exec { timeout, shell, json, command, .. } => {
             let (program, args) = command.split_first().context("no program given")?;
             let exec_request =
                 exec::ExecRequest { program: program.clone(), args: args.to_vec(), shell: *shell, timeout: *timeout };
@@ -571,6 +631,89 @@ fn run(cli: Cli) -> Result<Outcome> {
         save_generated_keys(&mut conn)?;
     }
     Ok(outcome)
+}
+
+/// `--async`: the server takes the request (and lists who will answer);
+/// the job id is printed and nothing waited for.
+fn start_async(conn: &mut Connection, request: &Message, deadline: &mut Deadline) -> Result<Outcome> {
+    let list = conn.start_job(&stamped(request.clone()), deadline)?;
+    let (online, offline) = (recipients::online(&list), recipients::offline(&list));
+    if online.is_empty() && offline.is_empty() {
+        eprintln!("no clients match");
+        return Ok(Outcome::NoMatch);
+    }
+    println!("{}", request.uuid());
+    eprintln!(
+        "job {} sent to {} clients ({} offline); `pantry-admin job {}` shows the answers",
+        request.uuid(),
+        online.len(),
+        offline.len(),
+        request.uuid()
+    );
+    Ok(Outcome::Done)
+}
+
+/// `job ID`: the job as the command printed it; `--wait` polls until every
+/// client sent the request answered, or the deadline.
+fn show_job(conn: &mut Connection, id: &str, json: bool, until_done: bool, deadline: &mut Deadline) -> Result<Outcome> {
+    let job = loop {
+        let response = conn.ask_server(&stamped(jobs::show_request(id)), deadline)?;
+        let job = jobs::job(&response).context("the server's answer holds no job")?;
+        if !until_done || job.summary.pending == 0 || job.lost.len() as u32 >= job.summary.pending {
+            break job;
+        }
+        if std::time::Instant::now() + Duration::from_millis(500) >= deadline.at {
+            eprintln!("still waiting for {} clients", job.summary.pending);
+            break job;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&job)?);
+    } else {
+        print!("{}", format_job(&job));
+    }
+    let answered_ok = job.answers.iter().all(|a| a.outcome == "ok");
+    let complete = job.summary.pending == 0 && job.offline.is_empty() && job.lost.is_empty();
+    let changed_ok = job.result.as_deref().is_none_or(|r| r == "ok");
+    Ok((answered_ok && complete && changed_ok).into())
+}
+
+/// A job's answers as its command printed them, then who did not answer.
+fn format_job(job: &jobs::JobDetail) -> String {
+    let mut out = String::new();
+    let command = job.summary.command.as_str();
+    let timeout = job.arguments.get("timeout").and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+    for answer in &job.answers {
+        let m = answer.as_message(command);
+        let line = match (m.error(), command) {
+            (Some(error), _) => format!("{}: error: {error}\n", answer.identity),
+            (None, exec::TYPE) => match exec::result(&m) {
+                Some(result) => exec::format_answer(&answer.identity, &result, timeout),
+                None => format!("{}: {}\n", answer.identity, unsupported(command)),
+            },
+            (None, upload::TYPE) => match upload::result(&m) {
+                Some(result) => format!("{}\n", upload::format_answer(&answer.identity, &result)),
+                None => format!("{}: {}\n", answer.identity, unsupported(command)),
+            },
+            (None, _) => format!("{}\n", echo::format_answer(&m)),
+        };
+        out.push_str(&line);
+    }
+    for identity in &job.offline {
+        out.push_str(&format!("{identity}: offline\n"));
+    }
+    for identity in &job.lost {
+        out.push_str(&format!("{identity}: no answer (server restarted)\n"));
+    }
+    let answered: Vec<&str> = job.answers.iter().map(|a| a.identity.as_str()).collect();
+    for identity in job.sent_to.iter().filter(|s| !answered.contains(&s.as_str()) && !job.lost.contains(s)) {
+        out.push_str(&format!("{identity}: no answer yet\n"));
+    }
+    if let Some(result) = &job.result {
+        out.push_str(&format!("{command} {}: {result}\n", job.arguments));
+    }
+    out
 }
 
 /// Whom a command sent to clients is for: a stream (`-a/-e/-r`, `""` for

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use pantry_shared::commands::enroll::{self, Enrolled};
+use pantry_shared::commands::jobs as jobs_command;
 use pantry_shared::commands::{
     app_config, client_forget, client_list, client_pending, client_revoke, client_token, create_client, recipients,
     register_client, status, upload, Kind, RunsOn,
@@ -28,19 +29,23 @@ use pantry_shared::commands::{
 use pantry_shared::filter::Identities;
 use pantry_shared::keys::{self, Token};
 use pantry_shared::Message;
-use slog::{debug, info, warn, Logger};
+use serde_json::Value;
+use slog::{debug, error, info, warn, Logger};
 
+use crate::audit::{self, Audit, AuditLine};
 use crate::authorize::{authorize, Verdict};
 use crate::client_registry::{
     ClientRegistry, Forget, ForgetIdentity, Listed, Listening, PeerClosed, Query, Reached, Recipients, Register,
     Registered,
 };
 use crate::file_service::{AuthorizeTransfer, FileService, KeyRevoked};
+use crate::jobs::{self, JobReader, ListJobs, ShowJob};
 use crate::key_store::{
     AcceptPending, AddToken, BindKey, CreateKey, EnrollKey, KeyStore, ListKeys, ListPending, RejectPending, RevokeKey,
 };
 use crate::messages::{Grant, Hex, Incoming, PeerAuth, Presence};
 use crate::outbox::{Outbound, Outbox};
+use crate::store::{JobRow, Write, Writer};
 
 /// How long the answers to a forwarded request are awaited before the
 /// server forgets the request (the requester has its own, shorter timeout).
@@ -62,6 +67,7 @@ struct Load {
 
 /// A request forwarded to clients, awaiting their answers.
 struct Pending {
+    kind: Kind,
     /// The requester's connection.
     requester: Vec<u8>,
     /// Who owns it: the requester's key, or its connection under null
@@ -87,8 +93,49 @@ pub struct CommandDispatcher {
     /// Key → when it last sent something, and which keys are connected.
     seen: HashMap<String, SystemTime>,
     connected: HashSet<String>,
+    /// The record of every request.
+    audit: Audit,
+    audit_fail_closed: bool,
+    /// The job store (`None`: `jobs.enabled: false`).
+    jobs: Option<JobSettings>,
+    db: Writer,
+    job_reader: Addr<JobReader>,
+    /// Changes the server is making (their jobs' results come with the
+    /// answer).
+    changes: HashSet<String>,
     log: Logger,
 }
+
+/// What the dispatcher needs besides the other actors.
+pub struct Settings {
+    pub root_dir: PathBuf,
+    pub audit: Audit,
+    pub audit_fail_closed: bool,
+    pub jobs: Option<JobSettings>,
+    pub db: Writer,
+    pub job_reader: Addr<JobReader>,
+}
+
+/// `jobs:` in server.yml.
+#[derive(Debug, Clone, Copy)]
+pub struct JobSettings {
+    pub max_output: usize,
+    pub keep: Duration,
+}
+
+/// The identity patterns of a request, as given.
+fn identity_patterns(request: &Message) -> Vec<String> {
+    request
+        .metadata
+        .custom
+        .get(pantry_shared::filter::IDENTITIES_FIELD)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// How often old jobs are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// Who asked: the connection, its key, what it sent.
 struct Request {
@@ -113,7 +160,7 @@ impl CommandDispatcher {
         registry: Addr<ClientRegistry>,
         files: Addr<FileService>,
         keys: Option<Addr<KeyStore>>,
-        root_dir: PathBuf,
+        settings: Settings,
         log: Logger,
     ) -> Self {
         CommandDispatcher {
@@ -123,22 +170,96 @@ impl CommandDispatcher {
             keys,
             pending: HashMap::new(),
             load: HashMap::new(),
-            root_dir,
+            root_dir: settings.root_dir,
             revoked: HashSet::new(),
             seen: HashMap::new(),
             connected: HashSet::new(),
+            audit: settings.audit,
+            audit_fail_closed: settings.audit_fail_closed,
+            jobs: settings.jobs,
+            db: settings.db,
+            job_reader: settings.job_reader,
+            changes: HashSet::new(),
             log,
         }
     }
 
-    fn reply(&self, peer: Vec<u8>, message: Message) {
+    fn reply(&mut self, peer: Vec<u8>, message: Message) {
+        // The answer to a change the server made is that job's result.
+        if !self.changes.is_empty() && self.changes.remove(message.uuid()) {
+            let result = message.error().map_or_else(|| "ok".to_owned(), str::to_owned);
+            self.db.write(Write::JobResult { id: message.uuid().to_owned(), result });
+        }
         self.outbox.to_peer(peer, message);
+    }
+
+    /// Writes the request's audit line. Under `audit_fail_closed`, a line
+    /// that cannot be written stops the request: the error is returned.
+    fn audit(&mut self, request: &Request, kind: Option<Kind>, decision: String) -> Result<(), String> {
+        let m = &request.message;
+        let auth = request.auth.as_deref();
+        let line = AuditLine {
+            time: audit::now(),
+            uuid: m.uuid(),
+            name: auth.map_or(m.metadata.from.as_str(), |a| a.name_or_dash()),
+            key: request.key(),
+            role: auth.map_or("-", |a| a.standing.name()),
+            address: request.address(),
+            message_type: m.message_type(),
+            target: &m.stream,
+            identities: m.metadata.custom.get(pantry_shared::filter::IDENTITIES_FIELD),
+            arguments: kind.map_or(Value::Null, |k| jobs::arguments(k, m)),
+            decision,
+        };
+        match self.audit.write(&line) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                error!(self.log, "cannot write the audit log"; "log" => self.audit.describe(), "error" => %e,
+                    "uuid" => m.uuid(), "type" => m.message_type());
+                let reason = format!("the server cannot write its audit log ({e}); request refused");
+                if self.audit_fail_closed {
+                    Err(reason)
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Records a job: a request sent to clients (with whom it went to and
+    /// who was offline), or a change the server makes (its result comes
+    /// with the answer).
+    fn record_job(&mut self, request: &Request, kind: Kind, sent_to: Vec<String>, offline: Vec<String>) {
+        if self.jobs.is_none() {
+            return;
+        }
+        let m = &request.message;
+        let auth = request.auth.as_deref();
+        if kind.runs_on() == RunsOn::Server {
+            self.changes.insert(m.uuid().to_owned());
+        }
+        let row = JobRow {
+            id: m.uuid().to_owned(),
+            created: SystemTime::now(),
+            who: auth.map_or(m.metadata.from.clone(), |a| a.name_or_dash().to_owned()),
+            role: auth.map_or("-", |a| a.standing.name()).to_owned(),
+            key: request.key().to_owned(),
+            address: request.address().to_owned(),
+            command: m.message_type().to_owned(),
+            target: m.stream.clone(),
+            identities: m.metadata.custom.get(pantry_shared::filter::IDENTITIES_FIELD).cloned(),
+            arguments: jobs::arguments(kind, m),
+            sent_to,
+            offline,
+            result: None,
+        };
+        self.db.write(Write::Job(Box::new(row)));
     }
 
     /// Tells the requester why its request was not carried out (when it
     /// asked for a response). The refusal does not echo the request's
     /// `custom`, so it costs a few bytes whatever the request carried.
-    fn refuse(&self, request: &Request, reason: impl Into<String>) {
+    fn refuse(&mut self, request: &Request, reason: impl Into<String>) {
         if request.message.metadata.requires_response {
             self.reply(request.peer.clone(), request.message.refusal(reason));
         }
@@ -159,7 +280,10 @@ impl CommandDispatcher {
             return;
         }
         let requester = pending.requester.clone();
-        let (owner, done) = (pending.owner.clone(), pending.waiting_for.is_empty());
+        let (owner, done, kind) = (pending.owner.clone(), pending.waiting_for.is_empty(), pending.kind);
+        if let Some(settings) = &self.jobs {
+            self.db.write(Write::Answer(jobs::answer_row(kind, &message, settings.max_output)));
+        }
         if let Some(load) = self.load.get_mut(&owner) {
             load.awaited = load.awaited.saturating_sub(1);
         }
@@ -219,6 +343,48 @@ impl CommandDispatcher {
                     Some(e) => warn!(self.log, "application config not saved"; "error" => e),
                 }
                 self.reply(request.peer, response);
+            }
+            Kind::ListJobs => {
+                let (limit, filter) = match jobs_command::parse_list(&request.message) {
+                    Ok(asked) => asked,
+                    Err(e) => return self.refuse(&request, e.to_string()),
+                };
+                let identities = match Identities::of(&request.message) {
+                    Ok(ids) => ids.map(|_| identity_patterns(&request.message)).unwrap_or_default(),
+                    Err(e) => return self.refuse(&request, e),
+                };
+                let selects = filter.application.is_some() || filter.environment.is_some() || !filter.roles.is_empty();
+                let stream = match (selects, filter.target_stream()) {
+                    (false, _) => None,
+                    (true, Ok(stream)) => Some(stream),
+                    (true, Err(e)) => return self.refuse(&request, e),
+                };
+                self.job_reader
+                    .send(ListJobs { limit, stream, patterns: identities })
+                    .into_actor(self)
+                    .map(move |listed, act, _| match listed {
+                        Ok(Ok(jobs)) => act.reply(request.peer, jobs_command::respond_list(&request.message, &jobs)),
+                        Ok(Err(e)) => act.refuse(&request, format!("cannot read the jobs: {e}")),
+                        Err(e) => act.refuse(&request, format!("job store unavailable: {e}")),
+                    })
+                    .spawn(ctx);
+            }
+            Kind::ShowJob => {
+                let Some(id) = jobs_command::id(&request.message).map(str::to_owned) else {
+                    return self.refuse(&request, "job needs an id");
+                };
+                self.job_reader
+                    .send(ShowJob { id: id.clone() })
+                    .into_actor(self)
+                    .map(move |shown, act, _| match shown {
+                        Ok(Ok(Some(job))) => {
+                            act.reply(request.peer, jobs_command::respond_show(&request.message, &job))
+                        }
+                        Ok(Ok(None)) => act.refuse(&request, format!("no job {id}")),
+                        Ok(Err(e)) => act.refuse(&request, format!("cannot read the job: {e}")),
+                        Err(e) => act.refuse(&request, format!("job store unavailable: {e}")),
+                    })
+                    .spawn(ctx);
             }
             Kind::ForgetClient => {
                 let Some(identity) = client_forget::identity(&request.message).map(str::to_owned) else {
@@ -413,7 +579,7 @@ impl CommandDispatcher {
             .spawn(ctx);
     }
 
-    fn acknowledge(&self, request: &Request) {
+    fn acknowledge(&mut self, request: &Request) {
         if request.message.metadata.requires_response {
             self.reply(request.peer.clone(), request.message.response());
         }
@@ -514,6 +680,7 @@ impl CommandDispatcher {
         }
         // Reserve the uuid now: the recipients come back asynchronously.
         let pending = Pending {
+            kind,
             requester: request.peer.clone(),
             owner: owner.clone(),
             waiting_for: HashSet::new(),
@@ -540,7 +707,7 @@ impl CommandDispatcher {
         };
         work.into_actor(self)
             .map(move |outcome, act, _| match outcome {
-                Ok(recipients) => act.publish(request, recipients, by_identity),
+                Ok(recipients) => act.publish(kind, request, recipients, by_identity),
                 Err(reason) => {
                     act.finish(&uuid);
                     warn!(act.log, "request refused: {}", reason;
@@ -555,7 +722,7 @@ impl CommandDispatcher {
     /// that are offline), then publishes to the online ones: once to the
     /// request's stream, or, when it targets identities, once to each
     /// recipient's own stream.
-    fn publish(&mut self, request: Request, reached: Reached, by_identity: bool) {
+    fn publish(&mut self, kind: Kind, request: Request, reached: Reached, by_identity: bool) {
         let Reached { online: recipients, offline } = reached;
         let owner = self.pending.get(request.message.uuid()).map(|p| p.owner.clone()).unwrap_or_default();
         let awaited = self.load.get(&owner).map_or(0, |l| l.awaited);
@@ -565,19 +732,19 @@ impl CommandDispatcher {
             warn!(self.log, "request refused: its sender awaits too many answers already";
                 "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key(),
                 "awaited" => awaited, "limit" => MAX_AWAITED_PER_REQUESTER);
-            return self.refuse(
-                &request,
-                format!(
-                    "too many answers awaited ({awaited} for earlier requests; at most {MAX_AWAITED_PER_REQUESTER}); \
+            let reason = format!(
+                "too many answers awaited ({awaited} for earlier requests; at most {MAX_AWAITED_PER_REQUESTER}); \
                  wait for some to finish"
-                ),
             );
+            return self.refuse(&request, reason);
         }
-        let Request { peer, message, .. } = request;
         debug!(self.log, "request forwarded";
-            "type" => message.message_type(), "from" => &message.metadata.from, "to" => &message.stream,
-            "uuid" => message.uuid(), "clients" => recipients.len(), "offline" => offline.len());
+            "type" => request.message.message_type(), "from" => &request.message.metadata.from,
+            "to" => &request.message.stream, "uuid" => request.message.uuid(), "clients" => recipients.len(),
+            "offline" => offline.len());
         let identities: Vec<String> = recipients.into_iter().map(|r| r.identity).collect();
+        self.record_job(&request, kind, identities.clone(), offline.iter().map(|o| o.identity.clone()).collect());
+        let Request { peer, message, .. } = request;
         self.reply(peer, recipients::respond(&message, &identities, &offline));
         let mut out = message;
         out.metadata.forwarded = true;
@@ -604,6 +771,14 @@ impl Actor for CommandDispatcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(settings) = self.jobs {
+            let prune = move |act: &mut Self| {
+                let before = SystemTime::now().checked_sub(settings.keep).unwrap_or(SystemTime::UNIX_EPOCH);
+                act.db.write(Write::PruneJobs { before });
+            };
+            prune(self);
+            ctx.run_interval(PRUNE_EVERY, move |act, _| prune(act));
+        }
         ctx.run_interval(SWEEP_EVERY, |act, _| {
             let expired: Vec<String> =
                 act.pending.iter().filter(|(_, p)| p.since.elapsed() >= PENDING_TTL).map(|(u, _)| u.clone()).collect();
@@ -649,6 +824,8 @@ impl Handler<Incoming> for CommandDispatcher {
             if self.revoked.contains(&auth.key) {
                 debug!(self.log, "message from a revoked key dropped";
                     "type" => request.message.message_type(), "name" => auth.name_or_dash(), "key" => &auth.key);
+                let kind = Kind::from_wire(request.message.message_type());
+                let _ = self.audit(&request, kind, "dropped: revoked key".into());
                 return;
             }
             // Per message: no allocation once the key has been seen.
@@ -659,17 +836,24 @@ impl Handler<Incoming> for CommandDispatcher {
                 }
             }
         }
+        let verdict = authorize(&request.message, request.auth.as_deref(), self.keys.is_some());
         let m = &request.message;
-        match authorize(m, request.auth.as_deref(), self.keys.is_some()) {
-            Verdict::Drop(reason) => warn!(self.log, "{} dropped", reason;
-                "type" => m.message_type(), "uuid" => m.uuid(), "claimed" => &m.metadata.from,
-                "name" => request.auth.as_ref().map(|a| a.name_or_dash()).unwrap_or("-"), "key" => request.key(),
-                "address" => request.address()),
+        match verdict {
+            Verdict::Drop(reason) => {
+                warn!(self.log, "{} dropped", reason;
+                    "type" => m.message_type(), "uuid" => m.uuid(), "claimed" => &m.metadata.from,
+                    "name" => request.auth.as_ref().map(|a| a.name_or_dash()).unwrap_or("-"), "key" => request.key(),
+                    "address" => request.address());
+                let kind = Kind::from_wire(m.message_type());
+                let _ = self.audit(&request, kind, format!("dropped: {reason}"));
+            }
             Verdict::Refuse(reason) => {
                 warn!(self.log, "unauthorized command refused: {}", reason;
                     "type" => m.message_type(), "uuid" => m.uuid(), "key" => request.key(),
                     "name" => request.auth.as_ref().map(|a| a.name_or_dash()).unwrap_or("-"),
                     "address" => request.address());
+                let kind = Kind::from_wire(m.message_type());
+                let _ = self.audit(&request, kind, format!("refused: {reason}"));
                 self.refuse(&request, reason);
             }
             Verdict::Answer(_) => self.route_answer(request),
@@ -678,11 +862,35 @@ impl Handler<Incoming> for CommandDispatcher {
                 if let Some(auth) = request.auth.as_ref().filter(|a| a.is_admin()) {
                     request.message.metadata.from = auth.name_or_dash().to_owned();
                 }
+                // Heartbeats are not requests anyone made.
+                if kind != Kind::RegisterClient {
+                    if let Err(reason) = self.audit(&request, Some(kind), "accepted".into()) {
+                        return self.refuse(&request, reason);
+                    }
+                }
+                if kind.is_job() && kind.runs_on() == RunsOn::Server {
+                    self.record_job(&request, kind, Vec::new(), Vec::new());
+                }
                 match kind.runs_on() {
                     RunsOn::Server => self.run_on_server(kind, request, ctx),
                     RunsOn::Clients => self.forward(kind, request, ctx),
                 }
             }
+        }
+    }
+}
+
+/// Reopen the audit log (SIGHUP, after logrotate moved it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReopenAudit;
+
+impl Handler<ReopenAudit> for CommandDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: ReopenAudit, _: &mut Context<Self>) {
+        if let Err(e) = self.audit.reopen() {
+            error!(self.log, "cannot reopen the audit log"; "log" => self.audit.describe(), "error" => %e);
         }
     }
 }

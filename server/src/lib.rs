@@ -16,14 +16,18 @@
 //! - [`key_store`]: owns `server_keys.yml`; decides unknown keys' handshakes.
 //! - [`file_service`]: relays uploads, only to the keys they were sent to.
 //! - [`store`]: the embedded SQLite database and its writer thread.
+//! - [`jobs`], [`audit`]: the record of every command and its answers, and
+//!   the audit log.
 //! - [`zap`], [`raw_zmq`]: ZAP encoding, and the few libzmq calls rust-zmq
 //!   lacks (all of the server's `unsafe`).
 
+pub mod audit;
 pub mod authorize;
 pub mod client_registry;
 pub mod command_dispatcher;
 pub mod connections;
 pub mod file_service;
+pub mod jobs;
 pub mod key_store;
 pub mod limits;
 pub mod messages;
@@ -35,7 +39,6 @@ pub mod subscriptions;
 pub mod zap;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -43,11 +46,13 @@ use anyhow::{Context as _, Result};
 use pantry_shared::config::Config;
 use pantry_shared::keys::ServerKeyStore;
 use pantry_shared::security::SocketSecurity;
-use slog::{info, warn, Logger};
+use slog::{error, info, warn, Logger};
 
+use audit::{Audit, AuditTarget};
 use client_registry::ClientRegistry;
-use command_dispatcher::CommandDispatcher;
+use command_dispatcher::{CommandDispatcher, JobSettings, Settings};
 use file_service::FileService;
+use jobs::JobReader;
 use key_store::{KeyStore, ReloadKeys};
 use limits::FdBudget;
 use outbox::{KeyUpdate, Outbound, Outbox};
@@ -60,14 +65,17 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Control {
     key_store: Option<Addr<KeyStore>>,
+    dispatcher: Addr<CommandDispatcher>,
 }
 
 impl Control {
-    /// Re-read the key store from disk if it changed (SIGHUP).
-    pub fn reload_keys(&self) {
+    /// SIGHUP: re-read the key store from disk if it changed, and reopen the
+    /// audit log.
+    pub fn reload(&self) {
         if let Some(keys) = &self.key_store {
             keys.do_send(ReloadKeys);
         }
+        self.dispatcher.do_send(command_dispatcher::ReopenAudit);
     }
 }
 
@@ -116,6 +124,9 @@ where
         outbox.send(Outbound::Keys(KeyUpdate::All(store.entries().to_vec())));
     }
 
+    let audit = Audit::open(AuditTarget::from_config(config.audit_log.as_deref(), &root_dir)).with_context(|| {
+        format!("cannot open the audit log {}", config.audit_log.as_deref().unwrap_or("root_dir/audit.log"))
+    })?;
     let db_path = root_dir.join(store::DB_FILE);
     let db = store::open(&db_path)?;
     let pending =
@@ -139,14 +150,35 @@ where
     let keys_thread = system.block_on(async { Arbiter::new() });
     let trust_first_client = net.trust_first_client;
     let forget_after = config.registry.forget_after.0;
+    let jobs = config.jobs.enabled.then(|| JobSettings {
+        max_output: usize::try_from(config.jobs.max_output.0).unwrap_or(usize::MAX),
+        keep: config.jobs.keep.0,
+    });
+    let server_started = std::time::SystemTime::now();
     let started = system.block_on(async {
+        // Queries on a thread and a connection of their own.
+        let (reader_path, reader_log, reader_writer) = (db_path.clone(), log.clone(), writer.clone());
+        let job_reader = SyncArbiter::start(1, move || {
+            let conn = store::open(&reader_path)
+                .inspect_err(|e| error!(reader_log, "cannot open the database for job queries"; "error" => %e))
+                .ok();
+            JobReader::new(conn, reader_writer.clone(), server_started)
+        });
+        let settings = Settings {
+            root_dir: root_dir.clone(),
+            audit,
+            audit_fail_closed: config.audit_fail_closed,
+            jobs,
+            db: writer.clone(),
+            job_reader,
+        };
         let keys = store.map(|store| {
             let outbox = outbox.try_clone()?;
             Ok(KeyStore::new(store, outbox, trust_first_client, pending, writer.clone(), log.clone()))
         });
         let curve = keys.is_some();
         let registry = ClientRegistry::new(curve, clients, forget_after, writer.clone(), log.clone());
-        start_actors(&outbox, sockets, inbox, keys, &keys_thread.handle(), registry, root_dir.clone(), fd_budget, &log)
+        start_actors(&outbox, sockets, inbox, keys, &keys_thread.handle(), registry, settings, fd_budget, &log)
     });
     let (control, thread) = started?;
     info!(log, "pantry-server started";
@@ -205,7 +237,7 @@ fn start_actors(
     keys: Option<zmq::Result<KeyStore>>,
     keys_thread: &ArbiterHandle,
     registry: ClientRegistry,
-    root_dir: PathBuf,
+    settings: Settings,
     fd_budget: FdBudget,
     log: &Logger,
 ) -> Result<(Control, std::thread::JoinHandle<()>)> {
@@ -214,14 +246,14 @@ fn start_actors(
     let files = FileService::new(outbox.try_clone()?, curve, log.clone()).start();
     let key_store = keys.transpose()?.map(|keys| KeyStore::start_in_arbiter(keys_thread, |_| keys));
     let dispatcher =
-        CommandDispatcher::new(outbox.try_clone()?, registry, files.clone(), key_store.clone(), root_dir, log.clone())
+        CommandDispatcher::new(outbox.try_clone()?, registry, files.clone(), key_store.clone(), settings, log.clone())
             .start();
     let to = sockets::Recipients {
         dispatcher: dispatcher.clone().recipient(),
-        presence: dispatcher.recipient(),
+        presence: dispatcher.clone().recipient(),
         files: files.recipient(),
         key_store: key_store.clone().map(Addr::recipient),
     };
     let thread = sockets::start(sockets, inbox, to, fd_budget, log.clone())?;
-    Ok((Control { key_store }, thread))
+    Ok((Control { key_store, dispatcher }, thread))
 }

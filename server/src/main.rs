@@ -152,6 +152,6 @@ fn reload(logging: &Logging, cli: &Cli, control: &Control) {
             Err(e) => error!(log, "config not reloaded; keeping the running settings"; "error" => %e),
         }
     }
-    control.reload_keys();
-    info!(log, "reloaded on SIGHUP (log file, log level, key store)");
+    control.reload();
+    info!(log, "reloaded on SIGHUP (log file, log level, key store, audit log)");
 }

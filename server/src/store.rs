@@ -13,8 +13,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use pantry_shared::commands::client_pending::PendingKey;
+use pantry_shared::commands::jobs::{JobAnswer, JobDetail, JobSummary};
 use pantry_shared::filter::ClientFilter;
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use slog::{error, Logger};
 
 pub const DB_FILE: &str = "pantry.db";
@@ -42,6 +43,33 @@ const MIGRATIONS: &[&str] = &[
         last_seen INTEGER NOT NULL,
         heartbeat INTEGER NOT NULL
     )",
+    "CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        created INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        role TEXT NOT NULL,
+        key TEXT NOT NULL,
+        address TEXT NOT NULL,
+        command TEXT NOT NULL,
+        target TEXT NOT NULL,
+        identities TEXT,
+        arguments TEXT NOT NULL,
+        sent_to TEXT NOT NULL,
+        sent_count INTEGER NOT NULL,
+        offline TEXT NOT NULL,
+        offline_count INTEGER NOT NULL,
+        result TEXT
+    );
+    CREATE INDEX jobs_by_time ON jobs (created);
+    CREATE TABLE answers (
+        job_id TEXT NOT NULL,
+        identity TEXT NOT NULL,
+        received INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        body TEXT,
+        PRIMARY KEY (job_id, identity)
+    )",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +92,20 @@ pub enum Write {
         last_seen: SystemTime,
     },
     ForgetClient(String),
+    Job(Box<JobRow>),
+    Answer(AnswerRow),
+    /// The outcome of a change the server made itself.
+    JobResult {
+        id: String,
+        result: String,
+    },
+    /// Jobs created before this go, with their answers.
+    PruneJobs {
+        before: SystemTime,
+    },
+    /// Commit now, then say so: a reader that waits for it sees every
+    /// write queued before.
+    Barrier(mpsc::Sender<()>),
 }
 
 /// A registered client as the store keeps it.
@@ -73,6 +115,180 @@ pub struct StoredClient {
     pub key: Option<String>,
     pub last_seen: SystemTime,
     pub heartbeat: Duration,
+}
+
+/// A job as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub id: String,
+    pub created: SystemTime,
+    pub who: String,
+    pub role: String,
+    pub key: String,
+    pub address: String,
+    pub command: String,
+    pub target: String,
+    pub identities: Option<serde_json::Value>,
+    pub arguments: serde_json::Value,
+    pub sent_to: Vec<String>,
+    pub offline: Vec<String>,
+    pub result: Option<String>,
+}
+
+/// One client's answer to a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnswerRow {
+    pub job_id: String,
+    pub identity: String,
+    pub received: SystemTime,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub body: Option<serde_json::Value>,
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn from_millis(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+fn rfc3339_millis(ms: i64) -> String {
+    humantime::format_rfc3339_millis(from_millis(ms)).to_string()
+}
+
+/// The columns of a job's summary, with its answer counts.
+const SUMMARY: &str = "SELECT id, created, who, command, target, identities, sent_count, offline_count,
+        (SELECT COUNT(*) FROM answers a WHERE a.job_id = j.id),
+        (SELECT COUNT(*) FROM answers a WHERE a.job_id = j.id AND a.outcome != 'ok')
+     FROM jobs j";
+
+fn summary(r: &rusqlite::Row) -> rusqlite::Result<JobSummary> {
+    let identities: Option<String> = r.get(5)?;
+    let (sent, answered): (i64, i64) = (r.get(6)?, r.get(8)?);
+    Ok(JobSummary {
+        id: r.get(0)?,
+        created: rfc3339_millis(r.get(1)?),
+        who: r.get(2)?,
+        command: r.get(3)?,
+        target: describe_target(&r.get::<_, String>(4)?, identities.as_deref()),
+        answered: answered as u32,
+        failed: r.get::<_, i64>(9)? as u32,
+        pending: (sent - answered).max(0) as u32,
+        offline: r.get::<_, i64>(7)? as u32,
+    })
+}
+
+/// The most recent jobs, newest first: those sent to `stream` when given,
+/// and to an identity matching one of `patterns` (shell globs) when given.
+pub fn list_jobs(
+    conn: &Connection,
+    limit: u32,
+    stream: Option<&str>,
+    patterns: &[String],
+) -> rusqlite::Result<Vec<JobSummary>> {
+    let mut sql = format!("{SUMMARY} WHERE 1 = 1");
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    if let Some(stream) = stream {
+        args.push(Box::new(stream.to_owned()));
+        sql.push_str(&format!(" AND target = ?{}", args.len()));
+    }
+    if !patterns.is_empty() {
+        let mut any = Vec::new();
+        for p in patterns {
+            args.push(Box::new(p.clone()));
+            let n = args.len();
+            any.push(format!(
+                "EXISTS (SELECT 1 FROM json_each(j.sent_to) WHERE value GLOB ?{n})
+                 OR EXISTS (SELECT 1 FROM json_each(j.offline) WHERE value GLOB ?{n})"
+            ));
+        }
+        sql.push_str(&format!(" AND ({})", any.join(" OR ")));
+    }
+    args.push(Box::new(i64::from(limit)));
+    sql.push_str(&format!(" ORDER BY created DESC LIMIT ?{}", args.len()));
+    let mut statement = conn.prepare(&sql)?;
+    let rows = statement.query_map(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())), summary)?;
+    rows.collect()
+}
+
+/// `shop`, `identity web-*`, `identity web-* in shop`.
+fn describe_target(stream: &str, identities: Option<&str>) -> String {
+    let patterns: Vec<String> = identities.and_then(|i| serde_json::from_str(i).ok()).unwrap_or_default();
+    match (stream, patterns.is_empty()) {
+        (stream, true) => stream.to_owned(),
+        ("", false) => format!("identity {}", patterns.join(",")),
+        (stream, false) => format!("identity {} in {stream}", patterns.join(",")),
+    }
+}
+
+/// What `show_job` reads beside the summary.
+struct JobExtra {
+    role: String,
+    key: String,
+    address: String,
+    arguments: String,
+    sent_to: String,
+    offline: String,
+    result: Option<String>,
+    created: i64,
+}
+
+/// One job with its answers. Recipients that did not answer a job created
+/// before `server_started` never will: they are listed as lost.
+pub fn show_job(conn: &Connection, id: &str, server_started: SystemTime) -> rusqlite::Result<Option<JobDetail>> {
+    let Some(summary) = conn.query_row(&format!("{SUMMARY} WHERE id = ?1"), params![id], summary).optional()? else {
+        return Ok(None);
+    };
+    let extra = conn.query_row(
+        "SELECT role, key, address, arguments, sent_to, offline, result, created FROM jobs WHERE id = ?1",
+        params![id],
+        |r| {
+            Ok(JobExtra {
+                role: r.get(0)?,
+                key: r.get(1)?,
+                address: r.get(2)?,
+                arguments: r.get(3)?,
+                sent_to: r.get(4)?,
+                offline: r.get(5)?,
+                result: r.get(6)?,
+                created: r.get(7)?,
+            })
+        },
+    )?;
+    let mut statement = conn
+        .prepare("SELECT identity, received, outcome, error, body FROM answers WHERE job_id = ?1 ORDER BY identity")?;
+    let answers: Vec<JobAnswer> = statement
+        .query_map(params![id], |r| {
+            let body: Option<String> = r.get(4)?;
+            Ok(JobAnswer {
+                identity: r.get(0)?,
+                received: rfc3339_millis(r.get(1)?),
+                outcome: r.get(2)?,
+                error: r.get(3)?,
+                body: body.and_then(|b| serde_json::from_str(&b).ok()),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let sent_to: Vec<String> = serde_json::from_str(&extra.sent_to).unwrap_or_default();
+    let lost = if from_millis(extra.created) < server_started {
+        sent_to.iter().filter(|s| !answers.iter().any(|a| &a.identity == *s)).cloned().collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Some(JobDetail {
+        summary,
+        role: extra.role,
+        key: extra.key,
+        address: extra.address,
+        arguments: serde_json::from_str(&extra.arguments).unwrap_or(serde_json::Value::Null),
+        sent_to,
+        offline: serde_json::from_str(&extra.offline).unwrap_or_default(),
+        result: extra.result,
+        answers,
+        lost,
+    }))
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -152,6 +368,14 @@ impl Writer {
         // The writer only stops when every sender is gone.
         let _ = self.tx.send(write);
     }
+
+    /// Waits (at most `timeout`) until every write queued so far is
+    /// committed. Blocking: for the job reader's thread.
+    pub fn sync(&self, timeout: Duration) -> bool {
+        let (done, committed) = mpsc::channel();
+        self.write(Write::Barrier(done));
+        committed.recv_timeout(timeout).is_ok()
+    }
 }
 
 /// Starts the writer thread on its own connection to `path`. It ends when
@@ -171,7 +395,7 @@ fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<Write>, log:
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         let until = Instant::now() + BATCH_WINDOW;
-        loop {
+        while !matches!(batch.last(), Some(Write::Barrier(_))) {
             let left = until.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(write) => batch.push(write),
@@ -182,7 +406,17 @@ fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<Write>, log:
             error!(log, "cannot write to the database; these changes are lost";
                 "file" => %path.display(), "changes" => batch.len(), "error" => %e);
         }
+        for write in batch {
+            if let Write::Barrier(done) = write {
+                let _ = done.send(());
+            }
+        }
     }
+}
+
+/// Runs one statement, prepared once per connection.
+fn run(tx: &rusqlite::Transaction, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
 }
 
 fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
@@ -190,7 +424,8 @@ fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
     for write in batch {
         match write {
             Write::PendingKey(k) => {
-                tx.execute(
+                run(
+                    &tx,
                     "INSERT INTO pending_keys (public_key, address, first_seen, last_seen, attempts, identity)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (public_key) DO UPDATE SET address = ?2, last_seen = ?4, attempts = ?5,
@@ -199,11 +434,12 @@ fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
                 )?;
             }
             Write::ForgetPendingKey(key) => {
-                tx.execute("DELETE FROM pending_keys WHERE public_key = ?1", params![key])?;
+                run(&tx, "DELETE FROM pending_keys WHERE public_key = ?1", params![key])?;
             }
             Write::Client(c) => {
                 let roles = serde_json::to_string(&c.client.roles).unwrap_or_else(|_| "[]".into());
-                tx.execute(
+                run(
+                    &tx,
                     "INSERT INTO clients (identity, application, environment, roles, key, last_seen, heartbeat)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT (identity) DO UPDATE SET application = ?2, environment = ?3, roles = ?4, key = ?5,
@@ -220,13 +456,64 @@ fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
                 )?;
             }
             Write::ClientSeen { identity, last_seen } => {
-                tx.execute(
-                    "UPDATE clients SET last_seen = ?2 WHERE identity = ?1",
-                    params![identity, unix(*last_seen)],
-                )?;
+                run(&tx, "UPDATE clients SET last_seen = ?2 WHERE identity = ?1", params![identity, unix(*last_seen)])?;
             }
             Write::ForgetClient(identity) => {
-                tx.execute("DELETE FROM clients WHERE identity = ?1", params![identity])?;
+                run(&tx, "DELETE FROM clients WHERE identity = ?1", params![identity])?;
+            }
+            Write::Job(job) => {
+                let json = |v: &serde_json::Value| v.to_string();
+                run(
+                    &tx,
+                    "INSERT OR REPLACE INTO jobs (id, created, who, role, key, address, command, target, identities,
+                        arguments, sent_to, sent_count, offline, offline_count, result)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    params![
+                        job.id,
+                        millis(job.created),
+                        job.who,
+                        job.role,
+                        job.key,
+                        job.address,
+                        job.command,
+                        job.target,
+                        job.identities.as_ref().map(json),
+                        json(&job.arguments),
+                        serde_json::to_string(&job.sent_to).unwrap_or_else(|_| "[]".into()),
+                        job.sent_to.len() as i64,
+                        serde_json::to_string(&job.offline).unwrap_or_else(|_| "[]".into()),
+                        job.offline.len() as i64,
+                        job.result,
+                    ],
+                )?;
+            }
+            Write::Answer(a) => {
+                run(
+                    &tx,
+                    "INSERT OR REPLACE INTO answers (job_id, identity, received, outcome, error, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        a.job_id,
+                        a.identity,
+                        millis(a.received),
+                        a.outcome,
+                        a.error,
+                        a.body.as_ref().map(|b| b.to_string())
+                    ],
+                )?;
+            }
+            Write::JobResult { id, result } => {
+                run(&tx, "UPDATE jobs SET result = ?2 WHERE id = ?1", params![id, result])?;
+            }
+            Write::Barrier(_) => {}
+            Write::PruneJobs { before } => {
+                let before = millis(*before);
+                run(
+                    &tx,
+                    "DELETE FROM answers WHERE job_id IN (SELECT id FROM jobs WHERE created < ?1)",
+                    params![before],
+                )?;
+                run(&tx, "DELETE FROM jobs WHERE created < ?1", params![before])?;
             }
         }
     }
@@ -268,6 +555,65 @@ mod tests {
         // Opening again does not migrate twice.
         drop(conn);
         assert_eq!(pending_keys(&open(&path).unwrap()).unwrap().len(), 1);
+    }
+
+    fn job(id: &str, created: SystemTime, target: &str, sent_to: &[&str]) -> JobRow {
+        JobRow {
+            id: id.into(),
+            created,
+            who: "admin".into(),
+            role: "admin".into(),
+            key: "k".into(),
+            address: "127.0.0.1".into(),
+            command: "Exec".into(),
+            target: target.into(),
+            identities: None,
+            arguments: serde_json::json!({"program": "uptime"}),
+            sent_to: sent_to.iter().map(|s| s.to_string()).collect(),
+            offline: vec!["web-9".into()],
+            result: None,
+        }
+    }
+
+    #[test]
+    fn jobs_are_listed_shown_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let (writer, thread) = start_writer(&path, log).unwrap();
+        let now = SystemTime::now();
+        writer.write(Write::Job(Box::new(job("old", now - Duration::from_secs(3600), "shop", &["web-1"]))));
+        writer.write(Write::Job(Box::new(job("a", now - Duration::from_secs(2), "shop", &["web-1", "web-2"]))));
+        writer.write(Write::Job(Box::new(job("b", now - Duration::from_secs(1), "bank", &["db-1"]))));
+        let answer = |id: &str, who: &str, outcome: &str| AnswerRow {
+            job_id: id.into(),
+            identity: who.into(),
+            received: now,
+            outcome: outcome.into(),
+            error: None,
+            body: Some(serde_json::json!({"exit_code": 0})),
+        };
+        writer.write(Write::Answer(answer("a", "web-1", "ok")));
+        writer.write(Write::Answer(answer("a", "web-2", "failed")));
+        writer.write(Write::PruneJobs { before: now - Duration::from_secs(60) });
+        drop(writer);
+        thread.join().unwrap();
+        let conn = open(&path).unwrap();
+        let all = list_jobs(&conn, 20, None, &[]).unwrap();
+        assert_eq!(all.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["b", "a"], "newest first, old pruned");
+        assert_eq!((all[1].answered, all[1].failed, all[1].pending, all[1].offline), (2, 1, 0, 1));
+        assert_eq!((all[0].answered, all[0].pending), (0, 1));
+        assert_eq!(list_jobs(&conn, 20, Some("shop"), &[]).unwrap().len(), 1);
+        assert_eq!(list_jobs(&conn, 20, None, &["db-*".into()]).unwrap()[0].id, "b");
+        assert_eq!(list_jobs(&conn, 20, None, &["web-9".into()]).unwrap().len(), 2, "offline ones match too");
+        assert_eq!(list_jobs(&conn, 1, None, &[]).unwrap().len(), 1);
+        // A restart after job b: db-1 never answered and never will.
+        let shown = show_job(&conn, "b", now).unwrap().unwrap();
+        assert_eq!((shown.lost, shown.offline), (vec!["db-1".to_owned()], vec!["web-9".to_owned()]));
+        let shown = show_job(&conn, "a", now - Duration::from_secs(10)).unwrap().unwrap();
+        assert!(shown.lost.is_empty());
+        assert_eq!(shown.answers.len(), 2);
+        assert!(show_job(&conn, "nope", now).unwrap().is_none());
     }
 
     #[test]

@@ -1,0 +1,235 @@
+//! Jobs: what the dispatcher records about requests (in summary, never a
+//! private key or a token) and answers (output capped at
+//! `jobs.max_output`), and the reader that answers `jobs` and `job ID` from
+//! its own database connection on a thread of its own, so a query never
+//! holds up message routing.
+
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use pantry_shared::commands::jobs::{JobDetail, JobSummary};
+use pantry_shared::commands::{
+    client_forget, client_pending, client_revoke, client_token, create_client, enroll, exec, jobs, status, upload, Kind,
+};
+use pantry_shared::{BodyPart, Message};
+use rusqlite::Connection;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::store::{self, AnswerRow, Writer};
+
+/// Longest text kept of an `echo` in a job's or an audit line's arguments.
+const TEXT_KEPT: usize = 200;
+
+fn cut(text: &str, at: usize) -> &str {
+    match text.char_indices().nth(at) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+/// What a request asked, in summary, for the job store and the audit log.
+pub fn arguments(kind: Kind, m: &Message) -> Value {
+    let custom = |field: &str| m.metadata.custom.get(field).cloned().unwrap_or(Value::Null);
+    match kind {
+        Kind::Echo => json!({"text": cut(m.body.first().and_then(BodyPart::as_text).unwrap_or_default(), TEXT_KEPT)}),
+        Kind::Exec => exec::parse(m).ok().and_then(|e| serde_json::to_value(e).ok()).unwrap_or(Value::Null),
+        Kind::Upload => upload::parse(m)
+            .map(|u| json!({"remote_path": u.remote_path, "size": u.size, "sha256": u.sha256}))
+            .unwrap_or(Value::Null),
+        Kind::CreateClient => match create_client::parse(m) {
+            Ok((name, role)) => json!({"name": name, "role": role.as_str()}),
+            Err(_) => Value::Null,
+        },
+        Kind::RevokeClient => json!({"target": client_revoke::target(m)}),
+        Kind::CreateToken => match client_token::parse(m) {
+            Ok(t) => json!({"name": t.name, "uses": t.uses, "ttl_seconds": t.ttl.as_secs()}),
+            Err(_) => Value::Null,
+        },
+        Kind::ForgetClient => json!({"identity": client_forget::identity(m)}),
+        Kind::AcceptPendingKey => json!({"target": client_pending::target(m), "name": client_pending::name(m)}),
+        Kind::RejectPendingKey => json!({"target": client_pending::target(m)}),
+        Kind::EditApplication => {
+            let text = m.body.first().and_then(BodyPart::as_text).unwrap_or_default();
+            let sha256: String = Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+            json!({"application": custom("application"), "bytes": text.len(), "sha256": sha256})
+        }
+        Kind::ShowApplication => json!({"application": custom("application")}),
+        Kind::Status => status::parse(m).ok().and_then(|f| serde_json::to_value(f).ok()).unwrap_or(Value::Null),
+        Kind::ListJobs => json!({"limit": custom("limit")}),
+        Kind::ShowJob => json!({"id": jobs::id(m)}),
+        Kind::Enroll => match enroll::parse(m) {
+            Ok(e) => json!({"identity": e.claimed(), "with_token": e.token.is_some()}),
+            Err(_) => Value::Null,
+        },
+        Kind::RegisterClient | Kind::ListClients | Kind::ListPendingKeys => json!({}),
+    }
+}
+
+/// One client's answer, as the job store keeps it.
+pub fn answer_row(kind: Kind, answer: &Message, max_output: usize) -> AnswerRow {
+    let error = answer.error().map(str::to_owned);
+    let mut body = answer.body.first().map(|part| match part {
+        BodyPart::Json(v) => v.clone(),
+        BodyPart::Text(t) => Value::String(cut(t, max_output).to_owned()),
+        BodyPart::Bytes(b) => Value::String(format!("({} bytes of binary data)", b.len())),
+    });
+    let outcome = if error.is_some() {
+        "error"
+    } else {
+        match kind {
+            Kind::Exec => match exec::result(answer) {
+                Some(mut result) => {
+                    for (text, cut_flag) in [
+                        (&mut result.stdout, &mut result.stdout_truncated),
+                        (&mut result.stderr, &mut result.stderr_truncated),
+                    ] {
+                        if text.len() > max_output {
+                            let kept = cut_to_bytes(text, max_output).len();
+                            text.truncate(kept);
+                            *cut_flag = true;
+                        }
+                    }
+                    let outcome = if result.timed_out {
+                        "timed out"
+                    } else if result.succeeded() {
+                        "ok"
+                    } else {
+                        "failed"
+                    };
+                    body = serde_json::to_value(&result).ok();
+                    outcome
+                }
+                None => "failed",
+            },
+            Kind::Upload if upload::result(answer).is_none() => "failed",
+            _ => "ok",
+        }
+    };
+    AnswerRow {
+        job_id: answer.uuid().to_owned(),
+        identity: answer.metadata.from.clone(),
+        received: SystemTime::now(),
+        outcome: outcome.into(),
+        error,
+        body,
+    }
+}
+
+/// The longest prefix of `text` of at most `bytes` bytes that ends on a
+/// character boundary.
+fn cut_to_bytes(text: &str, bytes: usize) -> &str {
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Answers `jobs` and `job ID` from its own connection, after the writer
+/// has committed what was queued (a job started a moment ago is there).
+pub struct JobReader {
+    /// `None` when the database could not be opened (logged).
+    conn: Option<Connection>,
+    writer: Writer,
+    started: SystemTime,
+}
+
+impl JobReader {
+    pub fn new(conn: Option<Connection>, writer: Writer, started: SystemTime) -> Self {
+        JobReader { conn, writer, started }
+    }
+
+    fn conn(&self) -> Result<&Connection, String> {
+        self.writer.sync(Duration::from_secs(2));
+        self.conn.as_ref().ok_or_else(|| "the server cannot read its database (see its log)".into())
+    }
+}
+
+impl Actor for JobReader {
+    type Context = SyncContext<Self>;
+}
+
+/// The most recent jobs matching a stream and identity patterns.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<JobSummary>, String>")]
+pub struct ListJobs {
+    pub limit: u32,
+    pub stream: Option<String>,
+    pub patterns: Vec<String>,
+}
+
+impl Handler<ListJobs> for JobReader {
+    type Result = Result<Vec<JobSummary>, String>;
+
+    fn handle(&mut self, msg: ListJobs, _: &mut SyncContext<Self>) -> Self::Result {
+        store::list_jobs(self.conn()?, msg.limit, msg.stream.as_deref(), &msg.patterns).map_err(|e| e.to_string())
+    }
+}
+
+/// One job.
+#[derive(Message)]
+#[rtype(result = "Result<Option<JobDetail>, String>")]
+pub struct ShowJob {
+    pub id: String,
+}
+
+impl Handler<ShowJob> for JobReader {
+    type Result = Result<Option<JobDetail>, String>;
+
+    fn handle(&mut self, msg: ShowJob, _: &mut SyncContext<Self>) -> Self::Result {
+        store::show_job(self.conn()?, &msg.id, self.started).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pantry_shared::commands::app_config;
+
+    #[test]
+    fn answers_are_judged_and_capped() {
+        let req = exec::request(&exec::ExecRequest { program: "x".into(), args: vec![], shell: false, timeout: 1.0 });
+        let mut answer = req.response();
+        answer.metadata.from = "web-1".into();
+        let result = exec::ExecResult {
+            exit_code: Some(2),
+            signal: None,
+            timed_out: false,
+            stdout: "é".repeat(100),
+            stderr: String::new(),
+            stdout_truncated: false,
+            stderr_truncated: false,
+            duration_ms: 3,
+            error: None,
+        };
+        answer.body.push(BodyPart::Json(serde_json::to_value(&result).unwrap()));
+        let row = answer_row(Kind::Exec, &answer, 11);
+        assert_eq!((row.outcome.as_str(), row.identity.as_str()), ("failed", "web-1"));
+        let kept: exec::ExecResult = serde_json::from_value(row.body.unwrap()).unwrap();
+        assert_eq!((kept.stdout.len(), kept.stdout_truncated), (10, true));
+        let mut refused = req.response();
+        refused.set_error("exec is disabled");
+        assert_eq!(answer_row(Kind::Exec, &refused, 100).outcome, "error");
+        let echo_answer = pantry_shared::commands::echo::handle(&pantry_shared::commands::echo::request("hi"));
+        assert_eq!(answer_row(Kind::Echo, &echo_answer, 100).body, Some(Value::String("hi".into())));
+    }
+
+    #[test]
+    fn arguments_never_hold_secrets() {
+        // An application config edit carries the whole file: only its size
+        // and hash are kept.
+        let edit = app_config::edit_request("shop", "password: hunter2\n");
+        let summary = arguments(Kind::EditApplication, &edit);
+        assert_eq!(summary["bytes"], 18);
+        assert!(!summary.to_string().contains("hunter2"));
+        let token = enroll::request(&enroll::EnrollRequest {
+            token: Some("s3cr3t".into()),
+            identity: None,
+            hostname: "h".into(),
+        });
+        assert!(!arguments(Kind::Enroll, &token).to_string().contains("s3cr3t"));
+        let long = pantry_shared::commands::echo::request(&"x".repeat(1000));
+        assert_eq!(arguments(Kind::Echo, &long)["text"].as_str().unwrap().len(), TEXT_KEPT);
+    }
+}
