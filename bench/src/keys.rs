@@ -32,8 +32,7 @@ impl Pair {
 }
 
 pub fn z85(key: &[u8; 32]) -> String {
-    // 32 bytes is a multiple of 4: encoding cannot fail.
-    zmq::z85_encode(key).unwrap_or_default()
+    pantry_shared::keys::z85(key)
 }
 
 /// `count` key pairs.

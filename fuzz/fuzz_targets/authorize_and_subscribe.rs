@@ -7,7 +7,9 @@
 //!
 //! Input: `[header][frames separated by 0xFF][0xFE][operations]`. 0xFE and
 //! 0xFF never occur in UTF-8, so the stream and metadata frames cannot hold
-//! them; the message part ends at the first 0xFE.
+//! them; the message part ends at the first 0xFE. When the frames do not
+//! decode, the message part's first bytes make a message instead (see
+//! [`synthesized`]), so authorization is explored without JSON to get right.
 //!
 //! Header bits: 0-1 and 5 the sender (none, admin, bound client, unbound
 //! client; with bit 5: an enrollee, an enrollee with a name, an admin
@@ -110,11 +112,39 @@ fuzz_target!(|data: &[u8]| {
         None => (rest, &[][..]),
     };
     let frames: Vec<&[u8]> = message_part.split(|&b| b == 0xff).collect();
-    if let Ok(message) = Message::from_frames(&frames) {
-        check_authorize(&message, header);
+    match Message::from_frames(&frames) {
+        Ok(message) => check_authorize(&message, header),
+        Err(_) => check_authorize(&synthesized(message_part), header),
     }
     check_subscriptions(ops);
 });
+
+/// Names for `from`, `to` and the stream of a synthesized message: the
+/// names the harness's senders have, and near misses of them.
+const PEERS: [&str; 12] =
+    ["web-1", "web-10", "ops", "", "web-100", "WEB-1", "web-1\0", "web-1 ", "*", "pantry.test.web", "db-7", "web-3"];
+
+/// Types that are no [`Kind`]'s wire type.
+const UNKNOWN_TYPES: [&str; 5] = ["Frobnicate", "", "echo", "Echo ", "registerclient"];
+
+/// A message from bytes: `[type][flags][from][to][stream]` (indices into
+/// [`Kind::ALL`] then [`UNKNOWN_TYPES`], and [`PEERS`]; flag bit 0
+/// `requires_response`, bit 1 `forwarded`). Missing bytes read as 0.
+fn synthesized(bytes: &[u8]) -> Message {
+    let at = |i: usize| usize::from(bytes.get(i).copied().unwrap_or(0));
+    let types = Kind::ALL.len() + UNKNOWN_TYPES.len();
+    let wire = match at(0) % types {
+        i if i < Kind::ALL.len() => Kind::ALL[i].wire(),
+        i => UNKNOWN_TYPES[i - Kind::ALL.len()],
+    };
+    let mut message = Message::new(wire);
+    message.metadata.requires_response = at(1) & 1 != 0;
+    message.metadata.forwarded = at(1) & 2 != 0;
+    message.metadata.from = PEERS[at(2) % PEERS.len()].to_owned();
+    message.metadata.to = PEERS[at(3) % PEERS.len()].to_owned();
+    message.stream = PEERS[at(4) % PEERS.len()].to_owned();
+    message
+}
 
 fn check_authorize(message: &Message, header: u8) {
     let curve = header & 0b100 != 0;
@@ -124,7 +154,8 @@ fn check_authorize(message: &Message, header: u8) {
         2 => "web-1".to_owned(),
         _ => message.metadata.to.clone(),
     };
-    let peer = |name: Option<String>, standing| PeerAuth { key: WEB1.to_owned(), name, standing, address: "192.0.2.1".into() };
+    let peer =
+        |name: Option<String>, standing| PeerAuth { key: WEB1.to_owned(), name, standing, address: "192.0.2.1".into() };
     let sender = match (header & 0b11) | (header >> 3 & 0b100) {
         0 => None,
         1 => Some(peer(Some("ops".into()), Standing::Known(Role::Admin))),
@@ -187,7 +218,12 @@ fn check_authorize(message: &Message, header: u8) {
         }
         Standing::Known(Role::Client) => {
             if let Verdict::Request(k) = verdict {
-                assert_ne!(k.rule().senders, Senders::Admins, "a client key never runs an admin command; {}", context());
+                assert_ne!(
+                    k.rule().senders,
+                    Senders::Admins,
+                    "a client key never runs an admin command; {}",
+                    context()
+                );
             }
             // `Enroll` from a known key is answered from the key (its name),
             // not from `from`: the one request a client key may send with
@@ -244,6 +280,13 @@ struct World {
     conns: HashMap<RawFd, Conn>,
 }
 
+/// Every `KeySnapshot::by_z85` call leaks the key's text (41 bytes plus
+/// allocator overhead): `pantry_shared::keys::decode_key` calls
+/// `zmq::z85_decode`, which hands its `CString` to libzmq with `into_raw`
+/// and never frees it (rust-zmq issue 387; still so in zmq 0.10.0). The
+/// server decodes a key per subscription message, per new sender and per
+/// key update, and so does this target: long runs end in libFuzzer's
+/// out-of-memory error until that is fixed.
 fn check_subscriptions(ops: &[u8]) {
     let mut keys = KeySnapshot::default();
     keys.replace_all(initial_keys().to_vec());
@@ -272,9 +315,10 @@ fn check_subscriptions(ops: &[u8]) {
                 let streams: Vec<&'static str> =
                     STREAMS.iter().enumerate().filter(|(i, _)| bits & (1 << i) != 0).map(|(_, s)| *s).collect();
                 // Grants come from a registration, so only for a known key.
-                if let Some(key) = key.filter(|k| world.keys.by_z85(k).is_some()) {
+                if let Some(key) = key.filter(|k| world.known_key(Some(k)).is_some()) {
                     world.grants.insert(key, streams.clone());
-                    let grant = Grant { key: key.to_owned(), streams: streams.into_iter().map(str::to_owned).collect() };
+                    let grant =
+                        Grant { key: key.to_owned(), streams: streams.into_iter().map(str::to_owned).collect() };
                     let stale = world.subs.grant(grant, &world.keys);
                     world.cut(stale);
                 }
@@ -298,9 +342,17 @@ fn check_subscriptions(ops: &[u8]) {
 }
 
 impl World {
+    /// The known key `key` names, from the harness's own list: the server's
+    /// [`KeySnapshot::by_z85`] decodes the key each time, and zmq 0.9's
+    /// `z85_decode` leaks its input (see `check_subscriptions`), so the
+    /// harness does not add decodes of its own.
+    fn known_key(&self, key: Option<&str>) -> Option<&KnownKey> {
+        key.and_then(|key| self.known.iter().find(|k| k.public_key == key))
+    }
+
     /// The topics `key` may hold now, by the rules the module states.
     fn allowed(&self, key: Option<&str>) -> HashSet<Vec<u8>> {
-        let Some(known) = key.and_then(|k| self.keys.by_z85(k)) else { return HashSet::new() };
+        let Some(known) = self.known_key(key) else { return HashSet::new() };
         let key = key.unwrap_or_default();
         match (known.role, known.name.as_deref()) {
             (Role::Admin, Some(name)) => [topic(name)].into(),
@@ -324,11 +376,16 @@ impl World {
         let outcome = self.subs.handle(fd, key, requested, subscribe, &self.keys);
         let context = || format!("fd {fd}, key {key:?}, requested {requested:?}, subscribe {subscribe}");
         let allowed = self.allowed(key);
-        let known = key.and_then(|k| self.keys.by_z85(k));
+        let known = self.known_key(key);
         for t in &outcome.subscribe {
             assert!(subscribe, "an unsubscription granted {t:?}; {}", context());
             assert!(!t.is_empty(), "the empty topic (everything) granted under CURVE; {}", context());
-            assert_eq!(t.last(), Some(&(TOPIC_END as u8)), "a topic granted without its terminator: {t:?}; {}", context());
+            assert_eq!(
+                t.last(),
+                Some(&(TOPIC_END as u8)),
+                "a topic granted without its terminator: {t:?}; {}",
+                context()
+            );
             assert_eq!(
                 t.iter().filter(|&&b| b == TOPIC_END as u8).count(),
                 1,
@@ -346,7 +403,12 @@ impl World {
                 Role::Client => {
                     for other in self.keys.iter().filter(|k| k.public_key != known.public_key) {
                         if let Some(other_name) = &other.name {
-                            assert_ne!(*t, topic(other_name), "a client key was granted another key's name; {}", context());
+                            assert_ne!(
+                                *t,
+                                topic(other_name),
+                                "a client key was granted another key's name; {}",
+                                context()
+                            );
                         }
                     }
                 }
@@ -356,8 +418,14 @@ impl World {
         if let Some((listening_key, _)) = &outcome.listening {
             assert_eq!(Some(listening_key.as_str()), key, "listening changed for another key; {}", context());
         }
-        if key.is_none_or(|k| self.keys.by_z85(k).is_none()) && subscribe {
-            assert_eq!(outcome.refused, Some(Refusal::UnknownKey), "{}", context());
+        if known.is_none() && subscribe {
+            // Refused: the key is unknown (or the topic is not even UTF-8).
+            assert!(
+                matches!(outcome.refused, Some(Refusal::UnknownKey | Refusal::NotUtf8)),
+                "an unknown key's subscription was not refused as such: {:?}; {}",
+                outcome.refused,
+                context()
+            );
         }
         if !subscribe && !self.conns.contains_key(&fd) {
             assert_eq!(outcome, Default::default(), "an unknown connection unsubscribed; {}", context());

@@ -81,7 +81,7 @@ pub fn create_named_client(server: &Server, cwd: &Path, name: &str) -> String {
 
 /// The 32 bytes of a Z85 key.
 pub fn decode(z85: &str) -> Vec<u8> {
-    zmq::z85_decode(z85).expect("Z85 key")
+    pantry_shared::z85::decode(z85).expect("Z85 key")
 }
 
 /// The key pair in a credentials YAML (`client:create` output).

@@ -18,6 +18,7 @@
 //! receives a message sent to this stream" without scanning every client.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
@@ -27,6 +28,7 @@ use pantry_shared::config::DEFAULT_HEARTBEAT_INTERVAL;
 use pantry_shared::filter::{ClientFilter, Identities};
 use slog::{debug, info, Logger};
 
+use crate::metrics::Metrics;
 use crate::store::{StoredClient, Write, Writer};
 
 /// Missed heartbeats after which a client is offline.
@@ -58,11 +60,19 @@ pub struct ClientRegistry {
     listening: HashSet<String>,
     forget_after: Duration,
     db: Writer,
+    metrics: Arc<Metrics>,
     log: Logger,
 }
 
 impl ClientRegistry {
-    pub fn new(curve: bool, stored: Vec<StoredClient>, forget_after: Duration, db: Writer, log: Logger) -> Self {
+    pub fn new(
+        curve: bool,
+        stored: Vec<StoredClient>,
+        forget_after: Duration,
+        db: Writer,
+        metrics: Arc<Metrics>,
+        log: Logger,
+    ) -> Self {
         let mut registry = ClientRegistry {
             curve,
             clients: HashMap::new(),
@@ -71,6 +81,7 @@ impl ClientRegistry {
             listening: HashSet::new(),
             forget_after,
             db,
+            metrics,
             log,
         };
         for s in stored {
@@ -86,6 +97,7 @@ impl ClientRegistry {
             };
             registry.clients.insert(identity, entry);
         }
+        registry.metrics.clients_offline.set(registry.clients.len() as i64);
         registry
     }
 
@@ -108,6 +120,8 @@ impl ClientRegistry {
 
     fn remove(&mut self, identity: &str) -> Option<Entry> {
         let entry = self.clients.remove(identity)?;
+        let state = if entry.was_online { &self.metrics.clients_online } else { &self.metrics.clients_offline };
+        state.dec();
         self.unindex(identity, &entry.filter);
         if let Some(peer) = &entry.peer {
             self.by_peer.remove(peer);
@@ -168,6 +182,10 @@ impl ClientRegistry {
             return;
         }
         entry.was_online = online;
+        let (from, to) = (&self.metrics.clients_offline, &self.metrics.clients_online);
+        let (from, to) = if online { (from, to) } else { (to, from) };
+        from.dec();
+        to.inc();
         let seen = humantime::format_rfc3339_seconds(entry.last_seen).to_string();
         if online {
             debug!(self.log, "client online"; "identity" => identity);
@@ -263,6 +281,7 @@ impl Handler<Register> for ClientRegistry {
                     was_online: false,
                 };
                 self.clients.insert(identity.clone(), entry);
+                self.metrics.clients_offline.inc();
                 self.index(&identity, &msg.client);
                 Registered::New
             }
@@ -315,9 +334,19 @@ impl Handler<Listening> for ClientRegistry {
 
     fn handle(&mut self, msg: Listening, _: &mut Context<Self>) {
         if msg.listening {
-            self.listening.insert(msg.key);
+            self.listening.insert(msg.key.clone());
         } else {
             self.listening.remove(&msg.key);
+        }
+        let now = SystemTime::now();
+        let changed: Vec<(String, bool)> = self
+            .clients
+            .iter()
+            .filter(|(_, e)| e.key.as_deref() == Some(msg.key.as_str()))
+            .map(|(id, e)| (id.clone(), self.is_online(e, now)))
+            .collect();
+        for (identity, online) in changed {
+            self.note_change(&identity, online, "it no longer listens for commands");
         }
     }
 }
@@ -477,7 +506,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = Logger::root(slog::Discard, slog::o!());
         let (writer, _) = crate::store::start_writer(&dir.path().join("db"), log.clone()).unwrap();
-        (ClientRegistry::new(curve, Vec::new(), Duration::from_secs(3600), writer, log).start(), dir)
+        let metrics = Arc::new(Metrics::new().unwrap());
+        (ClientRegistry::new(curve, Vec::new(), Duration::from_secs(3600), writer, metrics, log).start(), dir)
     }
 
     fn reg(c: ClientFilter, key: &str) -> Register {

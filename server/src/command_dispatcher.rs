@@ -44,6 +44,7 @@ use crate::key_store::{
     AcceptPending, AddToken, BindKey, CreateKey, EnrollKey, KeyStore, ListKeys, ListPending, RejectPending, RevokeKey,
 };
 use crate::messages::{Grant, Hex, Incoming, PeerAuth, Presence};
+use crate::metrics::{Metrics, Refusal};
 use crate::outbox::{Outbound, Outbox};
 use crate::store::{JobRow, Write, Writer};
 
@@ -75,6 +76,8 @@ struct Pending {
     owner: String,
     waiting_for: HashSet<String>,
     since: Instant,
+    /// Published to at least one client (not just reserved).
+    sent: bool,
 }
 
 pub struct CommandDispatcher {
@@ -103,6 +106,7 @@ pub struct CommandDispatcher {
     /// Changes the server is making (their jobs' results come with the
     /// answer).
     changes: HashSet<String>,
+    metrics: Arc<Metrics>,
     log: Logger,
 }
 
@@ -114,6 +118,7 @@ pub struct Settings {
     pub jobs: Option<JobSettings>,
     pub db: Writer,
     pub job_reader: Addr<JobReader>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// `jobs:` in server.yml.
@@ -180,6 +185,7 @@ impl CommandDispatcher {
             db: settings.db,
             job_reader: settings.job_reader,
             changes: HashSet::new(),
+            metrics: settings.metrics,
             log,
         }
     }
@@ -301,6 +307,10 @@ impl CommandDispatcher {
 
     fn finish(&mut self, uuid: &str) {
         let Some(done) = self.pending.remove(uuid) else { return };
+        self.metrics.requests_pending.set(self.pending.len() as i64);
+        if done.sent {
+            self.metrics.request_duration.observe(done.since.elapsed().as_secs_f64());
+        }
         if let Some(load) = self.load.get_mut(&done.owner) {
             load.requests -= 1;
             load.awaited = load.awaited.saturating_sub(done.waiting_for.len());
@@ -570,6 +580,7 @@ impl CommandDispatcher {
                     }
                     Ok((Registered::Again, _)) => act.acknowledge(&request),
                     Ok((Registered::Refused(reason), _)) | Err((reason, _)) => {
+                        act.metrics.refused(Refusal::RegistrationRefused);
                         warn!(act.log, "registration refused: {}", reason;
                             "identity" => identity, "key" => request.key(), "address" => request.address());
                         act.refuse(&request, reason);
@@ -662,6 +673,7 @@ impl CommandDispatcher {
         if self.pending.contains_key(&uuid) {
             warn!(self.log, "request refused: its uuid is already in use by a pending request";
                 "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key());
+            self.metrics.refused(Refusal::Limits);
             return self.refuse(&request, "the uuid is already in use by a pending request");
         }
         let owner = match &request.auth {
@@ -670,6 +682,7 @@ impl CommandDispatcher {
         };
         let count = self.load.get(&owner).map_or(0, |l| l.requests);
         if count >= MAX_PENDING_PER_REQUESTER {
+            self.metrics.refused(Refusal::Limits);
             warn!(self.log, "request refused: too many requests of this sender await answers";
                 "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key(),
                 "pending" => count, "limit" => MAX_PENDING_PER_REQUESTER);
@@ -685,8 +698,10 @@ impl CommandDispatcher {
             owner: owner.clone(),
             waiting_for: HashSet::new(),
             since: Instant::now(),
+            sent: false,
         };
         self.pending.insert(uuid.clone(), pending);
+        self.metrics.requests_pending.set(self.pending.len() as i64);
         self.load.entry(owner).or_default().requests += 1;
 
         let registry = self.registry.clone();
@@ -729,6 +744,7 @@ impl CommandDispatcher {
         if awaited + recipients.len() > MAX_AWAITED_PER_REQUESTER {
             let uuid = request.message.uuid().to_owned();
             self.finish(&uuid);
+            self.metrics.refused(Refusal::Limits);
             warn!(self.log, "request refused: its sender awaits too many answers already";
                 "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key(),
                 "awaited" => awaited, "limit" => MAX_AWAITED_PER_REQUESTER);
@@ -761,6 +777,7 @@ impl CommandDispatcher {
             Some(pending) if !identities.is_empty() => {
                 self.load.entry(owner).or_default().awaited += identities.len();
                 pending.waiting_for = identities.into_iter().collect();
+                pending.sent = true;
             }
             _ => self.finish(out.uuid()),
         }
@@ -826,6 +843,7 @@ impl Handler<Incoming> for CommandDispatcher {
                     "type" => request.message.message_type(), "name" => auth.name_or_dash(), "key" => &auth.key);
                 let kind = Kind::from_wire(request.message.message_type());
                 let _ = self.audit(&request, kind, "dropped: revoked key".into());
+                self.metrics.refused(Refusal::RevokedKey);
                 return;
             }
             // Per message: no allocation once the key has been seen.
@@ -838,6 +856,15 @@ impl Handler<Incoming> for CommandDispatcher {
         }
         let verdict = authorize(&request.message, request.auth.as_deref(), self.keys.is_some());
         let m = &request.message;
+        match &verdict {
+            Verdict::Answer(_) => self.metrics.answers_in.inc(),
+            Verdict::Drop(reason) => self.metrics.refused(Refusal::of(reason)),
+            Verdict::Refuse(reason) => {
+                self.metrics.requests_in.inc();
+                self.metrics.refused(Refusal::of(reason));
+            }
+            Verdict::Request(_) => self.metrics.requests_in.inc(),
+        }
         match verdict {
             Verdict::Drop(reason) => {
                 warn!(self.log, "{} dropped", reason;
@@ -865,6 +892,7 @@ impl Handler<Incoming> for CommandDispatcher {
                 // Heartbeats are not requests anyone made.
                 if kind != Kind::RegisterClient {
                     if let Err(reason) = self.audit(&request, Some(kind), "accepted".into()) {
+                        self.metrics.refused(Refusal::AuditLog);
                         return self.refuse(&request, reason);
                     }
                 }

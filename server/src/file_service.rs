@@ -25,6 +25,7 @@ use pantry_shared::commands::upload::Relay;
 use slog::{debug, warn, Logger};
 
 use crate::messages::{FileFrames, Hex, PeerAuth};
+use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
 
 /// An offer no `Upload` request names within this long is forgotten.
@@ -53,12 +54,13 @@ pub struct FileService {
     outbox: Outbox,
     curve: bool,
     transfers: HashMap<Vec<u8>, Transfer>,
+    metrics: Arc<Metrics>,
     log: Logger,
 }
 
 impl FileService {
-    pub fn new(outbox: Outbox, curve: bool, log: Logger) -> Self {
-        FileService { outbox, curve, transfers: HashMap::new(), log }
+    pub fn new(outbox: Outbox, curve: bool, metrics: Arc<Metrics>, log: Logger) -> Self {
+        FileService { outbox, curve, transfers: HashMap::new(), metrics, log }
     }
 
     fn send(&self, frames: Vec<Vec<u8>>) {
@@ -136,6 +138,7 @@ impl Handler<FileFrames> for FileService {
                 // Only the sender of a transfer may answer for it.
                 Some(t) if t.sender == peer => {
                     t.last_used = Instant::now();
+                    self.metrics.file_transfer_bytes.inc_by(data.len() as u64);
                     self.send(Relay::chunk_for_receiver(receiver, transfer_id, offset, data));
                 }
                 _ => debug!(self.log, "chunk for an unknown transfer dropped"; "peer" => Hex(&peer)),

@@ -17,7 +17,8 @@
 //! `client:accept` and `client:reject`. After each change the socket thread
 //! gets the new keys (a removed key's connections are shut down there).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use actix::prelude::*;
@@ -31,6 +32,7 @@ use pantry_shared::KeyStoreError;
 use slog::{debug, error, info, warn, Logger};
 
 use crate::messages::{ZapRequest, ENROLLEE};
+use crate::metrics::{Metrics, Rejection};
 use crate::outbox::{KeyUpdate, Outbound, Outbox};
 use crate::store::{Write, Writer};
 use crate::zap::{self, Admitted, Status};
@@ -48,6 +50,9 @@ pub struct KeyStore {
     /// Z85 key → what the server saw of it.
     pending: HashMap<String, PendingKey>,
     db: Writer,
+    /// Keys revoked since start: their handshakes are counted as such.
+    revoked: HashSet<PublicKey>,
+    metrics: Arc<Metrics>,
     log: Logger,
 }
 
@@ -62,10 +67,11 @@ impl KeyStore {
         trust_first_client: bool,
         pending: Vec<PendingKey>,
         db: Writer,
+        metrics: Arc<Metrics>,
         log: Logger,
     ) -> Self {
         let pending = pending.into_iter().map(|k| (k.public_key.clone(), k)).collect();
-        KeyStore { store, outbox, trust_first_client, pending, db, log }
+        KeyStore { store, outbox, trust_first_client, pending, db, revoked: HashSet::new(), metrics, log }
     }
 
     /// Notes an unknown key's attempt (and the identity it claims).
@@ -199,6 +205,12 @@ impl Handler<ZapRequest> for KeyStore {
             (None, Status::Ok) => Some(Admitted { key: &key, name: "", role: ENROLLEE }),
             (None, _) => None,
         };
+        match (&known, status) {
+            (Some(_), Status::Ok) => self.metrics.handshakes_accepted.inc(),
+            _ if request.mechanism != "CURVE" => self.metrics.rejected(Rejection::MechanismMismatch),
+            _ if request.key.is_some_and(|k| self.revoked.contains(&k)) => self.metrics.rejected(Rejection::Revoked),
+            _ => self.metrics.rejected(Rejection::UnknownKey),
+        }
         let frames = zap::reply(request.envelope, &request.request_id, status, &reason, admitted);
         self.outbox.send(Outbound::ZapReply(frames));
     }
@@ -264,6 +276,9 @@ impl Handler<RevokeKey> for KeyStore {
 
     fn handle(&mut self, msg: RevokeKey, _: &mut Context<Self>) -> Self::Result {
         let revoked = self.store.revoke(&msg.name_or_key)?;
+        if let Some(key) = keys::decode_z85(&revoked.public_key) {
+            self.revoked.insert(key);
+        }
         info!(self.log, "revoked a key";
             "name" => revoked.name.as_deref().unwrap_or("(unbound)"), "role" => revoked.role.as_str(),
             "key" => &revoked.public_key);

@@ -18,6 +18,7 @@
 //! - [`store`]: the embedded SQLite database and its writer thread.
 //! - [`jobs`], [`audit`]: the record of every command and its answers, and
 //!   the audit log.
+//! - [`metrics`]: counters for Prometheus, and `/metrics` and `/healthz`.
 //! - [`zap`], [`raw_zmq`]: ZAP encoding, and the few libzmq calls rust-zmq
 //!   lacks (all of the server's `unsafe`).
 
@@ -31,6 +32,7 @@ pub mod jobs;
 pub mod key_store;
 pub mod limits;
 pub mod messages;
+pub mod metrics;
 pub mod outbox;
 pub mod raw_zmq;
 pub mod sockets;
@@ -39,6 +41,8 @@ pub mod subscriptions;
 pub mod zap;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -55,6 +59,7 @@ use file_service::FileService;
 use jobs::JobReader;
 use key_store::{KeyStore, ReloadKeys};
 use limits::FdBudget;
+use metrics::Metrics;
 use outbox::{KeyUpdate, Outbound, Outbox};
 use sockets::{BoundSockets, Endpoints};
 
@@ -144,6 +149,13 @@ where
         "clients" => clients.len(), "database" => %db_path.display());
     let (writer, writer_thread) = store::start_writer(&db_path, log.clone())?;
 
+    let metrics = Arc::new(Metrics::new().context("cannot set up the metrics")?);
+    let healthy = Arc::new(AtomicBool::new(false));
+    let metrics_thread = match &config.metrics.listen {
+        Some(listen) => Some(metrics::serve(listen, metrics.clone(), healthy.clone(), log.clone())?),
+        None => None,
+    };
+
     let system = System::new();
     // The key store actor has a thread of its own: key store writes (fsyncs)
     // never hold up the dispatcher, however many agents enroll at once.
@@ -171,14 +183,16 @@ where
             jobs,
             db: writer.clone(),
             job_reader,
+            metrics: metrics.clone(),
         };
         let keys = store.map(|store| {
             let outbox = outbox.try_clone()?;
-            Ok(KeyStore::new(store, outbox, trust_first_client, pending, writer.clone(), log.clone()))
+            Ok(KeyStore::new(store, outbox, trust_first_client, pending, writer.clone(), metrics.clone(), log.clone()))
         });
         let curve = keys.is_some();
-        let registry = ClientRegistry::new(curve, clients, forget_after, writer.clone(), log.clone());
-        start_actors(&outbox, sockets, inbox, keys, &keys_thread.handle(), registry, settings, fd_budget, &log)
+        let registry = ClientRegistry::new(curve, clients, forget_after, writer.clone(), metrics.clone(), log.clone());
+        let parts = Parts { sockets, inbox, keys, keys_thread: keys_thread.handle(), registry, settings, fd_budget };
+        start_actors(&outbox, parts, metrics.clone(), &log)
     });
     let (control, thread) = started?;
     info!(log, "pantry-server started";
@@ -189,8 +203,10 @@ where
     if let Err(e) = pantry_shared::systemd::notify("READY=1") {
         warn!(log, "cannot notify systemd of readiness"; "error" => %e);
     }
+    healthy.store(true, Ordering::Relaxed);
     system.block_on(serve(control));
 
+    healthy.store(false, Ordering::Relaxed);
     outbox.send(Outbound::Stop);
     let deadline = Instant::now() + SHUTDOWN_DEADLINE;
     while !thread.is_finished() && Instant::now() < deadline {
@@ -210,6 +226,8 @@ where
     drop(system);
     drop(writer);
     let _ = writer_thread.join();
+    // The metrics thread serves until the process ends (its 503 says why).
+    drop(metrics_thread);
     Ok(())
 }
 
@@ -228,23 +246,29 @@ fn descriptor_budget(log: &Logger) -> FdBudget {
     }
 }
 
-/// Creates the actors and starts the socket thread.
-#[allow(clippy::too_many_arguments)]
-fn start_actors(
-    outbox: &Outbox,
+/// What the actors and the socket thread are made of.
+struct Parts {
     sockets: BoundSockets,
     inbox: outbox::Inbox,
     keys: Option<zmq::Result<KeyStore>>,
-    keys_thread: &ArbiterHandle,
+    keys_thread: ArbiterHandle,
     registry: ClientRegistry,
     settings: Settings,
     fd_budget: FdBudget,
+}
+
+/// Creates the actors and starts the socket thread.
+fn start_actors(
+    outbox: &Outbox,
+    parts: Parts,
+    metrics: Arc<Metrics>,
     log: &Logger,
 ) -> Result<(Control, std::thread::JoinHandle<()>)> {
+    let Parts { sockets, inbox, keys, keys_thread, registry, settings, fd_budget } = parts;
     let curve = keys.is_some();
     let registry = registry.start();
-    let files = FileService::new(outbox.try_clone()?, curve, log.clone()).start();
-    let key_store = keys.transpose()?.map(|keys| KeyStore::start_in_arbiter(keys_thread, |_| keys));
+    let files = FileService::new(outbox.try_clone()?, curve, metrics.clone(), log.clone()).start();
+    let key_store = keys.transpose()?.map(|keys| KeyStore::start_in_arbiter(&keys_thread, |_| keys));
     let dispatcher =
         CommandDispatcher::new(outbox.try_clone()?, registry, files.clone(), key_store.clone(), settings, log.clone())
             .start();
@@ -254,6 +278,6 @@ fn start_actors(
         files: files.recipient(),
         key_store: key_store.clone().map(Addr::recipient),
     };
-    let thread = sockets::start(sockets, inbox, to, fd_budget, log.clone())?;
+    let thread = sockets::start(sockets, inbox, to, fd_budget, metrics, log.clone())?;
     Ok((Control { key_store, dispatcher }, thread))
 }

@@ -30,6 +30,7 @@ use slog::{debug, error, info, warn, Logger};
 use crate::connections::Connections;
 use crate::limits::FdBudget;
 use crate::messages::{FileFrames, Hex, Incoming, PeerAuth, Presence, Standing, ZapRequest, ENROLLEE};
+use crate::metrics::{Metrics, Rejection};
 use crate::outbox::{Inbox, KeyUpdate, Outbound};
 use crate::raw_zmq::{self, peer_address, RawFrame};
 use crate::subscriptions::Subscriptions;
@@ -122,6 +123,7 @@ pub fn start(
     inbox: Inbox,
     to: Recipients,
     fd_budget: FdBudget,
+    metrics: Arc<Metrics>,
     log: Logger,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("pantry-sockets".into()).spawn(move || {
@@ -139,6 +141,7 @@ pub fn start(
             base_fds: crate::limits::open_fds(),
             last_fd_warning: None,
             last_accept_error: None,
+            metrics,
             log,
         }
         .run()
@@ -151,6 +154,8 @@ pub fn start(
 #[derive(Default)]
 struct Backlog {
     by_peer: HashMap<Vec<u8>, PeerBacklog>,
+    /// Bytes over all peers.
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -181,6 +186,7 @@ struct SocketThread {
     last_fd_warning: Option<Instant>,
     /// Accept errors repeat as fast as libzmq retries: logged once a second.
     last_accept_error: Option<Instant>,
+    metrics: Arc<Metrics>,
     log: Logger,
 }
 
@@ -273,9 +279,13 @@ impl SocketThread {
                     let mut frames = Vec::with_capacity(3 + message.body.len());
                     frames.push(peer);
                     frames.extend(message.to_frames());
+                    self.metrics.answers_out.inc();
                     self.send_to_peer(ServerPort::Receive, frames);
                 }
-                Outbound::ToFilePeer(frames) => self.send_to_peer(ServerPort::Files, frames),
+                Outbound::ToFilePeer(frames) => {
+                    self.metrics.files_out.inc();
+                    self.send_to_peer(ServerPort::Files, frames);
+                }
                 Outbound::Publish(message) => self.publish(&message),
                 Outbound::ZapReply(frames) => self.send_zap(frames),
                 Outbound::Keys(update) => self.update_keys(update),
@@ -296,6 +306,8 @@ impl SocketThread {
     fn publish(&self, message: &Message) {
         let mut frames = message.to_frames();
         frames[0] = topic(&message.stream);
+        self.metrics.publishes_out.inc();
+        self.metrics.bytes_out.inc_by(size_of(&frames) as u64);
         if let Err(e) = self.sockets.publisher.send_multipart(frames, zmq::DONTWAIT) {
             warn!(self.log, "cannot publish"; "uuid" => message.uuid(), "error" => %e);
         }
@@ -353,12 +365,15 @@ impl SocketThread {
         if frames.is_empty() {
             return;
         }
+        let size = size_of(&frames);
+        self.metrics.bytes_out.inc_by(size as u64);
         let backlog = &mut self.backlogs[backlog_index(port)];
         if let Some(waiting) = backlog.by_peer.get_mut(&frames[0]) {
-            let size = size_of(&frames);
             if waiting.queue.len() < BACKLOG_MESSAGES_PER_PEER && waiting.bytes + size <= BACKLOG_BYTES_PER_PEER {
                 waiting.bytes += size;
+                backlog.bytes += size;
                 waiting.queue.push_back(frames);
+                self.metrics.queued_bytes(port).set(backlog.bytes as i64);
             } else if !std::mem::replace(&mut waiting.warned, true) {
                 warn!(self.log, "peer stopped reading and its backlog is full: messages to it are dropped";
                     "peer" => Hex(&frames[0]), "socket" => port.name(), "queued_messages" => waiting.queue.len(),
@@ -370,9 +385,12 @@ impl SocketThread {
             let peer = frames[0].clone();
             debug!(self.log, "peer's queue is full (high-water mark): holding its messages until it reads";
                 "peer" => Hex(&peer), "socket" => port.name());
-            let waiting = self.backlogs[backlog_index(port)].by_peer.entry(peer).or_default();
-            waiting.bytes += size_of(&frames);
+            let backlog = &mut self.backlogs[backlog_index(port)];
+            backlog.bytes += size;
+            let waiting = backlog.by_peer.entry(peer).or_default();
+            waiting.bytes += size;
             waiting.queue.push_back(frames);
+            self.metrics.queued_bytes(port).set(backlog.bytes as i64);
         }
     }
 
@@ -380,6 +398,10 @@ impl SocketThread {
     fn retry_backlogs(&mut self) {
         for port in [ServerPort::Receive, ServerPort::Files] {
             let mut backlog = std::mem::take(&mut self.backlogs[backlog_index(port)]);
+            if backlog.by_peer.is_empty() {
+                continue;
+            }
+            let mut sent = 0;
             backlog.by_peer.retain(|_, waiting| {
                 while let Some(frames) = waiting.queue.pop_front() {
                     let size = size_of(&frames);
@@ -388,9 +410,12 @@ impl SocketThread {
                         return true;
                     }
                     waiting.bytes -= size;
+                    sent += size;
                 }
                 false
             });
+            backlog.bytes -= sent;
+            self.metrics.queued_bytes(port).set(backlog.bytes as i64);
             self.backlogs[backlog_index(port)] = backlog;
         }
     }
@@ -435,6 +460,10 @@ impl SocketThread {
     /// service frames) with the key of its sender.
     fn drain_router(&mut self, port: ServerPort) {
         while let Some((peer, first, frames)) = self.read_router(port) {
+            self.metrics.bytes_in.inc_by((peer.len() + size_of(&frames)) as u64);
+            if port == ServerPort::Files {
+                self.metrics.files_in.inc();
+            }
             let auth = match self.connections.cached_sender(port, &peer) {
                 Some(auth) => auth,
                 None => {
@@ -589,6 +618,10 @@ impl SocketThread {
             let z85 = request.key.as_ref().map(pantry_shared::keys::z85).unwrap_or_else(|| "-".into());
             let port = request.port.map(ServerPort::name).unwrap_or("-");
             match status {
+                Status::Ok => self.metrics.handshakes_accepted.inc(),
+                _ => self.metrics.rejected(Rejection::MechanismMismatch),
+            }
+            match status {
                 Status::Ok => debug!(self.log, "handshake accepted";
                     "name" => known.and_then(|k| k.name.as_deref()).unwrap_or("-"),
                     "role" => known.map(|k| k.role.as_str()).unwrap_or("-"), "key" => &z85,
@@ -606,6 +639,7 @@ impl SocketThread {
             let socket_name = port.name();
             match event.event {
                 SocketEvent::Accepted => {
+                    self.metrics.connections(port).inc();
                     let fd = event.value as RawFd;
                     for presence in self.connections.accepted(port, fd) {
                         self.to.presence.do_send(presence);
@@ -626,6 +660,7 @@ impl SocketThread {
                     }
                 }
                 SocketEvent::Disconnected => {
+                    self.metrics.connections(port).dec();
                     let fd = event.value as RawFd;
                     if port == ServerPort::Publish {
                         if let Some((key, listening)) = self.subscriptions.closed(fd) {
@@ -640,17 +675,26 @@ impl SocketThread {
                         self.to.presence.do_send(presence);
                     }
                 }
-                SocketEvent::HandshakeFailedProtocol(code) => debug!(self.log,
-                    "handshake rejected: {}", SocketEvent::protocol_reason(code);
-                    "socket" => socket_name, "endpoint" => &event.endpoint,
-                    "address" => "unknown (libzmq does not report it before authentication)"),
+                SocketEvent::HandshakeFailedProtocol(code) => {
+                    self.metrics.rejected(if SocketEvent::is_mechanism_mismatch(code) {
+                        Rejection::MechanismMismatch
+                    } else {
+                        Rejection::WrongServerKey
+                    });
+                    debug!(self.log, "handshake rejected: {}", SocketEvent::protocol_reason(code);
+                        "socket" => socket_name, "endpoint" => &event.endpoint,
+                        "address" => "unknown (libzmq does not report it before authentication)");
+                }
                 // A NULL client and a CURVE server each read the other's
                 // greeting; when the client hangs up first, this is all the
                 // server learns.
-                SocketEvent::HandshakeFailedNoDetail if self.curve => debug!(self.log,
-                    "handshake rejected: connection closed during the handshake (the peer may not speak CURVE, \
-                     or stalled past the handshake time limit)";
-                    "socket" => socket_name, "endpoint" => &event.endpoint),
+                SocketEvent::HandshakeFailedNoDetail if self.curve => {
+                    self.metrics.rejected(Rejection::ClosedDuringHandshake);
+                    debug!(self.log,
+                        "handshake rejected: connection closed during the handshake (the peer may not speak CURVE, \
+                         or stalled past the handshake time limit)";
+                        "socket" => socket_name, "endpoint" => &event.endpoint);
+                }
                 SocketEvent::HandshakeFailedNoDetail => debug!(self.log,
                     "handshake failed: connection closed by the peer";
                     "socket" => socket_name, "endpoint" => &event.endpoint),

@@ -62,6 +62,17 @@ pub struct Config {
     /// written (fail closed).
     #[serde(default = "default_true")]
     pub audit_fail_closed: bool,
+    /// server.yml only: the Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `metrics:` in server.yml.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `HOST:PORT` to serve `/metrics` and `/healthz` on; absent: off.
+    pub listen: Option<String>,
 }
 
 /// A size in a config file: `1MiB`, `512KiB`, `2GB`, or a number of bytes.
@@ -323,6 +334,7 @@ impl Config {
             jobs: JobsSection::default(),
             audit_log: None,
             audit_fail_closed: true,
+            metrics: MetricsSection::default(),
         }
         .finish(program)
     }

@@ -9,6 +9,8 @@ pub enum DecodeError {
     TooFewFrames(usize),
     #[error("stream frame is not UTF-8")]
     StreamNotUtf8,
+    #[error("stream frame holds a NUL byte before its end")]
+    StreamWithNul,
     #[error("metadata is not valid JSON: {0}")]
     MetadataJson(String),
     #[error("metadata is not a JSON object")]

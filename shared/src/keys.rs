@@ -19,8 +19,6 @@ use crate::error::KeyStoreError;
 pub const SERVER_KEYS_FILE: &str = "server_keys.yml";
 pub const CLIENT_KEYS_FILE: &str = "client_keys.yml";
 
-const Z85_ALPHABET: &str = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
-
 /// A public key in binary form, as ZAP hands it over.
 pub type PublicKey = [u8; 32];
 
@@ -46,7 +44,7 @@ pub fn curve_dir(root_dir: &Path) -> PathBuf {
 /// Z85 text of a binary key.
 pub fn z85(key: &PublicKey) -> String {
     // 32 bytes is a multiple of 4: encoding cannot fail.
-    zmq::z85_encode(key).unwrap_or_default()
+    crate::z85::encode(key).unwrap_or_default()
 }
 
 /// Decode a Z85 key, naming the file and field when it is not 32 bytes.
@@ -59,11 +57,10 @@ pub fn decode_key(text: &str, path: &Path, field: &str) -> Result<PublicKey, Key
     if text.len() != 40 {
         return Err(bad(&format!("expected a 40-character Z85 key, got {} characters", text.len())));
     }
-    // libzmq's decoder returns zeros for characters outside the alphabet.
-    if let Some(c) = text.chars().find(|c| !Z85_ALPHABET.contains(*c)) {
+    if let Some(c) = text.chars().find(|c| !crate::z85::is_z85(*c)) {
         return Err(bad(&format!("`{c}` is not a Z85 character")));
     }
-    let bytes = zmq::z85_decode(text).map_err(|_| bad("not valid Z85"))?;
+    let bytes = crate::z85::decode(text).ok_or_else(|| bad("not valid Z85"))?;
     bytes.try_into().map_err(|_| bad("does not decode to 32 bytes"))
 }
 

@@ -14,6 +14,7 @@ pub mod message;
 pub mod monitor;
 pub mod security;
 pub mod systemd;
+pub mod z85;
 
 pub use error::{ConfigError, DecodeError, KeyStoreError};
 pub use message::{BodyPart, Message, Metadata};

@@ -208,7 +208,12 @@ impl Message {
         let stream = std::str::from_utf8(frames[0].as_ref()).map_err(|_| DecodeError::StreamNotUtf8)?;
         // The server ends published topics with a terminator (exact XPUB
         // matching); the stream is what comes before it.
-        let stream = stream.strip_suffix(crate::filter::TOPIC_END).unwrap_or(stream).to_owned();
+        let stream = stream.strip_suffix(crate::filter::TOPIC_END).unwrap_or(stream);
+        // Only the terminator may be NUL, so a stream reads back the same.
+        if stream.contains(crate::filter::TOPIC_END) {
+            return Err(DecodeError::StreamWithNul);
+        }
+        let stream = stream.to_owned();
         let metadata = parse_metadata(frames[1].as_ref())?;
         if metadata.uuid.len() > MAX_UUID_LEN {
             return Err(DecodeError::UuidTooLong(metadata.uuid.len()));
@@ -374,6 +379,11 @@ mod tests {
         let mut frames = Message::new("Echo").to_frames();
         frames[0] = crate::filter::topic("web-1");
         assert_eq!(Message::from_frames(&frames).unwrap().stream, "web-1");
+        // Found by fuzzing: "a\0\0" read as "a\0", which does not read back.
+        frames[0] = b"a\0\0".to_vec();
+        assert_eq!(Message::from_frames(&frames), Err(DecodeError::StreamWithNul));
+        frames[0] = b"a\0b".to_vec();
+        assert_eq!(Message::from_frames(&frames), Err(DecodeError::StreamWithNul));
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub enum SocketEvent {
 }
 
 impl SocketEvent {
+    /// Whether a protocol error code says the peer spoke another mechanism.
+    pub fn is_mechanism_mismatch(code: u32) -> bool {
+        code == PROTOCOL_ERROR_MECHANISM_MISMATCH
+    }
+
     /// A short operator-readable reason for a protocol error code.
     pub fn protocol_reason(code: u32) -> String {
         match code {
