@@ -69,7 +69,7 @@ install: docs
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/pantry \
 		$(DESTDIR)$(SYSCONFDIR)/logrotate.d $(DESTDIR)$(PREFIX)/share/man/man1 \
 		$(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
-		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d $(DESTDIR)$(PREFIX)/share/doc/pantry-server/examples
 	for p in server client admin; do install -m 755 $(RELEASE)/pantry-$$p $(DESTDIR)$(PREFIX)/bin/; done
 	for u in server client; do \
 		sed 's#/usr/bin/pantry-#$(PREFIX)/bin/pantry-#; s#/etc/pantry/#$(SYSCONFDIR)/pantry/#' \
@@ -78,6 +78,8 @@ install: docs
 		[ -e $(DESTDIR)$(SYSCONFDIR)/pantry/$$u.yml ] || install -m 644 deploy/$$u.yml $(DESTDIR)$(SYSCONFDIR)/pantry/; \
 	done
 	install -m 644 deploy/logrotate/pantry $(DESTDIR)$(SYSCONFDIR)/logrotate.d/pantry
+	install -m 644 deploy/grafana/pantry.json $(DESTDIR)$(PREFIX)/share/doc/pantry-server/examples/grafana-pantry.json
+	install -m 644 deploy/prometheus/pantry-alerts.yml $(DESTDIR)$(PREFIX)/share/doc/pantry-server/examples/
 	install -m 644 $(DOCS)/man/man1/*.1 $(DESTDIR)$(PREFIX)/share/man/man1/
 	for p in server client admin; do \
 		install -m 644 $(DOCS)/completions/bash/pantry-$$p.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/pantry-$$p; \

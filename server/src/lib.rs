@@ -151,7 +151,7 @@ where
 
     let metrics = Arc::new(Metrics::new().context("cannot set up the metrics")?);
     let healthy = Arc::new(AtomicBool::new(false));
-    let metrics_thread = match &config.metrics.listen {
+    let metrics_thread = match config.metrics.listen {
         Some(listen) => Some(metrics::serve(listen, metrics.clone(), healthy.clone(), log.clone())?),
         None => None,
     };

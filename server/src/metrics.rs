@@ -225,7 +225,7 @@ impl Metrics {
 
 /// Starts the HTTP server for `/metrics` and `/healthz` on its own thread.
 pub fn serve(
-    listen: &str,
+    listen: std::net::SocketAddr,
     metrics: Arc<Metrics>,
     healthy: Arc<AtomicBool>,
     log: Logger,
@@ -234,7 +234,7 @@ pub fn serve(
     let server = tiny_http::Server::http(listen)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("cannot listen for metrics on {listen}"))?;
-    info!(log, "metrics served"; "listen" => listen, "paths" => "/metrics /healthz");
+    info!(log, "metrics served"; "listen" => %listen, "paths" => "/metrics /healthz");
     let thread = std::thread::Builder::new().name("pantry-metrics".into()).spawn(move || {
         for request in server.incoming_requests() {
             let response = match (request.method(), request.url()) {

@@ -71,8 +71,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
-    /// `HOST:PORT` to serve `/metrics` and `/healthz` on; absent: off.
-    pub listen: Option<String>,
+    /// `ADDRESS:PORT` to serve `/metrics` and `/healthz` on; absent: off.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// A size in a config file: `1MiB`, `512KiB`, `2GB`, or a number of bytes.
