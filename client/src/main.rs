@@ -14,9 +14,9 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use pantry_shared::config::{Config, Program};
 use pantry_shared::keys::{self, ClientKeys};
-use pantry_shared::logging::{self, LogTarget};
+use pantry_shared::program::Invocation;
 use pantry_shared::security::SocketSecurity;
-use slog::{info, Level};
+use slog::info;
 
 use agent::{Agent, Signals};
 
@@ -68,19 +68,16 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let invocation =
+        Invocation { program: Program::Client, config: cli.config, verbose: cli.verbose, debug: cli.debug };
     if let Some(ClientCommand::CheckConfig) = &cli.command {
-        pantry_shared::check::exit_with_report(cli.config.as_deref(), Program::Client);
+        invocation.check_config();
     }
-    let config = match &cli.config {
-        Some(path) => Config::load(path, Program::Client)?,
-        None => Config::defaults(Program::Client),
-    };
+    let config = invocation.load_config()?;
     if let Some(ClientCommand::Enroll { token, server_public_key }) = &cli.command {
         return enroll::run(&config, token, server_public_key.as_deref());
     }
-    let level = log_level(&config, &cli);
-    let logging = logging::init(&LogTarget::from_config(&config.log_to, &config.syslog_program_name), level)
-        .with_context(|| format!("cannot open log {}", config.log_to))?;
+    let logging = invocation.start_logging(&config)?;
     let root_dir = config.root_dir().to_path_buf();
     std::fs::create_dir_all(&root_dir).with_context(|| format!("cannot create root_dir {}", root_dir.display()))?;
 
@@ -102,7 +99,10 @@ fn run(cli: Cli) -> Result<()> {
     if let Err(e) = pantry_shared::systemd::notify("READY=1") {
         slog::warn!(logging.logger, "cannot notify systemd of readiness"; "error" => %e);
     }
-    agent.run(&signals, || reload(&logging, &cli))
+    agent.run(&signals, || {
+        invocation.reload(&logging);
+        info!(logging.logger, "reloaded on SIGHUP (log file, log level)");
+    })
 }
 
 /// Who the agent is: `client.identity` from client.yml, else the name its
@@ -120,26 +120,6 @@ fn identity(config: &Config, keys: Option<&ClientKeys>) -> Result<pantry_shared:
     }
     me.validate().map_err(anyhow::Error::msg)?;
     Ok(me)
-}
-
-/// The log level from the config, raised by `-v` or `-d`.
-fn log_level(config: &Config, cli: &Cli) -> Level {
-    logging::effective_level(config.log_level, cli.verbose, cli.debug)
-}
-
-/// SIGHUP: reopen the log file (logrotate) and re-read `log_level`.
-fn reload(logging: &pantry_shared::logging::Logging, cli: &Cli) {
-    let log = &logging.logger;
-    if let Err(e) = logging.reopen() {
-        slog::error!(log, "cannot reopen the log file"; "error" => %e);
-    }
-    if let Some(path) = &cli.config {
-        match Config::load(path, Program::Client) {
-            Ok(config) => logging.set_level(log_level(&config, cli)),
-            Err(e) => slog::error!(log, "config not reloaded; keeping the running settings"; "error" => %e),
-        }
-    }
-    info!(log, "reloaded on SIGHUP (log file, log level)");
 }
 
 #[cfg(test)]

@@ -37,12 +37,18 @@ pub const UNKNOWN_CLIENT: &str = "unknown client: the server does not know this 
     `pantry-client enroll --token`, or have an admin run `pantry-admin client:accept`)";
 
 pub fn authorize(message: &Message, sender: Option<&PeerAuth>, curve: bool) -> Verdict {
-    let wire = message.message_type();
+    let m = &message.metadata;
+    judge(&m.message_type, m.requires_response, &m.from, sender, curve)
+}
+
+/// [`authorize`] from the three fields it reads (the socket thread judges
+/// answers from their [`Head`](pantry_shared::Head) alone).
+pub fn judge(wire: &str, requires_response: bool, from: &str, sender: Option<&PeerAuth>, curve: bool) -> Verdict {
     let Some(kind) = Kind::from_wire(wire) else {
         return Verdict::Refuse(format!("unknown command type `{wire}`"));
     };
     let rule = kind.rule();
-    let is_answer = rule.runs_on == RunsOn::Clients && !message.metadata.requires_response;
+    let is_answer = rule.runs_on == RunsOn::Clients && !requires_response;
     let judged = if is_answer { Verdict::Answer(kind) } else { Verdict::Request(kind) };
     if !curve {
         return judged;
@@ -68,7 +74,7 @@ pub fn authorize(message: &Message, sender: Option<&PeerAuth>, curve: bool) -> V
         // A client key speaks only for itself; an unbound one may only
         // register (its first registration binds it).
         Standing::Known(Role::Client) => match &sender.name {
-            Some(name) if *name == message.metadata.from => judged,
+            Some(name) if name == from => judged,
             None if kind == Kind::RegisterClient => judged,
             _ => Verdict::Drop("message with a spoofed sender"),
         },

@@ -2,9 +2,9 @@
 //! ends here.
 //!
 //! - [`crate::authorize`] judges it first (deny by default).
-//! - An answer to a request the server forwarded goes back to the
-//!   requester's connection, if its sender is one of the recipients still
-//!   awaited.
+//! - Answers to forwarded requests do not come here: the socket thread
+//!   routes them with the table of pending requests ([`crate::routes`]),
+//!   which the dispatcher fills and expires.
 //! - Server commands (`RegisterClient`, `Status`, key management,
 //!   application configs) run here.
 //! - Every other request is forwarded: the requester first gets the list of
@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
 use pantry_shared::commands::enroll::{self, Enrolled};
@@ -32,6 +32,7 @@ use pantry_shared::Message;
 use serde_json::Value;
 use slog::{debug, error, info, warn, Logger};
 
+use crate::answers;
 use crate::audit::{self, Audit, AuditLine};
 use crate::authorize::{authorize, Verdict};
 use crate::client_registry::{
@@ -46,6 +47,7 @@ use crate::key_store::{
 use crate::messages::{Grant, Hex, Incoming, PeerAuth, Presence};
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::{Outbound, Outbox};
+use crate::routes::{Answered, RouteError, Routes};
 use crate::store::{JobRow, Write, Writer};
 
 /// How long the answers to a forwarded request are awaited before the
@@ -53,41 +55,13 @@ use crate::store::{JobRow, Write, Writer};
 const PENDING_TTL: Duration = Duration::from_secs(600);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-/// Forwarded requests one requester may have waiting for answers at once,
-/// and answers it may be waiting for in all (about 60 bytes each): bounds
-/// the memory one requester can pin for the pending requests' lifetime.
-pub const MAX_PENDING_PER_REQUESTER: usize = 10_000;
-pub const MAX_AWAITED_PER_REQUESTER: usize = 1_000_000;
-
-/// What one requester has pending.
-#[derive(Default)]
-struct Load {
-    requests: usize,
-    awaited: usize,
-}
-
-/// A request forwarded to clients, awaiting their answers.
-struct Pending {
-    kind: Kind,
-    /// The requester's connection.
-    requester: Vec<u8>,
-    /// Who owns it: the requester's key, or its connection under null
-    /// security.
-    owner: String,
-    waiting_for: HashSet<String>,
-    since: Instant,
-    /// Published to at least one client (not just reserved).
-    sent: bool,
-}
-
 pub struct CommandDispatcher {
     outbox: Outbox,
     registry: Addr<ClientRegistry>,
     files: Addr<FileService>,
     /// Present under CURVE only.
     keys: Option<Addr<KeyStore>>,
-    pending: HashMap<String, Pending>,
-    load: HashMap<String, Load>,
+    routes: Arc<Routes>,
     /// Where application configs live.
     root_dir: PathBuf,
     /// Keys revoked since start: their open connections may still deliver
@@ -119,6 +93,7 @@ pub struct Settings {
     pub db: Writer,
     pub job_reader: Addr<JobReader>,
     pub metrics: Arc<Metrics>,
+    pub routes: Arc<Routes>,
 }
 
 /// `jobs:` in server.yml.
@@ -173,8 +148,7 @@ impl CommandDispatcher {
             registry,
             files,
             keys,
-            pending: HashMap::new(),
-            load: HashMap::new(),
+            routes: settings.routes,
             root_dir: settings.root_dir,
             revoked: HashSet::new(),
             seen: HashMap::new(),
@@ -271,52 +245,23 @@ impl CommandDispatcher {
         }
     }
 
-    /// Routes a client's answer to whoever asked, if that client was asked.
+    /// An answer that reached the dispatcher (the socket thread routes
+    /// them; this keeps the rules in one place whoever hands it over).
     fn route_answer(&mut self, request: Request) {
         let Request { message, .. } = request;
-        let uuid = message.uuid();
-        let Some(pending) = self.pending.get_mut(uuid) else {
-            debug!(self.log, "answer to no pending request dropped (late, duplicate or unasked)";
-                "type" => message.message_type(), "from" => &message.metadata.from, "uuid" => uuid);
-            return;
-        };
-        if !pending.waiting_for.remove(&message.metadata.from) {
-            debug!(self.log, "answer from a client the request was not sent to, or that answered already, dropped";
-                "type" => message.message_type(), "from" => &message.metadata.from, "uuid" => uuid);
-            return;
-        }
-        let requester = pending.requester.clone();
-        let (owner, done, kind) = (pending.owner.clone(), pending.waiting_for.is_empty(), pending.kind);
-        if let Some(settings) = &self.jobs {
-            self.db.write(Write::Answer(jobs::answer_row(kind, &message, settings.max_output)));
-        }
-        if let Some(load) = self.load.get_mut(&owner) {
-            load.awaited = load.awaited.saturating_sub(1);
-        }
-        if done {
-            let uuid = uuid.to_owned();
-            self.finish(&uuid);
-        }
-        debug!(self.log, "answer routed to requester";
-            "type" => message.message_type(), "from" => &message.metadata.from,
-            "uuid" => message.uuid(), "requester" => Hex(&requester));
-        let mut answer = message;
-        answer.metadata.forwarded = true;
-        self.reply(requester, answer);
-    }
-
-    fn finish(&mut self, uuid: &str) {
-        let Some(done) = self.pending.remove(uuid) else { return };
-        self.metrics.requests_pending.set(self.pending.len() as i64);
-        if done.sent {
-            self.metrics.request_duration.observe(done.since.elapsed().as_secs_f64());
-        }
-        if let Some(load) = self.load.get_mut(&done.owner) {
-            load.requests -= 1;
-            load.awaited = load.awaited.saturating_sub(done.waiting_for.len());
-            if load.requests == 0 {
-                self.load.remove(&done.owner);
+        match self.routes.answered(message.uuid(), &message.metadata.from) {
+            Answered::Route { requester, kind } => {
+                if let Some(settings) = &self.jobs {
+                    let row = answers::row(kind, &message, settings.max_output, SystemTime::now());
+                    self.db.write(Write::Answer(row));
+                }
+                let mut answer = message;
+                answer.metadata.forwarded = true;
+                self.reply(requester, answer);
             }
+            Answered::NotPending | Answered::NotAsked => debug!(self.log,
+                "answer dropped: no pending request awaits it from this client";
+                "type" => message.message_type(), "from" => &message.metadata.from, "uuid" => message.uuid()),
         }
     }
 
@@ -670,40 +615,13 @@ impl CommandDispatcher {
             Err(e) => return self.refuse(&request, e),
         };
         let uuid = request.message.uuid().to_owned();
-        if self.pending.contains_key(&uuid) {
-            warn!(self.log, "request refused: its uuid is already in use by a pending request";
-                "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key());
-            self.metrics.refused(Refusal::Limits);
-            return self.refuse(&request, "the uuid is already in use by a pending request");
-        }
         let owner = match &request.auth {
             Some(auth) => auth.key.clone(),
             None => Hex(&request.peer).to_string(),
         };
-        let count = self.load.get(&owner).map_or(0, |l| l.requests);
-        if count >= MAX_PENDING_PER_REQUESTER {
-            self.metrics.refused(Refusal::Limits);
-            warn!(self.log, "request refused: too many requests of this sender await answers";
-                "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key(),
-                "pending" => count, "limit" => MAX_PENDING_PER_REQUESTER);
-            return self.refuse(
-                &request,
-                format!("too many requests awaiting answers ({MAX_PENDING_PER_REQUESTER}); wait for some to finish"),
-            );
+        if let Err(e) = self.routes.reserve(&uuid, kind, &request.peer, &owner) {
+            return self.refuse_route(&request, e);
         }
-        // Reserve the uuid now: the recipients come back asynchronously.
-        let pending = Pending {
-            kind,
-            requester: request.peer.clone(),
-            owner: owner.clone(),
-            waiting_for: HashSet::new(),
-            since: Instant::now(),
-            sent: false,
-        };
-        self.pending.insert(uuid.clone(), pending);
-        self.metrics.requests_pending.set(self.pending.len() as i64);
-        self.load.entry(owner).or_default().requests += 1;
-
         let registry = self.registry.clone();
         let files = self.files.clone();
         let stream = request.message.stream.clone();
@@ -724,7 +642,7 @@ impl CommandDispatcher {
             .map(move |outcome, act, _| match outcome {
                 Ok(recipients) => act.publish(kind, request, recipients, by_identity),
                 Err(reason) => {
-                    act.finish(&uuid);
+                    act.routes.cancel(&uuid);
                     warn!(act.log, "request refused: {}", reason;
                         "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key());
                     act.refuse(&request, reason);
@@ -733,53 +651,48 @@ impl CommandDispatcher {
             .spawn(ctx);
     }
 
+    /// Refuses a request the table of pending requests has no room for.
+    fn refuse_route(&mut self, request: &Request, e: RouteError) {
+        self.metrics.refused(Refusal::Limits);
+        let m = &request.message;
+        warn!(self.log, "request refused: {}", e;
+            "uuid" => m.uuid(), "type" => m.message_type(), "key" => request.key(),
+            "limit" => e.limit().map_or_else(|| "-".to_owned(), |l| l.to_string()));
+        self.refuse(request, e.to_string());
+    }
+
     /// Sends the requester the list of recipients (and the targeted clients
     /// that are offline), then publishes to the online ones: once to the
     /// request's stream, or, when it targets identities, once to each
     /// recipient's own stream.
     fn publish(&mut self, kind: Kind, request: Request, reached: Reached, by_identity: bool) {
         let Reached { online: recipients, offline } = reached;
-        let owner = self.pending.get(request.message.uuid()).map(|p| p.owner.clone()).unwrap_or_default();
-        let awaited = self.load.get(&owner).map_or(0, |l| l.awaited);
-        if awaited + recipients.len() > MAX_AWAITED_PER_REQUESTER {
-            let uuid = request.message.uuid().to_owned();
-            self.finish(&uuid);
-            self.metrics.refused(Refusal::Limits);
-            warn!(self.log, "request refused: its sender awaits too many answers already";
-                "uuid" => &uuid, "type" => request.message.message_type(), "key" => request.key(),
-                "awaited" => awaited, "limit" => MAX_AWAITED_PER_REQUESTER);
-            let reason = format!(
-                "too many answers awaited ({awaited} for earlier requests; at most {MAX_AWAITED_PER_REQUESTER}); \
-                 wait for some to finish"
-            );
-            return self.refuse(&request, reason);
+        let identities: Vec<String> = recipients.into_iter().map(|r| r.identity).collect();
+        // From here on the recipients' answers are routed: before the
+        // request goes out.
+        if let Err(e) = self.routes.await_answers(request.message.uuid(), &identities) {
+            return self.refuse_route(&request, e);
         }
         debug!(self.log, "request forwarded";
             "type" => request.message.message_type(), "from" => &request.message.metadata.from,
-            "to" => &request.message.stream, "uuid" => request.message.uuid(), "clients" => recipients.len(),
+            "to" => &request.message.stream, "uuid" => request.message.uuid(), "clients" => identities.len(),
             "offline" => offline.len());
-        let identities: Vec<String> = recipients.into_iter().map(|r| r.identity).collect();
         self.record_job(&request, kind, identities.clone(), offline.iter().map(|o| o.identity.clone()).collect());
         let Request { peer, message, .. } = request;
         self.reply(peer, recipients::respond(&message, &identities, &offline));
         let mut out = message;
         out.metadata.forwarded = true;
-        if by_identity {
-            for identity in &identities {
-                let mut one = out.clone();
-                one.stream = identity.clone();
-                self.outbox.send(Outbound::Publish(one));
-            }
-        } else {
-            self.outbox.send(Outbound::Publish(out.clone()));
+        if !by_identity {
+            return self.outbox.send(Outbound::Publish(out));
         }
-        match self.pending.get_mut(out.uuid()) {
-            Some(pending) if !identities.is_empty() => {
-                self.load.entry(owner).or_default().awaited += identities.len();
-                pending.waiting_for = identities.into_iter().collect();
-                pending.sent = true;
-            }
-            _ => self.finish(out.uuid()),
+        let mut streams = identities.into_iter();
+        let last = streams.next_back();
+        for identity in streams {
+            self.outbox.send(Outbound::Publish(Message { stream: identity, ..out.clone() }));
+        }
+        if let Some(identity) = last {
+            out.stream = identity;
+            self.outbox.send(Outbound::Publish(out));
         }
     }
 }
@@ -797,13 +710,9 @@ impl Actor for CommandDispatcher {
             ctx.run_interval(PRUNE_EVERY, move |act, _| prune(act));
         }
         ctx.run_interval(SWEEP_EVERY, |act, _| {
-            let expired: Vec<String> =
-                act.pending.iter().filter(|(_, p)| p.since.elapsed() >= PENDING_TTL).map(|(u, _)| u.clone()).collect();
-            for uuid in &expired {
-                act.finish(uuid);
-            }
-            if !expired.is_empty() {
-                debug!(act.log, "forgot forwarded requests whose clients never answered"; "count" => expired.len());
+            let expired = act.routes.expire(PENDING_TTL);
+            if expired > 0 {
+                debug!(act.log, "forgot forwarded requests whose clients never answered"; "count" => expired);
             }
         });
     }

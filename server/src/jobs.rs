@@ -16,7 +16,7 @@ use rusqlite::Connection;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::store::{self, AnswerRow, Writer};
+use crate::store::{self, Writer};
 
 /// Longest text kept of an `echo` in a job's or an audit line's arguments.
 const TEXT_KEPT: usize = 200;
@@ -64,66 +64,6 @@ pub fn arguments(kind: Kind, m: &Message) -> Value {
         },
         Kind::RegisterClient | Kind::ListClients | Kind::ListPendingKeys => json!({}),
     }
-}
-
-/// One client's answer, as the job store keeps it.
-pub fn answer_row(kind: Kind, answer: &Message, max_output: usize) -> AnswerRow {
-    let error = answer.error().map(str::to_owned);
-    let mut body = answer.body.first().map(|part| match part {
-        BodyPart::Json(v) => v.clone(),
-        BodyPart::Text(t) => Value::String(cut(t, max_output).to_owned()),
-        BodyPart::Bytes(b) => Value::String(format!("({} bytes of binary data)", b.len())),
-    });
-    let outcome = if error.is_some() {
-        "error"
-    } else {
-        match kind {
-            Kind::Exec => match exec::result(answer) {
-                Some(mut result) => {
-                    for (text, cut_flag) in [
-                        (&mut result.stdout, &mut result.stdout_truncated),
-                        (&mut result.stderr, &mut result.stderr_truncated),
-                    ] {
-                        if text.len() > max_output {
-                            let kept = cut_to_bytes(text, max_output).len();
-                            text.truncate(kept);
-                            *cut_flag = true;
-                        }
-                    }
-                    let outcome = if result.timed_out {
-                        "timed out"
-                    } else if result.succeeded() {
-                        "ok"
-                    } else {
-                        "failed"
-                    };
-                    body = serde_json::to_value(&result).ok();
-                    outcome
-                }
-                None => "failed",
-            },
-            Kind::Upload if upload::result(answer).is_none() => "failed",
-            _ => "ok",
-        }
-    };
-    AnswerRow {
-        job_id: answer.uuid().to_owned(),
-        identity: answer.metadata.from.clone(),
-        received: SystemTime::now(),
-        outcome: outcome.into(),
-        error,
-        body,
-    }
-}
-
-/// The longest prefix of `text` of at most `bytes` bytes that ends on a
-/// character boundary.
-fn cut_to_bytes(text: &str, bytes: usize) -> &str {
-    let mut end = bytes.min(text.len());
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// Answers `jobs` and `job ID` from its own connection, after the writer
@@ -186,34 +126,6 @@ impl Handler<ShowJob> for JobReader {
 mod tests {
     use super::*;
     use pantry_shared::commands::app_config;
-
-    #[test]
-    fn answers_are_judged_and_capped() {
-        let req = exec::request(&exec::ExecRequest { program: "x".into(), args: vec![], shell: false, timeout: 1.0 });
-        let mut answer = req.response();
-        answer.metadata.from = "web-1".into();
-        let result = exec::ExecResult {
-            exit_code: Some(2),
-            signal: None,
-            timed_out: false,
-            stdout: "é".repeat(100),
-            stderr: String::new(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-            duration_ms: 3,
-            error: None,
-        };
-        answer.body.push(BodyPart::Json(serde_json::to_value(&result).unwrap()));
-        let row = answer_row(Kind::Exec, &answer, 11);
-        assert_eq!((row.outcome.as_str(), row.identity.as_str()), ("failed", "web-1"));
-        let kept: exec::ExecResult = serde_json::from_value(row.body.unwrap()).unwrap();
-        assert_eq!((kept.stdout.len(), kept.stdout_truncated), (10, true));
-        let mut refused = req.response();
-        refused.set_error("exec is disabled");
-        assert_eq!(answer_row(Kind::Exec, &refused, 100).outcome, "error");
-        let echo_answer = pantry_shared::commands::echo::handle(&pantry_shared::commands::echo::request("hi"));
-        assert_eq!(answer_row(Kind::Echo, &echo_answer, 100).body, Some(Value::String("hi".into())));
-    }
 
     #[test]
     fn arguments_never_hold_secrets() {

@@ -10,18 +10,20 @@
 //! - [`outbox`]: the typed way from the actors to the socket thread.
 //! - [`messages`]: types and actor messages the others share.
 //! - [`authorize`]: deny-by-default rules, judged before any handler.
-//! - [`command_dispatcher`]: routes requests and answers, runs server
-//!   commands.
+//! - [`command_dispatcher`]: runs server commands and forwards the rest.
+//! - [`routes`]: the forwarded requests awaiting answers; the socket thread
+//!   routes answers with it, from their metadata alone.
 //! - [`client_registry`]: who is checked in.
 //! - [`key_store`]: owns `server_keys.yml`; decides unknown keys' handshakes.
 //! - [`file_service`]: relays uploads, only to the keys they were sent to.
 //! - [`store`]: the embedded SQLite database and its writer thread.
-//! - [`jobs`], [`audit`]: the record of every command and its answers, and
-//!   the audit log.
+//! - [`jobs`], [`answers`], [`audit`]: the record of every command and its
+//!   answers, and the audit log.
 //! - [`metrics`]: counters for Prometheus, and `/metrics` and `/healthz`.
 //! - [`zap`], [`raw_zmq`]: ZAP encoding, and the few libzmq calls rust-zmq
 //!   lacks (all of the server's `unsafe`).
 
+pub mod answers;
 pub mod audit;
 pub mod authorize;
 pub mod client_registry;
@@ -35,6 +37,7 @@ pub mod messages;
 pub mod metrics;
 pub mod outbox;
 pub mod raw_zmq;
+pub mod routes;
 pub mod sockets;
 pub mod store;
 pub mod subscriptions;
@@ -61,6 +64,7 @@ use key_store::{KeyStore, ReloadKeys};
 use limits::FdBudget;
 use metrics::Metrics;
 use outbox::{KeyUpdate, Outbound, Outbox};
+use routes::Routes;
 use sockets::{BoundSockets, Endpoints};
 
 /// How long a stopping server waits for its socket thread.
@@ -184,6 +188,7 @@ where
             db: writer.clone(),
             job_reader,
             metrics: metrics.clone(),
+            routes: Arc::new(Routes::new(metrics.clone())),
         };
         let keys = store.map(|store| {
             let outbox = outbox.try_clone()?;
@@ -265,6 +270,10 @@ fn start_actors(
     log: &Logger,
 ) -> Result<(Control, std::thread::JoinHandle<()>)> {
     let Parts { sockets, inbox, keys, keys_thread, registry, settings, fd_budget } = parts;
+    let answers = sockets::AnswerRouting {
+        routes: settings.routes.clone(),
+        jobs: settings.jobs.map(|jobs| (settings.db.clone(), jobs.max_output)),
+    };
     let curve = keys.is_some();
     let registry = registry.start();
     let files = FileService::new(outbox.try_clone()?, curve, metrics.clone(), log.clone()).start();
@@ -278,6 +287,6 @@ fn start_actors(
         files: files.recipient(),
         key_store: key_store.clone().map(Addr::recipient),
     };
-    let thread = sockets::start(sockets, inbox, to, fd_budget, metrics, log.clone())?;
+    let thread = sockets::start(sockets, inbox, to, answers, fd_budget, metrics, log.clone())?;
     Ok((Control { key_store, dispatcher }, thread))
 }

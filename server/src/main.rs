@@ -9,8 +9,9 @@ use clap::Parser;
 use pantry_server::Control;
 use pantry_shared::config::{Config, Program};
 use pantry_shared::keys::ServerKeyStore;
-use pantry_shared::logging::{self, LogTarget, Logging};
-use slog::{error, info, warn, Level};
+use pantry_shared::logging::Logging;
+use pantry_shared::program::Invocation;
+use slog::{info, warn};
 
 /// The Pantry server: the hub every agent and admin connects to.
 #[derive(Parser, Debug)]
@@ -60,21 +61,18 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let invocation =
+        Invocation { program: Program::Server, config: cli.config, verbose: cli.verbose, debug: cli.debug };
     if let Some(ServerCommand::CheckConfig) = &cli.command {
-        pantry_shared::check::exit_with_report(cli.config.as_deref(), Program::Server);
+        invocation.check_config();
     }
-    let config = match &cli.config {
-        Some(path) => Config::load(path, Program::Server)?,
-        None => Config::defaults(Program::Server),
-    };
+    let config = invocation.load_config()?;
     if let Some(ServerCommand::KeysCreateAdmin { name, output }) = &cli.command {
         return create_admin_key(&config, name, output.as_deref());
     }
-    let level = log_level(&config, &cli);
-    let logging = logging::init(&LogTarget::from_config(&config.log_to, &config.syslog_program_name), level)
-        .with_context(|| format!("cannot open log {}", config.log_to))?;
+    let logging = invocation.start_logging(&config)?;
     let log = logging.logger.clone();
-    pantry_server::run(&config, log, |control| handle_signals(logging, cli, control))
+    pantry_server::run(&config, log, |control| handle_signals(logging, invocation, control))
 }
 
 /// `keys:create-admin`: adds an admin key to the store on disk.
@@ -113,15 +111,10 @@ fn create_admin_key(config: &Config, name: &str, output: Option<&Path>) -> Resul
     Ok(())
 }
 
-/// The log level from the config, raised by `-v` or `-d`.
-fn log_level(config: &Config, cli: &Cli) -> Level {
-    logging::effective_level(config.log_level, cli.verbose, cli.debug)
-}
-
 /// Serves until SIGINT or SIGTERM. SIGHUP reopens the log file (logrotate),
 /// re-reads `log_level` from the config and re-reads the key store, without
 /// dropping a client.
-async fn handle_signals(logging: Logging, cli: Cli, control: Control) {
+async fn handle_signals(logging: Logging, invocation: Invocation, control: Control) {
     use tokio::signal::unix::{signal, SignalKind};
     let log = logging.logger.clone();
     let (Ok(mut int), Ok(mut term), Ok(mut hup)) =
@@ -134,24 +127,15 @@ async fn handle_signals(logging: Logging, cli: Cli, control: Control) {
         tokio::select! {
             _ = int.recv() => break "SIGINT",
             _ = term.recv() => break "SIGTERM",
-            _ = hup.recv() => reload(&logging, &cli, &control),
+            _ = hup.recv() => reload(&logging, &invocation, &control),
         }
     };
     info!(log, "shutting down"; "signal" => name);
 }
 
 /// SIGHUP: what can change without a restart.
-fn reload(logging: &Logging, cli: &Cli, control: &Control) {
-    let log = &logging.logger;
-    if let Err(e) = logging.reopen() {
-        error!(log, "cannot reopen the log file"; "error" => %e);
-    }
-    if let Some(path) = &cli.config {
-        match Config::load(path, Program::Server) {
-            Ok(config) => logging.set_level(log_level(&config, cli)),
-            Err(e) => error!(log, "config not reloaded; keeping the running settings"; "error" => %e),
-        }
-    }
+fn reload(logging: &Logging, invocation: &Invocation, control: &Control) {
+    invocation.reload(logging);
     control.reload();
-    info!(log, "reloaded on SIGHUP (log file, log level, key store, audit log)");
+    info!(logging.logger, "reloaded on SIGHUP (log file, log level, key store, audit log)");
 }

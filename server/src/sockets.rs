@@ -18,21 +18,25 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use pantry_shared::filter::topic;
 use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::security::{ServerPort, SocketSecurity, ZAP_ENDPOINT};
-use pantry_shared::Message;
+use pantry_shared::{Head, Message};
 use slog::{debug, error, info, warn, Logger};
 
+use crate::answers::RawAnswer;
+use crate::authorize::{judge, Verdict};
 use crate::connections::Connections;
 use crate::limits::FdBudget;
 use crate::messages::{FileFrames, Hex, Incoming, PeerAuth, Presence, Standing, ZapRequest, ENROLLEE};
 use crate::metrics::{Metrics, Rejection};
 use crate::outbox::{Inbox, KeyUpdate, Outbound};
 use crate::raw_zmq::{self, peer_address, RawFrame};
+use crate::routes::{Answered, Routes};
+use crate::store::{Write, Writer};
 use crate::subscriptions::Subscriptions;
 use crate::zap::{self, KeySnapshot, Status};
 
@@ -117,11 +121,20 @@ pub struct Recipients {
     pub key_store: Option<Recipient<ZapRequest>>,
 }
 
+/// What the socket thread needs to route answers to forwarded requests
+/// itself.
+pub struct AnswerRouting {
+    pub routes: Arc<Routes>,
+    /// The job store and `jobs.max_output`, when jobs are kept.
+    pub jobs: Option<(Writer, usize)>,
+}
+
 /// Starts the socket thread.
 pub fn start(
     sockets: BoundSockets,
     inbox: Inbox,
     to: Recipients,
+    answers: AnswerRouting,
     fd_budget: FdBudget,
     metrics: Arc<Metrics>,
     log: Logger,
@@ -132,6 +145,7 @@ pub fn start(
             sockets,
             inbox,
             to,
+            answers,
             connections: Connections::default(),
             subscriptions: Subscriptions::new(curve),
             keys: KeySnapshot::default(),
@@ -174,6 +188,7 @@ struct SocketThread {
     sockets: BoundSockets,
     inbox: Inbox,
     to: Recipients,
+    answers: AnswerRouting,
     connections: Connections,
     subscriptions: Subscriptions,
     keys: KeySnapshot,
@@ -480,16 +495,60 @@ impl SocketThread {
                     "peer" => Hex(&peer), "socket" => port.name());
                 continue;
             }
-            match port {
-                ServerPort::Files => self.to.files.do_send(FileFrames { peer, auth, frames }),
-                _ => match Message::from_frames(&frames) {
-                    Ok(message) => self.to.dispatcher.do_send(Incoming { peer, auth, message }),
-                    Err(e) => debug!(self.log, "malformed message dropped";
-                        "peer" => Hex(&peer), "key" => auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-"),
-                        "frames" => frames.len(), "error" => %e),
+            let frames = match port {
+                ServerPort::Files => {
+                    self.to.files.do_send(FileFrames { peer, auth, frames });
+                    continue;
+                }
+                _ => match self.route_answer(auth.as_deref(), frames) {
+                    Some(frames) => frames,
+                    None => continue,
                 },
+            };
+            match Message::from_frames(&frames) {
+                Ok(message) => self.to.dispatcher.do_send(Incoming { peer, auth, message }),
+                Err(e) => debug!(self.log, "malformed message dropped";
+                    "peer" => Hex(&peer), "key" => auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-"),
+                    "frames" => frames.len(), "error" => %e),
             }
         }
+    }
+
+    /// An answer to a forwarded request is routed here, from its metadata
+    /// alone: the requester gets its frames as they came, with only
+    /// `forwarded` set. Anything that is not an answer is handed back for
+    /// the dispatcher.
+    fn route_answer(&mut self, auth: Option<&PeerAuth>, mut frames: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+        let head = match frames.get(1).and_then(|metadata| Head::parse(metadata)) {
+            Some(head) if std::str::from_utf8(&frames[0]).is_ok() => head,
+            _ => return Some(frames),
+        };
+        let Verdict::Answer(_) = judge(&head.message_type, head.requires_response, &head.from, auth, self.curve) else {
+            return Some(frames);
+        };
+        self.metrics.answers_in.inc();
+        let (requester, kind) = match self.answers.routes.answered(&head.uuid, &head.from) {
+            Answered::Route { requester, kind } => (requester, kind),
+            Answered::NotPending | Answered::NotAsked => {
+                debug!(self.log, "answer dropped: no pending request awaits it from this client";
+                    "type" => head.message_type.as_ref(), "from" => head.from.as_ref(), "uuid" => head.uuid.as_ref(),
+                    "key" => auth.map(|a| a.key.as_str()).unwrap_or("-"));
+                return None;
+            }
+        };
+        debug!(self.log, "answer routed to requester";
+            "type" => head.message_type.as_ref(), "from" => head.from.as_ref(), "uuid" => head.uuid.as_ref(),
+            "requester" => Hex(&requester));
+        let forwarded = Head { forwarded: true, ..head }.to_vec();
+        if let Some((db, max_output)) = &self.answers.jobs {
+            let raw = RawAnswer { kind, frames: frames.clone(), received: SystemTime::now(), max_output: *max_output };
+            db.write(Write::RawAnswer(raw));
+        }
+        frames[1] = forwarded;
+        frames.insert(0, requester);
+        self.metrics.answers_out.inc();
+        self.send_to_peer(ServerPort::Receive, frames);
+        None
     }
 
     /// One message of a ROUTER socket: the routing id, the first frame after

@@ -18,6 +18,9 @@ use pantry_shared::filter::ClientFilter;
 use rusqlite::{params, Connection, OptionalExtension};
 use slog::{error, Logger};
 
+pub use crate::answers::AnswerRow;
+use crate::answers::RawAnswer;
+
 pub const DB_FILE: &str = "pantry.db";
 
 /// How long the writer collects writes before it commits them.
@@ -94,6 +97,9 @@ pub enum Write {
     ForgetClient(String),
     Job(Box<JobRow>),
     Answer(AnswerRow),
+    /// An answer as it arrived, decoded here rather than on the socket
+    /// thread.
+    RawAnswer(RawAnswer),
     /// The outcome of a change the server made itself.
     JobResult {
         id: String,
@@ -133,17 +139,6 @@ pub struct JobRow {
     pub sent_to: Vec<String>,
     pub offline: Vec<String>,
     pub result: Option<String>,
-}
-
-/// One client's answer to a job.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AnswerRow {
-    pub job_id: String,
-    pub identity: String,
-    pub received: SystemTime,
-    pub outcome: String,
-    pub error: Option<String>,
-    pub body: Option<serde_json::Value>,
 }
 
 fn millis(t: SystemTime) -> i64 {
@@ -419,6 +414,16 @@ fn run(tx: &rusqlite::Transaction, sql: &str, params: impl rusqlite::Params) -> 
     tx.prepare_cached(sql)?.execute(params)
 }
 
+fn insert_answer(tx: &rusqlite::Transaction, a: &AnswerRow) -> rusqlite::Result<()> {
+    run(
+        tx,
+        "INSERT OR REPLACE INTO answers (job_id, identity, received, outcome, error, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![a.job_id, a.identity, millis(a.received), a.outcome, a.error, a.body.as_ref().map(|b| b.to_string())],
+    )?;
+    Ok(())
+}
+
 fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     for write in batch {
@@ -487,20 +492,11 @@ fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
                     ],
                 )?;
             }
-            Write::Answer(a) => {
-                run(
-                    &tx,
-                    "INSERT OR REPLACE INTO answers (job_id, identity, received, outcome, error, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    params![
-                        a.job_id,
-                        a.identity,
-                        millis(a.received),
-                        a.outcome,
-                        a.error,
-                        a.body.as_ref().map(|b| b.to_string())
-                    ],
-                )?;
+            Write::Answer(a) => insert_answer(&tx, a)?,
+            Write::RawAnswer(raw) => {
+                if let Some(a) = raw.row() {
+                    insert_answer(&tx, &a)?;
+                }
             }
             Write::JobResult { id, result } => {
                 run(&tx, "UPDATE jobs SET result = ?2 WHERE id = ?1", params![id, result])?;

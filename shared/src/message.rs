@@ -5,7 +5,10 @@
 //! every other part is a plain string or raw bytes. This is the format of the
 //! original Ruby Pantry, so its agents and ours read each other.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::DecodeError;
@@ -30,6 +33,41 @@ pub struct Metadata {
     pub requires_response: bool,
     pub forwarded: bool,
     pub custom: Map<String, Value>,
+}
+
+/// The metadata of a message read in place: what the server needs to judge
+/// and route an answer, with `custom` kept as the sender's JSON text. An
+/// answer is passed on with this frame re-encoded (`forwarded` set) and its
+/// other frames untouched.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Head<'a> {
+    #[serde(borrow)]
+    pub uuid: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    pub message_type: Cow<'a, str>,
+    #[serde(borrow)]
+    pub from: Cow<'a, str>,
+    #[serde(borrow)]
+    pub to: Cow<'a, str>,
+    pub requires_response: bool,
+    pub forwarded: bool,
+    #[serde(borrow)]
+    pub custom: &'a RawValue,
+}
+
+impl<'a> Head<'a> {
+    /// `None` for a frame [`Message::from_frames`] would refuse as metadata.
+    pub fn parse(frame: &'a [u8]) -> Option<Head<'a>> {
+        let head: Head<'a> = serde_json::from_slice(frame).ok()?;
+        let is_object = head.custom.get().starts_with('{');
+        (is_object && head.uuid.len() <= MAX_UUID_LEN).then_some(head)
+    }
+
+    /// The frame, as [`Message::to_frames`] would write these fields.
+    pub fn to_vec(&self) -> Vec<u8> {
+        // Strings, bools and JSON text already checked: it always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
 }
 
 /// One part of a message body.
@@ -401,6 +439,36 @@ mod tests {
         let good = Message::new("Echo").to_frames();
         let r = Message::from_frames(&[b"".to_vec(), good[1].clone(), b"ok".to_vec(), "⁂{".as_bytes().to_vec()]);
         assert!(matches!(r, Err(DecodeError::BodyJson { index: 1, .. })), "{r:?}");
+    }
+
+    #[test]
+    fn the_head_reads_and_writes_what_the_message_does() {
+        let mut m = sample();
+        m.metadata.forwarded = false;
+        m.metadata.custom.insert("error".into(), json!("x\"y"));
+        let frames = m.to_frames();
+        let mut head = Head::parse(&frames[1]).unwrap();
+        assert_eq!((head.uuid.as_ref(), head.from.as_ref()), (m.uuid(), m.metadata.from.as_str()));
+        assert_eq!(head.to_vec(), frames[1], "same bytes back");
+        head.forwarded = true;
+        m.metadata.forwarded = true;
+        assert_eq!(head.to_vec(), m.to_frames()[1]);
+        // Escapes in the strings it reads.
+        let escaped = br#"{"uuid":"u\u0041","type":"Echo","from":"a","to":"","requires_response":false,"forwarded":false,"custom":{}}"#;
+        assert_eq!(Head::parse(escaped).unwrap().uuid, "uA");
+        for bad in [
+            &br#"{"uuid":"u","type":"Echo","from":"a","to":"","requires_response":false,"forwarded":false,"custom":[]}"#[..],
+            br#"{"uuid":"u","type":"Echo","from":"a","to":"","requires_response":false,"custom":{}}"#,
+            b"[]",
+        ] {
+            assert!(Head::parse(bad).is_none());
+            assert!(parse_metadata(bad).is_err());
+        }
+        let long = format!(
+            r#"{{"uuid":"{}","type":"Echo","from":"a","to":"","requires_response":false,"forwarded":false,"custom":{{}}}}"#,
+            "u".repeat(MAX_UUID_LEN + 1)
+        );
+        assert!(Head::parse(long.as_bytes()).is_none());
     }
 
     #[test]

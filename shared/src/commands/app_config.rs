@@ -6,17 +6,29 @@
 //! changed and is valid YAML; the server checks again and replaces the file
 //! atomically.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use anyhow::{anyhow, bail, Context as _};
 use serde_json::Value;
 
 use crate::error::DecodeError;
 use crate::filter::ClientFilter;
 use crate::keys::write_atomically;
 use crate::message::{BodyPart, Message};
+use crate::session::{Outcome, Session};
+
+use super::{Admin, Wait};
 
 pub const SHOW_TYPE: &str = "ShowApplication";
 pub const EDIT_TYPE: &str = "EditApplication";
+
+/// Print the configuration of the application given with -a.
+#[derive(clap::Args, Debug)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub wait: Wait,
+}
 
 /// Admin: ask for an application's config.
 pub fn show_request(application: &str) -> Message {
@@ -24,6 +36,14 @@ pub fn show_request(application: &str) -> Message {
     m.metadata.requires_response = true;
     m.metadata.custom.insert("application".into(), Value::String(application.into()));
     m
+}
+
+/// Edit the configuration of the application given with -a in $EDITOR;
+/// saved only when changed and valid YAML.
+#[derive(clap::Args, Debug)]
+pub struct EditArgs {
+    #[command(flatten)]
+    pub wait: Wait,
 }
 
 /// Admin: save a new config (already checked with [`check_yaml`]).
@@ -93,6 +113,61 @@ pub fn respond_edit(request: &Message, root_dir: &Path) -> Message {
         response.set_error(e);
     }
     response
+}
+
+impl Admin for ShowArgs {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let application = session.filter.application.clone().context("app:show needs -a/--application NAME")?;
+        let response = session.ask_server(show_request(&application))?;
+        match config_text(&response) {
+            Some(text) => print!("{text}"),
+            None => bail!("application {application} has no config yet (create one with `-a {application} edit`)"),
+        }
+        Ok(Outcome::Done)
+    }
+}
+
+impl Admin for EditArgs {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    /// Admin: fetch, open in $EDITOR, check, save if changed.
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let application = session.filter.application.clone().context("edit needs -a/--application NAME")?;
+        let response = session.ask_server(show_request(&application))?;
+        let before = config_text(&response).unwrap_or_default();
+        let mut file = tempfile::Builder::new().prefix(&format!("pantry-{application}-")).suffix(".yml").tempfile()?;
+        file.write_all(before.as_bytes())?;
+        file.flush()?;
+        let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
+        // Through the shell, so EDITOR may carry arguments ("code --wait").
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{editor} \"$1\""))
+            .arg("pantry-edit")
+            .arg(file.path())
+            .status()
+            .with_context(|| format!("cannot run the editor `{editor}`"))?;
+        if !status.success() {
+            bail!("the editor `{editor}` failed ({status}); nothing saved");
+        }
+        let after = std::fs::read_to_string(file.path()).context("cannot read the edited file")?;
+        if after == before {
+            eprintln!("no changes; nothing saved");
+            return Ok(Outcome::Done);
+        }
+        check_yaml(&after).map_err(|e| anyhow!("{e}; nothing saved"))?;
+        // The edit may have taken long: give the save its own wait.
+        session.deadline.restart();
+        session.ask_server(edit_request(&application, &after))?;
+        eprintln!("saved the config of {application}");
+        Ok(Outcome::Done)
+    }
 }
 
 /// Admin: the config text, or `None` when the application has none yet.

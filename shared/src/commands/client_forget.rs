@@ -6,8 +6,20 @@
 use serde_json::Value;
 
 use crate::message::Message;
+use crate::session::{Outcome, Session};
+
+use super::{Admin, Wait};
 
 pub const TYPE: &str = "ForgetClient";
+
+/// Drop a client from the registry now (offline clients leave by
+/// themselves after registry.forget_after).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    pub identity: String,
+    #[command(flatten)]
+    pub wait: Wait,
+}
 
 /// Admin: the identity in `custom.identity`.
 pub fn request(identity: &str) -> Message {
@@ -20,6 +32,18 @@ pub fn request(identity: &str) -> Message {
 /// Server: the identity to forget.
 pub fn identity(request: &Message) -> Option<&str> {
     request.metadata.custom.get("identity").and_then(Value::as_str)
+}
+
+impl Admin for Args {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        session.ask_server(request(&self.identity))?;
+        println!("{}", format_answer(&self.identity));
+        Ok(Outcome::Done)
+    }
 }
 
 /// Admin: one line.

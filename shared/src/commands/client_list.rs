@@ -4,10 +4,26 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::time::SystemTime;
+
 use crate::keys::KnownKey;
 use crate::message::{BodyPart, Message};
+use crate::session::{Outcome, Session};
+
+use super::{Admin, Wait};
 
 pub const TYPE: &str = "ListClients";
+
+/// List the server's known keys: name, role, key, created, last seen,
+/// connected.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub wait: Wait,
+}
 
 /// Admin: no body.
 pub fn request() -> Message {
@@ -47,13 +63,30 @@ pub fn respond(request: &Message, keys: &[KnownKey], seen: impl Fn(&str) -> (Opt
     response
 }
 
+impl Admin for Args {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let response = session.ask_server(request())?;
+        let keys = keys(&response);
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&keys)?);
+        } else {
+            print!("{}", format_table(&keys, SystemTime::now()));
+        }
+        Ok(Outcome::Done)
+    }
+}
+
 /// Admin: the keys in the response.
 pub fn keys(response: &Message) -> Vec<KeyStatus> {
     response.body.iter().filter_map(BodyPart::as_json).filter_map(|v| serde_json::from_value(v.clone()).ok()).collect()
 }
 
 /// Admin: a table.
-pub fn format_table(keys: &[KeyStatus], now: std::time::SystemTime) -> String {
+pub fn format_table(keys: &[KeyStatus], now: SystemTime) -> String {
     if keys.is_empty() {
         return "no known keys\n".into();
     }
@@ -93,6 +126,6 @@ mod tests {
         let back = keys(&Message::from_frames(&resp.to_frames()).unwrap());
         assert_eq!(back.len(), 1);
         assert!(back[0].connected);
-        assert!(format_table(&back, std::time::SystemTime::now()).contains("web-1"));
+        assert!(format_table(&back, SystemTime::now()).contains("web-1"));
     }
 }

@@ -8,10 +8,15 @@
 //! to NAME (default: its claimed identity); `client:reject` forgets it. The
 //! list survives a restart. Admin keys only.
 
+use std::time::SystemTime;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::message::{BodyPart, Message};
+use crate::session::{Outcome, Session};
+
+use super::{Admin, Wait};
 
 pub const LIST_TYPE: &str = "ListPendingKeys";
 pub const ACCEPT_TYPE: &str = "AcceptPendingKey";
@@ -30,6 +35,17 @@ pub struct PendingKey {
     pub identity: Option<String>,
 }
 
+/// List the keys that tried to connect but are not known: key, claimed
+/// identity, address, when last seen, attempts.
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub wait: Wait,
+}
+
 /// Admin: list them.
 pub fn list_request() -> Message {
     let mut m = Message::new(LIST_TYPE);
@@ -44,13 +60,30 @@ pub fn respond_list(request: &Message, keys: &[PendingKey]) -> Message {
     response
 }
 
+impl Admin for ListArgs {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let response = session.ask_server(list_request())?;
+        let keys = keys(&response);
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&keys)?);
+        } else {
+            print!("{}", format_table(&keys, SystemTime::now()));
+        }
+        Ok(Outcome::Done)
+    }
+}
+
 /// Admin: the keys in the answer.
 pub fn keys(response: &Message) -> Vec<PendingKey> {
     response.body.iter().filter_map(BodyPart::as_json).filter_map(|v| serde_json::from_value(v.clone()).ok()).collect()
 }
 
 /// Admin: a table.
-pub fn format_table(keys: &[PendingKey], now: std::time::SystemTime) -> String {
+pub fn format_table(keys: &[PendingKey], now: SystemTime) -> String {
     if keys.is_empty() {
         return "no pending keys\n".into();
     }
@@ -68,6 +101,18 @@ pub fn format_table(keys: &[PendingKey], now: std::time::SystemTime) -> String {
     out
 }
 
+/// Make a pending key a client key, bound to NAME (default: the
+/// identity it claimed).
+#[derive(clap::Args, Debug)]
+pub struct AcceptArgs {
+    #[arg(value_name = "KEY|IDENTITY")]
+    pub target: String,
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub wait: Wait,
+}
+
 /// Admin: accept the key (by Z85 key or claimed identity), bound to `name`
 /// or to its claimed identity.
 pub fn accept_request(target: &str, name: Option<&str>) -> Message {
@@ -78,6 +123,15 @@ pub fn accept_request(target: &str, name: Option<&str>) -> Message {
         m.metadata.custom.insert("name".into(), name.into());
     }
     m
+}
+
+/// Forget a pending key.
+#[derive(clap::Args, Debug)]
+pub struct RejectArgs {
+    #[arg(value_name = "KEY|IDENTITY")]
+    pub target: String,
+    #[command(flatten)]
+    pub wait: Wait,
 }
 
 /// Admin: forget the key.
@@ -103,6 +157,30 @@ pub fn respond_done(request: &Message, public_key: &str, name: Option<&str>) -> 
     let mut response = request.response();
     response.body.push(BodyPart::Json(serde_json::json!({"public_key": public_key, "name": name})));
     response
+}
+
+impl Admin for AcceptArgs {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let response = session.ask_server(accept_request(&self.target, self.name.as_deref()))?;
+        println!("{}", format_done(&response, "accepted"));
+        Ok(Outcome::Done)
+    }
+}
+
+impl Admin for RejectArgs {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let response = session.ask_server(reject_request(&self.target))?;
+        println!("{}", format_done(&response, "rejected"));
+        Ok(Outcome::Done)
+    }
 }
 
 /// Admin: one line.
@@ -132,7 +210,7 @@ mod tests {
         let back =
             keys(&Message::from_frames(&respond_list(&list_request(), std::slice::from_ref(&k)).to_frames()).unwrap());
         assert_eq!(back, [k]);
-        assert!(format_table(&back, std::time::SystemTime::now()).contains("web-3"));
+        assert!(format_table(&back, SystemTime::now()).contains("web-3"));
         let accept = accept_request("web-3", Some("web-03"));
         assert_eq!((target(&accept), name(&accept)), (Some("web-3"), Some("web-03")));
         let done = respond_done(&accept, "KEY", Some("web-03"));

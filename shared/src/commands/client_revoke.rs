@@ -7,8 +7,20 @@
 use serde_json::Value;
 
 use crate::message::{BodyPart, Message};
+use crate::session::{Outcome, Session};
+
+use super::{Admin, Wait};
 
 pub const TYPE: &str = "RevokeClient";
+
+/// Remove a key (by name or Z85 key) and cut its connections off.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(value_name = "NAME|KEY")]
+    pub target: String,
+    #[command(flatten)]
+    pub wait: Wait,
+}
 
 /// Admin: the name or Z85 key in `custom.target`.
 pub fn request(name_or_key: &str) -> Message {
@@ -29,6 +41,18 @@ pub fn respond(request: &Message, name: &str, key: &str) -> Message {
     let mut response = request.response();
     response.body.push(BodyPart::Json(serde_json::json!({"name": name, "public_key": key})));
     response
+}
+
+impl Admin for Args {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let response = session.ask_server(request(&self.target))?;
+        println!("{}", format_answer(&response));
+        Ok(Outcome::Done)
+    }
 }
 
 /// Admin: one line.

@@ -6,10 +6,14 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use serde_json::{json, Value};
 
 use crate::error::DecodeError;
 use crate::message::{BodyPart, Message};
+use crate::session::{Outcome, Session};
+
+use super::{Admin, Wait};
 
 pub const TYPE: &str = "CreateToken";
 
@@ -18,6 +22,23 @@ pub const DEFAULT_USES: u32 = 1;
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 const MAX_USES: u32 = 1_000_000;
 const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Make an enrollment token for `pantry-client enroll --token` and print
+/// it (one line); the server keeps only its hash.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The identity the enrolled agent gets (default: its own).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// How many agents may enroll with it.
+    #[arg(long, default_value_t = DEFAULT_USES, value_name = "N")]
+    pub uses: u32,
+    /// How long it is valid (e.g. 30m, 1h, 7d).
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    #[command(flatten)]
+    pub wait: Wait,
+}
 
 /// What the admin asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +105,20 @@ pub fn respond(request: &Message, token: &str, expires: &str) -> Message {
     let mut response = request.response();
     response.body.push(BodyPart::Json(json!({"token": token, "expires": expires})));
     response
+}
+
+impl Admin for Args {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    /// Admin: prints the token, the one time anyone sees it.
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let asked = TokenRequest { name: self.name, uses: self.uses, ttl: self.ttl };
+        let response = session.ask_server(request(&asked))?;
+        println!("{}", token(&response).context("the server's answer holds no token")?);
+        Ok(Outcome::Done)
+    }
 }
 
 /// Admin: the token in the answer.

@@ -4,13 +4,36 @@
 //! answer goes back only over the requester's own ROUTER connection, never
 //! over PUB: it holds a private key. Only admin keys may ask.
 
+use std::path::PathBuf;
+
+use anyhow::bail;
 use serde_json::json;
 
 use crate::error::DecodeError;
-use crate::keys::{client_keys_yaml, ClientKeysFile, KeyPair, Role};
+use crate::keys::{client_keys_yaml, write_atomically, ClientKeysFile, KeyPair, Role};
 use crate::message::{BodyPart, Message};
+use crate::session::{Outcome, Session};
+
+use super::{Admin, Wait};
 
 pub const TYPE: &str = "CreateClient";
+
+/// Create a key pair on the server and print it as YAML for a client's
+/// client_keys.yml (needs CURVE and an admin key).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The key's name: an agent's identity, or an admin's name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Make an admin key instead of a client key.
+    #[arg(long)]
+    pub admin: bool,
+    /// Write the keys to FILE (mode 0600) instead of printing them.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub wait: Wait,
+}
 
 /// Admin: the name and role go in `custom`; no body.
 pub fn request(name: Option<&str>, role: Role) -> Message {
@@ -50,6 +73,35 @@ pub fn respond(request: &Message, server_public_key: &str, pair: &KeyPair, name:
     }
     response.body.push(BodyPart::Json(credentials));
     response
+}
+
+impl Admin for Args {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    /// Admin: prints the credentials, or writes them to `--output`.
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        if !session.security.is_curve() {
+            bail!("client:create needs CURVE: pass --curve-key-file FILE (or a config with security: curve)");
+        }
+        if let Some(path) = &self.output {
+            if path.exists() {
+                bail!("{} already exists; not overwriting a key file", path.display());
+            }
+        }
+        let role = if self.admin { Role::Admin } else { Role::Client };
+        let response = session.ask_server(request(self.name.as_deref(), role))?;
+        let yaml = credentials_yaml(&response)?;
+        match &self.output {
+            Some(path) => {
+                write_atomically(path, yaml.as_bytes())?;
+                eprintln!("wrote the new client's keys to {}", path.display());
+            }
+            None => print!("{yaml}"),
+        }
+        Ok(Outcome::Done)
+    }
 }
 
 /// Admin: the credentials, as YAML ready for a client's `client_keys.yml`.

@@ -4,9 +4,29 @@
 //! admin → server (ROUTER) → PUB to the target stream → each client →
 //! server (ROUTER) → the admin's connection.
 
+use std::io::Write as _;
+
 use crate::message::{BodyPart, Message};
+use crate::session::{print_json_summary, report_offline, Outcome, Session};
+
+use super::{Admin, Wait};
 
 pub const TYPE: &str = "Echo";
+
+/// Every matching client answers with MESSAGE.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    pub message: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the job id and return at once; `pantry-admin job ID` shows
+    /// the answers.
+    #[arg(long = "async")]
+    pub detach: bool,
+    #[command(flatten)]
+    pub wait: Wait,
+}
 
 /// Admin: the request carries the text as its one body part.
 pub fn request(text: &str) -> Message {
@@ -21,6 +41,43 @@ pub fn handle(request: &Message) -> Message {
     let mut response = request.response();
     response.body = request.body.clone();
     response
+}
+
+impl Admin for Args {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    /// Admin: prints each answer as it arrives (or, with `--json`, all of
+    /// them at the end), then the summary.
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let target = session.target()?;
+        let request = session.to_clients(request(&self.message), &target);
+        if self.detach {
+            return session.start_async(&request);
+        }
+        let (json, online_only) = (self.json, session.online_only);
+        let mut answers = Vec::new();
+        let result = session.ask_clients(
+            &request,
+            None,
+            |_, offline| report_offline(offline, online_only, json),
+            |answer| {
+                if json {
+                    answers.push(serde_json::json!({
+                        "identity": answer.metadata.from,
+                        "message": answer.body.first().and_then(|b| b.as_text()),
+                    }));
+                } else {
+                    println!("{}", format_answer(answer));
+                    let _ = std::io::stdout().flush();
+                }
+                true
+            },
+        )?;
+        print_json_summary(json, answers, &result)?;
+        Ok(session.report(&result, &target))
+    }
 }
 
 /// Admin: one line per answer, `host-1: MESSAGE`.

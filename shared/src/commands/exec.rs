@@ -7,22 +7,48 @@
 //! then a summary, and fails if any client failed, timed out or did not
 //! answer. Agents whose config sets `allow_exec: false` refuse.
 
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::DecodeError;
 use crate::message::{BodyPart, Message};
+use crate::session::{print_json_summary, report_offline, unsupported, Outcome, Session};
+
+use super::Admin;
 
 pub const TYPE: &str = "Exec";
 
 /// Most bytes of stdout (and of stderr) an answer carries.
 pub const OUTPUT_CAP: usize = 1024 * 1024;
+
+/// Run PROGRAM with ARGS on every matching client: `exec -- uname -a`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Seconds each client lets the program run before killing its
+    /// process group.
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub timeout: f64,
+    /// Run through `sh -c` (PROGRAM ARGS joined by spaces).
+    #[arg(long)]
+    pub shell: bool,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the job id and return at once; `pantry-admin job ID` shows
+    /// the answers.
+    #[arg(long = "async")]
+    pub detach: bool,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "PROGRAM")]
+    pub command: Vec<String>,
+}
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,6 +260,49 @@ impl Capture {
             }
             Err(_) => (String::new(), false),
         }
+    }
+}
+
+impl Admin for Args {
+    /// The clients' time limit, plus the usual wait for the answers.
+    fn wait(&self, global: f64) -> f64 {
+        self.timeout + global
+    }
+
+    /// Admin: prints each answer as it arrives (or, with `--json`, all of
+    /// them at the end), then the summary; a program that failed anywhere
+    /// fails the command.
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let (program, args) = self.command.split_first().context("no program given")?;
+        let exec =
+            ExecRequest { program: program.clone(), args: args.to_vec(), shell: self.shell, timeout: self.timeout };
+        let target = session.target()?;
+        let request = session.to_clients(request(&exec), &target);
+        if self.detach {
+            return session.start_async(&request);
+        }
+        let (json, online_only) = (self.json, session.online_only);
+        let mut answers = Vec::new();
+        let result = session.ask_clients(
+            &request,
+            None,
+            |_, offline| report_offline(offline, online_only, json),
+            |answer| {
+                let Some(ran) = result(answer) else {
+                    eprintln!("{}: {}", answer.metadata.from, unsupported(TYPE));
+                    return false;
+                };
+                if json {
+                    answers.push(serde_json::json!({"identity": answer.metadata.from, "result": ran}));
+                } else {
+                    print!("{}", format_answer(&answer.metadata.from, &ran, exec.timeout));
+                    let _ = std::io::stdout().flush();
+                }
+                ran.succeeded()
+            },
+        )?;
+        print_json_summary(json, answers, &result)?;
+        Ok(session.report(&result, &target))
     }
 }
 

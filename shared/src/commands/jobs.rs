@@ -11,12 +11,18 @@
 //! `echo --async` print the job id and return at once; the server keeps
 //! collecting the answers. Admin keys only.
 
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::DecodeError;
-use crate::filter::ClientFilter;
+use crate::filter::{ClientFilter, Identities};
 use crate::message::{BodyPart, Message};
+use crate::session::{unsupported, Outcome, Session};
+
+use super::{echo, exec, upload, Admin, Wait};
 
 pub const LIST_TYPE: &str = "ListJobs";
 pub const SHOW_TYPE: &str = "ShowJob";
@@ -93,6 +99,21 @@ impl JobAnswer {
     }
 }
 
+/// Recent jobs, newest first: commands sent to clients and key or config
+/// changes, with answered / failed / pending / offline counts. -a/-e/-r
+/// select jobs sent to that stream, -i jobs sent to those identities.
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// How many.
+    #[arg(long, default_value_t = DEFAULT_LIMIT, value_name = "N")]
+    pub limit: u32,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub wait: Wait,
+}
+
 /// Admin: the list, `filter` (stream) and identity patterns selecting jobs.
 pub fn list_request(limit: u32, filter: &ClientFilter) -> Message {
     let mut m = Message::new(LIST_TYPE);
@@ -121,6 +142,25 @@ pub fn respond_list(request: &Message, jobs: &[JobSummary]) -> Message {
     response
 }
 
+impl Admin for ListArgs {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let mut request = list_request(self.limit, &session.filter);
+        Identities::attach(&mut request, &session.identities);
+        let response = session.ask_server(request)?;
+        let list = jobs(&response);
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        } else {
+            print!("{}", format_table(&list));
+        }
+        Ok(Outcome::Done)
+    }
+}
+
 /// Admin: the jobs in the answer.
 pub fn jobs(response: &Message) -> Vec<JobSummary> {
     response.body.iter().filter_map(BodyPart::as_json).filter_map(|v| serde_json::from_value(v.clone()).ok()).collect()
@@ -143,6 +183,21 @@ pub fn format_table(jobs: &[JobSummary]) -> String {
         ));
     }
     out
+}
+
+/// One job's results, printed as the command printed them.
+#[derive(clap::Args, Debug)]
+pub struct ShowArgs {
+    pub id: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// Wait (up to --timeout) until every client sent the request has
+    /// answered.
+    #[arg(long = "wait")]
+    pub until_done: bool,
+    #[command(flatten)]
+    pub wait: Wait,
 }
 
 /// Admin: one job.
@@ -168,6 +223,77 @@ pub fn respond_show(request: &Message, job: &JobDetail) -> Message {
 /// Admin: the job in the answer.
 pub fn job(response: &Message) -> Option<JobDetail> {
     response.body.first().and_then(BodyPart::as_json).and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+impl Admin for ShowArgs {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    /// Admin: the job as its command printed it; `--wait` polls until every
+    /// client sent the request answered, or the deadline. It fails unless
+    /// every answer succeeded and every client answered.
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let shown = loop {
+            let response = session.ask_server(show_request(&self.id))?;
+            let shown = job(&response).context("the server's answer holds no job")?;
+            if !self.until_done || shown.summary.pending == 0 || shown.lost.len() as u32 >= shown.summary.pending {
+                break shown;
+            }
+            if Instant::now() + Duration::from_millis(500) >= session.deadline.at {
+                eprintln!("still waiting for {} clients", shown.summary.pending);
+                break shown;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+        } else {
+            print!("{}", format_job(&shown));
+        }
+        let answered_ok = shown.answers.iter().all(|a| a.outcome == "ok");
+        let complete = shown.summary.pending == 0 && shown.offline.is_empty() && shown.lost.is_empty();
+        let changed_ok = shown.result.as_deref().is_none_or(|r| r == "ok");
+        Ok((answered_ok && complete && changed_ok).into())
+    }
+}
+
+/// Admin: a job's answers as its command printed them, then who did not
+/// answer.
+fn format_job(job: &JobDetail) -> String {
+    let mut out = String::new();
+    let command = job.summary.command.as_str();
+    let timeout = job.arguments.get("timeout").and_then(Value::as_f64).unwrap_or(0.0);
+    for answer in &job.answers {
+        let m = answer.as_message(command);
+        let line = match (m.error(), command) {
+            (Some(error), _) => format!("{}: error: {error}\n", answer.identity),
+            (None, exec::TYPE) => match exec::result(&m) {
+                Some(result) => exec::format_answer(&answer.identity, &result, timeout),
+                None => format!("{}: {}\n", answer.identity, unsupported(command)),
+            },
+            (None, upload::TYPE) => match upload::result(&m) {
+                Some(result) => format!("{}\n", upload::format_answer(&answer.identity, &result)),
+                None => format!("{}: {}\n", answer.identity, unsupported(command)),
+            },
+            (None, _) => format!("{}\n", echo::format_answer(&m)),
+        };
+        out.push_str(&line);
+    }
+    for identity in &job.offline {
+        out.push_str(&format!("{identity}: offline\n"));
+    }
+    for identity in &job.lost {
+        out.push_str(&format!("{identity}: no answer (server restarted)\n"));
+    }
+    let answered: Vec<&str> = job.answers.iter().map(|a| a.identity.as_str()).collect();
+    for identity in job.sent_to.iter().filter(|s| !answered.contains(&s.as_str()) && !job.lost.contains(s)) {
+        out.push_str(&format!("{identity}: no answer yet\n"));
+    }
+    if let Some(result) = &job.result {
+        out.push_str(&format!("{command} {}: {result}\n", job.arguments));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -6,6 +6,11 @@
 //! runs, who may send it and whether it may block an agent. The server's
 //! authorization, the agent and the admin consult it; a type that is not in
 //! it is refused (deny by default).
+//!
+//! [`Command`] is the admin's side of it: one line per subcommand, naming
+//! the clap arguments in the command's file, whose [`Admin`] implementation
+//! builds the request, waits for the answers and prints them (text or
+//! JSON).
 
 pub mod app_config;
 pub mod client_forget;
@@ -25,6 +30,7 @@ pub mod upload;
 
 use crate::filter::ClientFilter;
 use crate::message::Message;
+use crate::session::{Outcome, Session};
 
 /// Where a command runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +167,77 @@ impl Kind {
                 | Kind::EditApplication
         )
     }
+}
+
+/// A command's admin half; the type is its clap arguments.
+pub trait Admin {
+    /// Seconds to wait for the server and the clients when nothing
+    /// happens, given the global `--timeout`.
+    fn wait(&self, global: f64) -> f64;
+
+    /// Sends the request, waits for what it needs and prints the answers.
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome>;
+}
+
+/// `--timeout` given after the command name overrides the global one.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Wait {
+    /// Seconds to wait for the server and the clients.
+    #[arg(long = "timeout", value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+}
+
+impl Wait {
+    /// This command's `--timeout`, else the global one.
+    pub fn or(self, global: f64) -> f64 {
+        self.timeout.unwrap_or(global)
+    }
+}
+
+/// Writes the `Subcommand` enum from one line per command, and hands each
+/// arm to its arguments' [`Admin`] implementation.
+macro_rules! admin_commands {
+    ($($(#[$($attr:tt)*])* $name:ident($args:ty),)*) => {
+        /// The admin's subcommands, in the order `pantry-admin --help` lists
+        /// them. Each one's help is its arguments' doc comment.
+        #[derive(clap::Subcommand, Debug)]
+        pub enum Command {
+            $($(#[$($attr)*])* $name($args),)*
+        }
+
+        impl Admin for Command {
+            fn wait(&self, global: f64) -> f64 {
+                match self {
+                    $(Command::$name(args) => args.wait(global),)*
+                }
+            }
+
+            fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+                match self {
+                    $(Command::$name(args) => args.run(session),)*
+                }
+            }
+        }
+    };
+}
+
+admin_commands! {
+    Status(status::Args),
+    Echo(echo::Args),
+    Exec(exec::Args),
+    Upload(upload::Args),
+    #[command(name = "client:create")] ClientCreate(create_client::Args),
+    #[command(name = "client:list")] ClientList(client_list::Args),
+    #[command(name = "client:revoke")] ClientRevoke(client_revoke::Args),
+    #[command(name = "client:token")] ClientToken(client_token::Args),
+    #[command(name = "client:pending")] ClientPending(client_pending::ListArgs),
+    #[command(name = "client:accept")] ClientAccept(client_pending::AcceptArgs),
+    #[command(name = "client:forget")] ClientForget(client_forget::Args),
+    #[command(name = "client:reject")] ClientReject(client_pending::RejectArgs),
+    Jobs(jobs::ListArgs),
+    Job(jobs::ShowArgs),
+    #[command(name = "app:show")] AppShow(app_config::ShowArgs),
+    Edit(app_config::EditArgs),
 }
 
 /// What an agent knows about itself when it runs a command.

@@ -7,10 +7,30 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::DecodeError;
-use crate::filter::ClientFilter;
+use crate::filter::{ClientFilter, Identities};
 use crate::message::{BodyPart, Message};
+use crate::session::{Outcome, Session};
+
+use super::{Admin, Wait};
 
 pub const TYPE: &str = "Status";
+
+/// List checked-in clients matching -a/-e/-r: last check-in, identity,
+/// application, environment, roles.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// Only the clients that are online.
+    #[arg(long, conflicts_with = "offline")]
+    pub online: bool,
+    /// Only the clients that are offline.
+    #[arg(long)]
+    pub offline: bool,
+    #[command(flatten)]
+    pub wait: Wait,
+}
 
 /// Admin: the body is the filter `{application, environment, roles,
 /// identity}`; nulls and `[]` mean any.
@@ -81,6 +101,30 @@ pub fn respond<'a>(request: &Message, clients: impl Iterator<Item = ClientRecord
         response.body.push(BodyPart::Json(serde_json::to_value(line).unwrap_or(Value::Null)));
     }
     response
+}
+
+impl Admin for Args {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    /// Admin: asks for the clients `-a/-e/-r/-i` select and prints them.
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        let mut request = request(&session.filter);
+        Identities::attach(&mut request, &session.identities);
+        let response = session.ask_server(request)?;
+        let mut clients = clients(&response);
+        if self.online || self.offline {
+            let wanted = if self.online { ONLINE } else { OFFLINE };
+            clients.retain(|c| c.state == wanted);
+        }
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&clients)?);
+        } else {
+            print!("{}", format_table(&clients, SystemTime::now()));
+        }
+        Ok(Outcome::Done)
+    }
 }
 
 /// Admin: the clients in the response, sorted by identity. Parts that do not

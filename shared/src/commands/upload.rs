@@ -24,14 +24,19 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::connection::SideTask;
 use crate::error::DecodeError;
 use crate::message::{BodyPart, Message};
 use crate::monitor::{self, SocketEvent};
 use crate::security::SocketSecurity;
+use crate::session::{print_json_summary, report_offline, unsupported, Outcome, Session};
+
+use super::{Admin, Wait};
 
 pub const TYPE: &str = "Upload";
 
@@ -48,6 +53,18 @@ pub const CHUNK_SIZE: u64 = 256 * 1024;
 pub const CREDIT: u64 = 8;
 /// A receiver gives up when no chunk arrives for this long.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Copy LOCAL_FILE to REMOTE_PATH (absolute) on every matching client.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    pub local_file: PathBuf,
+    pub remote_path: String,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub wait: Wait,
+}
 
 /// What the clients are asked to fetch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -330,6 +347,92 @@ impl Sender {
 
     pub fn done_frames(&self) -> Vec<Vec<u8>> {
         vec![DONE.to_vec(), self.transfer_id.clone()]
+    }
+}
+
+impl Admin for Args {
+    fn wait(&self, global: f64) -> f64 {
+        self.wait.or(global)
+    }
+
+    /// Admin, steps 1 and 4: offer the file on the file service, ask the
+    /// clients to fetch it, serve their chunks while a progress bar runs;
+    /// each answer goes to stderr (or, with `--json`, all of them to stdout
+    /// at the end), then the summary.
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        use std::os::unix::fs::PermissionsExt;
+        let target = session.target()?;
+        let (local, remote, json) = (self.local_file.as_path(), self.remote_path.as_str(), self.json);
+        if !remote.starts_with('/') {
+            bail!("REMOTE_PATH must be absolute: {remote}");
+        }
+        let (size, sha256) = describe(local).with_context(|| format!("cannot read {}", local.display()))?;
+        // Hashing a big file takes a while: the wait for the server starts now.
+        session.deadline.restart();
+        let mode = std::fs::metadata(local).map(|m| m.permissions().mode() & 0o7777).ok();
+        let ctx = zmq::Context::new();
+        let endpoint = session.net.networking.endpoint(session.net.networking.file_service_port);
+        let socket = session.security.socket(&ctx, zmq::DEALER)?;
+        socket.connect(&endpoint).with_context(|| format!("cannot connect to {endpoint}"))?;
+        socket.send_multipart(offer_frames(), 0)?;
+        let transfer_id = await_offered(&socket, session.deadline.idle).map_err(anyhow::Error::msg)?;
+
+        // Its length is known once the server says how many clients will fetch.
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let mut side = UploadSide { socket, sender: Sender::new(local, &transfer_id, size)?, bar: bar.clone() };
+        let upload = UploadRequest { transfer_id, remote_path: remote.to_owned(), size, sha256, mode };
+        let request = session.to_clients(request(&upload), &target);
+        let online_only = session.online_only;
+        let mut answers = Vec::new();
+        let result = session.ask_clients(
+            &request,
+            Some(&mut side),
+            |ids, offline| {
+                bar.suspend(|| report_offline(offline, online_only, json));
+                bar.set_length(size * ids.len() as u64)
+            },
+            |answer| {
+                let Some(done) = result(answer) else {
+                    bar.suspend(|| eprintln!("{}: {}", answer.metadata.from, unsupported(TYPE)));
+                    return false;
+                };
+                if json {
+                    answers.push(serde_json::json!({"identity": answer.metadata.from, "result": done}));
+                } else {
+                    bar.suspend(|| eprintln!("{}", format_answer(&answer.metadata.from, &done)));
+                }
+                true
+            },
+        );
+        bar.finish_and_clear();
+        let _ = side.socket.send_multipart(side.sender.done_frames(), zmq::DONTWAIT);
+        let result = result?;
+        print_json_summary(json, answers, &result)?;
+        Ok(session.report(&result, &target))
+    }
+}
+
+/// Admin, step 4: serves chunk requests while the admin waits for the
+/// clients' answers.
+struct UploadSide {
+    socket: zmq::Socket,
+    sender: Sender,
+    bar: indicatif::ProgressBar,
+}
+
+impl SideTask for UploadSide {
+    fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+
+    fn ready(&mut self) -> anyhow::Result<bool> {
+        let sent = self.sender.serve(&self.socket).context("cannot read the local file")?;
+        self.bar.set_position(self.sender.sent);
+        Ok(sent > 0)
     }
 }
 

@@ -5,12 +5,12 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::commands::recipients::{self, Offline};
+use crate::keys::ClientKeys;
+use crate::message::Message;
+use crate::monitor::{self, SocketEvent};
+use crate::security::SocketSecurity;
 use anyhow::{anyhow, bail, Result};
-use pantry_shared::commands::recipients::{self, Offline};
-use pantry_shared::keys::ClientKeys;
-use pantry_shared::monitor::{self, SocketEvent};
-use pantry_shared::security::SocketSecurity;
-use pantry_shared::Message;
 
 /// How the server's refusal of an unknown key begins.
 const UNKNOWN_CLIENT: &str = "unknown client";
@@ -50,6 +50,12 @@ impl Deadline {
     fn progress(&mut self) {
         self.at = self.at.max(Instant::now() + self.idle);
     }
+
+    /// Starts the wait over: local work (hashing a big file, an editor
+    /// session) may have used it up before anything was sent.
+    pub fn restart(&mut self) {
+        self.at = Instant::now() + self.idle;
+    }
 }
 
 /// How a command sent to clients ended.
@@ -81,14 +87,14 @@ impl Connection {
         })
     }
 
-    pub fn send(&self, message: &Message) -> Result<()> {
+    fn send(&self, message: &Message) -> Result<()> {
         self.dealer.send_multipart(message.to_frames(), 0)?;
         Ok(())
     }
 
     /// The next message for the request `uuid`, or an error that says why
     /// none came before the deadline.
-    pub fn recv<'s>(
+    fn recv<'s>(
         &mut self,
         uuid: &str,
         deadline: &mut Deadline,

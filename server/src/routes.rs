@@ -1,0 +1,248 @@
+//! The requests forwarded to clients that await answers, shared by the
+//! dispatcher and the socket thread. The dispatcher reserves a request's
+//! uuid, names its recipients and expires it, and the limits are checked
+//! here; the socket thread routes each answer from its metadata alone
+//! ([`Routes::answered`]), so an answer's body is never decoded or copied
+//! on its way back to the requester.
+//!
+//! A pending request belongs to its requester: only the clients it was sent
+//! to may answer it, each once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pantry_shared::commands::Kind;
+
+use crate::metrics::Metrics;
+
+/// Forwarded requests one requester may have waiting for answers at once,
+/// and answers it may be waiting for in all (about 60 bytes each): bounds
+/// the memory one requester can pin for the pending requests' lifetime.
+pub const MAX_PENDING_PER_REQUESTER: usize = 10_000;
+pub const MAX_AWAITED_PER_REQUESTER: usize = 1_000_000;
+
+/// Why a request cannot be forwarded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("the uuid is already in use by a pending request")]
+    UuidInUse,
+    #[error("too many requests awaiting answers ({MAX_PENDING_PER_REQUESTER}); wait for some to finish")]
+    TooManyRequests,
+    #[error(
+        "too many answers awaited ({0} for earlier requests; at most {MAX_AWAITED_PER_REQUESTER}); wait for some \
+         to finish"
+    )]
+    TooManyAnswers(usize),
+}
+
+impl RouteError {
+    /// The limit a request ran into.
+    pub fn limit(&self) -> Option<usize> {
+        match self {
+            RouteError::UuidInUse => None,
+            RouteError::TooManyRequests => Some(MAX_PENDING_PER_REQUESTER),
+            RouteError::TooManyAnswers(_) => Some(MAX_AWAITED_PER_REQUESTER),
+        }
+    }
+}
+
+/// What became of an answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answered {
+    /// Deliver it to this requester connection.
+    Route { requester: Vec<u8>, kind: Kind },
+    /// No request with this uuid awaits answers (late, duplicate or unasked).
+    NotPending,
+    /// The request was not sent to this client, or it answered already.
+    NotAsked,
+}
+
+/// A request forwarded to clients, awaiting their answers.
+struct Pending {
+    kind: Kind,
+    /// The requester's connection.
+    requester: Vec<u8>,
+    /// Who owns it: the requester's key, or its connection under null
+    /// security.
+    owner: String,
+    waiting_for: HashSet<String>,
+    since: Instant,
+    /// Published to at least one client (not just reserved).
+    sent: bool,
+}
+
+/// What one requester has pending.
+#[derive(Default)]
+struct Load {
+    requests: usize,
+    awaited: usize,
+}
+
+#[derive(Default)]
+struct Table {
+    pending: HashMap<String, Pending>,
+    load: HashMap<String, Load>,
+}
+
+pub struct Routes {
+    table: Mutex<Table>,
+    metrics: Arc<Metrics>,
+}
+
+impl Routes {
+    pub fn new(metrics: Arc<Metrics>) -> Routes {
+        Routes { table: Mutex::new(Table::default()), metrics }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock leaves the table consistent (each
+        // method mutates it last), so a poisoned lock is still usable.
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes `uuid` for a request of `owner` before its recipients are
+    /// known (they come back asynchronously).
+    pub fn reserve(&self, uuid: &str, kind: Kind, requester: &[u8], owner: &str) -> Result<(), RouteError> {
+        let mut table = self.table();
+        if table.pending.contains_key(uuid) {
+            return Err(RouteError::UuidInUse);
+        }
+        if table.load.get(owner).map_or(0, |l| l.requests) >= MAX_PENDING_PER_REQUESTER {
+            return Err(RouteError::TooManyRequests);
+        }
+        let pending = Pending {
+            kind,
+            requester: requester.to_vec(),
+            owner: owner.to_owned(),
+            waiting_for: HashSet::new(),
+            since: Instant::now(),
+            sent: false,
+        };
+        table.pending.insert(uuid.to_owned(), pending);
+        table.load.entry(owner.to_owned()).or_default().requests += 1;
+        self.metrics.requests_pending.set(table.pending.len() as i64);
+        Ok(())
+    }
+
+    /// The request is about to be published to `recipients`: from now on
+    /// their answers are routed. With no recipients it is done.
+    pub fn await_answers(&self, uuid: &str, recipients: &[String]) -> Result<(), RouteError> {
+        let mut table = self.table();
+        let Some(owner) = table.pending.get(uuid).map(|p| p.owner.clone()) else { return Ok(()) };
+        let awaited = table.load.get(&owner).map_or(0, |l| l.awaited);
+        if awaited + recipients.len() > MAX_AWAITED_PER_REQUESTER {
+            self.finish(&mut table, uuid);
+            return Err(RouteError::TooManyAnswers(awaited));
+        }
+        if recipients.is_empty() {
+            self.finish(&mut table, uuid);
+            return Ok(());
+        }
+        if let Some(pending) = table.pending.get_mut(uuid) {
+            pending.waiting_for = recipients.iter().cloned().collect();
+            pending.sent = true;
+        }
+        table.load.entry(owner).or_default().awaited += recipients.len();
+        Ok(())
+    }
+
+    /// An answer from the client `from` to `uuid`: whether and where it goes.
+    pub fn answered(&self, uuid: &str, from: &str) -> Answered {
+        let mut table = self.table();
+        let Some(pending) = table.pending.get_mut(uuid) else { return Answered::NotPending };
+        if !pending.waiting_for.remove(from) {
+            return Answered::NotAsked;
+        }
+        let (requester, kind, done) = (pending.requester.clone(), pending.kind, pending.waiting_for.is_empty());
+        let owner = pending.owner.clone();
+        if let Some(load) = table.load.get_mut(&owner) {
+            load.awaited = load.awaited.saturating_sub(1);
+        }
+        if done {
+            self.finish(&mut table, uuid);
+        }
+        Answered::Route { requester, kind }
+    }
+
+    /// Forgets `uuid` (refused after it was reserved).
+    pub fn cancel(&self, uuid: &str) {
+        self.finish(&mut self.table(), uuid);
+    }
+
+    /// Forgets the requests older than `ttl`; how many there were.
+    pub fn expire(&self, ttl: Duration) -> usize {
+        let mut table = self.table();
+        let expired: Vec<String> =
+            table.pending.iter().filter(|(_, p)| p.since.elapsed() >= ttl).map(|(u, _)| u.clone()).collect();
+        for uuid in &expired {
+            self.finish(&mut table, uuid);
+        }
+        expired.len()
+    }
+
+    fn finish(&self, table: &mut Table, uuid: &str) {
+        let Some(done) = table.pending.remove(uuid) else { return };
+        self.metrics.requests_pending.set(table.pending.len() as i64);
+        if done.sent {
+            self.metrics.request_duration.observe(done.since.elapsed().as_secs_f64());
+        }
+        if let Some(load) = table.load.get_mut(&done.owner) {
+            load.requests -= 1;
+            load.awaited = load.awaited.saturating_sub(done.waiting_for.len());
+            if load.requests == 0 {
+                table.load.remove(&done.owner);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes() -> Routes {
+        Routes::new(Arc::new(Metrics::new().unwrap()))
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_recipients_answer_once_each() {
+        let r = routes();
+        r.reserve("u", Kind::Echo, b"admin-conn", "admin-key").unwrap();
+        assert_eq!(r.reserve("u", Kind::Echo, b"other", "other-key"), Err(RouteError::UuidInUse));
+        assert_eq!(r.answered("u", "web-1"), Answered::NotAsked, "not yet published");
+        r.await_answers("u", &names(&["web-1", "web-2"])).unwrap();
+        let routed = Answered::Route { requester: b"admin-conn".to_vec(), kind: Kind::Echo };
+        assert_eq!(r.answered("u", "web-1"), routed);
+        assert_eq!(r.answered("u", "web-1"), Answered::NotAsked, "twice");
+        assert_eq!(r.answered("u", "db-1"), Answered::NotAsked, "not a recipient");
+        assert_eq!(r.answered("u", "web-2"), routed);
+        assert_eq!(r.answered("u", "web-2"), Answered::NotPending, "done");
+        assert!(r.table().load.is_empty());
+        // No recipients: done at once, the uuid free again.
+        r.reserve("v", Kind::Echo, b"c", "k").unwrap();
+        r.await_answers("v", &[]).unwrap();
+        r.reserve("v", Kind::Echo, b"c", "k").unwrap();
+    }
+
+    #[test]
+    fn limits_per_requester_and_expiry() {
+        let r = routes();
+        for i in 0..MAX_PENDING_PER_REQUESTER {
+            r.reserve(&i.to_string(), Kind::Echo, b"c", "busy").unwrap();
+        }
+        assert_eq!(r.reserve("one more", Kind::Echo, b"c", "busy"), Err(RouteError::TooManyRequests));
+        r.reserve("one more", Kind::Echo, b"c", "another").unwrap();
+        assert_eq!(r.expire(Duration::from_secs(3600)), 0);
+        assert_eq!(r.expire(Duration::ZERO), MAX_PENDING_PER_REQUESTER + 1);
+        assert!(r.table().load.is_empty() && r.table().pending.is_empty());
+        r.reserve("big", Kind::Echo, b"c", "k").unwrap();
+        let many: Vec<String> = (0..=MAX_AWAITED_PER_REQUESTER).map(|i| i.to_string()).collect();
+        assert_eq!(r.await_answers("big", &many), Err(RouteError::TooManyAnswers(0)));
+        assert!(r.table().pending.is_empty(), "refused: forgotten");
+    }
+}

@@ -1,0 +1,326 @@
+//! The admin's side of every command: the options all commands take, the
+//! session a command's admin half runs in (the connection, the wait, the
+//! target), and how a command sent to clients is summed up and ends (the
+//! exit status). Each command's own half is in its file under `commands/`.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Result};
+
+use crate::commands::recipients::{self, Offline};
+use crate::commands::Admin;
+use crate::config::{self, Config, Program};
+use crate::connection::{ClientAnswers, Connection, Deadline, SideTask};
+use crate::filter::{ClientFilter, Identities};
+use crate::keys::{self, ClientKeys};
+use crate::message::Message;
+use crate::program;
+use crate::security::SocketSecurity;
+
+/// Where `--curve-key-file FILE` is looked for.
+const KEYS_DIR: &str = ".pantry";
+
+/// The options every command takes.
+#[derive(clap::Args, Debug)]
+pub struct Global {
+    /// Server to connect to [config's networking.server_host, or 127.0.0.1].
+    #[arg(long, global = true, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Read networking settings from this client.yml.
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "PORT")]
+    pub pub_sub_port: Option<u16>,
+    #[arg(long, global = true, value_name = "PORT")]
+    pub receive_port: Option<u16>,
+    #[arg(long, global = true, value_name = "PORT")]
+    pub file_service_port: Option<u16>,
+    /// Target clients of this application.
+    #[arg(short = 'a', long, global = true)]
+    pub application: Option<String>,
+    /// Target clients of this environment.
+    #[arg(short = 'e', long, global = true)]
+    pub environment: Option<String>,
+    /// Target clients with these roles (comma-separated).
+    #[arg(short = 'r', long, global = true, value_delimiter = ',', value_name = "ROLE1,ROLE2")]
+    pub roles: Vec<String>,
+    /// Target these identities (comma-separated; shell globs such as
+    /// 'web-*'), within -a/-e/-r when given.
+    #[arg(short = 'i', long = "identity", global = true, value_delimiter = ',', value_name = "NAME[,NAME...]")]
+    pub identities: Vec<String>,
+    /// Leave offline clients out of the output and the exit status.
+    #[arg(long, global = true)]
+    pub online_only: bool,
+    /// Use CURVE with the keys in .pantry/FILE (it may hold only server_public_key).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub curve_key_file: Option<PathBuf>,
+    /// Seconds to wait for the server and the clients (also accepted after
+    /// the command).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    pub timeout: f64,
+    /// Say more on stderr.
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
+    /// Say everything on stderr.
+    #[arg(short = 'd', long, global = true)]
+    pub debug: bool,
+}
+
+/// How a command ended, as the exit status says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 0: everything answered and succeeded.
+    Done = 0,
+    /// 1: some client failed or did not answer (or the command failed).
+    Failed = 1,
+    /// 2: no client matched the target.
+    NoMatch = 2,
+}
+
+impl From<bool> for Outcome {
+    fn from(ok: bool) -> Outcome {
+        if ok {
+            Outcome::Done
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
+/// What a command's admin half works with: the connection to the server,
+/// the wait, and the global options, checked.
+pub struct Session {
+    /// The networking settings: the config's, overridden by the options.
+    pub net: Config,
+    pub security: SocketSecurity,
+    /// `-a/-e/-r`.
+    pub filter: ClientFilter,
+    /// `-i`.
+    pub identities: Vec<String>,
+    pub online_only: bool,
+    /// When to give up waiting for the server and the clients.
+    pub deadline: Deadline,
+    conn: Connection,
+    /// The admin's name in `from`.
+    me: String,
+}
+
+/// Runs one command: reads the config, opens the connection and hands the
+/// session to the command's admin half. After a command that succeeded,
+/// keys generated for this admin are saved.
+pub fn run(g: &Global, command: impl Admin) -> Result<Outcome> {
+    let mut net = program::load_config(g.config.as_deref(), Program::Client)?;
+    if let Some(host) = &g.host {
+        net.networking.server_host = host.clone();
+    }
+    net.networking.pub_sub_port = g.pub_sub_port.unwrap_or(net.networking.pub_sub_port);
+    net.networking.receive_port = g.receive_port.unwrap_or(net.networking.receive_port);
+    net.networking.file_service_port = g.file_service_port.unwrap_or(net.networking.file_service_port);
+    let wait = command.wait(g.timeout);
+    if !(wait > 0.0 && wait.is_finite()) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+
+    let keys = match (&g.curve_key_file, net.networking.is_curve()) {
+        (Some(file), _) => Some(ClientKeys::load(&Path::new(KEYS_DIR).join(file), false)?),
+        (None, true) => {
+            let path = keys::curve_dir(net.root_dir()).join(keys::CLIENT_KEYS_FILE);
+            Some(ClientKeys::load(&path, false)?)
+        }
+        (None, false) => None,
+    };
+    let security = match &keys {
+        Some(k) => SocketSecurity::client(k)?,
+        None => SocketSecurity::Null,
+    };
+    if g.debug || g.verbose {
+        eprintln!(
+            "connecting to {} with {} security",
+            net.networking.endpoint(net.networking.receive_port),
+            security.mechanism()
+        );
+    }
+    crate::security::set_max_message_size(net.networking.max_message_size);
+    let server = net.networking.endpoint(net.networking.receive_port);
+    let conn = Connection::open(server, &security, keys)?;
+    let deadline = Deadline::after(Duration::from_secs_f64(wait));
+    let filter = ClientFilter {
+        application: g.application.clone(),
+        environment: g.environment.clone(),
+        roles: g.roles.clone(),
+        identity: None,
+    };
+    filter.validate().map_err(anyhow::Error::msg)?;
+    Identities::parse(&g.identities).map_err(anyhow::Error::msg)?;
+
+    let mut session = Session {
+        net,
+        security,
+        filter,
+        identities: g.identities.clone(),
+        online_only: g.online_only,
+        deadline,
+        conn,
+        me: admin_identity(),
+    };
+    let outcome = command.run(&mut session)?;
+    if outcome == Outcome::Done {
+        session.save_generated_keys()?;
+    }
+    Ok(outcome)
+}
+
+/// The admin's name in `from`: responses are routed by connection, so this
+/// only tells operators who asked.
+fn admin_identity() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "admin".into());
+    format!("{user}@{}", config::hostname())
+}
+
+impl Session {
+    /// Sends a request the server runs itself and returns its response; a
+    /// response carrying `custom.error` is an error.
+    pub fn ask_server(&mut self, request: Message) -> Result<Message> {
+        let request = self.stamped(request);
+        self.conn.ask_server(&request, &mut self.deadline)
+    }
+
+    /// Whom `-a/-e/-r/-i` select for a command sent to clients.
+    pub fn target(&self) -> Result<Target> {
+        let stream = self.filter.target_stream().map_err(anyhow::Error::msg)?;
+        Ok(Target { stream, identities: self.identities.clone() })
+    }
+
+    /// `request`, addressed to the clients of `target`.
+    pub fn to_clients(&self, request: Message, target: &Target) -> Message {
+        let mut request = self.stamped(request);
+        request.metadata.to = target.stream.clone();
+        request.stream = target.stream.clone();
+        Identities::attach(&mut request, &target.identities);
+        request
+    }
+
+    /// Sends a request made by [`Session::to_clients`] and collects the
+    /// answers; see [`Connection::ask_clients`].
+    pub fn ask_clients(
+        &mut self,
+        request: &Message,
+        side: Option<&mut (dyn SideTask + '_)>,
+        on_list: impl FnOnce(&[String], &[Offline]),
+        on_answer: impl FnMut(&Message) -> bool,
+    ) -> Result<ClientAnswers> {
+        self.conn.ask_clients(request, &mut self.deadline, side, on_list, on_answer)
+    }
+
+    /// `--async`: the server takes the request (and lists who will answer);
+    /// the job id is printed and nothing waited for.
+    pub fn start_async(&mut self, request: &Message) -> Result<Outcome> {
+        let list = self.conn.start_job(request, &mut self.deadline)?;
+        let (online, offline) = (recipients::online(&list), recipients::offline(&list));
+        if online.is_empty() && offline.is_empty() {
+            eprintln!("no clients match");
+            return Ok(Outcome::NoMatch);
+        }
+        println!("{}", request.uuid());
+        eprintln!(
+            "job {} sent to {} clients ({} offline); `pantry-admin job {}` shows the answers",
+            request.uuid(),
+            online.len(),
+            offline.len(),
+            request.uuid()
+        );
+        Ok(Outcome::Done)
+    }
+
+    /// Prints the summary of a command run on clients.
+    pub fn report(&self, result: &ClientAnswers, target: &Target) -> Outcome {
+        let online_only = self.online_only;
+        let offline = if online_only { 0 } else { result.offline.len() };
+        if result.expected == 0 && offline == 0 {
+            let which = if online_only && !result.offline.is_empty() { "no online clients" } else { "no clients" };
+            eprintln!("{which} match {target}");
+            return Outcome::NoMatch;
+        }
+        let mut summary = format!("{} of {} clients answered", result.answered, result.expected + offline);
+        if !result.failed.is_empty() {
+            summary.push_str(&format!(", {} failed", result.failed.len()));
+        }
+        if offline > 0 {
+            summary.push_str(&format!(", {offline} offline"));
+        }
+        eprintln!("{summary}");
+        if !result.missing.is_empty() {
+            eprintln!("did not answer: {}", result.missing.join(", "));
+        }
+        (result.missing.is_empty() && result.failed.is_empty() && offline == 0).into()
+    }
+
+    fn stamped(&self, mut request: Message) -> Message {
+        request.metadata.from = self.me.clone();
+        request
+    }
+
+    /// After the first successful command with a file that held only the
+    /// server's key, write the generated pair back so later runs are known.
+    fn save_generated_keys(&mut self) -> Result<()> {
+        if let Some(keys) = self.conn.keys_mut().filter(|k| k.generated) {
+            keys.save()?;
+            eprintln!("saved this admin's new key pair to {}", keys.path.display());
+        }
+        Ok(())
+    }
+}
+
+/// Whom a command sent to clients is for: a stream (`-a/-e/-r`, `""` for
+/// everyone) and, with `-i`, identity patterns within it.
+pub struct Target {
+    stream: String,
+    identities: Vec<String>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.stream.as_str(), self.identities.is_empty()) {
+            ("", true) => f.write_str("(every client)"),
+            (stream, true) => write!(f, "`{stream}`"),
+            ("", false) => write!(f, "identity {}", self.identities.join(",")),
+            (stream, false) => write!(f, "identity {} in `{stream}`", self.identities.join(",")),
+        }
+    }
+}
+
+/// Says at once which targeted clients are offline (the server did not
+/// send them the request): one line each, unless left out.
+pub fn report_offline(offline: &[Offline], online_only: bool, json: bool) {
+    if online_only || json {
+        return;
+    }
+    let now = SystemTime::now();
+    for client in offline {
+        println!("{}", recipients::format_offline(client, now));
+    }
+    let _ = std::io::stdout().flush();
+}
+
+/// `--json` for a command sent to clients: the answers, then who failed,
+/// who did not answer and who is offline.
+pub fn print_json_summary(json: bool, answers: Vec<serde_json::Value>, result: &ClientAnswers) -> Result<()> {
+    if json {
+        let out = serde_json::json!({
+            "answers": answers,
+            "failed": result.failed,
+            "missing": result.missing,
+            "offline": result.offline,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}
+
+/// What the admin says of a client that answered without a result: an
+/// agent (an older or the original one) that does not run the command.
+pub fn unsupported(message_type: &str) -> String {
+    format!("does not support the command type {message_type} (an older or the original agent?)")
+}
