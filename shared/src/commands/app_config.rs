@@ -18,10 +18,16 @@ use crate::keys::write_atomically;
 use crate::message::{BodyPart, Message};
 use crate::session::{Outcome, Session};
 
-use super::{Admin, Wait};
+use super::{Admin, Rule, RunsOn, Senders, Wait};
 
 pub const SHOW_TYPE: &str = "ShowApplication";
 pub const EDIT_TYPE: &str = "EditApplication";
+
+pub const SHOW_RULE: Rule =
+    Rule { wire: SHOW_TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: false };
+
+pub const EDIT_RULE: Rule =
+    Rule { wire: EDIT_TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: true };
 
 /// Print the configuration of the application given with -a.
 #[derive(clap::Args, Debug)]

@@ -8,9 +8,12 @@ use serde_json::Value;
 use crate::message::Message;
 use crate::session::{Outcome, Session};
 
-use super::{Admin, Wait};
+use super::{Admin, Rule, RunsOn, Senders, Wait};
 
 pub const TYPE: &str = "ForgetClient";
+
+pub const RULE: Rule =
+    Rule { wire: TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: true };
 
 /// Drop a client from the registry now (offline clients leave by
 /// themselves after registry.forget_after).

@@ -10,9 +10,12 @@ use crate::keys::KnownKey;
 use crate::message::{BodyPart, Message};
 use crate::session::{Outcome, Session};
 
-use super::{Admin, Wait};
+use super::{Admin, Rule, RunsOn, Senders, Wait};
 
 pub const TYPE: &str = "ListClients";
+
+pub const RULE: Rule =
+    Rule { wire: TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: false };
 
 /// List the server's known keys: name, role, key, created, last seen,
 /// connected.

@@ -16,11 +16,20 @@ use serde_json::Value;
 use crate::message::{BodyPart, Message};
 use crate::session::{Outcome, Session};
 
-use super::{Admin, Wait};
+use super::{Admin, Rule, RunsOn, Senders, Wait};
 
 pub const LIST_TYPE: &str = "ListPendingKeys";
 pub const ACCEPT_TYPE: &str = "AcceptPendingKey";
 pub const REJECT_TYPE: &str = "RejectPendingKey";
+
+pub const LIST_RULE: Rule =
+    Rule { wire: LIST_TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: false };
+
+pub const ACCEPT_RULE: Rule =
+    Rule { wire: ACCEPT_TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: true };
+
+pub const REJECT_RULE: Rule =
+    Rule { wire: REJECT_TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: true };
 
 /// One unknown key the server saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

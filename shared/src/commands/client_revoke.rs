@@ -9,9 +9,12 @@ use serde_json::Value;
 use crate::message::{BodyPart, Message};
 use crate::session::{Outcome, Session};
 
-use super::{Admin, Wait};
+use super::{Admin, Rule, RunsOn, Senders, Wait};
 
 pub const TYPE: &str = "RevokeClient";
+
+pub const RULE: Rule =
+    Rule { wire: TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: true };
 
 /// Remove a key (by name or Z85 key) and cut its connections off.
 #[derive(clap::Args, Debug)]

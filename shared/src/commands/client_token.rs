@@ -13,9 +13,12 @@ use crate::error::DecodeError;
 use crate::message::{BodyPart, Message};
 use crate::session::{Outcome, Session};
 
-use super::{Admin, Wait};
+use super::{Admin, Rule, RunsOn, Senders, Wait};
 
 pub const TYPE: &str = "CreateToken";
+
+pub const RULE: Rule =
+    Rule { wire: TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: true };
 
 /// Defaults: one use, one hour.
 pub const DEFAULT_USES: u32 = 1;

@@ -14,9 +14,12 @@ use crate::keys::{client_keys_yaml, write_atomically, ClientKeysFile, KeyPair, R
 use crate::message::{BodyPart, Message};
 use crate::session::{Outcome, Session};
 
-use super::{Admin, Wait};
+use super::{Admin, Rule, RunsOn, Senders, Wait};
 
 pub const TYPE: &str = "CreateClient";
+
+pub const RULE: Rule =
+    Rule { wire: TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: true };
 
 /// Create a key pair on the server and print it as YAML for a client's
 /// client_keys.yml (needs CURVE and an admin key).

@@ -9,9 +9,12 @@ use std::io::Write as _;
 use crate::message::{BodyPart, Message};
 use crate::session::{print_json_summary, report_offline, Outcome, Session};
 
-use super::{Admin, Wait};
+use super::{Admin, Rule, RunsOn, Senders, Wait};
 
 pub const TYPE: &str = "Echo";
+
+pub const RULE: Rule =
+    Rule { wire: TYPE, runs_on: RunsOn::Clients, senders: Senders::Admins, may_block: false, job: true };
 
 /// Every matching client answers with MESSAGE.
 #[derive(clap::Args, Debug)]

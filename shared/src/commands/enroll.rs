@@ -14,9 +14,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::DecodeError;
+
+use super::{Rule, RunsOn, Senders};
 use crate::message::{BodyPart, Message};
 
 pub const TYPE: &str = "Enroll";
+
+pub const RULE: Rule =
+    Rule { wire: TYPE, runs_on: RunsOn::Server, senders: Senders::Enrollees, may_block: false, job: false };
 
 /// What the agent sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

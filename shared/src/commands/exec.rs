@@ -21,9 +21,12 @@ use crate::error::DecodeError;
 use crate::message::{BodyPart, Message};
 use crate::session::{print_json_summary, report_offline, unsupported, Outcome, Session};
 
-use super::Admin;
+use super::{Admin, Rule, RunsOn, Senders};
 
 pub const TYPE: &str = "Exec";
+
+pub const RULE: Rule =
+    Rule { wire: TYPE, runs_on: RunsOn::Clients, senders: Senders::Admins, may_block: true, job: true };
 
 /// Most bytes of stdout (and of stderr) an answer carries.
 pub const OUTPUT_CAP: usize = 1024 * 1024;

@@ -22,10 +22,16 @@ use crate::filter::{ClientFilter, Identities};
 use crate::message::{BodyPart, Message};
 use crate::session::{unsupported, Outcome, Session};
 
-use super::{echo, exec, upload, Admin, Wait};
+use super::{echo, exec, upload, Admin, Rule, RunsOn, Senders, Wait};
 
 pub const LIST_TYPE: &str = "ListJobs";
 pub const SHOW_TYPE: &str = "ShowJob";
+
+pub const LIST_RULE: Rule =
+    Rule { wire: LIST_TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: false };
+
+pub const SHOW_RULE: Rule =
+    Rule { wire: SHOW_TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: false };
 
 /// `jobs` shows this many by default.
 pub const DEFAULT_LIMIT: u32 = 20;

@@ -2,10 +2,13 @@
 //! command travels: how the admin builds the request, what the server or the
 //! client does with it, how the admin prints the response.
 //!
-//! [`Kind`] is the registry: every message type the protocol knows, where it
-//! runs, who may send it and whether it may block an agent. The server's
-//! authorization, the agent and the admin consult it; a type that is not in
-//! it is refused (deny by default).
+//! [`Kind`] is the registry: every message type the protocol knows, one line
+//! each naming the [`Rule`] its file declares (wire type, where it runs, who
+//! may send it, whether it may block an agent, whether it is a job). The
+//! server's authorization, the agent and the admin consult it; a type that
+//! is not in it is refused (deny by default). A new command is its file, its
+//! `pub mod` line, its line in `kinds!` and, when the admin sends it, its
+//! line in `admin_commands!`.
 //!
 //! [`Command`] is the admin's side of it: one line per subcommand, naming
 //! the clap arguments in the command's file, whose [`Admin`] implementation
@@ -54,30 +57,8 @@ pub enum Senders {
     Enrollees,
 }
 
-/// Every message type Pantry knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    RegisterClient,
-    Status,
-    Echo,
-    Exec,
-    Upload,
-    CreateClient,
-    ListClients,
-    RevokeClient,
-    ShowApplication,
-    EditApplication,
-    CreateToken,
-    Enroll,
-    ListPendingKeys,
-    AcceptPendingKey,
-    RejectPendingKey,
-    ForgetClient,
-    ListJobs,
-    ShowJob,
-}
-
-/// What the registry says about one kind.
+/// What the registry says about one kind; each command's file declares its
+/// own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
     /// The `type` field on the wire.
@@ -86,59 +67,59 @@ pub struct Rule {
     pub senders: Senders,
     /// The agent runs it on a worker thread, so heartbeats go on.
     pub may_block: bool,
+    /// The server records it as a job: commands sent to clients, and
+    /// changes to keys, clients and configs. Read-only queries are only in
+    /// the audit log.
+    pub job: bool,
+}
+
+/// Writes [`Kind`], [`Kind::ALL`] and [`Kind::rule`] from one line per
+/// kind naming the rule in its command's file.
+macro_rules! kinds {
+    ($($kind:ident => $rule:path,)*) => {
+        /// Every message type Pantry knows.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Kind {
+            $($kind,)*
+        }
+
+        impl Kind {
+            pub const ALL: &'static [Kind] = &[$(Kind::$kind,)*];
+
+            pub const fn rule(self) -> Rule {
+                match self {
+                    $(Kind::$kind => $rule,)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    RegisterClient => register_client::RULE,
+    Status => status::RULE,
+    Echo => echo::RULE,
+    Exec => exec::RULE,
+    Upload => upload::RULE,
+    CreateClient => create_client::RULE,
+    ListClients => client_list::RULE,
+    RevokeClient => client_revoke::RULE,
+    ShowApplication => app_config::SHOW_RULE,
+    EditApplication => app_config::EDIT_RULE,
+    CreateToken => client_token::RULE,
+    Enroll => enroll::RULE,
+    ListPendingKeys => client_pending::LIST_RULE,
+    AcceptPendingKey => client_pending::ACCEPT_RULE,
+    RejectPendingKey => client_pending::REJECT_RULE,
+    ForgetClient => client_forget::RULE,
+    ListJobs => jobs::LIST_RULE,
+    ShowJob => jobs::SHOW_RULE,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 18] = [
-        Kind::RegisterClient,
-        Kind::Status,
-        Kind::Echo,
-        Kind::Exec,
-        Kind::Upload,
-        Kind::CreateClient,
-        Kind::ListClients,
-        Kind::RevokeClient,
-        Kind::ShowApplication,
-        Kind::EditApplication,
-        Kind::CreateToken,
-        Kind::Enroll,
-        Kind::ListPendingKeys,
-        Kind::AcceptPendingKey,
-        Kind::RejectPendingKey,
-        Kind::ForgetClient,
-        Kind::ListJobs,
-        Kind::ShowJob,
-    ];
-
-    pub const fn rule(self) -> Rule {
-        use RunsOn::{Clients as OnClients, Server as OnServer};
-        use Senders::{Admins, Clients, Enrollees};
-        let (wire, runs_on, senders, may_block) = match self {
-            Kind::RegisterClient => (register_client::TYPE, OnServer, Clients, false),
-            Kind::Status => (status::TYPE, OnServer, Admins, false),
-            Kind::Echo => (echo::TYPE, OnClients, Admins, false),
-            Kind::Exec => (exec::TYPE, OnClients, Admins, true),
-            Kind::Upload => (upload::TYPE, OnClients, Admins, true),
-            Kind::CreateClient => (create_client::TYPE, OnServer, Admins, false),
-            Kind::ListClients => (client_list::TYPE, OnServer, Admins, false),
-            Kind::RevokeClient => (client_revoke::TYPE, OnServer, Admins, false),
-            Kind::ShowApplication => (app_config::SHOW_TYPE, OnServer, Admins, false),
-            Kind::EditApplication => (app_config::EDIT_TYPE, OnServer, Admins, false),
-            Kind::CreateToken => (client_token::TYPE, OnServer, Admins, false),
-            Kind::Enroll => (enroll::TYPE, OnServer, Enrollees, false),
-            Kind::ListPendingKeys => (client_pending::LIST_TYPE, OnServer, Admins, false),
-            Kind::AcceptPendingKey => (client_pending::ACCEPT_TYPE, OnServer, Admins, false),
-            Kind::RejectPendingKey => (client_pending::REJECT_TYPE, OnServer, Admins, false),
-            Kind::ForgetClient => (client_forget::TYPE, OnServer, Admins, false),
-            Kind::ListJobs => (jobs::LIST_TYPE, OnServer, Admins, false),
-            Kind::ShowJob => (jobs::SHOW_TYPE, OnServer, Admins, false),
-        };
-        Rule { wire, runs_on, senders, may_block }
-    }
-
     /// The kind of a wire type; `None` for a type Pantry does not know.
     pub fn from_wire(message_type: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.rule().wire == message_type)
+        Kind::ALL.iter().copied().find(|k| k.rule().wire == message_type)
     }
 
     pub fn wire(self) -> &'static str {
@@ -149,23 +130,8 @@ impl Kind {
         self.rule().runs_on
     }
 
-    /// Whether the server records it as a job: commands sent to clients, and
-    /// changes to keys, clients and configs. Read-only queries are only in
-    /// the audit log.
     pub fn is_job(self) -> bool {
-        matches!(
-            self,
-            Kind::Echo
-                | Kind::Exec
-                | Kind::Upload
-                | Kind::CreateClient
-                | Kind::RevokeClient
-                | Kind::CreateToken
-                | Kind::ForgetClient
-                | Kind::AcceptPendingKey
-                | Kind::RejectPendingKey
-                | Kind::EditApplication
-        )
+        self.rule().job
     }
 }
 
@@ -297,7 +263,7 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_through_its_wire_type() {
-        for kind in Kind::ALL {
+        for &kind in Kind::ALL {
             assert_eq!(Kind::from_wire(kind.wire()), Some(kind), "{kind:?}");
         }
         assert_eq!(Kind::from_wire("SomethingNew"), None);
@@ -305,8 +271,28 @@ mod tests {
     }
 
     #[test]
+    fn jobs_are_commands_to_clients_and_changes() {
+        use Kind::*;
+        let jobs: Vec<Kind> = Kind::ALL.iter().copied().filter(|k| k.is_job()).collect();
+        let expected = [
+            Echo,
+            Exec,
+            Upload,
+            CreateClient,
+            RevokeClient,
+            EditApplication,
+            CreateToken,
+            AcceptPendingKey,
+            RejectPendingKey,
+            ForgetClient,
+        ];
+        assert_eq!(jobs, expected);
+        assert!(Kind::ALL.iter().filter(|k| k.runs_on() == RunsOn::Clients).all(|k| k.is_job()));
+    }
+
+    #[test]
     fn only_registration_is_for_client_keys() {
-        for kind in Kind::ALL {
+        for &kind in Kind::ALL {
             let expected = match kind {
                 Kind::RegisterClient => Senders::Clients,
                 Kind::Enroll => Senders::Enrollees,

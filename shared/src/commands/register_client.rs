@@ -8,7 +8,12 @@ use crate::error::DecodeError;
 use crate::filter::ClientFilter;
 use crate::message::{BodyPart, Message};
 
+use super::{Rule, RunsOn, Senders};
+
 pub const TYPE: &str = "RegisterClient";
+
+pub const RULE: Rule =
+    Rule { wire: TYPE, runs_on: RunsOn::Server, senders: Senders::Clients, may_block: false, job: false };
 
 /// The body is `{application, environment, roles}`, as the original agent
 /// sends it; the identity is the message's `from`.

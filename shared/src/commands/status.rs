@@ -11,9 +11,12 @@ use crate::filter::{ClientFilter, Identities};
 use crate::message::{BodyPart, Message};
 use crate::session::{Outcome, Session};
 
-use super::{Admin, Wait};
+use super::{Admin, Rule, RunsOn, Senders, Wait};
 
 pub const TYPE: &str = "Status";
+
+pub const RULE: Rule =
+    Rule { wire: TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: false };
 
 /// List checked-in clients matching -a/-e/-r: last check-in, identity,
 /// application, environment, roles.

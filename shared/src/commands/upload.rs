@@ -36,9 +36,12 @@ use crate::monitor::{self, SocketEvent};
 use crate::security::SocketSecurity;
 use crate::session::{print_json_summary, report_offline, unsupported, Outcome, Session};
 
-use super::{Admin, Wait};
+use super::{Admin, Rule, RunsOn, Senders, Wait};
 
 pub const TYPE: &str = "Upload";
+
+pub const RULE: Rule =
+    Rule { wire: TYPE, runs_on: RunsOn::Clients, senders: Senders::Admins, may_block: true, job: true };
 
 /// File-service frame names (first frame after the routing id).
 pub const OFFER: &[u8] = b"OFFER";
