@@ -8,7 +8,16 @@
 //! `app.env`, `app.env.role` and the broadcast topic, and answers requests
 //! with `run_on_client`. A baseline agent subscribes to the same topics and
 //! echoes the payload back without decoding anything.
+//!
+//! By default an agent registers once. [`AgentOptions`] (the presence and
+//! job-store scenarios) add what the real agent does to come back after a
+//! server restart: a `RegisterClient` with `heartbeat_interval` every
+//! heartbeat, and another whenever its DEALER completes a handshake (a
+//! socket monitor per agent); and linger 0, so that dropping a pool closes
+//! its connections at once (a killed agent).
 
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -17,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use pantry_shared::commands::{self, register_client, ClientContext};
 use pantry_shared::filter::{ClientFilter, BROADCAST_TOPIC};
+use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::security::SocketSecurity;
 use pantry_shared::Message;
 
@@ -36,6 +46,8 @@ pub const ROLE: &str = "echo";
 
 /// Agents per context: two sockets each, under libzmq's 1,023 per context.
 pub const AGENTS_PER_CONTEXT: usize = 500;
+/// With a DEALER monitor (two more sockets each).
+const MONITORED_AGENTS_PER_CONTEXT: usize = 250;
 
 /// Agents connected at once, and the pause between batches (about 650
 /// agents, 1,300 connections, per second: the order of a server's CURVE
@@ -100,6 +112,32 @@ pub fn client_security(endpoints: &Endpoints, pair: Option<&Pair>) -> Result<Soc
     }
 }
 
+/// How the agents of a pool behave beyond answering (the default: the
+/// other scenarios' agents, which register once).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AgentOptions {
+    /// Register again this often, with `heartbeat_interval` in the
+    /// registration (whole seconds, at least 1), as the real agent does.
+    pub heartbeat: Option<Duration>,
+    /// Register again whenever the DEALER completes a handshake (after a
+    /// reconnection), as the real agent does.
+    pub register_on_reconnect: bool,
+    /// Linger 0 on both sockets: dropping the pool closes its connections
+    /// at once, like a killed process.
+    pub linger_zero: bool,
+}
+
+impl AgentOptions {
+    /// The real agent's behaviour with `heartbeat`.
+    pub fn like_the_real_agent(heartbeat: Duration) -> AgentOptions {
+        AgentOptions { heartbeat: Some(heartbeat), register_on_reconnect: true, linger_zero: true }
+    }
+
+    fn heartbeat_seconds(&self) -> Option<u64> {
+        self.heartbeat.map(|h| h.as_secs().max(1))
+    }
+}
+
 struct Worker {
     thread: Option<JoinHandle<()>>,
 }
@@ -118,12 +156,26 @@ impl Pool {
     /// Returns once every socket is created and connecting; whether they
     /// are reachable is checked by the caller with a broadcast.
     pub fn start(kind: Kind, endpoints: &Endpoints, pairs: &[Pair], size: usize) -> Result<Pool> {
+        Pool::start_with(kind, endpoints, pairs, 0..size, AgentOptions::default())
+    }
+
+    /// Connects agents `range` (agent `i` uses `pairs[i]` under CURVE) with
+    /// `options`.
+    pub fn start_with(
+        kind: Kind,
+        endpoints: &Endpoints,
+        pairs: &[Pair],
+        range: Range<usize>,
+        options: AgentOptions,
+    ) -> Result<Pool> {
         let stop = Arc::new(AtomicBool::new(false));
         let answered = Arc::new(AtomicU64::new(0));
+        let size = range.len();
         let mut pool = Pool { kind, size, workers: Vec::new(), stop: stop.clone(), answered: answered.clone() };
-        let mut first = 0;
-        while first < size {
-            let last = (first + AGENTS_PER_CONTEXT).min(size);
+        let per_context = if options.register_on_reconnect { MONITORED_AGENTS_PER_CONTEXT } else { AGENTS_PER_CONTEXT };
+        let mut first = range.start;
+        while first < range.end {
+            let last = (first + per_context).min(range.end);
             let mut agents = Vec::with_capacity(last - first);
             for i in first..last {
                 agents.push((i, client_security(endpoints, pairs.get(i))?));
@@ -131,7 +183,7 @@ impl Pool {
             let (ready_tx, ready_rx) = mpsc::channel();
             let (endpoints, stop, answered) = (endpoints.clone(), stop.clone(), answered.clone());
             let thread = std::thread::Builder::new().name(format!("agents-{first}")).spawn(move || {
-                worker(kind, &endpoints, agents, &stop, &answered, ready_tx);
+                worker(kind, &endpoints, agents, options, &stop, &answered, ready_tx);
             })?;
             pool.workers.push(Worker { thread: Some(thread) });
             match ready_rx.recv_timeout(Duration::from_secs(60)) {
@@ -168,6 +220,30 @@ struct Agent {
     topics: Vec<Vec<u8>>,
     sub: zmq::Socket,
     dealer: zmq::Socket,
+    /// The DEALER's handshakes (`register_on_reconnect`).
+    monitor: Option<zmq::Socket>,
+}
+
+impl Agent {
+    /// Sends a registration (queued while disconnected; dropped when the
+    /// queue is full, as the real agent's are).
+    fn register(&self, options: &AgentOptions) {
+        let request = match options.heartbeat_seconds() {
+            Some(seconds) => register_client::request_every(&self.me.filter, seconds),
+            None => register_client::request(&self.me.filter),
+        };
+        let _ = self.dealer.send_multipart(request.to_frames(), zmq::DONTWAIT);
+    }
+
+    /// Drains the monitor; whether the DEALER completed a handshake.
+    fn reconnected(&self) -> bool {
+        let Some(monitor) = &self.monitor else { return false };
+        let mut handshake = false;
+        while let Some(event) = monitor::read(monitor) {
+            handshake |= event.event == SocketEvent::HandshakeSucceeded;
+        }
+        handshake
+    }
 }
 
 fn connect_agent(
@@ -176,6 +252,7 @@ fn connect_agent(
     endpoints: &Endpoints,
     i: usize,
     security: &SocketSecurity,
+    options: &AgentOptions,
 ) -> zmq::Result<Agent> {
     // A bench agent runs no commands but `echo`.
     let me = ClientContext { filter: filter(i), allow_exec: false, file_service: None };
@@ -189,27 +266,43 @@ fn connect_agent(
     for socket in [&sub, &dealer] {
         socket.set_reconnect_ivl(100)?;
         socket.set_reconnect_ivl_max(10_000)?;
+        if options.linger_zero {
+            socket.set_linger(0)?;
+        }
     }
+    let monitor = if options.register_on_reconnect && kind == Kind::Pantry {
+        Some(monitor::monitor(ctx, &dealer, &[zmq::SocketEvent::HANDSHAKE_SUCCEEDED])?)
+    } else {
+        None
+    };
     sub.connect(&endpoints.publish)?;
     dealer.connect(&endpoints.receive)?;
+    let agent = Agent { me, topics, sub, dealer, monitor };
     if kind == Kind::Pantry {
         // Queued until the connection is up, like the real agent's first
         // check-in.
-        let _ = dealer.send_multipart(register_client::request(&me.filter).to_frames(), zmq::DONTWAIT);
+        agent.register(options);
     }
-    Ok(Agent { me, topics, sub, dealer })
+    Ok(agent)
 }
+
+/// Tags a monitor's entry in the epoll set (the SUB's is the agent's index).
+const MONITOR_TAG: u64 = 1 << 32;
 
 fn worker(
     kind: Kind,
     endpoints: &Endpoints,
     specs: Vec<(usize, SocketSecurity)>,
+    options: AgentOptions,
     stop: &AtomicBool,
     answered: &AtomicU64,
     ready: mpsc::Sender<Result<(), String>>,
 ) {
     let ctx = zmq::Context::new();
     let mut agents = Vec::with_capacity(specs.len());
+    // When each agent checks in next, in order (one interval for all).
+    let mut heartbeats: VecDeque<(Instant, usize)> = VecDeque::new();
+    let heartbeat = options.heartbeat.filter(|_| kind == Kind::Pantry).map(|h| h.max(Duration::from_secs(1)));
     for (k, (i, security)) in specs.iter().enumerate() {
         // Paced: a burst of thousands of connects overflows the server's
         // accept queue (libzmq's backlog is 100) and the kernel retries the
@@ -217,8 +310,13 @@ fn worker(
         if k > 0 && k % CONNECT_BATCH == 0 {
             std::thread::sleep(CONNECT_PAUSE);
         }
-        match connect_agent(kind, &ctx, endpoints, *i, security) {
-            Ok(a) => agents.push(a),
+        match connect_agent(kind, &ctx, endpoints, *i, security, &options) {
+            Ok(a) => {
+                if let Some(every) = heartbeat {
+                    heartbeats.push_back((Instant::now() + every, agents.len()));
+                }
+                agents.push(a);
+            }
             Err(e) => {
                 let _ = ready.send(Err(format!("agent {i}: {e} (open-file limit?)")));
                 return;
@@ -238,19 +336,41 @@ fn worker(
         Kind::Baseline => answer_baseline(agent),
     };
     let started = Instant::now();
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; agents.len().max(1)];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 2 * agents.len().max(1)];
     while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_LIFETIME {
-        let ready = epoll.wait(&mut events, 100);
+        let timeout = heartbeats
+            .front()
+            .map_or(100, |(due, _)| due.saturating_duration_since(Instant::now()).as_millis().clamp(1, 100) as i32);
+        let ready = epoll.wait(&mut events, timeout);
+        if let Some(every) = heartbeat {
+            let now = Instant::now();
+            while heartbeats.front().is_some_and(|(due, _)| *due <= now) {
+                let Some((_, a)) = heartbeats.pop_front() else { break };
+                agents[a].register(&options);
+                heartbeats.push_back((now + every, a));
+            }
+        }
         if ready == 0 {
             // Idle: a sweep over every socket, in case a wake-up was missed.
             for agent in &agents {
                 if agent.sub.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)) {
                     answered.fetch_add(answer(agent), Ordering::Relaxed);
                 }
+                if agent.reconnected() {
+                    agent.register(&options);
+                }
             }
             continue;
         }
         for event in &events[..ready] {
+            if event.u64 & MONITOR_TAG != 0 {
+                let agent = &agents[(event.u64 & !MONITOR_TAG) as usize];
+                // A restarted server may have lost it: check in now.
+                if agent.reconnected() {
+                    agent.register(&options);
+                }
+                continue;
+            }
             // Draining until EAGAIN also resets the socket's notification fd.
             answered.fetch_add(answer(&agents[event.u64 as usize]), Ordering::Relaxed);
         }
@@ -274,10 +394,15 @@ impl Epoll {
             }
             let set = Epoll(fd);
             for (i, agent) in agents.iter().enumerate() {
-                let zfd = agent.sub.get_fd().map_err(std::io::Error::from)?;
-                let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
-                if libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, zfd, &mut event) != 0 {
-                    return Err(std::io::Error::last_os_error());
+                let sockets = [(&agent.sub, i as u64)]
+                    .into_iter()
+                    .chain(agent.monitor.as_ref().map(|m| (m, i as u64 | MONITOR_TAG)));
+                for (socket, tag) in sockets {
+                    let zfd = socket.get_fd().map_err(std::io::Error::from)?;
+                    let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: tag };
+                    if libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, zfd, &mut event) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
             }
             Ok(set)

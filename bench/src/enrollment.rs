@@ -169,15 +169,16 @@ fn start_server(setup: &Setup) -> Result<PantryServer> {
     PantryServer::start(&setup.server_bin, Some((setup.server, &known)), setup.log_level)
 }
 
-/// The admin's DEALER, with `bench-admin`'s key.
-struct Admin {
+/// The admin's DEALER, with `bench-admin`'s key (also used by the presence
+/// and job-store scenarios).
+pub(crate) struct Admin {
     socket: zmq::Socket,
     name: String,
     _ctx: zmq::Context,
 }
 
 impl Admin {
-    fn connect(server: &PantryServer, pair: &Pair, name: &str) -> Result<Admin> {
+    pub(crate) fn connect(server: &PantryServer, pair: &Pair, name: &str) -> Result<Admin> {
         let ctx = zmq::Context::new();
         let socket = client_security(&server.endpoints, Some(pair))?.socket(&ctx, zmq::DEALER)?;
         socket.set_linger(0)?;
@@ -185,14 +186,14 @@ impl Admin {
         Ok(Admin { socket, name: name.to_owned(), _ctx: ctx })
     }
 
-    fn send(&self, mut request: Message) -> Result<String> {
+    pub(crate) fn send(&self, mut request: Message) -> Result<String> {
         request.metadata.from = self.name.clone();
         self.socket.send_multipart(request.to_frames(), zmq::DONTWAIT)?;
         Ok(request.uuid().to_owned())
     }
 
     /// The next message about `uuid` until `end`.
-    fn recv(&self, uuid: &str, end: Instant) -> Option<Message> {
+    pub(crate) fn recv(&self, uuid: &str, end: Instant) -> Option<Message> {
         self.recv_any(&[uuid.to_owned()], end)
     }
 

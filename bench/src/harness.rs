@@ -2,7 +2,11 @@
 //! baseline relay side by side; for each N, an agent pool per system,
 //! alternating Pantry and baseline rounds; then handshake rates with 100
 //! and 100,000 known keys; then enrollment (one token for many agents, and
-//! `client:token` → echo with the real binaries); then the report.
+//! `client:token` → echo with the real binaries); then presence (killed
+//! agents named offline, SIGKILL → offline, a server restart) and the job
+//! store (on vs off, `jobs` over a full store, database size per job);
+//! then the report, with server memory and CPU per agent compared with the
+//! previous report's.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,8 +18,11 @@ use pantry_shared::keys::{KnownKey, Role};
 use crate::agents::{identity, Kind, Pool};
 use crate::enrollment::{EnrollmentResult, EnrollmentSettings};
 use crate::handshake::{handshake_rate, HandshakeSettings};
+use crate::jobs::{JobsResult, JobsSettings};
 use crate::keys::{self, Pair};
 use crate::limits::{self, FdLimits};
+use crate::presence::{PresenceResult, PresenceSettings};
+use crate::previous::Previous;
 use crate::procs::{Endpoints, PantryServer, Relay};
 use crate::requesters::{fanout, throughput, wait_until_reachable, Requester, ThroughputSettings};
 use crate::stats::{median, percentile};
@@ -54,6 +61,10 @@ pub struct Config {
     pub admin_bin: PathBuf,
     /// The enrollment scenario (CURVE only); `None`: skipped.
     pub enrollment: Option<EnrollmentSettings>,
+    /// The presence scenario (CURVE only); `None`: skipped.
+    pub presence: Option<PresenceSettings>,
+    /// The job-store scenario (CURVE only); `None`: skipped.
+    pub jobs: Option<JobsSettings>,
 }
 
 impl Config {
@@ -85,6 +96,27 @@ impl Config {
             reachable_timeout: Duration::from_secs(90),
             log_level: "info".into(),
             enrollment: Some(EnrollmentSettings { agents: 1000, repeats: 5, crowd_timeout: Duration::from_secs(120) }),
+            presence: Some(PresenceSettings {
+                agents: 100,
+                killed: 10,
+                kill_wait: Duration::from_secs(5),
+                echoes: 5,
+                kill_repeats: 5,
+                restart_agents: 1000,
+                heartbeat: Duration::from_secs(5),
+                idle_window: Duration::from_secs(10),
+                admin_timeout: Duration::from_secs(10),
+                reachable_timeout: Duration::from_secs(90),
+            }),
+            jobs: Some(JobsSettings {
+                sizes: vec![1, 1000],
+                fill: 100_000,
+                fill_timeout: Duration::from_secs(300),
+                list_requests: 20,
+                db_agents: 1000,
+                db_echoes: 20,
+                heartbeat: Duration::from_secs(5),
+            }),
         }
     }
 
@@ -110,6 +142,27 @@ impl Config {
             },
             reachable_timeout: Duration::from_secs(20),
             enrollment: Some(EnrollmentSettings { agents: 20, repeats: 1, crowd_timeout: Duration::from_secs(30) }),
+            presence: Some(PresenceSettings {
+                agents: 10,
+                killed: 2,
+                kill_wait: Duration::from_secs(1),
+                echoes: 2,
+                kill_repeats: 1,
+                restart_agents: 20,
+                heartbeat: Duration::from_secs(2),
+                idle_window: Duration::from_secs(1),
+                admin_timeout: Duration::from_secs(10),
+                reachable_timeout: Duration::from_secs(20),
+            }),
+            jobs: Some(JobsSettings {
+                sizes: vec![2],
+                fill: 300,
+                fill_timeout: Duration::from_secs(30),
+                list_requests: 5,
+                db_agents: 10,
+                db_echoes: 3,
+                heartbeat: Duration::from_secs(2),
+            }),
             ..Config::full(server_bin, client_bin, relay_exe, out_dir)
         }
     }
@@ -127,6 +180,16 @@ impl<T> Both<T> {
         match kind {
             Kind::Pantry => &mut self.pantry,
             Kind::Baseline => &mut self.baseline,
+        }
+    }
+
+    /// 0: `pantry`, otherwise `baseline` (the order of `run_size`'s
+    /// systems).
+    pub fn at_mut(&mut self, i: usize) -> &mut T {
+        if i == 0 {
+            &mut self.pantry
+        } else {
+            &mut self.baseline
         }
     }
 }
@@ -212,11 +275,18 @@ pub struct Results {
     pub handshakes: Vec<HandshakeRow>,
     /// CURVE enrollment; `None` when not run.
     pub enrollment: Option<EnrollmentResult>,
+    /// CURVE presence; `None` when not run.
+    pub presence: Option<PresenceResult>,
+    /// CURVE job store; `None` when not run.
+    pub jobs: Option<JobsResult>,
+    /// The earlier report's figures (server memory and CPU per agent are
+    /// compared with them); `None` when there is none.
+    pub previous: Option<Previous>,
     pub elapsed: Duration,
     pub config: Config,
 }
 
-const ADMIN_NAME: &str = "bench-admin";
+pub(crate) const ADMIN_NAME: &str = "bench-admin";
 const IDLE_CLIENT: &str = "bench-idle";
 
 fn requester_name(k: usize) -> String {
@@ -224,17 +294,17 @@ fn requester_name(k: usize) -> String {
 }
 
 /// Keys of everyone who connects under CURVE.
-struct KeyRing {
-    server: Pair,
-    agents: Vec<Pair>,
-    admin: Pair,
-    requesters: Vec<Pair>,
+pub(crate) struct KeyRing {
+    pub(crate) server: Pair,
+    pub(crate) agents: Vec<Pair>,
+    pub(crate) admin: Pair,
+    pub(crate) requesters: Vec<Pair>,
     idle_client: Pair,
     handshake: Vec<Pair>,
 }
 
 impl KeyRing {
-    fn generate(agents: usize, cfg: &Config) -> Result<KeyRing> {
+    pub(crate) fn generate(agents: usize, cfg: &Config) -> Result<KeyRing> {
         Ok(KeyRing {
             server: Pair::generate()?,
             agents: keys::generate(agents)?,
@@ -247,7 +317,7 @@ impl KeyRing {
 
     /// Keys enrolled in the main servers' key store: each agent's under its
     /// identity, the admin and the requesters as admins.
-    fn enrolled(&self) -> Vec<KnownKey> {
+    pub(crate) fn enrolled(&self) -> Vec<KnownKey> {
         let mut all: Vec<KnownKey> = self
             .agents
             .iter()
@@ -267,10 +337,10 @@ impl KeyRing {
 }
 
 /// Progress on stderr, with the time since the start.
-struct Progress(Instant);
+pub(crate) struct Progress(pub(crate) Instant);
 
 impl Progress {
-    fn say(&self, text: impl AsRef<str>) {
+    pub(crate) fn say(&self, text: impl AsRef<str>) {
         eprintln!("[{:>6.1}s] {}", self.0.elapsed().as_secs_f64(), text.as_ref());
     }
 }
@@ -299,7 +369,9 @@ pub fn run(cfg: &Config) -> Result<Results> {
         if sizes_skipped.is_empty() { String::new() } else { format!("; skipping N = {sizes_skipped:?}") }
     ));
     progress.say(format!("libzmq {libzmq}, {cores} cores, sizes {sizes:?}, {} rounds", cfg.rounds));
-    let ring = KeyRing::generate(sizes.last().copied().unwrap_or(0), cfg)?;
+    let previous = crate::previous::load(&cfg.out_dir);
+    let jobs_agents = cfg.jobs.as_ref().map_or(0, |j| j.max_agents().min(max_agents));
+    let ring = KeyRing::generate(sizes.last().copied().unwrap_or(0).max(jobs_agents), cfg)?;
 
     let mut modes = Vec::new();
     for &curve in &cfg.curve_modes {
@@ -309,6 +381,18 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let enrollment = match cfg.enrollment {
         Some(settings) if cfg.curve_modes.contains(&true) => {
             Some(run_enrollment(cfg, settings, &ring.server, &ring.admin, &progress)?)
+        }
+        _ => None,
+    };
+    let presence = match cfg.presence {
+        Some(settings) if cfg.curve_modes.contains(&true) => {
+            Some(run_presence(cfg, fit_presence(settings, &limits), &ring.server, &ring.admin, &progress)?)
+        }
+        _ => None,
+    };
+    let jobs = match &cfg.jobs {
+        Some(settings) if cfg.curve_modes.contains(&true) => {
+            Some(crate::jobs::run(cfg, settings, &ring, &limits, &progress)?)
         }
         _ => None,
     };
@@ -322,6 +406,9 @@ pub fn run(cfg: &Config) -> Result<Results> {
         modes,
         handshakes,
         enrollment,
+        presence,
+        jobs,
+        previous,
         elapsed: started.elapsed(),
         config: cfg.clone(),
     };
@@ -332,13 +419,13 @@ pub fn run(cfg: &Config) -> Result<Results> {
 
 /// The requesting side for one system: an admin for fan-outs and the
 /// concurrent requesters for throughput.
-struct Clients {
-    admin: Requester,
-    requesters: Vec<Requester>,
+pub(crate) struct Clients {
+    pub(crate) admin: Requester,
+    pub(crate) requesters: Vec<Requester>,
 }
 
 impl Clients {
-    fn connect(kind: Kind, endpoints: &Endpoints, ring: &KeyRing, curve: bool) -> Result<Clients> {
+    pub(crate) fn connect(kind: Kind, endpoints: &Endpoints, ring: &KeyRing, curve: bool) -> Result<Clients> {
         let pick = |p: &Pair| if curve { Some(p.clone()) } else { None };
         let admin = Requester::connect(kind, endpoints, pick(&ring.admin).as_ref(), ADMIN_NAME)?;
         let requesters = ring
@@ -353,7 +440,7 @@ impl Clients {
 
 /// Per-round figures of one system at one N.
 #[derive(Default)]
-struct Samples {
+pub(crate) struct Samples {
     p50: Vec<f64>,
     p99: Vec<f64>,
     incomplete: usize,
@@ -378,11 +465,13 @@ fn cpu_us_per(pid: u32, before: Option<u64>, count: u64) -> Option<f64> {
     (count > 0).then(|| after.saturating_sub(before) as f64 / 1000.0 / count as f64)
 }
 
-struct System<'a> {
-    kind: Kind,
-    endpoints: &'a Endpoints,
-    clients: Clients,
-    pid: u32,
+pub(crate) struct System<'a> {
+    pub(crate) kind: Kind,
+    /// What progress lines call it (`Pantry`, `baseline`, `jobs on`...).
+    pub(crate) name: &'static str,
+    pub(crate) endpoints: &'a Endpoints,
+    pub(crate) clients: Clients,
+    pub(crate) pid: u32,
 }
 
 fn run_mode(
@@ -409,12 +498,14 @@ fn run_mode(
     let mut systems = [
         System {
             kind: Kind::Pantry,
+            name: Kind::Pantry.name(),
             endpoints: &server.endpoints,
             clients: Clients::connect(Kind::Pantry, &server.endpoints, ring, curve)?,
             pid: server.process.pid,
         },
         System {
             kind: Kind::Baseline,
+            name: Kind::Baseline.name(),
             endpoints: &relay.endpoints,
             clients: Clients::connect(Kind::Baseline, &relay.endpoints, ring, curve)?,
             pid: relay.process.pid,
@@ -449,17 +540,23 @@ fn run_mode(
     Ok(result)
 }
 
-fn fmt(v: Option<f64>) -> String {
+pub(crate) fn fmt(v: Option<f64>) -> String {
     v.map(|v| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") }).unwrap_or_else(|| "-".into())
 }
 
 /// Builds a pool and waits until every agent answered a broadcast.
-fn start_pool(system: &mut System, n: usize, ring: &KeyRing, curve: bool, timeout: Duration) -> Result<(Pool, f64)> {
+pub(crate) fn start_pool(
+    system: &mut System,
+    n: usize,
+    ring: &KeyRing,
+    curve: bool,
+    timeout: Duration,
+) -> Result<(Pool, f64)> {
     let started = Instant::now();
     let pairs: &[Pair] = if curve { &ring.agents } else { &[] };
     let pool = Pool::start(system.kind, system.endpoints, pairs, n)?;
     wait_until_reachable(&mut system.clients.admin, &crate::agents::group_streams(n), timeout)
-        .with_context(|| format!("{} pool of {n}", system.kind.name()))?;
+        .with_context(|| format!("{} pool of {n}", system.name))?;
     Ok((pool, started.elapsed().as_secs_f64()))
 }
 
@@ -498,7 +595,7 @@ fn measure(cfg: &Config, system: &mut System, n: usize, samples: &mut Samples, p
     samples.lost += t.lost;
     progress.say(format!(
         "  N={n} {}: fan-out p50 {} ms ({incomplete} incomplete), throughput {}/s ({} lost) in {:.1} s",
-        system.kind.name(),
+        system.name,
         fmt(samples.p50.last().copied()),
         fmt(Some(t.per_second)),
         t.lost,
@@ -507,7 +604,10 @@ fn measure(cfg: &Config, system: &mut System, n: usize, samples: &mut Samples, p
     Ok(())
 }
 
-fn run_size(
+/// Both systems at N (`systems[0]`'s figures go to `Both::pantry`,
+/// `systems[1]`'s to `Both::baseline`), each round in turn, both pools at
+/// once unless `sequential`.
+pub(crate) fn run_size(
     cfg: &Config,
     n: usize,
     sequential: bool,
@@ -524,10 +624,10 @@ fn run_size(
             for i in order(round) {
                 let system = &mut systems[i];
                 let (pool, setup) = start_pool(system, n, ring, curve, cfg.reachable_timeout)?;
-                progress.say(format!("  N={n} {}: pool reachable in {setup:.1} s", system.kind.name()));
+                progress.say(format!("  N={n} {}: pool reachable in {setup:.1} s", system.name));
                 if round == 0 {
-                    *row.setup_s.get_mut(system.kind) = Some(setup);
-                    *row.rss_kib.get_mut(system.kind) = crate::procs::rss_kib(system.pid);
+                    *row.setup_s.at_mut(i) = Some(setup);
+                    *row.rss_kib.at_mut(i) = crate::procs::rss_kib(system.pid);
                 }
                 measure(cfg, system, n, &mut samples[i], progress)?;
                 drop(pool);
@@ -535,13 +635,13 @@ fn run_size(
         }
     } else {
         let mut pools = Vec::new();
-        for system in systems.iter_mut() {
+        for (i, system) in systems.iter_mut().enumerate() {
             let (pool, setup) = start_pool(system, n, ring, curve, cfg.reachable_timeout)?;
-            *row.setup_s.get_mut(system.kind) = Some(setup);
+            *row.setup_s.at_mut(i) = Some(setup);
             pools.push(pool);
         }
-        for system in systems.iter() {
-            *row.rss_kib.get_mut(system.kind) = crate::procs::rss_kib(system.pid);
+        for (i, system) in systems.iter().enumerate() {
+            *row.rss_kib.at_mut(i) = crate::procs::rss_kib(system.pid);
         }
         for round in 0..cfg.rounds {
             for i in order(round) {
@@ -551,16 +651,15 @@ fn run_size(
         drop(pools);
     }
     for (i, s) in samples.iter().enumerate() {
-        let kind = systems[i].kind;
-        *row.fanout_p50_ms.get_mut(kind) = median(&s.p50);
-        *row.fanout_p99_ms.get_mut(kind) = median(&s.p99);
-        *row.fanout_incomplete.get_mut(kind) = s.incomplete;
-        *row.fanout_attempted.get_mut(kind) = s.attempted;
-        *row.fanout_delivered.get_mut(kind) = median(&s.delivered);
-        *row.cpu_us_per_request.get_mut(kind) = median(&s.cpu_us_per_request);
-        *row.cpu_us_per_answer.get_mut(kind) = median(&s.cpu_us_per_answer);
-        *row.throughput.get_mut(kind) = median(&s.throughput);
-        *row.lost.get_mut(kind) = s.lost;
+        *row.fanout_p50_ms.at_mut(i) = median(&s.p50);
+        *row.fanout_p99_ms.at_mut(i) = median(&s.p99);
+        *row.fanout_incomplete.at_mut(i) = s.incomplete;
+        *row.fanout_attempted.at_mut(i) = s.attempted;
+        *row.fanout_delivered.at_mut(i) = median(&s.delivered);
+        *row.cpu_us_per_request.at_mut(i) = median(&s.cpu_us_per_request);
+        *row.cpu_us_per_answer.at_mut(i) = median(&s.cpu_us_per_answer);
+        *row.throughput.at_mut(i) = median(&s.throughput);
+        *row.lost.at_mut(i) = s.lost;
     }
     Ok(row)
 }
@@ -635,16 +734,7 @@ fn run_enrollment(
     admin: &Pair,
     progress: &Progress,
 ) -> Result<EnrollmentResult> {
-    let setup = crate::enrollment::Setup {
-        server_bin: cfg.server_bin.clone(),
-        client_bin: cfg.client_bin.clone(),
-        admin_bin: cfg.admin_bin.clone(),
-        log_level: &cfg.log_level,
-        server,
-        admin,
-        admin_name: ADMIN_NAME,
-    };
-    crate::enrollment::run(&setup, settings, &|text| progress.say(text))
+    crate::enrollment::run(&enrollment_setup(cfg, server, admin), settings, &|text| progress.say(text))
 }
 
 /// Only the enrollment scenario (`pantry-bench enrollment`): fresh keys,
@@ -653,4 +743,54 @@ pub fn run_enrollment_only(cfg: &Config, settings: EnrollmentSettings) -> Result
     let progress = Progress(Instant::now());
     limits::raise_nofile().context("cannot raise the open-file limit")?;
     run_enrollment(cfg, settings, &Pair::generate()?, &Pair::generate()?, &progress)
+}
+
+fn enrollment_setup<'a>(cfg: &'a Config, server: &'a Pair, admin: &'a Pair) -> crate::enrollment::Setup<'a> {
+    crate::enrollment::Setup {
+        server_bin: cfg.server_bin.clone(),
+        client_bin: cfg.client_bin.clone(),
+        admin_bin: cfg.admin_bin.clone(),
+        log_level: &cfg.log_level,
+        server,
+        admin,
+        admin_name: ADMIN_NAME,
+    }
+}
+
+/// The presence scenario against fresh CURVE servers.
+fn run_presence(
+    cfg: &Config,
+    settings: PresenceSettings,
+    server: &Pair,
+    admin: &Pair,
+    progress: &Progress,
+) -> Result<PresenceResult> {
+    crate::presence::run(&enrollment_setup(cfg, server, admin), settings, &|text| progress.say(text))
+}
+
+/// The presence scenario's agent counts within the open-file limit.
+fn fit_presence(mut settings: PresenceSettings, limits: &FdLimits) -> PresenceSettings {
+    settings.restart_agents = settings.restart_agents.min(limits.max_monitored_agents());
+    settings.agents = settings.agents.min(limits.max_monitored_agents());
+    settings.killed = settings.killed.min(settings.agents);
+    settings
+}
+
+/// Only the presence scenario (`pantry-bench presence`): fresh keys,
+/// progress on stderr; the report is the caller's.
+pub fn run_presence_only(cfg: &Config, settings: PresenceSettings) -> Result<(PresenceResult, Option<Previous>)> {
+    let progress = Progress(Instant::now());
+    let limits = limits::raise_nofile().context("cannot raise the open-file limit")?;
+    let settings = fit_presence(settings, &limits);
+    let result = run_presence(cfg, settings, &Pair::generate()?, &Pair::generate()?, &progress)?;
+    Ok((result, crate::previous::load(&cfg.out_dir)))
+}
+
+/// Only the job-store scenario (`pantry-bench jobs`): fresh keys,
+/// progress on stderr; the report is the caller's.
+pub fn run_jobs_only(cfg: &Config, settings: &JobsSettings) -> Result<JobsResult> {
+    let progress = Progress(Instant::now());
+    let limits = limits::raise_nofile().context("cannot raise the open-file limit")?;
+    let ring = KeyRing::generate(settings.max_agents().min(limits.max_agents()), cfg)?;
+    crate::jobs::run(cfg, settings, &ring, &limits, &progress)
 }

@@ -3,15 +3,20 @@
 //!
 //! [`harness::run`] does everything `make bench` shows: fan-out latency,
 //! throughput, handshake rate and memory, Pantry against the baseline,
-//! enrollment with tokens (CURVE, Pantry only), and writes `latest.md` and
-//! `fanout.svg`.
+//! enrollment with tokens, presence (offline clients named at once, a
+//! killed agent, a server restart) and the job store (on vs off, `jobs`
+//! over a full store, database size per job) (CURVE, Pantry only), and
+//! writes `latest.md` and `fanout.svg`.
 
 pub mod agents;
 pub mod enrollment;
 pub mod handshake;
 pub mod harness;
+pub mod jobs;
 pub mod keys;
 pub mod limits;
+pub mod presence;
+pub mod previous;
 pub mod procs;
 pub mod profile;
 pub mod relay;

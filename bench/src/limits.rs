@@ -5,6 +5,10 @@
 /// File descriptors one simulated agent holds in the bench process.
 pub const FDS_PER_AGENT: u64 = 4;
 
+/// With a DEALER monitor (the presence and job-store scenarios' agents):
+/// two more sockets, two more mailboxes.
+pub const FDS_PER_MONITORED_AGENT: u64 = 6;
+
 /// Descriptors kept free for contexts, requesters, monitors, logs, pipes.
 pub const RESERVED_FDS: u64 = 600;
 
@@ -20,6 +24,11 @@ impl FdLimits {
     /// How many agents fit in one pool with these limits.
     pub fn max_agents(&self) -> usize {
         (self.soft.saturating_sub(RESERVED_FDS) / FDS_PER_AGENT) as usize
+    }
+
+    /// How many agents with a DEALER monitor fit in one pool.
+    pub fn max_monitored_agents(&self) -> usize {
+        (self.soft.saturating_sub(RESERVED_FDS) / FDS_PER_MONITORED_AGENT) as usize
     }
 
     /// Whether a Pantry pool and a baseline pool of `n` agents fit at once.

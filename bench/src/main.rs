@@ -1,5 +1,7 @@
-//! `pantry-bench`: runs the benchmark (`make bench`), or the baseline relay
-//! the benchmark starts as a child process (`pantry-bench relay`).
+//! `pantry-bench`: runs the benchmark (`make bench`), one scenario of it
+//! (`pantry-bench enrollment`, `presence`, `jobs`, `profile`), or the
+//! baseline relay the benchmark starts as a child process (`pantry-bench
+//! relay`).
 
 use std::path::PathBuf;
 
@@ -65,6 +67,48 @@ enum Cmd {
         /// Longest the agents may take in all, seconds.
         #[arg(long, default_value_t = 120.0)]
         timeout: f64,
+    },
+    /// Only the presence scenario (CURVE): killed agents named offline at
+    /// once, SIGKILL of a real pantry-client → offline, a server restart
+    /// with agents coming back; prints its section of the report, compared
+    /// with the committed latest.md in --out (left alone).
+    Presence {
+        /// Agents the admin echoes to, of which --killed are killed first.
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        #[arg(long, default_value_t = 10)]
+        killed: usize,
+        /// Seconds between the kill and the echoes.
+        #[arg(long, default_value_t = 5.0)]
+        kill_wait: f64,
+        /// Echoes, and SIGKILL runs with the real pantry-client.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Agents across the server restart.
+        #[arg(long, default_value_t = 1000)]
+        restart_agents: usize,
+        /// The agents' heartbeat, seconds.
+        #[arg(long, default_value_t = 5)]
+        heartbeat: u64,
+    },
+    /// Only the job-store scenario (CURVE): fan-out and throughput with the
+    /// store on and off, `jobs` over a filled store, database size per job;
+    /// prints its section of the report (latest.md is left alone).
+    Jobs {
+        /// N at which the store on and off are compared.
+        #[arg(long, value_delimiter = ',', default_value = "1,1000")]
+        sizes: Vec<usize>,
+        /// Jobs put in the store before `jobs` is timed.
+        #[arg(long, default_value_t = 100_000)]
+        fill: u64,
+        /// Agents and echoes of the database-size measurement.
+        #[arg(long, default_value_t = 1000)]
+        db_agents: usize,
+        #[arg(long, default_value_t = 20)]
+        db_echoes: usize,
+        /// Rounds of the on/off comparison.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// One scenario against a CURVE pantry-server for a while, optionally
     /// under `perf record`; prints the server CPU time per operation.
@@ -135,6 +179,41 @@ fn run(cli: Cli) -> Result<()> {
         };
         let result = pantry_bench::harness::run_enrollment_only(&config, settings)?;
         print!("{}", pantry_bench::report::enrollment_section(&result));
+        return Ok(());
+    }
+    if let Some(Cmd::Presence { agents, killed, kill_wait, repeats, restart_agents, heartbeat }) = cli.command {
+        let mut config = pantry_bench::Config::full(server, client, exe, cli.out);
+        config.admin_bin = admin;
+        config.log_level = cli.log_level;
+        let defaults = config.presence.context("presence settings")?;
+        let settings = pantry_bench::presence::PresenceSettings {
+            agents: agents.max(killed),
+            killed,
+            kill_wait: std::time::Duration::from_secs_f64(kill_wait.clamp(0.0, 600.0)),
+            echoes: repeats,
+            kill_repeats: repeats,
+            restart_agents,
+            heartbeat: std::time::Duration::from_secs(heartbeat.clamp(1, 3600)),
+            ..defaults
+        };
+        let (result, previous) = pantry_bench::harness::run_presence_only(&config, settings)?;
+        print!("{}", pantry_bench::report::presence_section(&result, &[], previous.as_ref(), None));
+        return Ok(());
+    }
+    if let Some(Cmd::Jobs { sizes, fill, db_agents, db_echoes, rounds }) = cli.command {
+        let mut config = pantry_bench::Config::full(server, client, exe, cli.out);
+        config.admin_bin = admin;
+        config.log_level = cli.log_level;
+        config.rounds = rounds.max(1);
+        let settings = pantry_bench::jobs::JobsSettings {
+            sizes,
+            fill,
+            db_agents,
+            db_echoes,
+            ..config.jobs.clone().context("job-store settings")?
+        };
+        let result = pantry_bench::harness::run_jobs_only(&config, &settings)?;
+        print!("{}", pantry_bench::report::jobs_section(&result, &config));
         return Ok(());
     }
     let mut config = if cli.smoke {

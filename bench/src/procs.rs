@@ -164,6 +164,13 @@ impl Process {
         self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// SIGKILL, then reaps it.
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         // SAFETY: kill(2) on our own child's pid.
@@ -204,8 +211,22 @@ pub struct PantryServer {
     pub endpoints: Endpoints,
     ports: (u16, u16, u16),
     pub curve: bool,
+    binary: PathBuf,
+    /// Processes started so far on this root_dir (restarts + 1).
+    starts: usize,
     // Removed after the process (fields drop in order).
     dir: TempDir,
+}
+
+/// How long a restart took.
+#[derive(Debug, Clone, Copy)]
+pub struct Restarted {
+    /// When SIGTERM was sent.
+    pub stopping: Instant,
+    /// When the old process had exited.
+    pub stopped: Instant,
+    /// When the new one logged that it started.
+    pub started: Instant,
 }
 
 impl PantryServer {
@@ -215,6 +236,17 @@ impl PantryServer {
         binary: &Path,
         server: Option<(&Pair, &[pantry_shared::keys::KnownKey])>,
         log_level: &str,
+    ) -> Result<PantryServer> {
+        PantryServer::start_with(binary, server, log_level, "")
+    }
+
+    /// [`PantryServer::start`] with `extra` appended to server.yml (whole
+    /// top-level sections, e.g. `jobs:\n  enabled: false\n`).
+    pub fn start_with(
+        binary: &Path,
+        server: Option<(&Pair, &[pantry_shared::keys::KnownKey])>,
+        log_level: &str,
+        extra: &str,
     ) -> Result<PantryServer> {
         let dir = tempfile::Builder::new().prefix("pantry-bench-server-").disable_cleanup(keep_dirs()).tempdir()?;
         let root = dir.path().join("root");
@@ -227,7 +259,8 @@ impl PantryServer {
             keys::write_server_keys(&root, pair, client_keys)?;
         }
         let ports = (free_port()?, free_port()?, free_port()?);
-        let config = format!("log_level: {log_level}\nroot_dir: {}\n{}", root.display(), networking_yaml(ports, curve));
+        let config =
+            format!("log_level: {log_level}\nroot_dir: {}\n{}{extra}", root.display(), networking_yaml(ports, curve));
         let config_path = dir.path().join("server.yml");
         std::fs::write(&config_path, config)?;
         let mut process = Process::spawn(
@@ -241,7 +274,42 @@ impl PantryServer {
             receive: format!("tcp://127.0.0.1:{}", ports.1),
             server_key: server.map(|(pair, _)| pair.public),
         };
-        Ok(PantryServer { process, endpoints, ports, curve, dir })
+        Ok(PantryServer { process, endpoints, ports, curve, binary: binary.to_owned(), starts: 1, dir })
+    }
+
+    /// Stops the server (SIGTERM, SIGKILL after 5 s) and starts it again on
+    /// the same root_dir, config and ports; returns once it logged that it
+    /// started. Its log is `server-K.log` for the K-th start.
+    pub fn restart(&mut self) -> Result<Restarted> {
+        let stopping = Instant::now();
+        self.process.stop();
+        let stopped = Instant::now();
+        let started = self.start_again()?;
+        Ok(Restarted { stopping, stopped, started })
+    }
+
+    /// Starts the server again after `self.process.stop()`, on the same
+    /// root_dir, config and ports; returns when it logged that it started.
+    pub fn start_again(&mut self) -> Result<Instant> {
+        self.starts += 1;
+        self.process = Process::spawn(
+            "pantry-server",
+            Command::new(&self.binary).arg("-c").arg(self.dir.path().join("server.yml")).stdin(Stdio::null()),
+            self.dir.path().join(format!("server-{}.log", self.starts)),
+        )?;
+        self.process.wait_for_log("pantry-server started", Duration::from_secs(60))?;
+        Ok(Instant::now())
+    }
+
+    /// The server's root_dir.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Sizes of `pantry.db` and `pantry.db-wal` in bytes (0 when absent).
+    pub fn db_bytes(&self) -> (u64, u64) {
+        let size = |name: &str| std::fs::metadata(self.root().join(name)).map(|m| m.len()).unwrap_or(0);
+        (size("pantry.db"), size("pantry.db-wal"))
     }
 
     /// Starts the real `pantry-client` against this server (log level
@@ -373,6 +441,6 @@ pub fn read_relay_secret() -> Result<Option<[u8; 32]>> {
     if line.is_empty() {
         return Ok(None);
     }
-    let bytes = zmq::z85_decode(line).context("relay secret key is not Z85")?;
-    Ok(Some(bytes.try_into().map_err(|_| anyhow::anyhow!("relay secret key is not 32 bytes"))?))
+    let key = pantry_shared::keys::decode_z85(line).context("relay secret key is not a 40-character Z85 key")?;
+    Ok(Some(key))
 }

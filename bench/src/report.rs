@@ -9,6 +9,9 @@ use plotters::prelude::*;
 
 use crate::enrollment::EnrollmentResult;
 use crate::harness::{Both, ModeResult, Results};
+use crate::jobs::JobsResult;
+use crate::presence::PresenceResult;
+use crate::previous::Previous;
 
 pub const MARKDOWN: &str = "latest.md";
 pub const CHART: &str = "fanout.svg";
@@ -25,6 +28,14 @@ const IDLE_AGENT_TARGET_KIB: u64 = 10 * 1024;
 /// Enrollment targets: a crowd with one token, and one agent end to end.
 const CROWD_TARGET_S: f64 = 30.0;
 const END_TO_END_TARGET_S: f64 = 1.0;
+/// Presence targets: offline clients named at once, a killed agent offline
+/// within a second, within 10% of the previous memory and CPU per agent.
+const OFFLINE_ECHO_TARGET_MS: f64 = 100.0;
+const KILL_TARGET_MS: f64 = 1000.0;
+const PER_AGENT_TOLERANCE: f64 = 1.10;
+/// Job-store targets: on within 5% of off, `jobs` over a full store.
+const JOBS_ON_OFF_TOLERANCE: f64 = 0.05;
+const LIST_JOBS_TARGET_MS: f64 = 50.0;
 
 pub fn write(results: &Results, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -175,6 +186,12 @@ fn targets(results: &Results, out: &mut String) {
     );
     if let Some(e) = &results.enrollment {
         enrollment_targets(e, out);
+    }
+    if let Some(p) = &results.presence {
+        presence_targets(p, &results.modes, results.previous.as_ref(), results.jobs.as_ref(), out);
+    }
+    if let Some(j) = &results.jobs {
+        jobs_targets(j, out);
     }
     let _ = writeln!(out);
 }
@@ -519,7 +536,527 @@ pub fn markdown(results: &Results) -> String {
     if let Some(e) = &results.enrollment {
         let _ = writeln!(out, "\n{}", enrollment_section(e).trim_end());
     }
+    if let Some(p) = &results.presence {
+        let section = presence_section(p, &results.modes, results.previous.as_ref(), results.jobs.as_ref());
+        let _ = writeln!(out, "\n{}", section.trim_end());
+    }
+    if let Some(j) = &results.jobs {
+        let _ = writeln!(out, "\n{}", jobs_section(j, cfg).trim_end());
+    }
     let _ = writeln!(out, "\n![fan-out latency against N]({CHART})");
+    out
+}
+
+/// "+3%", "−12%".
+fn change(v: Option<f64>) -> String {
+    match v.filter(|r| r.is_finite()) {
+        Some(r) => {
+            let p = (r - 1.0) * 100.0;
+            if p < 0.0 {
+                format!("−{:.0}%", -p)
+            } else {
+                format!("+{p:.0}%")
+            }
+        }
+        None => "–".into(),
+    }
+}
+
+/// One per-agent figure of this run next to the previous report's.
+#[derive(Debug, Clone)]
+pub struct Compared {
+    pub what: String,
+    pub now: Option<f64>,
+    pub before: Option<f64>,
+    /// Counts for the target.
+    pub judged: bool,
+}
+
+impl Compared {
+    /// This run / previous.
+    pub fn ratio(&self) -> Option<f64> {
+        Both { pantry: self.now, baseline: self.before }.ratio()
+    }
+}
+
+/// Server memory and CPU per agent, this run against `previous`: RSS
+/// growth per agent and CPU per fan-out answer and per request at each N
+/// of 100 or more (judged at the largest N, CURVE), and the presence
+/// scenario's fresh server with registered agents (judged when the main
+/// scenarios did not run).
+pub fn per_agent_comparison(
+    modes: &[ModeResult],
+    presence: Option<&PresenceResult>,
+    previous: Option<&Previous>,
+) -> Vec<Compared> {
+    let mut rows = Vec::new();
+    for m in modes {
+        let largest = m.rows.iter().map(|r| r.n).max().unwrap_or(0);
+        let sec = m.name();
+        let key = |n: usize| (sec.to_owned(), n);
+        for r in m.rows.iter().filter(|r| r.n >= 100) {
+            let judged = m.curve && r.n == largest;
+            let now = match (m.rss0_kib.pantry, r.rss_kib.pantry) {
+                (Some(z), Some(a)) => Some((a as f64 - z as f64) / r.n as f64),
+                _ => None,
+            };
+            rows.push(Compared {
+                what: format!("RSS per agent, KiB ({sec}, 0 → {})", group(r.n as u64)),
+                now,
+                before: previous.and_then(|p| p.kib_per_agent(sec, r.n)),
+                judged,
+            });
+            if m.curve {
+                rows.push(Compared {
+                    what: format!("CPU per fan-out answer, µs ({sec}, N = {})", group(r.n as u64)),
+                    now: r.cpu_us_per_answer.pantry,
+                    before: previous.and_then(|p| p.cpu_us_per_answer.get(&key(r.n)).copied()),
+                    judged,
+                });
+                rows.push(Compared {
+                    what: format!("CPU per request (throughput), µs ({sec}, N = {})", group(r.n as u64)),
+                    now: r.cpu_us_per_request.pantry,
+                    before: previous.and_then(|p| p.cpu_us_per_request.get(&key(r.n)).copied()),
+                    judged,
+                });
+            }
+        }
+    }
+    if let Some(restart) = presence.and_then(|p| p.restart.as_ref()) {
+        rows.push(Compared {
+            what: format!(
+                "RSS per registered agent, KiB (CURVE, fresh server, 0 → {} agents with a heartbeat)",
+                group(restart.agents as u64)
+            ),
+            now: restart.kib_per_agent(),
+            before: previous.and_then(|p| p.kib_per_agent("CURVE", restart.agents)),
+            judged: modes.is_empty(),
+        });
+        rows.push(Compared {
+            what: format!(
+                "idle server CPU per registered agent, µs per second (CURVE, {} agents, heartbeat {} s; {} ms/s with \
+                 none, {} ms/s with all: {} µs per heartbeat registration)",
+                group(restart.agents as u64),
+                restart.heartbeat_s,
+                num(restart.idle_cpu_ms_per_s_empty),
+                num(restart.idle_cpu_ms_per_s),
+                num(restart.cpu_us_per_heartbeat())
+            ),
+            now: restart.idle_cpu_us_per_agent_s,
+            before: None,
+            judged: false,
+        });
+    }
+    rows
+}
+
+/// The presence rows of the targets table.
+fn presence_targets(
+    p: &PresenceResult,
+    modes: &[ModeResult],
+    previous: Option<&Previous>,
+    jobs: Option<&JobsResult>,
+    out: &mut String,
+) {
+    if let Some(e) = &p.echo {
+        let measured = match (e.median_ms(), e.max_ms()) {
+            (Some(m), Some(x)) => format!(
+                "median {} ms, max {} ms; exactly the {} named offline in {} of {} echoes (before: {} s)",
+                num(Some(m)),
+                num(Some(x)),
+                e.killed.len(),
+                e.correct_runs(),
+                e.runs.len(),
+                e.admin_timeout_s
+            ),
+            _ => "no echo answered".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| `echo` to {} agents, {} killed {} s before: last answer < {OFFLINE_ECHO_TARGET_MS} ms (median), the {} \
+             named offline (before: the admin's whole `--timeout`) | {measured} | {} |",
+            group(e.agents as u64),
+            e.killed.len(),
+            e.kill_wait_s,
+            e.killed.len(),
+            status(e.median_ms().map(|m| m < OFFLINE_ECHO_TARGET_MS && e.correct_runs() == e.runs.len()))
+        );
+    } else {
+        let _ = writeln!(out, "| `echo` with killed agents: offline ones named at once | failed | {} |", status(None));
+    }
+    let (median, max) = (p.median_kill_ms(), p.max_kill_ms());
+    let _ = writeln!(
+        out,
+        "| SIGKILL of `pantry-client` → `offline` in `status` < 1 s (median of {}) | {} | {} |",
+        p.kill_repeats,
+        match (median, max) {
+            (Some(m), Some(x)) => format!(
+                "median {} ms, max {} ms ({} of {} runs)",
+                num(Some(m)),
+                num(Some(x)),
+                p.kills.len(),
+                p.kill_repeats
+            ),
+            _ => format!("no run ({} tried)", p.kill_repeats),
+        },
+        status(
+            (p.kill_repeats > 0).then(|| p.kills.len() == p.kill_repeats && median.is_some_and(|m| m < KILL_TARGET_MS))
+        )
+    );
+    match &p.restart {
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "| server restart with {} agents: all online again within 2 heartbeat intervals ({} s) | {} | {} |",
+                group(r.agents as u64),
+                2 * r.heartbeat_s,
+                match (r.all_online_s, r.all_online_since_term_s) {
+                    (Some(a), Some(t)) =>
+                        format!("{} s after the new server started ({} s after SIGTERM)", secs(a), secs(t)),
+                    _ => format!("not all: {} of {} online", group(r.online_at_end as u64), group(r.agents as u64)),
+                },
+                status(Some(r.back_in_time() == Some(true)))
+            );
+            let _ = writeln!(
+                out,
+                "| `status` right after the restart lists all {} (offline until they check in) | {} listed, {} offline, \
+                 {} ms after the start | {} |",
+                group(r.agents as u64),
+                group(r.gap_listed as u64),
+                group(r.gap_offline as u64),
+                num(Some(r.gap_status_ms)),
+                status(Some(r.gap_listed == r.agents))
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "| server restart: every agent online again within 2 heartbeat intervals | failed | {} |",
+                status(None)
+            );
+        }
+    }
+    let compared = per_agent_comparison(modes, Some(p), previous);
+    let judged: Vec<&Compared> = compared.iter().filter(|c| c.judged && c.ratio().is_some()).collect();
+    let measured = if judged.is_empty() {
+        match previous {
+            None => "no previous results to compare with".into(),
+            Some(_) => "nothing comparable in the previous results".into(),
+        }
+    } else {
+        judged
+            .iter()
+            .map(|c| format!("{}: {} vs {} ({})", c.what, num(c.now), num(c.before), change(c.ratio())))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let _ = writeln!(
+        out,
+        "| server memory and CPU per agent within 10% of the previous results | {measured}{} | {} |",
+        job_store_note(jobs).map(|n| format!(" ({n})")).unwrap_or_default(),
+        status(
+            (!judged.is_empty()).then(|| judged.iter().all(|c| c.ratio().is_some_and(|r| r <= PER_AGENT_TOLERANCE)))
+        )
+    );
+}
+
+/// The `## Presence` section.
+/// What the job store adds to the CPU per request (the previous results
+/// had no job store), from the on/off comparison at its largest N.
+fn job_store_note(jobs: Option<&JobsResult>) -> Option<String> {
+    let row = jobs?.rows.iter().max_by_key(|r| r.n)?;
+    let (on, off) = (row.cpu_us_per_request.pantry?, row.cpu_us_per_request.baseline?);
+    Some(format!(
+        "the job store, absent from the previous results, is part of the CPU per request: {} µs with it, {} µs \
+         without, at N = {} in `## Jobs`",
+        num(Some(on)),
+        num(Some(off)),
+        group(row.n as u64)
+    ))
+}
+
+/// The `## Presence` section (`jobs`: for what the job store adds to the
+/// CPU per request).
+pub fn presence_section(
+    p: &PresenceResult,
+    modes: &[ModeResult],
+    previous: Option<&Previous>,
+    jobs: Option<&JobsResult>,
+) -> String {
+    let mut out = String::new();
+    let heartbeat = p.restart.as_ref().map(|r| r.heartbeat_s);
+    let _ = writeln!(
+        out,
+        "## Presence\n\nCURVE, against fresh `pantry-server`s that know the bench's admin key and the agents' keys. \
+         Here the simulated agents behave like the real one: a `RegisterClient` with `heartbeat_interval` every \
+         heartbeat{}, and another whenever their DEALER completes a handshake (a socket monitor per agent).\n",
+        heartbeat.map(|h| format!(" ({h} s)")).unwrap_or_default()
+    );
+    if let Some(e) = &p.echo {
+        let _ = writeln!(
+            out,
+            "**Offline clients are named at once.** {} agents; {} of them killed (their SUB and DEALER closed with \
+             linger 0, so the server sees the TCP connections close) {} s before an admin's `echo` to every agent, \
+             sent {} times from a CURVE DEALER. Time from sending to the last answer; the server's recipient list \
+             names the offline ones (`custom.offline`). Before presence the admin waited for the killed agents until \
+             its `--timeout` ({} s by default) and then named them as not answering.\n",
+            group(e.agents as u64),
+            e.killed.len(),
+            e.kill_wait_s,
+            e.runs.len(),
+            e.admin_timeout_s
+        );
+        let _ = writeln!(
+            out,
+            "| echo | answers | listed online | named offline | exactly the killed ones | last answer (ms) |\n\
+             |---:|---:|---:|---:|---|---:|"
+        );
+        for (i, r) in e.runs.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                i + 1,
+                r.answers,
+                r.listed,
+                r.offline.len(),
+                if r.offline == e.killed { "yes" } else { "**no**" },
+                num(Some(r.last_answer_ms))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| median | | | | | {} |\n| max | | | | | {} |\n| before presence | | | | | {} (the whole `--timeout`) |",
+            num(e.median_ms()),
+            num(e.max_ms()),
+            group((e.admin_timeout_s * 1000.0) as u64)
+        );
+        if let Some(cli) = &e.cli {
+            let _ = writeln!(
+                out,
+                "\nThe real `pantry-admin --timeout {} echo` against the same agents: exit status {}, {} ms wall time \
+                 (process start and CURVE handshake included), {} lines naming an offline client, `{}`.",
+                e.admin_timeout_s,
+                cli.exit_code.map_or("–".into(), |c| c.to_string()),
+                num(Some(cli.wall_ms)),
+                cli.offline_lines,
+                cli.last_line
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "**SIGKILL → offline.** A real `pantry-client` (release, CURVE) started and online in `status`, then \
+         SIGKILLed; a raw `Status` request for its identity every 10 ms until the answer says `offline`. Time from \
+         the SIGKILL to that answer, {} runs.\n",
+        p.kill_repeats
+    );
+    let _ = writeln!(out, "| run | SIGKILL → offline (ms) | `Status` requests |\n|---:|---:|---:|");
+    for (i, k) in p.kills.iter().enumerate() {
+        let _ = writeln!(out, "| {} | {} | {} |", i + 1, num(Some(k.offline_ms)), k.polls);
+    }
+    let _ = writeln!(out, "| median | {} | |\n| max | {} | |\n", num(p.median_kill_ms()), num(p.max_kill_ms()));
+    if let Some(r) = &p.restart {
+        let _ = writeln!(
+            out,
+            "**Server restart.** {} agents registered and reachable; the server stopped with SIGTERM and started \
+             again on the same root_dir and ports. A `status` from a fresh admin connection as soon as the new \
+             server logged that it started, then one every 100 ms until every agent is online again; then an \
+             `echo` to all.\n",
+            group(r.agents as u64)
+        );
+        let _ = writeln!(
+            out,
+            "| agents | heartbeat (s) | SIGTERM → exited (s) | start → `started` (s) | first `status`: listed / offline (ms after the start) | all online again after the start (s) | after SIGTERM (s) | echo to all afterwards: answers (ms) |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} / {} ({}) | {} | {} | {} |",
+            group(r.agents as u64),
+            r.heartbeat_s,
+            secs(r.stop_s),
+            secs(r.start_s),
+            group(r.gap_listed as u64),
+            group(r.gap_offline as u64),
+            num(Some(r.gap_status_ms)),
+            r.all_online_s.map(secs).unwrap_or_else(|| format!("not all ({} online)", r.online_at_end)),
+            r.all_online_since_term_s.map(secs).unwrap_or_else(|| "–".into()),
+            match (r.echo_answers, r.echo_ms) {
+                (Some(a), Some(ms)) => format!("{} ({})", group(a as u64), num(Some(ms))),
+                (Some(a), None) => group(a as u64),
+                _ => "–".into(),
+            }
+        );
+        let _ = writeln!(out);
+    }
+    let compared = per_agent_comparison(modes, Some(p), previous);
+    let _ = writeln!(
+        out,
+        "**Server memory and CPU per registered agent** against {}. RSS per agent: server VmRSS growth from no \
+         agent to N registered agents; CPU: server CPU time (all threads) per fan-out answer and per throughput \
+         request, as in the tables above; idle CPU: the growth of the server's CPU time with nothing asked, from no \
+         agent to every agent registered, over {} s each. \
+         Judged (within 10%, CURVE): the largest N{}.\n",
+        previous.map_or("no previous results".to_owned(), |p| format!("the previous results ({})", p.source)),
+        p.restart.as_ref().map_or("–".into(), |r| num(Some(r.idle_window_s))),
+        if modes.is_empty() { " (here: the fresh server's RSS per registered agent)" } else { "" }
+    );
+    if !modes.is_empty() {
+        let _ = writeln!(
+            out,
+            "At small N the RSS per agent is mostly fixed growth divided by few agents (allocator arenas, the job \
+             store's SQLite page cache filled by the throughput runs before), hence the judgement at the largest N.{}\n",
+            job_store_note(jobs).map(|n| format!(" Note: {n}.")).unwrap_or_default()
+        );
+    }
+    let _ = writeln!(out, "| figure | this run | previous | change | judged |\n|---|---:|---:|---:|---|");
+    for c in &compared {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            c.what,
+            num(c.now),
+            num(c.before),
+            change(c.ratio()),
+            if c.judged { "yes" } else { "" }
+        );
+    }
+    for why in &p.failures {
+        let _ = writeln!(out, "\nFailed: {}", why.lines().next().unwrap_or_default());
+    }
+    out
+}
+
+/// The job-store rows of the targets table.
+fn jobs_targets(j: &JobsResult, out: &mut String) {
+    let throughput: Vec<(usize, Option<f64>)> = j.rows.iter().map(|r| (r.n, r.throughput.ratio())).collect();
+    let fan = j.rows.iter().max_by_key(|r| r.n).map(|r| (r.n, r.fanout_p50_ms.ratio()));
+    let mut parts: Vec<String> =
+        throughput.iter().map(|(n, r)| format!("throughput N = {}: {}", group(*n as u64), pct(*r))).collect();
+    if let Some((n, r)) = fan {
+        parts.push(format!("fan-out p50 N = {}: {}", group(n as u64), ratio(r)));
+    }
+    let ok = (!j.rows.is_empty()).then(|| {
+        throughput.iter().all(|(_, r)| r.is_some_and(|r| r >= 1.0 - JOBS_ON_OFF_TOLERANCE))
+            && fan.is_some_and(|(_, r)| r.is_some_and(|r| r <= 1.0 + JOBS_ON_OFF_TOLERANCE))
+    });
+    let _ = writeln!(
+        out,
+        "| job store on: throughput and fan-out latency within 5% of off (on / off, CURVE) | {} | {} |",
+        if parts.is_empty() { "–".into() } else { parts.join("; ") },
+        status(ok)
+    );
+    match &j.fill {
+        Some(f) => {
+            let _ = writeln!(
+                out,
+                "| `jobs` (raw `ListJobs`, the 20 most recent) over {} jobs < {LIST_JOBS_TARGET_MS} ms (median of {}) | {} ms (max {} ms) | {} |",
+                group(f.jobs),
+                f.list_ms.len(),
+                num(f.median_list_ms()),
+                num(f.max_list_ms()),
+                status(f.median_list_ms().map(|m| m < LIST_JOBS_TARGET_MS && f.written_s.is_some()))
+            );
+        }
+        None => {
+            let _ =
+                writeln!(out, "| `jobs` over a full store < {LIST_JOBS_TARGET_MS} ms | failed | {} |", status(None));
+        }
+    }
+}
+
+/// The `## Jobs` section.
+pub fn jobs_section(j: &JobsResult, cfg: &crate::harness::Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Jobs\n\nCURVE. **Job store on vs off**: two `pantry-server`s at once, one with the default `jobs:` \
+         (every echo a job, each answer recorded) and one with `jobs: enabled: false`; the benchmark's fan-out and \
+         throughput measurements ({} fan-outs, {} requesters × {} in flight for {:.1} s) at each N, {} rounds \
+         alternating between them, medians. Ratios: on / off.\n",
+        cfg.fanout_requests,
+        cfg.requesters,
+        cfg.throughput.window,
+        cfg.throughput.duration.as_secs_f64(),
+        cfg.rounds
+    );
+    let _ = writeln!(
+        out,
+        "| N | fan-out p50 on / off (ms) | ratio | fan-out p99 on / off (ms) | incomplete on / off | throughput on / off (per s) | on / off | lost on / off | server CPU µs per request on / off |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &j.rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} of {} / {} of {} | {} | {} | {} / {} | {} |",
+            group(r.n as u64),
+            ms_pair(r.fanout_p50_ms.pantry, r.fanout_p50_ms.baseline),
+            ratio(r.fanout_p50_ms.ratio()),
+            ms_pair(r.fanout_p99_ms.pantry, r.fanout_p99_ms.baseline),
+            r.fanout_incomplete.pantry,
+            r.fanout_attempted.pantry,
+            r.fanout_incomplete.baseline,
+            r.fanout_attempted.baseline,
+            ms_pair(r.throughput.pantry, r.throughput.baseline),
+            pct(r.throughput.ratio()),
+            r.lost.pantry,
+            r.lost.baseline,
+            ms_pair(r.cpu_us_per_request.pantry, r.cpu_us_per_request.baseline)
+        );
+    }
+    if let Some(f) = &j.fill {
+        let _ = writeln!(
+            out,
+            "\n**`jobs` over a full store.** A fresh server's store filled through the server: {} echoes to one \
+             agent, pipelined ({} requesters × {} in flight), each a job with its answer: {} answered ({} lost) in \
+             {} s ({} per s); the writer had committed the last one {} s after its answer (`job ID` showed it). \
+             Then a raw `ListJobs` (the {} most recent, no filter) from the admin's CURVE DEALER, {} times one \
+             after the other: median {} ms, max {} ms, {} jobs in each answer. The real `pantry-admin jobs` \
+             (process start and CURVE handshake included): {} ms.",
+            group(f.jobs + f.lost),
+            cfg.requesters,
+            cfg.throughput.window,
+            group(f.jobs),
+            f.lost,
+            num(Some(f.seconds)),
+            num((f.seconds > 0.0).then(|| f.jobs as f64 / f.seconds)),
+            f.written_s.map_or("–".into(), |s| num(Some(s))),
+            pantry_shared::commands::jobs::DEFAULT_LIMIT,
+            f.list_ms.len(),
+            num(f.median_list_ms()),
+            num(f.max_list_ms()),
+            f.listed,
+            num(f.cli_ms)
+        );
+    }
+    if let Some(d) = &j.db {
+        let _ = writeln!(
+            out,
+            "\n**Database size per job.** {} agents registered (heartbeat, registration on reconnection); the \
+             server stopped (SIGTERM) and `pantry.db` + `pantry.db-wal` measured, started again, {} echoes to all \
+             {} ({} answered by every agent), stopped and measured again.\n",
+            group(d.agents as u64),
+            d.echoes,
+            group(d.agents as u64),
+            d.complete
+        );
+        let _ = writeln!(
+            out,
+            "| | `pantry.db` (bytes) | `pantry.db-wal` (bytes) |\n|---|---:|---:|\n| before | {} | {} |\n| after | {} | {} |\n\
+             | **per {}-agent echo job** | **{} bytes** ({} per answer) | |",
+            group(d.before.0),
+            group(d.before.1),
+            group(d.after.0),
+            group(d.after.1),
+            group(d.agents as u64),
+            d.per_job_bytes().map_or("–".into(), |b| group(b.max(0.0).round() as u64)),
+            num(d.per_job_bytes().map(|b| b / d.agents.max(1) as f64))
+        );
+    }
+    for why in &j.failures {
+        let _ = writeln!(out, "\nFailed: {}", why.lines().next().unwrap_or_default());
+    }
     out
 }
 

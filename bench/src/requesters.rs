@@ -278,6 +278,76 @@ pub fn throughput(requesters: &mut [Requester], agents: usize, s: ThroughputSett
     Ok(Throughput { per_second: completed as f64 / s.duration.as_secs_f64(), completed, lost, total_completed: total })
 }
 
+/// The uuid of the Pantry request with `token`.
+pub fn uuid_of(token: u64) -> String {
+    format!("{UUID_PREFIX}{token}")
+}
+
+/// Result of a fixed number of pipelined echoes.
+#[derive(Debug, Clone, Copy)]
+pub struct Pipelined {
+    pub completed: u64,
+    /// Unanswered within 3 s, or no answer when the time ran out.
+    pub lost: u64,
+    pub elapsed: Duration,
+    /// The token of the last request answered.
+    pub last_answered: Option<u64>,
+}
+
+/// Sends `count` echoes in all, each requester keeping `window` in flight,
+/// each to one agent by identity (round robin over `agents`), and waits for
+/// the answers; at most `timeout` in all.
+pub fn pipelined(
+    requesters: &mut [Requester],
+    agents: usize,
+    count: u64,
+    window: usize,
+    timeout: Duration,
+) -> Result<Pipelined> {
+    const LOST_AFTER: Duration = Duration::from_secs(3);
+    let r_count = requesters.len().max(1);
+    let mut in_flight: Vec<HashMap<u64, Instant>> = vec![HashMap::new(); requesters.len()];
+    let mut next_target: Vec<usize> = (0..requesters.len()).collect();
+    let start = Instant::now();
+    let end = start + timeout;
+    let (mut sent, mut completed, mut lost, mut last_answered) = (0u64, 0u64, 0u64, None);
+    loop {
+        let now = Instant::now();
+        if now >= end || (sent >= count && in_flight.iter().all(HashMap::is_empty)) {
+            break;
+        }
+        for (k, r) in requesters.iter_mut().enumerate() {
+            while sent < count && in_flight[k].len() < window {
+                let target = identity(next_target[k] % agents.max(1));
+                next_target[k] += r_count;
+                let token = r.send(&target)?;
+                in_flight[k].insert(token, Instant::now());
+                sent += 1;
+            }
+        }
+        let mut items: Vec<zmq::PollItem> = requesters.iter().map(|r| r.socket.as_poll_item(zmq::POLLIN)).collect();
+        zmq::poll(&mut items, 5)?;
+        drop(items);
+        for (k, r) in requesters.iter().enumerate() {
+            while let Some(reply) = r.try_recv() {
+                match reply {
+                    Reply::Answer { token } if in_flight[k].remove(&token).is_some() => {
+                        completed += 1;
+                        last_answered = Some(token);
+                    }
+                    Reply::List { token, count: 0 } if in_flight[k].remove(&token).is_some() => lost += 1,
+                    _ => {}
+                }
+            }
+            let before = in_flight[k].len();
+            in_flight[k].retain(|_, at| at.elapsed() < LOST_AFTER);
+            lost += (before - in_flight[k].len()) as u64;
+        }
+    }
+    lost += in_flight.iter().map(|m| m.len() as u64).sum::<u64>();
+    Ok(Pipelined { completed, lost, elapsed: start.elapsed(), last_answered })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! Runs the whole benchmark harness at N = 2 with one iteration of every
-//! scenario, against the debug `pantry-server` and `pantry-client` (built by
-//! `make test` before the tests), so that the harness does not rot. It checks
-//! that every figure was measured, not how good it is.
+//! scenario (a few agents for enrollment, presence and the job store),
+//! against the debug `pantry-server`, `pantry-client` and `pantry-admin`
+//! (built by `make test` before the tests), so that the harness does not
+//! rot. It checks that every figure was measured, not how good it is.
 
 use std::path::{Path, PathBuf};
 
@@ -63,14 +64,64 @@ fn the_harness_runs_at_two_agents() {
     assert!(run.total_s > 0.0 && run.total_s >= run.token_s + run.enroll_s, "{run:?}");
     assert!(enrollment.median_total_s().is_some_and(|s| s > 0.0));
 
+    let presence = results.presence.as_ref().expect("the presence scenario ran");
+    assert!(presence.failures.is_empty(), "{:?}", presence.failures);
+    let echo = presence.echo.as_ref().expect("the echo with killed agents ran");
+    assert_eq!((echo.agents, echo.killed.len(), echo.runs.len()), (10, 2, 2), "{echo:?}");
+    assert_eq!(echo.correct_runs(), 2, "every echo answered by the 8 and naming the 2 offline: {echo:?}");
+    assert!(echo.median_ms().is_some_and(|ms| ms > 0.0 && ms < 10_000.0), "{echo:?}");
+    let cli = echo.cli.as_ref().expect("pantry-admin echo ran");
+    assert_eq!((cli.exit_code, cli.offline_lines), (Some(1), 2), "{cli:?}");
+    assert_eq!(presence.kills.len(), 1, "one SIGKILL run");
+    assert!(presence.median_kill_ms().is_some_and(|ms| ms > 0.0 && ms < 10_000.0));
+    let restart = presence.restart.as_ref().expect("the restart ran");
+    assert_eq!((restart.agents, restart.gap_listed), (20, 20), "status after the restart lists all: {restart:?}");
+    assert!(restart.all_online_s.is_some() && restart.online_at_end == 20, "{restart:?}");
+    assert_eq!(restart.echo_answers, Some(20), "every agent answers after the restart: {restart:?}");
+    assert!(restart.kib_per_agent().is_some() && restart.idle_cpu_us_per_agent_s.is_some(), "{restart:?}");
+    let compared = pantry_bench::report::per_agent_comparison(&results.modes, Some(presence), None);
+    assert!(compared.iter().any(|c| c.now.is_some()), "{compared:?}");
+
+    let jobs = results.jobs.as_ref().expect("the job-store scenario ran");
+    assert!(jobs.failures.is_empty(), "{:?}", jobs.failures);
+    assert_eq!(jobs.rows.len(), 1, "store on vs off at N = 2");
+    let row = &jobs.rows[0];
+    for (what, v) in [
+        ("fan-out, store on", row.fanout_p50_ms.pantry),
+        ("fan-out, store off", row.fanout_p50_ms.baseline),
+        ("throughput, store on", row.throughput.pantry),
+        ("throughput, store off", row.throughput.baseline),
+    ] {
+        let v = v.unwrap_or_else(|| panic!("{what} not measured"));
+        assert!(v.is_finite() && v > 0.0, "{what}: {v}");
+    }
+    let fill = jobs.fill.as_ref().expect("the store was filled");
+    assert_eq!((fill.jobs, fill.lost), (300, 0), "{fill:?}");
+    assert!(fill.written_s.is_some(), "the last job was committed: {fill:?}");
+    assert_eq!((fill.list_ms.len(), fill.listed), (5, 20), "{fill:?}");
+    assert!(fill.median_list_ms().is_some_and(|ms| ms > 0.0) && fill.cli_ms.is_some(), "{fill:?}");
+    let db = jobs.db.as_ref().expect("the database size was measured");
+    assert_eq!((db.agents, db.echoes, db.complete), (10, 3, 3), "{db:?}");
+    // A few small jobs may fit in the pages the file has already.
+    assert!(db.per_job_bytes().is_some_and(|b| b >= 0.0) && db.after.0 > 0, "{db:?}");
+
     let md = std::fs::read_to_string(out.path().join(pantry_bench::report::MARKDOWN)).unwrap();
-    for section in
-        ["## Targets", "## Fan-out latency", "## Throughput", "## Handshake rate", "## Memory", "## Enrollment"]
-    {
+    for section in [
+        "## Targets",
+        "## Fan-out latency",
+        "## Throughput",
+        "## Handshake rate",
+        "## Memory",
+        "## Enrollment",
+        "## Presence",
+        "## Jobs",
+    ] {
         assert!(md.contains(section), "{section} missing:\n{md}");
     }
     assert!(md.contains(&format!("libzmq {}", results.libzmq)));
     assert!(md.contains("agents enroll with one token") && md.contains("`client:token` → one agent"), "{md}");
+    assert!(md.contains("SIGKILL of `pantry-client`") && md.contains("`jobs` (raw `ListJobs`"), "{md}");
+    assert!(md.contains("per 10-agent echo job"), "{md}");
     let svg = std::fs::read_to_string(out.path().join(pantry_bench::report::CHART)).unwrap();
     assert!(svg.contains("<svg") && svg.contains("Pantry p50"), "{svg}");
 }
