@@ -64,6 +64,9 @@ pub struct ClientRegistry {
     log: Logger,
 }
 
+/// Why a client whose connection is up went offline (under CURVE).
+const NOT_LISTENING: &str = "it no longer listens for commands";
+
 impl ClientRegistry {
     pub fn new(
         curve: bool,
@@ -189,6 +192,10 @@ impl ClientRegistry {
         let seen = humantime::format_rfc3339_seconds(entry.last_seen).to_string();
         if online {
             debug!(self.log, "client online"; "identity" => identity);
+        } else if why == NOT_LISTENING {
+            // Its connection is up: a subscription being re-granted, not an
+            // event for the operator.
+            debug!(self.log, "client offline: {}", why; "identity" => identity, "last_seen" => seen);
         } else {
             info!(self.log, "client offline: {}", why; "identity" => identity, "last_seen" => seen);
         }
@@ -346,7 +353,7 @@ impl Handler<Listening> for ClientRegistry {
             .map(|(id, e)| (id.clone(), self.is_online(e, now)))
             .collect();
         for (identity, online) in changed {
-            self.note_change(&identity, online, "it no longer listens for commands");
+            self.note_change(&identity, online, NOT_LISTENING);
         }
     }
 }

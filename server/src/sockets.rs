@@ -482,6 +482,11 @@ impl SocketThread {
             let auth = match self.connections.cached_sender(port, &peer) {
                 Some(auth) => auth,
                 None => {
+                    // The monitor may still hold the close of an earlier
+                    // connection on the same descriptor number (and this
+                    // one's accept): handled first, the close cannot be
+                    // taken for this connection's.
+                    self.settle_monitor(port);
                     let auth = first.as_ref().and_then(|f| self.sender_of(f));
                     let fd = first.as_ref().and_then(RawFrame::source_fd);
                     if let Some(presence) = self.connections.new_sender(port, &peer, fd, auth.clone()) {
@@ -616,6 +621,9 @@ impl SocketThread {
             if flag > 1 {
                 continue;
             }
+            // As for a ROUTER's first message: a close on this descriptor
+            // number must not be taken for this connection's.
+            self.settle_monitor(ServerPort::Publish);
             match &key {
                 Some(key) if self.curve => {
                     if let Some(presence) = self.connections.subscriber(fd, key) {
@@ -690,6 +698,13 @@ impl SocketThread {
             }
             let admitted = known.map(zap::Admitted::known);
             self.send_zap(zap::reply(request.envelope.clone(), &request.request_id, status, text, admitted));
+        }
+    }
+
+    /// Handles the connection events `port`'s monitor already holds.
+    fn settle_monitor(&mut self, port: ServerPort) {
+        if let Some(index) = MONITOR_PORTS.iter().position(|p| *p == port) {
+            self.drain_monitor(index, port);
         }
     }
 

@@ -4,9 +4,21 @@
 
 const ALPHABET: &[u8; 85] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
 
+/// Each byte's digit, or 0xFF for a byte outside the alphabet (keys are
+/// decoded at every handshake).
+const DIGITS: [u8; 256] = {
+    let mut digits = [0xFF; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        digits[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    digits
+};
+
 /// Whether `c` is one of the 85 characters.
 pub fn is_z85(c: char) -> bool {
-    c.is_ascii() && ALPHABET.contains(&(c as u8))
+    c.is_ascii() && DIGITS[c as usize] != 0xFF
 }
 
 /// The text of `bytes`, or `None` when their length is not a multiple of 4.
@@ -38,8 +50,11 @@ pub fn decode(text: &str) -> Option<Vec<u8>> {
     for group in text.chunks_exact(5) {
         let mut value: u64 = 0;
         for &c in group {
-            let digit = ALPHABET.iter().position(|&a| a == c)?;
-            value = value * 85 + digit as u64;
+            let digit = DIGITS[c as usize];
+            if digit == 0xFF {
+                return None;
+            }
+            value = value * 85 + u64::from(digit);
         }
         let value = u32::try_from(value).ok()?;
         out.extend_from_slice(&value.to_be_bytes());
