@@ -5,6 +5,7 @@
 //! `client:token` → echo with the real binaries); then presence (killed
 //! agents named offline, SIGKILL → offline, a server restart) and the job
 //! store (on vs off, `jobs` over a full store, database size per job);
+//! then metrics (on vs off, a scrape of `/metrics` with 4,000 agents);
 //! then the report, with server memory and CPU per agent compared with the
 //! previous report's.
 
@@ -21,6 +22,7 @@ use crate::handshake::{handshake_rate, HandshakeSettings};
 use crate::jobs::{JobsResult, JobsSettings};
 use crate::keys::{self, Pair};
 use crate::limits::{self, FdLimits};
+use crate::metrics::{MetricsResult, MetricsSettings};
 use crate::presence::{PresenceResult, PresenceSettings};
 use crate::previous::Previous;
 use crate::procs::{Endpoints, PantryServer, Relay};
@@ -65,6 +67,8 @@ pub struct Config {
     pub presence: Option<PresenceSettings>,
     /// The job-store scenario (CURVE only); `None`: skipped.
     pub jobs: Option<JobsSettings>,
+    /// The metrics scenario (CURVE only); `None`: skipped.
+    pub metrics: Option<MetricsSettings>,
 }
 
 impl Config {
@@ -117,6 +121,12 @@ impl Config {
                 db_echoes: 20,
                 heartbeat: Duration::from_secs(5),
             }),
+            metrics: Some(MetricsSettings {
+                sizes: vec![1, 1000],
+                scrape_every: Duration::from_secs(1),
+                scrape_agents: 4000,
+                scrapes: 20,
+            }),
         }
     }
 
@@ -162,6 +172,12 @@ impl Config {
                 db_agents: 10,
                 db_echoes: 3,
                 heartbeat: Duration::from_secs(2),
+            }),
+            metrics: Some(MetricsSettings {
+                sizes: vec![2],
+                scrape_every: Duration::from_millis(100),
+                scrape_agents: 10,
+                scrapes: 3,
             }),
             ..Config::full(server_bin, client_bin, relay_exe, out_dir)
         }
@@ -279,6 +295,8 @@ pub struct Results {
     pub presence: Option<PresenceResult>,
     /// CURVE job store; `None` when not run.
     pub jobs: Option<JobsResult>,
+    /// CURVE metrics on vs off and the scrape; `None` when not run.
+    pub metrics: Option<MetricsResult>,
     /// The earlier report's figures (server memory and CPU per agent are
     /// compared with them); `None` when there is none.
     pub previous: Option<Previous>,
@@ -371,7 +389,8 @@ pub fn run(cfg: &Config) -> Result<Results> {
     progress.say(format!("libzmq {libzmq}, {cores} cores, sizes {sizes:?}, {} rounds", cfg.rounds));
     let previous = crate::previous::load(&cfg.out_dir);
     let jobs_agents = cfg.jobs.as_ref().map_or(0, |j| j.max_agents().min(max_agents));
-    let ring = KeyRing::generate(sizes.last().copied().unwrap_or(0).max(jobs_agents), cfg)?;
+    let metrics_agents = cfg.metrics.as_ref().map_or(0, |m| m.max_agents().min(max_agents));
+    let ring = KeyRing::generate(sizes.last().copied().unwrap_or(0).max(jobs_agents).max(metrics_agents), cfg)?;
 
     let mut modes = Vec::new();
     for &curve in &cfg.curve_modes {
@@ -396,6 +415,12 @@ pub fn run(cfg: &Config) -> Result<Results> {
         }
         _ => None,
     };
+    let metrics = match &cfg.metrics {
+        Some(settings) if cfg.curve_modes.contains(&true) => {
+            Some(crate::metrics::run(cfg, settings, &ring, &limits, &progress)?)
+        }
+        _ => None,
+    };
 
     let results = Results {
         cores,
@@ -408,6 +433,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         enrollment,
         presence,
         jobs,
+        metrics,
         previous,
         elapsed: started.elapsed(),
         config: cfg.clone(),
@@ -793,4 +819,13 @@ pub fn run_jobs_only(cfg: &Config, settings: &JobsSettings) -> Result<JobsResult
     let limits = limits::raise_nofile().context("cannot raise the open-file limit")?;
     let ring = KeyRing::generate(settings.max_agents().min(limits.max_agents()), cfg)?;
     crate::jobs::run(cfg, settings, &ring, &limits, &progress)
+}
+
+/// Only the metrics scenario (`pantry-bench metrics`): fresh keys,
+/// progress on stderr; the report is the caller's.
+pub fn run_metrics_only(cfg: &Config, settings: &MetricsSettings) -> Result<MetricsResult> {
+    let progress = Progress(Instant::now());
+    let limits = limits::raise_nofile().context("cannot raise the open-file limit")?;
+    let ring = KeyRing::generate(settings.max_agents().min(limits.max_agents()), cfg)?;
+    crate::metrics::run(cfg, settings, &ring, &limits, &progress)
 }

@@ -4,9 +4,10 @@
 //! [`harness::run`] does everything `make bench` shows: fan-out latency,
 //! throughput, handshake rate and memory, Pantry against the baseline,
 //! enrollment with tokens, presence (offline clients named at once, a
-//! killed agent, a server restart) and the job store (on vs off, `jobs`
-//! over a full store, database size per job) (CURVE, Pantry only), and
-//! writes `latest.md` and `fanout.svg`.
+//! killed agent, a server restart), the job store (on vs off, `jobs` over
+//! a full store, database size per job) and metrics (on vs off, a scrape
+//! of `/metrics` with 4,000 agents) (CURVE, Pantry only), and writes
+//! `latest.md` and `fanout.svg`.
 
 pub mod agents;
 pub mod enrollment;
@@ -15,6 +16,7 @@ pub mod harness;
 pub mod jobs;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod presence;
 pub mod previous;
 pub mod procs;

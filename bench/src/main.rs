@@ -1,7 +1,7 @@
 //! `pantry-bench`: runs the benchmark (`make bench`), one scenario of it
-//! (`pantry-bench enrollment`, `presence`, `jobs`, `profile`), or the
-//! baseline relay the benchmark starts as a child process (`pantry-bench
-//! relay`).
+//! (`pantry-bench enrollment`, `presence`, `jobs`, `metrics`, `profile`),
+//! or the baseline relay the benchmark starts as a child process
+//! (`pantry-bench relay`).
 
 use std::path::PathBuf;
 
@@ -110,6 +110,28 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Only the metrics scenario (CURVE): fan-out and throughput with the
+    /// Prometheus endpoint on and off, `GET /metrics` with many agents
+    /// connected; prints its section of the report and its targets
+    /// (latest.md is left alone).
+    Metrics {
+        /// N at which metrics on and off are compared.
+        #[arg(long, value_delimiter = ',', default_value = "1,1000")]
+        sizes: Vec<usize>,
+        /// Agents connected while `/metrics` is timed.
+        #[arg(long, default_value_t = 4000)]
+        agents: usize,
+        /// Scrapes timed.
+        #[arg(long, default_value_t = 20)]
+        scrapes: usize,
+        /// Seconds between the scrapes of the server with metrics on
+        /// during the comparison.
+        #[arg(long, default_value_t = 1.0)]
+        scrape_every: f64,
+        /// Rounds of the on/off comparison.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// One scenario against a CURVE pantry-server for a while, optionally
     /// under `perf record`; prints the server CPU time per operation.
     Profile {
@@ -214,6 +236,25 @@ fn run(cli: Cli) -> Result<()> {
         };
         let result = pantry_bench::harness::run_jobs_only(&config, &settings)?;
         print!("{}", pantry_bench::report::jobs_section(&result, &config));
+        return Ok(());
+    }
+    if let Some(Cmd::Metrics { sizes, agents, scrapes, scrape_every, rounds }) = cli.command {
+        let mut config = pantry_bench::Config::full(server, client, exe, cli.out);
+        config.admin_bin = admin;
+        config.log_level = cli.log_level;
+        config.rounds = rounds.max(1);
+        let settings = pantry_bench::metrics::MetricsSettings {
+            sizes,
+            scrape_agents: agents,
+            scrapes,
+            scrape_every: std::time::Duration::from_secs_f64(scrape_every.clamp(0.05, 3600.0)),
+        };
+        config.metrics = Some(settings.clone());
+        let result = pantry_bench::harness::run_metrics_only(&config, &settings)?;
+        print!("{}", pantry_bench::report::metrics_section(&result, &config));
+        let mut targets = String::from("\n| target | measured | status |\n|---|---|---|\n");
+        pantry_bench::report::metrics_targets(&result, &mut targets);
+        print!("{targets}");
         return Ok(());
     }
     let mut config = if cli.smoke {

@@ -10,6 +10,7 @@ use plotters::prelude::*;
 use crate::enrollment::EnrollmentResult;
 use crate::harness::{Both, ModeResult, Results};
 use crate::jobs::JobsResult;
+use crate::metrics::MetricsResult;
 use crate::presence::PresenceResult;
 use crate::previous::Previous;
 
@@ -36,6 +37,11 @@ const PER_AGENT_TOLERANCE: f64 = 1.10;
 /// Job-store targets: on within 5% of off, `jobs` over a full store.
 const JOBS_ON_OFF_TOLERANCE: f64 = 0.05;
 const LIST_JOBS_TARGET_MS: f64 = 50.0;
+/// Metrics targets (issue 14): on within 2% of off; a scrape with 4,000
+/// agents under 10 ms and 64 KiB.
+const METRICS_ON_OFF_TOLERANCE: f64 = 0.02;
+const SCRAPE_TARGET_MS: f64 = 10.0;
+const SCRAPE_TARGET_BYTES: usize = 64 * 1024;
 
 pub fn write(results: &Results, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -184,6 +190,7 @@ fn targets(results: &Results, out: &mut String) {
         kib(idle),
         status(idle.map(|v| v < IDLE_AGENT_TARGET_KIB))
     );
+    relay_targets(results, out);
     if let Some(e) = &results.enrollment {
         enrollment_targets(e, out);
     }
@@ -193,7 +200,118 @@ fn targets(results: &Results, out: &mut String) {
     if let Some(j) = &results.jobs {
         jobs_targets(j, out);
     }
+    if let Some(m) = &results.metrics {
+        metrics_targets(m, out);
+    }
     let _ = writeln!(out);
+}
+
+/// What a target of issue 15 compares.
+#[derive(Debug, Clone, Copy)]
+enum Relay {
+    /// Pantry / baseline throughput at (CURVE?, N), at least this.
+    Throughput { curve: bool, n: usize, at_least: f64 },
+    /// Pantry / baseline fan-out p50 at N (CURVE), at most this.
+    Fanout { n: usize, at_most: f64 },
+    /// The lowest Pantry / baseline handshake rate, at least this.
+    Handshake { at_least: f64 },
+}
+
+/// Issue 15's targets, each against the raw relay in the same run.
+const RELAY_TARGETS: [Relay; 6] = [
+    Relay::Throughput { curve: true, n: 1, at_least: 0.80 },
+    Relay::Throughput { curve: true, n: 1000, at_least: 0.85 },
+    Relay::Throughput { curve: false, n: 1, at_least: 0.60 },
+    Relay::Fanout { n: 1000, at_most: 1.15 },
+    Relay::Fanout { n: 4000, at_most: 1.15 },
+    Relay::Handshake { at_least: 0.95 },
+];
+
+/// One target of issue 15: what it says, this run's figure (with why
+/// it is missing, or a remark), the previous report's, whether it is met.
+#[derive(Debug, Clone)]
+pub struct RelayTarget {
+    pub what: String,
+    pub now: String,
+    pub before: String,
+    pub met: Option<bool>,
+}
+
+/// Issue 15's targets: this run against the relay, and the same figure in
+/// the previous report ("before").
+pub fn relay_target_rows(results: &Results) -> Vec<RelayTarget> {
+    let previous = results.previous.as_ref();
+    let mode = |curve: bool| results.modes.iter().find(|m| m.curve == curve);
+    let before = |v: Option<f64>, show: fn(Option<f64>) -> String| match v {
+        Some(v) => show(Some(v)),
+        None => "n/a".to_owned(),
+    };
+    RELAY_TARGETS
+        .iter()
+        .map(|&t| match t {
+            Relay::Throughput { curve, n, at_least } => {
+                let security = if curve { "CURVE" } else { "null" };
+                let row = mode(curve).and_then(|m| m.rows.iter().find(|r| r.n == n));
+                let now = row.and_then(|r| r.throughput.ratio());
+                RelayTarget {
+                    what: format!(
+                        "throughput with {} {security} {} ≥ {} of the relay",
+                        group(n as u64),
+                        if n == 1 { "agent" } else { "agents" },
+                        pct(Some(at_least))
+                    ),
+                    now: match (row, now) {
+                        (None, _) => format!("not run ({security}, N = {})", group(n as u64)),
+                        (Some(_), r) => pct(r),
+                    },
+                    before: before(previous.and_then(|p| p.throughput(security, n)), pct),
+                    met: now.map(|r| r >= at_least),
+                }
+            }
+            Relay::Fanout { n, at_most } => {
+                let row = mode(true).and_then(|m| m.rows.iter().find(|r| r.n == n));
+                let p50 = row.map(|r| r.fanout_p50_ms);
+                let lost = p50.is_some_and(|b| b.pantry.is_some_and(f64::is_infinite));
+                let now = p50.and_then(|b| b.ratio()).filter(|r| r.is_finite());
+                RelayTarget {
+                    what: format!(
+                        "fan-out p50 with {} CURVE agents ≤ {} the relay's",
+                        group(n as u64),
+                        ratio(Some(at_most))
+                    ),
+                    now: match (row, now) {
+                        (None, _) => format!("not run (CURVE, N = {})", group(n as u64)),
+                        (Some(_), _) if lost => "answers lost".into(),
+                        (Some(r), Some(v)) => format!(
+                            "{} ({} / {} ms)",
+                            ratio(Some(v)),
+                            num(r.fanout_p50_ms.pantry),
+                            num(r.fanout_p50_ms.baseline)
+                        ),
+                        (Some(_), None) => "–".into(),
+                    },
+                    before: before(previous.and_then(|p| p.fanout_p50("CURVE", n)), ratio),
+                    met: if lost { Some(false) } else { now.map(|r| r <= at_most) },
+                }
+            }
+            Relay::Handshake { at_least } => {
+                let now = min_opt(results.handshakes.iter().map(|h| h.rate.ratio()));
+                RelayTarget {
+                    what: format!("handshake rate ≥ {} of the relay (lowest over key counts)", pct(Some(at_least))),
+                    now: if results.handshakes.is_empty() { "not run".into() } else { pct(now) },
+                    before: before(previous.and_then(|p| p.lowest_handshake()), pct),
+                    met: now.map(|r| r >= at_least),
+                }
+            }
+        })
+        .collect()
+}
+
+/// The rows of issue 15's targets in the targets table.
+fn relay_targets(results: &Results, out: &mut String) {
+    for t in relay_target_rows(results) {
+        let _ = writeln!(out, "| issue 15: {} | {} (before: {}) | {} |", t.what, t.now, t.before, status(t.met));
+    }
 }
 
 /// The enrollment rows of the targets table.
@@ -542,6 +660,9 @@ pub fn markdown(results: &Results) -> String {
     }
     if let Some(j) = &results.jobs {
         let _ = writeln!(out, "\n{}", jobs_section(j, cfg).trim_end());
+    }
+    if let Some(m) = &results.metrics {
+        let _ = writeln!(out, "\n{}", metrics_section(m, cfg).trim_end());
     }
     let _ = writeln!(out, "\n![fan-out latency against N]({CHART})");
     out
@@ -1060,6 +1181,166 @@ pub fn jobs_section(j: &JobsResult, cfg: &crate::harness::Config) -> String {
     out
 }
 
+/// "99.4%": on / off ratios are judged within a few percent.
+fn pct1(v: Option<f64>) -> String {
+    v.filter(|r| r.is_finite()).map(|r| format!("{:.1}%", r * 100.0)).unwrap_or_else(|| "–".into())
+}
+
+/// "1.012×".
+fn ratio3(v: Option<f64>) -> String {
+    v.filter(|r| r.is_finite()).map(|r| format!("{r:.3}×")).unwrap_or_else(|| "–".into())
+}
+
+/// The metrics rows of the targets table.
+pub fn metrics_targets(m: &MetricsResult, out: &mut String) {
+    let throughput: Vec<(usize, Option<f64>)> = m.rows.iter().map(|r| (r.n, r.throughput.ratio())).collect();
+    let fan = m.rows.iter().max_by_key(|r| r.n).map(|r| (r.n, r.fanout_p50_ms.ratio()));
+    let mut parts: Vec<String> =
+        throughput.iter().map(|(n, r)| format!("throughput N = {}: {}", group(*n as u64), pct1(*r))).collect();
+    if let Some((n, r)) = fan {
+        parts.push(format!("fan-out p50 N = {}: {}", group(n as u64), ratio3(r)));
+    }
+    let ok = (!m.rows.is_empty()).then(|| {
+        throughput.iter().all(|(_, r)| r.is_some_and(|r| r >= 1.0 - METRICS_ON_OFF_TOLERANCE))
+            && fan.is_some_and(|(_, r)| r.is_some_and(|r| r <= 1.0 + METRICS_ON_OFF_TOLERANCE))
+    });
+    let _ = writeln!(
+        out,
+        "| metrics on: throughput and fan-out within 2% of off (on / off, CURVE, same run) | {} | {} |",
+        if parts.is_empty() { "–".into() } else { parts.join("; ") },
+        status(ok)
+    );
+    match &m.scrape {
+        Some(sc) => {
+            let measured = format!(
+                "p50 {} ms, max {} ms; {} bytes; {ONLINE} {}{}",
+                num(sc.p50_ms()),
+                num(sc.max_ms()),
+                sc.max_body_bytes().map_or("–".into(), |b| group(b as u64)),
+                sc.online.map_or("missing".into(), group),
+                if sc.agents < sc.wanted {
+                    format!(" (only {} agents: open-file limit)", group(sc.agents as u64))
+                } else {
+                    String::new()
+                }
+            );
+            let ok = sc.p50_ms().map(|ms| {
+                ms < SCRAPE_TARGET_MS
+                    && sc.max_body_bytes().is_some_and(|b| b < SCRAPE_TARGET_BYTES)
+                    && sc.online == Some(sc.agents as u64)
+            });
+            let _ = writeln!(
+                out,
+                "| `GET /metrics` with {} CURVE agents connected and registered < {SCRAPE_TARGET_MS} ms (p50 of {}), \
+                 < 64 KiB, showing {ONLINE} {} | {measured} | {} |",
+                group(sc.agents as u64),
+                sc.ms.len(),
+                group(sc.agents as u64),
+                status(ok)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "| `GET /metrics` with 4,000 agents connected < {SCRAPE_TARGET_MS} ms, < 64 KiB | failed | {} |",
+                status(None)
+            );
+        }
+    }
+}
+
+const ONLINE: &str = "`pantry_clients{state=\"online\"}`";
+
+/// The `## Metrics` section.
+pub fn metrics_section(m: &MetricsResult, cfg: &crate::harness::Config) -> String {
+    let mut out = String::new();
+    let every = cfg.metrics.as_ref().map_or(1.0, |s| s.scrape_every.as_secs_f64());
+    let _ = writeln!(
+        out,
+        "## Metrics\n\nCURVE. **Metrics on vs off**: two `pantry-server`s at once, one with `metrics: listen:` \
+         (scraped over HTTP every {} s all the while: {} scrapes, {} failed) and one without (the server keeps \
+         its counters either way; off, nothing serves them); the benchmark's fan-out and throughput measurements \
+         ({} fan-outs, {} requesters × {} in flight for {:.1} s) at each N, {} rounds alternating between them, \
+         medians. Ratios: on / off.\n",
+        num(Some(every)),
+        m.background_scrapes,
+        m.background_failed,
+        cfg.fanout_requests,
+        cfg.requesters,
+        cfg.throughput.window,
+        cfg.throughput.duration.as_secs_f64(),
+        cfg.rounds
+    );
+    let _ = writeln!(
+        out,
+        "| N | fan-out p50 on / off (ms) | ratio | fan-out p99 on / off (ms) | incomplete on / off | throughput on / off (per s) | on / off | lost on / off | server CPU µs per request on / off |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &m.rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} of {} / {} of {} | {} | {} | {} / {} | {} |",
+            group(r.n as u64),
+            ms_pair(r.fanout_p50_ms.pantry, r.fanout_p50_ms.baseline),
+            ratio3(r.fanout_p50_ms.ratio()),
+            ms_pair(r.fanout_p99_ms.pantry, r.fanout_p99_ms.baseline),
+            r.fanout_incomplete.pantry,
+            r.fanout_attempted.pantry,
+            r.fanout_incomplete.baseline,
+            r.fanout_attempted.baseline,
+            ms_pair(r.throughput.pantry, r.throughput.baseline),
+            pct1(r.throughput.ratio()),
+            r.lost.pantry,
+            r.lost.baseline,
+            ms_pair(r.cpu_us_per_request.pantry, r.cpu_us_per_request.baseline)
+        );
+    }
+    if let Some(sc) = &m.scrape {
+        let _ = writeln!(
+            out,
+            "\n**A scrape with {} agents.** A fresh server with metrics on; {} {} agents connected and registered \
+             (every one answered an echo {} s after the first connect; {ONLINE} showed them all {} s later){}; \
+             `GET /healthz`: {}. Then {} `GET /metrics` over HTTP/1.0 (std::net, a new TCP connection each), one \
+             after the other with 20 ms between them, each timed from the connect to the last byte. Server CPU: its \
+             CPU time over the scrapes divided by their number (its idle work in that time included).\n",
+            group(sc.agents as u64),
+            group(sc.agents as u64),
+            if sc.curve { "CURVE" } else { "null-security" },
+            num(Some(sc.setup_s)),
+            sc.online_wait_s.map_or("–".into(), |s| num(Some(s))),
+            if sc.agents < sc.wanted {
+                format!(" (not {}: the open-file limit)", group(sc.wanted as u64))
+            } else {
+                String::new()
+            },
+            sc.healthz.map_or("no answer".into(), |c| c.to_string()),
+            sc.ms.len()
+        );
+        let _ = writeln!(
+            out,
+            "| agents | scrapes | p50 (ms) | max (ms) | body (bytes) | whole answer (bytes) | samples | {ONLINE} | server CPU per scrape (ms) |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            group(sc.agents as u64),
+            sc.ms.len(),
+            num(sc.p50_ms()),
+            num(sc.max_ms()),
+            sc.max_body_bytes().map_or("–".into(), |b| group(b as u64)),
+            sc.response_bytes.iter().copied().max().map_or("–".into(), |b| group(b as u64)),
+            group(sc.samples as u64),
+            sc.online.map_or("missing".into(), group),
+            num(sc.cpu_ms_per_scrape)
+        );
+    }
+    for why in &m.failures {
+        let _ = writeln!(out, "\nFailed: {}", why.lines().next().unwrap_or_default());
+    }
+    out
+}
+
 /// A line of the chart: label, colour, dashed, the value of a row.
 type Series = (&'static str, RGBColor, bool, Box<dyn Fn(&crate::harness::SizeRow) -> Option<f64>>);
 
@@ -1140,4 +1421,79 @@ fn chart(results: &Results, path: &Path) -> Result<()> {
         Ok(())
     };
     draw().map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::harness::{HandshakeRow, SizeRow};
+
+    fn row(n: usize, throughput: (f64, f64), fanout: (f64, f64)) -> SizeRow {
+        SizeRow {
+            n,
+            throughput: Both { pantry: Some(throughput.0), baseline: Some(throughput.1) },
+            fanout_p50_ms: Both { pantry: Some(fanout.0), baseline: Some(fanout.1) },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn issue_15_rows_show_this_run_and_the_previous_report() {
+        let p = PathBuf::from("/nonexistent");
+        let previous = crate::previous::parse(
+            "## Throughput\n\n| CURVE | 1 | 29,379 | 63,937 | 46% | 0/0 | 30.9 / 11.5 |\n\n## Handshake rate\n\n\
+             | 100 | 1,213 | 1,402 | 86% | 0/0 | 813 / 678 |\n",
+            "t".into(),
+        );
+        let curve = ModeResult {
+            curve: true,
+            rows: vec![
+                row(1, (82.0, 100.0), (1.0, 1.0)),
+                row(1000, (84.0, 100.0), (40.0, 36.0)),
+                row(4000, (1.0, 1.0), (f64::INFINITY, 150.0)),
+            ],
+            ..Default::default()
+        };
+        let results = Results {
+            cores: 2,
+            libzmq: "4.3.4".into(),
+            limits: crate::limits::FdLimits { soft_before: 20000, soft: 20000, hard: 20000 },
+            max_agents: 4850,
+            sizes_skipped: Vec::new(),
+            modes: vec![curve],
+            handshakes: vec![HandshakeRow {
+                known_keys: 100,
+                rate: Both { pantry: Some(96.0), baseline: Some(100.0) },
+                ..Default::default()
+            }],
+            enrollment: None,
+            presence: None,
+            jobs: None,
+            metrics: None,
+            previous,
+            elapsed: Duration::from_secs(1),
+            config: crate::harness::Config::smoke(p.clone(), p.clone(), p.clone(), p),
+        };
+        let rows: Vec<(String, String, Option<bool>)> =
+            relay_target_rows(&results).into_iter().map(|t| (t.now, t.before, t.met)).collect();
+        let expected = [
+            ("82%", "46%", Some(true)),
+            ("84%", "n/a", Some(false)),
+            ("not run (null, N = 1)", "n/a", None),
+            ("1.11× (40.0 / 36.0 ms)", "n/a", Some(true)),
+            ("answers lost", "n/a", Some(false)),
+            ("96%", "86%", Some(true)),
+        ];
+        for (got, want) in rows.iter().zip(expected) {
+            assert_eq!((got.0.as_str(), got.1.as_str(), got.2), want);
+        }
+        let md = markdown(&results);
+        assert!(
+            md.contains("| issue 15: throughput with 1 CURVE agent ≥ 80% of the relay | 82% (before: 46%) | met |"),
+            "{md}"
+        );
+    }
 }

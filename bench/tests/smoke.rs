@@ -1,5 +1,6 @@
 //! Runs the whole benchmark harness at N = 2 with one iteration of every
-//! scenario (a few agents for enrollment, presence and the job store),
+//! scenario (a few agents for enrollment, presence, the job store and
+//! metrics),
 //! against the debug `pantry-server`, `pantry-client` and `pantry-admin`
 //! (built by `make test` before the tests), so that the harness does not
 //! rot. It checks that every figure was measured, not how good it is.
@@ -105,6 +106,26 @@ fn the_harness_runs_at_two_agents() {
     // A few small jobs may fit in the pages the file has already.
     assert!(db.per_job_bytes().is_some_and(|b| b >= 0.0) && db.after.0 > 0, "{db:?}");
 
+    let metrics = results.metrics.as_ref().expect("the metrics scenario ran");
+    assert!(metrics.failures.is_empty(), "{:?}", metrics.failures);
+    assert_eq!(metrics.rows.len(), 1, "metrics on vs off at N = 2");
+    let row = &metrics.rows[0];
+    for (what, v) in [
+        ("fan-out, metrics on", row.fanout_p50_ms.pantry),
+        ("fan-out, metrics off", row.fanout_p50_ms.baseline),
+        ("throughput, metrics on", row.throughput.pantry),
+        ("throughput, metrics off", row.throughput.baseline),
+    ] {
+        let v = v.unwrap_or_else(|| panic!("{what} not measured"));
+        assert!(v.is_finite() && v > 0.0, "{what}: {v}");
+    }
+    assert!(metrics.background_scrapes > 0 && metrics.background_failed == 0, "{metrics:?}");
+    let scrape = metrics.scrape.as_ref().expect("/metrics was scraped");
+    assert_eq!((scrape.agents, scrape.ms.len(), scrape.healthz), (10, 3, Some(200)), "{scrape:?}");
+    assert_eq!(scrape.online, Some(10), "pantry_clients{{state=\"online\"}} shows every agent: {scrape:?}");
+    assert!(scrape.online_wait_s.is_some() && scrape.p50_ms().is_some_and(|ms| ms > 0.0), "{scrape:?}");
+    assert!(scrape.max_body_bytes().is_some_and(|b| b > 1000) && scrape.samples > 10, "{scrape:?}");
+
     let md = std::fs::read_to_string(out.path().join(pantry_bench::report::MARKDOWN)).unwrap();
     for section in [
         "## Targets",
@@ -115,6 +136,7 @@ fn the_harness_runs_at_two_agents() {
         "## Enrollment",
         "## Presence",
         "## Jobs",
+        "## Metrics",
     ] {
         assert!(md.contains(section), "{section} missing:\n{md}");
     }
@@ -122,6 +144,13 @@ fn the_harness_runs_at_two_agents() {
     assert!(md.contains("agents enroll with one token") && md.contains("`client:token` → one agent"), "{md}");
     assert!(md.contains("SIGKILL of `pantry-client`") && md.contains("`jobs` (raw `ListJobs`"), "{md}");
     assert!(md.contains("per 10-agent echo job"), "{md}");
+    assert!(
+        md.contains("metrics on: throughput and fan-out within 2%") && md.contains("`GET /metrics` with 10"),
+        "{md}"
+    );
+    // No previous report in a fresh directory: issue 15's rows say so.
+    assert_eq!(md.matches("| issue 15: ").count(), 6, "{md}");
+    assert!(md.contains("(before: n/a)"), "{md}");
     let svg = std::fs::read_to_string(out.path().join(pantry_bench::report::CHART)).unwrap();
     assert!(svg.contains("<svg") && svg.contains("Pantry p50"), "{svg}");
 }
