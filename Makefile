@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE := target/release
 DEV_CONFIG := deploy/dev
 
-.PHONY: all deps build release run client test fuzz docs install deb test-packaging fmt lint clean
+.PHONY: all deps build release run cluster client test fuzz docs install deb test-packaging fmt lint clean
 
 all: build
 
@@ -16,6 +16,8 @@ deps:
 	@missing=""; \
 	command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libzmq || missing="libzmq3-dev pkg-config"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v protoc >/dev/null 2>&1 || missing="$$missing protobuf-compiler"; \
+	command -v etcd >/dev/null 2>&1 || missing="$$missing etcd-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing"; \
 		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
@@ -32,6 +34,11 @@ release: deps
 # A server in the foreground on loopback, state in ./.pantry-dev/server.
 run: release
 	$(RELEASE)/pantry-server -c $(DEV_CONFIG)/server.yml
+
+# A local three-server cluster on one etcd (CURVE), state in
+# ./.pantry-dev/cluster: deploy/dev/cluster.sh says how to use it.
+cluster: release
+	RELEASE=$(RELEASE) deploy/dev/cluster.sh
 
 # One agent on the dev config, state in ./.pantry-dev/client.
 client: release

@@ -58,16 +58,39 @@ fn args_with_defaults(file: &Path) -> Result<Vec<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(args),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
     };
-    let defaults = parse_defaults(&text);
+    let defaults = parse_defaults(&text, &repeatable_given(&args[1..]));
     args.splice(1..1, defaults);
     Ok(args)
 }
 
+/// Options that may be given several times: clap adds their values up, so
+/// the file's would join the command line's instead of yielding to them.
+const REPEATABLE: &[&str] = &["--host"];
+
+/// The [`REPEATABLE`] options the command line gives (before any `--`,
+/// after which the words are a remote command's).
+fn repeatable_given(args: &[String]) -> Vec<&'static str> {
+    let words = args.iter().take_while(|a| *a != "--");
+    let words: Vec<&String> = words.collect();
+    REPEATABLE
+        .iter()
+        .copied()
+        .filter(|option| {
+            words.iter().any(|w| *w == option || w.strip_prefix(option).is_some_and(|r| r.starts_with('=')))
+        })
+        .collect()
+}
+
 /// One option per line (`--host example.com` or `--host=example.com`);
-/// blank lines and `#` comments are skipped.
-fn parse_defaults(text: &str) -> Vec<String> {
+/// blank lines and `#` comments are skipped, and so are the options in
+/// `overridden` (the command line gives them).
+fn parse_defaults(text: &str, overridden: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let option = line.split(|c: char| c == '=' || c.is_whitespace()).next().unwrap_or_default();
+        if overridden.contains(&option) {
+            continue;
+        }
         match line.split_once(char::is_whitespace) {
             Some((option, value)) if !option.contains('=') => {
                 out.push(option.to_owned());
@@ -92,20 +115,41 @@ mod tests {
 
     #[test]
     fn defaults_file_lines() {
-        let d = parse_defaults("# comment\n--host example.com\n\n--timeout=3\n-a pantry\n");
+        let d = parse_defaults("# comment\n--host example.com\n\n--timeout=3\n-a pantry\n", &[]);
         assert_eq!(d, ["--host", "example.com", "--timeout=3", "-a", "pantry"]);
+    }
+
+    fn with_defaults(file: &str, command_line: &[&str]) -> Cli {
+        let command_line: Vec<String> = command_line.iter().map(|s| s.to_string()).collect();
+        let mut args = vec!["pantry-admin".to_string()];
+        args.extend(parse_defaults(file, &repeatable_given(&command_line)));
+        args.extend(command_line);
+        Cli::try_parse_from(args).unwrap()
     }
 
     #[test]
     fn command_line_overrides_defaults() {
-        let mut args = vec!["pantry-admin".to_string()];
-        args.extend(parse_defaults("--host from-file\n--timeout 3\n"));
-        args.extend(["--host", "from-cli", "status"].map(String::from));
-        let cli = Cli::try_parse_from(args).unwrap();
-        assert_eq!(cli.global.host.as_deref(), Some("from-cli"));
+        let cli = with_defaults("--host from-file\n--timeout 3\n", &["--host", "from-cli", "status"]);
+        assert_eq!(cli.global.host, ["from-cli"]);
         assert_eq!(cli.global.timeout, 3.0);
         let cli = Cli::try_parse_from(["pantry-admin", "echo", "--timeout", "2", "hi"]).unwrap();
         assert_eq!(cli.command.wait(10.0), 2.0);
+    }
+
+    #[test]
+    fn host_may_be_repeated() {
+        let cli = Cli::try_parse_from(["pantry-admin", "--host", "a", "--host=b", "status"]).unwrap();
+        assert_eq!(cli.global.host, ["a", "b"]);
+        let cli = Cli::try_parse_from(["pantry-admin", "status", "--host", "a", "--host", "b"]).unwrap();
+        assert_eq!(cli.global.host, ["a", "b"]);
+        assert!(Cli::try_parse_from(["pantry-admin", "status"]).unwrap().global.host.is_empty());
+        // Hosts from the file add up; the command line's replace them all.
+        let file = "--host a\n--host=b\n";
+        assert_eq!(with_defaults(file, &["status"]).global.host, ["a", "b"]);
+        assert_eq!(with_defaults(file, &["--host=c", "status"]).global.host, ["c"]);
+        assert_eq!(with_defaults(file, &["status", "--host", "c", "--host", "d"]).global.host, ["c", "d"]);
+        // After `--` the words are a remote command's, not options.
+        assert_eq!(with_defaults(file, &["exec", "--", "x", "--host", "c"]).global.host, ["a", "b"]);
     }
 
     #[test]

@@ -15,6 +15,13 @@
 //! warn with the server's reason and retried with a backoff until the
 //! operator fixes it.
 //!
+//! With several hosts in `networking.server_host` (all serving the same
+//! ports and key store), the agent talks to one at a time and moves to the
+//! next (wrapping) when the DEALER's connection is down for a whole
+//! heartbeat interval, or when two registrations in a row went unanswered.
+//! Moving replaces both sockets and their monitors, then connects and
+//! registers as at start. With one host it never moves.
+//!
 //! An agent whose key the server does not know (it made its key pair at its
 //! first start, with only the server's public key configured) enrolls
 //! itself: it asks on the DEALER, logs at warn that it waits to be
@@ -28,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use pantry_shared::commands::enroll::{self, EnrollRequest, Enrolled};
 use pantry_shared::commands::{self, register_client, upload, ClientContext};
-use pantry_shared::config::Config;
+use pantry_shared::config::{Config, Networking};
 use pantry_shared::filter::BROADCAST_TOPIC;
 use pantry_shared::keys::ClientKeys;
 use pantry_shared::monitor::{self, SocketEvent};
@@ -88,6 +95,20 @@ enum Registration {
 pub struct Agent {
     me: ClientContext,
     heartbeat: Duration,
+    /// `networking.server_host`: the servers to fail over between.
+    hosts: Vec<String>,
+    /// The one in `hosts` the sockets are connected to.
+    current: usize,
+    pub_sub_port: u16,
+    receive_port: u16,
+    file_service_port: u16,
+    /// For the sockets made when moving to another server.
+    security: SocketSecurity,
+    /// Since when the DEALER has had no working connection (from the start
+    /// or a move until its first handshake, or since it was lost).
+    down_since: Option<Instant>,
+    /// Registrations sent since the server last answered one.
+    unanswered: u32,
     sub: zmq::Socket,
     dealer: zmq::Socket,
     dealer_monitor: zmq::Socket,
@@ -126,6 +147,32 @@ pub struct Agent {
 
 const RESULTS_ENDPOINT: &str = "inproc://pantry-agent-results";
 
+/// The sockets to one server, not connected yet.
+struct Sockets {
+    sub: zmq::Socket,
+    dealer: zmq::Socket,
+    sub_monitor: zmq::Socket,
+    dealer_monitor: zmq::Socket,
+}
+
+impl Sockets {
+    fn open(ctx: &zmq::Context, security: &SocketSecurity, me: &ClientContext) -> Result<Sockets> {
+        let sub = security.socket(ctx, zmq::SUB)?;
+        for stream in me.filter.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]) {
+            sub.set_subscribe(stream.as_bytes())?;
+        }
+        let dealer = security.socket(ctx, zmq::DEALER)?;
+        for socket in [&sub, &dealer] {
+            // Back off up to 10 s between reconnects to a server that is down.
+            socket.set_reconnect_ivl(100)?;
+            socket.set_reconnect_ivl_max(10_000)?;
+        }
+        let dealer_monitor = monitor::monitor(ctx, &dealer, monitor::CLIENT_EVENTS)?;
+        let sub_monitor = monitor::monitor(ctx, &sub, monitor::CLIENT_EVENTS)?;
+        Ok(Sockets { sub, dealer, sub_monitor, dealer_monitor })
+    }
+}
+
 impl Agent {
     pub fn connect(
         config: &Config,
@@ -143,18 +190,7 @@ impl Agent {
         };
         let me = ClientContext { filter: me, allow_exec: config.client.allow_exec, file_service: Some(file_service) };
 
-        let sub = security.socket(&ctx, zmq::SUB)?;
-        for stream in me.filter.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]) {
-            sub.set_subscribe(stream.as_bytes())?;
-        }
-        let dealer = security.socket(&ctx, zmq::DEALER)?;
-        for socket in [&sub, &dealer] {
-            // Back off up to 10 s between reconnects to a server that is down.
-            socket.set_reconnect_ivl(100)?;
-            socket.set_reconnect_ivl_max(10_000)?;
-        }
-        let dealer_monitor = monitor::monitor(&ctx, &dealer, monitor::CLIENT_EVENTS)?;
-        let sub_monitor = monitor::monitor(&ctx, &sub, monitor::CLIENT_EVENTS)?;
+        let Sockets { sub, dealer, sub_monitor, dealer_monitor } = Sockets::open(&ctx, security, &me)?;
         let results = ctx.socket(zmq::PULL)?;
         results.set_linger(0)?;
         results.bind(RESULTS_ENDPOINT)?;
@@ -174,6 +210,14 @@ impl Agent {
         Ok(Agent {
             me,
             heartbeat: Duration::from_secs(config.client.heartbeat_interval),
+            hosts: net.hosts().to_vec(),
+            current: 0,
+            pub_sub_port: net.pub_sub_port,
+            receive_port: net.receive_port,
+            file_service_port: net.file_service_port,
+            security: security.clone(),
+            down_since: Some(Instant::now()),
+            unanswered: 0,
             sub,
             dealer,
             dealer_monitor,
@@ -211,6 +255,9 @@ impl Agent {
             if let Some(at) = self.enrolling {
                 wake = wake.min(at);
             }
+            if let Some(at) = self.move_due() {
+                wake = wake.min(at);
+            }
             let wait = wake.saturating_duration_since(Instant::now());
             let mut items = [
                 self.sub.as_poll_item(zmq::POLLIN),
@@ -242,6 +289,11 @@ impl Agent {
             if ready[2] {
                 while let Some(event) = monitor::read(&self.dealer_monitor) {
                     let reconnected = event.event == SocketEvent::HandshakeSucceeded;
+                    if reconnected {
+                        self.down_since = None;
+                    } else if event.event == SocketEvent::Disconnected {
+                        self.down_since.get_or_insert_with(Instant::now);
+                    }
                     if self.watch.observe(&event) {
                         self.pause_after_failed_handshake();
                     }
@@ -284,6 +336,11 @@ impl Agent {
                 }
                 self.dealer.connect(&self.receive)?;
             }
+            if self.move_due().is_some_and(|at| Instant::now() >= at) {
+                self.move_to_next_server("no connection for a heartbeat interval");
+                next_heartbeat = Instant::now() + self.heartbeat;
+                continue;
+            }
             if self.enrolling.is_some_and(|at| Instant::now() >= at) {
                 self.ask_to_enroll();
                 continue;
@@ -291,9 +348,82 @@ impl Agent {
             let retry_due =
                 matches!(&self.registration, Registration::Refused { retry_at, .. } if Instant::now() >= *retry_at);
             if self.enrolling.is_none() && (retry_due || Instant::now() >= next_heartbeat) {
+                if Instant::now() >= next_heartbeat && self.unanswered >= 2 && self.hosts.len() > 1 {
+                    self.move_to_next_server("2 registrations unanswered");
+                    next_heartbeat = Instant::now() + self.heartbeat;
+                    continue;
+                }
                 self.register();
                 next_heartbeat = Instant::now() + self.heartbeat;
             }
+        }
+    }
+
+    /// When the DEALER will have been down for a heartbeat interval, with
+    /// another server to move to. Not while paused after a failed handshake:
+    /// the backoff decides when to connect again, and the move comes at the
+    /// first moment the agent is not paused.
+    fn move_due(&self) -> Option<Instant> {
+        if self.hosts.len() < 2 || self.reconnect_at.is_some() {
+            return None;
+        }
+        self.down_since.map(|since| since + self.heartbeat)
+    }
+
+    /// Leaves the current server for the next one in `server_host`
+    /// (wrapping). The sockets and their monitors are made anew rather than
+    /// disconnected and connected again: the old connection's last events
+    /// (its close, a failed handshake) may still be queued on the monitors
+    /// and must not be taken for the new one's. Registration then starts
+    /// over as at start; a pending failed-handshake backoff is kept and
+    /// connects to the new server when it ends.
+    fn move_to_next_server(&mut self, why: &str) {
+        let sockets = match Sockets::open(&self.ctx, &self.security, &self.me) {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                // Out of descriptors, say: stay, and try again a heartbeat
+                // interval later.
+                warn!(self.log, "cannot make sockets for the next server"; "error" => %e);
+                self.down_since = Some(Instant::now());
+                self.unanswered = 0;
+                return;
+            }
+        };
+        let from = self.current;
+        self.current = (self.current + 1) % self.hosts.len();
+        warn!(self.log, "server unreachable: moving to the next server";
+            "from" => &self.hosts[from], "to" => &self.hosts[self.current], "why" => why,
+            "identity" => self.me.identity());
+        let host = &self.hosts[self.current];
+        self.receive = Networking::endpoint_for(host, self.receive_port);
+        self.publish = Networking::endpoint_for(host, self.pub_sub_port);
+        if let Some(service) = &mut self.me.file_service {
+            service.endpoint = Networking::endpoint_for(host, self.file_service_port);
+        }
+        // Dropping the old sockets closes their connections (linger 0).
+        self.sub = sockets.sub;
+        self.dealer = sockets.dealer;
+        self.sub_monitor = sockets.sub_monitor;
+        self.dealer_monitor = sockets.dealer_monitor;
+        self.watch.set_server(self.receive.clone());
+        self.down_since = Some(Instant::now());
+        self.unanswered = 0;
+        self.listening = false;
+        self.sub_connected = false;
+        self.registration = Registration::Waiting;
+        self.refusals.reset();
+        if self.enrolling.is_some() {
+            self.enrolling = Some(Instant::now());
+        }
+        if self.reconnect_at.is_some() {
+            return;
+        }
+        if !self.curve {
+            self.connect_sub();
+        }
+        if let Err(e) = self.dealer.connect(&self.receive) {
+            // The next move (a heartbeat interval on) tries another.
+            warn!(self.log, "cannot connect to the server"; "server" => &self.receive, "error" => %e);
         }
     }
 
@@ -312,6 +442,7 @@ impl Agent {
     }
 
     fn register(&mut self) {
+        self.unanswered = self.unanswered.saturating_add(1);
         let mut request = register_client::request_every(&self.me.filter, self.heartbeat.as_secs());
         request.metadata.requires_response = true;
         if let Registration::Refused { retry_at, .. } = &mut self.registration {
@@ -403,10 +534,14 @@ impl Agent {
         while let Ok(frames) = self.dealer.recv_multipart(zmq::DONTWAIT) {
             let answer = match Message::from_frames(&frames) {
                 Ok(m) if m.message_type() == enroll::TYPE => {
+                    self.unanswered = 0;
                     self.enroll_answered(&m);
                     continue;
                 }
-                Ok(m) if m.message_type() == register_client::TYPE => m,
+                Ok(m) if m.message_type() == register_client::TYPE => {
+                    self.unanswered = 0;
+                    m
+                }
                 Ok(m) => {
                     debug!(self.log, "unexpected message on DEALER dropped"; "type" => m.message_type());
                     continue;

@@ -25,6 +25,14 @@ impl HandshakeWatch {
         HandshakeWatch { server, keys, failing: false, last_warning: None, suppressed: 0, log }
     }
 
+    /// The agent moved to another server: what follows is about that one.
+    pub fn set_server(&mut self, server: String) {
+        self.server = server;
+        self.failing = false;
+        self.last_warning = None;
+        self.suppressed = 0;
+    }
+
     /// Logs what `event` means. Returns true when a handshake failed.
     pub fn observe(&mut self, event: &MonitorEvent) -> bool {
         match &event.event {

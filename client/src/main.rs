@@ -1,6 +1,7 @@
 //! `pantry-client`: the agent on each managed machine. It connects to one
-//! server, registers itself at start and every `heartbeat_interval`
-//! seconds, and runs the commands the server publishes to it.
+//! server (of `networking.server_host`'s list, failing over to the next),
+//! registers itself at start and every `heartbeat_interval` seconds, and
+//! runs the commands the server publishes to it.
 //!
 //! The loop is in [`agent`]; this file reads the config and the keys.
 

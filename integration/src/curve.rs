@@ -71,6 +71,20 @@ pub fn bootstrap_admin(server: &Server) -> (TempDir, String) {
     (cwd, field(&keys, "public_key"))
 }
 
+/// Copies `server`'s `server_keys.yml` (its key pair and every client key)
+/// into `root_dir`, with the modes the server insists on: another server
+/// started there serves the same keys.
+pub fn copy_key_store(server: &Server, root_dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let from = server.root_dir().join("security/curve").join(pantry_shared::keys::SERVER_KEYS_FILE);
+    let dir = root_dir.join("security/curve");
+    std::fs::create_dir_all(&dir).expect("create curve dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod curve dir");
+    let to = dir.join(pantry_shared::keys::SERVER_KEYS_FILE);
+    std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod server_keys.yml");
+}
+
 /// `client:create --name NAME` from an enrolled admin: the credentials as
 /// YAML. An agent's identity must be its key's name.
 pub fn create_named_client(server: &Server, cwd: &Path, name: &str) -> String {

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod curve;
+pub mod etcd;
 
 use tempfile::TempDir;
 
@@ -55,10 +56,36 @@ impl Ports {
         Ports { pub_sub: free_port(), receive: free_port(), file_service: free_port() }
     }
 
+    /// Three ports free on every one of `hosts` (loopback addresses), for
+    /// servers that each bind one of them on the same ports. Panics after a
+    /// bounded number of tries.
+    pub fn free_on(hosts: &[&str]) -> Ports {
+        let free_everywhere = |port: u16| hosts.iter().all(|host| TcpListener::bind((*host, port)).is_ok());
+        for _ in 0..50 {
+            let ports = Ports::free();
+            let all = [ports.pub_sub, ports.receive, ports.file_service];
+            let distinct = all[0] != all[1] && all[1] != all[2] && all[0] != all[2];
+            if distinct && all.into_iter().all(free_everywhere) {
+                return ports;
+            }
+        }
+        panic!("no three ports free on all of {hosts:?}");
+    }
+
     /// The `networking:` section for a config file.
     pub fn networking_yaml(&self, curve: bool) -> String {
+        self.networking_yaml_on(&["127.0.0.1"], curve)
+    }
+
+    /// The `networking:` section with `server_host` set to `hosts`: one host
+    /// as a string, several as a YAML list.
+    pub fn networking_yaml_on(&self, hosts: &[&str], curve: bool) -> String {
+        let server_host = match hosts {
+            [one] => one.to_string(),
+            many => format!("[{}]", many.join(", ")),
+        };
         format!(
-            "networking:\n  server_host: 127.0.0.1\n  pub_sub_port: {}\n  receive_port: {}\n  file_service_port: {}\n{}",
+            "networking:\n  server_host: {server_host}\n  pub_sub_port: {}\n  receive_port: {}\n  file_service_port: {}\n{}",
             self.pub_sub,
             self.receive,
             self.file_service,
@@ -68,17 +95,38 @@ impl Ports {
 
     /// Global options that point `pantry-admin` at these ports.
     pub fn admin_args(&self) -> Vec<String> {
-        vec![
-            "--host".into(),
-            "127.0.0.1".into(),
+        self.admin_args_on(&["127.0.0.1"])
+    }
+
+    /// Like [`Ports::admin_args`], with one `--host` per host, in order.
+    pub fn admin_args_on(&self, hosts: &[&str]) -> Vec<String> {
+        let mut args = Vec::new();
+        for host in hosts {
+            args.extend(["--host".to_string(), host.to_string()]);
+        }
+        args.extend([
             "--pub-sub-port".into(),
             self.pub_sub.to_string(),
             "--receive-port".into(),
             self.receive.to_string(),
             "--file-service-port".into(),
             self.file_service.to_string(),
-        ]
+        ]);
+        args
     }
+}
+
+/// Runs `pantry-admin` from `cwd` with one `--host` per host and `ports`.
+pub fn admin_at(cwd: &Path, hosts: &[&str], ports: &Ports, args: &[&str]) -> AdminRun {
+    let mut all = ports.admin_args_on(hosts);
+    all.extend(args.iter().map(|s| s.to_string()));
+    let output = Command::new(bin("pantry-admin"))
+        .args(&all)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run pantry-admin");
+    AdminRun::from(output)
 }
 
 /// A running child process whose output goes to a log file.
@@ -172,6 +220,8 @@ impl Drop for Process {
 /// A `pantry-server` with its own root_dir and ports.
 pub struct Server {
     pub dir: TempDir,
+    /// The address it binds (`networking.server_host`).
+    pub host: String,
     pub ports: Ports,
     pub curve: bool,
     pub process: Process,
@@ -191,12 +241,48 @@ impl Server {
 
     /// Like [`Server::start_with`], under an open-file limit of `nofile`.
     pub fn start_limited(curve: bool, extra_yaml: &str, nofile: Option<u64>) -> Server {
+        Self::launch("127.0.0.1", Ports::free(), curve, extra_yaml, nofile, |_| {})
+    }
+
+    /// A server bound to `host` (a loopback address) on `ports`; `prepare`
+    /// gets its root_dir (created, empty) before it starts, to put state
+    /// there (another server's `server_keys.yml`, say).
+    pub fn start_on(host: &str, ports: Ports, curve: bool, prepare: impl FnOnce(&Path)) -> Server {
+        Self::launch(host, ports, curve, "", None, |root| {
+            std::fs::create_dir_all(root).expect("create root_dir");
+            prepare(root)
+        })
+    }
+
+    /// [`Server::start_on`] with extra top-level YAML (`cluster:`, say).
+    pub fn start_on_with(
+        host: &str,
+        ports: Ports,
+        curve: bool,
+        extra_yaml: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> Server {
+        Self::launch(host, ports, curve, extra_yaml, None, |root| {
+            std::fs::create_dir_all(root).expect("create root_dir");
+            prepare(root)
+        })
+    }
+
+    fn launch(
+        host: &str,
+        ports: Ports,
+        curve: bool,
+        extra_yaml: &str,
+        nofile: Option<u64>,
+        prepare: impl FnOnce(&Path),
+    ) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports = Ports::free();
+        let root = dir.path().join("root");
+        prepare(&root);
         let config = format!(
             "log_level: debug\nroot_dir: {}\n{}{}",
-            dir.path().join("root").display(),
-            ports.networking_yaml(curve),
+            root.display(),
+            ports.networking_yaml_on(&[host], curve),
             extra_yaml
         );
         std::fs::write(dir.path().join("server.yml"), config).expect("write server.yml");
@@ -204,7 +290,7 @@ impl Server {
         let log = dir.path().join("server-0.log");
         let process =
             Process::spawn_limited(&bin("pantry-server"), &["-c", config.to_str().expect("utf-8 path")], log, nofile);
-        let server = Server { dir, ports, curve, process, restarts: 0 };
+        let server = Server { dir, host: host.to_owned(), ports, curve, process, restarts: 0 };
         assert!(
             server.process.wait_for_log("pantry-server started", Duration::from_secs(10)),
             "server did not start:\n{}",
@@ -263,15 +349,7 @@ impl Server {
     /// Runs `pantry-admin` against this server from `cwd` (where its
     /// `.pantry/` directory is looked up).
     pub fn admin_in(&self, cwd: &Path, args: &[&str]) -> AdminRun {
-        let mut all = self.ports.admin_args();
-        all.extend(args.iter().map(|s| s.to_string()));
-        let output = Command::new(bin("pantry-admin"))
-            .args(&all)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run pantry-admin");
-        AdminRun::from(output)
+        admin_at(cwd, &[&self.host], &self.ports, args)
     }
 
     /// Runs `pantry-admin` from the server's temp dir.
@@ -319,6 +397,9 @@ pub struct AgentSpec {
     pub identity_in_config: bool,
     /// Extra lines for the `networking:` section (two-space indented).
     pub networking_extra: String,
+    /// `networking.server_host` as a list of servers to fail over between
+    /// (all on the server's ports); empty: the server's host.
+    pub server_hosts: Vec<String>,
 }
 
 impl AgentSpec {
@@ -332,6 +413,7 @@ impl AgentSpec {
             client_keys_yaml: None,
             identity_in_config: true,
             networking_extra: String::new(),
+            server_hosts: Vec::new(),
         }
     }
 }
@@ -403,10 +485,14 @@ impl Agent {
         if !spec.roles.is_empty() {
             client.push_str(&format!("  roles: [{}]\n", spec.roles.join(", ")));
         }
+        let hosts: Vec<&str> = match spec.server_hosts.as_slice() {
+            [] => vec![server.host.as_str()],
+            list => list.iter().map(String::as_str).collect(),
+        };
         let config = format!(
             "log_level: debug\nroot_dir: {}\n{}{}{}",
             root.display(),
-            server.ports.networking_yaml(server.curve),
+            server.ports.networking_yaml_on(&hosts, server.curve),
             spec.networking_extra,
             client
         );

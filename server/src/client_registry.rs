@@ -28,7 +28,9 @@ use pantry_shared::config::DEFAULT_HEARTBEAT_INTERVAL;
 use pantry_shared::filter::{ClientFilter, Identities};
 use slog::{debug, info, Logger};
 
+use crate::cluster::{FleetRecord, RegistryChange, RegistryWriter, RewriteRecords};
 use crate::metrics::Metrics;
+use crate::outbox::{Outbound, Outbox};
 use crate::store::{StoredClient, Write, Writer};
 
 /// Missed heartbeats after which a client is offline.
@@ -58,10 +60,49 @@ pub struct ClientRegistry {
     by_peer: HashMap<Vec<u8>, String>,
     /// Keys whose PUB subscriptions are all granted (CURVE).
     listening: HashSet<String>,
+    /// In a cluster: where this server's records go, and the other
+    /// servers' clients as the watch last saw them.
+    fleet: Option<RegistryWriter>,
+    remote: HashMap<String, FleetRecord>,
+    /// The other servers of the cluster, by id: their links.
+    servers: HashMap<String, String>,
+    outbox: Option<Outbox>,
     forget_after: Duration,
     db: Writer,
     metrics: Arc<Metrics>,
     log: Logger,
+}
+
+impl ClientRegistry {
+    /// Writes this server's record of `identity` to the fleet's registry.
+    fn publish_record(&self, identity: &str) {
+        let (Some(fleet), Some(entry)) = (&self.fleet, self.clients.get(identity)) else { return };
+        fleet.put(identity, &self.fleet_record(entry, fleet.server_id()));
+    }
+
+    fn fleet_record(&self, entry: &Entry, server: &str) -> FleetRecord {
+        FleetRecord {
+            application: entry.filter.application.clone(),
+            environment: entry.filter.environment.clone(),
+            roles: entry.filter.roles.clone(),
+            online: entry.was_online,
+            last_seen: entry.last_seen.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            server: server.to_owned(),
+        }
+    }
+
+    /// In a cluster: records go to etcd on `writer`'s lease; the socket
+    /// thread keeps links to the other servers.
+    pub fn join_fleet(&mut self, writer: RegistryWriter, outbox: Outbox) {
+        self.fleet = Some(writer);
+        self.outbox = Some(outbox);
+    }
+
+    fn link(&self, server: &str, endpoint: Option<String>) {
+        if let Some(outbox) = &self.outbox {
+            outbox.send(Outbound::Link { server: server.to_owned(), endpoint });
+        }
+    }
 }
 
 /// Why a client whose connection is up went offline (under CURVE).
@@ -82,6 +123,10 @@ impl ClientRegistry {
             by_stream: HashMap::new(),
             by_peer: HashMap::new(),
             listening: HashSet::new(),
+            fleet: None,
+            remote: HashMap::new(),
+            servers: HashMap::new(),
+            outbox: None,
             forget_after,
             db,
             metrics,
@@ -130,6 +175,9 @@ impl ClientRegistry {
             self.by_peer.remove(peer);
         }
         self.db.write(Write::ForgetClient(identity.to_owned()));
+        if let Some(fleet) = &self.fleet {
+            fleet.delete(identity);
+        }
         Some(entry)
     }
 
@@ -185,6 +233,8 @@ impl ClientRegistry {
             return;
         }
         entry.was_online = online;
+        self.publish_record(identity);
+        let Some(entry) = self.clients.get(identity) else { return };
         let (from, to) = (&self.metrics.clients_offline, &self.metrics.clients_online);
         let (from, to) = if online { (from, to) } else { (to, from) };
         from.dec();
@@ -301,7 +351,11 @@ impl Handler<Register> for ClientRegistry {
         };
         self.db.write(stored);
         let online = self.clients.get(&identity).is_some_and(|e| self.is_online(e, now));
+        let was_online = self.clients.get(&identity).is_some_and(|e| e.was_online);
         self.note_change(&identity, online, "");
+        if outcome == Registered::New && was_online == online {
+            self.publish_record(&identity);
+        }
         outcome
     }
 }
@@ -402,11 +456,18 @@ pub struct Listed {
     pub filter: ClientFilter,
     pub last_seen: SystemTime,
     pub online: bool,
+    /// In a cluster: the server the client is on.
+    pub server: Option<String>,
 }
 
 impl Listed {
     pub fn record(&self) -> ClientRecord<'_> {
-        ClientRecord { client: &self.filter, last_seen: self.last_seen, online: self.online }
+        ClientRecord {
+            client: &self.filter,
+            last_seen: self.last_seen,
+            online: self.online,
+            server: self.server.as_deref(),
+        }
     }
 }
 
@@ -424,14 +485,42 @@ impl Handler<Query> for ClientRegistry {
 
     fn handle(&mut self, msg: Query, _: &mut Context<Self>) -> Self::Result {
         let now = SystemTime::now();
+        let own = self.fleet.as_ref().map(|f| f.server_id().to_owned());
+        let wanted = |id: &str, filter: &ClientFilter| {
+            msg.filter.selects(filter) && msg.identities.as_ref().is_none_or(|ids| ids.matches(id))
+        };
         let mut list: Vec<Listed> = self
             .clients
             .iter()
-            .filter(|(id, e)| {
-                msg.filter.selects(&e.filter) && msg.identities.as_ref().is_none_or(|ids| ids.matches(id))
+            .filter(|(id, e)| wanted(id, &e.filter))
+            // A client that moved to another server is listed as it is there.
+            .filter(|(id, e)| self.is_online(e, now) || !self.remote.get(*id).is_some_and(|r| r.online))
+            .map(|(_, e)| Listed {
+                filter: e.filter.clone(),
+                last_seen: e.last_seen,
+                online: self.is_online(e, now),
+                server: own.clone(),
             })
-            .map(|(_, e)| Listed { filter: e.filter.clone(), last_seen: e.last_seen, online: self.is_online(e, now) })
             .collect();
+        for (identity, record) in &self.remote {
+            let filter = ClientFilter {
+                identity: Some(identity.clone()),
+                application: record.application.clone(),
+                environment: record.environment.clone(),
+                roles: record.roles.clone(),
+            };
+            let local = self.clients.get(identity);
+            let shown_here = local.is_some_and(|e| self.is_online(e, now) || !record.online);
+            if shown_here || !wanted(identity, &filter) {
+                continue;
+            }
+            list.push(Listed {
+                filter,
+                last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(record.last_seen),
+                online: record.online,
+                server: Some(record.server.clone()),
+            });
+        }
         list.sort_by(|a, b| a.filter.identity.cmp(&b.filter.identity));
         MessageResult(list)
     }
@@ -443,6 +532,8 @@ pub struct Recipient {
     pub identity: String,
     /// Its key, under CURVE.
     pub key: Option<String>,
+    /// In a cluster: the other server it is on (`None`: this one).
+    pub server: Option<String>,
 }
 
 /// Who a request reaches: the online clients, and the offline ones it would
@@ -461,6 +552,9 @@ pub struct Reached {
 pub struct Recipients {
     pub stream: String,
     pub identities: Option<Identities>,
+    /// Only this server's clients (a request from another server of the
+    /// cluster, or an upload, whose file is here).
+    pub local_only: bool,
 }
 
 impl Handler<Recipients> for ClientRegistry {
@@ -480,15 +574,108 @@ impl Handler<Recipients> for ClientRegistry {
             }
             let Some(entry) = self.clients.get(identity) else { continue };
             if self.is_online(entry, now) {
-                reached.online.push(Recipient { identity: identity.clone(), key: entry.key.clone() });
+                reached.online.push(Recipient { identity: identity.clone(), key: entry.key.clone(), server: None });
+            } else if !msg.local_only && self.reachable_elsewhere(identity) {
+                // Moved to another server: reached there.
             } else {
                 let last_seen = humantime::format_rfc3339_seconds(entry.last_seen).to_string();
                 reached.offline.push(Offline { identity: identity.clone(), last_seen });
             }
         }
+        if !msg.local_only {
+            self.reach_elsewhere(&msg, now, &mut reached);
+        }
         reached.online.sort_by(|a, b| a.identity.cmp(&b.identity));
         reached.offline.sort_by(|a, b| a.identity.cmp(&b.identity));
         reached
+    }
+}
+
+impl ClientRegistry {
+    /// Whether `identity` is online on another server this one links to.
+    fn reachable_elsewhere(&self, identity: &str) -> bool {
+        self.remote.get(identity).is_some_and(|r| r.online && self.servers.contains_key(&r.server))
+    }
+
+    /// The other servers' clients a request selects: online ones on linked
+    /// servers are reached there; the others are offline.
+    fn reach_elsewhere(&self, msg: &Recipients, now: SystemTime, reached: &mut Reached) {
+        for (identity, record) in &self.remote {
+            let filter = ClientFilter {
+                identity: Some(identity.clone()),
+                application: record.application.clone(),
+                environment: record.environment.clone(),
+                roles: record.roles.clone(),
+            };
+            if !filter.accepts_stream(&msg.stream) || msg.identities.as_ref().is_some_and(|ids| !ids.matches(identity))
+            {
+                continue;
+            }
+            // Online here: reached here (listed above).
+            if self.clients.get(identity).is_some_and(|e| self.is_online(e, now)) {
+                continue;
+            }
+            if self.reachable_elsewhere(identity) {
+                reached.online.push(Recipient {
+                    identity: identity.clone(),
+                    key: None,
+                    server: Some(record.server.clone()),
+                });
+            } else if !self.clients.contains_key(identity) {
+                let seen = SystemTime::UNIX_EPOCH + Duration::from_secs(record.last_seen);
+                let last_seen = humantime::format_rfc3339_seconds(seen).to_string();
+                reached.offline.push(Offline { identity: identity.clone(), last_seen });
+            }
+        }
+    }
+}
+
+impl Handler<RegistryChange> for ClientRegistry {
+    type Result = ();
+
+    /// The fleet's registry changed (another server's client registered,
+    /// changed state, or its server's lease expired: then it is offline).
+    fn handle(&mut self, change: RegistryChange, _: &mut Context<Self>) {
+        let own = self.fleet.as_ref().map(|f| f.server_id().to_owned());
+        match change {
+            RegistryChange::Server { id, .. } | RegistryChange::ServerGone { id } if Some(&id) == own.as_ref() => {}
+            RegistryChange::Server { id, receive } => {
+                if self.servers.get(&id) != Some(&receive) {
+                    self.link(&id, Some(receive.clone()));
+                    self.servers.insert(id, receive);
+                }
+            }
+            RegistryChange::ServerGone { id } => {
+                if self.servers.remove(&id).is_some() {
+                    self.link(&id, None);
+                }
+            }
+            RegistryChange::Put { record, .. } if Some(&record.server) == own.as_ref() => {}
+            RegistryChange::Put { identity, record } => {
+                self.remote.insert(identity, record);
+            }
+            RegistryChange::Gone { identity } => {
+                if let Some(record) = self.remote.get_mut(&identity) {
+                    if record.online {
+                        info!(self.log, "client offline: its server left the cluster";
+                            "identity" => &identity, "server" => &record.server);
+                    }
+                    record.online = false;
+                }
+            }
+        }
+    }
+}
+
+impl Handler<RewriteRecords> for ClientRegistry {
+    type Result = ();
+
+    /// A new lease: every record of this server is written again.
+    fn handle(&mut self, _: RewriteRecords, _: &mut Context<Self>) {
+        let identities: Vec<String> = self.clients.keys().cloned().collect();
+        for identity in identities {
+            self.publish_record(&identity);
+        }
     }
 }
 
@@ -534,10 +721,11 @@ mod tests {
         // Another key cannot take h1.
         let refused = registry.send(reg(client("h1", "pantry", "test", &["web"]), "k9")).await.unwrap();
         assert!(matches!(refused, Registered::Refused(r) if r.contains("another key")));
-        let to = |s: &str| registry.send(Recipients { stream: s.into(), identities: None });
+        let to = |s: &str| registry.send(Recipients { stream: s.into(), identities: None, local_only: false });
         assert_eq!(ids(to("").await.unwrap()), ["h1", "h2"]);
         let some = |p: &str| Identities::parse(&[p.into()]).unwrap();
-        let globbed = registry.send(Recipients { stream: "pantry".into(), identities: some("h[2-9]") }).await;
+        let globbed =
+            registry.send(Recipients { stream: "pantry".into(), identities: some("h[2-9]"), local_only: false }).await;
         assert_eq!(ids(globbed.unwrap()), ["h2"]);
         assert_eq!(ids(to("pantry").await.unwrap()), ["h1", "h2"]);
         assert_eq!(ids(to("pantry.test").await.unwrap()), ["h1"]);
@@ -564,13 +752,15 @@ mod tests {
         registry.send(reg(client("h1", "a", "e", &[]), "k1")).await.unwrap();
         registry.send(reg(client("h2", "a", "e", &[]), "k2")).await.unwrap();
         registry.send(PeerClosed { peer: b"h2".to_vec() }).await.unwrap();
-        let reached = registry.send(Recipients { stream: "a".into(), identities: None }).await.unwrap();
+        let reached =
+            registry.send(Recipients { stream: "a".into(), identities: None, local_only: false }).await.unwrap();
         assert_eq!(ids(Reached { online: reached.online, offline: Vec::new() }), ["h1"]);
         assert_eq!(reached.offline.iter().map(|o| o.identity.as_str()).collect::<Vec<_>>(), ["h2"]);
         let listed = registry.send(Query { filter: ClientFilter::default(), identities: None }).await.unwrap();
         assert_eq!(listed.iter().map(|l| l.online).collect::<Vec<_>>(), [true, false]);
         registry.send(reg(client("h2", "a", "e", &[]), "k2")).await.unwrap();
-        let reached = registry.send(Recipients { stream: "a".into(), identities: None }).await.unwrap();
+        let reached =
+            registry.send(Recipients { stream: "a".into(), identities: None, local_only: false }).await.unwrap();
         assert_eq!(reached.online.len(), 2);
         registry.send(ForgetIdentity { identity: "h2".into() }).await.unwrap().unwrap();
         assert!(registry.send(ForgetIdentity { identity: "h2".into() }).await.unwrap().is_err());
@@ -589,7 +779,7 @@ mod tests {
         assert!(matches!(r, Registered::Refused(reason) if reason.contains("shop.prod")), "identity = stream");
         let r = registry.send(reg(client("db-1", "web1.example.com", "x", &[]))).await.unwrap();
         assert!(matches!(r, Registered::Refused(_)), "app = identity");
-        let to = |s: &str| registry.send(Recipients { stream: s.into(), identities: None });
+        let to = |s: &str| registry.send(Recipients { stream: s.into(), identities: None, local_only: false });
         assert_eq!(ids(to("web1.example.com").await.unwrap()), ["web1.example.com"]);
     }
 
@@ -597,10 +787,11 @@ mod tests {
     async fn under_curve_only_listening_clients_receive() {
         let (registry, _dir) = registry(true);
         assert_eq!(registry.send(reg(client("h1", "a", "e", &[]), "k1")).await.unwrap(), Registered::New);
-        let to = || registry.send(Recipients { stream: "a".into(), identities: None });
+        let to = || registry.send(Recipients { stream: "a".into(), identities: None, local_only: false });
         assert!(to().await.unwrap().online.is_empty());
         registry.send(Listening { key: "k1".into(), listening: true }).await.unwrap();
-        assert_eq!(to().await.unwrap().online, [Recipient { identity: "h1".into(), key: Some("k1".into()) }]);
+        let h1 = Recipient { identity: "h1".into(), key: Some("k1".into()), server: None };
+        assert_eq!(to().await.unwrap().online, [h1]);
         registry.send(Listening { key: "k1".into(), listening: false }).await.unwrap();
         assert!(to().await.unwrap().online.is_empty());
     }

@@ -114,6 +114,10 @@ fn identity_patterns(request: &Message) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Marks a request another server of the cluster passed on: it goes to
+/// this server's clients only.
+const CLUSTER_PEER_FIELD: &str = "cluster_peer";
+
 /// How often old jobs are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
@@ -628,8 +632,12 @@ impl CommandDispatcher {
         let transfer = (kind == Kind::Upload).then(|| upload::parse(&request.message).map(|u| u.transfer_id));
         let requester = request.auth.clone();
         let by_identity = identities.is_some();
+        // Another server's request is for its clients here; an upload's
+        // file is on this server, so only its clients can fetch it.
+        let local_only = kind == Kind::Upload || request.message.metadata.custom.contains_key(CLUSTER_PEER_FIELD);
         let work = async move {
-            let recipients = registry.send(Recipients { stream, identities }).await.map_err(|e| e.to_string())?;
+            let wanted = Recipients { stream, identities, local_only };
+            let recipients = registry.send(wanted).await.map_err(|e| e.to_string())?;
             if let Some(transfer) = transfer {
                 let transfer_id = transfer.map_err(|e| e.to_string())?;
                 let keys = recipients.online.iter().filter_map(|r| r.key.clone()).collect();
@@ -667,6 +675,13 @@ impl CommandDispatcher {
     /// recipient's own stream.
     fn publish(&mut self, kind: Kind, request: Request, reached: Reached, by_identity: bool) {
         let Reached { online: recipients, offline } = reached;
+        // Clients on other servers of a cluster, by server.
+        let mut elsewhere: HashMap<String, Vec<String>> = HashMap::new();
+        for r in recipients.iter().filter(|r| r.server.is_some()) {
+            elsewhere.entry(r.server.clone().unwrap_or_default()).or_default().push(r.identity.clone());
+        }
+        let here: Vec<String> = recipients.iter().filter(|r| r.server.is_none()).map(|r| r.identity.clone()).collect();
+        let by_identity = by_identity || !elsewhere.is_empty();
         let identities: Vec<String> = recipients.into_iter().map(|r| r.identity).collect();
         // From here on the recipients' answers are routed: before the
         // request goes out.
@@ -680,12 +695,24 @@ impl CommandDispatcher {
         self.record_job(&request, kind, identities.clone(), offline.iter().map(|o| o.identity.clone()).collect());
         let Request { peer, message, .. } = request;
         self.reply(peer, recipients::respond(&message, &identities, &offline));
+        // Each other server publishes to its own clients and sends their
+        // answers back over the link.
+        for (server, names) in elsewhere {
+            let mut copy = message.clone();
+            copy.stream = String::new();
+            copy.metadata.requires_response = true;
+            let exact: Vec<String> = names.iter().map(|n| glob::Pattern::escape(n)).collect();
+            copy.metadata.custom.remove(pantry_shared::filter::IDENTITIES_FIELD);
+            Identities::attach(&mut copy, &exact);
+            copy.metadata.custom.insert(CLUSTER_PEER_FIELD.into(), Value::Bool(true));
+            self.outbox.send(Outbound::ToServer { server, message: copy });
+        }
         let mut out = message;
         out.metadata.forwarded = true;
         if !by_identity {
             return self.outbox.send(Outbound::Publish(out));
         }
-        let mut streams = identities.into_iter();
+        let mut streams = here.into_iter();
         let last = streams.next_back();
         for identity in streams {
             self.outbox.send(Outbound::Publish(Message { stream: identity, ..out.clone() }));

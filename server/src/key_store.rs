@@ -31,6 +31,7 @@ use pantry_shared::security::ServerPort;
 use pantry_shared::KeyStoreError;
 use slog::{debug, error, info, warn, Logger};
 
+use crate::cluster::{ClusterKeys, KeyChange, KeysChanged};
 use crate::messages::{ZapRequest, ENROLLEE};
 use crate::metrics::{Metrics, Rejection};
 use crate::outbox::{KeyUpdate, Outbound, Outbox};
@@ -43,8 +44,118 @@ pub const MAX_PENDING_KEYS: usize = 1000;
 /// The ZAP status text of a connection admitted only to enroll.
 const ADMITTED_TO_ENROLL: &str = "admitted to enroll only";
 
+/// Where the known keys live: `server_keys.yml`, or etcd for a cluster.
+pub enum Keys {
+    File(ServerKeyStore),
+    Cluster(ClusterKeys),
+}
+
+impl Keys {
+    fn lookup(&self, key: &PublicKey) -> Option<&KnownKey> {
+        match self {
+            Keys::File(store) => store.lookup(key),
+            Keys::Cluster(keys) => keys.lookup(key),
+        }
+    }
+
+    pub fn entries(&self) -> Vec<KnownKey> {
+        match self {
+            Keys::File(store) => store.entries().to_vec(),
+            Keys::Cluster(keys) => keys.entries(),
+        }
+    }
+
+    fn known_count(&self) -> usize {
+        match self {
+            Keys::File(store) => store.known_count(),
+            Keys::Cluster(keys) => keys.known_count(),
+        }
+    }
+
+    /// Re-reads the file if another process changed it (a cluster's copy
+    /// follows etcd's watch instead).
+    fn reload_if_changed(&mut self) -> Result<bool, KeyStoreError> {
+        match self {
+            Keys::File(store) => store.reload_if_changed(),
+            Keys::Cluster(_) => Ok(false),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Keys::File(store) => store.path().display().to_string(),
+            Keys::Cluster(keys) => keys.etcd().describe(),
+        }
+    }
+
+    fn server_public_key(&self) -> String {
+        match self {
+            Keys::File(store) => store.keys.public_key.clone(),
+            Keys::Cluster(keys) => keys.server_public_key().to_owned(),
+        }
+    }
+
+    fn free_name(&self, base: &str) -> String {
+        match self {
+            Keys::File(store) => store.free_name(base),
+            Keys::Cluster(keys) => keys.free_name(base),
+        }
+    }
+
+    fn add(&mut self, key: &PublicKey, name: Option<&str>, role: Role) -> Result<KnownKey, KeyChangeError> {
+        match self {
+            Keys::File(store) => store.add(key, name, role),
+            Keys::Cluster(keys) => keys.add(key, name, role),
+        }
+    }
+
+    /// Stores `key` as the first admin if no key was ever trusted first;
+    /// `None` when one was.
+    fn trust_first(&mut self, key: &PublicKey) -> Result<Option<KnownKey>, KeyChangeError> {
+        match self {
+            Keys::File(store) if store.known_count() == 0 => store.add(key, Some("admin"), Role::Admin).map(Some),
+            Keys::File(_) => Ok(None),
+            Keys::Cluster(keys) => keys.trust_first(key),
+        }
+    }
+
+    fn bind(&mut self, key: &PublicKey, name: &str) -> Result<KnownKey, KeyChangeError> {
+        match self {
+            Keys::File(store) => store.bind(key, name),
+            Keys::Cluster(keys) => keys.bind(key, name),
+        }
+    }
+
+    fn add_token(&mut self, token: Token) -> Result<(), KeyChangeError> {
+        match self {
+            Keys::File(store) => store.add_token(token),
+            Keys::Cluster(keys) => keys.add_token(token),
+        }
+    }
+
+    fn enroll(
+        &mut self,
+        key: &PublicKey,
+        token: &str,
+        configured: Option<&str>,
+        default_name: &str,
+    ) -> Result<KnownKey, EnrollError> {
+        match self {
+            Keys::File(store) => store.enroll(key, token, configured, default_name),
+            Keys::Cluster(keys) => keys.enroll(key, token, configured, default_name),
+        }
+    }
+
+    fn revoke(&mut self, name_or_key: &str) -> Result<KnownKey, KeyChangeError> {
+        match self {
+            Keys::File(store) => store.revoke(name_or_key),
+            Keys::Cluster(keys) => keys.revoke(name_or_key),
+        }
+    }
+}
+
 pub struct KeyStore {
-    store: ServerKeyStore,
+    store: Keys,
     outbox: Outbox,
     trust_first_client: bool,
     /// Z85 key → what the server saw of it.
@@ -62,7 +173,7 @@ fn now_rfc3339() -> String {
 
 impl KeyStore {
     pub fn new(
-        store: ServerKeyStore,
+        store: Keys,
         outbox: Outbox,
         trust_first_client: bool,
         pending: Vec<PendingKey>,
@@ -126,7 +237,7 @@ impl KeyStore {
     }
 
     fn publish_all(&self) {
-        self.publish(KeyUpdate::All(self.store.entries().to_vec()));
+        self.publish(KeyUpdate::All(self.store.entries()));
     }
 
     /// Re-reads the file if another process changed it; the socket thread
@@ -135,7 +246,7 @@ impl KeyStore {
         let changed = self.store.reload_if_changed()?;
         if changed {
             info!(self.log, "key store changed on disk; reloaded";
-                "file" => %self.store.path().display(), "known_clients" => self.store.known_count());
+                "file" => self.store.describe(), "known_clients" => self.store.known_count());
             self.publish_all();
         }
         Ok(changed)
@@ -153,20 +264,22 @@ impl KeyStore {
         }
         if self.trust_first_client && self.store.known_count() == 0 {
             let z85 = keys::z85(key);
-            return match self.store.add(key, Some("admin"), Role::Admin) {
-                Ok(known) => {
+            match self.store.trust_first(key) {
+                Ok(Some(known)) => {
                     info!(self.log, "trusted the first client on first use and stored its key as an admin";
                         "key" => &z85, "name" => "admin", "address" => &request.address,
-                        "file" => %self.store.path().display());
+                        "store" => self.store.describe());
                     self.publish(KeyUpdate::Added(known.clone()));
-                    (Status::Ok, "accepted (trusted on first use)".into(), Some(known))
+                    return (Status::Ok, "accepted (trusted on first use)".into(), Some(known));
                 }
+                // Another server of the cluster trusted its first client.
+                Ok(None) => {}
                 Err(e) => {
                     error!(self.log, "cannot store the first client's key; handshake refused";
                         "key" => &z85, "error" => %e);
-                    (Status::Error, "key store write failed".into(), None)
+                    return (Status::Error, "key store write failed".into(), None);
                 }
-            };
+            }
         }
         self.saw_unknown(&keys::z85(key), &request.address, None);
         if port == ServerPort::Receive {
@@ -230,7 +343,7 @@ impl Handler<CreateKey> for KeyStore {
 
     fn handle(&mut self, msg: CreateKey, _: &mut Context<Self>) -> Self::Result {
         let pair = KeyPair::generate()?;
-        let key = keys::decode_key(&pair.public_key, self.store.path(), "public_key")?;
+        let key = keys::decode_key(&pair.public_key, std::path::Path::new("(a new key pair)"), "public_key")?;
         // An admin key always has a name: it is who the admin is in logs.
         let name = match (msg.name, msg.role) {
             (Some(name), _) => Some(name),
@@ -245,7 +358,7 @@ impl Handler<CreateKey> for KeyStore {
             "name" => known.name.as_deref().unwrap_or("(unbound)"), "role" => known.role.as_str(),
             "key" => &known.public_key, "known_clients" => self.store.known_count());
         self.publish(KeyUpdate::Added(known.clone()));
-        Ok((self.store.keys.public_key.clone(), pair, known))
+        Ok((self.store.server_public_key(), pair, known))
     }
 }
 
@@ -259,7 +372,7 @@ impl Handler<ListKeys> for KeyStore {
 
     fn handle(&mut self, _: ListKeys, _: &mut Context<Self>) -> Self::Result {
         self.reload()?;
-        Ok(self.store.entries().to_vec())
+        Ok(self.store.entries())
     }
 }
 
@@ -447,6 +560,56 @@ impl Handler<ReloadKeys> for KeyStore {
     fn handle(&mut self, _: ReloadKeys, _: &mut Context<Self>) {
         if let Err(e) = self.reload() {
             error!(self.log, "cannot reload the key store; keeping the keys in memory"; "error" => %e);
+        }
+    }
+}
+
+impl Handler<KeysChanged> for KeyStore {
+    type Result = ();
+
+    /// Another server (or this one: applying twice is harmless) changed the
+    /// cluster's keys; the socket thread follows, so a key revoked anywhere
+    /// is cut off here too.
+    fn handle(&mut self, msg: KeysChanged, _: &mut Context<Self>) {
+        let Keys::Cluster(cluster) = &mut self.store else { return };
+        let mut updates = Vec::new();
+        for change in &msg.0 {
+            match change {
+                KeyChange::Put(known) => {
+                    let new = keys::decode_z85(&known.public_key).is_some_and(|k| cluster.lookup(&k) != Some(known));
+                    cluster.apply(change);
+                    if new {
+                        updates.push(KeyUpdate::Added(known.clone()));
+                    }
+                }
+                KeyChange::Gone(z85) => {
+                    if let Some(gone) = cluster.apply(change) {
+                        if let Some(key) = keys::decode_z85(z85) {
+                            self.revoked.insert(key);
+                        }
+                        info!(self.log, "a key was revoked in the cluster: cutting it off here";
+                            "name" => gone.name.as_deref().unwrap_or("(unbound)"), "key" => z85);
+                        updates.push(KeyUpdate::Removed(z85.clone()));
+                    }
+                }
+                KeyChange::Token(_) | KeyChange::TokenGone(_) => {
+                    cluster.apply(change);
+                }
+            }
+        }
+        let now_known: Vec<String> = msg
+            .0
+            .iter()
+            .filter_map(|c| match c {
+                KeyChange::Put(known) => Some(known.public_key.clone()),
+                _ => None,
+            })
+            .collect();
+        for key in now_known {
+            self.forget_pending(&key);
+        }
+        for update in updates {
+            self.publish(update);
         }
     }
 }

@@ -17,6 +17,7 @@
 //! - [`key_store`]: owns `server_keys.yml`; decides unknown keys' handshakes.
 //! - [`file_service`]: relays uploads, only to the keys they were sent to.
 //! - [`store`]: the embedded SQLite database and its writer thread.
+//! - [`cluster`]: several servers sharing keys and registry through etcd.
 //! - [`jobs`], [`answers`], [`audit`]: the record of every command and its
 //!   answers, and the audit log.
 //! - [`metrics`]: counters for Prometheus, and `/metrics` and `/healthz`.
@@ -27,12 +28,14 @@ pub mod answers;
 pub mod audit;
 pub mod authorize;
 pub mod client_registry;
+pub mod cluster;
 pub mod command_dispatcher;
 pub mod connections;
 pub mod file_service;
 pub mod jobs;
 pub mod key_store;
 pub mod limits;
+pub mod links;
 pub mod messages;
 pub mod metrics;
 pub mod outbox;
@@ -57,10 +60,11 @@ use slog::{error, info, warn, Logger};
 
 use audit::{Audit, AuditTarget};
 use client_registry::ClientRegistry;
+use cluster::ClusterKeys;
 use command_dispatcher::{CommandDispatcher, JobSettings, Settings};
 use file_service::FileService;
 use jobs::JobReader;
-use key_store::{KeyStore, ReloadKeys};
+use key_store::{KeyStore, Keys, ReloadKeys};
 use limits::FdBudget;
 use metrics::Metrics;
 use outbox::{KeyUpdate, Outbound, Outbox};
@@ -118,6 +122,46 @@ where
         );
         (SocketSecurity::Null, None)
     };
+    // The other servers of a cluster take requests from this one with the
+    // key pair they all share.
+    let link_security = match &store {
+        Some(store) => {
+            let key = pantry_shared::keys::decode_z85(&store.keys.public_key).context("the server's public key")?;
+            SocketSecurity::CurveClient { server_key: key, public_key: key, secret_key: *store.secret_key() }
+        }
+        None => SocketSecurity::Null,
+    };
+    // In a cluster, etcd holds the keys (and the fleet's registry).
+    let cluster = match &config.cluster {
+        Some(section) => {
+            let etcd = cluster::Etcd::connect(section, log.clone()).context("cannot reach the cluster's etcd")?;
+            if let Some(store) = &store {
+                etcd.check_server_key(&store.keys.public_key)?;
+            }
+            let public_key = store.as_ref().map(|s| s.keys.public_key.clone()).unwrap_or_default();
+            let mut keys = ClusterKeys::load(etcd.clone(), &public_key).context("cannot read the keys from etcd")?;
+            info!(log, "cluster: keys and registry read from etcd";
+                "etcd" => etcd.describe(), "server_id" => &section.server_id, "known_clients" => keys.known_count(),
+                "fleet_clients" => keys.clients.len());
+            let receive = format!("tcp://{}:{}", section.advertise, config.networking.receive_port);
+            let fleet = Fleet {
+                revision: keys.revision,
+                clients: std::mem::take(&mut keys.clients),
+                etcd,
+                receive,
+                link_security: link_security.clone(),
+            };
+            Some((fleet, keys))
+        }
+        None => None,
+    };
+    let (store, cluster) = match (store, cluster) {
+        (Some(_), Some((fleet, keys))) => (Some(Keys::Cluster(keys)), Some(fleet)),
+        (Some(store), None) => (Some(Keys::File(store)), None),
+        // Null security has no keys; the registry is still shared.
+        (None, Some((fleet, _))) => (None, Some(fleet)),
+        (None, None) => (None, None),
+    };
     let net = &config.networking;
     let endpoints = Endpoints {
         publish: net.endpoint(net.pub_sub_port),
@@ -130,7 +174,7 @@ where
     let (outbox, inbox) = Outbox::new(&ctx)?;
     if let Some(store) = &store {
         // Before the socket thread serves: it answers known keys itself.
-        outbox.send(Outbound::Keys(KeyUpdate::All(store.entries().to_vec())));
+        outbox.send(Outbound::Keys(KeyUpdate::All(store.entries())));
     }
 
     let audit = Audit::open(AuditTarget::from_config(config.audit_log.as_deref(), &root_dir)).with_context(|| {
@@ -196,7 +240,17 @@ where
         });
         let curve = keys.is_some();
         let registry = ClientRegistry::new(curve, clients, forget_after, writer.clone(), metrics.clone(), log.clone());
-        let parts = Parts { sockets, inbox, keys, keys_thread: keys_thread.handle(), registry, settings, fd_budget };
+        let parts = Parts {
+            sockets,
+            inbox,
+            keys,
+            keys_thread: keys_thread.handle(),
+            registry,
+            settings,
+            fd_budget,
+            cluster,
+            ctx: ctx.clone(),
+        };
         start_actors(&outbox, parts, metrics.clone(), &log)
     });
     let (control, thread) = started?;
@@ -260,6 +314,18 @@ struct Parts {
     registry: ClientRegistry,
     settings: Settings,
     fd_budget: FdBudget,
+    cluster: Option<Fleet>,
+    ctx: zmq::Context,
+}
+
+/// A cluster's etcd, and the fleet's registry as read at start.
+struct Fleet {
+    etcd: Arc<cluster::Etcd>,
+    revision: i64,
+    clients: Vec<cluster::RegistryChange>,
+    /// Where the other servers reach this one.
+    receive: String,
+    link_security: SocketSecurity,
 }
 
 /// Creates the actors and starts the socket thread.
@@ -269,15 +335,35 @@ fn start_actors(
     metrics: Arc<Metrics>,
     log: &Logger,
 ) -> Result<(Control, std::thread::JoinHandle<()>)> {
-    let Parts { sockets, inbox, keys, keys_thread, registry, settings, fd_budget } = parts;
+    let Parts { sockets, inbox, keys, keys_thread, registry, settings, fd_budget, cluster, ctx } = parts;
     let answers = sockets::AnswerRouting {
         routes: settings.routes.clone(),
         jobs: settings.jobs.map(|jobs| (settings.db.clone(), jobs.max_output)),
+        links: cluster.as_ref().map(|f| links::Links::new(ctx.clone(), f.link_security.clone(), log.clone())),
     };
     let curve = keys.is_some();
-    let registry = registry.start();
+    let registry = match &cluster {
+        Some(fleet) => {
+            let outbox = outbox.try_clone()?;
+            ClientRegistry::create(|ctx| {
+                let mut registry = registry;
+                let rewrite = ctx.address().recipient();
+                let writer = cluster::RegistryWriter::start(fleet.etcd.clone(), rewrite, fleet.receive.clone());
+                registry.join_fleet(writer, outbox);
+                registry
+            })
+        }
+        None => registry.start(),
+    };
     let files = FileService::new(outbox.try_clone()?, curve, metrics.clone(), log.clone()).start();
     let key_store = keys.transpose()?.map(|keys| KeyStore::start_in_arbiter(&keys_thread, |_| keys));
+    if let Some(fleet) = cluster {
+        for change in fleet.clients {
+            registry.do_send(change);
+        }
+        let keys = key_store.clone().map(Addr::recipient);
+        cluster::watch(&fleet.etcd, fleet.revision, keys, registry.clone().recipient());
+    }
     let dispatcher =
         CommandDispatcher::new(outbox.try_clone()?, registry, files.clone(), key_store.clone(), settings, log.clone())
             .start();

@@ -55,6 +55,11 @@ enum ServerCommand {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Copy the client keys and enrollment tokens of this server's
+    /// server_keys.yml into the cluster's etcd (`cluster:` in the config);
+    /// keys or names etcd already has are left as they are.
+    #[command(name = "keys:import")]
+    KeysImport,
 }
 
 fn main() {
@@ -76,6 +81,9 @@ fn run(cli: Cli) -> Result<()> {
     if let Some(ServerCommand::KeysCreateAdmin { name, output }) = &cli.command {
         return create_admin_key(&config, name, output.as_deref());
     }
+    if let Some(ServerCommand::KeysImport) = &cli.command {
+        return import_keys(&config);
+    }
     let logging = invocation.start_logging(&config)?;
     let log = logging.logger.clone();
     pantry_server::run(&config, log, |control| handle_signals(logging, invocation, control))
@@ -90,10 +98,23 @@ fn create_admin_key(config: &Config, name: &str, output: Option<&Path>) -> Resul
     if let Some(path) = output.filter(|p| p.exists()) {
         anyhow::bail!("{} already exists; not overwriting a key file", path.display());
     }
-    let mut store = ServerKeyStore::open(config.root_dir())?;
     let pair = KeyPair::generate()?;
     let key = decode_z85(&pair.public_key).context("generated key")?;
-    store.add(&key, Some(name), Role::Admin)?;
+    // In a cluster the key goes to etcd, where every server sees it.
+    let (store, place) = match &config.cluster {
+        Some(section) => {
+            let (store, mut cluster) = pantry_server::cluster::open_keys(config, section)?;
+            cluster.add(&key, Some(name), Role::Admin)?;
+            let place = cluster.etcd().describe();
+            (store, place)
+        }
+        None => {
+            let mut store = ServerKeyStore::open(config.root_dir())?;
+            store.add(&key, Some(name), Role::Admin)?;
+            let place = store.path().display().to_string();
+            (store, place)
+        }
+    };
     let yaml = client_keys_yaml(&ClientKeysFile {
         server_public_key: Some(store.keys.public_key.clone()),
         public_key: Some(pair.public_key),
@@ -103,17 +124,32 @@ fn create_admin_key(config: &Config, name: &str, output: Option<&Path>) -> Resul
     match output {
         Some(path) => {
             pantry_shared::keys::write_atomically(path, yaml.as_bytes())?;
-            eprintln!(
-                "admin key `{name}` added to {}; credentials written to {}",
-                store.path().display(),
-                path.display()
-            );
+            eprintln!("admin key `{name}` added to {place}; credentials written to {}", path.display());
         }
         None => {
-            eprintln!("admin key `{name}` added to {}", store.path().display());
+            eprintln!("admin key `{name}` added to {place}");
             print!("{yaml}");
         }
     }
+    Ok(())
+}
+
+/// `keys:import`: this server's file-kept keys and tokens into etcd.
+fn import_keys(config: &Config) -> Result<()> {
+    let Some(section) = &config.cluster else {
+        anyhow::bail!("keys:import needs a `cluster:` section in the config (the etcd to import into)");
+    };
+    if !config.networking.is_curve() {
+        anyhow::bail!("keys:import needs networking.security: curve in the config (null security has no keys)");
+    }
+    let (store, mut cluster) = pantry_server::cluster::open_keys(config, section)?;
+    let (imported, skipped) = cluster.import(store.entries(), store.tokens())?;
+    eprintln!(
+        "imported {imported} keys and {} tokens from {} into {} ({skipped} keys already there)",
+        store.tokens().len(),
+        store.path().display(),
+        cluster.etcd().describe()
+    );
     Ok(())
 }
 

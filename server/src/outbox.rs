@@ -36,6 +36,12 @@ pub enum Outbound {
     Keys(KeyUpdate),
     /// A client registered (or changed) its streams.
     Grant(Grant),
+    /// A cluster: another server's receive endpoint, to keep a link to
+    /// (`None`: it left).
+    Link { server: String, endpoint: Option<String> },
+    /// A request for clients on another server of the cluster, over its
+    /// link.
+    ToServer { server: String, message: Message },
     /// Close every socket and end the socket thread.
     Stop,
 }

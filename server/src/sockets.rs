@@ -31,6 +31,7 @@ use crate::answers::RawAnswer;
 use crate::authorize::{judge, Verdict};
 use crate::connections::Connections;
 use crate::limits::FdBudget;
+use crate::links::Links;
 use crate::messages::{FileFrames, Hex, Incoming, PeerAuth, Presence, Standing, ZapRequest, ENROLLEE};
 use crate::metrics::{Metrics, Rejection};
 use crate::outbox::{Inbox, KeyUpdate, Outbound};
@@ -127,6 +128,8 @@ pub struct AnswerRouting {
     pub routes: Arc<Routes>,
     /// The job store and `jobs.max_output`, when jobs are kept.
     pub jobs: Option<(Writer, usize)>,
+    /// A cluster's links to the other servers.
+    pub links: Option<Links>,
 }
 
 /// Starts the socket thread.
@@ -226,7 +229,7 @@ impl SocketThread {
                 Some(zap) => zap.as_poll_item(zmq::POLLIN),
                 None => zmq::PollItem::from_fd(-1, zmq::PollEvents::empty()),
             };
-            let mut items = [
+            let fixed = [
                 self.inbox.bell.as_poll_item(zmq::POLLIN),
                 s.router.as_poll_item(zmq::POLLIN),
                 s.monitors[0].as_poll_item(zmq::POLLIN),
@@ -236,6 +239,9 @@ impl SocketThread {
                 s.publisher.as_poll_item(zmq::POLLIN),
                 zap,
             ];
+            // A cluster's links follow the fixed items.
+            let links = self.answers.links.iter().flat_map(Links::sockets).map(|l| l.as_poll_item(zmq::POLLIN));
+            let mut items: Vec<zmq::PollItem> = fixed.into_iter().chain(links).collect();
             // With messages waiting for full peers, wake up to retry them;
             // with keys enrolling, to end their time.
             let timeout = if !self.backlogs.iter().all(|b| b.by_peer.is_empty()) {
@@ -252,7 +258,8 @@ impl SocketThread {
                 error!(self.log, "socket poll failed; the server stops serving"; "error" => %e);
                 return;
             }
-            let ready = items.map(|i| i.is_readable());
+            let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+            drop(items);
             self.retry_backlogs();
             if self.connections.has_enrollees() {
                 let cut = self.connections.cut_enrollees(ENROLL_WINDOW);
@@ -282,6 +289,21 @@ impl SocketThread {
             if ready[6] {
                 self.drain_subscriptions();
             }
+            for (index, _) in ready.iter().enumerate().skip(8).filter(|(_, r)| **r) {
+                self.drain_link(index - 8);
+            }
+        }
+    }
+
+    /// Answers from clients on another server, over its link: that server
+    /// checked who sent them; here they are routed like local ones.
+    fn drain_link(&mut self, index: usize) {
+        loop {
+            let Some((server, frames)) = self.answers.links.as_ref().and_then(|l| l.recv(index)) else { return };
+            if let Some(frames) = self.route_with(frames, |head| !head.requires_response, &server) {
+                debug!(self.log, "message over a link that is not an answer dropped";
+                    "server" => &server, "frames" => frames.len());
+            }
         }
     }
 
@@ -310,6 +332,16 @@ impl SocketThread {
                         debug!(self.log, "subscriber's streams changed: its connection is shut down to subscribe \
                             again"; "key" => &key);
                         self.connections.cut(ServerPort::Publish, fd);
+                    }
+                }
+                Outbound::Link { server, endpoint } => {
+                    if let Some(links) = &mut self.answers.links {
+                        links.set(&server, endpoint.as_deref());
+                    }
+                }
+                Outbound::ToServer { server, message } => {
+                    if let Some(links) = &self.answers.links {
+                        links.send(&server, &message);
                     }
                 }
                 Outbound::Stop => return false,
@@ -523,21 +555,36 @@ impl SocketThread {
     /// alone: the requester gets its frames as they came, with only
     /// `forwarded` set. Anything that is not an answer is handed back for
     /// the dispatcher.
-    fn route_answer(&mut self, auth: Option<&PeerAuth>, mut frames: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+    fn route_answer(&mut self, auth: Option<&PeerAuth>, frames: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+        let curve = self.curve;
+        let is_answer = |head: &Head| {
+            matches!(judge(&head.message_type, head.requires_response, &head.from, auth, curve), Verdict::Answer(_))
+        };
+        self.route_with(frames, is_answer, auth.map_or("-", |a| a.key.as_str()))
+    }
+
+    /// Routes `frames` if `is_answer` says its head is an answer; hands them
+    /// back otherwise.
+    fn route_with(
+        &mut self,
+        mut frames: Vec<Vec<u8>>,
+        is_answer: impl FnOnce(&Head) -> bool,
+        sender: &str,
+    ) -> Option<Vec<Vec<u8>>> {
         let head = match frames.get(1).and_then(|metadata| Head::parse(metadata)) {
             Some(head) if std::str::from_utf8(&frames[0]).is_ok() => head,
             _ => return Some(frames),
         };
-        let Verdict::Answer(_) = judge(&head.message_type, head.requires_response, &head.from, auth, self.curve) else {
+        if !is_answer(&head) {
             return Some(frames);
-        };
+        }
         self.metrics.answers_in.inc();
         let (requester, kind) = match self.answers.routes.answered(&head.uuid, &head.from) {
             Answered::Route { requester, kind } => (requester, kind),
             Answered::NotPending | Answered::NotAsked => {
                 debug!(self.log, "answer dropped: no pending request awaits it from this client";
                     "type" => head.message_type.as_ref(), "from" => head.from.as_ref(), "uuid" => head.uuid.as_ref(),
-                    "key" => auth.map(|a| a.key.as_str()).unwrap_or("-"));
+                    "key" => sender);
                 return None;
             }
         };

@@ -390,9 +390,11 @@ pub fn start_writer(path: &Path, log: Logger) -> Result<(Writer, JoinHandle<()>)
 }
 
 fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<Write>, log: Logger) {
+    // Kept between batches: a busy server queues thousands per window.
+    let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut barrier = matches!(first, Write::Barrier(_));
-        let mut batch = vec![first];
+        batch.push(first);
         let until = Instant::now() + BATCH_WINDOW;
         // Asleep for the rest of the window rather than woken by every
         // write (tens of thousands a second under load); a barrier wakes
@@ -412,7 +414,7 @@ fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<Write>, log:
             error!(log, "cannot write to the database; these changes are lost";
                 "file" => %path.display(), "changes" => batch.len(), "error" => %e);
         }
-        for write in batch {
+        for write in batch.drain(..) {
             if let Write::Barrier(done) = write {
                 let _ = done.send(());
             }

@@ -4,6 +4,7 @@
 //! stops startup with an error that names the key and the file.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -65,6 +66,41 @@ pub struct Config {
     /// server.yml only: the Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// server.yml only: several servers sharing one fleet through etcd;
+    /// absent, the server keeps everything in `root_dir`.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `cluster:` in server.yml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// etcd endpoints (`http://127.0.0.1:2379`, or `HOST:PORT`).
+    pub etcd: Vec<String>,
+    /// This server's name in the cluster, unique among its servers.
+    pub server_id: String,
+    /// The address other servers and agents reach this one at.
+    pub advertise: String,
+    /// Where the fleet lives in etcd.
+    #[serde(default = "default_cluster_prefix")]
+    pub prefix: String,
+    /// etcd authentication.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// How long etcd keeps a dead server's clients before they go offline.
+    #[serde(default = "default_lease")]
+    pub lease: ConfigDuration,
+}
+
+fn default_cluster_prefix() -> String {
+    "/pantry".into()
+}
+
+fn default_lease() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(5))
 }
 
 /// `metrics:` in server.yml.
@@ -204,8 +240,10 @@ pub enum SecurityMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Networking {
-    #[serde(default = "default_host")]
-    pub server_host: String,
+    /// One host, or (agents and the admin) a list of servers to fail over
+    /// between; the server binds the first and only one.
+    #[serde(default)]
+    pub server_host: ServerHosts,
     #[serde(default = "default_pub_sub_port")]
     pub pub_sub_port: u16,
     #[serde(default = "default_receive_port")]
@@ -252,6 +290,96 @@ fn default_program_name() -> String {
 fn default_host() -> String {
     "127.0.0.1".into()
 }
+
+/// `networking.server_host`: a host name or address, or a YAML list of
+/// them. Every host serves the same three ports; agents and the admin move
+/// to the next one when the current one stops answering. Never empty, and
+/// no entry is blank, so [`ServerHosts::first`] is always a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHosts(Vec<String>);
+
+impl ServerHosts {
+    /// A list of hosts, refused when empty or when an entry is blank.
+    pub fn new(hosts: Vec<String>) -> Result<ServerHosts, String> {
+        if hosts.is_empty() {
+            return Err("give at least one host".into());
+        }
+        if let Some(index) = hosts.iter().position(|h| h.trim().is_empty()) {
+            return Err(if hosts.len() == 1 { "may not be empty".into() } else { format!("entry {index} is empty") });
+        }
+        Ok(ServerHosts(hosts))
+    }
+
+    /// The only host the server binds, and the agent's first choice.
+    pub fn first(&self) -> &str {
+        // `new` and the deserializer refuse an empty list.
+        self.0.first().map(String::as_str).unwrap_or_default()
+    }
+
+    pub fn hosts(&self) -> &[String] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false (a list may not be empty); for clippy's `len` rule.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Default for ServerHosts {
+    fn default() -> Self {
+        ServerHosts(vec![default_host()])
+    }
+}
+
+impl std::fmt::Display for ServerHosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+/// One host equal to `other`: what a single-host config compares like.
+impl PartialEq<str> for ServerHosts {
+    fn eq(&self, other: &str) -> bool {
+        self.0.len() == 1 && self.0[0] == other
+    }
+}
+
+impl PartialEq<&str> for ServerHosts {
+    fn eq(&self, other: &&str) -> bool {
+        *self == **other
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerHosts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ServerHosts;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a host, or a list of hosts")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, host: &str) -> Result<ServerHosts, E> {
+                ServerHosts::new(vec![host.to_owned()]).map_err(E::custom)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<ServerHosts, A::Error> {
+                let mut hosts = Vec::new();
+                while let Some(host) = seq.next_element::<String>()? {
+                    hosts.push(host);
+                }
+                ServerHosts::new(hosts).map_err(serde::de::Error::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
 fn default_pub_sub_port() -> u16 {
     DEFAULT_PUB_SUB_PORT
 }
@@ -289,7 +417,7 @@ impl Default for ClientSection {
 impl Default for Networking {
     fn default() -> Self {
         Networking {
-            server_host: default_host(),
+            server_host: ServerHosts::default(),
             pub_sub_port: DEFAULT_PUB_SUB_PORT,
             receive_port: DEFAULT_RECEIVE_PORT,
             file_service_port: DEFAULT_FILE_SERVICE_PORT,
@@ -302,9 +430,20 @@ impl Default for Networking {
 }
 
 impl Networking {
-    /// `tcp://host:port` for one of the ports.
+    /// `tcp://host:port` for one of the ports, on the first host: the one
+    /// the server binds.
     pub fn endpoint(&self, port: u16) -> String {
-        format!("tcp://{}:{}", self.server_host, port)
+        Self::endpoint_for(self.server_host.first(), port)
+    }
+
+    /// `tcp://host:port` on one of `server_host`'s hosts.
+    pub fn endpoint_for(host: &str, port: u16) -> String {
+        format!("tcp://{host}:{port}")
+    }
+
+    /// The servers to try, in order.
+    pub fn hosts(&self) -> &[String] {
+        self.server_host.hosts()
     }
 
     pub fn is_curve(&self) -> bool {
@@ -335,6 +474,7 @@ impl Config {
             audit_log: None,
             audit_fail_closed: true,
             metrics: MetricsSection::default(),
+            cluster: None,
         }
         .finish(program)
     }
@@ -353,11 +493,11 @@ impl Config {
         let config: Config =
             if text.trim().is_empty() { serde_yaml::from_str("{}") } else { serde_yaml::from_str(text) }
                 .map_err(|e| invalid(e.to_string()))?;
-        config.check().map_err(invalid)?;
+        config.check(program).map_err(invalid)?;
         Ok(config.finish(program))
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self, program: Program) -> Result<(), String> {
         let filter = self.client_filter();
         filter.validate().map_err(|e| format!("client: {e}"))?;
         if self.client.heartbeat_interval == 0 {
@@ -366,11 +506,31 @@ impl Config {
         if self.networking.max_message_size < 1024 * 1024 {
             return Err("networking.max_message_size: must be at least 1048576 (1 MiB)".into());
         }
-        if self.networking.server_host.trim().is_empty() {
-            return Err("networking.server_host: may not be empty".into());
+        // The deserializer refused an empty list or a blank host already.
+        if program == Program::Server && self.networking.server_host.len() > 1 {
+            return Err(format!(
+                "networking.server_host: pantry-server binds one address; give one host, not a list ({}) \
+                 (agents and the admin take a list of servers)",
+                self.networking.server_host
+            ));
         }
         if self.log_to.trim().is_empty() {
             return Err("log_to: may not be empty (stdout, syslog or a file path)".into());
+        }
+        if let Some(cluster) = &self.cluster {
+            if cluster.etcd.is_empty() {
+                return Err("cluster.etcd: give at least one etcd endpoint".into());
+            }
+            ClientFilter::check_identity(&cluster.server_id).map_err(|e| format!("cluster.server_id: {e}"))?;
+            if cluster.advertise.trim().is_empty() {
+                return Err("cluster.advertise: may not be empty".into());
+            }
+            if !cluster.prefix.starts_with('/') {
+                return Err("cluster.prefix: must start with /".into());
+            }
+            if cluster.lease.0 < Duration::from_secs(2) {
+                return Err("cluster.lease: at least 2s".into());
+            }
         }
         Ok(())
     }
@@ -499,6 +659,49 @@ mod tests {
         assert_eq!(parse("").unwrap().jobs.max_output.0, 1 << 20);
         assert!(error_of("jobs:\n  max_output: lots\n").contains("lots"));
         assert_eq!(parse_size("2MB"), Some(2_000_000));
+    }
+
+    fn parse_client(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/pantry/client.yml"), Program::Client)
+    }
+
+    #[test]
+    fn server_host_is_one_host_or_a_list() {
+        let one = parse_client("networking:\n  server_host: pantry.example.com\n").expect("a string");
+        assert_eq!(one.networking.hosts(), ["pantry.example.com"]);
+        assert_eq!(one.networking.server_host, "pantry.example.com");
+        assert_eq!(one.networking.endpoint(7), "tcp://pantry.example.com:7");
+
+        let list = parse_client("networking:\n  server_host: [127.0.0.1, 127.0.0.2]\n  receive_port: 9\n")
+            .expect("a flow list");
+        assert_eq!(list.networking.hosts(), ["127.0.0.1", "127.0.0.2"]);
+        // endpoint() is the first host's; endpoint_for() any of them.
+        assert_eq!(list.networking.endpoint(9), "tcp://127.0.0.1:9");
+        assert_eq!(Networking::endpoint_for(&list.networking.hosts()[1], 9), "tcp://127.0.0.2:9");
+        let block = parse_client("networking:\n  server_host:\n    - a.example.com\n    - b.example.com\n")
+            .expect("a block list");
+        assert_eq!(block.networking.hosts(), ["a.example.com", "b.example.com"]);
+        assert_eq!(parse_client("").unwrap().networking.hosts(), ["127.0.0.1"]);
+        // A list of one is one host, for the server too.
+        assert_eq!(parse("networking:\n  server_host: [0.0.0.0]\n").unwrap().networking.server_host, "0.0.0.0");
+    }
+
+    #[test]
+    fn server_host_refusals_name_the_key() {
+        for text in [
+            "networking:\n  server_host: []\n",
+            "networking:\n  server_host: ''\n",
+            "networking:\n  server_host: [a, '  ']\n",
+            "networking:\n  server_host: [a, [b]]\n",
+            "networking:\n  server_host: {a: b}\n",
+        ] {
+            let e = parse_client(text).expect_err(text).to_string();
+            assert!(e.contains("server_host") && e.contains("/etc/pantry/client.yml"), "{text:?}: {e}");
+        }
+        // The server binds one address: a list of two stops it.
+        let e = error_of("networking:\n  server_host: [127.0.0.1, 127.0.0.2]\n");
+        assert!(e.contains("networking.server_host") && e.contains("/etc/pantry/server.yml"), "{e}");
+        assert!(ServerHosts::new(Vec::new()).is_err());
     }
 
     #[test]

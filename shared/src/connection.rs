@@ -19,6 +19,9 @@ pub struct Connection {
     dealer: zmq::Socket,
     monitor: zmq::Socket,
     server: String,
+    /// Servers tried before this one that completed no handshake in time,
+    /// named when this one does not answer either.
+    skipped: Vec<String>,
     keys: Option<ClientKeys>,
     handshake_done: bool,
     handshake_failures: u32,
@@ -79,12 +82,76 @@ impl Connection {
             dealer,
             monitor,
             server,
+            skipped: Vec::new(),
             keys,
             handshake_done: false,
             handshake_failures: 0,
             connected: false,
             _ctx: ctx,
         })
+    }
+
+    /// Connects to the first of `servers` that completes a handshake within
+    /// `budget` (at most until `deadline`); the last one is taken without
+    /// waiting, so that its failure is reported the way a single server's
+    /// is. Nothing is sent before a server is chosen: a request sent to a
+    /// server that then goes silent might still run there, and sending it
+    /// again elsewhere would run it twice.
+    pub fn open_first_answering(
+        servers: &[String],
+        security: &SocketSecurity,
+        keys: Option<ClientKeys>,
+        budget: Duration,
+        deadline: &Deadline,
+        mut on_skip: impl FnMut(&str, &str, &str),
+    ) -> Result<Self> {
+        let Some((last, earlier)) = servers.split_last() else { bail!("no server to connect to") };
+        let mut skipped = Vec::new();
+        for (index, server) in earlier.iter().enumerate() {
+            let wait = budget.min(deadline.at.saturating_duration_since(Instant::now()));
+            if wait.is_zero() {
+                break;
+            }
+            let why = match Connection::open(server.clone(), security, keys.clone()) {
+                Ok(mut conn) => {
+                    if conn.wait_for_handshake(wait)? {
+                        conn.skipped = skipped;
+                        return Ok(conn);
+                    }
+                    format!("no handshake within {} s", wait.as_secs_f64())
+                }
+                Err(e) => e.to_string(),
+            };
+            on_skip(server, &servers[index + 1], &why);
+            skipped.push(server.clone());
+        }
+        let mut conn = Connection::open(last.clone(), security, keys)?;
+        conn.skipped = skipped;
+        Ok(conn)
+    }
+
+    /// Whether the handshake completed within `wait`. A refused key is an
+    /// error at once, as in [`Connection::recv`]: the server did answer.
+    fn wait_for_handshake(&mut self, wait: Duration) -> Result<bool> {
+        let end = Instant::now() + wait;
+        while !self.handshake_done {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let mut items = [self.monitor.as_poll_item(zmq::POLLIN)];
+            match zmq::poll(&mut items, left.as_millis().max(1) as i64) {
+                Ok(_) | Err(zmq::Error::EINTR) => {}
+                Err(e) => bail!("socket poll failed: {e}"),
+            }
+            self.read_monitor()?;
+        }
+        Ok(true)
+    }
+
+    /// The server this connection is to (`tcp://host:port`).
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     fn send(&self, message: &Message) -> Result<()> {
@@ -155,6 +222,14 @@ impl Connection {
     }
 
     fn timeout_error(&self, waited: Duration) -> anyhow::Error {
+        let error = self.timeout_error_here(waited);
+        if self.skipped.is_empty() {
+            return error;
+        }
+        anyhow!("{error}; no handshake with {} either", self.skipped.join(", "))
+    }
+
+    fn timeout_error_here(&self, waited: Duration) -> anyhow::Error {
         let secs = waited.as_secs_f64();
         match (&self.keys, self.handshake_done) {
             // Connected, and the server neither finished nor failed the

@@ -289,6 +289,10 @@ pub enum KeyChangeError {
     BadName(String),
     #[error(transparent)]
     Store(#[from] KeyStoreError),
+    /// A cluster's shared key store (etcd) could not be reached or refused
+    /// the change; nothing was changed.
+    #[error("the cluster's key store is unavailable, nothing was changed: {0}")]
+    Unavailable(String),
 }
 
 /// The server's key pair and every known client key, kept in memory for
@@ -426,6 +430,10 @@ impl ServerKeyStore {
 
     pub fn entries(&self) -> &[KnownKey] {
         &self.entries
+    }
+
+    pub fn tokens(&self) -> &[Token] {
+        &self.tokens
     }
 
     /// Adds a key (bound to `name`, or unbound) and persists it before

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 
 use crate::commands::recipients::{self, Offline};
 use crate::commands::Admin;
-use crate::config::{self, Config, Program};
+use crate::config::{self, Config, Networking, Program, ServerHosts};
 use crate::connection::{ClientAnswers, Connection, Deadline, SideTask};
 use crate::filter::{ClientFilter, Identities};
 use crate::keys::{self, ClientKeys};
@@ -22,12 +22,19 @@ use crate::security::SocketSecurity;
 /// Where `--curve-key-file FILE` is looked for.
 const KEYS_DIR: &str = ".pantry";
 
+/// How long the admin waits for a server's handshake before it tries the
+/// next one (with several hosts; never longer than `--timeout`).
+const CONNECT_BUDGET: Duration = Duration::from_secs(1);
+
 /// The options every command takes.
 #[derive(clap::Args, Debug)]
 pub struct Global {
     /// Server to connect to [config's networking.server_host, or 127.0.0.1].
-    #[arg(long, global = true, value_name = "HOST")]
-    pub host: Option<String>,
+    /// Repeat it (--host a --host b, all before or all after the command)
+    /// to fail over: a server that completes no handshake within 1 s is
+    /// skipped for the next.
+    #[arg(long, global = true, value_name = "HOST", action = clap::ArgAction::Append)]
+    pub host: Vec<String>,
     /// Read networking settings from this client.yml.
     #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -112,8 +119,8 @@ pub struct Session {
 /// keys generated for this admin are saved.
 pub fn run(g: &Global, command: impl Admin) -> Result<Outcome> {
     let mut net = program::load_config(g.config.as_deref(), Program::Client)?;
-    if let Some(host) = &g.host {
-        net.networking.server_host = host.clone();
+    if !g.host.is_empty() {
+        net.networking.server_host = ServerHosts::new(g.host.clone()).map_err(|e| anyhow::anyhow!("--host: {e}"))?;
     }
     net.networking.pub_sub_port = g.pub_sub_port.unwrap_or(net.networking.pub_sub_port);
     net.networking.receive_port = g.receive_port.unwrap_or(net.networking.receive_port);
@@ -143,9 +150,22 @@ pub fn run(g: &Global, command: impl Admin) -> Result<Outcome> {
         );
     }
     crate::security::set_max_message_size(net.networking.max_message_size);
-    let server = net.networking.endpoint(net.networking.receive_port);
-    let conn = Connection::open(server, &security, keys)?;
+    // Started before connecting: with several hosts, the time spent on the
+    // silent ones comes out of --timeout.
     let deadline = Deadline::after(Duration::from_secs_f64(wait));
+    let port = net.networking.receive_port;
+    let servers: Vec<String> = net.networking.hosts().iter().map(|h| Networking::endpoint_for(h, port)).collect();
+    let conn =
+        Connection::open_first_answering(&servers, &security, keys, CONNECT_BUDGET, &deadline, |from, to, why| {
+            if g.debug || g.verbose {
+                eprintln!("{from}: {why}; connecting to {to}");
+            }
+        })?;
+    if let Some(index) = servers.iter().position(|s| s == conn.server()).filter(|_| servers.len() > 1) {
+        // The file service (upload) is on the server that answered.
+        let host = net.networking.hosts()[index].clone();
+        net.networking.server_host = ServerHosts::new(vec![host]).map_err(anyhow::Error::msg)?;
+    }
     let filter = ClientFilter {
         application: g.application.clone(),
         environment: g.environment.clone(),

@@ -59,6 +59,9 @@ pub struct ClientStatus {
     /// RFC 3339, UTC: the last check-in.
     #[serde(default)]
     pub last_seen: String,
+    /// In a cluster: the server the client is connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 fn online() -> String {
@@ -73,6 +76,8 @@ pub struct ClientRecord<'a> {
     pub client: &'a ClientFilter,
     pub last_seen: SystemTime,
     pub online: bool,
+    /// In a cluster: the server it is on.
+    pub server: Option<&'a str>,
 }
 
 /// Server: read the filter (an absent body selects everyone).
@@ -100,6 +105,7 @@ pub fn respond<'a>(request: &Message, clients: impl Iterator<Item = ClientRecord
             last_checked_in: seen.clone(),
             state: if record.online { ONLINE } else { OFFLINE }.into(),
             last_seen: seen,
+            server: record.server.map(str::to_owned),
         };
         response.body.push(BodyPart::Json(serde_json::to_value(line).unwrap_or(Value::Null)));
     }
@@ -148,10 +154,12 @@ pub fn format_table(clients: &[ClientStatus], now: SystemTime) -> String {
     if clients.is_empty() {
         return "no clients checked in\n".into();
     }
-    let rows: Vec<[String; 6]> = clients
+    // A cluster's clients say which server they are on.
+    let clustered = clients.iter().any(|c| c.server.is_some());
+    let rows: Vec<Vec<String>> = clients
         .iter()
         .map(|c| {
-            [
+            let mut row = vec![
                 match c.state.as_str() {
                     OFFLINE => format!("offline {}", short_ago(&c.last_checked_in, now)),
                     other => other.to_owned(),
@@ -161,11 +169,19 @@ pub fn format_table(clients: &[ClientStatus], now: SystemTime) -> String {
                 c.application.clone().unwrap_or_else(|| "-".into()),
                 c.environment.clone().unwrap_or_else(|| "-".into()),
                 if c.roles.is_empty() { "-".into() } else { c.roles.join(",") },
-            ]
+            ];
+            if clustered {
+                row.push(c.server.clone().unwrap_or_else(|| "-".into()));
+            }
+            row
         })
         .collect();
-    let header = ["STATE", "LAST CHECK-IN", "IDENTITY", "APPLICATION", "ENVIRONMENT", "ROLES"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
+    let mut header: Vec<String> =
+        ["STATE", "LAST CHECK-IN", "IDENTITY", "APPLICATION", "ENVIRONMENT", "ROLES"].map(String::from).to_vec();
+    if clustered {
+        header.push("SERVER".into());
+    }
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -173,7 +189,7 @@ pub fn format_table(clients: &[ClientStatus], now: SystemTime) -> String {
     }
     let mut out = String::new();
     for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, &w)| format!("{c:<w$}")).collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -224,8 +240,8 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let d = ClientFilter { identity: Some("h2".into()), ..Default::default() };
         let records = [
-            ClientRecord { client: &c, last_seen: t, online: true },
-            ClientRecord { client: &d, last_seen: t, online: false },
+            ClientRecord { client: &c, last_seen: t, online: true, server: None },
+            ClientRecord { client: &d, last_seen: t, online: false, server: None },
         ];
         let resp = respond(&back, records.into_iter());
         let list = clients(&resp);
