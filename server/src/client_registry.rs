@@ -503,12 +503,7 @@ impl Handler<Query> for ClientRegistry {
             })
             .collect();
         for (identity, record) in &self.remote {
-            let filter = ClientFilter {
-                identity: Some(identity.clone()),
-                application: record.application.clone(),
-                environment: record.environment.clone(),
-                roles: record.roles.clone(),
-            };
+            let filter = record.filter(identity);
             let local = self.clients.get(identity);
             let shown_here = local.is_some_and(|e| self.is_online(e, now) || !record.online);
             if shown_here || !wanted(identity, &filter) {
@@ -601,12 +596,7 @@ impl ClientRegistry {
     /// servers are reached there; the others are offline.
     fn reach_elsewhere(&self, msg: &Recipients, now: SystemTime, reached: &mut Reached) {
         for (identity, record) in &self.remote {
-            let filter = ClientFilter {
-                identity: Some(identity.clone()),
-                application: record.application.clone(),
-                environment: record.environment.clone(),
-                roles: record.roles.clone(),
-            };
+            let filter = record.filter(identity);
             if !filter.accepts_stream(&msg.stream) || msg.identities.as_ref().is_some_and(|ids| !ids.matches(identity))
             {
                 continue;

@@ -240,6 +240,18 @@ pub struct FleetRecord {
     pub server: String,
 }
 
+impl FleetRecord {
+    /// The client as a filter, for targeting.
+    pub fn filter(&self, identity: &str) -> pantry_shared::filter::ClientFilter {
+        pantry_shared::filter::ClientFilter {
+            identity: Some(identity.to_owned()),
+            application: self.application.clone(),
+            environment: self.environment.clone(),
+            roles: self.roles.clone(),
+        }
+    }
+}
+
 /// A change to the fleet's registry, as the watch sees it.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
@@ -566,22 +578,7 @@ impl ClusterKeys {
                 .map_err(|e| EnrollError::Key(unavailable(e)))?;
             let (text, revision) = current.ok_or(EnrollError::UnknownToken)?;
             let mut entry: Token = serde_json::from_str(&text).map_err(|_| EnrollError::UnknownToken)?;
-            if entry.uses_left == 0 {
-                return Err(EnrollError::UsedUp);
-            }
-            if humantime::parse_rfc3339_weak(&entry.expires).map_or(true, |at| at <= std::time::SystemTime::now()) {
-                return Err(EnrollError::Expired(entry.expires.clone()));
-            }
-            let name = match (&entry.name, configured) {
-                (Some(named), Some(configured)) if named != configured => {
-                    return Err(EnrollError::NameConflict { token: named.clone(), configured: configured.to_owned() })
-                }
-                (Some(named), _) => named.clone(),
-                (None, Some(configured)) => configured.to_owned(),
-                (None, None) => default_name.to_owned(),
-            };
-            pantry_shared::filter::ClientFilter::check_identity(&name)
-                .map_err(|e| EnrollError::Key(KeyChangeError::BadName(e)))?;
+            let name = entry.name_for(configured, default_name)?;
             entry.uses_left -= 1;
             let known = Self::new_key(key, Some(&name), Role::Client);
             let checks = vec![Compare::mod_revision(path.clone(), CompareOp::Equal, revision)];

@@ -253,6 +253,31 @@ pub struct Token {
     pub created: Option<String>,
 }
 
+impl Token {
+    /// The name a key enrolled with this token gets: the token's, else the
+    /// agent's configured identity, else `default_name`; refused when the
+    /// token is used up or expired, or names another identity than the
+    /// configured one.
+    pub fn name_for(&self, configured: Option<&str>, default_name: &str) -> Result<String, EnrollError> {
+        if self.uses_left == 0 {
+            return Err(EnrollError::UsedUp);
+        }
+        if expired(self, std::time::SystemTime::now()) {
+            return Err(EnrollError::Expired(self.expires.clone()));
+        }
+        let name = match (&self.name, configured) {
+            (Some(named), Some(configured)) if named != configured => {
+                return Err(EnrollError::NameConflict { token: named.clone(), configured: configured.to_owned() })
+            }
+            (Some(named), _) => named.clone(),
+            (None, Some(configured)) => configured.to_owned(),
+            (None, None) => default_name.to_owned(),
+        };
+        check_key_name(&name)?;
+        Ok(name)
+    }
+}
+
 /// SHA-256 of a token, lowercase hex.
 pub fn token_hash(token: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -518,22 +543,7 @@ impl ServerKeyStore {
         self.reload_if_changed().map_err(KeyChangeError::from)?;
         let hash = token_hash(token);
         let index = self.tokens.iter().position(|t| t.hash == hash).ok_or(EnrollError::UnknownToken)?;
-        let entry = &self.tokens[index];
-        if entry.uses_left == 0 {
-            return Err(EnrollError::UsedUp);
-        }
-        if expired(entry, std::time::SystemTime::now()) {
-            return Err(EnrollError::Expired(entry.expires.clone()));
-        }
-        let name = match (&entry.name, configured) {
-            (Some(named), Some(configured)) if named != configured => {
-                return Err(EnrollError::NameConflict { token: named.clone(), configured: configured.to_owned() })
-            }
-            (Some(named), _) => named.clone(),
-            (None, Some(configured)) => configured.to_owned(),
-            (None, None) => default_name.to_owned(),
-        };
-        check_key_name(&name)?;
+        let name = self.tokens[index].name_for(configured, default_name)?;
         if let Some(known) = self.lookup(key) {
             return Err(KeyChangeError::KeyKnown(known.name.clone().unwrap_or_else(|| "(unbound)".into())).into());
         }
