@@ -230,6 +230,13 @@ fn agents_of_a_killed_server_answer_through_the_others() {
 
     b.process.kill();
     let killed = Instant::now();
+    // At once (before B's lease expires), a command names it offline
+    // instead of waiting for it: A's link to B is down.
+    let gap = wait_until(Duration::from_secs(2), || {
+        let echo = admin(&a, cwd.path(), 5, &["-i", "web-1", "echo", "gap"]);
+        !echo.success() && format!("{}{}", echo.stdout, echo.stderr).contains("offline")
+    });
+    assert!(gap, "the moving agent was not named offline:\n{}", a.log());
     // Within three heartbeat intervals (1 s) and the lease (2 s), it answers
     // an admin on A, through C.
     let moved = wait_until(Duration::from_secs(8), || {

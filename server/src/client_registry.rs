@@ -66,6 +66,8 @@ pub struct ClientRegistry {
     remote: HashMap<String, FleetRecord>,
     /// The other servers of the cluster, by id: their links.
     servers: HashMap<String, String>,
+    /// Those whose link is up: their clients are reached through them.
+    linked: HashSet<String>,
     outbox: Option<Outbox>,
     forget_after: Duration,
     db: Writer,
@@ -126,6 +128,7 @@ impl ClientRegistry {
             fleet: None,
             remote: HashMap::new(),
             servers: HashMap::new(),
+            linked: HashSet::new(),
             outbox: None,
             forget_after,
             db,
@@ -512,7 +515,9 @@ impl Handler<Query> for ClientRegistry {
             list.push(Listed {
                 filter,
                 last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(record.last_seen),
-                online: record.online,
+                // Its server unreachable from here: offline, as far as
+                // commands from here go.
+                online: record.online && self.linked.contains(&record.server),
                 server: Some(record.server.clone()),
             });
         }
@@ -589,7 +594,7 @@ impl Handler<Recipients> for ClientRegistry {
 impl ClientRegistry {
     /// Whether `identity` is online on another server this one links to.
     fn reachable_elsewhere(&self, identity: &str) -> bool {
-        self.remote.get(identity).is_some_and(|r| r.online && self.servers.contains_key(&r.server))
+        self.remote.get(identity).is_some_and(|r| r.online && self.linked.contains(&r.server))
     }
 
     /// The other servers' clients a request selects: online ones on linked
@@ -636,6 +641,7 @@ impl Handler<RegistryChange> for ClientRegistry {
                 }
             }
             RegistryChange::ServerGone { id } => {
+                self.linked.remove(&id);
                 if self.servers.remove(&id).is_some() {
                     self.link(&id, None);
                 }
@@ -653,6 +659,27 @@ impl Handler<RegistryChange> for ClientRegistry {
                     record.online = false;
                 }
             }
+        }
+    }
+}
+
+/// A link to another server of the cluster went up or down: while it is
+/// down, that server's clients are named offline rather than waited for.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LinkState {
+    pub server: String,
+    pub up: bool,
+}
+
+impl Handler<LinkState> for ClientRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: LinkState, _: &mut Context<Self>) {
+        if msg.up {
+            self.linked.insert(msg.server);
+        } else {
+            self.linked.remove(&msg.server);
         }
     }
 }

@@ -36,8 +36,8 @@ use crate::answers;
 use crate::audit::{self, Audit, AuditLine};
 use crate::authorize::{authorize, Verdict};
 use crate::client_registry::{
-    ClientRegistry, Forget, ForgetIdentity, Listed, Listening, PeerClosed, Query, Reached, Recipients, Register,
-    Registered,
+    ClientRegistry, Forget, ForgetIdentity, LinkState, Listed, Listening, PeerClosed, Query, Reached, Recipients,
+    Register, Registered,
 };
 use crate::file_service::{AuthorizeTransfer, FileService, KeyRevoked};
 use crate::jobs::{self, JobReader, ListJobs, ShowJob};
@@ -759,6 +759,7 @@ impl Handler<Presence> for CommandDispatcher {
             }
             Presence::Listening { key, listening } => self.registry.do_send(Listening { key, listening }),
             Presence::PeerClosed(peer) => self.registry.do_send(PeerClosed { peer }),
+            Presence::Link { server, up } => self.registry.do_send(LinkState { server, up }),
         }
     }
 }

@@ -1,8 +1,11 @@
 //! Links to the other servers of a cluster, owned by the socket thread: a
 //! DEALER to each one's receive port, with the key pair every server of the
 //! cluster shares. Requests for clients on another server go over its link;
-//! their answers come back over it and are routed like local ones.
+//! their answers come back over it and are routed like local ones. A
+//! monitor on each link says when it is up (handshake done) or down, so a
+//! dead server's clients are named offline at once rather than waited for.
 
+use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::security::SocketSecurity;
 use pantry_shared::Message;
 use slog::{info, warn, Logger};
@@ -11,7 +14,12 @@ struct Link {
     server: String,
     endpoint: String,
     socket: zmq::Socket,
+    monitor: zmq::Socket,
 }
+
+/// The events that say a link is up or down.
+const LINK_EVENTS: &[zmq::SocketEvent] =
+    &[zmq::SocketEvent::CONNECTED, zmq::SocketEvent::HANDSHAKE_SUCCEEDED, zmq::SocketEvent::DISCONNECTED];
 
 pub struct Links {
     ctx: zmq::Context,
@@ -36,10 +44,10 @@ impl Links {
                     self.links.swap_remove(i);
                 }
                 match self.connect(endpoint) {
-                    Ok(socket) => {
-                        info!(self.log, "linked to another server of the cluster"; "server" => server,
+                    Ok((socket, monitor)) => {
+                        info!(self.log, "linking to another server of the cluster"; "server" => server,
                             "endpoint" => endpoint);
-                        self.links.push(Link { server: server.into(), endpoint: endpoint.into(), socket });
+                        self.links.push(Link { server: server.into(), endpoint: endpoint.into(), socket, monitor });
                     }
                     Err(e) => warn!(self.log, "cannot link to another server of the cluster";
                         "server" => server, "endpoint" => endpoint, "error" => %e),
@@ -53,10 +61,11 @@ impl Links {
         }
     }
 
-    fn connect(&self, endpoint: &str) -> zmq::Result<zmq::Socket> {
+    fn connect(&self, endpoint: &str) -> zmq::Result<(zmq::Socket, zmq::Socket)> {
         let socket = self.security.socket(&self.ctx, zmq::DEALER)?;
+        let monitor = monitor::monitor(&self.ctx, &socket, LINK_EVENTS)?;
         socket.connect(endpoint)?;
-        Ok(socket)
+        Ok((socket, monitor))
     }
 
     /// Sends `message` over `server`'s link; false without one.
@@ -76,8 +85,26 @@ impl Links {
         }
     }
 
+    /// Each link's socket, then its monitor.
     pub fn sockets(&self) -> impl Iterator<Item = &zmq::Socket> {
-        self.links.iter().map(|l| &l.socket)
+        self.links.iter().flat_map(|l| [&l.socket, &l.monitor])
+    }
+
+    /// Link `index`'s state changes waiting on its monitor: its server's
+    /// name and whether it is up, the last one.
+    pub fn state(&self, index: usize) -> Option<(String, bool)> {
+        let link = self.links.get(index)?;
+        let secure = self.security.is_curve();
+        let mut up = None;
+        while let Some(event) = monitor::read(&link.monitor) {
+            match event.event {
+                SocketEvent::HandshakeSucceeded => up = Some(true),
+                SocketEvent::Connected if !secure => up = Some(true),
+                SocketEvent::Disconnected => up = Some(false),
+                _ => {}
+            }
+        }
+        up.map(|up| (link.server.clone(), up))
     }
 
     /// The next message waiting on link `index`, with its server's name.

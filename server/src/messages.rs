@@ -79,6 +79,9 @@ pub enum Presence {
     /// A receive-port connection that had sent something closed (its
     /// routing id).
     PeerClosed(Vec<u8>),
+    /// A cluster's link to another server is up (its handshake done) or
+    /// down.
+    Link { server: String, up: bool },
 }
 
 /// Frames from a peer of the file service socket.

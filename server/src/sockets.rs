@@ -289,8 +289,16 @@ impl SocketThread {
             if ready[6] {
                 self.drain_subscriptions();
             }
+            // Each link's socket, then its monitor.
             for (index, _) in ready.iter().enumerate().skip(8).filter(|(_, r)| **r) {
-                self.drain_link(index - 8);
+                let link = (index - 8) / 2;
+                if (index - 8) % 2 == 0 {
+                    self.drain_link(link);
+                } else if let Some((server, up)) = self.answers.links.as_ref().and_then(|l| l.state(link)) {
+                    info!(self.log, "link to another server of the cluster {}", if up { "up" } else { "down" };
+                        "server" => &server);
+                    self.to.presence.do_send(Presence::Link { server, up });
+                }
             }
         }
     }
