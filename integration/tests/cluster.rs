@@ -87,6 +87,16 @@ fn keys_registry_and_revocations_span_the_cluster() {
     let exec = admin(&a, cwd.path(), 10, &["-a", "shop", "exec", "--", "echo", "ran"]);
     assert!(exec.success(), "{exec:?}");
     assert_eq!(exec.stdout.matches("ran").count(), 2, "{exec:?}");
+    // An upload from A: the agent on C fetches the file from A's file
+    // service.
+    let files = tempfile::tempdir().unwrap();
+    let source = files.path().join("source.txt");
+    std::fs::write(&source, "cluster upload\n").unwrap();
+    let target = files.path().join("copied.txt");
+    let upload =
+        admin(&a, cwd.path(), 10, &["-i", "web-1", "upload", source.to_str().unwrap(), target.to_str().unwrap()]);
+    assert!(upload.success(), "{upload:?}\n{}", web.log());
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "cluster upload\n");
 
     // Revoked on A, cut off on C within a second.
     let offset = c.log().len();

@@ -90,6 +90,7 @@ impl ClientRegistry {
             online: entry.was_online,
             last_seen: entry.last_seen.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             server: server.to_owned(),
+            key: entry.key.clone(),
         }
     }
 
@@ -613,7 +614,7 @@ impl ClientRegistry {
             if self.reachable_elsewhere(identity) {
                 reached.online.push(Recipient {
                     identity: identity.clone(),
-                    key: None,
+                    key: record.key.clone(),
                     server: Some(record.server.clone()),
                 });
             } else if !self.clients.contains_key(identity) {

@@ -238,6 +238,9 @@ pub struct FleetRecord {
     /// Seconds since the epoch.
     pub last_seen: u64,
     pub server: String,
+    /// Its key (CURVE): the server an admin used lets it fetch an upload.
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 impl FleetRecord {

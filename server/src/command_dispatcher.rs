@@ -62,6 +62,7 @@ pub struct CommandDispatcher {
     /// Present under CURVE only.
     keys: Option<Addr<KeyStore>>,
     routes: Arc<Routes>,
+    cluster_files: Option<String>,
     /// Where application configs live.
     root_dir: PathBuf,
     /// Keys revoked since start: their open connections may still deliver
@@ -94,6 +95,9 @@ pub struct Settings {
     pub job_reader: Addr<JobReader>,
     pub metrics: Arc<Metrics>,
     pub routes: Arc<Routes>,
+    /// In a cluster: where other servers' agents fetch this server's
+    /// uploads.
+    pub cluster_files: Option<String>,
 }
 
 /// `jobs:` in server.yml.
@@ -153,6 +157,7 @@ impl CommandDispatcher {
             files,
             keys,
             routes: settings.routes,
+            cluster_files: settings.cluster_files,
             root_dir: settings.root_dir,
             revoked: HashSet::new(),
             seen: HashMap::new(),
@@ -632,9 +637,12 @@ impl CommandDispatcher {
         let transfer = (kind == Kind::Upload).then(|| upload::parse(&request.message).map(|u| u.transfer_id));
         let requester = request.auth.clone();
         let by_identity = identities.is_some();
-        // Another server's request is for its clients here; an upload's
-        // file is on this server, so only its clients can fetch it.
-        let local_only = kind == Kind::Upload || request.message.metadata.custom.contains_key(CLUSTER_PEER_FIELD);
+        // Another server's request is for its clients here (an upload's
+        // file stays with the server the admin used: its agents fetch it
+        // from there).
+        let from_peer = request.message.metadata.custom.contains_key(CLUSTER_PEER_FIELD);
+        let local_only = from_peer;
+        let transfer = transfer.filter(|_| !from_peer);
         let work = async move {
             let wanted = Recipients { stream, identities, local_only };
             let recipients = registry.send(wanted).await.map_err(|e| e.to_string())?;
@@ -705,6 +713,9 @@ impl CommandDispatcher {
             copy.metadata.custom.remove(pantry_shared::filter::IDENTITIES_FIELD);
             Identities::attach(&mut copy, &exact);
             copy.metadata.custom.insert(CLUSTER_PEER_FIELD.into(), Value::Bool(true));
+            if let (Kind::Upload, Some(files)) = (kind, &self.cluster_files) {
+                copy.metadata.custom.insert(upload::FILE_SERVICE_FIELD.into(), Value::String(files.clone()));
+            }
             self.outbox.send(Outbound::ToServer { server, message: copy });
         }
         let mut out = message;

@@ -233,6 +233,10 @@ where
             job_reader,
             metrics: metrics.clone(),
             routes: Arc::new(Routes::new(metrics.clone())),
+            cluster_files: config
+                .cluster
+                .as_ref()
+                .map(|c| format!("tcp://{}:{}", c.advertise, config.networking.file_service_port)),
         };
         let keys = store.map(|store| {
             let outbox = outbox.try_clone()?;

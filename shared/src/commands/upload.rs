@@ -168,10 +168,21 @@ pub struct FileService {
     pub endpoint: String,
 }
 
+/// In a cluster, the file service holding the upload, when it is another
+/// server's than the agent's: the server the admin used.
+pub const FILE_SERVICE_FIELD: &str = "file_service";
+
 /// Agent, steps 2 and 5: fetch, check, rename; build the answer. Blocking:
 /// run it on a worker thread.
 pub fn handle(request: &Message, service: &FileService) -> Message {
     let mut response = request.response();
+    // The agent's own server's key still authenticates the other server:
+    // every server of a cluster has the same key pair.
+    let elsewhere = request.metadata.custom.get(FILE_SERVICE_FIELD).and_then(Value::as_str);
+    let service = match elsewhere {
+        Some(endpoint) => &FileService { endpoint: endpoint.to_owned(), ..service.clone() },
+        None => service,
+    };
     let result = parse(request).map_err(|e| e.to_string()).and_then(|upload| receive(&upload, service));
     match result {
         Ok(done) => response.body.push(BodyPart::Json(serde_json::to_value(done).unwrap_or(Value::Null))),
