@@ -111,7 +111,60 @@ fn keys_registry_and_revocations_span_the_cluster() {
     assert!(cut.is_some(), "not cut off on C within 1 s ({:?}):\n{}", started.elapsed(), c.log());
     let refused = admin(&c, cwd.path(), 5, &["-i", "web-1", "echo", "hi"]);
     assert!(!refused.success(), "{refused:?}");
+    // And it leaves the fleet: no server lists it any more (a single server
+    // forgets a revoked key's clients; so does every server of a cluster).
+    for server in [&a, &b, &c] {
+        let gone = wait_until(WAIT, || {
+            let run = admin(server, cwd.path(), 5, &["status", "--json"]);
+            run.success() && !run.stdout.contains("\"web-1\"")
+        });
+        assert!(
+            gone,
+            "status on {} still lists web-1:\n{}",
+            server.host,
+            admin(server, cwd.path(), 5, &["status"]).stdout
+        );
+    }
     drop(db);
+}
+
+/// A client that reconnects to another server while its old server still
+/// runs is listed where it is now: the old server, seeing it go quiet, does
+/// not overwrite the new server's record with its own "offline".
+#[test]
+fn a_client_that_moves_while_its_old_server_lives_is_listed_where_it_is() {
+    let etcd = Etcd::start();
+    let a = first(&etcd, "a");
+    let (cwd, _) = bootstrap_admin(&a);
+    let b = another(&etcd, "b", &a);
+    let c = another(&etcd, "c", &a);
+    let credentials = create_named_client(&a, cwd.path(), "web-1");
+    let old = agent_on(&b, credentials.clone(), "web-1");
+    assert!(wait_until(WAIT, || listed_on(&a, cwd.path(), "web-1", "b")), "{}", old.log());
+    // Frozen on B: its connection stays up, its heartbeats stop; the same
+    // client comes up on C.
+    let pid = old.process.pid().expect("the agent runs") as i32;
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let new = agent_on(&c, credentials, "web-1");
+    assert!(wait_until(WAIT, || listed_on(&a, cwd.path(), "web-1", "c")), "{}", new.log());
+    let quiet = b.process.wait_for_log("client offline", WAIT);
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    drop(old);
+    assert!(quiet, "B did not notice the frozen agent:\n{}", b.log());
+    // B's "offline" has had time to reach etcd and the watches.
+    std::thread::sleep(Duration::from_secs(1));
+    for server in [&a, &b, &c] {
+        assert!(
+            listed_on(server, cwd.path(), "web-1", "c"),
+            "status on {} does not list web-1 online on c:\n{}",
+            server.host,
+            admin(server, cwd.path(), 5, &["status"]).stdout
+        );
+    }
+    let echo = admin(&a, cwd.path(), 5, &["-i", "web-1", "echo", "here"]);
+    assert!(echo.success() && echo.stdout.contains("web-1: here"), "{echo:?}\n{}", new.log());
 }
 
 #[test]

@@ -651,15 +651,23 @@ impl Handler<RegistryChange> for ClientRegistry {
             RegistryChange::Put { identity, record } => {
                 self.remote.insert(identity, record);
             }
-            RegistryChange::Gone { identity } => {
-                if let Some(record) = self.remote.get_mut(&identity) {
+            // Its server's lease expired (the server is gone too): the
+            // client is offline, listed as a single server lists its
+            // clients after a restart. Deleted by a live server (forgotten,
+            // or its key revoked): it leaves the fleet.
+            RegistryChange::Gone { identity } => match self.remote.get_mut(&identity) {
+                Some(record) if !self.servers.contains_key(&record.server) => {
                     if record.online {
                         info!(self.log, "client offline: its server left the cluster";
                             "identity" => &identity, "server" => &record.server);
                     }
                     record.online = false;
                 }
-            }
+                Some(_) => {
+                    self.remote.remove(&identity);
+                }
+                None => {}
+            },
         }
     }
 }

@@ -653,10 +653,28 @@ pub fn open_keys(
     Ok((store, cluster))
 }
 
-/// Watches the prefix from `after` on: key and token changes go to `keys`,
-/// registry changes to `registry`. A lost watch is made again from the last
-/// revision seen, so nothing is missed while etcd was away.
-pub fn watch(etcd: &Arc<Etcd>, after: i64, keys: Option<Recipient<KeysChanged>>, registry: Recipient<RegistryChange>) {
+/// A key was revoked in the cluster (by this server or another): the
+/// dispatcher treats it as its own revocation (drops what its connections
+/// still deliver, forgets its clients, stops its transfers).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RevokedInCluster {
+    pub key: String,
+}
+
+/// Where the watch delivers what it sees.
+pub struct WatchTargets {
+    pub keys: Option<Recipient<KeysChanged>>,
+    pub revoked: Recipient<RevokedInCluster>,
+    pub registry: Recipient<RegistryChange>,
+}
+
+/// Watches the prefix from `after` on: key and token changes go to the key
+/// store (revocations to the dispatcher too), registry changes to the
+/// registry. A lost watch is made again from the last revision seen, so
+/// nothing is missed while etcd was away.
+pub fn watch(etcd: &Arc<Etcd>, after: i64, to: WatchTargets) {
+    let WatchTargets { keys, revoked, registry } = to;
     let prefix = format!("{}/", etcd.prefix);
     let log = etcd.log.clone();
     let describe = etcd.describe();
@@ -715,9 +733,24 @@ pub fn watch(etcd: &Arc<Etcd>, after: i64, keys: Option<Recipient<KeysChanged>>,
                                 }
                             }
                         }
+                        let gone_keys: Vec<String> = key_changes
+                            .iter()
+                            .filter_map(|c| match c {
+                                KeyChange::Gone(z85) => Some(z85.clone()),
+                                _ => None,
+                            })
+                            .collect();
                         if let Some(keys) = keys.as_ref().filter(|_| !key_changes.is_empty()) {
                             keys.do_send(KeysChanged(key_changes));
                         }
+                        for key in gone_keys {
+                            revoked.do_send(RevokedInCluster { key });
+                        }
+                        // An expired lease deletes the server and its records
+                        // in one revision: the server goes first, so that its
+                        // records are read as "its server left" (offline), not
+                        // as deleted by a live server (forgotten).
+                        registry_changes.sort_by_key(|c| !matches!(c, RegistryChange::ServerGone { .. }));
                         for change in registry_changes {
                             registry.do_send(change);
                         }
@@ -742,9 +775,28 @@ pub fn watch(etcd: &Arc<Etcd>, after: i64, keys: Option<Recipient<KeysChanged>>,
 
 /// This server's records in the fleet's registry, on a lease of its own
 /// that it keeps alive: when the server dies, etcd deletes them.
+///
+/// Every write goes through one queue drained by one task, in order: a
+/// client's "online" must not land before the "offline" written just
+/// ahead of it (separate requests can reach etcd in either order). What
+/// is queued while a batch is in flight is coalesced, the latest change
+/// per client winning, and written in transactions of [`BATCH`] puts.
+///
+/// "Online" is written as it is: the client is connected here now. Any
+/// other change is written only over this server's own record (or none),
+/// so a server that sees a client leave does not overwrite the record of
+/// the server the client moved to.
 pub struct RegistryWriter {
-    etcd: Arc<Etcd>,
-    lease: Arc<std::sync::atomic::AtomicI64>,
+    server_id: String,
+    writes: mpsc::UnboundedSender<(String, RecordWrite)>,
+}
+
+/// Puts per transaction (etcd refuses more than 128 operations in one).
+const BATCH: usize = 100;
+
+enum RecordWrite {
+    Put { value: String, online: bool },
+    Delete,
 }
 
 impl RegistryWriter {
@@ -789,40 +841,85 @@ impl RegistryWriter {
                 warn!(log, "etcd lease for the registry lost; taking a new one"; "etcd" => &describe);
             }
         });
-        RegistryWriter { etcd, lease }
+        let (writes, queue) = mpsc::unbounded_channel();
+        let (prefix, log) = (etcd.key(&["clients"]), etcd.log.clone());
+        etcd.spawn(move |client| write_records(client, queue, lease, prefix, log));
+        RegistryWriter { server_id: etcd.server_id.clone(), writes }
     }
 
     pub fn server_id(&self) -> &str {
-        &self.etcd.server_id
+        &self.server_id
     }
 
     pub fn put(&self, identity: &str, record: &FleetRecord) {
-        let lease = self.lease.load(std::sync::atomic::Ordering::Relaxed);
-        if lease == 0 {
-            // Written once the lease is granted (`RewriteRecords`).
-            return;
-        }
-        let path = self.etcd.key(&["clients", identity]);
-        let value = json(record);
-        let log = self.etcd.log.clone();
-        self.etcd.spawn(move |mut client| async move {
-            if let Err(e) = client.put(path, value, Some(PutOptions::new().with_lease(lease))).await {
-                warn!(log, "cannot write a registry record to etcd"; "error" => %e);
-            }
-        });
+        let write = RecordWrite::Put { value: json(record), online: record.online };
+        let _ = self.writes.send((identity.to_owned(), write));
     }
 
     /// Deletes the record if this server wrote it last (a client that moved
     /// on is another server's record now).
     pub fn delete(&self, identity: &str) {
-        let lease = self.lease.load(std::sync::atomic::Ordering::Relaxed);
-        let path = self.etcd.key(&["clients", identity]);
-        self.etcd.spawn(move |mut client| async move {
-            let txn = Txn::new()
-                .when([Compare::lease(path.clone(), CompareOp::Equal, lease)])
-                .and_then([TxnOp::delete(path, None)]);
-            let _ = client.txn(txn).await;
-        });
+        let _ = self.writes.send((identity.to_owned(), RecordWrite::Delete));
+    }
+}
+
+/// The registry writer's task: one batch at a time, in the order queued.
+async fn write_records(
+    mut client: Client,
+    mut queue: mpsc::UnboundedReceiver<(String, RecordWrite)>,
+    lease: Arc<std::sync::atomic::AtomicI64>,
+    prefix: String,
+    log: Logger,
+) {
+    while let Some(first) = queue.recv().await {
+        let mut order = Vec::new();
+        let mut latest = HashMap::new();
+        let mut next = Some(first);
+        while let Some((identity, write)) = next {
+            if latest.insert(identity.clone(), write).is_none() {
+                order.push(identity);
+            }
+            next = queue.try_recv().ok();
+        }
+        let lease = lease.load(std::sync::atomic::Ordering::Relaxed);
+        let mut puts = Vec::new();
+        for identity in order {
+            let path = format!("{prefix}/{identity}");
+            match latest.remove(&identity) {
+                // Without a lease yet, the records are written when it comes (`RewriteRecords`).
+                Some(RecordWrite::Put { value, online }) if lease != 0 => {
+                    let put = TxnOp::put(path.clone(), value, Some(PutOptions::new().with_lease(lease)));
+                    puts.push(match online {
+                        true => put,
+                        false => {
+                            let absent = Txn::new().when([Compare::version(path.clone(), CompareOp::Equal, 0)]);
+                            TxnOp::txn(
+                                Txn::new()
+                                    .when([Compare::lease(path, CompareOp::Equal, lease)])
+                                    .and_then([put.clone()])
+                                    .or_else([TxnOp::txn(absent.and_then([put]))]),
+                            )
+                        }
+                    });
+                }
+                Some(RecordWrite::Delete) => {
+                    let txn = Txn::new()
+                        .when([Compare::lease(path.clone(), CompareOp::Equal, lease)])
+                        .and_then([TxnOp::delete(path, None)]);
+                    if let Err(e) = client.txn(txn).await {
+                        warn!(log, "cannot delete a registry record in etcd"; "identity" => &identity, "error" => %e);
+                    }
+                }
+                _ => {}
+            }
+        }
+        while !puts.is_empty() {
+            let batch: Vec<TxnOp> = puts.drain(..puts.len().min(BATCH)).collect();
+            let count = batch.len();
+            if let Err(e) = client.txn(Txn::new().and_then(batch)).await {
+                warn!(log, "cannot write registry records to etcd"; "records" => count, "error" => %e);
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 //!
 //! Responses to a requester never go over PUB.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -39,6 +39,7 @@ use crate::client_registry::{
     ClientRegistry, Forget, ForgetIdentity, LinkState, Listed, Listening, PeerClosed, Query, Reached, Recipients,
     Register, Registered,
 };
+use crate::cluster::RevokedInCluster;
 use crate::file_service::{AuthorizeTransfer, FileService, KeyRevoked};
 use crate::jobs::{self, JobReader, ListJobs, ShowJob};
 use crate::key_store::{
@@ -600,10 +601,7 @@ impl CommandDispatcher {
             .map(move |revoked, act, _| match revoked {
                 Ok(Ok(known)) => {
                     let key = known.public_key.clone();
-                    act.revoked.insert(key.clone());
-                    act.connected.remove(&key);
-                    act.registry.do_send(Forget { key: key.clone() });
-                    act.files.do_send(KeyRevoked { key: key.clone() });
+                    act.cut_off(&key);
                     let name = known.name.as_deref().unwrap_or("(unbound)");
                     warn!(act.log, "key revoked and cut off";
                         "name" => name, "key" => &key, "by" => &request.message.metadata.from);
@@ -613,6 +611,15 @@ impl CommandDispatcher {
                 Err(e) => act.refuse(&request, format!("key store unavailable: {e}")),
             })
             .spawn(ctx);
+    }
+
+    /// What a revoked key loses here: what its open connections still
+    /// deliver is dropped, its clients leave the registry, its transfers go.
+    fn cut_off(&mut self, key: &str) {
+        self.revoked.insert(key.to_owned());
+        self.connected.remove(key);
+        self.registry.do_send(Forget { key: key.to_owned() });
+        self.files.do_send(KeyRevoked { key: key.to_owned() });
     }
 
     /// Tells the requester who will answer, then publishes the request. An
@@ -684,12 +691,8 @@ impl CommandDispatcher {
     fn publish(&mut self, kind: Kind, request: Request, reached: Reached, by_identity: bool) {
         let Reached { online: recipients, offline } = reached;
         // Clients on other servers of a cluster, by server.
-        let mut elsewhere: HashMap<String, Vec<String>> = HashMap::new();
-        for r in recipients.iter().filter(|r| r.server.is_some()) {
-            elsewhere.entry(r.server.clone().unwrap_or_default()).or_default().push(r.identity.clone());
-        }
+        let elsewhere: BTreeSet<String> = recipients.iter().filter_map(|r| r.server.clone()).collect();
         let here: Vec<String> = recipients.iter().filter(|r| r.server.is_none()).map(|r| r.identity.clone()).collect();
-        let by_identity = by_identity || !elsewhere.is_empty();
         let identities: Vec<String> = recipients.into_iter().map(|r| r.identity).collect();
         // From here on the recipients' answers are routed: before the
         // request goes out.
@@ -703,15 +706,13 @@ impl CommandDispatcher {
         self.record_job(&request, kind, identities.clone(), offline.iter().map(|o| o.identity.clone()).collect());
         let Request { peer, message, .. } = request;
         self.reply(peer, recipients::respond(&message, &identities, &offline));
-        // Each other server publishes to its own clients and sends their
-        // answers back over the link.
-        for (server, names) in elsewhere {
+        // Each other server with recipients publishes the request as it
+        // came (its stream, its identity patterns) to its own clients, as a
+        // single server would, and sends their answers back over the link.
+        // Answers from clients this server did not list are dropped here.
+        for server in elsewhere {
             let mut copy = message.clone();
-            copy.stream = String::new();
             copy.metadata.requires_response = true;
-            let exact: Vec<String> = names.iter().map(|n| glob::Pattern::escape(n)).collect();
-            copy.metadata.custom.remove(pantry_shared::filter::IDENTITIES_FIELD);
-            Identities::attach(&mut copy, &exact);
             copy.metadata.custom.insert(CLUSTER_PEER_FIELD.into(), Value::Bool(true));
             if let (Kind::Upload, Some(files)) = (kind, &self.cluster_files) {
                 copy.metadata.custom.insert(upload::FILE_SERVICE_FIELD.into(), Value::String(files.clone()));
@@ -868,5 +869,18 @@ impl Handler<ReopenAudit> for CommandDispatcher {
         if let Err(e) = self.audit.reopen() {
             error!(self.log, "cannot reopen the audit log"; "log" => self.audit.describe(), "error" => %e);
         }
+    }
+}
+
+impl Handler<RevokedInCluster> for CommandDispatcher {
+    type Result = ();
+
+    /// A revocation on any server of the cluster (this one's included:
+    /// cutting off twice is harmless).
+    fn handle(&mut self, msg: RevokedInCluster, _: &mut Context<Self>) {
+        if !self.revoked.contains(&msg.key) {
+            info!(self.log, "key revoked in the cluster: its clients leave the registry here"; "key" => &msg.key);
+        }
+        self.cut_off(&msg.key);
     }
 }

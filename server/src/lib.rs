@@ -361,16 +361,26 @@ fn start_actors(
     };
     let files = FileService::new(outbox.try_clone()?, curve, metrics.clone(), log.clone()).start();
     let key_store = keys.transpose()?.map(|keys| KeyStore::start_in_arbiter(&keys_thread, |_| keys));
+    let dispatcher = CommandDispatcher::new(
+        outbox.try_clone()?,
+        registry.clone(),
+        files.clone(),
+        key_store.clone(),
+        settings,
+        log.clone(),
+    )
+    .start();
     if let Some(fleet) = cluster {
         for change in fleet.clients {
             registry.do_send(change);
         }
-        let keys = key_store.clone().map(Addr::recipient);
-        cluster::watch(&fleet.etcd, fleet.revision, keys, registry.clone().recipient());
+        let to = cluster::WatchTargets {
+            keys: key_store.clone().map(Addr::recipient),
+            revoked: dispatcher.clone().recipient(),
+            registry: registry.recipient(),
+        };
+        cluster::watch(&fleet.etcd, fleet.revision, to);
     }
-    let dispatcher =
-        CommandDispatcher::new(outbox.try_clone()?, registry, files.clone(), key_store.clone(), settings, log.clone())
-            .start();
     let to = sockets::Recipients {
         dispatcher: dispatcher.clone().recipient(),
         presence: dispatcher.clone().recipient(),

@@ -5,6 +5,8 @@
 //! stream is exactly one of those; SUB matching is only a prefix match, so
 //! the client checks again with [`ClientFilter::accepts_stream`].
 
+use std::collections::HashSet;
+
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -204,9 +206,14 @@ impl ClientFilter {
 /// the request's stream) and sends to each matching identity's own stream.
 pub const IDENTITIES_FIELD: &str = "identities";
 
-/// Identity patterns, checked.
+/// Identity patterns, checked. Plain names (no `*`, `?` or `[`) are kept
+/// in a set: a request naming a thousand clients costs a look-up per
+/// client, not a thousand comparisons.
 #[derive(Debug, Clone)]
-pub struct Identities(Vec<glob::Pattern>);
+pub struct Identities {
+    exact: HashSet<String>,
+    globs: Vec<glob::Pattern>,
+}
 
 impl Identities {
     /// Reads `patterns`; an empty list is `None` (no identity targeting).
@@ -214,11 +221,16 @@ impl Identities {
         if patterns.is_empty() {
             return Ok(None);
         }
-        let parsed = patterns
-            .iter()
-            .map(|p| glob::Pattern::new(p).map_err(|e| format!("invalid identity pattern `{p}`: {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(Identities(parsed)))
+        let mut identities = Identities { exact: HashSet::new(), globs: Vec::new() };
+        for p in patterns {
+            if p.contains(['*', '?', '[']) {
+                let glob = glob::Pattern::new(p).map_err(|e| format!("invalid identity pattern `{p}`: {e}"))?;
+                identities.globs.push(glob);
+            } else {
+                identities.exact.insert(p.clone());
+            }
+        }
+        Ok(Some(identities))
     }
 
     /// The patterns in a request's `custom`, if any.
@@ -241,7 +253,7 @@ impl Identities {
     }
 
     pub fn matches(&self, identity: &str) -> bool {
-        self.0.iter().any(|p| p.matches(identity))
+        self.exact.contains(identity) || self.globs.iter().any(|p| p.matches(identity))
     }
 }
 
