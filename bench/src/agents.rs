@@ -14,7 +14,10 @@
 //! server restart: a `RegisterClient` with `heartbeat_interval` every
 //! heartbeat, and another whenever its DEALER completes a handshake (a
 //! socket monitor per agent); and linger 0, so that dropping a pool closes
-//! its connections at once (a killed agent).
+//! its connections at once (a killed agent). With `failover` (the cluster
+//! scenario) a pool is given several servers and its agents move to the
+//! next one when theirs has been gone for a heartbeat interval, as the real
+//! agent does with several `server_host`s.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -48,6 +51,10 @@ pub const ROLE: &str = "echo";
 pub const AGENTS_PER_CONTEXT: usize = 500;
 /// With a DEALER monitor (two more sockets each).
 const MONITORED_AGENTS_PER_CONTEXT: usize = 250;
+/// Failing over: a move makes four new sockets, maybe before libzmq's
+/// reaper has freed the old ones' places, so a context keeps room for
+/// every agent's sockets twice and more.
+const FAILOVER_AGENTS_PER_CONTEXT: usize = 100;
 
 /// Agents connected at once, and the pause between batches (about 650
 /// agents, 1,300 connections, per second: the order of a server's CURVE
@@ -125,21 +132,55 @@ pub struct AgentOptions {
     /// Linger 0 on both sockets: dropping the pool closes its connections
     /// at once, like a killed process.
     pub linger_zero: bool,
+    /// Pantry agents of a pool on several servers ([`Pool::start_on`]):
+    /// when the DEALER's connection has been down for a heartbeat interval
+    /// (its socket monitor saw it disconnect; or, after a move, no
+    /// handshake yet), both sockets are closed and, at the next check
+    /// (within 50 ms, once libzmq has closed their descriptors), made anew
+    /// for the next server's endpoints (wrapping); the agent registers there once
+    /// its DEALER completes the handshake, asking for an answer; under
+    /// CURVE its SUB connects only once a registration is answered, as the
+    /// real agent's does. The real agent also moves after 2 unanswered
+    /// registrations; these agents do not. The heartbeat is 1 s if unset.
+    pub failover: bool,
 }
 
 impl AgentOptions {
     /// The real agent's behaviour with `heartbeat`.
     pub fn like_the_real_agent(heartbeat: Duration) -> AgentOptions {
-        AgentOptions { heartbeat: Some(heartbeat), register_on_reconnect: true, linger_zero: true }
+        AgentOptions { heartbeat: Some(heartbeat), register_on_reconnect: true, linger_zero: true, failover: false }
+    }
+
+    /// The real agent's behaviour with `heartbeat` and several servers to
+    /// fail over between.
+    pub fn failing_over(heartbeat: Duration) -> AgentOptions {
+        AgentOptions { failover: true, ..AgentOptions::like_the_real_agent(heartbeat) }
     }
 
     fn heartbeat_seconds(&self) -> Option<u64> {
         self.heartbeat.map(|h| h.as_secs().max(1))
     }
+
+    /// Whether each agent has a monitor on its DEALER.
+    fn monitored(&self) -> bool {
+        self.register_on_reconnect || self.failover
+    }
 }
 
 struct Worker {
     thread: Option<JoinHandle<()>>,
+}
+
+/// Counters the agent threads of a pool share.
+#[derive(Default)]
+struct Counters {
+    answered: AtomicU64,
+    /// Moves to another server (`failover`), and those that could not
+    /// make their sockets (tried again a heartbeat interval later).
+    moves: AtomicU64,
+    failed_moves: AtomicU64,
+    /// Why the first failed move failed.
+    move_error: std::sync::Mutex<Option<String>>,
 }
 
 /// N agents, running until the pool is dropped.
@@ -148,7 +189,7 @@ pub struct Pool {
     pub size: usize,
     workers: Vec<Worker>,
     stop: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
+    counters: Arc<Counters>,
 }
 
 impl Pool {
@@ -168,37 +209,73 @@ impl Pool {
         range: Range<usize>,
         options: AgentOptions,
     ) -> Result<Pool> {
+        Pool::start_on(kind, std::slice::from_ref(endpoints), 0, pairs, range, options)
+    }
+
+    /// Connects agents `range` to `servers[first]` (agent `i` uses
+    /// `pairs[i]` under CURVE) with `options`; with `options.failover`
+    /// they move along `servers` (wrapping) when theirs goes away. Under
+    /// CURVE every server must have the same key pair (as a cluster's do).
+    pub fn start_on(
+        kind: Kind,
+        servers: &[Endpoints],
+        first: usize,
+        pairs: &[Pair],
+        range: Range<usize>,
+        options: AgentOptions,
+    ) -> Result<Pool> {
+        let endpoints = servers.get(first).ok_or_else(|| anyhow!("no server {first} of {}", servers.len()))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(Counters::default());
         let size = range.len();
-        let mut pool = Pool { kind, size, workers: Vec::new(), stop: stop.clone(), answered: answered.clone() };
-        let per_context = if options.register_on_reconnect { MONITORED_AGENTS_PER_CONTEXT } else { AGENTS_PER_CONTEXT };
-        let mut first = range.start;
-        while first < range.end {
-            let last = (first + per_context).min(range.end);
-            let mut agents = Vec::with_capacity(last - first);
-            for i in first..last {
+        let mut pool = Pool { kind, size, workers: Vec::new(), stop: stop.clone(), counters: counters.clone() };
+        let per_context = match (options.failover, options.monitored()) {
+            (true, _) => FAILOVER_AGENTS_PER_CONTEXT,
+            (false, true) => MONITORED_AGENTS_PER_CONTEXT,
+            (false, false) => AGENTS_PER_CONTEXT,
+        };
+        let mut start = range.start;
+        while start < range.end {
+            let last = (start + per_context).min(range.end);
+            let mut agents = Vec::with_capacity(last - start);
+            for i in start..last {
                 agents.push((i, client_security(endpoints, pairs.get(i))?));
             }
             let (ready_tx, ready_rx) = mpsc::channel();
-            let (endpoints, stop, answered) = (endpoints.clone(), stop.clone(), answered.clone());
-            let thread = std::thread::Builder::new().name(format!("agents-{first}")).spawn(move || {
-                worker(kind, &endpoints, agents, options, &stop, &answered, ready_tx);
+            let (servers, stop, counters) = (servers.to_vec(), stop.clone(), counters.clone());
+            let thread = std::thread::Builder::new().name(format!("agents-{start}")).spawn(move || {
+                let place = Place { servers: &servers, first };
+                worker(kind, place, agents, options, &stop, &counters, ready_tx);
             })?;
             pool.workers.push(Worker { thread: Some(thread) });
             match ready_rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(anyhow!("agents {first}..{last}: {e}")),
-                Err(_) => return Err(anyhow!("agents {first}..{last} did not start")),
+                Ok(Err(e)) => return Err(anyhow!("agents {start}..{last}: {e}")),
+                Err(_) => return Err(anyhow!("agents {start}..{last} did not start")),
             }
-            first = last;
+            start = last;
         }
         Ok(pool)
     }
 
     /// Answers sent by all agents so far.
     pub fn answered(&self) -> u64 {
-        self.answered.load(Ordering::Relaxed)
+        self.counters.answered.load(Ordering::Relaxed)
+    }
+
+    /// Moves to another server so far (`failover`).
+    pub fn moves(&self) -> u64 {
+        self.counters.moves.load(Ordering::Relaxed)
+    }
+
+    /// Moves that could not make their sockets (open-file limit?).
+    pub fn failed_moves(&self) -> u64 {
+        self.counters.failed_moves.load(Ordering::Relaxed)
+    }
+
+    /// Why the first failed move failed.
+    pub fn move_error(&self) -> Option<String> {
+        self.counters.move_error.lock().ok().and_then(|e| e.clone())
     }
 }
 
@@ -213,53 +290,55 @@ impl Drop for Pool {
     }
 }
 
+/// The servers a worker's agents may be on, and the one they start on.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    servers: &'a [Endpoints],
+    first: usize,
+}
+
+/// An agent's connection: its SUB, its DEALER and the DEALER's monitor.
+struct Sockets {
+    sub: zmq::Socket,
+    dealer: zmq::Socket,
+    /// The DEALER's handshakes (and disconnections, `failover`).
+    monitor: Option<zmq::Socket>,
+}
+
 struct Agent {
     me: ClientContext,
     /// The exact topics it subscribed to: SUB matching is by prefix, so a
     /// message to `bench.g001` also reaches the subscribers of `bench`.
     topics: Vec<Vec<u8>>,
-    sub: zmq::Socket,
-    dealer: zmq::Socket,
-    /// The DEALER's handshakes (`register_on_reconnect`).
-    monitor: Option<zmq::Socket>,
+    /// For the sockets made when moving to another server.
+    security: SocketSecurity,
+    /// `None` while it moves: closed, made anew at the next check.
+    sockets: Option<Sockets>,
+    /// Moving (`failover`): the server its new sockets are for, and when
+    /// to try again after its sockets could not be made.
+    moving_to: Option<usize>,
+    retry_at: Option<Instant>,
+    /// The server it is on (an index into the pool's servers).
+    server: usize,
+    /// `failover`: since when the DEALER has had no connection (since a
+    /// disconnection, or since a move until the handshake).
+    down_since: Option<Instant>,
+    /// Whether the SUB is connected: at once, except for CURVE agents with
+    /// `failover` (once a registration is answered).
+    sub_connected: bool,
 }
 
-impl Agent {
-    /// Sends a registration (queued while disconnected; dropped when the
-    /// queue is full, as the real agent's are).
-    fn register(&self, options: &AgentOptions) {
-        let request = match options.heartbeat_seconds() {
-            Some(seconds) => register_client::request_every(&self.me.filter, seconds),
-            None => register_client::request(&self.me.filter),
-        };
-        let _ = self.dealer.send_multipart(request.to_frames(), zmq::DONTWAIT);
-    }
-
-    /// Drains the monitor; whether the DEALER completed a handshake.
-    fn reconnected(&self) -> bool {
-        let Some(monitor) = &self.monitor else { return false };
-        let mut handshake = false;
-        while let Some(event) = monitor::read(monitor) {
-            handshake |= event.event == SocketEvent::HandshakeSucceeded;
-        }
-        handshake
-    }
-}
-
-fn connect_agent(
+/// A new SUB subscribed to `topics`, a DEALER, and the DEALER's monitor
+/// when `options` want one.
+fn open_sockets(
     kind: Kind,
     ctx: &zmq::Context,
-    endpoints: &Endpoints,
-    i: usize,
     security: &SocketSecurity,
+    topics: &[Vec<u8>],
     options: &AgentOptions,
-) -> zmq::Result<Agent> {
-    // A bench agent runs no commands but `echo`.
-    let me = ClientContext { filter: filter(i), allow_exec: false, file_service: None };
+) -> zmq::Result<Sockets> {
     let sub = security.socket(ctx, zmq::SUB)?;
-    let topics: Vec<Vec<u8>> =
-        me.filter.streams().into_iter().map(String::into_bytes).chain([BROADCAST_TOPIC.as_bytes().to_vec()]).collect();
-    for topic in &topics {
+    for topic in topics {
         sub.set_subscribe(topic)?;
     }
     let dealer = security.socket(ctx, zmq::DEALER)?;
@@ -270,17 +349,149 @@ fn connect_agent(
             socket.set_linger(0)?;
         }
     }
-    let monitor = if options.register_on_reconnect && kind == Kind::Pantry {
-        Some(monitor::monitor(ctx, &dealer, &[zmq::SocketEvent::HANDSHAKE_SUCCEEDED])?)
+    let monitor = if options.monitored() && kind == Kind::Pantry {
+        let events: &[zmq::SocketEvent] = if options.failover {
+            &[zmq::SocketEvent::HANDSHAKE_SUCCEEDED, zmq::SocketEvent::DISCONNECTED]
+        } else {
+            &[zmq::SocketEvent::HANDSHAKE_SUCCEEDED]
+        };
+        Some(monitor::monitor(ctx, &dealer, events)?)
     } else {
         None
     };
-    sub.connect(&endpoints.publish)?;
-    dealer.connect(&endpoints.receive)?;
-    let agent = Agent { me, topics, sub, dealer, monitor };
-    if kind == Kind::Pantry {
+    Ok(Sockets { sub, dealer, monitor })
+}
+
+/// Whether an agent's SUB waits for an answered registration before it
+/// connects (CURVE with `failover`, as the real agent).
+fn sub_waits(kind: Kind, endpoints: &Endpoints, options: &AgentOptions) -> bool {
+    kind == Kind::Pantry && options.failover && endpoints.server_key.is_some()
+}
+
+impl Agent {
+    /// Sends a registration (queued while disconnected; dropped when the
+    /// queue is full, as the real agent's are). Until its SUB is connected
+    /// the agent asks for an answer.
+    fn register(&self, options: &AgentOptions) {
+        let mut request = match options.heartbeat_seconds() {
+            Some(seconds) => register_client::request_every(&self.me.filter, seconds),
+            None => register_client::request(&self.me.filter),
+        };
+        if !self.sub_connected {
+            request.metadata.requires_response = true;
+        }
+        if let Some(s) = &self.sockets {
+            let _ = s.dealer.send_multipart(request.to_frames(), zmq::DONTWAIT);
+        }
+    }
+
+    /// Connects to `endpoints` (the SUB now or, see [`sub_waits`], once a
+    /// registration is answered).
+    fn connect(&mut self, kind: Kind, endpoints: &Endpoints, options: &AgentOptions) -> zmq::Result<()> {
+        let Some(s) = &self.sockets else { return Ok(()) };
+        self.sub_connected = !sub_waits(kind, endpoints, options);
+        if self.sub_connected {
+            s.sub.connect(&endpoints.publish)?;
+        }
+        s.dealer.connect(&endpoints.receive)
+    }
+
+    /// Drains the monitor: whether the DEALER completed a handshake. Notes
+    /// when its connection went down.
+    fn monitor_events(&mut self) -> bool {
+        let Some(monitor) = self.sockets.as_ref().and_then(|s| s.monitor.as_ref()) else { return false };
+        let mut handshake = false;
+        while let Some(event) = monitor::read(monitor) {
+            match event.event {
+                SocketEvent::HandshakeSucceeded => {
+                    handshake = true;
+                    self.down_since = None;
+                }
+                SocketEvent::Disconnected => {
+                    self.down_since.get_or_insert_with(Instant::now);
+                }
+                _ => {}
+            }
+        }
+        handshake
+    }
+
+    /// Drains the DEALER (`failover`: answers to registrations); connects
+    /// the SUB to `endpoints` at the first accepted registration.
+    fn read_dealer(&mut self, endpoints: &Endpoints) {
+        let Some(s) = &self.sockets else { return };
+        while let Ok(frames) = s.dealer.recv_multipart(zmq::DONTWAIT) {
+            if self.sub_connected {
+                continue;
+            }
+            let Ok(answer) = Message::from_frames(&frames) else { continue };
+            if answer.message_type() == register_client::TYPE
+                && answer.error().is_none()
+                && s.sub.connect(&endpoints.publish).is_ok()
+            {
+                self.sub_connected = true;
+            }
+        }
+    }
+
+    /// Starts a move to server `to`: closes both sockets (their
+    /// connections close at once with linger 0). The new ones are made at
+    /// the next check ([`Agent::reopen`]), once libzmq's reaper has closed
+    /// the old ones' descriptors: a move never needs more descriptors than
+    /// the agent had.
+    fn close_for(&mut self, to: usize) {
+        self.sockets = None;
+        self.moving_to = Some(to);
+        self.sub_connected = false;
+    }
+
+    /// Makes the sockets of a move and connects them; on error the agent
+    /// stays closed and tries again at the next check.
+    fn reopen(
+        &mut self,
+        kind: Kind,
+        ctx: &zmq::Context,
+        servers: &[Endpoints],
+        options: &AgentOptions,
+    ) -> zmq::Result<()> {
+        let Some(to) = self.moving_to else { return Ok(()) };
+        self.sockets = Some(open_sockets(kind, ctx, &self.security, &self.topics, options)?);
+        self.moving_to = None;
+        self.server = to;
+        // Until its handshake: down (it moves on a heartbeat interval later).
+        self.down_since = Some(Instant::now());
+        self.connect(kind, &servers[to], options)
+    }
+}
+
+fn connect_agent(
+    kind: Kind,
+    ctx: &zmq::Context,
+    place: Place,
+    i: usize,
+    security: &SocketSecurity,
+    options: &AgentOptions,
+) -> zmq::Result<Agent> {
+    // A bench agent runs no commands but `echo`.
+    let me = ClientContext { filter: filter(i), allow_exec: false, file_service: None };
+    let topics: Vec<Vec<u8>> =
+        me.filter.streams().into_iter().map(String::into_bytes).chain([BROADCAST_TOPIC.as_bytes().to_vec()]).collect();
+    let sockets = open_sockets(kind, ctx, security, &topics, options)?;
+    let mut agent = Agent {
+        me,
+        topics,
+        security: security.clone(),
+        sockets: Some(sockets),
+        moving_to: None,
+        retry_at: None,
+        server: place.first,
+        down_since: None,
+        sub_connected: true,
+    };
+    agent.connect(kind, &place.servers[place.first], options)?;
+    if kind == Kind::Pantry && !options.failover {
         // Queued until the connection is up, like the real agent's first
-        // check-in.
+        // check-in. (A failing-over agent registers at its handshake.)
         agent.register(options);
     }
     Ok(agent)
@@ -288,14 +499,21 @@ fn connect_agent(
 
 /// Tags a monitor's entry in the epoll set (the SUB's is the agent's index).
 const MONITOR_TAG: u64 = 1 << 32;
+/// Tags a DEALER's entry (`failover`: registration answers).
+const DEALER_TAG: u64 = 1 << 33;
+const INDEX_MASK: u64 = MONITOR_TAG - 1;
+
+/// How often failing-over agents are checked for a due move, for missed
+/// monitor wake-ups and for registration answers.
+const FAILOVER_CHECK: Duration = Duration::from_millis(50);
 
 fn worker(
     kind: Kind,
-    endpoints: &Endpoints,
+    place: Place,
     specs: Vec<(usize, SocketSecurity)>,
     options: AgentOptions,
     stop: &AtomicBool,
-    answered: &AtomicU64,
+    counters: &Counters,
     ready: mpsc::Sender<Result<(), String>>,
 ) {
     let ctx = zmq::Context::new();
@@ -303,6 +521,8 @@ fn worker(
     // When each agent checks in next, in order (one interval for all).
     let mut heartbeats: VecDeque<(Instant, usize)> = VecDeque::new();
     let heartbeat = options.heartbeat.filter(|_| kind == Kind::Pantry).map(|h| h.max(Duration::from_secs(1)));
+    let failover = (options.failover && kind == Kind::Pantry && place.servers.len() > 1)
+        .then(|| heartbeat.unwrap_or(Duration::from_secs(1)));
     for (k, (i, security)) in specs.iter().enumerate() {
         // Paced: a burst of thousands of connects overflows the server's
         // accept queue (libzmq's backlog is 100) and the kernel retries the
@@ -310,7 +530,7 @@ fn worker(
         if k > 0 && k % CONNECT_BATCH == 0 {
             std::thread::sleep(CONNECT_PAUSE);
         }
-        match connect_agent(kind, &ctx, endpoints, *i, security, &options) {
+        match connect_agent(kind, &ctx, place, *i, security, &options) {
             Ok(a) => {
                 if let Some(every) = heartbeat {
                     heartbeats.push_back((Instant::now() + every, agents.len()));
@@ -323,7 +543,12 @@ fn worker(
             }
         }
     }
-    let epoll = match Epoll::watch(&agents) {
+    let epoll = match Epoll::new().and_then(|e| {
+        for (a, agent) in agents.iter().enumerate() {
+            e.add(a, agent, failover.is_some())?;
+        }
+        Ok(e)
+    }) {
         Ok(e) => e,
         Err(e) => {
             let _ = ready.send(Err(format!("epoll: {e}")));
@@ -336,11 +561,15 @@ fn worker(
         Kind::Baseline => answer_baseline(agent),
     };
     let started = Instant::now();
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 2 * agents.len().max(1)];
+    let mut next_check = started;
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 3 * agents.len().max(1)];
     while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_LIFETIME {
-        let timeout = heartbeats
-            .front()
-            .map_or(100, |(due, _)| due.saturating_duration_since(Instant::now()).as_millis().clamp(1, 100) as i32);
+        let mut due = heartbeats.front().map(|(due, _)| *due);
+        if failover.is_some() {
+            due = Some(due.map_or(next_check, |d| d.min(next_check)));
+        }
+        let timeout =
+            due.map_or(100, |due| due.saturating_duration_since(Instant::now()).as_millis().clamp(1, 100) as i32);
         let ready = epoll.wait(&mut events, timeout);
         if let Some(every) = heartbeat {
             let now = Instant::now();
@@ -350,29 +579,79 @@ fn worker(
                 heartbeats.push_back((now + every, a));
             }
         }
+        if let Some(every) = failover.filter(|_| Instant::now() >= next_check) {
+            let now = Instant::now();
+            next_check = now + FAILOVER_CHECK;
+            // A context that could not make a socket is full (libzmq's
+            // reaper has not freed the closed ones' places yet): no more
+            // tries in this check, each failed one leaves it more to free.
+            let mut full = false;
+            for (a, agent) in agents.iter_mut().enumerate() {
+                if agent.moving_to.is_some() {
+                    if full || agent.retry_at.is_some_and(|at| now < at) {
+                        continue;
+                    }
+                    match agent.reopen(kind, &ctx, place.servers, &options) {
+                        Ok(()) => {
+                            agent.retry_at = None;
+                            counters.moves.fetch_add(1, Ordering::Relaxed);
+                            let _ = epoll.add(a, agent, true);
+                        }
+                        Err(e) => {
+                            if let Ok(mut first) = counters.move_error.lock() {
+                                first.get_or_insert_with(|| {
+                                    let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+                                    format!("{e} ({open} descriptors open in the bench process)")
+                                });
+                            }
+                            counters.failed_moves.fetch_add(1, Ordering::Relaxed);
+                            agent.retry_at = Some(now + every);
+                            full = true;
+                            // Made but not connected: it moves on later.
+                            if agent.sockets.is_some() {
+                                let _ = epoll.add(a, agent, true);
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if agent.monitor_events() {
+                    agent.register(&options);
+                }
+                if !agent.sub_connected {
+                    agent.read_dealer(&place.servers[agent.server]);
+                }
+                if agent.down_since.is_some_and(|since| now >= since + every) {
+                    epoll.remove(agent);
+                    agent.close_for((agent.server + 1) % place.servers.len());
+                }
+            }
+        }
         if ready == 0 {
             // Idle: a sweep over every socket, in case a wake-up was missed.
-            for agent in &agents {
-                if agent.sub.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)) {
-                    answered.fetch_add(answer(agent), Ordering::Relaxed);
+            for agent in &mut agents {
+                if agent.sockets.as_ref().is_some_and(|s| s.sub.get_events().is_ok_and(|e| e.contains(zmq::POLLIN))) {
+                    counters.answered.fetch_add(answer(agent), Ordering::Relaxed);
                 }
-                if agent.reconnected() {
+                if agent.monitor_events() {
                     agent.register(&options);
                 }
             }
             continue;
         }
         for event in &events[..ready] {
+            let agent = &mut agents[(event.u64 & INDEX_MASK) as usize];
             if event.u64 & MONITOR_TAG != 0 {
-                let agent = &agents[(event.u64 & !MONITOR_TAG) as usize];
                 // A restarted server may have lost it: check in now.
-                if agent.reconnected() {
+                if agent.monitor_events() {
                     agent.register(&options);
                 }
-                continue;
+            } else if event.u64 & DEALER_TAG != 0 {
+                agent.read_dealer(&place.servers[agent.server]);
+            } else {
+                // Draining until EAGAIN also resets the socket's notification fd.
+                counters.answered.fetch_add(answer(agent), Ordering::Relaxed);
             }
-            // Draining until EAGAIN also resets the socket's notification fd.
-            answered.fetch_add(answer(&agents[event.u64 as usize]), Ordering::Relaxed);
         }
     }
     drop(agents);
@@ -384,28 +663,49 @@ fn worker(
 struct Epoll(libc::c_int);
 
 impl Epoll {
-    fn watch(agents: &[Agent]) -> std::io::Result<Epoll> {
-        // SAFETY: plain syscalls on descriptors we own or that libzmq keeps
-        // open for as long as the sockets live (they outlive the set).
-        unsafe {
-            let fd = libc::epoll_create1(libc::EPOLL_CLOEXEC);
-            if fd < 0 {
+    fn new() -> std::io::Result<Epoll> {
+        // SAFETY: a plain syscall; the descriptor is ours.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Epoll(fd))
+    }
+
+    /// The sockets of agent `a` (its DEALER too with `dealer`).
+    fn sockets(a: usize, agent: &Agent, dealer: bool) -> Vec<(&zmq::Socket, u64)> {
+        let Some(s) = &agent.sockets else { return Vec::new() };
+        let a = a as u64;
+        let mut list = vec![(&s.sub, a)];
+        list.extend(s.monitor.as_ref().map(|m| (m, a | MONITOR_TAG)));
+        if dealer {
+            list.push((&s.dealer, a | DEALER_TAG));
+        }
+        list
+    }
+
+    /// Watches agent `a`'s sockets.
+    fn add(&self, a: usize, agent: &Agent, dealer: bool) -> std::io::Result<()> {
+        for (socket, tag) in Epoll::sockets(a, agent, dealer) {
+            let zfd = socket.get_fd().map_err(std::io::Error::from)?;
+            let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: tag };
+            // SAFETY: libzmq keeps `zfd` open for as long as the socket
+            // lives; the set forgets it (`remove`) before the socket goes.
+            if unsafe { libc::epoll_ctl(self.0, libc::EPOLL_CTL_ADD, zfd, &mut event) } != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let set = Epoll(fd);
-            for (i, agent) in agents.iter().enumerate() {
-                let sockets = [(&agent.sub, i as u64)]
-                    .into_iter()
-                    .chain(agent.monitor.as_ref().map(|m| (m, i as u64 | MONITOR_TAG)));
-                for (socket, tag) in sockets {
-                    let zfd = socket.get_fd().map_err(std::io::Error::from)?;
-                    let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: tag };
-                    if libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, zfd, &mut event) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
+        }
+        Ok(())
+    }
+
+    /// Stops watching an agent's sockets (before they are replaced).
+    fn remove(&self, agent: &Agent) {
+        for (socket, _) in Epoll::sockets(0, agent, true) {
+            if let Ok(zfd) = socket.get_fd() {
+                // SAFETY: removing a descriptor from our own set; one that
+                // is not in it fails harmlessly.
+                unsafe { libc::epoll_ctl(self.0, libc::EPOLL_CTL_DEL, zfd, std::ptr::null_mut()) };
             }
-            Ok(set)
         }
     }
 
@@ -427,16 +727,15 @@ impl Drop for Epoll {
 /// What the real agent does with each request (SPEC §4: check the stream,
 /// run the command, answer when asked to).
 fn answer_pantry(agent: &Agent) -> u64 {
+    let Some(s) = &agent.sockets else { return 0 };
     let mut n = 0;
-    while let Ok(frames) = agent.sub.recv_multipart(zmq::DONTWAIT) {
+    while let Ok(frames) = s.sub.recv_multipart(zmq::DONTWAIT) {
         let Ok(request) = Message::from_frames(&frames) else { continue };
         if !agent.me.filter.accepts_stream(&request.stream) {
             continue;
         }
         let response = commands::run_on_client(&request, &agent.me);
-        if request.metadata.requires_response
-            && agent.dealer.send_multipart(response.to_frames(), zmq::DONTWAIT).is_ok()
-        {
+        if request.metadata.requires_response && s.dealer.send_multipart(response.to_frames(), zmq::DONTWAIT).is_ok() {
             n += 1;
         }
     }
@@ -444,8 +743,9 @@ fn answer_pantry(agent: &Agent) -> u64 {
 }
 
 fn answer_baseline(agent: &Agent) -> u64 {
+    let Some(s) = &agent.sockets else { return 0 };
     let mut n = 0;
-    while let Ok(frames) = agent.sub.recv_multipart(zmq::DONTWAIT) {
+    while let Ok(frames) = s.sub.recv_multipart(zmq::DONTWAIT) {
         let [topic, requester, payload]: [Vec<u8>; 3] = match frames.try_into() {
             Ok(f) => f,
             Err(_) => continue,
@@ -453,7 +753,7 @@ fn answer_baseline(agent: &Agent) -> u64 {
         if !agent.topics.contains(&topic) {
             continue;
         }
-        if agent.dealer.send_multipart([relay::ANSWER.to_vec(), requester, payload], zmq::DONTWAIT).is_ok() {
+        if s.dealer.send_multipart([relay::ANSWER.to_vec(), requester, payload], zmq::DONTWAIT).is_ok() {
             n += 1;
         }
     }

@@ -186,6 +186,11 @@ impl Admin {
         Ok(Admin { socket, name: name.to_owned(), _ctx: ctx })
     }
 
+    /// Its DEALER, to poll along with other sockets.
+    pub(crate) fn socket(&self) -> &zmq::Socket {
+        &self.socket
+    }
+
     pub(crate) fn send(&self, mut request: Message) -> Result<String> {
         request.metadata.from = self.name.clone();
         self.socket.send_multipart(request.to_frames(), zmq::DONTWAIT)?;
@@ -198,7 +203,7 @@ impl Admin {
     }
 
     /// The next message about any of `uuids` until `end`.
-    fn recv_any(&self, uuids: &[String], end: Instant) -> Option<Message> {
+    pub(crate) fn recv_any(&self, uuids: &[String], end: Instant) -> Option<Message> {
         loop {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -6,8 +6,10 @@
 //! agents named offline, SIGKILL → offline, a server restart) and the job
 //! store (on vs off, `jobs` over a full store, database size per job);
 //! then metrics (on vs off, a scrape of `/metrics` with 4,000 agents);
-//! then the report, with server memory and CPU per agent compared with the
-//! previous report's.
+//! then a cluster of three servers on one etcd against one server (fan-out
+//! across servers, SIGKILL of one, revocation on one seen on another,
+//! handshake rate); then the report, with server memory and CPU per agent
+//! compared with the previous report's.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -17,6 +19,7 @@ use anyhow::{Context as _, Result};
 use pantry_shared::keys::{KnownKey, Role};
 
 use crate::agents::{identity, Kind, Pool};
+use crate::cluster::{ClusterResult, ClusterSettings};
 use crate::enrollment::{EnrollmentResult, EnrollmentSettings};
 use crate::handshake::{handshake_rate, HandshakeSettings};
 use crate::jobs::{JobsResult, JobsSettings};
@@ -69,6 +72,8 @@ pub struct Config {
     pub jobs: Option<JobsSettings>,
     /// The metrics scenario (CURVE only); `None`: skipped.
     pub metrics: Option<MetricsSettings>,
+    /// The cluster scenario (CURVE only; needs etcd); `None`: skipped.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Config {
@@ -127,6 +132,15 @@ impl Config {
                 scrape_agents: 4000,
                 scrapes: 20,
             }),
+            cluster: Some(ClusterSettings {
+                agents_per_server: 1000,
+                failover_agents_per_server: 1000,
+                heartbeat: Duration::from_secs(1),
+                lease: Duration::from_secs(2),
+                revocations: 20,
+                echo_every: Duration::from_millis(100),
+                failover_timeout: Duration::from_secs(30),
+            }),
         }
     }
 
@@ -178,6 +192,15 @@ impl Config {
                 scrape_every: Duration::from_millis(100),
                 scrape_agents: 10,
                 scrapes: 3,
+            }),
+            cluster: Some(ClusterSettings {
+                agents_per_server: 3,
+                failover_agents_per_server: 3,
+                heartbeat: Duration::from_secs(1),
+                lease: Duration::from_secs(2),
+                revocations: 2,
+                echo_every: Duration::from_millis(100),
+                failover_timeout: Duration::from_secs(20),
             }),
             ..Config::full(server_bin, client_bin, relay_exe, out_dir)
         }
@@ -297,6 +320,8 @@ pub struct Results {
     pub jobs: Option<JobsResult>,
     /// CURVE metrics on vs off and the scrape; `None` when not run.
     pub metrics: Option<MetricsResult>,
+    /// Three servers on etcd against one; `None` when not run.
+    pub cluster: Option<ClusterResult>,
     /// The earlier report's figures (server memory and CPU per agent are
     /// compared with them); `None` when there is none.
     pub previous: Option<Previous>,
@@ -318,7 +343,7 @@ pub(crate) struct KeyRing {
     pub(crate) admin: Pair,
     pub(crate) requesters: Vec<Pair>,
     idle_client: Pair,
-    handshake: Vec<Pair>,
+    pub(crate) handshake: Vec<Pair>,
 }
 
 impl KeyRing {
@@ -390,7 +415,9 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let previous = crate::previous::load(&cfg.out_dir);
     let jobs_agents = cfg.jobs.as_ref().map_or(0, |j| j.max_agents().min(max_agents));
     let metrics_agents = cfg.metrics.as_ref().map_or(0, |m| m.max_agents().min(max_agents));
-    let ring = KeyRing::generate(sizes.last().copied().unwrap_or(0).max(jobs_agents).max(metrics_agents), cfg)?;
+    let cluster_agents = cfg.cluster.as_ref().map_or(0, |c| c.max_agents().min(max_agents));
+    let most = sizes.last().copied().unwrap_or(0).max(jobs_agents).max(metrics_agents).max(cluster_agents);
+    let ring = KeyRing::generate(most, cfg)?;
 
     let mut modes = Vec::new();
     for &curve in &cfg.curve_modes {
@@ -421,6 +448,12 @@ pub fn run(cfg: &Config) -> Result<Results> {
         }
         _ => None,
     };
+    let cluster = match &cfg.cluster {
+        Some(settings) if cfg.curve_modes.contains(&true) => {
+            Some(crate::cluster::run(cfg, settings, &ring, &limits, &progress)?)
+        }
+        _ => None,
+    };
 
     let results = Results {
         cores,
@@ -434,6 +467,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         presence,
         jobs,
         metrics,
+        cluster,
         previous,
         elapsed: started.elapsed(),
         config: cfg.clone(),
@@ -480,13 +514,13 @@ pub(crate) struct Samples {
 
 /// A round stops its fan-outs after this many incomplete ones (each costs
 /// the idle timeout).
-const MAX_INCOMPLETE_PER_ROUND: usize = 4;
+pub(crate) const MAX_INCOMPLETE_PER_ROUND: usize = 4;
 
 /// How long a fan-out waits with no answer before it counts as incomplete
 /// (answers were dropped: they will never come).
-const FANOUT_IDLE: Duration = Duration::from_secs(1);
+pub(crate) const FANOUT_IDLE: Duration = Duration::from_secs(1);
 
-fn cpu_us_per(pid: u32, before: Option<u64>, count: u64) -> Option<f64> {
+pub(crate) fn cpu_us_per(pid: u32, before: Option<u64>, count: u64) -> Option<f64> {
     let (before, after) = (before?, crate::procs::cpu_ns(pid)?);
     (count > 0).then(|| after.saturating_sub(before) as f64 / 1000.0 / count as f64)
 }
@@ -691,7 +725,7 @@ pub(crate) fn run_size(
 }
 
 /// Pantry first in even rounds, the baseline first in odd ones.
-fn order(round: usize) -> [usize; 2] {
+pub(crate) fn order(round: usize) -> [usize; 2] {
     if round % 2 == 0 {
         [0, 1]
     } else {
@@ -828,4 +862,13 @@ pub fn run_metrics_only(cfg: &Config, settings: &MetricsSettings) -> Result<Metr
     let limits = limits::raise_nofile().context("cannot raise the open-file limit")?;
     let ring = KeyRing::generate(settings.max_agents().min(limits.max_agents()), cfg)?;
     crate::metrics::run(cfg, settings, &ring, &limits, &progress)
+}
+
+/// Only the cluster scenario (`pantry-bench cluster`): fresh keys,
+/// progress on stderr; the report is the caller's.
+pub fn run_cluster_only(cfg: &Config, settings: &ClusterSettings) -> Result<ClusterResult> {
+    let progress = Progress(Instant::now());
+    let limits = limits::raise_nofile().context("cannot raise the open-file limit")?;
+    let ring = KeyRing::generate(settings.max_agents().min(limits.max_agents()), cfg)?;
+    crate::cluster::run(cfg, settings, &ring, &limits, &progress)
 }

@@ -5,12 +5,15 @@
 //! throughput, handshake rate and memory, Pantry against the baseline,
 //! enrollment with tokens, presence (offline clients named at once, a
 //! killed agent, a server restart), the job store (on vs off, `jobs` over
-//! a full store, database size per job) and metrics (on vs off, a scrape
-//! of `/metrics` with 4,000 agents) (CURVE, Pantry only), and writes
-//! `latest.md` and `fanout.svg`.
+//! a full store, database size per job), metrics (on vs off, a scrape of
+//! `/metrics` with 4,000 agents) and a cluster of three servers on etcd
+//! (fan-out across servers, failover, revocation, handshake rate) (CURVE,
+//! Pantry only), and writes `latest.md` and `fanout.svg`.
 
 pub mod agents;
+pub mod cluster;
 pub mod enrollment;
+pub mod etcd;
 pub mod handshake;
 pub mod harness;
 pub mod jobs;

@@ -9,6 +9,11 @@ pub const FDS_PER_AGENT: u64 = 4;
 /// two more sockets, two more mailboxes.
 pub const FDS_PER_MONITORED_AGENT: u64 = 6;
 
+/// What a failing-over agent (a monitored one) holds on top while it moves
+/// to another server: its closed sockets' four mailboxes until libzmq's
+/// reaper has closed them (a whole server's agents move at once).
+pub const FDS_PER_MOVING_AGENT: u64 = 4;
+
 /// Descriptors kept free for contexts, requesters, monitors, logs, pipes.
 pub const RESERVED_FDS: u64 = 600;
 
@@ -29,6 +34,13 @@ impl FdLimits {
     /// How many agents with a DEALER monitor fit in one pool.
     pub fn max_monitored_agents(&self) -> usize {
         (self.soft.saturating_sub(RESERVED_FDS) / FDS_PER_MONITORED_AGENT) as usize
+    }
+
+    /// Failing-over agents per server that fit with `servers` servers, when
+    /// one server's agents move at once.
+    pub fn max_failover_agents_per_server(&self, servers: usize) -> usize {
+        let per = servers as u64 * FDS_PER_MONITORED_AGENT + FDS_PER_MOVING_AGENT;
+        (self.soft.saturating_sub(RESERVED_FDS) / per) as usize
     }
 
     /// Whether a Pantry pool and a baseline pool of `n` agents fit at once.

@@ -1,5 +1,6 @@
 //! `pantry-bench`: runs the benchmark (`make bench`), one scenario of it
-//! (`pantry-bench enrollment`, `presence`, `jobs`, `metrics`, `profile`),
+//! (`pantry-bench enrollment`, `presence`, `jobs`, `metrics`, `cluster`,
+//! `profile`),
 //! or the baseline relay the benchmark starts as a child process
 //! (`pantry-bench relay`).
 
@@ -132,6 +133,32 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Only the cluster scenario (CURVE, needs etcd): three servers with
+    /// `cluster:` on one etcd against one server: fan-out across servers,
+    /// SIGKILL of one with its agents moving to another, revocation on one
+    /// server seen on another, handshake rate; prints its section of the
+    /// report and its targets (latest.md is left alone).
+    Cluster {
+        /// Agents per server in the fan-out and the failover (the single
+        /// server gets three times as many).
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Revocations timed.
+        #[arg(long, default_value_t = 20)]
+        revocations: usize,
+        /// The failing-over agents' heartbeat, seconds.
+        #[arg(long, default_value_t = 1)]
+        heartbeat: u64,
+        /// `cluster.lease` of the servers, seconds (at least 2).
+        #[arg(long, default_value_t = 2)]
+        lease: u64,
+        /// Fan-out echoes per round.
+        #[arg(long, default_value_t = 20)]
+        fanouts: usize,
+        /// Rounds of the fan-out and handshake comparisons.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// One scenario against a CURVE pantry-server for a while, optionally
     /// under `perf record`; prints the server CPU time per operation.
     Profile {
@@ -254,6 +281,28 @@ fn run(cli: Cli) -> Result<()> {
         print!("{}", pantry_bench::report::metrics_section(&result, &config));
         let mut targets = String::from("\n| target | measured | status |\n|---|---|---|\n");
         pantry_bench::report::metrics_targets(&result, &mut targets);
+        print!("{targets}");
+        return Ok(());
+    }
+    if let Some(Cmd::Cluster { agents, revocations, heartbeat, lease, fanouts, rounds }) = cli.command {
+        let mut config = pantry_bench::Config::full(server, client, exe, cli.out);
+        config.admin_bin = admin;
+        config.log_level = cli.log_level;
+        config.rounds = rounds.max(1);
+        config.fanout_requests = fanouts.max(1);
+        let settings = pantry_bench::cluster::ClusterSettings {
+            agents_per_server: agents,
+            failover_agents_per_server: agents,
+            heartbeat: std::time::Duration::from_secs(heartbeat.clamp(1, 3600)),
+            lease: std::time::Duration::from_secs(lease.clamp(2, 3600)),
+            revocations,
+            ..config.cluster.context("cluster settings")?
+        };
+        config.cluster = Some(settings);
+        let result = pantry_bench::harness::run_cluster_only(&config, &settings)?;
+        print!("{}", pantry_bench::report::cluster_section(&result, &config));
+        let mut targets = String::from("\n| target | measured | status |\n|---|---|---|\n");
+        pantry_bench::report::cluster_targets(&result, &mut targets);
         print!("{targets}");
         return Ok(());
     }

@@ -115,7 +115,7 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &'static str, command: &mut Command, log_path: PathBuf) -> Result<Process> {
+    pub(crate) fn spawn(name: &'static str, command: &mut Command, log_path: PathBuf) -> Result<Process> {
         use std::os::unix::process::CommandExt;
         // SAFETY: prctl is async-signal-safe. The child gets SIGTERM when the
         // bench dies, whatever way it dies.
@@ -139,7 +139,7 @@ impl Process {
     }
 
     /// Waits until the log contains `needle` or the process exits.
-    fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+    pub(crate) fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
             if self.log().contains(needle) {
@@ -248,16 +248,49 @@ impl PantryServer {
         log_level: &str,
         extra: &str,
     ) -> Result<PantryServer> {
+        let key = server.map(|(pair, _)| pair.public);
+        PantryServer::launch(binary, key, log_level, extra, |root| match server {
+            Some((pair, client_keys)) => keys::write_server_keys(root, pair, client_keys),
+            None => Ok(()),
+        })
+    }
+
+    /// Another CURVE server with `like`'s key pair: `like`'s
+    /// `root_dir/security/curve/server_keys.yml` is copied into the new
+    /// root_dir (directory 0700, file 0600) before the start, as an
+    /// operator adds a server to a cluster; `extra` as in
+    /// [`PantryServer::start_with`].
+    pub fn start_like(binary: &Path, like: &PantryServer, log_level: &str, extra: &str) -> Result<PantryServer> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let key = like.endpoints.server_key.context("a server like a null-security one has no key pair to copy")?;
+        let from = like.root().join("security").join("curve").join("server_keys.yml");
+        PantryServer::launch(binary, Some(key), log_level, extra, |root| {
+            let dir = root.join("security").join("curve");
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+            let to = dir.join("server_keys.yml");
+            std::fs::copy(&from, &to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))?;
+            Ok(())
+        })
+    }
+
+    /// A fresh directory, `prepare(root_dir)` (the key store under CURVE),
+    /// server.yml, then the server; returns once it logged that it started.
+    fn launch(
+        binary: &Path,
+        server_key: Option<[u8; 32]>,
+        log_level: &str,
+        extra: &str,
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<PantryServer> {
         let dir = tempfile::Builder::new().prefix("pantry-bench-server-").disable_cleanup(keep_dirs()).tempdir()?;
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root)?;
         if keep_dirs() {
             eprintln!("pantry-server directory kept: {}", dir.path().display());
         }
-        let curve = server.is_some();
-        if let Some((pair, client_keys)) = server {
-            keys::write_server_keys(&root, pair, client_keys)?;
-        }
+        let curve = server_key.is_some();
+        prepare(&root)?;
         let ports = (free_port()?, free_port()?, free_port()?);
         let config =
             format!("log_level: {log_level}\nroot_dir: {}\n{}{extra}", root.display(), networking_yaml(ports, curve));
@@ -272,9 +305,14 @@ impl PantryServer {
         let endpoints = Endpoints {
             publish: format!("tcp://127.0.0.1:{}", ports.0),
             receive: format!("tcp://127.0.0.1:{}", ports.1),
-            server_key: server.map(|(pair, _)| pair.public),
+            server_key,
         };
         Ok(PantryServer { process, endpoints, ports, curve, binary: binary.to_owned(), starts: 1, dir })
+    }
+
+    /// Its server.yml.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("server.yml")
     }
 
     /// Stops the server (SIGTERM, SIGKILL after 5 s) and starts it again on

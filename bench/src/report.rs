@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use plotters::prelude::*;
 
+use crate::cluster::{ClusterResult, GapEcho};
 use crate::enrollment::EnrollmentResult;
 use crate::harness::{Both, ModeResult, Results};
 use crate::jobs::JobsResult;
@@ -202,6 +203,9 @@ fn targets(results: &Results, out: &mut String) {
     }
     if let Some(m) = &results.metrics {
         metrics_targets(m, out);
+    }
+    if let Some(c) = &results.cluster {
+        cluster_targets(c, out);
     }
     let _ = writeln!(out);
 }
@@ -663,6 +667,9 @@ pub fn markdown(results: &Results) -> String {
     }
     if let Some(m) = &results.metrics {
         let _ = writeln!(out, "\n{}", metrics_section(m, cfg).trim_end());
+    }
+    if let Some(c) = &results.cluster {
+        let _ = writeln!(out, "\n{}", cluster_section(c, cfg).trim_end());
     }
     let _ = writeln!(out, "\n![fan-out latency against N]({CHART})");
     out
@@ -1341,6 +1348,525 @@ pub fn metrics_section(m: &MetricsResult, cfg: &crate::harness::Config) -> Strin
     out
 }
 
+/// Issue 16's targets: fan-out across 3 servers within 1.3× of one
+/// server's, failover within 3 heartbeat intervals, revocation on one
+/// server cutting the key off on another within a second (the integration
+/// test's bound), and the handshake rate with the keys from etcd ≥ 95% of
+/// a single server's.
+const CLUSTER_FANOUT_RATIO: f64 = 1.3;
+const FAILOVER_INTERVALS: f64 = 3.0;
+const REVOCATION_TARGET_MS: f64 = 1000.0;
+const CLUSTER_HANDSHAKE_RATIO: f64 = 0.95;
+
+/// The cluster rows of the targets table.
+pub fn cluster_targets(c: &ClusterResult, out: &mut String) {
+    let why_not = |part: &str| match &c.skipped {
+        Some(why) => format!("not run: {why}"),
+        None => c
+            .failures
+            .iter()
+            .find(|f| f.starts_with(part))
+            .map_or_else(|| "not run".into(), |f| format!("failed: {}", first_line(f))),
+    };
+    match &c.fanout {
+        Some(f) => {
+            let ratio_p50 = f.p50_ms.ratio().filter(|r| r.is_finite());
+            let lost = f.incomplete.pantry + f.incomplete.baseline + f.unreachable.len();
+            let measured = format!(
+                "{} ({} / {} ms; p99 {} / {} ms){}{}",
+                ratio(ratio_p50),
+                num(f.p50_ms.pantry),
+                num(f.p50_ms.baseline),
+                num(f.p99_ms.pantry),
+                num(f.p99_ms.baseline),
+                if lost > 0 {
+                    format!(
+                        "; incomplete: {} of {} / {} of {}{}{}",
+                        f.incomplete.pantry,
+                        f.attempted.pantry,
+                        f.incomplete.baseline,
+                        f.attempted.baseline,
+                        if f.unreachable.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; {} groups never all reachable (see `## Cluster`)", f.unreachable.len())
+                        },
+                        match (f.p50_listed_ms.pantry, f.fewest_listed.pantry) {
+                            (Some(ms), Some(listed)) if listed < f.agents() => format!(
+                                "; the admin's server listed as few as {} of {}, whose answers took p50 {} ms",
+                                group(listed as u64),
+                                group(f.agents() as u64),
+                                num(Some(ms))
+                            ),
+                            _ => String::new(),
+                        }
+                    )
+                } else {
+                    String::new()
+                },
+                if f.per_server < f.wanted_per_server {
+                    format!(" (only {} per server: open-file limit)", group(f.per_server as u64))
+                } else {
+                    String::new()
+                }
+            );
+            let _ = writeln!(
+                out,
+                "| issue 16: fan-out echo to 3 × {} CURVE agents on 3 servers (admin on one) ≤ {} of {} on one server \
+                 (p50, same run), every answer delivered | {measured} | {} |",
+                group(f.per_server as u64),
+                ratio(Some(CLUSTER_FANOUT_RATIO)),
+                group(f.agents() as u64),
+                status(Some(lost == 0 && ratio_p50.is_some_and(|r| r <= CLUSTER_FANOUT_RATIO)))
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "| issue 16: fan-out echo to 3 × 1,000 agents on 3 servers ≤ {} of 3,000 on one server | {} | {} |",
+                ratio(Some(CLUSTER_FANOUT_RATIO)),
+                why_not("fan-out"),
+                status(None)
+            );
+        }
+    }
+    match &c.failover {
+        Some(f) => {
+            let total = f.agents();
+            let echo = f.echo_all.as_ref();
+            let measured = format!(
+                "{} s (median agent {} s); {} of {} answered; `status` on a: {} of {} online; echo to all: {} of {} answered{}",
+                f.all_answered_s.map_or("not all".into(), secs),
+                f.first_answer_p50_s.map_or("–".into(), secs),
+                group(f.answered as u64),
+                group(f.per_server as u64),
+                group(f.status_online as u64),
+                group(total as u64),
+                echo.map_or("–".into(), |e| group(e.answers as u64)),
+                group(total as u64),
+                if f.per_server < f.wanted_per_server {
+                    format!(" (only {} per server: open-file limit)", group(f.per_server as u64))
+                } else {
+                    String::new()
+                }
+            );
+            let _ = writeln!(
+                out,
+                "| issue 16: SIGKILL of 1 of 3 servers with {} agents each: every agent of it answers through another \
+                 within {FAILOVER_INTERVALS} heartbeat intervals ({} s), nothing lost (all answer; `status` on a \
+                 survivor lists all {} online) | {measured} | {} |",
+                group(f.per_server as u64),
+                num(Some(FAILOVER_INTERVALS * f.heartbeat_s as f64)),
+                group(total as u64),
+                status(Some(f.met(FAILOVER_INTERVALS)))
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "| issue 16: SIGKILL of 1 of 3 servers: its agents answer through another within {FAILOVER_INTERVALS} \
+                 heartbeat intervals, nothing lost | {} | {} |",
+                why_not("failover"),
+                status(None)
+            );
+        }
+    }
+    match &c.revocation {
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "| issue 16: revocation on server a cuts the agent off on server c < {} ms (p50 / max of {}) | \
+                 p50 {} ms, max {} ms{} | {} |",
+                num(Some(REVOCATION_TARGET_MS)),
+                r.tries,
+                num(r.p50_ms()),
+                num(r.max_ms()),
+                if r.not_cut > 0 {
+                    format!("; {} of {} not cut off within 5 s", r.not_cut, r.tries)
+                } else {
+                    String::new()
+                },
+                status((r.tries > 0).then(|| r.not_cut == 0 && r.max_ms().is_some_and(|ms| ms < REVOCATION_TARGET_MS)))
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "| issue 16: revocation on server a cuts the agent off on server c < {} ms | {} | {} |",
+                num(Some(REVOCATION_TARGET_MS)),
+                why_not("revocation"),
+                status(None)
+            );
+        }
+    }
+    match &c.handshake {
+        Some(h) => {
+            let r = h.rate.ratio();
+            let _ = writeln!(
+                out,
+                "| issue 16: handshake rate with the etcd-backed key snapshot ≥ {} of a single server's ({} known keys) \
+                 | {} ({} / {} per s) | {} |",
+                pct(Some(CLUSTER_HANDSHAKE_RATIO)),
+                group(h.known_keys as u64),
+                pct(r),
+                num(h.rate.pantry),
+                num(h.rate.baseline),
+                status(r.map(|r| r >= CLUSTER_HANDSHAKE_RATIO))
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "| issue 16: handshake rate with the etcd-backed key snapshot ≥ {} of a single server's | {} | {} |",
+                pct(Some(CLUSTER_HANDSHAKE_RATIO)),
+                why_not("handshake rate"),
+                status(None)
+            );
+        }
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+/// The failover's echoes are shown by windows of this many seconds.
+const ECHO_WINDOW_S: f64 = 0.5;
+
+/// The failover's echoes sent in one window of time.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct EchoWindow {
+    from: f64,
+    to: f64,
+    echoes: usize,
+    /// Sent to (not answered yet) by the first echo of the window.
+    asked: usize,
+    /// Agents that answered for the first time, named offline by the last
+    /// echo, silent at most.
+    answered: usize,
+    offline: usize,
+    silent: usize,
+}
+
+/// The echoes by windows of `width` seconds (after the kill); windows
+/// without an echo are left out.
+fn echo_windows(echoes: &[GapEcho], width: f64) -> Vec<EchoWindow> {
+    let mut windows: Vec<(i64, EchoWindow)> = Vec::new();
+    for e in echoes {
+        let slot = (e.sent_s / width).floor() as i64;
+        match windows.last_mut() {
+            Some((s, w)) if *s == slot => {
+                w.to = e.sent_s;
+                w.echoes += 1;
+                w.answered += e.first;
+                w.offline = e.offline;
+                w.silent = w.silent.max(e.silent);
+            }
+            _ => windows.push((
+                slot,
+                EchoWindow {
+                    from: e.sent_s,
+                    to: e.sent_s,
+                    echoes: 1,
+                    asked: e.asked,
+                    answered: e.first,
+                    offline: e.offline,
+                    silent: e.silent,
+                },
+            )),
+        }
+    }
+    windows.into_iter().map(|(_, w)| w).collect()
+}
+
+/// The `## Cluster` section.
+pub fn cluster_section(c: &ClusterResult, cfg: &crate::harness::Config) -> String {
+    let mut out = String::new();
+    if let Some(why) = &c.skipped {
+        let _ = writeln!(
+            out,
+            "## Cluster\n\nNot run: {why}. The cluster scenario (three `pantry-server`s with `cluster:` on one etcd \
+             against one server: fan-out across servers, SIGKILL of one, revocation, handshake rate) needs `etcd` \
+             on the PATH or at /usr/bin/etcd."
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "## Cluster\n\nCURVE. Three `pantry-server`s (a, b, c) with `cluster:` on one etcd ({}, one member on \
+         loopback, its data in a temporary directory on disk), `cluster.lease` {} s, against one `pantry-server` \
+         without `cluster:`, in the same run on the same machine. {}Servers b and c started with a copy of a's \
+         `server_keys.yml` (the cluster's key pair) and read the keys from etcd; the single server has the same \
+         keys in its file.\n",
+        c.etcd_version.as_deref().unwrap_or("version unknown"),
+        c.lease_s,
+        match &c.import {
+            Some(i) => format!(
+                "Keys: server a started with every key of the scenario ({}: the agents', the admin's, the handshake \
+                 slots', the revoked agents') in its `server_keys.yml`; `pantry-server -c server.yml keys:import` \
+                 copied them into etcd in {} s (one transaction per key: `{}`), and a's watch brought them to a. ",
+                group(i.keys as u64),
+                num(Some(i.seconds)),
+                i.said
+            ),
+            None => String::new(),
+        }
+    );
+    if let Some(f) = &c.fanout {
+        let _ = writeln!(
+            out,
+            "**Fan-out across servers.** An admin (CURVE DEALER) connected to a sends `echo` to every agent: {} \
+             agents connected to each of a, b and c (a publishes to its own and sends the request over its links to \
+             b and c, which publish to theirs and route the answers back over the links), against {} agents on the \
+             single server. {} echoes per round, time until the last answer; p50 and p99 per round, medians over {} \
+             rounds alternating between the two{}. Server CPU: all servers' CPU time during the echoes per answer.{}\n",
+            group(f.per_server as u64),
+            group(f.agents() as u64),
+            cfg.fanout_requests,
+            cfg.rounds,
+            if f.sequential {
+                "; both sets of agents do not fit the open-file limit at once, so each round connects them anew"
+            } else {
+                ""
+            },
+            if f.per_server < f.wanted_per_server {
+                format!(
+                    " Not {} per server: the open-file limit ({}) allows {} agents of {} descriptors each in the bench.",
+                    group(f.wanted_per_server as u64),
+                    group(c.open_files),
+                    group(f.agents() as u64),
+                    crate::limits::FDS_PER_AGENT
+                )
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            out,
+            "| | agents | p50 (ms) | p99 (ms) | incomplete | listed by the admin's server, fewest | p50 of the listed ones' answers (ms) | set-up (s) | server CPU µs per answer |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for (i, name, agents) in [
+            (0, "3 servers, admin on a", format!("3 × {}", group(f.per_server as u64))),
+            (1, "1 server", group(f.agents() as u64)),
+        ] {
+            let pick = |b: &Both<Option<f64>>| if i == 0 { b.pantry } else { b.baseline };
+            let (incomplete, attempted) = if i == 0 {
+                (f.incomplete.pantry, f.attempted.pantry)
+            } else {
+                (f.incomplete.baseline, f.attempted.baseline)
+            };
+            let fewest = if i == 0 { f.fewest_listed.pantry } else { f.fewest_listed.baseline };
+            let _ = writeln!(
+                out,
+                "| {name} | {agents} | {} | {} | {incomplete} of {attempted} | {} | {} | {} | {} |",
+                num(pick(&f.p50_ms)),
+                num(pick(&f.p99_ms)),
+                fewest.map_or("–".into(), |l| group(l as u64)),
+                num(pick(&f.p50_listed_ms)),
+                num(pick(&f.setup_s)),
+                num(pick(&f.cpu_us_per_answer))
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| 3 servers / 1 server | | {} | {} | | | {} | | {} |\n",
+            ratio(f.p50_ms.ratio()),
+            ratio(f.p99_ms.ratio()),
+            ratio(f.p50_listed_ms.ratio()),
+            ratio(f.cpu_us_per_answer.ratio())
+        );
+        if !f.cpu_us_per_answer_by_server.is_empty() {
+            let each: Vec<String> = f
+                .cpu_us_per_answer_by_server
+                .iter()
+                .zip(["a", "b", "c"])
+                .map(|(v, id)| format!("{id} {}", num(*v)))
+                .collect();
+            let _ =
+                writeln!(out, "Server CPU µs per answer of the cluster's fan-outs, by server: {}.\n", each.join(", "));
+        }
+        if !f.unreachable.is_empty() {
+            let _ = writeln!(
+                out,
+                "Not every agent answered before the echoes were timed (echoes to each group of {} until all \
+                 answered, {} s at most); the echoes were timed anyway:\n",
+                crate::agents::GROUP_SIZE,
+                num(Some(cfg.reachable_timeout.min(crate::cluster::REACHABLE_CAP).as_secs_f64()))
+            );
+            for why in &f.unreachable {
+                let _ = writeln!(out, "- {why}");
+            }
+            let _ = writeln!(out);
+        }
+    }
+    if let Some(f) = &c.failover {
+        let total = f.agents();
+        let _ = writeln!(
+            out,
+            "**Failover.** {} agents on each server behaving like the real agent with the three servers as hosts: a \
+             `RegisterClient` every heartbeat ({} s) and on every handshake; once its DEALER has been disconnected \
+             for a heartbeat interval (socket monitor) an agent closes both sockets and connects new ones to the next \
+             server, registers first and connects its SUB once the registration is answered. Server {} SIGKILLed; \
+             from the admin on a, an echo every {} ms to those of {}'s agents that had not answered one yet (by \
+             identity patterns) until each had answered once, through {}; then `status` on a until all {} were \
+             online, and an echo to all. Times in seconds after the SIGKILL.{}\n",
+            group(f.per_server as u64),
+            f.heartbeat_s,
+            f.killed,
+            num(Some(f.echo_every_ms)),
+            f.killed,
+            f.moved_to,
+            group(total as u64),
+            if f.per_server < f.wanted_per_server {
+                format!(
+                    " Not {} per server: the open-file limit ({}) allows {}: {} descriptors per agent (SUB, DEALER, the \
+                     DEALER's monitor: sockets and their libzmq mailboxes) on three servers, plus {} per moving agent until \
+                     libzmq has closed its old sockets.",
+                    group(f.wanted_per_server as u64),
+                    group(c.open_files),
+                    group(f.per_server as u64),
+                    crate::limits::FDS_PER_MONITORED_AGENT,
+                    crate::limits::FDS_PER_MOVING_AGENT
+                )
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            out,
+            "| agents | moves by the agents of a / b / c (failed) | all of {}'s answered again (s) | median agent (s) | `status` on a afterwards: agents listed / online | echo to all afterwards: answers / listed online / agents named offline |\n\
+             |---:|---:|---:|---:|---:|---:|",
+            f.killed
+        );
+        let _ = writeln!(
+            out,
+            "| 3 × {} | {} ({}) | {} | {} | {} / {} | {} |",
+            group(f.per_server as u64),
+            f.moves.iter().map(|&m| group(m)).collect::<Vec<_>>().join(" / "),
+            f.failed_moves,
+            f.all_answered_s.map_or_else(|| format!("not all ({} answered)", f.answered), secs),
+            f.first_answer_p50_s.map_or("–".into(), secs),
+            group(f.status_listed as u64),
+            group(f.status_online as u64),
+            f.echo_all.as_ref().map_or("–".into(), |e| format!(
+                "{} / {} / {}",
+                group(e.answers as u64),
+                group(e.listed as u64),
+                f.echo_offline_agents
+            ))
+        );
+        if let Some(e) = &f.move_error {
+            let _ = writeln!(
+                out,
+                "\n{} moves could not make their sockets (tried again a heartbeat interval later); the first said: {e}.",
+                group(f.failed_moves)
+            );
+        }
+        if f.status_others > 0 {
+            let _ = writeln!(
+                out,
+                "\n`status` on a also listed {} other clients, offline (the revoked agents below, and the fan-out's \
+                 agents the failover did not use), and the echo to all named them offline.",
+                f.status_others
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nWhat the echoes said about the moving agents they were sent to (those of the {} that had not \
+             answered an earlier one), by windows of {} s: agents answering for the first time, the agents named \
+             offline (`custom.offline`) by \
+             the window's last echo, and the most agents one echo left silent (neither answered nor named offline: \
+             an admin would wait for its `--timeout` for them). {} of {} echoes named some offline; {} left some \
+             silent.\n",
+            group(f.per_server as u64),
+            num(Some(ECHO_WINDOW_S)),
+            f.named_offline_echoes(),
+            f.echoes.len(),
+            f.echoes.iter().filter(|e| e.silent > 0).count()
+        );
+        let _ = writeln!(
+            out,
+            "| sent (s after the kill) | echoes | not answered yet at the first | answered (first time) | named offline at the last | silent, most in one echo |\n\
+             |---|---:|---:|---:|---:|---:|"
+        );
+        for w in echo_windows(&f.echoes, ECHO_WINDOW_S) {
+            let when = if w.echoes == 1 { secs(w.from) } else { format!("{} – {}", secs(w.from), secs(w.to)) };
+            let _ = writeln!(
+                out,
+                "| {when} | {} | {} | {} | {} | {} |",
+                w.echoes, w.asked, w.answered, w.offline, w.silent
+            );
+        }
+        let _ = writeln!(out);
+    }
+    if let Some(r) = &c.revocation {
+        let _ = writeln!(
+            out,
+            "**Revocation a → c.** {} agents with keys of their own (in etcd), registered on c (the SUB connected \
+             after the registration answer); each revoked in turn by a raw `RevokeClient` from the admin on a. Time \
+             from sending it to the first disconnection of the agent's DEALER or SUB seen by their socket monitors (c \
+             shuts the key's connections when its watch sees the key go), and to a's answer; c logged `cut off a \
+             revoked key` {} times.\n",
+            r.tries, r.log_lines
+        );
+        let _ = writeln!(
+            out,
+            "| revocations | cut off on c: p50 / max (ms) | not cut off within 5 s | a's answer: p50 / max (ms) |\n|---:|---:|---:|---:|"
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |\n",
+            r.tries,
+            ms_pair(r.p50_ms(), r.max_ms()),
+            r.not_cut,
+            ms_pair(crate::stats::median(&r.answer_ms), r.answer_ms.iter().copied().reduce(f64::max))
+        );
+        let _ = writeln!(
+            out,
+            "Afterwards `status` on c lists {} of the {} revoked agents and `status` on a {}{}.\n",
+            r.listed_after[1],
+            r.tries,
+            r.listed_after[0],
+            if r.listed_after.iter().any(|&n| n > 0) {
+                " (every server should list none: a revoked key's clients leave the registry of every server of the \
+                 cluster, as they leave a single server's)"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(h) = &c.handshake {
+        let _ = writeln!(
+            out,
+            "**Handshake rate with the etcd-backed key snapshot.** The handshake scenario ({} connections at a time, \
+             {:.1} s measured, {} rounds alternating, medians) against server a (its keys read from etcd and kept in \
+             memory, fed by the watch) and the single server (the same {} keys from its file).\n",
+            cfg.handshake.slots,
+            cfg.handshake.duration.as_secs_f64(),
+            cfg.rounds,
+            group(h.known_keys as u64)
+        );
+        let _ = writeln!(
+            out,
+            "| | handshakes per s | failed | server CPU µs per handshake |\n|---|---:|---:|---:|\n\
+             | server a (cluster) | {} | {} | {} |\n| single server | {} | {} | {} |\n| a / single | {} | | {} |",
+            num(h.rate.pantry),
+            h.failed.pantry,
+            num(h.cpu_us.pantry),
+            num(h.rate.baseline),
+            h.failed.baseline,
+            num(h.cpu_us.baseline),
+            pct(h.rate.ratio()),
+            ratio(h.cpu_us.ratio())
+        );
+    }
+    for why in &c.failures {
+        let _ = writeln!(out, "\nFailed: {}", first_line(why));
+    }
+    out
+}
+
 /// A line of the chart: label, colour, dashed, the value of a row.
 type Series = (&'static str, RGBColor, bool, Box<dyn Fn(&crate::harness::SizeRow) -> Option<f64>>);
 
@@ -1431,6 +1957,42 @@ mod tests {
     use super::*;
     use crate::harness::{HandshakeRow, SizeRow};
 
+    #[test]
+    fn failover_echoes_are_shown_by_windows() {
+        let echo = |sent_s: f64, asked: usize, answered: usize, offline: usize| GapEcho {
+            sent_s,
+            asked,
+            listed: answered,
+            answered,
+            offline,
+            silent: asked - answered - offline,
+            first: answered,
+        };
+        let echoes = [echo(0.1, 10, 0, 10), echo(0.2, 10, 0, 9), echo(1.1, 10, 4, 6), echo(1.2, 6, 6, 0)];
+        let windows = echo_windows(&echoes, 0.5);
+        assert_eq!(windows.len(), 2);
+        assert_eq!((windows[0].echoes, windows[0].asked, windows[0].answered, windows[0].offline), (2, 10, 0, 9));
+        assert_eq!((windows[0].silent, windows[0].from, windows[0].to), (1, 0.1, 0.2));
+        assert_eq!((windows[1].echoes, windows[1].asked, windows[1].answered, windows[1].offline), (2, 10, 10, 0));
+    }
+
+    #[test]
+    fn without_etcd_the_cluster_section_says_why() {
+        let c = ClusterResult {
+            skipped: Some("etcd is not installed (Debian's etcd-server; `make deps` installs it)".into()),
+            ..Default::default()
+        };
+        let p = PathBuf::from("/nonexistent");
+        let section = cluster_section(&c, &crate::harness::Config::smoke(p.clone(), p.clone(), p.clone(), p));
+        assert!(section.starts_with("## Cluster\n\nNot run: etcd is not installed"), "{section}");
+        let mut rows = String::new();
+        cluster_targets(&c, &mut rows);
+        assert_eq!(rows.lines().count(), 4, "{rows}");
+        assert!(rows
+            .lines()
+            .all(|l| l.contains("| not run: etcd is not installed") && l.ends_with("| not measured |")));
+    }
+
     fn row(n: usize, throughput: (f64, f64), fanout: (f64, f64)) -> SizeRow {
         SizeRow {
             n,
@@ -1473,6 +2035,7 @@ mod tests {
             presence: None,
             jobs: None,
             metrics: None,
+            cluster: None,
             previous,
             elapsed: Duration::from_secs(1),
             config: crate::harness::Config::smoke(p.clone(), p.clone(), p.clone(), p),

@@ -1,6 +1,7 @@
 //! Runs the whole benchmark harness at N = 2 with one iteration of every
-//! scenario (a few agents for enrollment, presence, the job store and
-//! metrics),
+//! scenario (a few agents for enrollment, presence, the job store,
+//! metrics, and the cluster: 3 × 3 agents, 2 revocations, when etcd is
+//! installed),
 //! against the debug `pantry-server`, `pantry-client` and `pantry-admin`
 //! (built by `make test` before the tests), so that the harness does not
 //! rot. It checks that every figure was measured, not how good it is.
@@ -126,7 +127,46 @@ fn the_harness_runs_at_two_agents() {
     assert!(scrape.online_wait_s.is_some() && scrape.p50_ms().is_some_and(|ms| ms > 0.0), "{scrape:?}");
     assert!(scrape.max_body_bytes().is_some_and(|b| b > 1000) && scrape.samples > 10, "{scrape:?}");
 
+    let cluster = results.cluster.as_ref().expect("the cluster scenario ran (or said why not)");
+    let etcd_installed = pantry_bench::etcd::binary().is_some();
+    if etcd_installed {
+        assert!(cluster.skipped.is_none() && cluster.failures.is_empty(), "{cluster:?}");
+        let import = cluster.import.as_ref().expect("keys:import ran");
+        assert!(import.keys > 9 && import.said.contains("imported"), "{import:?}");
+        let h = cluster.handshake.as_ref().expect("handshakes against the cluster");
+        assert!(h.rate.pantry.is_some_and(|r| r > 0.0) && h.rate.baseline.is_some_and(|r| r > 0.0), "{h:?}");
+        // What the test checks is that everything was measured.
+        let f = cluster.fanout.as_ref().expect("fan-out across servers");
+        assert_eq!((f.per_server, f.agents()), (3, 9), "{f:?}");
+        for (what, v) in [("3 servers, the listed agents", f.p50_listed_ms.pantry), ("1 server", f.p50_ms.baseline)] {
+            let v = v.unwrap_or_else(|| panic!("fan-out on {what} not measured"));
+            assert!(v.is_finite() && v > 0.0, "fan-out on {what}: {v}");
+        }
+        let r = cluster.revocation.as_ref().expect("revocations");
+        assert_eq!((r.tries, r.cut_ms.len(), r.not_cut, r.answer_ms.len()), (2, 2, 0, 2), "{r:?}");
+        assert!(r.max_ms().is_some_and(|ms| ms > 0.0 && ms < 5000.0), "{r:?}");
+        let fo = cluster.failover.as_ref().expect("the failover ran");
+        assert_eq!(fo.per_server, 3, "{fo:?}");
+        assert!(fo.moves.get(1).is_some_and(|&m| m >= 3) && fo.failed_moves == 0, "b's agents moved: {fo:?}");
+        assert!(fo.answered >= 1 && fo.first_answer_p50_s.is_some_and(|s| s > 0.0), "answers through c: {fo:?}");
+        assert_eq!(fo.status_listed, 9, "status on a lists all 9: {fo:?}");
+        assert!(fo.echo_all.as_ref().is_some_and(|e| e.answers >= 1), "{fo:?}");
+        assert!(
+            !fo.echoes.is_empty() && fo.echoes.iter().all(|e| e.answered + e.offline + e.silent == e.asked),
+            "{fo:?}"
+        );
+    } else {
+        assert!(cluster.skipped.as_deref().is_some_and(|why| why.contains("etcd")), "{cluster:?}");
+    }
+
     let md = std::fs::read_to_string(out.path().join(pantry_bench::report::MARKDOWN)).unwrap();
+    assert!(md.contains("## Cluster"), "{md}");
+    assert_eq!(md.matches("| issue 16: ").count(), 4, "{md}");
+    if etcd_installed {
+        assert!(md.contains("fan-out echo to 3 × 3 CURVE agents on 3 servers") && md.contains("**Failover.**"), "{md}");
+    } else {
+        assert!(md.contains("Not run: etcd is not installed"), "{md}");
+    }
     for section in [
         "## Targets",
         "## Fan-out latency",
