@@ -320,9 +320,17 @@ struct Agent {
     retry_at: Option<Instant>,
     /// The server it is on (an index into the pool's servers).
     server: usize,
+    /// `failover`: the servers in the order it moves along, as the real
+    /// agent's (`pantry_shared::config::failover_order`): its first one
+    /// first, the others rotated by its identity.
+    order: Vec<usize>,
     /// `failover`: since when the DEALER has had no connection (since a
     /// disconnection, or since a move until the handshake).
     down_since: Option<Instant>,
+    /// `failover`: a TCP connection is up and its handshake pending: the
+    /// move waits [`HANDSHAKE_GRACE`] heartbeat intervals, as the real
+    /// agent's does.
+    handshaking: bool,
     /// Whether the SUB is connected: at once, except for CURVE agents with
     /// `failover` (once a registration is answered).
     sub_connected: bool,
@@ -351,7 +359,12 @@ fn open_sockets(
     }
     let monitor = if options.monitored() && kind == Kind::Pantry {
         let events: &[zmq::SocketEvent] = if options.failover {
-            &[zmq::SocketEvent::HANDSHAKE_SUCCEEDED, zmq::SocketEvent::DISCONNECTED]
+            &[
+                zmq::SocketEvent::CONNECTED,
+                zmq::SocketEvent::CONNECT_RETRIED,
+                zmq::SocketEvent::HANDSHAKE_SUCCEEDED,
+                zmq::SocketEvent::DISCONNECTED,
+            ]
         } else {
             &[zmq::SocketEvent::HANDSHAKE_SUCCEEDED]
         };
@@ -402,6 +415,7 @@ impl Agent {
         let Some(monitor) = self.sockets.as_ref().and_then(|s| s.monitor.as_ref()) else { return false };
         let mut handshake = false;
         while let Some(event) = monitor::read(monitor) {
+            self.handshaking = event.event == SocketEvent::Connected;
             match event.event {
                 SocketEvent::HandshakeSucceeded => {
                     handshake = true;
@@ -460,6 +474,7 @@ impl Agent {
         self.server = to;
         // Until its handshake: down (it moves on a heartbeat interval later).
         self.down_since = Some(Instant::now());
+        self.handshaking = false;
         self.connect(kind, &servers[to], options)
     }
 }
@@ -485,7 +500,13 @@ fn connect_agent(
         moving_to: None,
         retry_at: None,
         server: place.first,
+        order: {
+            let servers: Vec<usize> =
+                (0..place.servers.len()).map(|k| (place.first + k) % place.servers.len()).collect();
+            pantry_shared::config::failover_order(&servers, &identity(i))
+        },
         down_since: None,
+        handshaking: false,
         sub_connected: true,
     };
     agent.connect(kind, &place.servers[place.first], options)?;
@@ -506,6 +527,10 @@ const INDEX_MASK: u64 = MONITOR_TAG - 1;
 /// How often failing-over agents are checked for a due move, for missed
 /// monitor wake-ups and for registration answers.
 const FAILOVER_CHECK: Duration = Duration::from_millis(50);
+
+/// Heartbeat intervals a failing-over agent waits for a pending handshake
+/// before it moves on (the real agent's `HANDSHAKE_GRACE`).
+const HANDSHAKE_GRACE: u32 = 3;
 
 fn worker(
     kind: Kind,
@@ -621,9 +646,11 @@ fn worker(
                 if !agent.sub_connected {
                     agent.read_dealer(&place.servers[agent.server]);
                 }
-                if agent.down_since.is_some_and(|since| now >= since + every) {
+                let wait = if agent.handshaking { every * HANDSHAKE_GRACE } else { every };
+                if agent.down_since.is_some_and(|since| now >= since + wait) {
                     epoll.remove(agent);
-                    agent.close_for((agent.server + 1) % place.servers.len());
+                    let at = agent.order.iter().position(|&s| s == agent.server).unwrap_or(0);
+                    agent.close_for(agent.order[(at + 1) % agent.order.len()]);
                 }
             }
         }

@@ -21,10 +21,12 @@
 //!    C; each revoked in turn by a raw `RevokeClient` to A; time until its
 //!    DEALER's or SUB's monitor on C's connections sees the disconnection.
 //! 4. **Failover**: N agents per server that behave like the real agent
-//!    with the three servers as hosts (heartbeat 1 s; they move to the
-//!    next server once their DEALER has been disconnected for a heartbeat
-//!    interval). B is SIGKILLed; from A, an echo to B's agents every
-//!    100 ms until each has answered once (through C); what each echo
+//!    with the three servers as hosts (heartbeat 5 s; they move to the
+//!    next server in their own order, which spreads B's agents over A and
+//!    C, once their DEALER has been disconnected for a heartbeat interval,
+//!    three while a handshake is pending). B is SIGKILLed; from A, an echo
+//!    to B's agents every 100 ms until each has answered once (through A
+//!    or C); what each echo
 //!    said about them (answered, named offline, silent); then `status` on
 //!    A and an echo to all.
 //!
@@ -986,7 +988,7 @@ fn failover(
         heartbeat_s: heartbeat.as_secs(),
         lease_s: s.lease.as_secs().max(2),
         killed: SERVER_IDS[KILLED].into(),
-        moved_to: SERVER_IDS[(KILLED + 1) % SERVERS].into(),
+        moved_to: (1..SERVERS).map(|k| SERVER_IDS[(KILLED + k) % SERVERS]).collect::<Vec<_>>().join(" and "),
         echo_every_ms: s.echo_every.as_secs_f64() * 1000.0,
         ..Default::default()
     };

@@ -135,7 +135,9 @@ impl Config {
             cluster: Some(ClusterSettings {
                 agents_per_server: 1000,
                 failover_agents_per_server: 1000,
-                heartbeat: Duration::from_secs(1),
+                // As the presence scenario's agents (the default, 300 s,
+                // would make "within 3 heartbeat intervals" 15 minutes).
+                heartbeat: Duration::from_secs(5),
                 lease: Duration::from_secs(2),
                 revocations: 20,
                 echo_every: Duration::from_millis(100),

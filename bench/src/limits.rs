@@ -58,20 +58,34 @@ fn get() -> std::io::Result<libc::rlimit> {
     Ok(limit)
 }
 
+/// The open-file limit the largest scenario wants (the cluster's failover:
+/// 3 × 1,000 monitored agents, one server's moving at once, about 22,600).
+const WANTED_NOFILE: u64 = 65_536;
+
 /// Raises the soft open-file limit to the hard limit (capped by the kernel's
-/// `nr_open` when the hard limit is infinite). Child processes inherit it.
+/// `nr_open` when the hard limit is infinite), and the hard limit itself to
+/// [`WANTED_NOFILE`] when allowed (root). Child processes inherit it.
 pub fn raise_nofile() -> std::io::Result<FdLimits> {
     let before = get()?;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
     let mut target = before.rlim_max;
     if target == libc::RLIM_INFINITY {
-        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(1 << 20);
         target = nr_open as libc::rlim_t;
+    } else if (target as u64) < WANTED_NOFILE.min(nr_open) {
+        let wanted = WANTED_NOFILE.min(nr_open) as libc::rlim_t;
+        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: wanted };
+        // SAFETY: setrlimit reads one rlimit; without the privilege it
+        // fails with EPERM and changes nothing.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            target = wanted;
+        }
     }
-    if target > before.rlim_cur {
-        let raised = libc::rlimit { rlim_cur: target, rlim_max: before.rlim_max };
+    let now = get()?;
+    if target > now.rlim_cur {
+        let raised = libc::rlimit { rlim_cur: target, rlim_max: now.rlim_max };
         // SAFETY: setrlimit reads one rlimit.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
             return Err(std::io::Error::last_os_error());

@@ -147,7 +147,7 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         revocations: usize,
         /// The failing-over agents' heartbeat, seconds.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 5)]
         heartbeat: u64,
         /// `cluster.lease` of the servers, seconds (at least 2).
         #[arg(long, default_value_t = 2)]

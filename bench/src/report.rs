@@ -1706,8 +1706,9 @@ pub fn cluster_section(c: &ClusterResult, cfg: &crate::harness::Config) -> Strin
             out,
             "**Failover.** {} agents on each server behaving like the real agent with the three servers as hosts: a \
              `RegisterClient` every heartbeat ({} s) and on every handshake; once its DEALER has been disconnected \
-             for a heartbeat interval (socket monitor) an agent closes both sockets and connects new ones to the next \
-             server, registers first and connects its SUB once the registration is answered. Server {} SIGKILLed; \
+             for a heartbeat interval (socket monitor; three while a TCP connection is up and its handshake pending) \
+             an agent closes both sockets and connects new ones to the next server in its own order (the others \
+             rotated by its identity, as the real agent's, so one server's agents spread over the others), registers first and connects its SUB once the registration is answered. Server {} SIGKILLed; \
              from the admin on a, an echo every {} ms to those of {}'s agents that had not answered one yet (by \
              identity patterns) until each had answered once, through {}; then `status` on a until all {} were \
              online, and an echo to all. Times in seconds after the SIGKILL.{}\n",

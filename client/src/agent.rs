@@ -16,11 +16,16 @@
 //! operator fixes it.
 //!
 //! With several hosts in `networking.server_host` (all serving the same
-//! ports and key store), the agent talks to one at a time and moves to the
-//! next (wrapping) when the DEALER's connection is down for a whole
-//! heartbeat interval, or when two registrations in a row went unanswered.
-//! Moving replaces both sockets and their monitors, then connects and
-//! registers as at start. With one host it never moves.
+//! ports and key store), the agent talks to one at a time, the first one
+//! first, and moves to the next (wrapping) when the DEALER's connection is
+//! down for a whole heartbeat interval (three while a TCP connection is up
+//! and its handshake pending: the server is there, only busy), or when two
+//! registrations in a row went unanswered. The hosts after the first are
+//! taken in an order of the agent's own (rotated by a hash of its
+//! identity), so that when a server dies its agents spread over the others
+//! instead of all landing on the next one. Moving replaces both sockets and
+//! their monitors, then connects and registers as at start. With one host
+//! it never moves.
 //!
 //! An agent whose key the server does not know (it made its key pair at its
 //! first start, with only the server's public key configured) enrolls
@@ -35,7 +40,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use pantry_shared::commands::enroll::{self, EnrollRequest, Enrolled};
 use pantry_shared::commands::{self, register_client, upload, ClientContext};
-use pantry_shared::config::{Config, Networking};
+use pantry_shared::config::{failover_order, Config, Networking};
 use pantry_shared::filter::BROADCAST_TOPIC;
 use pantry_shared::keys::ClientKeys;
 use pantry_shared::monitor::{self, SocketEvent};
@@ -107,6 +112,9 @@ pub struct Agent {
     /// Since when the DEALER has had no working connection (from the start
     /// or a move until its first handshake, or since it was lost).
     down_since: Option<Instant>,
+    /// A TCP connection is up and its handshake pending (the server is
+    /// there): the move waits longer.
+    handshaking: bool,
     /// Registrations sent since the server last answered one.
     unanswered: u32,
     sub: zmq::Socket,
@@ -146,6 +154,9 @@ pub struct Agent {
 }
 
 const RESULTS_ENDPOINT: &str = "inproc://pantry-agent-results";
+
+/// Heartbeat intervals a move waits for a pending handshake.
+const HANDSHAKE_GRACE: u32 = 3;
 
 /// The sockets to one server, not connected yet.
 struct Sockets {
@@ -207,16 +218,18 @@ impl Agent {
             "version" => pantry_shared::VERSION, "identity" => me.identity(), "server" => &receive,
             "subscriptions" => me.filter.streams().join(" "), "security" => net.security_name());
         let watch = HandshakeWatch::new(receive.clone(), keys.clone(), log.clone());
+        let hosts = failover_order(net.hosts(), me.identity());
         Ok(Agent {
             me,
             heartbeat: Duration::from_secs(config.client.heartbeat_interval),
-            hosts: net.hosts().to_vec(),
+            hosts,
             current: 0,
             pub_sub_port: net.pub_sub_port,
             receive_port: net.receive_port,
             file_service_port: net.file_service_port,
             security: security.clone(),
             down_since: Some(Instant::now()),
+            handshaking: false,
             unanswered: 0,
             sub,
             dealer,
@@ -289,6 +302,7 @@ impl Agent {
             if ready[2] {
                 while let Some(event) = monitor::read(&self.dealer_monitor) {
                     let reconnected = event.event == SocketEvent::HandshakeSucceeded;
+                    self.handshaking = event.event == SocketEvent::Connected;
                     if reconnected {
                         self.down_since = None;
                     } else if event.event == SocketEvent::Disconnected {
@@ -367,7 +381,8 @@ impl Agent {
         if self.hosts.len() < 2 || self.reconnect_at.is_some() {
             return None;
         }
-        self.down_since.map(|since| since + self.heartbeat)
+        let wait = if self.handshaking { self.heartbeat * HANDSHAKE_GRACE } else { self.heartbeat };
+        self.down_since.map(|since| since + wait)
     }
 
     /// Leaves the current server for the next one in `server_host`
@@ -407,6 +422,7 @@ impl Agent {
         self.dealer_monitor = sockets.dealer_monitor;
         self.watch.set_server(self.receive.clone());
         self.down_since = Some(Instant::now());
+        self.handshaking = false;
         self.unanswered = 0;
         self.listening = false;
         self.sub_connected = false;

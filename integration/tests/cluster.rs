@@ -149,8 +149,10 @@ fn a_client_that_moves_while_its_old_server_lives_is_listed_where_it_is() {
     let new = agent_on(&c, credentials, "web-1");
     assert!(wait_until(WAIT, || listed_on(&a, cwd.path(), "web-1", "c")), "{}", new.log());
     let quiet = b.process.wait_for_log("client offline", WAIT);
+    // Killed while still frozen: woken, it would check in with B again
+    // (and be, rightly, B's client once more).
     // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    unsafe { libc::kill(pid, libc::SIGKILL) };
     drop(old);
     assert!(quiet, "B did not notice the frozen agent:\n{}", b.log());
     // B's "offline" has had time to reach etcd and the watches.
@@ -301,12 +303,15 @@ fn agents_of_a_killed_server_answer_through_the_others() {
     });
     assert!(gap, "the moving agent was not named offline:\n{}", a.log());
     // Within three heartbeat intervals (1 s) and the lease (2 s), it answers
-    // an admin on A, through C.
+    // an admin on A, through A or C.
     let moved = wait_until(Duration::from_secs(8), || {
         let echo = admin(&a, cwd.path(), 2, &["-i", "web-1", "echo", "moved"]);
         echo.success() && echo.stdout.contains("web-1: moved")
     });
     assert!(moved, "no answer via another server:\n{}\n{}", agent.log(), c.log());
-    eprintln!("SIGKILL of B to an answer through C: {:?}", killed.elapsed());
-    assert!(listed_on(&a, cwd.path(), "web-1", "c"), "{}", admin(&a, cwd.path(), 5, &["status"]).stdout);
+    eprintln!("SIGKILL of B to an answer through another server: {:?}", killed.elapsed());
+    // Its next server is C or A (the order after the first host is the
+    // agent's own, so that B's agents spread over both).
+    let now_on = ["a", "c"].into_iter().find(|on| listed_on(&a, cwd.path(), "web-1", on));
+    assert!(now_on.is_some(), "{}", admin(&a, cwd.path(), 5, &["status"]).stdout);
 }

@@ -127,7 +127,9 @@ fn curve_agent_and_admin_fail_over_after_sigkill() {
 }
 
 /// Three hosts, the middle one never started: after A dies the agent moves
-/// to B, finds nothing there for a heartbeat interval and moves on to C.
+/// to C, directly or after finding nothing on B for a heartbeat interval
+/// (the order after the first host is the agent's own); when C dies too,
+/// it comes back to A, past B if B is next.
 #[test]
 fn null_agent_skips_a_dead_server_and_wraps_around() {
     let hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];

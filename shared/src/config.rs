@@ -578,12 +578,45 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+/// The servers an agent fails over between, in its order: the first one
+/// first, the others rotated by a hash of `identity` (FNV-1a: the same
+/// order at every start and on every machine), so that when a server dies
+/// its agents spread over the others rather than all landing on the next.
+pub fn failover_order<T: Clone>(hosts: &[T], identity: &str) -> Vec<T> {
+    let Some((first, rest)) = hosts.split_first() else { return Vec::new() };
+    let mut order = vec![first.clone()];
+    if !rest.is_empty() {
+        let hash =
+            identity.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let mut rest = rest.to_vec();
+        let by = (hash % rest.len() as u64) as usize;
+        rest.rotate_left(by);
+        order.extend(rest);
+    }
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/pantry/server.yml"), Program::Server)
+    }
+
+    #[test]
+    fn a_dead_servers_agents_spread_over_the_others() {
+        let hosts: Vec<String> = ["b", "c", "a"].map(String::from).to_vec();
+        let mut next = std::collections::HashMap::new();
+        for i in 0..1000 {
+            let order = failover_order(&hosts, &format!("web-{i}"));
+            assert_eq!(order[0], "b");
+            assert_eq!(order.iter().collect::<std::collections::BTreeSet<_>>().len(), 3);
+            assert_eq!(order, failover_order(&hosts, &format!("web-{i}")), "the same order every time");
+            *next.entry(order[1].clone()).or_insert(0) += 1;
+        }
+        assert!(next["a"] > 400 && next["c"] > 400, "{next:?}");
+        assert_eq!(failover_order(&hosts[..1], "x"), ["b"]);
     }
 
     #[test]
