@@ -9,10 +9,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pantry_integration::curve::{
-    admin, bootstrap_admin, copy_key_store, create_named_client, server_key_only, wait_for_line, write_key_file, KEYS,
+    admin, bootstrap_admin, copy_key_store, create_named_client, curve_dealer, curve_socket, field, line_with,
+    recv_for, send, server_key_only, wait_for_line, write_key_file, yaml, KEYS,
 };
 use pantry_integration::etcd::Etcd;
 use pantry_integration::{wait_until, Agent, AgentSpec, Ports, Server};
+use pantry_shared::commands::{client_revoke, create_client, status};
+use pantry_shared::filter::ClientFilter;
+use pantry_shared::keys::{KeyPair, Role};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -126,6 +130,45 @@ fn keys_registry_and_revocations_span_the_cluster() {
         );
     }
     drop(db);
+}
+
+/// The key pair the servers share is known to each as `pantry-server`, role
+/// `server`: it may pass on commands to clients, nothing else, and reads
+/// nothing on PUB. Whoever copies a server's `server_keys.yml` gets no
+/// admin.
+#[test]
+fn the_servers_shared_key_only_passes_on_commands_to_clients() {
+    let etcd = Etcd::start();
+    let a = first(&etcd, "a");
+    let (cwd, _) = bootstrap_admin(&a);
+    let _web = agent_on(&a, create_named_client(&a, cwd.path(), "web-1"), "web-1");
+    assert!(wait_until(WAIT, || listed_on(&a, cwd.path(), "web-1", "a")));
+    let stored = yaml(&std::fs::read_to_string(a.root_dir().join("security/curve/server_keys.yml")).unwrap());
+    let pair = KeyPair { public_key: field(&stored, "public_key"), private_key: field(&stored, "private_key") };
+    let ctx = zmq::Context::new();
+    let dealer = curve_dealer(&ctx, &a, &pair);
+    for request in [
+        status::request(&ClientFilter::default()),
+        create_client::request(Some("mine"), Role::Admin),
+        client_revoke::request("web-1"),
+    ] {
+        let mut request = request;
+        request.metadata.requires_response = true;
+        send(&dealer, &request);
+        let answer = recv_for(&dealer, request.uuid(), WAIT);
+        assert!(
+            answer.as_ref().and_then(|m| m.error()).is_some_and(|e| e.contains("not authorized")),
+            "{}: {answer:?}",
+            request.message_type()
+        );
+    }
+    let sub = curve_socket(&ctx, &a, &pair, zmq::SUB, a.ports.pub_sub);
+    sub.set_subscribe(b"").unwrap();
+    let refused = wait_until(WAIT, || line_with(&a.log(), &["a server's key subscribes to nothing"]).is_some());
+    assert!(refused, "{}", a.log());
+    // Nothing changed: web-1 is still there and answers the admin.
+    let echo = admin(&a, cwd.path(), 5, &["-i", "web-1", "echo", "still"]);
+    assert!(echo.success() && echo.stdout.contains("web-1: still"), "{echo:?}");
 }
 
 /// A client that reconnects to another server while its old server still

@@ -65,6 +65,16 @@ pub fn judge(wire: &str, requires_response: bool, from: &str, sender: Option<&Pe
         }
         Standing::Known(Role::Admin) if rule.senders == Senders::Admins => judged,
         Standing::Known(Role::Admin) => Verdict::Refuse(format!("not authorized: {wire} is sent by agents only")),
+        // Another server of the cluster passes on what an admin sent to
+        // clients, and nothing else.
+        Standing::Known(Role::Server)
+            if !is_answer && rule.runs_on == RunsOn::Clients && rule.senders == Senders::Admins =>
+        {
+            judged
+        }
+        Standing::Known(Role::Server) => {
+            Verdict::Refuse(format!("not authorized: a server's key only passes on commands to clients, not {wire}"))
+        }
         // An enrolled agent asking again hears its name (it may have been
         // accepted while it waited).
         Standing::Known(Role::Client) if kind == Kind::Enroll => judged,
@@ -84,7 +94,7 @@ pub fn judge(wire: &str, requires_response: bool, from: &str, sender: Option<&Pe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pantry_shared::commands::{create_client, echo, exec, register_client, status};
+    use pantry_shared::commands::{client_revoke, create_client, echo, exec, register_client, status};
     use pantry_shared::filter::ClientFilter;
 
     fn key(name: Option<&str>, role: Role) -> PeerAuth {
@@ -186,6 +196,25 @@ mod tests {
         assert!(matches!(authorize(&registration("ops"), Some(&admin), true), Verdict::Refuse(_)));
         assert!(matches!(authorize(&echo::request("hi"), None, true), Verdict::Drop(_)));
         assert_eq!(authorize(&echo::request("hi"), None, false), Verdict::Request(Kind::Echo));
+    }
+
+    #[test]
+    fn a_servers_key_only_passes_on_commands_to_clients() {
+        let peer = key(Some("pantry-server"), Role::Server);
+        assert_eq!(authorize(&echo::request("hi"), Some(&peer), true), Verdict::Request(Kind::Echo));
+        assert_eq!(authorize(&exec::request(&exec_req()), Some(&peer), true), Verdict::Request(Kind::Exec));
+        for m in [
+            create_client::request(Some("x"), Role::Admin),
+            status::request(&ClientFilter::default()),
+            client_revoke::request("web-1"),
+            registration("pantry-server"),
+        ] {
+            let verdict = authorize(&m, Some(&peer), true);
+            assert!(matches!(&verdict, Verdict::Refuse(r) if r.contains("not authorized")), "{m:?}: {verdict:?}");
+        }
+        let mut answer = echo::request("hi");
+        answer.metadata.requires_response = false;
+        assert!(matches!(authorize(&answer, Some(&peer), true), Verdict::Refuse(_)));
     }
 
     fn exec_req() -> exec::ExecRequest {

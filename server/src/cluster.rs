@@ -14,8 +14,9 @@
 //! A command for clients on other servers goes to those servers over a
 //! link: a DEALER to each one's receive port, authenticated with the key
 //! pair every server of the cluster shares (a server knows that key as its
-//! peers', [`PEER_NAME`], with the rights of an admin: whoever holds the
-//! server's private key is the server anyway). The peer publishes to its
+//! peers', [`PEER_NAME`], with the role `server`: it may only pass on the
+//! commands an admin sent to clients, and subscribes to nothing). The
+//! peer publishes to its
 //! own agents and routes their answers back over the link.
 //!
 //! Every change is one etcd transaction that checks what it relies on (the
@@ -342,7 +343,7 @@ impl ClusterKeys {
             let peer = KnownKey {
                 public_key: server_public_key.to_owned(),
                 name: Some(PEER_NAME.into()),
-                role: Role::Admin,
+                role: Role::Server,
                 created: None,
             };
             keys.apply(&KeyChange::Put(peer));

@@ -647,7 +647,12 @@ impl CommandDispatcher {
         // Another server's request is for its clients here (an upload's
         // file stays with the server the admin used: its agents fetch it
         // from there).
-        let from_peer = request.message.metadata.custom.contains_key(CLUSTER_PEER_FIELD);
+        // Under CURVE, the sender's key says it (an admin setting the field
+        // gets nothing from it); without keys, the field does.
+        let from_peer = match &request.auth {
+            Some(auth) => auth.is_server(),
+            None => request.message.metadata.custom.contains_key(CLUSTER_PEER_FIELD),
+        };
         let local_only = from_peer;
         let transfer = transfer.filter(|_| !from_peer);
         let work = async move {

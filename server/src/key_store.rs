@@ -351,7 +351,7 @@ impl Handler<CreateKey> for KeyStore {
                 self.store.reload_if_changed()?;
                 Some(self.store.free_name("admin"))
             }
-            (None, Role::Client) => None,
+            (None, Role::Client | Role::Server) => None,
         };
         let known = self.store.add(&key, name.as_deref(), msg.role)?;
         info!(self.log, "created a key";

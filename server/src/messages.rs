@@ -52,6 +52,11 @@ impl PeerAuth {
     pub fn is_admin(&self) -> bool {
         self.standing == Standing::Known(Role::Admin)
     }
+
+    /// Another server of the cluster.
+    pub fn is_server(&self) -> bool {
+        self.standing == Standing::Known(Role::Server)
+    }
 }
 
 /// A decoded message from a peer of the receive (ROUTER) socket.

@@ -33,6 +33,9 @@ pub enum Refusal {
     UnknownKey,
     /// An admin key subscribed to something else than its own name.
     NotAdminsOwn,
+    /// Another server's key: servers reach each other's clients over links,
+    /// never by subscribing.
+    Server,
     /// Another key's identity.
     OthersIdentity,
     /// A stream the client has not registered (yet).
@@ -47,6 +50,7 @@ impl Refusal {
         match self {
             Refusal::UnknownKey => "the key is not known (revoked?)",
             Refusal::NotAdminsOwn => "an admin key may subscribe only to its own name",
+            Refusal::Server => "a server's key subscribes to nothing",
             Refusal::OthersIdentity => "it is another client's identity",
             Refusal::NotRegistered => "the client has not registered its streams yet",
             Refusal::NotItsStream => "it is not one of the client's registered streams",
@@ -151,6 +155,9 @@ impl Subscriptions {
         let known = keys.by_z85(key).ok_or(Refusal::UnknownKey)?;
         let own = known.name.as_deref();
         let is_own = own == Some(t);
+        if known.role == Role::Server {
+            return Err(Refusal::Server);
+        }
         if known.role == Role::Admin {
             return match (t.is_empty() || is_own, own) {
                 (true, Some(name)) => Ok(vec![topic(name)]),

@@ -172,7 +172,7 @@ impl KeySnapshot {
         }
         let known = self.by_key.get(&request.key?)?;
         match (known.role, request.port) {
-            (Role::Admin | Role::Client, Some(_)) => Some((Status::Ok, "accepted", Some(known))),
+            (Role::Admin | Role::Client | Role::Server, Some(_)) => Some((Status::Ok, "accepted", Some(known))),
             (_, None) => Some((Status::Denied, "unknown ZAP domain", None)),
         }
     }

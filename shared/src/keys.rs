@@ -171,6 +171,12 @@ pub enum Role {
     Admin,
     /// An agent: registers, answers, and may send `echo`.
     Client,
+    /// Another server of a cluster (the key pair every server shares): may
+    /// only pass on the commands an admin sent to clients. Never read from
+    /// a key store file nor made by `client:create`: a cluster knows its
+    /// servers' key by itself.
+    #[serde(skip_deserializing)]
+    Server,
 }
 
 impl Role {
@@ -178,6 +184,7 @@ impl Role {
         match self {
             Role::Admin => "admin",
             Role::Client => "client",
+            Role::Server => "server",
         }
     }
 
