@@ -210,6 +210,18 @@ fn a_client_that_moves_while_its_old_server_lives_is_listed_where_it_is() {
     }
     let echo = admin(&a, cwd.path(), 5, &["-i", "web-1", "echo", "here"]);
     assert!(echo.success() && echo.stdout.contains("web-1: here"), "{echo:?}\n{}", new.log());
+    // When it goes away from C, C says so (its own record), rather than
+    // what B said of it before it moved.
+    drop(new);
+    let offline_on_c = wait_until(WAIT, || {
+        let run = admin(&c, cwd.path(), 5, &["status", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&run.stdout).is_ok_and(|list| {
+            list.as_array().is_some_and(|clients| {
+                clients.iter().any(|x| x["identity"] == "web-1" && x["state"] == "offline" && x["server"] == "c")
+            })
+        })
+    });
+    assert!(offline_on_c, "{}", admin(&c, cwd.path(), 5, &["status"]).stdout);
 }
 
 #[test]

@@ -647,7 +647,11 @@ impl Handler<RegistryChange> for ClientRegistry {
                     self.link(&id, None);
                 }
             }
-            RegistryChange::Put { record, .. } if Some(&record.server) == own.as_ref() => {}
+            // Ours now (it may have moved here): another server's older
+            // record of it no longer says anything.
+            RegistryChange::Put { identity, record } if Some(&record.server) == own.as_ref() => {
+                self.remote.remove(&identity);
+            }
             RegistryChange::Put { identity, record } => {
                 self.remote.insert(identity, record);
             }
