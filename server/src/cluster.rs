@@ -805,7 +805,7 @@ impl RegistryWriter {
     /// the records are written again then by `rewrite`).
     /// `receive` is where the other servers send this one requests.
     pub fn start(etcd: Arc<Etcd>, rewrite: Recipient<RewriteRecords>, receive: String) -> RegistryWriter {
-        let lease = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let lease = Arc::new(Leases::default());
         let (shared, ttl, log, describe) = (lease.clone(), etcd.lease_ttl, etcd.log.clone(), etcd.describe());
         let server_path = etcd.key(&["servers", &etcd.server_id]);
         etcd.spawn(move |mut client| async move {
@@ -819,7 +819,8 @@ impl RegistryWriter {
                         continue;
                     }
                 };
-                shared.store(granted, std::sync::atomic::Ordering::Relaxed);
+                let before = shared.current.swap(granted, std::sync::atomic::Ordering::Relaxed);
+                shared.previous.store(before, std::sync::atomic::Ordering::Relaxed);
                 let put = client.put(server_path.clone(), receive.clone(), Some(PutOptions::new().with_lease(granted)));
                 if let Err(e) = put.await {
                     warn!(log, "cannot announce this server in etcd"; "etcd" => &describe, "error" => %e);
@@ -864,11 +865,38 @@ impl RegistryWriter {
     }
 }
 
+/// The registry's leases: the current one, and the one before it (records
+/// written on a lease that was replaced while etcd was away are still this
+/// server's until that lease expires).
+#[derive(Default)]
+struct Leases {
+    current: std::sync::atomic::AtomicI64,
+    previous: std::sync::atomic::AtomicI64,
+}
+
+/// A transaction doing `op` if the record at `path` is on one of this
+/// server's leases or, with `or_absent`, if there is none.
+fn if_ours(path: &str, [current, previous]: [i64; 2], op: TxnOp, or_absent: bool) -> Txn {
+    let mut otherwise = Vec::new();
+    if or_absent {
+        otherwise
+            .push(TxnOp::txn(Txn::new().when([Compare::version(path, CompareOp::Equal, 0)]).and_then([op.clone()])));
+    }
+    if previous != 0 && previous != current {
+        let on_previous = Txn::new()
+            .when([Compare::lease(path, CompareOp::Equal, previous)])
+            .and_then([op.clone()])
+            .or_else(otherwise);
+        otherwise = vec![TxnOp::txn(on_previous)];
+    }
+    Txn::new().when([Compare::lease(path, CompareOp::Equal, current)]).and_then([op]).or_else(otherwise)
+}
+
 /// The registry writer's task: one batch at a time, in the order queued.
 async fn write_records(
     mut client: Client,
     mut queue: mpsc::UnboundedReceiver<(String, RecordWrite)>,
-    lease: Arc<std::sync::atomic::AtomicI64>,
+    leases: Arc<Leases>,
     prefix: String,
     log: Logger,
 ) {
@@ -882,7 +910,8 @@ async fn write_records(
             }
             next = queue.try_recv().ok();
         }
-        let lease = lease.load(std::sync::atomic::Ordering::Relaxed);
+        let lease = leases.current.load(std::sync::atomic::Ordering::Relaxed);
+        let previous = leases.previous.load(std::sync::atomic::Ordering::Relaxed);
         let mut puts = Vec::new();
         for identity in order {
             let path = format!("{prefix}/{identity}");
@@ -892,21 +921,11 @@ async fn write_records(
                     let put = TxnOp::put(path.clone(), value, Some(PutOptions::new().with_lease(lease)));
                     puts.push(match online {
                         true => put,
-                        false => {
-                            let absent = Txn::new().when([Compare::version(path.clone(), CompareOp::Equal, 0)]);
-                            TxnOp::txn(
-                                Txn::new()
-                                    .when([Compare::lease(path, CompareOp::Equal, lease)])
-                                    .and_then([put.clone()])
-                                    .or_else([TxnOp::txn(absent.and_then([put]))]),
-                            )
-                        }
+                        false => TxnOp::txn(if_ours(&path, [lease, previous], put, true)),
                     });
                 }
                 Some(RecordWrite::Delete) => {
-                    let txn = Txn::new()
-                        .when([Compare::lease(path.clone(), CompareOp::Equal, lease)])
-                        .and_then([TxnOp::delete(path, None)]);
+                    let txn = if_ours(&path, [lease, previous], TxnOp::delete(path.clone(), None), false);
                     if let Err(e) = client.txn(txn).await {
                         warn!(log, "cannot delete a registry record in etcd"; "identity" => &identity, "error" => %e);
                     }
