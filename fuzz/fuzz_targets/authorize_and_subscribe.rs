@@ -50,11 +50,13 @@ const WEB1: &str = "?RO?%F9I4gH}kQAltE[n}Zi7oN%vb>jmQ:>Cb-gr";
 const WEB10: &str = "966+q+L.Xb5E>0l*Dmk#w$]n2l9n1ViuG6fs<cTt";
 const UNBOUND: &str = "MWDRxKR)eyx3BvN9W<qH}zC}a=9.@C?7X6mIsu!E";
 const UNKNOWN: &str = "g73oYxoj}JqJ5[ID9?Y-Q!e#s0-]XF*T(2[UYhaD";
+/// The key pair a cluster's servers share (role `server`).
+const SERVER: &str = "-ahHD&/5f[))-9Z]uL*WZx5TeWymG?%1KR&ULnSL";
 
-/// What a subscription may carry as its key (the ZAP user id): the four
+/// What a subscription may carry as its key (the ZAP user id): the five
 /// known keys, an unknown one, none, and text that is no key at all.
 const SUBSCRIBER_KEYS: [Option<&str>; 8] =
-    [Some(ADMIN), Some(WEB1), Some(WEB10), Some(UNBOUND), Some(UNKNOWN), None, Some("not a key"), Some(WEB1)];
+    [Some(ADMIN), Some(WEB1), Some(WEB10), Some(UNBOUND), Some(UNKNOWN), None, Some("not a key"), Some(SERVER)];
 
 const TOPICS: [&str; 16] = [
     "",
@@ -92,7 +94,7 @@ fn initial_keys() -> &'static [KnownKey] {
             role,
             created: None,
         };
-        for k in [ADMIN, WEB1, WEB10, UNBOUND, UNKNOWN] {
+        for k in [ADMIN, WEB1, WEB10, UNBOUND, UNKNOWN, SERVER] {
             let decoded = keys::decode_z85(k).expect("fixed keys are valid Z85");
             assert_eq!(keys::z85(&decoded), k, "fixed keys are canonical Z85");
         }
@@ -101,6 +103,7 @@ fn initial_keys() -> &'static [KnownKey] {
             known(WEB1, Some("web-1"), Role::Client),
             known(WEB10, Some("web-10"), Role::Client),
             known(UNBOUND, None, Role::Client),
+            known(SERVER, Some("pantry-server"), Role::Server),
         ]
     })
 }
@@ -159,7 +162,8 @@ fn check_authorize(message: &Message, header: u8) {
     let sender = match (header & 0b11) | (header >> 3 & 0b100) {
         0 => None,
         1 => Some(peer(Some("ops".into()), Standing::Known(Role::Admin))),
-        2 | 7 => Some(peer(Some(name), Standing::Known(Role::Client))),
+        2 => Some(peer(Some(name), Standing::Known(Role::Client))),
+        7 => Some(peer(Some("pantry-server".into()), Standing::Known(Role::Server))),
         3 => Some(peer(None, Standing::Known(Role::Client))),
         4 => Some(peer(None, Standing::Enrollee)),
         5 => Some(peer(Some(name), Standing::Enrollee)),
@@ -214,6 +218,17 @@ fn check_authorize(message: &Message, header: u8) {
             assert!(!matches!(verdict, Verdict::Answer(_)), "an admin key never answers; {}", context());
             if allowed {
                 assert_eq!(rule.senders, Senders::Admins, "an admin key sends admin commands only; {}", context());
+            }
+        }
+        // Another server of a cluster passes on admins' commands to clients.
+        Standing::Known(Role::Server) => {
+            assert!(!matches!(verdict, Verdict::Answer(_)), "a server key never answers; {}", context());
+            if allowed {
+                assert!(
+                    rule.runs_on == RunsOn::Clients && rule.senders == Senders::Admins,
+                    "a server key only passes on admins' commands to clients; {}",
+                    context()
+                );
             }
         }
         Standing::Known(Role::Client) => {
@@ -356,7 +371,7 @@ impl World {
         let key = key.unwrap_or_default();
         match (known.role, known.name.as_deref()) {
             (Role::Admin, Some(name)) => [topic(name)].into(),
-            (Role::Admin, None) => HashSet::new(),
+            (Role::Admin, None) | (Role::Server, _) => HashSet::new(),
             (Role::Client, own) => {
                 let mut allowed: HashSet<Vec<u8>> = own.map(topic).into_iter().collect();
                 allowed.insert(topic(BROADCAST_TOPIC));
@@ -394,6 +409,7 @@ impl World {
             );
             let known = known.unwrap_or_else(|| panic!("an unknown key was granted {t:?}; {}", context()));
             match known.role {
+                Role::Server => panic!("a server key was granted {t:?}; {}", context()),
                 Role::Admin => assert_eq!(
                     Some(t),
                     known.name.as_deref().map(topic).as_ref(),
