@@ -36,10 +36,11 @@ impl FdLimits {
         (self.soft.saturating_sub(RESERVED_FDS) / FDS_PER_MONITORED_AGENT) as usize
     }
 
-    /// Failing-over agents per server that fit with `servers` servers, when
-    /// one server's agents move at once.
+    /// Agents per server that fit in the failover with `servers` servers:
+    /// the killed server's fail over (monitored, and moving all at once),
+    /// the others' are plain agents.
     pub fn max_failover_agents_per_server(&self, servers: usize) -> usize {
-        let per = servers as u64 * FDS_PER_MONITORED_AGENT + FDS_PER_MOVING_AGENT;
+        let per = FDS_PER_MONITORED_AGENT + FDS_PER_MOVING_AGENT + (servers as u64).saturating_sub(1) * FDS_PER_AGENT;
         (self.soft.saturating_sub(RESERVED_FDS) / per) as usize
     }
 

@@ -1704,11 +1704,14 @@ pub fn cluster_section(c: &ClusterResult, cfg: &crate::harness::Config) -> Strin
         let total = f.agents();
         let _ = writeln!(
             out,
-            "**Failover.** {} agents on each server behaving like the real agent with the three servers as hosts: a \
-             `RegisterClient` every heartbeat ({} s) and on every handshake; once its DEALER has been disconnected \
-             for a heartbeat interval (socket monitor; three while a TCP connection is up and its handshake pending) \
-             an agent closes both sockets and connects new ones to the next server in its own order (the others \
-             rotated by its identity, as the real agent's, so one server's agents spread over the others), registers first and connects its SUB once the registration is answered. Server {} SIGKILLed; \
+            "**Failover.** {} agents on each server, each sending a `RegisterClient` every heartbeat ({} s). Those \
+             of the server to be killed behave like the real agent with the three servers as hosts: they also \
+             register on every handshake, and once its DEALER has been disconnected for a heartbeat interval \
+             (socket monitor; three while a TCP connection is up and its handshake pending) an agent closes both \
+             sockets and connects new ones to the next server in its own order (the others rotated by its \
+             identity, as the real agent's, so one server's agents spread over the others), registers first and \
+             connects its SUB once the registration is answered (the other servers' agents, which never lose their \
+             server here, go without that machinery: it costs the bench process two descriptors per agent). Server {} SIGKILLed; \
              from the admin on a, an echo every {} ms to those of {}'s agents that had not answered one yet (by \
              identity patterns) until each had answered once, through {}; then `status` on a until all {} were \
              online, and an echo to all. Times in seconds after the SIGKILL.{}\n",
@@ -1721,14 +1724,15 @@ pub fn cluster_section(c: &ClusterResult, cfg: &crate::harness::Config) -> Strin
             group(total as u64),
             if f.per_server < f.wanted_per_server {
                 format!(
-                    " Not {} per server: the open-file limit ({}) allows {}: {} descriptors per agent (SUB, DEALER, the \
-                     DEALER's monitor: sockets and their libzmq mailboxes) on three servers, plus {} per moving agent until \
-                     libzmq has closed its old sockets.",
+                    " Not {} per server: the open-file limit ({}) allows {}: {} descriptors per failing-over agent (SUB, \
+                     DEALER, the DEALER's monitor: sockets and their libzmq mailboxes) plus {} while it moves, {} per \
+                     agent of the other servers.",
                     group(f.wanted_per_server as u64),
                     group(c.open_files),
                     group(f.per_server as u64),
                     crate::limits::FDS_PER_MONITORED_AGENT,
-                    crate::limits::FDS_PER_MOVING_AGENT
+                    crate::limits::FDS_PER_MOVING_AGENT,
+                    crate::limits::FDS_PER_AGENT
                 )
             } else {
                 String::new()
