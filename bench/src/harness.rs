@@ -666,6 +666,51 @@ fn measure(cfg: &Config, system: &mut System, n: usize, samples: &mut Samples, p
     Ok(())
 }
 
+/// Two Pantry servers that differ in one setting (`label`: "metrics",
+/// "jobs"; `names`: what the two rows are called, `[on, off]`), compared
+/// at each of `sizes` with [`run_size`]; sizes that do not fit are skipped.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn compare_servers(
+    cfg: &Config,
+    label: &str,
+    servers: [&PantryServer; 2],
+    names: [&'static str; 2],
+    sizes: &[usize],
+    ring: &KeyRing,
+    limits: &FdLimits,
+    progress: &Progress,
+) -> Result<Vec<SizeRow>> {
+    let system = |k: usize| -> Result<System<'_>> {
+        Ok(System {
+            kind: Kind::Pantry,
+            name: names[k],
+            endpoints: &servers[k].endpoints,
+            clients: Clients::connect(Kind::Pantry, &servers[k].endpoints, ring, true)?,
+            pid: servers[k].process.pid,
+        })
+    };
+    let mut systems = [system(0)?, system(1)?];
+    let mut rows = Vec::new();
+    for &n in sizes {
+        if n == 0 || n > ring.agents.len() || n > limits.max_agents() {
+            progress.say(format!("{label}: N={n} skipped (keys or open files)"));
+            continue;
+        }
+        let row = run_size(cfg, n, !limits.both_pools_fit(n), &mut systems, ring, true, progress)?;
+        progress.say(format!(
+            "{label} N={n}: fan-out p50 {} / {} ms, throughput {} / {} per s ({} / {})",
+            fmt(row.fanout_p50_ms.pantry),
+            fmt(row.fanout_p50_ms.baseline),
+            fmt(row.throughput.pantry),
+            fmt(row.throughput.baseline),
+            names[0],
+            names[1]
+        ));
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
 /// Both systems at N (`systems[0]`'s figures go to `Both::pantry`,
 /// `systems[1]`'s to `Both::baseline`), each round in turn, both pools at
 /// once unless `sequential`.

@@ -21,7 +21,7 @@ use pantry_shared::filter::ClientFilter;
 
 use crate::agents::{group_streams, AgentOptions, Kind, Pool};
 use crate::enrollment::Admin;
-use crate::harness::{run_size, Clients, Config, KeyRing, Progress, SizeRow, System, ADMIN_NAME};
+use crate::harness::{compare_servers, Clients, Config, KeyRing, Progress, SizeRow, ADMIN_NAME};
 use crate::limits::FdLimits;
 use crate::presence::wait_online;
 use crate::procs::{run_bounded, PantryServer};
@@ -165,39 +165,7 @@ fn on_off(
     let on = start(cfg, ring, "")?;
     let off = start(cfg, ring, JOBS_OFF)?;
     progress.say(format!("jobs: store on: pid {}, off: pid {}", on.process.pid, off.process.pid));
-    let mut systems = [
-        System {
-            kind: Kind::Pantry,
-            name: "jobs on",
-            endpoints: &on.endpoints,
-            clients: Clients::connect(Kind::Pantry, &on.endpoints, ring, true)?,
-            pid: on.process.pid,
-        },
-        System {
-            kind: Kind::Pantry,
-            name: "jobs off",
-            endpoints: &off.endpoints,
-            clients: Clients::connect(Kind::Pantry, &off.endpoints, ring, true)?,
-            pid: off.process.pid,
-        },
-    ];
-    let mut rows = Vec::new();
-    for &n in &s.sizes {
-        if n == 0 || n > ring.agents.len() || n > limits.max_agents() {
-            progress.say(format!("jobs: N={n} skipped (keys or open files)"));
-            continue;
-        }
-        let row = run_size(cfg, n, !limits.both_pools_fit(n), &mut systems, ring, true, progress)?;
-        progress.say(format!(
-            "jobs N={n}: fan-out p50 {} / {} ms, throughput {} / {} per s (store on / off)",
-            crate::harness::fmt(row.fanout_p50_ms.pantry),
-            crate::harness::fmt(row.fanout_p50_ms.baseline),
-            crate::harness::fmt(row.throughput.pantry),
-            crate::harness::fmt(row.throughput.baseline)
-        ));
-        rows.push(row);
-    }
-    Ok(rows)
+    compare_servers(cfg, "jobs", [&on, &off], ["store on", "store off"], &s.sizes, ring, limits, progress)
 }
 
 fn fill(cfg: &Config, s: &JobsSettings, ring: &KeyRing, progress: &Progress) -> Result<Fill> {

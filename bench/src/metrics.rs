@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 
 use crate::agents::{group_streams, Kind, Pool};
-use crate::harness::{run_size, Clients, Config, KeyRing, Progress, SizeRow, System, ADMIN_NAME};
+use crate::harness::{compare_servers, Config, KeyRing, Progress, SizeRow, ADMIN_NAME};
 use crate::limits::FdLimits;
 use crate::procs::{free_port, PantryServer};
 use crate::requesters::{wait_until_reachable, Requester};
@@ -226,38 +226,8 @@ fn on_off(
         off.process.pid
     ));
     let scraper = Scraper::start(addr, s.scrape_every)?;
-    let mut systems = [
-        System {
-            kind: Kind::Pantry,
-            name: "metrics on",
-            endpoints: &on.endpoints,
-            clients: Clients::connect(Kind::Pantry, &on.endpoints, ring, true)?,
-            pid: on.process.pid,
-        },
-        System {
-            kind: Kind::Pantry,
-            name: "metrics off",
-            endpoints: &off.endpoints,
-            clients: Clients::connect(Kind::Pantry, &off.endpoints, ring, true)?,
-            pid: off.process.pid,
-        },
-    ];
-    let mut rows = Vec::new();
-    for &n in &s.sizes {
-        if n == 0 || n > ring.agents.len() || n > limits.max_agents() {
-            progress.say(format!("metrics: N={n} skipped (keys or open files)"));
-            continue;
-        }
-        let row = run_size(cfg, n, !limits.both_pools_fit(n), &mut systems, ring, true, progress)?;
-        progress.say(format!(
-            "metrics N={n}: fan-out p50 {} / {} ms, throughput {} / {} per s (metrics on / off)",
-            crate::harness::fmt(row.fanout_p50_ms.pantry),
-            crate::harness::fmt(row.fanout_p50_ms.baseline),
-            crate::harness::fmt(row.throughput.pantry),
-            crate::harness::fmt(row.throughput.baseline)
-        ));
-        rows.push(row);
-    }
+    let names = ["metrics on", "metrics off"];
+    let rows = compare_servers(cfg, "metrics", [&on, &off], names, &s.sizes, ring, limits, progress)?;
     let (done, failed) = scraper.finish();
     progress
         .say(format!("metrics: {done} scrapes of the server with metrics on during the comparison, {failed} failed"));

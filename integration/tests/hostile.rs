@@ -324,7 +324,10 @@ fn only_the_recipients_of_an_upload_fetch_it() {
     assert!(answer.error().is_some_and(|e| e.contains("no such upload")), "{answer:?}");
 
     let dealer = curve_dealer(&ctx, &f.server, &admin_key);
-    let real = to(from(upload::request(&request), "admin"), "shop");
+    let mut real = to(from(upload::request(&request), "admin"), "shop");
+    // Naming another file service gets the requester nothing: the agent
+    // fetches from this server's (the FETCH below arrives).
+    real.metadata.custom.insert(upload::FILE_SERVICE_FIELD.into(), "tcp://127.0.0.1:1".into());
     send(&dealer, &real);
     let list = recv_for(&dealer, real.uuid(), WAIT).expect("the client list");
     assert!(list.is_client_response_list(), "{list:?}");

@@ -655,6 +655,12 @@ impl CommandDispatcher {
         };
         let local_only = from_peer;
         let transfer = transfer.filter(|_| !from_peer);
+        // Where agents fetch an upload from is this server's to say (or the
+        // peer's that passed the request on), never the requester's.
+        let mut request = request;
+        if !from_peer {
+            request.message.metadata.custom.remove(upload::FILE_SERVICE_FIELD);
+        }
         let work = async move {
             let wanted = Recipients { stream, identities, local_only };
             let recipients = registry.send(wanted).await.map_err(|e| e.to_string())?;
@@ -880,12 +886,13 @@ impl Handler<ReopenAudit> for CommandDispatcher {
 impl Handler<RevokedInCluster> for CommandDispatcher {
     type Result = ();
 
-    /// A revocation on any server of the cluster (this one's included:
-    /// cutting off twice is harmless).
+    /// A revocation on any server of the cluster; this server's own come
+    /// back through the watch too, already done.
     fn handle(&mut self, msg: RevokedInCluster, _: &mut Context<Self>) {
-        if !self.revoked.contains(&msg.key) {
-            info!(self.log, "key revoked in the cluster: its clients leave the registry here"; "key" => &msg.key);
+        if self.revoked.contains(&msg.key) {
+            return;
         }
+        info!(self.log, "key revoked in the cluster: its clients leave the registry here"; "key" => &msg.key);
         self.cut_off(&msg.key);
     }
 }
