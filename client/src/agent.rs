@@ -155,6 +155,10 @@ pub struct Agent {
 
 const RESULTS_ENDPOINT: &str = "inproc://pantry-agent-results";
 
+/// Messages the agent's side of each socket holds: answers for the server,
+/// requests from it.
+const AGENT_QUEUE: i32 = 10_000;
+
 /// Heartbeat intervals a move waits for a pending handshake.
 const HANDSHAKE_GRACE: u32 = 3;
 
@@ -173,6 +177,13 @@ impl Sockets {
             sub.set_subscribe(stream.as_bytes())?;
         }
         let dealer = security.socket(ctx, zmq::DEALER)?;
+        // A burst waits on the agent's side while it works through it: the
+        // common 1,000 messages dropped the rest of a burst of answers
+        // (sends are DONTWAIT), and requests beyond the server's PUB queue
+        // (PUB drops). libzmq's I/O thread keeps the SUB drained even while
+        // the agent is busy. The server's own caps bound what it sends.
+        dealer.set_sndhwm(AGENT_QUEUE)?;
+        sub.set_rcvhwm(AGENT_QUEUE)?;
         for socket in [&sub, &dealer] {
             // Back off up to 10 s between reconnects to a server that is down.
             socket.set_reconnect_ivl(100)?;
@@ -471,7 +482,13 @@ impl Agent {
     fn send(&self, message: Message) {
         // DONTWAIT: with the server gone, a full queue must not block the agent.
         if let Err(e) = self.dealer.send_multipart(message.to_frames(), zmq::DONTWAIT) {
-            debug!(self.log, "cannot send to the server now"; "type" => message.message_type(), "error" => %e);
+            // A check-in goes again next interval; an answer is lost.
+            if message.message_type() == register_client::TYPE {
+                debug!(self.log, "cannot send to the server now"; "type" => message.message_type(), "error" => %e);
+            } else {
+                warn!(self.log, "cannot send an answer to the server; dropped";
+                    "type" => message.message_type(), "uuid" => message.uuid(), "error" => %e);
+            }
         }
     }
 
