@@ -45,6 +45,14 @@ use crate::zap::{self, KeySnapshot, Status};
 /// net.core.somaxconn, 4096 by default).
 const ACCEPT_BACKLOG: i32 = 4096;
 
+/// Messages the PUB socket holds for one agent that is slow to take them
+/// (its libzmq I/O thread starved of CPU) before it drops the rest without
+/// a word: with the common 1,000, a burst of 1,500 requests to one agent
+/// lost some under load. A broadcast's copies share one buffer, so a stuck
+/// agent holds at most this many messages, and only admins' requests reach
+/// it.
+const PUBLISH_QUEUE: i32 = 10_000;
+
 /// Messages for one peer whose queue is full, kept for it at most: beyond
 /// either bound a peer that stopped reading loses messages, and the server's
 /// memory stays bounded.
@@ -95,7 +103,10 @@ impl BoundSockets {
             socket.set_backlog(ACCEPT_BACKLOG)?;
             match port {
                 // Subscriptions reach us and take effect only when granted.
-                ServerPort::Publish => raw_zmq::set_xpub_manual(&mut socket)?,
+                ServerPort::Publish => {
+                    raw_zmq::set_xpub_manual(&mut socket)?;
+                    socket.set_sndhwm(PUBLISH_QUEUE)?;
+                }
                 // Sending to a peer that is gone is an error we log, not a
                 // silent drop.
                 _ => socket.set_router_mandatory(true)?,
