@@ -181,6 +181,10 @@ enum Cmd {
         /// Run against the baseline relay instead of pantry-server.
         #[arg(long)]
         baseline: bool,
+        /// YAML appended to the server's server.yml, e.g.
+        /// `"jobs:\n  enabled: false\n"`.
+        #[arg(long, value_name = "YAML", default_value = "")]
+        server_config: String,
     },
 }
 
@@ -201,7 +205,9 @@ fn run(cli: Cli) -> Result<()> {
     let server = cli.server.unwrap_or_else(|| dir.join("pantry-server"));
     let client = cli.client.unwrap_or_else(|| dir.join("pantry-client"));
     let admin = cli.admin.unwrap_or_else(|| dir.join("pantry-admin"));
-    if let Some(Cmd::Profile { scenario, agents, known_keys, seconds, perf, perf_args, baseline }) = cli.command {
+    if let Some(Cmd::Profile { scenario, agents, known_keys, seconds, perf, perf_args, baseline, server_config }) =
+        cli.command
+    {
         return pantry_bench::profile::run(&pantry_bench::profile::ProfileConfig {
             server_bin: server,
             relay_exe: exe,
@@ -212,6 +218,7 @@ fn run(cli: Cli) -> Result<()> {
             duration: std::time::Duration::from_secs_f64(seconds.clamp(0.1, 600.0)),
             perf_out: perf,
             perf_args,
+            server_config,
         });
     }
     for bin in [&server, &client, &admin] {

@@ -51,6 +51,8 @@ pub struct ProfileConfig {
     pub perf_out: Option<PathBuf>,
     /// Extra `perf record` arguments (e.g. `--call-graph=dwarf`).
     pub perf_args: Vec<String>,
+    /// Appended to the server's server.yml.
+    pub server_config: String,
 }
 
 /// Runs the scenario and prints what the server spent per operation.
@@ -74,7 +76,10 @@ pub fn run(cfg: &ProfileConfig) -> Result<()> {
     );
     known.extend(keys::filler(cfg.known_keys.saturating_sub(known.len()))?);
     let (server, relay) = match cfg.kind {
-        Kind::Pantry => (Some(PantryServer::start(&cfg.server_bin, Some((&server_pair, &known)), "info")?), None),
+        Kind::Pantry => {
+            let key = Some((&server_pair, &known[..]));
+            (Some(PantryServer::start_with(&cfg.server_bin, key, "info", &cfg.server_config)?), None)
+        }
         Kind::Baseline => (None, Some(Relay::start(&cfg.relay_exe, Some(&server_pair))?)),
     };
     let (pid, endpoints) = match (&server, &relay) {
