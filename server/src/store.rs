@@ -7,6 +7,7 @@
 //! and a write is on disk within that window. Reads (at start, and for
 //! queries) use their own connection: WAL lets them run beside the writer.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -24,7 +25,7 @@ use crate::answers::RawAnswer;
 pub const DB_FILE: &str = "pantry.db";
 
 /// How long the writer collects writes before it commits them.
-pub const BATCH_WINDOW: Duration = Duration::from_millis(50);
+pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
 
 /// The schema, one statement per version; the database's `user_version` says
 /// how many have run.
@@ -73,6 +74,50 @@ const MIGRATIONS: &[&str] = &[
         body TEXT,
         PRIMARY KEY (job_id, identity)
     )",
+    // Jobs are numbered as they come: answers point at their job by that
+    // number, so recording one appends to the answers' end rather than
+    // writing into the middle of an index at a random uuid's place (twice
+    // the writer's time per answer); the number orders jobs by time, so no
+    // index on time is kept up either.
+    "CREATE TABLE jobs_v4 (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        created INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        role TEXT NOT NULL,
+        key TEXT NOT NULL,
+        address TEXT NOT NULL,
+        command TEXT NOT NULL,
+        target TEXT NOT NULL,
+        identities TEXT,
+        arguments TEXT NOT NULL,
+        sent_to TEXT NOT NULL,
+        sent_count INTEGER NOT NULL,
+        offline TEXT NOT NULL,
+        offline_count INTEGER NOT NULL,
+        result TEXT
+    );
+    INSERT INTO jobs_v4 (id, created, who, role, key, address, command, target, identities, arguments, sent_to,
+            sent_count, offline, offline_count, result)
+        SELECT id, created, who, role, key, address, command, target, identities, arguments, sent_to, sent_count,
+            offline, offline_count, result
+        FROM jobs ORDER BY created;
+    CREATE TABLE answers_v4 (
+        job INTEGER NOT NULL,
+        identity TEXT NOT NULL,
+        received INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        error TEXT,
+        body TEXT,
+        PRIMARY KEY (job, identity)
+    ) WITHOUT ROWID;
+    INSERT INTO answers_v4 (job, identity, received, outcome, error, body)
+        SELECT j.seq, a.identity, a.received, a.outcome, a.error, a.body
+        FROM answers a JOIN jobs_v4 j ON j.id = a.job_id;
+    DROP TABLE answers;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_v4 RENAME TO jobs;
+    ALTER TABLE answers_v4 RENAME TO answers;",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +200,8 @@ fn rfc3339_millis(ms: i64) -> String {
 
 /// The columns of a job's summary, with its answer counts.
 const SUMMARY: &str = "SELECT id, created, who, command, target, identities, sent_count, offline_count,
-        (SELECT COUNT(*) FROM answers a WHERE a.job_id = j.id),
-        (SELECT COUNT(*) FROM answers a WHERE a.job_id = j.id AND a.outcome != 'ok')
+        (SELECT COUNT(*) FROM answers a WHERE a.job = j.seq),
+        (SELECT COUNT(*) FROM answers a WHERE a.job = j.seq AND a.outcome != 'ok')
      FROM jobs j";
 
 fn summary(r: &rusqlite::Row) -> rusqlite::Result<JobSummary> {
@@ -202,7 +247,7 @@ pub fn list_jobs(
         sql.push_str(&format!(" AND ({})", any.join(" OR ")));
     }
     args.push(Box::new(i64::from(limit)));
-    sql.push_str(&format!(" ORDER BY created DESC LIMIT ?{}", args.len()));
+    sql.push_str(&format!(" ORDER BY seq DESC LIMIT ?{}", args.len()));
     let mut statement = conn.prepare(&sql)?;
     let rows = statement.query_map(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())), summary)?;
     rows.collect()
@@ -252,8 +297,10 @@ pub fn show_job(conn: &Connection, id: &str, server_started: SystemTime) -> rusq
             })
         },
     )?;
-    let mut statement = conn
-        .prepare("SELECT identity, received, outcome, error, body FROM answers WHERE job_id = ?1 ORDER BY identity")?;
+    let mut statement = conn.prepare(
+        "SELECT identity, received, outcome, error, body FROM answers
+            WHERE job = (SELECT seq FROM jobs WHERE id = ?1) ORDER BY identity",
+    )?;
     let answers: Vec<JobAnswer> = statement
         .query_map(params![id], |r| {
             let body: Option<String> = r.get(4)?;
@@ -318,7 +365,7 @@ pub fn clients(conn: &Connection) -> rusqlite::Result<Vec<StoredClient>> {
 /// Opens (creating and migrating) the database.
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
     let err = |source| StoreError::Sqlite { path: path.to_owned(), source };
-    let conn = Connection::open(path).map_err(err)?;
+    let mut conn = Connection::open(path).map_err(err)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
     // WAL with synchronous=NORMAL: a committed transaction survives a crash
     // of the process (what SIGKILL tests), and fsyncs happen at checkpoints.
@@ -326,8 +373,11 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
     let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
     for (i, migration) in MIGRATIONS.iter().enumerate().skip(version) {
-        conn.execute_batch(migration).map_err(err)?;
-        conn.pragma_update(None, "user_version", i + 1).map_err(err)?;
+        // All of a migration or none of it, whenever the process stops.
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(migration).map_err(err)?;
+        tx.pragma_update(None, "user_version", i + 1).map_err(err)?;
+        tx.commit().map_err(err)?;
     }
     Ok(conn)
 }
@@ -389,9 +439,42 @@ pub fn start_writer(path: &Path, log: Logger) -> Result<(Writer, JoinHandle<()>)
     Ok((Writer { tx, thread: thread.thread().clone() }, thread))
 }
 
+/// The sequence numbers of recent jobs, by uuid, for their answers: two
+/// generations, so memory stays bounded and a job's answers find it
+/// without a look-up for at least [`Seqs::GENERATION`] jobs after it.
+#[derive(Default)]
+struct Seqs {
+    current: HashMap<String, i64>,
+    previous: HashMap<String, i64>,
+}
+
+impl Seqs {
+    const GENERATION: usize = 20_000;
+
+    fn insert(&mut self, id: &str, seq: i64) {
+        if self.current.len() >= Self::GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(id.to_owned(), seq);
+    }
+
+    fn get(&self, tx: &rusqlite::Transaction, id: &str) -> rusqlite::Result<Option<i64>> {
+        match self.current.get(id).or_else(|| self.previous.get(id)) {
+            Some(seq) => Ok(Some(*seq)),
+            None => tx.prepare_cached("SELECT seq FROM jobs WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional(),
+        }
+    }
+
+    fn clear(&mut self) {
+        self.current.clear();
+        self.previous.clear();
+    }
+}
+
 fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<Write>, log: Logger) {
     // Kept between batches: a busy server queues thousands per window.
     let mut batch = Vec::new();
+    let mut seqs = Seqs::default();
     while let Ok(first) = rx.recv() {
         let mut barrier = matches!(first, Write::Barrier(_));
         batch.push(first);
@@ -410,7 +493,10 @@ fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<Write>, log:
             }
             std::thread::park_timeout(left);
         }
-        if let Err(e) = apply(&mut conn, &batch) {
+        if let Err(e) = apply(&mut conn, &mut seqs, &batch) {
+            // The sequence numbers given out in the rolled-back transaction
+            // will be given again.
+            seqs.clear();
             error!(log, "cannot write to the database; these changes are lost";
                 "file" => %path.display(), "changes" => batch.len(), "error" => %e);
         }
@@ -427,17 +513,60 @@ fn run(tx: &rusqlite::Transaction, sql: &str, params: impl rusqlite::Params) -> 
     tx.prepare_cached(sql)?.execute(params)
 }
 
-fn insert_answer(tx: &rusqlite::Transaction, a: &AnswerRow) -> rusqlite::Result<()> {
+/// An answer to a job the store does not have (pruned) is not kept.
+fn insert_answer(tx: &rusqlite::Transaction, seqs: &Seqs, a: &AnswerRow) -> rusqlite::Result<()> {
+    let Some(job) = seqs.get(tx, &a.job_id)? else { return Ok(()) };
     run(
         tx,
-        "INSERT OR REPLACE INTO answers (job_id, identity, received, outcome, error, body)
+        "INSERT OR REPLACE INTO answers (job, identity, received, outcome, error, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![a.job_id, a.identity, millis(a.received), a.outcome, a.error, a.body.as_ref().map(|b| b.to_string())],
+        params![job, a.identity, millis(a.received), a.outcome, a.error, a.body.as_ref().map(|b| b.to_string())],
     )?;
     Ok(())
 }
 
-fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
+const INSERT_JOB: &str = "INSERT INTO jobs (id, created, who, role, key, address, command, target, identities,
+        arguments, sent_to, sent_count, offline, offline_count, result)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+    ON CONFLICT (id) DO NOTHING";
+
+fn insert_job(tx: &rusqlite::Transaction, seqs: &mut Seqs, job: &JobRow) -> rusqlite::Result<()> {
+    let json = |v: &serde_json::Value| v.to_string();
+    let insert = || {
+        run(
+            tx,
+            INSERT_JOB,
+            params![
+                job.id,
+                millis(job.created),
+                job.who,
+                job.role,
+                job.key,
+                job.address,
+                job.command,
+                job.target,
+                job.identities.as_ref().map(json),
+                json(&job.arguments),
+                serde_json::to_string(&job.sent_to).unwrap_or_else(|_| "[]".into()),
+                job.sent_to.len() as i64,
+                serde_json::to_string(&job.offline).unwrap_or_else(|_| "[]".into()),
+                job.offline.len() as i64,
+                job.result,
+            ],
+        )
+    };
+    if insert()? == 0 {
+        // A uuid used again once its first job was over: the new job
+        // replaces the old one, answers and all.
+        run(tx, "DELETE FROM answers WHERE job = (SELECT seq FROM jobs WHERE id = ?1)", params![job.id])?;
+        run(tx, "DELETE FROM jobs WHERE id = ?1", params![job.id])?;
+        insert()?;
+    }
+    seqs.insert(&job.id, tx.last_insert_rowid());
+    Ok(())
+}
+
+fn apply(conn: &mut Connection, seqs: &mut Seqs, batch: &[Write]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     for write in batch {
         match write {
@@ -479,36 +608,11 @@ fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
             Write::ForgetClient(identity) => {
                 run(&tx, "DELETE FROM clients WHERE identity = ?1", params![identity])?;
             }
-            Write::Job(job) => {
-                let json = |v: &serde_json::Value| v.to_string();
-                run(
-                    &tx,
-                    "INSERT OR REPLACE INTO jobs (id, created, who, role, key, address, command, target, identities,
-                        arguments, sent_to, sent_count, offline, offline_count, result)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                    params![
-                        job.id,
-                        millis(job.created),
-                        job.who,
-                        job.role,
-                        job.key,
-                        job.address,
-                        job.command,
-                        job.target,
-                        job.identities.as_ref().map(json),
-                        json(&job.arguments),
-                        serde_json::to_string(&job.sent_to).unwrap_or_else(|_| "[]".into()),
-                        job.sent_to.len() as i64,
-                        serde_json::to_string(&job.offline).unwrap_or_else(|_| "[]".into()),
-                        job.offline.len() as i64,
-                        job.result,
-                    ],
-                )?;
-            }
-            Write::Answer(a) => insert_answer(&tx, a)?,
+            Write::Job(job) => insert_job(&tx, seqs, job)?,
+            Write::Answer(a) => insert_answer(&tx, seqs, a)?,
             Write::RawAnswer(raw) => {
                 if let Some(a) = raw.row() {
-                    insert_answer(&tx, &a)?;
+                    insert_answer(&tx, seqs, &a)?;
                 }
             }
             Write::JobResult { id, result } => {
@@ -517,12 +621,17 @@ fn apply(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
             Write::Barrier(_) => {}
             Write::PruneJobs { before } => {
                 let before = millis(*before);
-                run(
-                    &tx,
-                    "DELETE FROM answers WHERE job_id IN (SELECT id FROM jobs WHERE created < ?1)",
-                    params![before],
-                )?;
-                run(&tx, "DELETE FROM jobs WHERE created < ?1", params![before])?;
+                // Jobs are numbered in the order they were recorded: the
+                // walk from the oldest stops at the first one kept.
+                let kept: Option<i64> = tx
+                    .prepare_cached("SELECT seq FROM jobs WHERE created >= ?1 ORDER BY seq LIMIT 1")?
+                    .query_row(params![before], |r| r.get(0))
+                    .optional()?;
+                let kept = kept.unwrap_or(i64::MAX);
+                run(&tx, "DELETE FROM answers WHERE job < ?1", params![kept])?;
+                if run(&tx, "DELETE FROM jobs WHERE seq < ?1", params![kept])? > 0 {
+                    seqs.clear();
+                }
             }
         }
     }
@@ -623,6 +732,69 @@ mod tests {
         assert!(shown.lost.is_empty());
         assert_eq!(shown.answers.len(), 2);
         assert!(show_job(&conn, "nope", now).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_uuid_used_again_replaces_its_old_job_and_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let (writer, thread) = start_writer(&path, log).unwrap();
+        let now = SystemTime::now();
+        let answer = |who: &str| AnswerRow {
+            job_id: "u".into(),
+            identity: who.into(),
+            received: now,
+            outcome: "ok".into(),
+            error: None,
+            body: None,
+        };
+        writer.write(Write::Job(Box::new(job("u", now, "shop", &["web-1"]))));
+        writer.write(Write::Answer(answer("web-1")));
+        assert!(writer.sync(Duration::from_secs(5)));
+        writer.write(Write::Job(Box::new(job("u", now, "bank", &["db-1"]))));
+        writer.write(Write::Answer(answer("db-1")));
+        drop(writer);
+        thread.join().unwrap();
+        let conn = open(&path).unwrap();
+        let shown = show_job(&conn, "u", now).unwrap().unwrap();
+        assert_eq!(shown.summary.target, "bank");
+        assert_eq!(shown.answers.iter().map(|a| a.identity.as_str()).collect::<Vec<_>>(), ["db-1"]);
+        assert_eq!(list_jobs(&conn, 20, None, &[]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_version_3_store_keeps_its_jobs_and_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let conn = Connection::open(&path).unwrap();
+        for (i, migration) in MIGRATIONS.iter().take(3).enumerate() {
+            conn.execute_batch(migration).unwrap();
+            conn.pragma_update(None, "user_version", i + 1).unwrap();
+        }
+        for (id, created) in [("new", 2_000), ("old", 1_000)] {
+            conn.execute(
+                "INSERT INTO jobs (id, created, who, role, key, address, command, target, identities, arguments,
+                    sent_to, sent_count, offline, offline_count, result)
+                 VALUES (?1, ?2, 'admin', 'admin', 'k', '127.0.0.1', 'Echo', '', NULL, '{}', '[\"web-1\"]', 1, '[]', 0, NULL)",
+                params![id, created],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO answers (job_id, identity, received, outcome, error, body)
+                 VALUES (?1, 'web-1', ?2, 'ok', NULL, '\"hi\"')",
+                params![id, created + 1],
+            )
+            .unwrap();
+        }
+        drop(conn);
+        let conn = open(&path).unwrap();
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+        let all = list_jobs(&conn, 20, None, &[]).unwrap();
+        assert_eq!(all.iter().map(|j| (j.id.as_str(), j.answered)).collect::<Vec<_>>(), [("new", 1), ("old", 1)]);
+        let shown = show_job(&conn, "old", SystemTime::UNIX_EPOCH).unwrap().unwrap();
+        assert_eq!(shown.answers[0].body, Some(serde_json::json!("hi")));
     }
 
     #[test]

@@ -157,12 +157,14 @@ pub struct Message {
 }
 
 impl Message {
-    /// A new request of `message_type` with a fresh uuid.
+    /// A new request of `message_type` with a fresh uuid. Version 7: uuids
+    /// that grow with time keep the server's job store appending to its
+    /// index of job ids rather than writing all over it.
     pub fn new(message_type: &str) -> Message {
         Message {
             stream: String::new(),
             metadata: Metadata {
-                uuid: uuid::Uuid::new_v4().to_string(),
+                uuid: uuid::Uuid::now_v7().to_string(),
                 message_type: message_type.to_owned(),
                 from: String::new(),
                 to: String::new(),
