@@ -181,7 +181,7 @@ where
         format!("cannot open the audit log {}", config.audit_log.as_deref().unwrap_or("root_dir/audit.log"))
     })?;
     let db_path = root_dir.join(store::DB_FILE);
-    let db = store::open(&db_path)?;
+    let db = store::open_logged(&db_path, &log)?;
     let pending =
         if store.is_some() { store::pending_keys(&db).context("cannot read the pending keys")? } else { Vec::new() };
     let clients = store::clients(&db).context("cannot read the registry")?;
