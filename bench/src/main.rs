@@ -286,7 +286,7 @@ fn run(cli: Cli) -> Result<()> {
         config.metrics = Some(settings.clone());
         let result = pantry_bench::harness::run_metrics_only(&config, &settings)?;
         print!("{}", pantry_bench::report::metrics_section(&result, &config));
-        let mut targets = String::from("\n| target | measured | status |\n|---|---|---|\n");
+        let mut targets = format!("\n{}", pantry_bench::report::TARGETS_HEADER);
         pantry_bench::report::metrics_targets(&result, &mut targets);
         print!("{targets}");
         return Ok(());
@@ -308,7 +308,7 @@ fn run(cli: Cli) -> Result<()> {
         config.cluster = Some(settings);
         let result = pantry_bench::harness::run_cluster_only(&config, &settings)?;
         print!("{}", pantry_bench::report::cluster_section(&result, &config));
-        let mut targets = String::from("\n| target | measured | status |\n|---|---|---|\n");
+        let mut targets = format!("\n{}", pantry_bench::report::TARGETS_HEADER);
         pantry_bench::report::cluster_targets(&result, &mut targets);
         print!("{targets}");
         return Ok(());

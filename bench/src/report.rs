@@ -15,6 +15,9 @@ use crate::metrics::MetricsResult;
 use crate::presence::PresenceResult;
 use crate::previous::Previous;
 
+/// The head of a targets table.
+pub const TARGETS_HEADER: &str = "| target | measured | status |\n|---|---|---|\n";
+
 pub const MARKDOWN: &str = "latest.md";
 pub const CHART: &str = "fanout.svg";
 
@@ -122,7 +125,7 @@ fn min_opt(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
 
 fn targets(results: &Results, out: &mut String) {
     let curve = curve_mode(results);
-    let _ = writeln!(out, "## Targets\n\n| target | measured | status |\n|---|---|---|");
+    let _ = write!(out, "## Targets\n\n{TARGETS_HEADER}");
     let fan_row = curve.and_then(|m| m.rows.iter().find(|r| r.n == FANOUT_TARGET_N));
     let fan = fan_row.and_then(|r| r.fanout_p50_ms.pantry);
     let fan_text = match (fan, fan_row) {
@@ -1404,11 +1407,7 @@ pub fn cluster_targets(c: &ClusterResult, out: &mut String) {
                 } else {
                     String::new()
                 },
-                if f.per_server < f.wanted_per_server {
-                    format!(" (only {} per server: open-file limit)", group(f.per_server as u64))
-                } else {
-                    String::new()
-                }
+                fewer_per_server(f.per_server, f.wanted_per_server)
             );
             let _ = writeln!(
                 out,
@@ -1444,11 +1443,7 @@ pub fn cluster_targets(c: &ClusterResult, out: &mut String) {
                 group(total as u64),
                 echo.map_or("–".into(), |e| group(e.answers as u64)),
                 group(total as u64),
-                if f.per_server < f.wanted_per_server {
-                    format!(" (only {} per server: open-file limit)", group(f.per_server as u64))
-                } else {
-                    String::new()
-                }
+                fewer_per_server(f.per_server, f.wanted_per_server)
             );
             let _ = writeln!(
                 out,
@@ -1952,6 +1947,16 @@ fn chart(results: &Results, path: &Path) -> Result<()> {
         Ok(())
     };
     draw().map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))
+}
+
+/// ` (only N per server: open-file limit)` when the cluster scenario ran
+/// fewer agents per server than asked.
+fn fewer_per_server(per_server: usize, wanted: usize) -> String {
+    if per_server < wanted {
+        format!(" (only {} per server: open-file limit)", group(per_server as u64))
+    } else {
+        String::new()
+    }
 }
 
 #[cfg(test)]

@@ -322,6 +322,14 @@ fn only_the_recipients_of_an_upload_fetch_it() {
     send(&second_dealer, &stolen);
     let answer = recv_for(&second_dealer, stolen.uuid(), WAIT).expect("an answer");
     assert!(answer.error().is_some_and(|e| e.contains("no such upload")), "{answer:?}");
+    // Nor by posing as another server of a cluster (whose requests skip the
+    // check here: the file is the other server's): a peer is known by its
+    // key, not by the field it sets.
+    let mut posing = to(from(upload::request(&request), "ops-2"), "shop");
+    posing.metadata.custom.insert("cluster_peer".into(), true.into());
+    send(&second_dealer, &posing);
+    let answer = recv_for(&second_dealer, posing.uuid(), WAIT).expect("an answer");
+    assert!(answer.error().is_some_and(|e| e.contains("no such upload")), "{answer:?}");
 
     let dealer = curve_dealer(&ctx, &f.server, &admin_key);
     let mut real = to(from(upload::request(&request), "admin"), "shop");
