@@ -127,6 +127,24 @@ mod tests {
         Cli::try_parse_from(args).unwrap()
     }
 
+    /// Z85 has `-` in its alphabet: about one key in 85 begins with it.
+    #[test]
+    fn a_key_that_begins_with_a_hyphen_is_a_value() {
+        let key = "-0Z&k3Yx^ZyPBf]g=?[5b@Pm8$-RkBcMzFJe2EwEY";
+        for sub in ["client:revoke", "client:accept", "client:reject"] {
+            let cli = Cli::try_parse_from(["pantry-admin", sub, "--timeout", "2", key]).unwrap();
+            let target = match cli.command {
+                Command::ClientRevoke(a) => a.target,
+                Command::ClientAccept(a) => a.target,
+                Command::ClientReject(a) => a.target,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(target, key, "{sub}");
+        }
+        let cli = Cli::try_parse_from(["pantry-admin", "client:revoke", key, "--timeout", "2"]).unwrap();
+        assert_eq!(cli.command.wait(10.0), 2.0, "options after the key are still options");
+    }
+
     #[test]
     fn command_line_overrides_defaults() {
         let cli = with_defaults("--host from-file\n--timeout 3\n", &["--host", "from-cli", "status"]);

@@ -53,8 +53,9 @@ enum ClientCommand {
         #[arg(long, value_name = "TOKEN")]
         token: String,
         /// The server's public key (default: client_keys.yml's, or
-        /// networking.server_public_key in the config).
-        #[arg(long, value_name = "KEY")]
+        /// networking.server_public_key in the config). It may begin with
+        /// `-` (Z85).
+        #[arg(long, value_name = "KEY", allow_hyphen_values = true)]
         server_public_key: Option<String>,
     },
 }
@@ -125,9 +126,25 @@ fn identity(config: &Config, keys: Option<&ClientKeys>) -> Result<pantry_shared:
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     #[test]
     fn cli_parses() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// Z85 has `-` in its alphabet: about one key in 85 begins with it.
+    #[test]
+    fn a_server_key_that_begins_with_a_hyphen_is_a_value() {
+        let key = "-0Z&k3Yx^ZyPBf]g=?[5b@Pm8$-RkBcMzFJe2EwEY";
+        let cli = super::Cli::try_parse_from(["pantry-client", "enroll", "--server-public-key", key, "--token", "t"])
+            .unwrap();
+        match cli.command {
+            Some(super::ClientCommand::Enroll { server_public_key, token }) => {
+                assert_eq!((server_public_key.as_deref(), token.as_str()), (Some(key), "t"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

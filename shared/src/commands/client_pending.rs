@@ -114,7 +114,9 @@ pub fn format_table(keys: &[PendingKey], now: SystemTime) -> String {
 /// identity it claimed).
 #[derive(clap::Args, Debug)]
 pub struct AcceptArgs {
-    #[arg(value_name = "KEY|IDENTITY")]
+    /// The pending key (Z85, which may begin with `-`) or the identity it
+    /// claimed.
+    #[arg(value_name = "KEY|IDENTITY", allow_hyphen_values = true)]
     pub target: String,
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -137,7 +139,9 @@ pub fn accept_request(target: &str, name: Option<&str>) -> Message {
 /// Forget a pending key.
 #[derive(clap::Args, Debug)]
 pub struct RejectArgs {
-    #[arg(value_name = "KEY|IDENTITY")]
+    /// The pending key (Z85, which may begin with `-`) or the identity it
+    /// claimed.
+    #[arg(value_name = "KEY|IDENTITY", allow_hyphen_values = true)]
     pub target: String,
     #[command(flatten)]
     pub wait: Wait,

@@ -19,7 +19,8 @@ pub const RULE: Rule =
 /// Remove a key (by name or Z85 key) and cut its connections off.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    #[arg(value_name = "NAME|KEY")]
+    /// The key's name, or the key (Z85, which may begin with `-`).
+    #[arg(value_name = "NAME|KEY", allow_hyphen_values = true)]
     pub target: String,
     #[command(flatten)]
     pub wait: Wait,
