@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use pantry_shared::commands::{self, register_client, ClientContext};
-use pantry_shared::filter::{ClientFilter, BROADCAST_TOPIC};
+use pantry_shared::filter::{ClientFilter, TopicForm, BROADCAST_TOPIC};
 use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::security::SocketSecurity;
 use pantry_shared::Message;
@@ -489,8 +489,11 @@ fn connect_agent(
 ) -> zmq::Result<Agent> {
     // A bench agent runs no commands but `echo`.
     let me = ClientContext { filter: filter(i), allow_exec: false, file_service: None };
+    // Pantry's agents subscribe in the exact form, the relay's to bare
+    // topics (which it publishes).
+    let form = if kind == Kind::Pantry { TopicForm::Exact } else { TopicForm::Bare };
     let topics: Vec<Vec<u8>> =
-        me.filter.streams().into_iter().map(String::into_bytes).chain([BROADCAST_TOPIC.as_bytes().to_vec()]).collect();
+        me.filter.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]).map(|s| form.topic(s)).collect();
     let sockets = open_sockets(kind, ctx, security, &topics, options)?;
     let mut agent = Agent {
         me,

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use pantry_shared::commands::status::ONLINE;
 use pantry_shared::commands::{client_revoke, echo, recipients, register_client};
-use pantry_shared::filter::{ClientFilter, Identities, BROADCAST_TOPIC};
+use pantry_shared::filter::{ClientFilter, Identities, TopicForm, BROADCAST_TOPIC};
 use pantry_shared::keys::{KnownKey, Role};
 use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::Message;
@@ -758,8 +758,8 @@ fn watched(ctx: &zmq::Context, endpoints: &Endpoints, pair: &Pair, k: usize, end
     }
     let sub = security.socket(ctx, zmq::SUB)?;
     sub.set_linger(0)?;
-    for topic in me.streams().into_iter().chain([BROADCAST_TOPIC.to_owned()]) {
-        sub.set_subscribe(topic.as_bytes())?;
+    for stream in me.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]) {
+        sub.set_subscribe(&TopicForm::Exact.topic(stream))?;
     }
     let sub_monitor = monitor::monitor(ctx, &sub, WATCHED_EVENTS)?;
     sub.connect(&endpoints.publish)?;

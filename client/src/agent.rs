@@ -41,7 +41,7 @@ use anyhow::{Context as _, Result};
 use pantry_shared::commands::enroll::{self, EnrollRequest, Enrolled};
 use pantry_shared::commands::{self, register_client, upload, ClientContext};
 use pantry_shared::config::{failover_order, Config, Networking};
-use pantry_shared::filter::BROADCAST_TOPIC;
+use pantry_shared::filter::{TopicForm, BROADCAST_TOPIC};
 use pantry_shared::keys::ClientKeys;
 use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::security::SocketSecurity;
@@ -121,6 +121,9 @@ pub struct Agent {
     dealer: zmq::Socket,
     dealer_monitor: zmq::Socket,
     sub_monitor: zmq::Socket,
+    /// The form of our subscriptions: exact, unless the server is older
+    /// than this agent and grants only the bare form.
+    form: TopicForm,
     /// Whether the SUB connection is up, so our subscriptions reached the
     /// server's PUB: registering before that would let the server publish
     /// to us before we listen (the slow-joiner problem).
@@ -170,11 +173,17 @@ struct Sockets {
     dealer_monitor: zmq::Socket,
 }
 
+/// What the SUB subscribes to: each of the agent's streams, and the
+/// broadcast topic, in `form`.
+fn subscriptions(me: &ClientContext, form: TopicForm) -> Vec<Vec<u8>> {
+    me.filter.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]).map(|s| form.topic(s)).collect()
+}
+
 impl Sockets {
-    fn open(ctx: &zmq::Context, security: &SocketSecurity, me: &ClientContext) -> Result<Sockets> {
+    fn open(ctx: &zmq::Context, security: &SocketSecurity, me: &ClientContext, form: TopicForm) -> Result<Sockets> {
         let sub = security.socket(ctx, zmq::SUB)?;
-        for stream in me.filter.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]) {
-            sub.set_subscribe(stream.as_bytes())?;
+        for topic in subscriptions(me, form) {
+            sub.set_subscribe(&topic)?;
         }
         let dealer = security.socket(ctx, zmq::DEALER)?;
         // A burst waits on the agent's side while it works through it: the
@@ -212,7 +221,8 @@ impl Agent {
         };
         let me = ClientContext { filter: me, allow_exec: config.client.allow_exec, file_service: Some(file_service) };
 
-        let Sockets { sub, dealer, sub_monitor, dealer_monitor } = Sockets::open(&ctx, security, &me)?;
+        let form = TopicForm::Exact;
+        let Sockets { sub, dealer, sub_monitor, dealer_monitor } = Sockets::open(&ctx, security, &me, form)?;
         let results = ctx.socket(zmq::PULL)?;
         results.set_linger(0)?;
         results.bind(RESULTS_ENDPOINT)?;
@@ -246,6 +256,7 @@ impl Agent {
             dealer,
             dealer_monitor,
             sub_monitor,
+            form,
             listening: false,
             sub_connected: !curve,
             curve,
@@ -404,7 +415,7 @@ impl Agent {
     /// over as at start; a pending failed-handshake backoff is kept and
     /// connects to the new server when it ends.
     fn move_to_next_server(&mut self, why: &str) {
-        let sockets = match Sockets::open(&self.ctx, &self.security, &self.me) {
+        let sockets = match Sockets::open(&self.ctx, &self.security, &self.me, self.form) {
             Ok(sockets) => sockets,
             Err(e) => {
                 // Out of descriptors, say: stay, and try again a heartbeat
@@ -529,8 +540,8 @@ impl Agent {
         }
         info!(self.log, "the server accepted this agent's key"; "identity" => &name, "server" => &self.receive);
         if self.me.identity() != name {
-            let _ = self.sub.set_unsubscribe(self.me.identity().as_bytes());
-            let _ = self.sub.set_subscribe(name.as_bytes());
+            let _ = self.sub.set_unsubscribe(&self.form.topic(self.me.identity()));
+            let _ = self.sub.set_subscribe(&self.form.topic(&name));
             self.me.filter.identity = Some(name.clone());
         }
         if let Some(keys) = &mut self.keys {
@@ -591,12 +602,30 @@ impl Agent {
                         info!(self.log, "registered with the server"; "identity" => self.me.identity(),
                             "server" => &self.receive);
                     }
+                    if self.form == TopicForm::Exact && !register_client::grants_exact_topics(&answer) {
+                        self.subscribe_bare();
+                    }
                     self.registration = Registration::Accepted;
                     self.refusals.reset();
                     self.connect_sub();
                 }
             }
         }
+    }
+
+    /// The server is older than this agent: it grants only bare topics
+    /// (and ends what it publishes with the exact form's mark, which
+    /// `Message::from_frames` strips).
+    fn subscribe_bare(&mut self) {
+        warn!(self.log, "the server does not grant exact topics (a version before this agent's): \
+            subscribing in the bare form; upgrade the server"; "server" => &self.receive);
+        for (exact, bare) in
+            subscriptions(&self.me, TopicForm::Exact).iter().zip(subscriptions(&self.me, TopicForm::Bare))
+        {
+            let _ = self.sub.set_unsubscribe(exact);
+            let _ = self.sub.set_subscribe(&bare);
+        }
+        self.form = TopicForm::Bare;
     }
 
     fn refused(&mut self, reason: String) {

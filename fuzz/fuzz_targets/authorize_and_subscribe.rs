@@ -23,9 +23,9 @@
 //! - 4 bind an unbound key: `[key][name]` (index into [`NAMES`])
 //! - 5 revoke: `[key]`
 //!
-//! A topic byte below 0x80 picks from [`TOPICS`]; otherwise its low six
-//! bits are the length of the raw topic bytes that follow. Missing bytes
-//! read as 0.
+//! A topic byte below 0x80 picks from [`TOPICS`], bare below 0x40 and in the
+//! exact form (`\0topic\0`) from 0x40; otherwise its low six bits are the
+//! length of the raw topic bytes that follow. Missing bytes read as 0.
 #![no_main]
 
 use std::collections::{HashMap, HashSet};
@@ -38,7 +38,8 @@ use pantry_server::messages::{Grant, PeerAuth, Standing};
 use pantry_server::subscriptions::{Refusal, Subscriptions};
 use pantry_server::zap::KeySnapshot;
 use pantry_shared::commands::{Kind, RunsOn, Senders};
-use pantry_shared::filter::{topic, BROADCAST_TOPIC, TOPIC_END};
+use pantry_shared::config::PlainSubscribers;
+use pantry_shared::filter::{TopicForm, BROADCAST_TOPIC, TOPIC_MARK};
 use pantry_shared::keys::{self, KnownKey, Role};
 use pantry_shared::Message;
 
@@ -271,7 +272,11 @@ impl Ops<'_> {
     fn topic(&mut self) -> Vec<u8> {
         let b = self.byte();
         if b < 0x80 {
-            return TOPICS[usize::from(b) % TOPICS.len()].as_bytes().to_vec();
+            let t = TOPICS[usize::from(b) % TOPICS.len()].as_bytes();
+            if b < 0x40 {
+                return t.to_vec();
+            }
+            return [&[TOPIC_MARK][..], t, &[TOPIC_MARK]].concat();
         }
         (0..b & 0x3f).map(|_| self.byte()).collect()
     }
@@ -306,7 +311,7 @@ fn check_subscriptions(ops: &[u8]) {
     let mut keys = KeySnapshot::default();
     keys.replace_all(initial_keys().to_vec());
     let mut world = World {
-        subs: Subscriptions::new(true),
+        subs: Subscriptions::new(true, PlainSubscribers::Allow),
         keys,
         known: initial_keys().to_vec(),
         grants: HashMap::new(),
@@ -365,24 +370,25 @@ impl World {
         key.and_then(|key| self.known.iter().find(|k| k.public_key == key))
     }
 
-    /// The topics `key` may hold now, by the rules the module states.
+    /// The topics `key` may hold now, by the rules the module states, in
+    /// either form.
     fn allowed(&self, key: Option<&str>) -> HashSet<Vec<u8>> {
         let Some(known) = self.known_key(key) else { return HashSet::new() };
         let key = key.unwrap_or_default();
-        match (known.role, known.name.as_deref()) {
-            (Role::Admin, Some(name)) => [topic(name)].into(),
-            (Role::Admin, None) | (Role::Server, _) => HashSet::new(),
+        let streams: Vec<&str> = match (known.role, known.name.as_deref()) {
+            (Role::Admin, Some(name)) => vec![name],
+            (Role::Admin, None) | (Role::Server, _) => Vec::new(),
             (Role::Client, own) => {
-                let mut allowed: HashSet<Vec<u8>> = own.map(topic).into_iter().collect();
-                allowed.insert(topic(BROADCAST_TOPIC));
+                let mut streams: Vec<&str> = own.into_iter().chain([BROADCAST_TOPIC]).collect();
                 for s in self.grants.get(key).into_iter().flatten() {
                     if self.keys.owner_of(s).is_none_or(|owner| owner == key) {
-                        allowed.insert(topic(s));
+                        streams.push(s);
                     }
                 }
-                allowed
+                streams
             }
-        }
+        };
+        streams.into_iter().flat_map(|s| [TopicForm::Exact.topic(s), TopicForm::Bare.topic(s)]).collect()
     }
 
     fn subscription(&mut self, fd: RawFd, key: Option<&'static str>, requested: &[u8], subscribe: bool) {
@@ -395,24 +401,17 @@ impl World {
         for t in &outcome.subscribe {
             assert!(subscribe, "an unsubscription granted {t:?}; {}", context());
             assert!(!t.is_empty(), "the empty topic (everything) granted under CURVE; {}", context());
-            assert_eq!(
-                t.last(),
-                Some(&(TOPIC_END as u8)),
-                "a topic granted without its terminator: {t:?}; {}",
-                context()
-            );
-            assert_eq!(
-                t.iter().filter(|&&b| b == TOPIC_END as u8).count(),
-                1,
-                "a topic granted with a terminator inside it: {t:?}; {}",
-                context()
-            );
+            // Exact (a mark at each end, none inside) or bare (no mark).
+            let marks = t.iter().filter(|&&b| b == TOPIC_MARK).count();
+            let exact = marks == 2 && t.first() == Some(&TOPIC_MARK) && t.last() == Some(&TOPIC_MARK);
+            assert!(exact || marks == 0, "a topic granted with a stray mark: {t:?}; {}", context());
+            assert!(TopicForm::parse(t).is_some(), "a topic granted that does not parse: {t:?}; {}", context());
             let known = known.unwrap_or_else(|| panic!("an unknown key was granted {t:?}; {}", context()));
             match known.role {
                 Role::Server => panic!("a server key was granted {t:?}; {}", context()),
                 Role::Admin => assert_eq!(
-                    Some(t),
-                    known.name.as_deref().map(topic).as_ref(),
+                    TopicForm::parse(t).map(|(_, s)| s),
+                    known.name.as_deref(),
                     "an admin key may hold only its own name; {}",
                     context()
                 ),
@@ -420,8 +419,8 @@ impl World {
                     for other in self.keys.iter().filter(|k| k.public_key != known.public_key) {
                         if let Some(other_name) = &other.name {
                             assert_ne!(
-                                *t,
-                                topic(other_name),
+                                TopicForm::parse(t).map(|(_, s)| s),
+                                Some(other_name.as_str()),
                                 "a client key was granted another key's name; {}",
                                 context()
                             );
@@ -437,7 +436,7 @@ impl World {
         if known.is_none() && subscribe {
             // Refused: the key is unknown (or the topic is not even UTF-8).
             assert!(
-                matches!(outcome.refused, Some(Refusal::UnknownKey | Refusal::NotUtf8)),
+                matches!(outcome.refused, Some(Refusal::UnknownKey | Refusal::Malformed)),
                 "an unknown key's subscription was not refused as such: {:?}; {}",
                 outcome.refused,
                 context()
@@ -518,6 +517,12 @@ impl World {
                     conn.key
                 );
             }
+        }
+        // The bare form is published exactly while some connection holds it.
+        let held_bare: HashSet<&Vec<u8>> =
+            self.conns.values().flat_map(|c| c.held.iter()).filter(|t| t.first() != Some(&TOPIC_MARK)).collect();
+        for t in TOPICS.iter().map(|t| t.as_bytes().to_vec()) {
+            assert_eq!(self.subs.wants_bare(&t), held_bare.contains(&t), "bare {t:?} published wrongly");
         }
     }
 }

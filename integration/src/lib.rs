@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod curve;
 pub mod etcd;
+pub mod plain;
 
 use tempfile::TempDir;
 
@@ -242,6 +243,14 @@ impl Server {
     /// Like [`Server::start_with`], under an open-file limit of `nofile`.
     pub fn start_limited(curve: bool, extra_yaml: &str, nofile: Option<u64>) -> Server {
         Self::launch("127.0.0.1", Ports::free(), curve, extra_yaml, nofile, |_| {})
+    }
+
+    /// Like [`Server::start_with`], with `networking_extra` (two-space
+    /// indented lines) added to the `networking:` section.
+    pub fn start_with_networking(curve: bool, networking_extra: &str, extra_yaml: &str) -> Server {
+        // The harness writes `networking:` last but for `extra_yaml`:
+        // indented lines right after it belong to it.
+        Self::start_with(curve, &format!("{networking_extra}{extra_yaml}"))
     }
 
     /// A server bound to `host` (a loopback address) on `ports`; `prepare`

@@ -15,7 +15,7 @@ use pantry_integration::{wait_for_status, wait_until, Agent, AgentSpec, Server};
 use pantry_shared::commands::{
     app_config, client_list, client_revoke, create_client, echo, exec, register_client, status, upload,
 };
-use pantry_shared::filter::ClientFilter;
+use pantry_shared::filter::{ClientFilter, TopicForm};
 use pantry_shared::keys::{KeyPair, Role};
 use pantry_shared::Message;
 
@@ -211,13 +211,21 @@ fn a_client_key_reads_only_its_own_topics() {
     let _web10 = start_agent(&f.server, "web-10", "shop", &web10_credentials);
     assert_listed(&f.server, f.cwd.path(), &["db-1", "web-1", "web-10"]);
 
-    // web-1's key on a SUB of its own, asking for everything and for what
+    // web-1's key on SUBs of its own (in the exact form, as Pantry's agents
+    // ask, and bare, as SPEC §4 does), asking for everything and for what
     // belongs to others; and an admin key asking for everything.
     let ctx = zmq::Context::new();
-    let sub = curve_socket(&ctx, &f.server, &f.web, zmq::SUB, f.server.ports.pub_sub);
-    for topic in ["", "db-1", "bank", "bank.prod", "shop.test", "web-1", "*", "shop"] {
-        sub.set_subscribe(topic.as_bytes()).unwrap();
-    }
+    let subs: Vec<zmq::Socket> = [TopicForm::Exact, TopicForm::Bare]
+        .into_iter()
+        .map(|form| {
+            let sub = curve_socket(&ctx, &f.server, &f.web, zmq::SUB, f.server.ports.pub_sub);
+            for topic in ["", "db-1", "bank", "bank.prod", "shop.test", "web-1", "*", "shop"] {
+                let topic = if topic.is_empty() { Vec::new() } else { form.topic(topic) };
+                sub.set_subscribe(&topic).unwrap();
+            }
+            sub
+        })
+        .collect();
     let admin_sub = curve_socket(&ctx, &f.server, &admin_pair(f.cwd.path()), zmq::SUB, f.server.ports.pub_sub);
     admin_sub.set_subscribe(b"").unwrap();
     for topic in ["db-1", "bank"] {
@@ -236,11 +244,13 @@ fn a_client_key_reads_only_its_own_topics() {
         let run = admin(&f.server, f.cwd.path(), 5, &all);
         assert!(run.success(), "{all:?}: {run:?}");
     }
-    let got = received(&sub, Duration::from_millis(800));
-    let streams: Vec<&str> = got.iter().map(|(s, _)| s.trim_end_matches('\0')).collect();
-    assert!(streams.contains(&"web-1") && streams.contains(&"*"), "its own messages did not arrive: {got:?}");
-    for other in ["db-1", "bank", "web-10"] {
-        assert!(!streams.contains(&other), "web-1's key read a message to {other}: {got:?}");
+    for sub in &subs {
+        let got = received(sub, Duration::from_millis(800));
+        let streams: Vec<&str> = got.iter().map(|(s, _)| s.trim_matches('\0')).collect();
+        assert!(streams.contains(&"web-1") && streams.contains(&"*"), "its own messages did not arrive: {got:?}");
+        for other in ["db-1", "bank", "web-10"] {
+            assert!(!streams.contains(&other), "web-1's key read a message to {other}: {got:?}");
+        }
     }
     let admin_got = received(&admin_sub, Duration::from_millis(200));
     assert!(admin_got.is_empty(), "an admin key read published requests: {admin_got:?}");

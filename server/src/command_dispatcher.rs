@@ -45,16 +45,20 @@ use crate::jobs::{self, JobReader, ListJobs, ShowJob};
 use crate::key_store::{
     AcceptPending, AddToken, BindKey, CreateKey, EnrollKey, KeyStore, ListKeys, ListPending, RejectPending, RevokeKey,
 };
+use crate::log_limit::{Admit, LogLimit};
 use crate::messages::{Grant, Hex, Incoming, PeerAuth, Presence};
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::{Outbound, Outbox};
-use crate::routes::{Answered, RouteError, Routes};
+use crate::routes::{Answered, RouteError, Routes, MAX_UNANSWERED_BYTES_PER_AGENT};
 use crate::store::{JobRow, Write, Writer};
 
 /// How long the answers to a forwarded request are awaited before the
 /// server forgets the request (the requester has its own, shorter timeout).
 const PENDING_TTL: Duration = Duration::from_secs(600);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// The window of [`LogLimit`]: one line per source this often at most.
+const LOG_WINDOW: Duration = Duration::from_secs(60);
 
 pub struct CommandDispatcher {
     outbox: Outbox,
@@ -82,6 +86,8 @@ pub struct CommandDispatcher {
     /// Changes the server is making (their jobs' results come with the
     /// answer).
     changes: HashSet<String>,
+    /// Lines a peer can cause at will, limited per source.
+    log_limit: LogLimit,
     metrics: Arc<Metrics>,
     log: Logger,
 }
@@ -169,6 +175,7 @@ impl CommandDispatcher {
             db: settings.db,
             job_reader: settings.job_reader,
             changes: HashSet::new(),
+            log_limit: LogLimit::new(LOG_WINDOW),
             metrics: settings.metrics,
             log,
         }
@@ -547,7 +554,7 @@ impl CommandDispatcher {
 
     fn acknowledge(&mut self, request: &Request) {
         if request.message.metadata.requires_response {
-            self.reply(request.peer.clone(), request.message.response());
+            self.reply(request.peer.clone(), register_client::respond(&request.message));
         }
     }
 
@@ -706,17 +713,23 @@ impl CommandDispatcher {
         let here: Vec<String> = recipients.iter().filter(|r| r.server.is_none()).map(|r| r.identity.clone()).collect();
         let identities: Vec<String> = recipients.into_iter().map(|r| r.identity).collect();
         // From here on the recipients' answers are routed: before the
-        // request goes out.
-        if let Err(e) = self.routes.await_answers(request.message.uuid(), &identities) {
-            return self.refuse_route(&request, e);
-        }
+        // request goes out. An agent already holding its share of
+        // unanswered requests is not sent this one.
+        let not_reading =
+            match self.routes.await_answers(request.message.uuid(), &identities, request.message.wire_size()) {
+                Ok(not_reading) => not_reading,
+                Err(e) => return self.refuse_route(&request, e),
+            };
         debug!(self.log, "request forwarded";
             "type" => request.message.message_type(), "from" => &request.message.metadata.from,
             "to" => &request.message.stream, "uuid" => request.message.uuid(), "clients" => identities.len(),
             "offline" => offline.len());
         self.record_job(&request, kind, identities.clone(), offline.iter().map(|o| o.identity.clone()).collect());
         let Request { peer, message, .. } = request;
-        self.reply(peer, recipients::respond(&message, &identities, &offline));
+        self.reply(peer.clone(), recipients::respond(&message, &identities, &offline));
+        if !not_reading.is_empty() {
+            self.not_reading(kind, &peer, &message, &not_reading);
+        }
         // Each other server with recipients publishes the request as it
         // came (its stream, its identity patterns) to its own clients, as a
         // single server would, and sends their answers back over the link.
@@ -732,10 +745,13 @@ impl CommandDispatcher {
         }
         let mut out = message;
         out.metadata.forwarded = true;
-        if !by_identity {
+        if !by_identity && not_reading.is_empty() {
             return self.outbox.send(Outbound::Publish(out));
         }
-        let mut streams = here.into_iter();
+        // By identity, or around an agent that is not reading: to each
+        // recipient's own stream.
+        let skipped: HashSet<&String> = not_reading.iter().collect();
+        let mut streams = here.into_iter().filter(|id| !skipped.contains(id));
         let last = streams.next_back();
         for identity in streams {
             self.outbox.send(Outbound::Publish(Message { stream: identity, ..out.clone() }));
@@ -746,6 +762,39 @@ impl CommandDispatcher {
         }
     }
 }
+
+impl CommandDispatcher {
+    /// Answers for the agents a request was not sent to because they hold
+    /// too much unanswered already: the requester learns at once, the job
+    /// records it, and the operator reads one warn line per agent and
+    /// minute.
+    fn not_reading(&mut self, kind: Kind, requester: &[u8], request: &Message, agents: &[String]) {
+        for identity in agents {
+            let mut answer = request.response();
+            answer.metadata.from = identity.clone();
+            answer.metadata.to = request.metadata.from.clone();
+            answer.metadata.forwarded = true;
+            answer.set_error(format!(
+                "{NOT_READING}: it has not answered {} MiB of requests sent to it; not sent",
+                MAX_UNANSWERED_BYTES_PER_AGENT >> 20
+            ));
+            if let Some(settings) = &self.jobs {
+                self.db.write(Write::Answer(answers::row(kind, &answer, settings.max_output, SystemTime::now())));
+            }
+            self.metrics.refused(Refusal::Limits);
+            if self.log_limit.admit(identity) == Admit::Write {
+                warn!(self.log, "request not sent to an agent that is not reading: the requester is told";
+                    "identity" => identity, "uuid" => request.uuid(), "type" => request.message_type(),
+                    "unanswered_limit_bytes" => MAX_UNANSWERED_BYTES_PER_AGENT);
+            }
+            self.outbox.to_peer(requester.to_vec(), answer);
+        }
+    }
+}
+
+/// What the requester hears of an agent whose unanswered requests are at
+/// their bound.
+pub const NOT_READING: &str = "agent not reading";
 
 impl Actor for CommandDispatcher {
     type Context = Context<Self>;
@@ -759,6 +808,12 @@ impl Actor for CommandDispatcher {
             prune(self);
             ctx.run_interval(PRUNE_EVERY, move |act, _| prune(act));
         }
+        ctx.run_interval(LOG_WINDOW, |act, _| {
+            for s in act.log_limit.ended() {
+                warn!(act.log, "more lines like the last were left out of the log";
+                    "source" => &s.source, "lines" => s.count, "over_seconds" => s.seconds);
+            }
+        });
         ctx.run_interval(SWEEP_EVERY, |act, _| {
             let expired = act.routes.expire(PENDING_TTL);
             if expired > 0 {

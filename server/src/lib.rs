@@ -20,6 +20,8 @@
 //! - [`cluster`]: several servers sharing keys and registry through etcd.
 //! - [`jobs`], [`answers`], [`audit`]: the record of every command and its
 //!   answers, and the audit log.
+//! - [`links`]: a cluster's links to the other servers.
+//! - [`log_limit`]: lines a peer can cause at will, limited per source.
 //! - [`metrics`]: counters for Prometheus, and `/metrics` and `/healthz`.
 //! - [`zap`], [`raw_zmq`]: ZAP encoding, and the few libzmq calls rust-zmq
 //!   lacks (all of the server's `unsafe`).
@@ -36,6 +38,7 @@ pub mod jobs;
 pub mod key_store;
 pub mod limits;
 pub mod links;
+pub mod log_limit;
 pub mod messages;
 pub mod metrics;
 pub mod outbox;
@@ -170,7 +173,7 @@ where
     };
     pantry_shared::security::set_max_message_size(net.max_message_size);
     let ctx = zmq::Context::new();
-    let sockets = BoundSockets::bind(&ctx, &security, &endpoints)?;
+    let sockets = BoundSockets::bind(&ctx, &security, &endpoints, net.plain_subscribers)?;
     let (outbox, inbox) = Outbox::new(&ctx)?;
     if let Some(store) = &store {
         // Before the socket thread serves: it answers known keys itself.

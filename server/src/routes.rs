@@ -22,6 +22,12 @@ use crate::metrics::Metrics;
 pub const MAX_PENDING_PER_REQUESTER: usize = 10_000;
 pub const MAX_AWAITED_PER_REQUESTER: usize = 1_000_000;
 
+/// Bytes of requests sent to one agent and not yet answered (or expired)
+/// beyond which it is sent no more: it is not reading (a stalled SUB, a key
+/// used to pin the server's memory), and what the server would queue for
+/// it is bounded by this. The requester is told at once.
+pub const MAX_UNANSWERED_BYTES_PER_AGENT: usize = 16 * 1024 * 1024;
+
 /// Why a request cannot be forwarded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RouteError {
@@ -70,6 +76,8 @@ struct Pending {
     since: Instant,
     /// Published to at least one client (not just reserved).
     sent: bool,
+    /// The request's size, counted against each recipient until it answers.
+    size: usize,
 }
 
 /// What one requester has pending.
@@ -83,6 +91,19 @@ struct Load {
 struct Table {
     pending: HashMap<String, Pending>,
     load: HashMap<String, Load>,
+    /// Agent identity → bytes of requests sent to it and not answered.
+    unanswered: HashMap<String, usize>,
+}
+
+impl Table {
+    fn answered_by(&mut self, identity: &str, size: usize) {
+        if let Some(bytes) = self.unanswered.get_mut(identity) {
+            *bytes = bytes.saturating_sub(size);
+            if *bytes == 0 {
+                self.unanswered.remove(identity);
+            }
+        }
+    }
 }
 
 pub struct Routes {
@@ -118,6 +139,7 @@ impl Routes {
             waiting_for: HashSet::new(),
             since: Instant::now(),
             sent: false,
+            size: 0,
         };
         table.pending.insert(uuid.to_owned(), pending);
         table.load.entry(owner.to_owned()).or_default().requests += 1;
@@ -125,26 +147,40 @@ impl Routes {
         Ok(())
     }
 
-    /// The request is about to be published to `recipients`: from now on
-    /// their answers are routed. With no recipients it is done.
-    pub fn await_answers(&self, uuid: &str, recipients: &[String]) -> Result<(), RouteError> {
+    /// The request (of `size` bytes) is about to be published to
+    /// `recipients`: from now on their answers are routed. Returns the
+    /// recipients not sent it, already holding
+    /// [`MAX_UNANSWERED_BYTES_PER_AGENT`] of unanswered requests (answered
+    /// at once by the caller). With no recipients it is done.
+    pub fn await_answers(&self, uuid: &str, recipients: &[String], size: usize) -> Result<Vec<String>, RouteError> {
         let mut table = self.table();
-        let Some(owner) = table.pending.get(uuid).map(|p| p.owner.clone()) else { return Ok(()) };
+        let Some(owner) = table.pending.get(uuid).map(|p| p.owner.clone()) else { return Ok(Vec::new()) };
         let awaited = table.load.get(&owner).map_or(0, |l| l.awaited);
         if awaited + recipients.len() > MAX_AWAITED_PER_REQUESTER {
             self.finish(&mut table, uuid);
             return Err(RouteError::TooManyAnswers(awaited));
         }
-        if recipients.is_empty() {
+        let (mut sent, mut not_reading) = (HashSet::new(), Vec::new());
+        for r in recipients {
+            let bytes = table.unanswered.get(r).copied().unwrap_or(0);
+            if bytes > 0 && bytes + size > MAX_UNANSWERED_BYTES_PER_AGENT {
+                not_reading.push(r.clone());
+            } else if sent.insert(r.clone()) {
+                *table.unanswered.entry(r.clone()).or_default() += size;
+            }
+        }
+        if sent.is_empty() {
             self.finish(&mut table, uuid);
-            return Ok(());
+            return Ok(not_reading);
         }
+        let count = sent.len();
         if let Some(pending) = table.pending.get_mut(uuid) {
-            pending.waiting_for = recipients.iter().cloned().collect();
+            pending.waiting_for = sent;
             pending.sent = true;
+            pending.size = size;
         }
-        table.load.entry(owner).or_default().awaited += recipients.len();
-        Ok(())
+        table.load.entry(owner).or_default().awaited += count;
+        Ok(not_reading)
     }
 
     /// An answer from the client `from` to `uuid`: whether and where it goes.
@@ -155,7 +191,8 @@ impl Routes {
             return Answered::NotAsked;
         }
         let (requester, kind, done) = (pending.requester.clone(), pending.kind, pending.waiting_for.is_empty());
-        let owner = pending.owner.clone();
+        let (owner, size) = (pending.owner.clone(), pending.size);
+        table.answered_by(from, size);
         if let Some(load) = table.load.get_mut(&owner) {
             load.awaited = load.awaited.saturating_sub(1);
         }
@@ -183,6 +220,9 @@ impl Routes {
 
     fn finish(&self, table: &mut Table, uuid: &str) {
         let Some(done) = table.pending.remove(uuid) else { return };
+        for identity in &done.waiting_for {
+            table.answered_by(identity, done.size);
+        }
         self.metrics.requests_pending.set(table.pending.len() as i64);
         if done.sent {
             self.metrics.request_duration.observe(done.since.elapsed().as_secs_f64());
@@ -215,17 +255,17 @@ mod tests {
         r.reserve("u", Kind::Echo, b"admin-conn", "admin-key").unwrap();
         assert_eq!(r.reserve("u", Kind::Echo, b"other", "other-key"), Err(RouteError::UuidInUse));
         assert_eq!(r.answered("u", "web-1"), Answered::NotAsked, "not yet published");
-        r.await_answers("u", &names(&["web-1", "web-2"])).unwrap();
+        r.await_answers("u", &names(&["web-1", "web-2"]), 10).unwrap();
         let routed = Answered::Route { requester: b"admin-conn".to_vec(), kind: Kind::Echo };
         assert_eq!(r.answered("u", "web-1"), routed);
         assert_eq!(r.answered("u", "web-1"), Answered::NotAsked, "twice");
         assert_eq!(r.answered("u", "db-1"), Answered::NotAsked, "not a recipient");
         assert_eq!(r.answered("u", "web-2"), routed);
         assert_eq!(r.answered("u", "web-2"), Answered::NotPending, "done");
-        assert!(r.table().load.is_empty());
+        assert!(r.table().load.is_empty() && r.table().unanswered.is_empty());
         // No recipients: done at once, the uuid free again.
         r.reserve("v", Kind::Echo, b"c", "k").unwrap();
-        r.await_answers("v", &[]).unwrap();
+        r.await_answers("v", &[], 10).unwrap();
         r.reserve("v", Kind::Echo, b"c", "k").unwrap();
     }
 
@@ -242,7 +282,29 @@ mod tests {
         assert!(r.table().load.is_empty() && r.table().pending.is_empty());
         r.reserve("big", Kind::Echo, b"c", "k").unwrap();
         let many: Vec<String> = (0..=MAX_AWAITED_PER_REQUESTER).map(|i| i.to_string()).collect();
-        assert_eq!(r.await_answers("big", &many), Err(RouteError::TooManyAnswers(0)));
+        assert_eq!(r.await_answers("big", &many, 10), Err(RouteError::TooManyAnswers(0)));
         assert!(r.table().pending.is_empty(), "refused: forgotten");
+    }
+
+    #[test]
+    fn an_agent_that_does_not_answer_is_sent_a_bounded_amount() {
+        let r = routes();
+        let size = MAX_UNANSWERED_BYTES_PER_AGENT / 4;
+        for i in 0..4 {
+            r.reserve(&i.to_string(), Kind::Echo, b"c", "k").unwrap();
+            assert!(r.await_answers(&i.to_string(), &names(&["stuck", "busy"]), size).unwrap().is_empty(), "{i}");
+        }
+        r.reserve("5", Kind::Echo, b"c", "k").unwrap();
+        assert_eq!(r.await_answers("5", &names(&["stuck", "busy", "idle"]), size).unwrap(), ["stuck", "busy"]);
+        // busy answers its first: room for one more; stuck has none.
+        assert!(matches!(r.answered("0", "busy"), Answered::Route { .. }));
+        r.reserve("6", Kind::Echo, b"c", "k").unwrap();
+        assert_eq!(r.await_answers("6", &names(&["stuck", "busy"]), size).unwrap(), ["stuck"]);
+        // Expired requests free their bytes too.
+        r.expire(Duration::ZERO);
+        assert!(r.table().unanswered.is_empty());
+        // One request bigger than the budget still goes to an idle agent.
+        r.reserve("7", Kind::Echo, b"c", "k").unwrap();
+        assert!(r.await_answers("7", &names(&["stuck"]), 2 * MAX_UNANSWERED_BYTES_PER_AGENT).unwrap().is_empty());
     }
 }

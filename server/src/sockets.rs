@@ -21,7 +21,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
-use pantry_shared::filter::topic;
+use pantry_shared::config::PlainSubscribers;
+use pantry_shared::filter::TopicForm;
 use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::security::{ServerPort, SocketSecurity, ZAP_ENDPOINT};
 use pantry_shared::{Head, Message};
@@ -80,12 +81,19 @@ pub struct BoundSockets {
     publisher: zmq::Socket,
     files: zmq::Socket,
     monitors: [zmq::Socket; 3],
+    /// Whether the XPUB grants bare subscriptions.
+    plain: PlainSubscribers,
 }
 
 impl BoundSockets {
     /// Binds the ZAP handler socket (CURVE only) first, so that no handshake
     /// can happen without it, then the three server sockets.
-    pub fn bind(ctx: &zmq::Context, security: &SocketSecurity, endpoints: &Endpoints) -> anyhow::Result<BoundSockets> {
+    pub fn bind(
+        ctx: &zmq::Context,
+        security: &SocketSecurity,
+        endpoints: &Endpoints,
+        plain: PlainSubscribers,
+    ) -> anyhow::Result<BoundSockets> {
         use anyhow::Context as _;
         let zap = if security.is_curve() {
             let zap = ctx.socket(zmq::ROUTER)?;
@@ -118,7 +126,8 @@ impl BoundSockets {
         let (publisher, publisher_monitor) = listen(zmq::XPUB, ServerPort::Publish, &endpoints.publish)?;
         let (router, router_monitor) = listen(zmq::ROUTER, ServerPort::Receive, &endpoints.receive)?;
         let (files, files_monitor) = listen(zmq::ROUTER, ServerPort::Files, &endpoints.file_service)?;
-        Ok(BoundSockets { zap, router, publisher, files, monitors: [publisher_monitor, router_monitor, files_monitor] })
+        let monitors = [publisher_monitor, router_monitor, files_monitor];
+        Ok(BoundSockets { zap, router, publisher, files, monitors, plain })
     }
 }
 
@@ -155,13 +164,14 @@ pub fn start(
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("pantry-sockets".into()).spawn(move || {
         let curve = sockets.zap.is_some();
+        let plain = sockets.plain;
         SocketThread {
             sockets,
             inbox,
             to,
             answers,
             connections: Connections::default(),
-            subscriptions: Subscriptions::new(curve),
+            subscriptions: Subscriptions::new(curve, plain),
             keys: KeySnapshot::default(),
             curve,
             backlogs: Default::default(),
@@ -369,13 +379,23 @@ impl SocketThread {
         true
     }
 
+    /// Publishes in the exact form, and in the bare form too while a
+    /// connection holds the bare topic itself (a plain agent: SPEC §4).
     fn publish(&self, message: &Message) {
         let mut frames = message.to_frames();
-        frames[0] = topic(&message.stream);
-        self.metrics.publishes_out.inc();
-        self.metrics.bytes_out.inc_by(size_of(&frames) as u64);
-        if let Err(e) = self.sockets.publisher.send_multipart(frames, zmq::DONTWAIT) {
-            warn!(self.log, "cannot publish"; "uuid" => message.uuid(), "error" => %e);
+        let bare = TopicForm::Bare.topic(&message.stream);
+        let plain = self.subscriptions.wants_bare(&bare).then(|| {
+            let mut copy = frames.clone();
+            copy[0] = bare;
+            copy
+        });
+        frames[0] = TopicForm::Exact.topic(&message.stream);
+        for frames in std::iter::once(frames).chain(plain) {
+            self.metrics.publishes_out.inc();
+            self.metrics.bytes_out.inc_by(size_of(&frames) as u64);
+            if let Err(e) = self.sockets.publisher.send_multipart(frames, zmq::DONTWAIT) {
+                warn!(self.log, "cannot publish"; "uuid" => message.uuid(), "error" => %e);
+            }
         }
     }
 
@@ -710,13 +730,17 @@ impl SocketThread {
             if let Some(refusal) = &outcome.refused {
                 let key = key.as_deref().unwrap_or("-");
                 let name = key_name(&self.keys, key);
-                let topic = String::from_utf8_lossy(requested);
+                // The stream without the exact form's marks, and which form.
+                let (form, topic) = match TopicForm::parse(requested) {
+                    Some((form, stream)) => (form_name(form), stream.to_owned()),
+                    None => ("malformed", String::from_utf8_lossy(requested).into_owned()),
+                };
                 if refusal.is_expected() {
                     debug!(self.log, "subscription not granted yet: {}", refusal.reason();
-                        "key" => key, "name" => name, "topic" => %topic);
+                        "key" => key, "name" => name, "topic" => %topic, "form" => form);
                 } else {
                     warn!(self.log, "subscription refused: {}", refusal.reason();
-                        "key" => key, "name" => name, "topic" => %topic,
+                        "key" => key, "name" => name, "topic" => %topic, "form" => form,
                         "address" => peer_address(fd).unwrap_or_else(|| "unknown".into()));
                 }
                 if *refusal == crate::subscriptions::Refusal::UnknownKey {
@@ -869,6 +893,13 @@ impl SocketThread {
 /// A ROUTER message: routing id, the first frame after it, every frame's
 /// data.
 type RouterMessage = (Vec<u8>, Option<RawFrame>, Vec<Vec<u8>>);
+
+fn form_name(form: TopicForm) -> &'static str {
+    match form {
+        TopicForm::Exact => "exact",
+        TopicForm::Bare => "bare",
+    }
+}
 
 fn key_name<'a>(keys: &'a KeySnapshot, key: &str) -> &'a str {
     keys.by_z85(key).and_then(|k| k.name.as_deref()).unwrap_or("-")

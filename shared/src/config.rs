@@ -264,6 +264,22 @@ pub struct Networking {
     /// does not hold it yet (an agent enrolling itself).
     #[serde(default)]
     pub server_public_key: Option<String>,
+    /// Server: whether PUB subscriptions in the bare form (SPEC §4, the
+    /// original agent) are granted, or only Pantry's exact form.
+    #[serde(default)]
+    pub plain_subscribers: PlainSubscribers,
+}
+
+/// `networking.plain_subscribers`: `allow` (the default) grants a bare
+/// subscription (`web-1`, what SPEC §4 and the original agent send), whose
+/// prefix match lets it read a little more than its own (docs/security.md);
+/// `refuse` grants only the exact form Pantry's agents use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlainSubscribers {
+    #[default]
+    Allow,
+    Refuse,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -425,6 +441,7 @@ impl Default for Networking {
             trust_first_client: true,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             server_public_key: None,
+            plain_subscribers: PlainSubscribers::default(),
         }
     }
 }

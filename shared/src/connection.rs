@@ -330,7 +330,12 @@ impl Connection {
                 continue;
             }
             if let Some(error) = answer.error() {
-                eprintln!("{}: error: {error}", answer.metadata.from);
+                if crate::session::says_unsupported(error, request.message_type()) {
+                    let unsupported = crate::session::unsupported(request.message_type());
+                    eprintln!("{}: {unsupported}: {error}", answer.metadata.from);
+                } else {
+                    eprintln!("{}: error: {error}", answer.metadata.from);
+                }
                 failed.push(answer.metadata.from.clone());
             } else if !on_answer(&answer) {
                 failed.push(answer.metadata.from.clone());

@@ -230,6 +230,21 @@ impl Message {
         self.metadata.custom.get("client_response_list") == Some(&Value::Bool(true))
     }
 
+    /// The bytes the message takes on the wire, frames counted as sent.
+    pub fn wire_size(&self) -> usize {
+        let metadata = serde_json::to_vec(&self.metadata).map_or(0, |m| m.len());
+        let body: usize = self
+            .body
+            .iter()
+            .map(|part| match part {
+                BodyPart::Text(t) => t.len(),
+                BodyPart::Bytes(b) => b.len(),
+                BodyPart::Json(v) => JSON_MARKER.len() + serde_json::to_vec(v).map_or(0, |v| v.len()),
+            })
+            .sum();
+        self.stream.len() + metadata + body
+    }
+
     /// The frames to send (without any ROUTER routing id).
     pub fn to_frames(&self) -> Vec<Vec<u8>> {
         let mut frames = Vec::with_capacity(2 + self.body.len());
@@ -246,11 +261,16 @@ impl Message {
             return Err(DecodeError::TooFewFrames(frames.len()));
         }
         let stream = std::str::from_utf8(frames[0].as_ref()).map_err(|_| DecodeError::StreamNotUtf8)?;
-        // The server ends published topics with a terminator (exact XPUB
-        // matching); the stream is what comes before it.
-        let stream = stream.strip_suffix(crate::filter::TOPIC_END).unwrap_or(stream);
-        // Only the terminator may be NUL, so a stream reads back the same.
-        if stream.contains(crate::filter::TOPIC_END) {
+        // A request published in the exact form (`\0stream\0`) names its
+        // stream between the marks; servers before 0.2 ended it with the
+        // mark alone. Nowhere else may a stream hold it, so a stream reads
+        // back the same.
+        let mark = char::from(crate::filter::TOPIC_MARK);
+        let stream = match stream.strip_prefix(mark).and_then(|s| s.strip_suffix(mark)) {
+            Some(inner) => inner,
+            None => stream.strip_suffix(mark).unwrap_or(stream),
+        };
+        if stream.contains(mark) {
             return Err(DecodeError::StreamWithNul);
         }
         let stream = stream.to_owned();
@@ -419,6 +439,11 @@ mod tests {
         let mut frames = Message::new("Echo").to_frames();
         frames[0] = crate::filter::topic("web-1");
         assert_eq!(Message::from_frames(&frames).unwrap().stream, "web-1");
+        // As servers before the exact form's opening mark published.
+        frames[0] = b"web-1\0".to_vec();
+        assert_eq!(Message::from_frames(&frames).unwrap().stream, "web-1");
+        frames[0] = b"\0\0\0".to_vec();
+        assert_eq!(Message::from_frames(&frames), Err(DecodeError::StreamWithNul));
         // Found by fuzzing: "a\0\0" read as "a\0", which does not read back.
         frames[0] = b"a\0\0".to_vec();
         assert_eq!(Message::from_frames(&frames), Err(DecodeError::StreamWithNul));

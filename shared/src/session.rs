@@ -344,3 +344,24 @@ pub fn print_json_summary(json: bool, answers: Vec<serde_json::Value>, result: &
 pub fn unsupported(message_type: &str) -> String {
     format!("does not support the command type {message_type} (an older or the original agent?)")
 }
+
+/// Whether an agent's error says it does not run `message_type` at all:
+/// SPEC §3 asks an agent to answer a type it does not know with an error
+/// "saying so", in its own words (ours: "does not know the command type").
+pub fn says_unsupported(error: &str, message_type: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains(&message_type.to_ascii_lowercase())
+        && ["unknown", "not know", "not support", "unsupported", "not implemented"].iter().any(|w| error.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unsupported_types_are_told_apart_from_failures() {
+        let ours = crate::commands::unknown_type_error("web-1", "Exec");
+        assert!(super::says_unsupported(&ours, "Exec"));
+        assert!(super::says_unsupported("Unknown message type: Exec", "Exec"));
+        assert!(!super::says_unsupported("exec is disabled on this client", "Exec"));
+        assert!(!super::says_unsupported("unknown program", "Upload"));
+    }
+}

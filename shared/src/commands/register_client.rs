@@ -15,6 +15,24 @@ pub const TYPE: &str = "RegisterClient";
 pub const RULE: Rule =
     Rule { wire: TYPE, runs_on: RunsOn::Server, senders: Senders::Clients, may_block: false, job: false };
 
+/// `custom.exact_topics: true` in the server's answer to a registration:
+/// it grants PUB topics in the exact form ([`crate::filter::TopicForm`]).
+/// An agent that hears nothing of it talks to an older server, and
+/// subscribes in the bare form instead.
+pub const EXACT_TOPICS_FIELD: &str = "exact_topics";
+
+/// Server: the answer to an accepted registration.
+pub fn respond(request: &Message) -> Message {
+    let mut response = request.response();
+    response.metadata.custom.insert(EXACT_TOPICS_FIELD.into(), true.into());
+    response
+}
+
+/// Agent: whether the server's answer says it grants the exact form.
+pub fn grants_exact_topics(answer: &Message) -> bool {
+    answer.metadata.custom.get(EXACT_TOPICS_FIELD) == Some(&serde_json::Value::Bool(true))
+}
+
 /// The body is `{application, environment, roles}`, as the original agent
 /// sends it; the identity is the message's `from`.
 pub fn request(me: &ClientFilter) -> Message {
