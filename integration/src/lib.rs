@@ -242,7 +242,13 @@ impl Server {
 
     /// Like [`Server::start_with`], under an open-file limit of `nofile`.
     pub fn start_limited(curve: bool, extra_yaml: &str, nofile: Option<u64>) -> Server {
-        Self::launch("127.0.0.1", Ports::free(), curve, extra_yaml, nofile, |_| {})
+        Self::launch("127.0.0.1", Ports::free(), curve, "debug", extra_yaml, nofile, |_| {})
+    }
+
+    /// Like [`Server::start_with`], logging at info (as shipped) rather than
+    /// debug: for measuring what the logs grow by.
+    pub fn start_at_info(curve: bool, extra_yaml: &str) -> Server {
+        Self::launch("127.0.0.1", Ports::free(), curve, "info", extra_yaml, None, |_| {})
     }
 
     /// Like [`Server::start_with`], with `networking_extra` (two-space
@@ -257,7 +263,7 @@ impl Server {
     /// gets its root_dir (created, empty) before it starts, to put state
     /// there (another server's `server_keys.yml`, say).
     pub fn start_on(host: &str, ports: Ports, curve: bool, prepare: impl FnOnce(&Path)) -> Server {
-        Self::launch(host, ports, curve, "", None, |root| {
+        Self::launch(host, ports, curve, "debug", "", None, |root| {
             std::fs::create_dir_all(root).expect("create root_dir");
             prepare(root)
         })
@@ -271,7 +277,7 @@ impl Server {
         extra_yaml: &str,
         prepare: impl FnOnce(&Path),
     ) -> Server {
-        Self::launch(host, ports, curve, extra_yaml, None, |root| {
+        Self::launch(host, ports, curve, "debug", extra_yaml, None, |root| {
             std::fs::create_dir_all(root).expect("create root_dir");
             prepare(root)
         })
@@ -281,6 +287,7 @@ impl Server {
         host: &str,
         ports: Ports,
         curve: bool,
+        level: &str,
         extra_yaml: &str,
         nofile: Option<u64>,
         prepare: impl FnOnce(&Path),
@@ -289,7 +296,7 @@ impl Server {
         let root = dir.path().join("root");
         prepare(&root);
         let config = format!(
-            "log_level: debug\nroot_dir: {}\n{}{}",
+            "log_level: {level}\nroot_dir: {}\n{}{}",
             root.display(),
             ports.networking_yaml_on(&[host], curve),
             extra_yaml

@@ -74,9 +74,32 @@ pub struct PlainSpec {
     /// Never read the SUB (a stalled or hostile subscriber); it still
     /// registers.
     pub stall: bool,
+    /// A hostile agent: every answer carries an error and a structured
+    /// body of this many bytes each (0: none).
+    pub oversized_answers: usize,
 }
 
 impl PlainSpec {
+    /// An agent of application `pantry`, environment `test`, for `server`,
+    /// registering every second without saying its interval.
+    pub fn for_server(server: &crate::Server, identity: &str, roles: &[&str], curve: Option<PlainCurve>) -> PlainSpec {
+        PlainSpec {
+            identity: identity.into(),
+            application: Some("pantry".into()),
+            environment: Some("test".into()),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            host: server.host.clone(),
+            pub_sub_port: server.ports.pub_sub,
+            receive_port: server.ports.receive,
+            curve,
+            heartbeat: Duration::from_secs(1),
+            tell_heartbeat: false,
+            extra_subscriptions: Vec::new(),
+            stall: false,
+            oversized_answers: 0,
+        }
+    }
+
     /// The streams of SPEC §4, identity first, then the broadcast topic.
     pub fn subscriptions(&self) -> Vec<String> {
         let mut list = vec![self.identity.clone()];
@@ -203,7 +226,13 @@ fn answer(request: &Value, body: &[Vec<u8>], spec: &PlainSpec) -> Frames {
         "custom": custom,
     });
     let mut frames = vec![requester.into_bytes(), metadata.to_string().into_bytes()];
-    if echoed {
+    if spec.oversized_answers > 0 {
+        let junk = "j".repeat(spec.oversized_answers);
+        let mut hostile: Value = serde_json::from_slice(&frames[1]).unwrap_or_default();
+        hostile["custom"]["error"] = json!(junk);
+        frames[1] = hostile.to_string().into_bytes();
+        frames.push(format!("{STRUCTURED}{}", json!({"junk": junk})).into_bytes());
+    } else if echoed {
         frames.extend(body.iter().cloned());
     }
     frames

@@ -18,20 +18,7 @@ use pantry_integration::{wait_for_status, wait_until, AdminRun, Agent, AgentSpec
 const WAIT: Duration = Duration::from_secs(10);
 
 fn plain_spec(server: &Server, identity: &str, roles: &[&str], curve: Option<PlainCurve>) -> PlainSpec {
-    PlainSpec {
-        identity: identity.into(),
-        application: Some("pantry".into()),
-        environment: Some("test".into()),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
-        host: server.host.clone(),
-        pub_sub_port: server.ports.pub_sub,
-        receive_port: server.ports.receive,
-        curve,
-        heartbeat: Duration::from_secs(1),
-        tell_heartbeat: false,
-        extra_subscriptions: Vec::new(),
-        stall: false,
-    }
+    PlainSpec::for_server(server, identity, roles, curve)
 }
 
 /// Admin arguments for the server's security.

@@ -39,10 +39,15 @@ impl RawAnswer {
 }
 
 /// One client's answer, as the job store keeps it.
+///
+/// Every stored part counts against `max_output`, however the agent
+/// encoded it: the error, a plain body, a structured body (cut to a note of
+/// its size and start when its JSON is longer), and an exec's stdout and
+/// stderr (each).
 pub fn row(kind: Kind, answer: &Message, max_output: usize, received: SystemTime) -> AnswerRow {
-    let error = answer.error().map(str::to_owned);
+    let error = answer.error().map(|e| cut_to_bytes(e, max_output).to_owned());
     let mut body = answer.body.first().map(|part| match part {
-        BodyPart::Json(v) => v.clone(),
+        BodyPart::Json(v) => capped_json(v, max_output),
         BodyPart::Text(t) => Value::String(cut_to_bytes(t, max_output).to_owned()),
         BodyPart::Bytes(b) => Value::String(format!("({} bytes of binary data)", b.len())),
     });
@@ -61,6 +66,10 @@ pub fn row(kind: Kind, answer: &Message, max_output: usize, received: SystemTime
                             text.truncate(kept);
                             *cut_flag = true;
                         }
+                    }
+                    if let Some(e) = &mut result.error {
+                        let kept = cut_to_bytes(e, max_output).len();
+                        e.truncate(kept);
                     }
                     let outcome = if result.timed_out {
                         "timed out"
@@ -86,6 +95,16 @@ pub fn row(kind: Kind, answer: &Message, max_output: usize, received: SystemTime
         error,
         body,
     }
+}
+
+/// `value`, or, when its JSON is longer than `max` bytes, a note of its
+/// size with the start of that JSON.
+fn capped_json(value: &Value, max: usize) -> Value {
+    let text = value.to_string();
+    if text.len() <= max {
+        return value.clone();
+    }
+    serde_json::json!({"cut": true, "bytes": text.len(), "start": cut_to_bytes(&text, max)})
 }
 
 /// The longest prefix of `text` of at most `bytes` bytes that ends on a
@@ -130,6 +149,14 @@ mod tests {
         let echo_answer = pantry_shared::commands::echo::handle(&pantry_shared::commands::echo::request("hi"));
         let raw = RawAnswer { kind: Kind::Echo, frames: echo_answer.to_frames(), received: now, max_output: 1 };
         assert_eq!(raw.row().unwrap().body, Some(Value::String("h".into())));
+        // A malicious agent's structured body and error count too.
+        let mut hostile = req.response();
+        hostile.set_error("e".repeat(3 << 20));
+        hostile.body.push(BodyPart::Json(serde_json::json!({"junk": "j".repeat(3 << 20)})));
+        let kept = row(Kind::Echo, &hostile, 1000, now);
+        assert_eq!(kept.error.as_deref().map(str::len), Some(1000));
+        let body = kept.body.unwrap();
+        assert!(body.to_string().len() < 1200 && body["cut"] == true, "{body}");
         let garbage = RawAnswer { kind: Kind::Echo, frames: vec![vec![0xff]], received: now, max_output: 1 };
         assert!(garbage.row().is_none());
     }

@@ -15,6 +15,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
+use std::borrow::Cow;
+
+use pantry_shared::logging::shortened;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -55,6 +58,63 @@ pub struct AuditLine<'a> {
     pub arguments: Value,
     /// `accepted`, `refused: REASON` or `dropped: REASON`.
     pub decision: String,
+}
+
+/// Most bytes of one text field of an audit line, and of its identities
+/// or arguments as JSON: a peer's 4 MiB `type` costs the disk 256 bytes.
+pub const MAX_FIELD: usize = 256;
+pub const MAX_LIST: usize = 1024;
+
+/// An [`AuditLine`] as written: every field capped, a cut marked.
+#[derive(Serialize)]
+struct Capped<'a> {
+    time: &'a str,
+    uuid: Cow<'a, str>,
+    name: Cow<'a, str>,
+    key: Cow<'a, str>,
+    role: Cow<'a, str>,
+    address: Cow<'a, str>,
+    #[serde(rename = "type")]
+    message_type: Cow<'a, str>,
+    target: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identities: Option<Cow<'a, Value>>,
+    arguments: Cow<'a, Value>,
+    decision: Cow<'a, str>,
+}
+
+impl<'a> Capped<'a> {
+    fn of(line: &'a AuditLine<'a>) -> Capped<'a> {
+        let field = |text: &'a str| shortened(text, MAX_FIELD);
+        Capped {
+            time: &line.time,
+            uuid: field(line.uuid),
+            name: field(line.name),
+            key: field(line.key),
+            role: field(line.role),
+            address: field(line.address),
+            message_type: field(line.message_type),
+            target: field(line.target),
+            identities: line.identities.map(capped_json),
+            arguments: capped_json(&line.arguments),
+            decision: shortened(&line.decision, MAX_LIST),
+        }
+    }
+}
+
+/// `value`, or a note of its size when its JSON is longer than
+/// [`MAX_LIST`]: the start of a list, the start of anything else as text.
+fn capped_json(value: &Value) -> Cow<'_, Value> {
+    let size = serde_json::to_vec(value).map_or(0, |v| v.len());
+    if size <= MAX_LIST {
+        return Cow::Borrowed(value);
+    }
+    let text = value.to_string();
+    let start = match value {
+        Value::Array(items) => Value::from(items.len()),
+        _ => Value::from(shortened(&text, MAX_FIELD).into_owned()),
+    };
+    Cow::Owned(serde_json::json!({"cut": true, "bytes": size, "start": start}))
 }
 
 enum Sink {
@@ -102,8 +162,9 @@ impl Audit {
     }
 
     /// Writes one line, in one write: it is in the file when this returns.
+    /// Fields a peer controls are cut ([`MAX_FIELD`], [`MAX_LIST`]).
     pub fn write(&mut self, line: &AuditLine) -> std::io::Result<()> {
-        let mut text = serde_json::to_string(line).map_err(std::io::Error::other)?;
+        let mut text = serde_json::to_string(&Capped::of(line)).map_err(std::io::Error::other)?;
         match &mut self.sink {
             Sink::File(file) => {
                 text.push('\n');
@@ -157,5 +218,33 @@ mod tests {
         let parsed: Value = serde_json::from_str(old.trim()).unwrap();
         assert_eq!((parsed["type"].as_str(), parsed["decision"].as_str()), (Some("Exec"), Some("accepted")));
         assert!(new.contains("refused: not authorized"));
+    }
+
+    #[test]
+    fn fields_a_peer_controls_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut audit = Audit::open(AuditTarget::from_config(None, dir.path())).unwrap();
+        let huge = "T".repeat(4 << 20);
+        let ids = serde_json::json!(vec!["web-1"; 100_000]);
+        let line = AuditLine {
+            time: now(),
+            uuid: &huge,
+            name: "-",
+            key: "k",
+            role: "enrollee",
+            address: "127.0.0.1",
+            message_type: &huge,
+            target: &huge,
+            identities: Some(&ids),
+            arguments: serde_json::json!({"text": huge}),
+            decision: "refused: unknown client".into(),
+        };
+        audit.write(&line).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        assert!(text.len() < 4 * 1024, "{} bytes", text.len());
+        let parsed: Value = serde_json::from_str(text.trim()).unwrap();
+        assert!(parsed["type"].as_str().unwrap().ends_with("[cut: 4194304 bytes]"));
+        assert_eq!(parsed["identities"]["start"], 100_000);
+        assert_eq!(parsed["arguments"]["cut"], true);
     }
 }

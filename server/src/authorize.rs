@@ -12,6 +12,7 @@
 
 use pantry_shared::commands::{Kind, RunsOn, Senders};
 use pantry_shared::keys::Role;
+use pantry_shared::logging::shortened;
 use pantry_shared::Message;
 
 use crate::messages::{PeerAuth, Standing};
@@ -45,7 +46,8 @@ pub fn authorize(message: &Message, sender: Option<&PeerAuth>, curve: bool) -> V
 /// answers from their [`Head`](pantry_shared::Head) alone).
 pub fn judge(wire: &str, requires_response: bool, from: &str, sender: Option<&PeerAuth>, curve: bool) -> Verdict {
     let Some(kind) = Kind::from_wire(wire) else {
-        return Verdict::Refuse(format!("unknown command type `{wire}`"));
+        // The type is the sender's: a refusal repeats at most its start.
+        return Verdict::Refuse(format!("unknown command type `{}`", shortened(wire, 64)));
     };
     let rule = kind.rule();
     let is_answer = rule.runs_on == RunsOn::Clients && !requires_response;

@@ -26,7 +26,7 @@ use pantry_shared::commands::recipients::Offline;
 use pantry_shared::commands::status::ClientRecord;
 use pantry_shared::config::DEFAULT_HEARTBEAT_INTERVAL;
 use pantry_shared::filter::{ClientFilter, Identities};
-use slog::{debug, info, Logger};
+use slog::{debug, info, warn, Logger};
 
 use crate::cluster::{FleetRecord, RegistryChange, RegistryWriter, RewriteRecords};
 use crate::metrics::Metrics;
@@ -256,6 +256,27 @@ impl ClientRegistry {
     }
 }
 
+impl ClientRegistry {
+    /// Clients whose registered streams hold `identity`, which a key owns
+    /// by name: their registrations are the ones refused. They leave the
+    /// registry, and their next check-in is refused ("the stream is another
+    /// client's identity") until they stop claiming it.
+    fn evict_squatters(&mut self, identity: &str, owner: Option<&str>) {
+        let squatters: Vec<String> = self
+            .by_stream
+            .get(identity)
+            .map(|ids| ids.iter().filter(|id| *id != identity).cloned().collect())
+            .unwrap_or_default();
+        for squatter in squatters {
+            let Some(gone) = self.remove(&squatter) else { continue };
+            warn!(self.log, "registration refused: its streams hold another key's identity, which that key now \
+                registered; the client leaves the registry";
+                "identity" => &squatter, "key" => gone.key.as_deref().unwrap_or("-"),
+                "streams" => gone.filter.streams().join(" "), "owner" => identity, "owner_key" => owner.unwrap_or("-"));
+        }
+    }
+}
+
 impl Actor for ClientRegistry {
     type Context = Context<Self>;
 
@@ -276,6 +297,10 @@ pub struct Register {
     pub peer: Vec<u8>,
     /// How often it checks in (absent: the default, 300 s).
     pub heartbeat: Option<Duration>,
+    /// The identity is the sender's key's own name in the key store (its
+    /// credentials, a token or its first registration bound it): it wins
+    /// over another client's stream of the same name.
+    pub owns_identity: bool,
 }
 
 /// What a registration did.
@@ -301,6 +326,9 @@ impl Handler<Register> for ClientRegistry {
                     return Registered::Refused(format!("the identity `{identity}` is registered by another key"));
                 }
             }
+        }
+        if msg.owns_identity {
+            self.evict_squatters(&identity, msg.key.as_deref());
         }
         if let Some(reason) = self.confusion(&identity, &msg.client) {
             return Registered::Refused(reason);
@@ -736,7 +764,7 @@ mod tests {
 
     fn reg(c: ClientFilter, key: &str) -> Register {
         let peer = c.identity.clone().unwrap_or_default().into_bytes();
-        Register { client: c, key: Some(key.into()), peer, heartbeat: None }
+        Register { client: c, key: Some(key.into()), peer, heartbeat: None, owns_identity: false }
     }
 
     #[actix_rt::test]
@@ -811,6 +839,29 @@ mod tests {
         assert!(matches!(r, Registered::Refused(_)), "app = identity");
         let to = |s: &str| registry.send(Recipients { stream: s.into(), identities: None, local_only: false });
         assert_eq!(ids(to("web1.example.com").await.unwrap()), ["web1.example.com"]);
+    }
+
+    #[actix_rt::test]
+    async fn an_identity_its_key_owns_wins_over_a_squatted_stream() {
+        let (registry, _dir) = registry(true);
+        // A compromised key registers application `web` and, as app.env.role,
+        // the name `sq1.example.com`, before those machines first register.
+        let squat = reg(client("evil", "web", "x", &[]), "k-evil");
+        assert_eq!(registry.send(squat).await.unwrap(), Registered::New);
+        let squat = reg(client("evil-2", "sq1", "example", &["com"]), "k-evil-2");
+        assert_eq!(registry.send(squat).await.unwrap(), Registered::New);
+        // Without owning its name, a registration is still refused.
+        let unowned = registry.send(reg(client("web", "shop", "prod", &[]), "k-web")).await.unwrap();
+        assert!(matches!(unowned, Registered::Refused(_)), "{unowned:?}");
+        for (id, key) in [("web", "k-web"), ("sq1.example.com", "k-sq1")] {
+            let owned = Register { owns_identity: true, ..reg(client(id, "shop", "prod", &[]), key) };
+            assert_eq!(registry.send(owned).await.unwrap(), Registered::New, "{id}");
+        }
+        let listed = registry.send(Query { filter: ClientFilter::default(), identities: None }).await.unwrap();
+        let names: Vec<_> = listed.iter().filter_map(|l| l.filter.identity.clone()).collect();
+        assert_eq!(names, ["sq1.example.com", "web"], "the squatters left");
+        let again = registry.send(reg(client("evil", "web", "x", &[]), "k-evil")).await.unwrap();
+        assert!(matches!(again, Registered::Refused(r) if r.contains("`web` is another client's identity")));
     }
 
     #[actix_rt::test]

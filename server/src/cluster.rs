@@ -559,6 +559,25 @@ impl ClusterKeys {
         Ok(())
     }
 
+    /// The enrollment tokens.
+    pub fn tokens(&self) -> Vec<Token> {
+        self.tokens.values().cloned().collect()
+    }
+
+    /// Withdraws the token named `id`, cluster-wide.
+    pub fn revoke_token(&mut self, id: &str) -> Result<Token, KeyChangeError> {
+        let token = Token::find(self.tokens.values(), id)?.clone();
+        let path = self.etcd.key(&["tokens", &token.hash]);
+        self.etcd
+            .call(move |mut client| async move {
+                client.delete(path, None).await?;
+                Ok(())
+            })
+            .map_err(unavailable)?;
+        self.apply(&KeyChange::TokenGone(token.hash.clone()));
+        Ok(token)
+    }
+
     /// Enrolls `key` with `token`: the key is stored and the token loses a
     /// use in one transaction, retried when another server used the token
     /// meanwhile.

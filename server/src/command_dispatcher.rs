@@ -17,14 +17,14 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use pantry_shared::commands::enroll::{self, Enrolled};
 use pantry_shared::commands::jobs as jobs_command;
 use pantry_shared::commands::{
-    app_config, client_forget, client_list, client_pending, client_revoke, client_token, create_client, recipients,
-    register_client, status, upload, Kind, RunsOn,
+    app_config, client_forget, client_list, client_pending, client_revoke, client_token, client_tokens, create_client,
+    recipients, register_client, status, upload, Kind, RunsOn,
 };
 use pantry_shared::filter::Identities;
 use pantry_shared::keys::{self, Token};
@@ -41,12 +41,13 @@ use crate::client_registry::{
 };
 use crate::cluster::RevokedInCluster;
 use crate::file_service::{AuthorizeTransfer, FileService, KeyRevoked};
-use crate::jobs::{self, JobReader, ListJobs, ShowJob};
+use crate::jobs::{self, JobReader, ListJobs, ShowJob, UsedUuids};
 use crate::key_store::{
-    AcceptPending, AddToken, BindKey, CreateKey, EnrollKey, KeyStore, ListKeys, ListPending, RejectPending, RevokeKey,
+    AcceptPending, AddToken, BindKey, CreateKey, EnrollKey, KeyStore, ListKeys, ListPending, ListTokens, RejectPending,
+    RevokeKey, RevokeToken,
 };
 use crate::log_limit::{Admit, LogLimit};
-use crate::messages::{Grant, Hex, Incoming, PeerAuth, Presence};
+use crate::messages::{Grant, Hex, Incoming, PeerAuth, Presence, Standing};
 use crate::metrics::{Metrics, Refusal};
 use crate::outbox::{Outbound, Outbox};
 use crate::routes::{Answered, RouteError, Routes, MAX_UNANSWERED_BYTES_PER_AGENT};
@@ -59,6 +60,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// The window of [`LogLimit`]: one line per source this often at most.
 const LOG_WINDOW: Duration = Duration::from_secs(60);
+/// Refusals: one line per key and address this often at most, then a
+/// count.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 
 pub struct CommandDispatcher {
     outbox: Outbox,
@@ -70,10 +74,12 @@ pub struct CommandDispatcher {
     cluster_files: Option<String>,
     /// Where application configs live.
     root_dir: PathBuf,
-    /// Keys revoked since start: their open connections may still deliver
-    /// a message or two before the cut-off lands.
-    revoked: HashSet<String>,
-    /// Key → when it last sent something, and which keys are connected.
+    /// Keys revoked lately, and when: their open connections may still
+    /// deliver a message or two before the cut-off lands. Forgotten after
+    /// [`REVOKED_GRACE`], or at once when the key is accepted again.
+    revoked: HashMap<String, Instant>,
+    /// Known key → when it last sent something (keys the server does not
+    /// know are not remembered here), and which keys are connected.
     seen: HashMap<String, SystemTime>,
     connected: HashSet<String>,
     /// The record of every request.
@@ -83,11 +89,14 @@ pub struct CommandDispatcher {
     jobs: Option<JobSettings>,
     db: Writer,
     job_reader: Addr<JobReader>,
+    used_uuids: UsedUuids,
     /// Changes the server is making (their jobs' results come with the
     /// answer).
     changes: HashSet<String>,
-    /// Lines a peer can cause at will, limited per source.
+    /// Lines a peer can cause at will, limited per source: requests to
+    /// agents that do not read, by agent; refusals, by key and address.
     log_limit: LogLimit,
+    refusal_log: LogLimit,
     metrics: Arc<Metrics>,
     log: Logger,
 }
@@ -100,6 +109,8 @@ pub struct Settings {
     pub jobs: Option<JobSettings>,
     pub db: Writer,
     pub job_reader: Addr<JobReader>,
+    /// The uuids jobs were recorded under (with `jobs`).
+    pub used_uuids: UsedUuids,
     pub metrics: Arc<Metrics>,
     pub routes: Arc<Routes>,
     /// In a cluster: where other servers' agents fetch this server's
@@ -166,7 +177,7 @@ impl CommandDispatcher {
             routes: settings.routes,
             cluster_files: settings.cluster_files,
             root_dir: settings.root_dir,
-            revoked: HashSet::new(),
+            revoked: HashMap::new(),
             seen: HashMap::new(),
             connected: HashSet::new(),
             audit: settings.audit,
@@ -174,8 +185,10 @@ impl CommandDispatcher {
             jobs: settings.jobs,
             db: settings.db,
             job_reader: settings.job_reader,
+            used_uuids: settings.used_uuids,
             changes: HashSet::new(),
             log_limit: LogLimit::new(LOG_WINDOW),
+            refusal_log: LogLimit::new(REFUSAL_WINDOW),
             metrics: settings.metrics,
             log,
         }
@@ -235,6 +248,7 @@ impl CommandDispatcher {
         if kind.runs_on() == RunsOn::Server {
             self.changes.insert(m.uuid().to_owned());
         }
+        self.used_uuids.record(m.uuid());
         let row = JobRow {
             id: m.uuid().to_owned(),
             created: SystemTime::now(),
@@ -390,6 +404,29 @@ impl CommandDispatcher {
             Kind::ListClients => self.list_keys(keys, request, ctx),
             Kind::RevokeClient => self.revoke_key(keys, request, ctx),
             Kind::CreateToken => self.create_token(keys, request, ctx),
+            Kind::RevokeToken => {
+                let Some(id) = client_token::revoked_id(&request.message).map(str::to_owned) else {
+                    return self.refuse(&request, "client:token --revoke needs a token id");
+                };
+                keys.send(RevokeToken { id })
+                    .into_actor(self)
+                    .map(move |revoked, act, _| match revoked {
+                        Ok(Ok(_)) => act.reply(request.peer, request.message.response()),
+                        Ok(Err(e)) => act.refuse(&request, format!("cannot revoke the token: {e}")),
+                        Err(e) => act.refuse(&request, format!("key store unavailable: {e}")),
+                    })
+                    .spawn(ctx);
+            }
+            Kind::ListTokens => {
+                keys.send(ListTokens)
+                    .into_actor(self)
+                    .map(move |listed, act, _| match listed {
+                        Ok(Ok(tokens)) => act.reply(request.peer, client_tokens::respond(&request.message, &tokens)),
+                        Ok(Err(e)) => act.refuse(&request, format!("cannot read the tokens: {e}")),
+                        Err(e) => act.refuse(&request, format!("key store unavailable: {e}")),
+                    })
+                    .spawn(ctx);
+            }
             Kind::Enroll => self.enroll(keys, request, ctx),
             Kind::ListPendingKeys => {
                 keys.send(ListPending)
@@ -409,6 +446,8 @@ impl CommandDispatcher {
                     .into_actor(self)
                     .map(move |accepted, act, _| match accepted {
                         Ok(Ok(known)) => {
+                            // A key revoked a moment ago and accepted again speaks again.
+                            act.revoked.remove(&known.public_key);
                             let response = client_pending::respond_done(
                                 &request.message,
                                 &known.public_key,
@@ -512,6 +551,10 @@ impl CommandDispatcher {
         let registry = self.registry.clone();
         let key = request.auth.as_ref().map(|a| a.key.clone());
         let peer = request.peer.clone();
+        // Its key's name already (credentials, a token, an accept). Not a
+        // name this registration binds: an unbound key could then take any
+        // application's name and push its clients out.
+        let owns_identity = request.auth.as_ref().is_some_and(|a| a.name.as_deref() == Some(identity.as_str()));
         let work = async move {
             if let Some(bind) = bind {
                 match bind.await {
@@ -520,7 +563,8 @@ impl CommandDispatcher {
                     Err(e) => return Err((format!("key store unavailable: {e}"), false)),
                 }
             }
-            let registered = registry.send(Register { client: client.clone(), key, peer, heartbeat }).await;
+            let registered =
+                registry.send(Register { client: client.clone(), key, peer, heartbeat, owns_identity }).await;
             Ok((registered.unwrap_or(Registered::Refused("registry unavailable".into())), client))
         };
         let bound = request.auth.as_ref().is_some_and(|a| a.name.is_none());
@@ -623,8 +667,9 @@ impl CommandDispatcher {
     /// What a revoked key loses here: what its open connections still
     /// deliver is dropped, its clients leave the registry, its transfers go.
     fn cut_off(&mut self, key: &str) {
-        self.revoked.insert(key.to_owned());
+        self.revoked.insert(key.to_owned(), Instant::now());
         self.connected.remove(key);
+        self.seen.remove(key);
         self.registry.do_send(Forget { key: key.to_owned() });
         self.files.do_send(KeyRevoked { key: key.to_owned() });
     }
@@ -763,7 +808,57 @@ impl CommandDispatcher {
     }
 }
 
+/// How long a revoked key's late messages are dropped here (the socket
+/// thread has cut it off long before).
+const REVOKED_GRACE: Duration = Duration::from_secs(60);
+
 impl CommandDispatcher {
+    /// Whether a refusal (or drop) of `request` is written to the log and
+    /// the audit log: the first from its key and address in a window, the
+    /// rest counted and written as one line when the window ends.
+    /// The first of each decision (`what`) and known type is written: the
+    /// log still says what a key tried, not only that it tried.
+    fn writes_refusal(&mut self, request: &Request, what: &str) -> bool {
+        let kind = Kind::from_wire(request.message.message_type()).map_or("(unknown type)", Kind::wire);
+        let source = match &request.auth {
+            Some(auth) => format!("{} {} {what} {kind}", auth.key, auth.address),
+            None => format!("- peer:{} {what} {kind}", Hex(&request.peer)),
+        };
+        self.refusal_log.admit(&source) == Admit::Write
+    }
+
+    /// The refusals a window counted, one line each in both logs.
+    fn write_refusal_counts(&mut self) {
+        for s in self.refusal_log.ended() {
+            let mut parts = s.source.splitn(4, ' ');
+            let (key, address) = (parts.next().unwrap_or("-"), parts.next().unwrap_or("-"));
+            let (what, kind) = (parts.next().unwrap_or("-"), parts.next().unwrap_or("-"));
+            warn!(self.log, "more refusals of this key and address were left out of the log";
+                "key" => key, "address" => address, "decision" => what, "type" => kind, "refused" => s.count,
+                "over_seconds" => s.seconds);
+            let line = AuditLine {
+                time: audit::now(),
+                uuid: "-",
+                name: "-",
+                key,
+                role: "-",
+                address,
+                message_type: kind,
+                target: "",
+                identities: None,
+                arguments: Value::Null,
+                decision: format!(
+                    "{what}: {} more requests from this key and address over {} s, not written one by one \
+                     (rate limit)",
+                    s.count, s.seconds
+                ),
+            };
+            if let Err(e) = self.audit.write(&line) {
+                error!(self.log, "cannot write the audit log"; "log" => self.audit.describe(), "error" => %e);
+            }
+        }
+    }
+
     /// Answers for the agents a request was not sent to because they hold
     /// too much unanswered already: the requester learns at once, the job
     /// records it, and the operator reads one warn line per agent and
@@ -808,7 +903,10 @@ impl Actor for CommandDispatcher {
             prune(self);
             ctx.run_interval(PRUNE_EVERY, move |act, _| prune(act));
         }
-        ctx.run_interval(LOG_WINDOW, |act, _| {
+        // Each window's counts are written within a second of its end.
+        ctx.run_interval(Duration::from_secs(1), |act, _| {
+            act.write_refusal_counts();
+            act.revoked.retain(|_, at| at.elapsed() < REVOKED_GRACE);
             for s in act.log_limit.ended() {
                 warn!(act.log, "more lines like the last were left out of the log";
                     "source" => &s.source, "lines" => s.count, "over_seconds" => s.seconds);
@@ -829,7 +927,6 @@ impl Handler<Presence> for CommandDispatcher {
     fn handle(&mut self, msg: Presence, _: &mut Context<Self>) {
         match msg {
             Presence::Connected(key) => {
-                self.seen.insert(key.clone(), SystemTime::now());
                 self.connected.insert(key);
             }
             Presence::Disconnected(key) => {
@@ -853,24 +950,28 @@ impl Handler<Incoming> for CommandDispatcher {
             "key" => auth.as_ref().map(|a| a.key.as_str()).unwrap_or("-"));
         let mut request = Request { peer, auth, message };
         if let Some(auth) = &request.auth {
-            if self.revoked.contains(&auth.key) {
-                debug!(self.log, "message from a revoked key dropped";
-                    "type" => request.message.message_type(), "name" => auth.name_or_dash(), "key" => &auth.key);
-                let kind = Kind::from_wire(request.message.message_type());
-                let _ = self.audit(&request, kind, "dropped: revoked key".into());
+            // Late messages of a revoked key's connections (a new connection
+            // of the key is an enrollee's, and may ask to be enrolled again).
+            if matches!(auth.standing, Standing::Known(_)) && self.revoked.contains_key(&auth.key) {
                 self.metrics.refused(Refusal::RevokedKey);
+                if self.writes_refusal(&request, "dropped") {
+                    debug!(self.log, "message from a revoked key dropped";
+                        "type" => request.message.message_type(), "name" => auth.name_or_dash(), "key" => &auth.key);
+                    let kind = Kind::from_wire(request.message.message_type());
+                    let _ = self.audit(&request, kind, "dropped: revoked key".into());
+                }
                 return;
             }
             // Per message: no allocation once the key has been seen.
             match self.seen.get_mut(&auth.key) {
                 Some(seen) => *seen = SystemTime::now(),
-                None => {
+                None if matches!(auth.standing, Standing::Known(_)) => {
                     self.seen.insert(auth.key.clone(), SystemTime::now());
                 }
+                None => {}
             }
         }
         let verdict = authorize(&request.message, request.auth.as_deref(), self.keys.is_some());
-        let m = &request.message;
         match &verdict {
             Verdict::Answer(_) => self.metrics.answers_in.inc(),
             Verdict::Drop(reason) => self.metrics.refused(Refusal::of(reason)),
@@ -882,20 +983,26 @@ impl Handler<Incoming> for CommandDispatcher {
         }
         match verdict {
             Verdict::Drop(reason) => {
-                warn!(self.log, "{} dropped", reason;
-                    "type" => m.message_type(), "uuid" => m.uuid(), "claimed" => &m.metadata.from,
-                    "name" => request.auth.as_ref().map(|a| a.name_or_dash()).unwrap_or("-"), "key" => request.key(),
-                    "address" => request.address());
-                let kind = Kind::from_wire(m.message_type());
-                let _ = self.audit(&request, kind, format!("dropped: {reason}"));
+                if self.writes_refusal(&request, "dropped") {
+                    let m = &request.message;
+                    warn!(self.log, "{} dropped", reason;
+                        "type" => m.message_type(), "uuid" => m.uuid(), "claimed" => &m.metadata.from,
+                        "name" => request.auth.as_ref().map(|a| a.name_or_dash()).unwrap_or("-"),
+                        "key" => request.key(), "address" => request.address());
+                    let kind = Kind::from_wire(m.message_type());
+                    let _ = self.audit(&request, kind, format!("dropped: {reason}"));
+                }
             }
             Verdict::Refuse(reason) => {
-                warn!(self.log, "unauthorized command refused: {}", reason;
-                    "type" => m.message_type(), "uuid" => m.uuid(), "key" => request.key(),
-                    "name" => request.auth.as_ref().map(|a| a.name_or_dash()).unwrap_or("-"),
-                    "address" => request.address());
-                let kind = Kind::from_wire(m.message_type());
-                let _ = self.audit(&request, kind, format!("refused: {reason}"));
+                if self.writes_refusal(&request, "refused") {
+                    let m = &request.message;
+                    warn!(self.log, "unauthorized command refused: {}", reason;
+                        "type" => m.message_type(), "uuid" => m.uuid(), "key" => request.key(),
+                        "name" => request.auth.as_ref().map(|a| a.name_or_dash()).unwrap_or("-"),
+                        "address" => request.address());
+                    let kind = Kind::from_wire(m.message_type());
+                    let _ = self.audit(&request, kind, format!("refused: {reason}"));
+                }
                 self.refuse(&request, reason);
             }
             Verdict::Answer(_) => self.route_answer(request),
@@ -903,6 +1010,24 @@ impl Handler<Incoming> for CommandDispatcher {
                 // Admins do not register as clients: their name is their key's.
                 if let Some(auth) = request.auth.as_ref().filter(|a| a.is_admin()) {
                     request.message.metadata.from = auth.name_or_dash().to_owned();
+                }
+                // A recorded job is history: its uuid is never used again.
+                // (A pending one is refused as such when it is forwarded.)
+                if kind.is_job() && self.jobs.is_some() && !self.routes.is_pending(request.message.uuid()) {
+                    match self.used_uuids.is_used(request.message.uuid()) {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            warn!(self.log, "request refused: its uuid is a recorded job's";
+                                "uuid" => request.message.uuid(), "type" => request.message.message_type(),
+                                "key" => request.key(), "address" => request.address());
+                            let reason = "the uuid is already used by a recorded job; send the request with a new one";
+                            let _ = self.audit(&request, Some(kind), format!("refused: {reason}"));
+                            self.metrics.refused(Refusal::Limits);
+                            return self.refuse(&request, reason);
+                        }
+                        Err(e) => error!(self.log, "cannot check a request's uuid against the job store";
+                            "uuid" => request.message.uuid(), "error" => %e),
+                    }
                 }
                 // Heartbeats are not requests anyone made.
                 if kind != Kind::RegisterClient {
@@ -944,7 +1069,7 @@ impl Handler<RevokedInCluster> for CommandDispatcher {
     /// A revocation on any server of the cluster; this server's own come
     /// back through the watch too, already done.
     fn handle(&mut self, msg: RevokedInCluster, _: &mut Context<Self>) {
-        if self.revoked.contains(&msg.key) {
+        if self.revoked.contains_key(&msg.key) {
             return;
         }
         info!(self.log, "key revoked in the cluster: its clients leave the registry here"; "key" => &msg.key);

@@ -4,6 +4,7 @@
 //! its own database connection on a thread of its own, so a query never
 //! holds up message routing.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
@@ -47,6 +48,7 @@ pub fn arguments(kind: Kind, m: &Message) -> Value {
             Err(_) => Value::Null,
         },
         Kind::ForgetClient => json!({"identity": client_forget::identity(m)}),
+        Kind::RevokeToken => json!({"id": client_token::revoked_id(m)}),
         Kind::AcceptPendingKey => json!({"target": client_pending::target(m), "name": client_pending::name(m)}),
         Kind::RejectPendingKey => json!({"target": client_pending::target(m)}),
         Kind::EditApplication => {
@@ -62,7 +64,7 @@ pub fn arguments(kind: Kind, m: &Message) -> Value {
             Ok(e) => json!({"identity": e.claimed(), "with_token": e.token.is_some()}),
             Err(_) => Value::Null,
         },
-        Kind::RegisterClient | Kind::ListClients | Kind::ListPendingKeys => json!({}),
+        Kind::RegisterClient | Kind::ListClients | Kind::ListPendingKeys | Kind::ListTokens => json!({}),
     }
 }
 
@@ -119,6 +121,45 @@ impl Handler<ShowJob> for JobReader {
 
     fn handle(&mut self, msg: ShowJob, _: &mut SyncContext<Self>) -> Self::Result {
         store::show_job(self.conn()?, &msg.id, self.started).map_err(|e| e.to_string())
+    }
+}
+
+/// The uuids jobs were recorded under, for the dispatcher: a job's uuid is
+/// never used again (a request reusing one is refused), so no admin can
+/// rewrite a recorded job. The recent ones are in memory (two generations:
+/// some are not committed yet); older ones are looked up in the database,
+/// on a connection of the dispatcher's own (a point look-up, a few µs).
+pub struct UsedUuids {
+    current: HashSet<String>,
+    previous: HashSet<String>,
+    /// `None` when the database could not be opened (logged at start).
+    conn: Option<Connection>,
+}
+
+impl UsedUuids {
+    /// Jobs per generation: far more than one batch window's worth, so a
+    /// uuid that left memory is committed.
+    const GENERATION: usize = 20_000;
+
+    pub fn new(conn: Option<Connection>) -> UsedUuids {
+        UsedUuids { current: HashSet::new(), previous: HashSet::new(), conn }
+    }
+
+    /// Whether a job was recorded under `uuid`.
+    pub fn is_used(&self, uuid: &str) -> rusqlite::Result<bool> {
+        if self.current.contains(uuid) || self.previous.contains(uuid) {
+            return Ok(true);
+        }
+        let Some(conn) = &self.conn else { return Ok(false) };
+        conn.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?.exists([uuid])
+    }
+
+    /// A job is being recorded under `uuid`.
+    pub fn record(&mut self, uuid: &str) {
+        if self.current.len() >= Self::GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(uuid.to_owned());
     }
 }
 

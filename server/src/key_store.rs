@@ -38,8 +38,20 @@ use crate::outbox::{KeyUpdate, Outbound, Outbox};
 use crate::store::{Write, Writer};
 use crate::zap::{self, Admitted, Status};
 
-/// Unknown keys remembered at most; the least recently seen go first.
+/// Unknown keys that claimed no identity remembered at most; the least
+/// recently seen go first.
 pub const MAX_PENDING_KEYS: usize = 1000;
+
+/// Pending keys that claim an identity, at most. Kept apart from the
+/// anonymous ones and never evicted by traffic (only `client:accept` and
+/// `client:reject` remove them): otherwise a flood of keys could push a
+/// real machine's claim out and let another key claim its name. A new
+/// claim beyond this is not listed (the agent keeps asking).
+pub const MAX_CLAIMING_KEYS: usize = 1000;
+
+/// Names whose claimants are remembered at most (those with a pending
+/// claim always are).
+const MAX_CLAIM_HISTORY: usize = 10 * MAX_CLAIMING_KEYS;
 
 /// The ZAP status text of a connection admitted only to enroll.
 const ADMITTED_TO_ENROLL: &str = "admitted to enroll only";
@@ -133,6 +145,23 @@ impl Keys {
         }
     }
 
+    fn tokens(&mut self) -> Result<Vec<Token>, KeyStoreError> {
+        match self {
+            Keys::File(store) => {
+                store.reload_if_changed()?;
+                Ok(store.tokens().to_vec())
+            }
+            Keys::Cluster(keys) => Ok(keys.tokens()),
+        }
+    }
+
+    fn revoke_token(&mut self, id: &str) -> Result<Token, KeyChangeError> {
+        match self {
+            Keys::File(store) => store.revoke_token(id),
+            Keys::Cluster(keys) => keys.revoke_token(id),
+        }
+    }
+
     fn enroll(
         &mut self,
         key: &PublicKey,
@@ -160,6 +189,10 @@ pub struct KeyStore {
     trust_first_client: bool,
     /// Z85 key → what the server saw of it.
     pending: HashMap<String, PendingKey>,
+    /// Claimed identity → every key that claimed it since it was last
+    /// accepted or rejected: a name claimed by more than one key is not
+    /// accepted by name.
+    claimants: HashMap<String, HashSet<String>>,
     db: Writer,
     /// Keys revoked since start: their handshakes are counted as such.
     revoked: HashSet<PublicKey>,
@@ -181,12 +214,23 @@ impl KeyStore {
         metrics: Arc<Metrics>,
         log: Logger,
     ) -> Self {
+        let mut claimants: HashMap<String, HashSet<String>> = HashMap::new();
+        for k in &pending {
+            if let Some(identity) = &k.identity {
+                claimants.entry(identity.clone()).or_default().insert(k.public_key.clone());
+            }
+        }
         let pending = pending.into_iter().map(|k| (k.public_key.clone(), k)).collect();
-        KeyStore { store, outbox, trust_first_client, pending, db, revoked: HashSet::new(), metrics, log }
+        KeyStore { store, outbox, trust_first_client, pending, claimants, db, revoked: HashSet::new(), metrics, log }
     }
 
     /// Notes an unknown key's attempt (and the identity it claims).
-    fn saw_unknown(&mut self, key: &str, address: &str, identity: Option<&str>) {
+    /// Returns false when a new claim was not listed: the claiming keys
+    /// are at their bound.
+    fn saw_unknown(&mut self, key: &str, address: &str, identity: Option<&str>) -> bool {
+        let claims = self.pending.values().filter(|k| k.identity.is_some()).count();
+        let known_claim = self.pending.get(key).is_some_and(|k| k.identity.is_some());
+        let listed = identity.is_none() || known_claim || claims < MAX_CLAIMING_KEYS;
         let now = now_rfc3339();
         let entry = self.pending.entry(key.to_owned()).or_insert_with(|| PendingKey {
             public_key: key.to_owned(),
@@ -199,17 +243,31 @@ impl KeyStore {
         entry.attempts += 1;
         entry.last_seen = now;
         entry.address = address.to_owned();
-        if let Some(identity) = identity {
+        if let Some(identity) = identity.filter(|_| listed) {
             entry.identity = Some(identity.to_owned());
+            self.claimants.entry(identity.to_owned()).or_default().insert(key.to_owned());
         }
         self.db.write(Write::PendingKey(entry.clone()));
-        if self.pending.len() > MAX_PENDING_KEYS {
-            let oldest =
-                self.pending.values().min_by(|a, b| a.last_seen.cmp(&b.last_seen)).map(|k| k.public_key.clone());
+        if self.pending.values().filter(|k| k.identity.is_none()).count() > MAX_PENDING_KEYS {
+            let oldest = self
+                .pending
+                .values()
+                .filter(|k| k.identity.is_none())
+                .min_by(|a, b| a.last_seen.cmp(&b.last_seen))
+                .map(|k| k.public_key.clone());
             if let Some(oldest) = oldest {
                 self.forget_pending(&oldest);
             }
         }
+        if self.claimants.len() > MAX_CLAIM_HISTORY {
+            // Only names nobody claims now can be forgotten.
+            let claimed: HashSet<&String> = self.pending.values().filter_map(|k| k.identity.as_ref()).collect();
+            let idle: Vec<String> = self.claimants.keys().filter(|n| !claimed.contains(n)).cloned().collect();
+            for name in idle.into_iter().take(self.claimants.len() - MAX_CLAIM_HISTORY) {
+                self.claimants.remove(&name);
+            }
+        }
+        listed
     }
 
     fn forget_pending(&mut self, key: &str) -> Option<PendingKey> {
@@ -218,16 +276,29 @@ impl KeyStore {
         Some(gone)
     }
 
+    /// A name was accepted or rejected: its claimants start afresh.
+    fn settle_claims(&mut self, name: Option<&str>) {
+        if let Some(name) = name {
+            self.claimants.remove(name);
+        }
+    }
+
     /// The pending key a `client:accept`/`client:reject` names: by Z85 key,
-    /// or by claimed identity when exactly one claims it.
+    /// or by claimed identity when exactly one key claims it now and no
+    /// other claimed it since it was last accepted or rejected.
     fn find_pending(&self, target: &str) -> Result<&PendingKey, String> {
         if let Some(found) = self.pending.get(target) {
             return Ok(found);
         }
         let mut claiming = self.pending.values().filter(|k| k.identity.as_deref() == Some(target));
+        let claimed_by = self.claimants.get(target).map_or(0, HashSet::len);
         match (claiming.next(), claiming.next()) {
-            (Some(found), None) => Ok(found),
-            (Some(_), Some(_)) => Err(format!("several pending keys claim `{target}`: name one by its key")),
+            (Some(found), None) if claimed_by <= 1 => Ok(found),
+            (Some(_), _) => Err(format!(
+                "`{target}` was claimed by {} keys since it was last accepted or rejected: name the one to \
+                 accept by its key (client:pending lists them)",
+                claimed_by.max(2)
+            )),
             (None, _) => Err(format!("no pending key is `{target}` or claims that identity")),
         }
     }
@@ -440,7 +511,12 @@ impl Handler<EnrollKey> for KeyStore {
         let claimed = msg.request.claimed().to_owned();
         let Some(token) = &msg.request.token else {
             let new = self.pending.get(&msg.key).is_none_or(|k| k.identity.is_none());
-            self.saw_unknown(&msg.key, &msg.address, Some(&claimed));
+            if !self.saw_unknown(&msg.key, &msg.address, Some(&claimed)) {
+                warn!(self.log, "an unknown key's claim is not listed: the pending list holds \
+                    {MAX_CLAIMING_KEYS} claims already (accept or reject some)";
+                    "identity" => &claimed, "key" => &msg.key, "address" => &msg.address);
+                return Ok(Enrolled::Waiting);
+            }
             if new {
                 info!(self.log, "an unknown key asks to be enrolled: accept it with `pantry-admin client:accept`";
                     "identity" => &claimed, "key" => &msg.key, "address" => &msg.address);
@@ -488,6 +564,37 @@ impl Handler<AddToken> for KeyStore {
     }
 }
 
+/// The enrollment tokens (their hashes, never a token).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Token>, KeyStoreError>")]
+pub struct ListTokens;
+
+impl Handler<ListTokens> for KeyStore {
+    type Result = Result<Vec<Token>, KeyStoreError>;
+
+    fn handle(&mut self, _: ListTokens, _: &mut Context<Self>) -> Self::Result {
+        self.store.tokens()
+    }
+}
+
+/// `client:token --revoke ID`: the token enrolls nothing from now on.
+#[derive(Message)]
+#[rtype(result = "Result<Token, KeyChangeError>")]
+pub struct RevokeToken {
+    pub id: String,
+}
+
+impl Handler<RevokeToken> for KeyStore {
+    type Result = Result<Token, KeyChangeError>;
+
+    fn handle(&mut self, msg: RevokeToken, _: &mut Context<Self>) -> Self::Result {
+        let token = self.store.revoke_token(&msg.id)?;
+        info!(self.log, "revoked an enrollment token"; "id" => token.id(),
+            "name" => token.name.as_deref().unwrap_or("(the agent's identity)"), "uses_left" => token.uses_left);
+        Ok(token)
+    }
+}
+
 /// The pending keys, most recently seen first.
 #[derive(Message)]
 #[rtype(result = "Vec<PendingKey>")]
@@ -524,6 +631,7 @@ impl Handler<AcceptPending> for KeyStore {
         let key = keys::decode_z85(&pending.public_key).ok_or("not a CURVE key")?;
         let known = self.store.add(&key, Some(&name), Role::Client).map_err(|e| e.to_string())?;
         self.forget_pending(&pending.public_key);
+        self.settle_claims(pending.identity.as_deref());
         info!(self.log, "accepted a pending key"; "name" => &name, "key" => &pending.public_key, "address" => &pending.address);
         self.publish(KeyUpdate::Added(known.clone()));
         Ok(known)
@@ -543,6 +651,7 @@ impl Handler<RejectPending> for KeyStore {
     fn handle(&mut self, msg: RejectPending, _: &mut Context<Self>) -> Self::Result {
         let key = self.find_pending(&msg.target)?.public_key.clone();
         let gone = self.forget_pending(&key).ok_or("no such pending key")?;
+        self.settle_claims(gone.identity.as_deref());
         info!(self.log, "rejected a pending key"; "key" => &gone.public_key,
             "identity" => gone.identity.as_deref().unwrap_or("-"), "address" => &gone.address);
         Ok(gone)

@@ -22,7 +22,8 @@
 //!   answers, and the audit log.
 //! - [`links`]: a cluster's links to the other servers.
 //! - [`log_limit`]: lines a peer can cause at will, limited per source.
-//! - [`metrics`]: counters for Prometheus, and `/metrics` and `/healthz`.
+//! - [`metrics`], [`metrics_http`]: counters for Prometheus, and the HTTP
+//!   server of `/metrics` and `/healthz`.
 //! - [`zap`], [`raw_zmq`]: ZAP encoding, and the few libzmq calls rust-zmq
 //!   lacks (all of the server's `unsafe`).
 
@@ -41,6 +42,7 @@ pub mod links;
 pub mod log_limit;
 pub mod messages;
 pub mod metrics;
+pub mod metrics_http;
 pub mod outbox;
 pub mod raw_zmq;
 pub mod routes;
@@ -234,6 +236,11 @@ where
             jobs,
             db: writer.clone(),
             job_reader,
+            used_uuids: jobs::UsedUuids::new(
+                store::open(&db_path)
+                    .inspect_err(|e| error!(log, "cannot open the database to check job uuids"; "error" => %e))
+                    .ok(),
+            ),
             metrics: metrics.clone(),
             routes: Arc::new(Routes::new(metrics.clone())),
             cluster_files: config

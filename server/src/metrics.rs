@@ -6,7 +6,7 @@
 //! and `GET /healthz` (200 once the sockets are bound, 503 while shutting
 //! down). No label is ever a key, an identity or a uuid.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -14,7 +14,7 @@ use pantry_shared::security::ServerPort;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use slog::{info, warn, Logger};
+use slog::Logger;
 
 /// Why a handshake was rejected (the `reason` label).
 #[derive(Debug, Clone, Copy)]
@@ -223,43 +223,19 @@ impl Metrics {
     }
 }
 
-/// Starts the HTTP server for `/metrics` and `/healthz` on its own thread.
+/// Serves `/metrics` and `/healthz` on `listen` ([`crate::metrics_http`]).
 pub fn serve(
     listen: std::net::SocketAddr,
     metrics: Arc<Metrics>,
     healthy: Arc<AtomicBool>,
     log: Logger,
 ) -> anyhow::Result<JoinHandle<()>> {
-    use anyhow::Context as _;
-    let server = tiny_http::Server::http(listen)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("cannot listen for metrics on {listen}"))?;
-    info!(log, "metrics served"; "listen" => %listen, "paths" => "/metrics /healthz");
-    let thread = std::thread::Builder::new().name("pantry-metrics".into()).spawn(move || {
-        for request in server.incoming_requests() {
-            let response = match (request.method(), request.url()) {
-                (tiny_http::Method::Get, "/metrics") => {
-                    let response = tiny_http::Response::from_data(metrics.encode());
-                    match tiny_http::Header::from_bytes("Content-Type", TextEncoder::new().format_type()) {
-                        Ok(header) => response.with_header(header),
-                        Err(()) => response,
-                    }
-                }
-                (tiny_http::Method::Get, "/healthz") if healthy.load(Ordering::Relaxed) => {
-                    tiny_http::Response::from_data(b"ok\n".to_vec())
-                }
-                (tiny_http::Method::Get, "/healthz") => {
-                    tiny_http::Response::from_data(b"shutting down or not ready\n".to_vec()).with_status_code(503)
-                }
-                _ => tiny_http::Response::from_data(b"not found: try /metrics or /healthz\n".to_vec())
-                    .with_status_code(404),
-            };
-            if let Err(e) = request.respond(response) {
-                warn!(log, "cannot answer a metrics request"; "error" => %e);
-            }
-        }
-    })?;
-    Ok(thread)
+    let pages = crate::metrics_http::Pages {
+        metrics: Box::new(move || metrics.encode()),
+        content_type: TextEncoder::new().format_type().to_owned(),
+        healthy,
+    };
+    crate::metrics_http::serve(listen, pages, log)
 }
 
 #[cfg(test)]

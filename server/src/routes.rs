@@ -122,6 +122,11 @@ impl Routes {
         self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether a request with `uuid` awaits answers.
+    pub fn is_pending(&self, uuid: &str) -> bool {
+        self.table().pending.contains_key(uuid)
+    }
+
     /// Takes `uuid` for a request of `owner` before its recipients are
     /// known (they come back asynchronously).
     pub fn reserve(&self, uuid: &str, kind: Kind, requester: &[u8], owner: &str) -> Result<(), RouteError> {

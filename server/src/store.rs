@@ -569,14 +569,12 @@ fn insert_job(tx: &rusqlite::Transaction, seqs: &mut Seqs, job: &JobRow) -> rusq
             ],
         )
     };
-    if insert()? == 0 {
-        // A uuid used again once its first job was over: the new job
-        // replaces the old one, answers and all.
-        run(tx, "DELETE FROM answers WHERE job = (SELECT seq FROM jobs WHERE id = ?1)", params![job.id])?;
-        run(tx, "DELETE FROM jobs WHERE id = ?1", params![job.id])?;
-        insert()?;
+    // A recorded job is never replaced: the dispatcher refuses a request
+    // that reuses its uuid, and one that slips past (two at once) is not
+    // recorded.
+    if insert()? > 0 {
+        seqs.insert(&job.id, tx.last_insert_rowid());
     }
-    seqs.insert(&job.id, tx.last_insert_rowid());
     Ok(())
 }
 
@@ -749,7 +747,7 @@ mod tests {
     }
 
     #[test]
-    fn a_uuid_used_again_replaces_its_old_job_and_answers() {
+    fn a_uuid_used_again_never_replaces_its_job() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(DB_FILE);
         let log = slog::Logger::root(slog::Discard, slog::o!());
@@ -767,14 +765,15 @@ mod tests {
         writer.write(Write::Answer(answer("web-1")));
         assert!(writer.sync(Duration::from_secs(5)));
         writer.write(Write::Job(Box::new(job("u", now, "bank", &["db-1"]))));
-        writer.write(Write::Answer(answer("db-1")));
         drop(writer);
         thread.join().unwrap();
         let conn = open(&path).unwrap();
         let shown = show_job(&conn, "u", now).unwrap().unwrap();
-        assert_eq!(shown.summary.target, "bank");
-        assert_eq!(shown.answers.iter().map(|a| a.identity.as_str()).collect::<Vec<_>>(), ["db-1"]);
+        assert_eq!(shown.summary.target, "shop");
+        assert_eq!(shown.answers.iter().map(|a| a.identity.as_str()).collect::<Vec<_>>(), ["web-1"]);
         assert_eq!(list_jobs(&conn, 20, None, &[]).unwrap().len(), 1);
+        let used = crate::jobs::UsedUuids::new(Some(conn));
+        assert!(used.is_used("u").unwrap() && !used.is_used("v").unwrap());
     }
 
     #[test]

@@ -71,6 +71,46 @@ pub fn topic(stream: &str) -> Vec<u8> {
     TopicForm::Exact.topic(stream)
 }
 
+/// Characters that do not show, or change how the text around them shows:
+/// controls (C0, DEL, C1), Unicode's format characters (category Cf:
+/// zero-width spaces and joiners, bidirectional overrides and isolates,
+/// the byte-order mark, the soft hyphen, tag characters, ...), and the
+/// blank characters that render as nothing (Hangul fillers, the braille
+/// blank, the combining grapheme joiner). A name holding one can look like
+/// another (`web-3` and `web-3\u{200b}`, or `\u{202e}3-bew`).
+pub fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00ad}'
+                | '\u{034f}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061c}'
+                | '\u{06dd}'
+                | '\u{070f}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08e2}'
+                | '\u{115f}'..='\u{1160}'
+                | '\u{17b4}'..='\u{17b5}'
+                | '\u{180b}'..='\u{180f}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{206f}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{fe00}'..='\u{fe0f}'
+                | '\u{feff}'
+                | '\u{ffa0}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{110bd}'
+                | '\u{110cd}'
+                | '\u{13430}'..='\u{1343f}'
+                | '\u{1bca0}'..='\u{1bca3}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0000}'..='\u{e0fff}'
+        )
+}
+
 /// Longest identity, application, environment or role.
 pub const MAX_NAME_LEN: usize = 253;
 
@@ -214,8 +254,9 @@ impl ClientFilter {
         if name.starts_with(BROADCAST_TOPIC) {
             return Err(format!("{kind} `{name}` may not start with `{BROADCAST_TOPIC}`"));
         }
-        if let Some(c) = name.chars().find(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("{kind} {name:?} may not contain {c:?}"));
+        if let Some(c) = name.chars().find(|c| c.is_whitespace() || is_hidden(*c)) {
+            let what = if c.is_whitespace() { "a space" } else { "an invisible or control character" };
+            return Err(format!("{kind} {:?} may not contain {what} (U+{:04X})", name, u32::from(c)));
         }
         if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
             return Err(format!("{kind} `{name}` may not start or end with `.` or hold `..`"));
@@ -378,8 +419,15 @@ mod tests {
         assert!(ClientFilter::check_name("role", "a.b").is_err());
         assert!(ClientFilter::check_name("role", "").is_err());
         assert!(ClientFilter::check_name("role", "a\nb").is_err());
+        for invisible in ['\u{200b}', '\u{202e}', '\u{2066}', '\u{2069}', '\u{feff}', '\u{ad}', '\u{e0041}'] {
+            let e = ClientFilter::check_name("application", &format!("web{invisible}")).unwrap_err();
+            assert!(e.contains("invisible or control character"), "{e}");
+        }
+        assert!(ClientFilter::check_identity("héllo-wörld").is_ok(), "visible letters are fine");
         assert!(ClientFilter::check_identity("web1.example.com").is_ok());
-        for bad in ["", "*x", "a b", "x\0", ".a", "a.", "a..b"] {
+        for bad in
+            ["", "*x", "a b", "x\0", ".a", "a.", "a..b", "web-3\u{200b}", "\u{202e}3-bew", "w\u{ad}eb", "\u{feff}web"]
+        {
             assert!(ClientFilter::check_identity(bad).is_err(), "{bad:?}");
         }
         assert!(ClientFilter::check_identity(&"a".repeat(MAX_NAME_LEN + 1)).is_err());

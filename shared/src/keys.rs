@@ -260,7 +260,27 @@ pub struct Token {
     pub created: Option<String>,
 }
 
+/// Hex digits of a token's hash that name it (`client:tokens`,
+/// `client:token --revoke ID`): the hash says nothing of the token.
+pub const TOKEN_ID_LEN: usize = 12;
+
 impl Token {
+    /// The token's id: the start of its hash.
+    pub fn id(&self) -> &str {
+        self.hash.get(..TOKEN_ID_LEN).unwrap_or(&self.hash)
+    }
+
+    /// The one token of `tokens` whose id (or whole hash) is `id`.
+    pub fn find<'a>(tokens: impl IntoIterator<Item = &'a Token>, id: &str) -> Result<&'a Token, KeyChangeError> {
+        let id = id.trim().to_ascii_lowercase();
+        let mut found = tokens.into_iter().filter(|t| !id.is_empty() && t.hash.starts_with(&id));
+        match (found.next(), found.next()) {
+            (Some(token), None) => Ok(token),
+            (Some(_), Some(_)) => Err(KeyChangeError::BadName(format!("several tokens start with `{id}`: give more"))),
+            (None, _) => Err(KeyChangeError::NotFound(format!("token {id}"))),
+        }
+    }
+
     /// The name a key enrolled with this token gets: the token's, else the
     /// agent's configured identity, else `default_name`; refused when the
     /// token is used up or expired, or names another identity than the
@@ -534,6 +554,20 @@ impl ServerKeyStore {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// Withdraws the token named `id`: it enrolls nothing from now on.
+    pub fn revoke_token(&mut self, id: &str) -> Result<Token, KeyChangeError> {
+        let _lock = FileLock::exclusive(&self.path)?;
+        self.reload_if_changed()?;
+        let token = Token::find(&self.tokens, id)?.clone();
+        let index = self.tokens.iter().position(|t| t.hash == token.hash).unwrap_or_default();
+        self.tokens.remove(index);
+        if let Err(e) = self.save() {
+            self.tokens.insert(index, token);
+            return Err(e.into());
+        }
+        Ok(token)
     }
 
     /// Enrolls `key` with `token`: in one write, the key is stored bound to

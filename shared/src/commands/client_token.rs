@@ -1,8 +1,10 @@
 //! `client:token [--name NAME] [--uses N] [--ttl DURATION]`: the server
 //! makes an enrollment token and keeps only its SHA-256, how many uses are
-//! left and when it expires (in `server_keys.yml`). An agent enrolls with it
-//! (`pantry-client enroll --token`) and its private key never leaves it.
-//! Admin keys only.
+//! left and when it expires (in `server_keys.yml`, or etcd). An agent
+//! enrolls with it (`pantry-client enroll --token`) and its private key
+//! never leaves it. `client:token --revoke ID` withdraws an outstanding one
+//! (`client:tokens` lists their ids): it enrolls nothing from then on, on
+//! every server of a cluster. Admin keys only.
 
 use std::time::Duration;
 
@@ -19,6 +21,11 @@ pub const TYPE: &str = "CreateToken";
 
 pub const RULE: Rule =
     Rule { wire: TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: true };
+
+pub const REVOKE_TYPE: &str = "RevokeToken";
+
+pub const REVOKE_RULE: Rule =
+    Rule { wire: REVOKE_TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: true };
 
 /// Defaults: one use, one hour.
 pub const DEFAULT_USES: u32 = 1;
@@ -39,8 +46,25 @@ pub struct Args {
     /// How long it is valid (e.g. 30m, 1h, 7d).
     #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
+    /// Withdraw the outstanding token with this id (`client:tokens`)
+    /// instead of making one.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["name", "uses", "ttl"])]
+    pub revoke: Option<String>,
     #[command(flatten)]
     pub wait: Wait,
+}
+
+/// Admin: withdraw the token `id`.
+pub fn revoke_request(id: &str) -> Message {
+    let mut m = Message::new(REVOKE_TYPE);
+    m.metadata.requires_response = true;
+    m.metadata.custom.insert("id".into(), id.into());
+    m
+}
+
+/// Server: the id a revocation names.
+pub fn revoked_id(request: &Message) -> Option<&str> {
+    request.metadata.custom.get("id").and_then(Value::as_str).filter(|id| !id.trim().is_empty())
 }
 
 /// What the admin asks for.
@@ -115,8 +139,14 @@ impl Admin for Args {
         self.wait.or(global)
     }
 
-    /// Admin: prints the token, the one time anyone sees it.
+    /// Admin: prints the token, the one time anyone sees it (or, with
+    /// `--revoke`, that it is withdrawn).
     fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
+        if let Some(id) = &self.revoke {
+            session.ask_server(revoke_request(id))?;
+            println!("token {id} revoked: it enrolls nothing from now on");
+            return Ok(Outcome::Done);
+        }
         let asked = TokenRequest { name: self.name, uses: self.uses, ttl: self.ttl };
         let response = session.ask_server(request(&asked))?;
         println!("{}", token(&response).context("the server's answer holds no token")?);

@@ -21,6 +21,7 @@ pub mod client_list;
 pub mod client_pending;
 pub mod client_revoke;
 pub mod client_token;
+pub mod client_tokens;
 pub mod create_client;
 pub mod echo;
 pub mod enroll;
@@ -107,6 +108,8 @@ kinds! {
     ShowApplication => app_config::SHOW_RULE,
     EditApplication => app_config::EDIT_RULE,
     CreateToken => client_token::RULE,
+    RevokeToken => client_token::REVOKE_RULE,
+    ListTokens => client_tokens::RULE,
     Enroll => enroll::RULE,
     ListPendingKeys => client_pending::LIST_RULE,
     AcceptPendingKey => client_pending::ACCEPT_RULE,
@@ -196,6 +199,7 @@ admin_commands! {
     #[command(name = "client:list")] ClientList(client_list::Args),
     #[command(name = "client:revoke")] ClientRevoke(client_revoke::Args),
     #[command(name = "client:token")] ClientToken(client_token::Args),
+    #[command(name = "client:tokens")] ClientTokens(client_tokens::Args),
     #[command(name = "client:pending")] ClientPending(client_pending::ListArgs),
     #[command(name = "client:accept")] ClientAccept(client_pending::AcceptArgs),
     #[command(name = "client:forget")] ClientForget(client_forget::Args),
@@ -282,6 +286,7 @@ mod tests {
             RevokeClient,
             EditApplication,
             CreateToken,
+            RevokeToken,
             AcceptPendingKey,
             RejectPendingKey,
             ForgetClient,
