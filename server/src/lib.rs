@@ -10,7 +10,8 @@
 //! - [`outbox`]: the typed way from the actors to the socket thread.
 //! - [`messages`]: types and actor messages the others share.
 //! - [`authorize`]: deny-by-default rules, judged before any handler.
-//! - [`command_dispatcher`]: runs server commands and forwards the rest.
+//! - [`dispatch`]: every request's way: the gate (authorization, audit),
+//!   the server commands' handlers, the forwarder, job recording.
 //! - [`routes`]: the forwarded requests awaiting answers; the socket thread
 //!   routes answers with it, from their metadata alone.
 //! - [`client_registry`]: who is checked in.
@@ -32,8 +33,8 @@ pub mod audit;
 pub mod authorize;
 pub mod client_registry;
 pub mod cluster;
-pub mod command_dispatcher;
 pub mod connections;
+pub mod dispatch;
 pub mod file_service;
 pub mod jobs;
 pub mod key_store;
@@ -66,7 +67,7 @@ use slog::{error, info, warn, Logger};
 use audit::{Audit, AuditTarget};
 use client_registry::ClientRegistry;
 use cluster::ClusterKeys;
-use command_dispatcher::{CommandDispatcher, JobSettings, Settings};
+use dispatch::{CommandDispatcher, JobSettings, Settings};
 use file_service::FileService;
 use jobs::JobReader;
 use key_store::{KeyStore, Keys, ReloadKeys};
@@ -93,7 +94,7 @@ impl Control {
         if let Some(keys) = &self.key_store {
             keys.do_send(ReloadKeys);
         }
-        self.dispatcher.do_send(command_dispatcher::ReopenAudit);
+        self.dispatcher.do_send(dispatch::ReopenAudit);
     }
 }
 
@@ -371,15 +372,9 @@ fn start_actors(
     };
     let files = FileService::new(outbox.try_clone()?, curve, metrics.clone(), log.clone()).start();
     let key_store = keys.transpose()?.map(|keys| KeyStore::start_in_arbiter(&keys_thread, |_| keys));
-    let dispatcher = CommandDispatcher::new(
-        outbox.try_clone()?,
-        registry.clone(),
-        files.clone(),
-        key_store.clone(),
-        settings,
-        log.clone(),
-    )
-    .start();
+    let dispatcher =
+        CommandDispatcher::new(outbox.try_clone()?, registry.clone(), files.clone(), key_store.clone(), settings, log.clone())?
+            .start();
     if let Some(fleet) = cluster {
         for change in fleet.clients {
             registry.do_send(change);
