@@ -4,16 +4,26 @@
 //! 2 when no client matched.
 //!
 //! Options in `.pantry/config` (one per line) are read before the command
-//! line, which overrides them. Each command's admin half (its arguments,
-//! its request, its waiting and its printing) is in its file under
-//! `shared/src/commands/`; the session they run in is `shared/src/session.rs`.
+//! line, which overrides them.
+//!
+//! Layout:
+//! - [`commands`]: each command's admin half (its arguments, its request,
+//!   its waiting and its printing), one file each;
+//! - [`session`]: the global options, the session commands run in, the
+//!   summaries they print;
+//! - [`connection`]: the connection to the server: deadlines, handshake
+//!   errors, collecting the answers of many clients.
+
+mod commands;
+mod connection;
+mod session;
 
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use pantry_shared::commands::Command;
-use pantry_shared::session::{self, Global};
+use commands::Command;
+use session::Global;
 
 const DEFAULTS_FILE: &str = ".pantry/config";
 
@@ -105,8 +115,8 @@ fn parse_defaults(text: &str, overridden: &[&str]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::Admin;
     use clap::CommandFactory;
-    use pantry_shared::commands::Admin;
 
     #[test]
     fn cli_is_consistent() {

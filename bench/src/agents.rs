@@ -27,7 +27,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use pantry_shared::commands::{self, register_client, ClientContext};
+use pantry_client::work::{self, ClientContext};
+use pantry_shared::commands::register_client;
 use pantry_shared::filter::{ClientFilter, TopicForm, BROADCAST_TOPIC};
 use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::security::SocketSecurity;
@@ -764,7 +765,7 @@ fn answer_pantry(agent: &Agent) -> u64 {
         if !agent.me.filter.accepts_stream(&request.stream) {
             continue;
         }
-        let response = commands::run_on_client(&request, &agent.me);
+        let response = work::run_on_client(&request, &agent.me);
         if request.metadata.requires_response && s.dealer.send_multipart(response.to_frames(), zmq::DONTWAIT).is_ok() {
             n += 1;
         }

@@ -99,7 +99,7 @@ mod tests {
             pairs.iter().enumerate().map(|(i, p)| known(p.public_z85(), format!("a-{i}"), Role::Client)).collect();
         clients.extend(filler(5).unwrap());
         write_server_keys(root.path(), &server, &clients).unwrap();
-        let store = pantry_shared::keys::ServerKeyStore::open(root.path()).unwrap();
+        let store = pantry_server::key_file::ServerKeyStore::open(root.path()).unwrap();
         assert_eq!(store.known_count(), 8);
         assert_eq!(store.keys.public_key, server.public_z85());
         let found = store.lookup(&pairs[1].public).expect("a known key");

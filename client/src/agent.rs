@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use pantry_shared::commands::enroll::{self, EnrollRequest, Enrolled};
-use pantry_shared::commands::{self, register_client, upload, ClientContext};
+use pantry_shared::commands::register_client;
+
+use crate::work::{self, upload, ClientContext};
 use pantry_shared::config::{failover_order, Config, Networking};
 use pantry_shared::filter::{TopicForm, BROADCAST_TOPIC};
 use pantry_shared::keys::ClientKeys;
@@ -161,6 +163,20 @@ const RESULTS_ENDPOINT: &str = "inproc://pantry-agent-results";
 /// Messages the agent's side of each socket holds: answers for the server,
 /// requests from it.
 const AGENT_QUEUE: i32 = 10_000;
+
+/// The agent loop's poll items, in order.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Sub,
+    Dealer,
+    DealerMonitor,
+    Stop,
+    SubMonitor,
+    Results,
+    Reload,
+}
+
+const SLOTS: usize = Slot::Reload as usize + 1;
 
 /// Heartbeat intervals a move waits for a pending handshake.
 const HANDSHAKE_GRACE: u32 = 3;
@@ -294,7 +310,8 @@ impl Agent {
                 wake = wake.min(at);
             }
             let wait = wake.saturating_duration_since(Instant::now());
-            let mut items = [
+            // In the order of [`Slot`].
+            let mut items: [zmq::PollItem; SLOTS] = [
                 self.sub.as_poll_item(zmq::POLLIN),
                 self.dealer.as_poll_item(zmq::POLLIN),
                 self.dealer_monitor.as_poll_item(zmq::POLLIN),
@@ -308,20 +325,21 @@ impl Agent {
                 Err(e) => return Err(e).context("socket poll failed"),
             }
             let ready = items.map(|i| i.is_readable());
-            if ready[3] {
+            let is = |slot: Slot| ready[slot as usize];
+            if is(Slot::Stop) {
                 info!(self.log, "shutting down"; "identity" => self.me.identity());
                 return Ok(());
             }
-            if ready[6] && signals.take_reload() {
+            if is(Slot::Reload) && signals.take_reload() {
                 reload();
             }
-            if ready[0] {
+            if is(Slot::Sub) {
                 self.drain_requests();
             }
-            if ready[1] {
+            if is(Slot::Dealer) {
                 self.drain_answers();
             }
-            if ready[2] {
+            if is(Slot::DealerMonitor) {
                 while let Some(event) = monitor::read(&self.dealer_monitor) {
                     let reconnected = event.event == SocketEvent::HandshakeSucceeded;
                     self.handshaking = event.event == SocketEvent::Connected;
@@ -344,7 +362,7 @@ impl Agent {
                     }
                 }
             }
-            if ready[4] {
+            if is(Slot::SubMonitor) {
                 while let Some(event) = monitor::read(&self.sub_monitor) {
                     match event.event {
                         SocketEvent::HandshakeSucceeded => {
@@ -357,7 +375,7 @@ impl Agent {
                     }
                 }
             }
-            if ready[5] {
+            if is(Slot::Results) {
                 while let Ok(frames) = self.results.recv_multipart(zmq::DONTWAIT) {
                     if let Err(e) = self.dealer.send_multipart(frames, zmq::DONTWAIT) {
                         warn!(self.log, "cannot send an answer to the server"; "error" => %e);
@@ -663,11 +681,11 @@ impl Agent {
             debug!(self.log, "request received";
                 "type" => request.message_type(), "from" => &request.metadata.from,
                 "to" => &request.stream, "uuid" => request.uuid());
-            if commands::may_block(request.message_type()) {
+            if work::may_block(request.message_type()) {
                 self.run_on_worker(request);
                 continue;
             }
-            let response = commands::run_on_client(&request, &self.me);
+            let response = work::run_on_client(&request, &self.me);
             if request.metadata.requires_response {
                 self.send(response);
             }
@@ -679,7 +697,7 @@ impl Agent {
     fn run_on_worker(&self, request: Message) {
         let (me, ctx, log) = (self.me.clone(), self.ctx.clone(), self.log.clone());
         let spawned = std::thread::Builder::new().name("pantry-command".into()).spawn(move || {
-            let response = commands::run_on_client(&request, &me);
+            let response = work::run_on_client(&request, &me);
             if !request.metadata.requires_response {
                 return;
             }

@@ -89,6 +89,12 @@ pub struct Backoff {
     delay: Duration,
 }
 
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
 impl Backoff {
     const FIRST: Duration = Duration::from_secs(1);
     const MAX: Duration = Duration::from_secs(60);

@@ -3,11 +3,8 @@
 //! registers itself at start and every `heartbeat_interval` seconds, and
 //! runs the commands the server publishes to it.
 //!
-//! The loop is in [`agent`]; this file reads the config and the keys.
-
-mod agent;
-mod enroll;
-mod handshake;
+//! The loop is in `pantry_client::agent`; this file reads the command
+//! line, the config and the keys.
 
 use std::path::PathBuf;
 
@@ -19,7 +16,8 @@ use pantry_shared::program::Invocation;
 use pantry_shared::security::SocketSecurity;
 use slog::info;
 
-use agent::{Agent, Signals};
+use pantry_client::agent::{Agent, Signals};
+use pantry_client::enroll;
 
 /// The Pantry agent: registers with the server and runs its commands.
 #[derive(Parser, Debug)]
@@ -73,7 +71,7 @@ fn run(cli: Cli) -> Result<()> {
     let invocation =
         Invocation { program: Program::Client, config: cli.config, verbose: cli.verbose, debug: cli.debug };
     if let Some(ClientCommand::CheckConfig) = &cli.command {
-        invocation.check_config();
+        invocation.check_config(pantry_shared::check::client_keys);
     }
     let config = invocation.load_config()?;
     if let Some(ClientCommand::Enroll { token, server_public_key }) = &cli.command {

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use pantry_shared::config::{Config, Program};
-use pantry_shared::keys::{self, ClientKeys, ServerKeyStore};
+use pantry_shared::keys::{self, ClientKeys};
+use pantry_server::key_file::ServerKeyStore;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -242,13 +242,28 @@ impl Server {
 
     /// Like [`Server::start_with`], under an open-file limit of `nofile`.
     pub fn start_limited(curve: bool, extra_yaml: &str, nofile: Option<u64>) -> Server {
-        Self::launch("127.0.0.1", Ports::free(), curve, "debug", extra_yaml, nofile, |_| {})
+        Self::on_free_ports(|ports| Self::try_launch("127.0.0.1", ports, curve, "debug", extra_yaml, nofile, |_| {}))
     }
 
     /// Like [`Server::start_with`], logging at info (as shipped) rather than
     /// debug: for measuring what the logs grow by.
     pub fn start_at_info(curve: bool, extra_yaml: &str) -> Server {
-        Self::launch("127.0.0.1", Ports::free(), curve, "info", extra_yaml, None, |_| {})
+        Self::on_free_ports(|ports| Self::try_launch("127.0.0.1", ports, curve, "info", extra_yaml, None, |_| {}))
+    }
+
+    /// Starts a server on ports free a moment ago; another process (a test
+    /// running beside) may take one first: then again on others, at most
+    /// three times.
+    fn on_free_ports(mut launch: impl FnMut(Ports) -> Result<Server, String>) -> Server {
+        let mut failure = String::new();
+        for _ in 0..3 {
+            match launch(Ports::free()) {
+                Ok(server) => return server,
+                Err(log) if log.contains("Address already in use") => failure = log,
+                Err(log) => panic!("server did not start:\n{log}"),
+            }
+        }
+        panic!("server did not start, its ports taken three times:\n{failure}");
     }
 
     /// Like [`Server::start_with`], with `networking_extra` (two-space
@@ -292,6 +307,20 @@ impl Server {
         nofile: Option<u64>,
         prepare: impl FnOnce(&Path),
     ) -> Server {
+        Self::try_launch(host, ports, curve, level, extra_yaml, nofile, prepare)
+            .unwrap_or_else(|log| panic!("server did not start:\n{log}"))
+    }
+
+    /// Starts a server; its log when it did not start.
+    fn try_launch(
+        host: &str,
+        ports: Ports,
+        curve: bool,
+        level: &str,
+        extra_yaml: &str,
+        nofile: Option<u64>,
+        prepare: impl FnOnce(&Path),
+    ) -> Result<Server, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().join("root");
         prepare(&root);
@@ -306,13 +335,15 @@ impl Server {
         let log = dir.path().join("server-0.log");
         let process =
             Process::spawn_limited(&bin("pantry-server"), &["-c", config.to_str().expect("utf-8 path")], log, nofile);
-        let server = Server { dir, host: host.to_owned(), ports, curve, process, restarts: 0 };
-        assert!(
-            server.process.wait_for_log("pantry-server started", Duration::from_secs(10)),
-            "server did not start:\n{}",
-            server.process.log()
-        );
-        server
+        let mut server = Server { dir, host: host.to_owned(), ports, curve, process, restarts: 0 };
+        let started = wait_until(Duration::from_secs(10), || {
+            server.process.log().contains("pantry-server started") || !server.process.is_running()
+        });
+        if started && server.process.log().contains("pantry-server started") {
+            Ok(server)
+        } else {
+            Err(server.process.log())
+        }
     }
 
     fn spawn(dir: &TempDir, generation: usize) -> Process {

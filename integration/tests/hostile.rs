@@ -308,7 +308,7 @@ fn only_the_recipients_of_an_upload_fetch_it() {
     let client_files = curve_socket(&ctx, &f.server, &db, zmq::DEALER, files_port);
     client_files.send_multipart(upload::offer_frames(), 0).unwrap();
     let refused = upload::await_offered(&client_files, WAIT).expect_err("a client key offered a file");
-    assert!(refused.contains("not authorized"), "{refused}");
+    assert!(refused.to_string().contains("not authorized"), "{refused}");
 
     // The admin offers, and asks only web-1 (application shop) to fetch.
     let admin_files = curve_socket(&ctx, &f.server, &admin_key, zmq::DEALER, files_port);

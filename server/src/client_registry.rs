@@ -470,16 +470,21 @@ impl Handler<Forget> for ClientRegistry {
 
 /// `client:forget IDENTITY`: drop one client now.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), UnknownClient>")]
 pub struct ForgetIdentity {
     pub identity: String,
 }
 
+/// `client:forget` named a client the registry does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("no client `{0}` in the registry")]
+pub struct UnknownClient(pub String);
+
 impl Handler<ForgetIdentity> for ClientRegistry {
-    type Result = Result<(), String>;
+    type Result = Result<(), UnknownClient>;
 
     fn handle(&mut self, msg: ForgetIdentity, _: &mut Context<Self>) -> Self::Result {
-        self.remove(&msg.identity).map(|_| ()).ok_or_else(|| format!("no client `{}` in the registry", msg.identity))
+        self.remove(&msg.identity).map(|_| ()).ok_or(UnknownClient(msg.identity))
     }
 }
 

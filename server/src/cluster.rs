@@ -39,12 +39,13 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::key_file::{EnrollError, KeyChangeError, ServerKeyStore};
 use actix::prelude::*;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 use pantry_shared::config::ClusterSection;
-use pantry_shared::keys::{self, EnrollError, KeyChangeError, KnownKey, PublicKey, Role, Token};
+use pantry_shared::keys::{self, KnownKey, PublicKey, Role, Token};
 use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 use tokio::sync::mpsc;
@@ -566,7 +567,7 @@ impl ClusterKeys {
 
     /// Withdraws the token named `id`, cluster-wide.
     pub fn revoke_token(&mut self, id: &str) -> Result<Token, KeyChangeError> {
-        let token = Token::find(self.tokens.values(), id)?.clone();
+        let token = crate::key_file::find_token(self.tokens.values(), id)?.clone();
         let path = self.etcd.key(&["tokens", &token.hash]);
         self.etcd
             .call(move |mut client| async move {
@@ -601,7 +602,7 @@ impl ClusterKeys {
                 .map_err(|e| EnrollError::Key(unavailable(e)))?;
             let (text, revision) = current.ok_or(EnrollError::UnknownToken)?;
             let mut entry: Token = serde_json::from_str(&text).map_err(|_| EnrollError::UnknownToken)?;
-            let name = entry.name_for(configured, default_name)?;
+            let name = crate::key_file::name_for(&entry, configured, default_name)?;
             entry.uses_left -= 1;
             let known = Self::new_key(key, Some(&name), Role::Client);
             let checks = vec![Compare::mod_revision(path.clone(), CompareOp::Equal, revision)];
@@ -665,8 +666,8 @@ impl ClusterKeys {
 pub fn open_keys(
     config: &pantry_shared::config::Config,
     section: &ClusterSection,
-) -> Result<(keys::ServerKeyStore, ClusterKeys), ClusterError> {
-    let store = keys::ServerKeyStore::open(config.root_dir()).map_err(|e| ClusterError::Data(e.to_string()))?;
+) -> Result<(ServerKeyStore, ClusterKeys), ClusterError> {
+    let store = ServerKeyStore::open(config.root_dir()).map_err(|e| ClusterError::Data(e.to_string()))?;
     let etcd = Etcd::connect(section, Logger::root(slog::Discard, slog::o!()))?;
     etcd.check_server_key(&store.keys.public_key)?;
     let cluster = ClusterKeys::load(etcd, &store.keys.public_key)?;

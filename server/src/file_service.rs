@@ -150,7 +150,7 @@ impl Handler<FileFrames> for FileService {
 /// An `Upload` request names a transfer: it must be the requester's own
 /// offer, not yet used; from now on `recipients` may fetch it.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), NotOffered>")]
 pub struct AuthorizeTransfer {
     pub transfer_id: String,
     /// The requester's key (CURVE).
@@ -159,8 +159,13 @@ pub struct AuthorizeTransfer {
     pub recipients: Vec<String>,
 }
 
+/// An `Upload` named no transfer its requester offered.
+#[derive(Debug, thiserror::Error)]
+#[error("no such upload offered by this key (offer it on the file service first)")]
+pub struct NotOffered;
+
 impl Handler<AuthorizeTransfer> for FileService {
-    type Result = Result<(), String>;
+    type Result = Result<(), NotOffered>;
 
     fn handle(&mut self, msg: AuthorizeTransfer, _: &mut Context<Self>) -> Self::Result {
         let requester = msg.requester.as_ref().map(|a| a.key.clone());
@@ -168,7 +173,7 @@ impl Handler<AuthorizeTransfer> for FileService {
             .transfers
             .get_mut(msg.transfer_id.as_bytes())
             .filter(|t| t.recipients.is_none() && t.sender_key == requester)
-            .ok_or("no such upload offered by this key (offer it on the file service first)")?;
+            .ok_or(NotOffered)?;
         transfer.recipients = Some(msg.recipients.into_iter().collect());
         transfer.last_used = Instant::now();
         Ok(())

@@ -82,10 +82,19 @@ impl JobReader {
         JobReader { conn, writer, started }
     }
 
-    fn conn(&self) -> Result<&Connection, String> {
+    fn conn(&self) -> Result<&Connection, ReadError> {
         self.writer.sync(Duration::from_secs(2));
-        self.conn.as_ref().ok_or_else(|| "the server cannot read its database (see its log)".into())
+        self.conn.as_ref().ok_or(ReadError::NoDatabase)
     }
+}
+
+/// Why the job store could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the server cannot read its database (see its log)")]
+    NoDatabase,
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
 }
 
 impl Actor for JobReader {
@@ -94,7 +103,7 @@ impl Actor for JobReader {
 
 /// The most recent jobs matching a stream and identity patterns.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<JobSummary>, String>")]
+#[rtype(result = "Result<Vec<JobSummary>, ReadError>")]
 pub struct ListJobs {
     pub limit: u32,
     pub stream: Option<String>,
@@ -102,25 +111,25 @@ pub struct ListJobs {
 }
 
 impl Handler<ListJobs> for JobReader {
-    type Result = Result<Vec<JobSummary>, String>;
+    type Result = Result<Vec<JobSummary>, ReadError>;
 
     fn handle(&mut self, msg: ListJobs, _: &mut SyncContext<Self>) -> Self::Result {
-        store::list_jobs(self.conn()?, msg.limit, msg.stream.as_deref(), &msg.patterns).map_err(|e| e.to_string())
+        Ok(store::list_jobs(self.conn()?, msg.limit, msg.stream.as_deref(), &msg.patterns)?)
     }
 }
 
 /// One job.
 #[derive(Message)]
-#[rtype(result = "Result<Option<JobDetail>, String>")]
+#[rtype(result = "Result<Option<JobDetail>, ReadError>")]
 pub struct ShowJob {
     pub id: String,
 }
 
 impl Handler<ShowJob> for JobReader {
-    type Result = Result<Option<JobDetail>, String>;
+    type Result = Result<Option<JobDetail>, ReadError>;
 
     fn handle(&mut self, msg: ShowJob, _: &mut SyncContext<Self>) -> Self::Result {
-        store::show_job(self.conn()?, &msg.id, self.started).map_err(|e| e.to_string())
+        Ok(store::show_job(self.conn()?, &msg.id, self.started)?)
     }
 }
 

@@ -21,12 +21,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::key_file::{EnrollError, KeyChangeError, ServerKeyStore};
 use actix::prelude::*;
 use pantry_shared::commands::client_pending::PendingKey;
 use pantry_shared::commands::enroll::{EnrollRequest, Enrolled};
-use pantry_shared::keys::{
-    self, EnrollError, KeyChangeError, KeyPair, KnownKey, PublicKey, Role, ServerKeyStore, Token,
-};
+use pantry_shared::keys::{self, KeyPair, KnownKey, PublicKey, Role, Token};
 use pantry_shared::security::ServerPort;
 use pantry_shared::KeyStoreError;
 use slog::{debug, error, info, warn, Logger};
@@ -37,6 +36,37 @@ use crate::metrics::{Metrics, Rejection};
 use crate::outbox::{KeyUpdate, Outbound, Outbox};
 use crate::store::{Write, Writer};
 use crate::zap::{self, Admitted, Status};
+
+/// Why a pending key was not accepted or rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum PendingError {
+    #[error("no pending key is `{0}` or claims that identity")]
+    NotPending(String),
+    #[error(
+        "`{name}` was claimed by {keys} keys since it was last accepted or rejected: name the one to accept by its \
+         key (client:pending lists them)"
+    )]
+    ClaimedBySeveral { name: String, keys: usize },
+    #[error("`{0}` claimed no identity: give one with --name")]
+    NoName(String),
+    #[error("not a CURVE key")]
+    NotAKey,
+    #[error(transparent)]
+    Key(#[from] KeyChangeError),
+}
+
+/// Why a key was not enrolled (its agent is told).
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollRefused {
+    #[error("not a CURVE key")]
+    NotAKey,
+    #[error("this key is already known")]
+    AlreadyKnown,
+    #[error("the identity `{0}` is already taken by another key")]
+    NameTaken(String),
+    #[error(transparent)]
+    Token(EnrollError),
+}
 
 /// Unknown keys that claimed no identity remembered at most; the least
 /// recently seen go first.
@@ -286,7 +316,7 @@ impl KeyStore {
     /// The pending key a `client:accept`/`client:reject` names: by Z85 key,
     /// or by claimed identity when exactly one key claims it now and no
     /// other claimed it since it was last accepted or rejected.
-    fn find_pending(&self, target: &str) -> Result<&PendingKey, String> {
+    fn find_pending(&self, target: &str) -> Result<&PendingKey, PendingError> {
         if let Some(found) = self.pending.get(target) {
             return Ok(found);
         }
@@ -294,12 +324,8 @@ impl KeyStore {
         let claimed_by = self.claimants.get(target).map_or(0, HashSet::len);
         match (claiming.next(), claiming.next()) {
             (Some(found), None) if claimed_by <= 1 => Ok(found),
-            (Some(_), _) => Err(format!(
-                "`{target}` was claimed by {} keys since it was last accepted or rejected: name the one to \
-                 accept by its key (client:pending lists them)",
-                claimed_by.max(2)
-            )),
-            (None, _) => Err(format!("no pending key is `{target}` or claims that identity")),
+            (Some(_), _) => Err(PendingError::ClaimedBySeveral { name: target.to_owned(), keys: claimed_by.max(2) }),
+            (None, _) => Err(PendingError::NotPending(target.to_owned())),
         }
     }
 
@@ -492,7 +518,7 @@ impl Handler<BindKey> for KeyStore {
 
 /// Enroll the key of an `Enroll` request.
 #[derive(Message)]
-#[rtype(result = "Result<Enrolled, String>")]
+#[rtype(result = "Result<Enrolled, EnrollRefused>")]
 pub struct EnrollKey {
     pub key: String,
     pub request: EnrollRequest,
@@ -500,13 +526,13 @@ pub struct EnrollKey {
 }
 
 impl Handler<EnrollKey> for KeyStore {
-    type Result = Result<Enrolled, String>;
+    type Result = Result<Enrolled, EnrollRefused>;
 
     fn handle(&mut self, msg: EnrollKey, _: &mut Context<Self>) -> Self::Result {
-        let key = keys::decode_z85(&msg.key).ok_or("not a CURVE key")?;
+        let key = keys::decode_z85(&msg.key).ok_or(EnrollRefused::NotAKey)?;
         if let Some(name) = self.store.lookup(&key).map(|k| k.name.clone()) {
             // Accepted (or enrolled) while it waited: it hears its name.
-            return name.map(|name| Enrolled::Accepted { name }).ok_or_else(|| "this key is already known".into());
+            return name.map(|name| Enrolled::Accepted { name }).ok_or(EnrollRefused::AlreadyKnown);
         }
         let claimed = msg.request.claimed().to_owned();
         let Some(token) = &msg.request.token else {
@@ -532,15 +558,13 @@ impl Handler<EnrollKey> for KeyStore {
                 Ok(Enrolled::Accepted { name })
             }
             Err(e) => {
-                let reason = match &e {
-                    EnrollError::Key(KeyChangeError::NameTaken(name)) => {
-                        format!("the identity `{name}` is already taken by another key")
-                    }
-                    other => other.to_string(),
+                let refused = match e {
+                    EnrollError::Key(KeyChangeError::NameTaken(name)) => EnrollRefused::NameTaken(name),
+                    other => EnrollRefused::Token(other),
                 };
-                warn!(self.log, "enrollment refused: {}", reason;
+                warn!(self.log, "enrollment refused: {}", refused;
                     "identity" => &claimed, "key" => &msg.key, "address" => &msg.address);
-                Err(reason)
+                Err(refused)
             }
         }
     }
@@ -613,23 +637,21 @@ impl Handler<ListPending> for KeyStore {
 /// `client:accept`: the pending key becomes a client key bound to `name`
 /// (default: its claimed identity).
 #[derive(Message)]
-#[rtype(result = "Result<KnownKey, String>")]
+#[rtype(result = "Result<KnownKey, PendingError>")]
 pub struct AcceptPending {
     pub target: String,
     pub name: Option<String>,
 }
 
 impl Handler<AcceptPending> for KeyStore {
-    type Result = Result<KnownKey, String>;
+    type Result = Result<KnownKey, PendingError>;
 
     fn handle(&mut self, msg: AcceptPending, _: &mut Context<Self>) -> Self::Result {
         let pending = self.find_pending(&msg.target)?.clone();
-        let name = msg
-            .name
-            .or(pending.identity.clone())
-            .ok_or_else(|| format!("`{}` claimed no identity: give one with --name", pending.public_key))?;
-        let key = keys::decode_z85(&pending.public_key).ok_or("not a CURVE key")?;
-        let known = self.store.add(&key, Some(&name), Role::Client).map_err(|e| e.to_string())?;
+        let name =
+            msg.name.or(pending.identity.clone()).ok_or_else(|| PendingError::NoName(pending.public_key.clone()))?;
+        let key = keys::decode_z85(&pending.public_key).ok_or(PendingError::NotAKey)?;
+        let known = self.store.add(&key, Some(&name), Role::Client)?;
         self.forget_pending(&pending.public_key);
         self.settle_claims(pending.identity.as_deref());
         info!(self.log, "accepted a pending key"; "name" => &name, "key" => &pending.public_key, "address" => &pending.address);
@@ -640,17 +662,17 @@ impl Handler<AcceptPending> for KeyStore {
 
 /// `client:reject`: the pending key is forgotten.
 #[derive(Message)]
-#[rtype(result = "Result<PendingKey, String>")]
+#[rtype(result = "Result<PendingKey, PendingError>")]
 pub struct RejectPending {
     pub target: String,
 }
 
 impl Handler<RejectPending> for KeyStore {
-    type Result = Result<PendingKey, String>;
+    type Result = Result<PendingKey, PendingError>;
 
     fn handle(&mut self, msg: RejectPending, _: &mut Context<Self>) -> Self::Result {
         let key = self.find_pending(&msg.target)?.public_key.clone();
-        let gone = self.forget_pending(&key).ok_or("no such pending key")?;
+        let gone = self.forget_pending(&key).ok_or_else(|| PendingError::NotPending(key.clone()))?;
         self.settle_claims(gone.identity.as_deref());
         info!(self.log, "rejected a pending key"; "key" => &gone.public_key,
             "identity" => gone.identity.as_deref().unwrap_or("-"), "address" => &gone.address);

@@ -15,7 +15,8 @@
 //! - [`routes`]: the forwarded requests awaiting answers; the socket thread
 //!   routes answers with it, from their metadata alone.
 //! - [`client_registry`]: who is checked in.
-//! - [`key_store`]: owns `server_keys.yml`; decides unknown keys' handshakes.
+//! - [`key_file`], [`key_store`]: `server_keys.yml`, and the actor that owns
+//!   it and decides unknown keys' handshakes.
 //! - [`file_service`]: relays uploads, only to the keys they were sent to.
 //! - [`store`]: the embedded SQLite database and its writer thread.
 //! - [`cluster`]: several servers sharing keys and registry through etcd.
@@ -37,6 +38,7 @@ pub mod connections;
 pub mod dispatch;
 pub mod file_service;
 pub mod jobs;
+pub mod key_file;
 pub mod key_store;
 pub mod limits;
 pub mod links;
@@ -59,8 +61,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use anyhow::{Context as _, Result};
+use key_file::ServerKeyStore;
 use pantry_shared::config::Config;
-use pantry_shared::keys::ServerKeyStore;
 use pantry_shared::security::SocketSecurity;
 use slog::{error, info, warn, Logger};
 
@@ -77,7 +79,7 @@ use outbox::{KeyUpdate, Outbound, Outbox};
 use routes::Routes;
 use sockets::{BoundSockets, Endpoints};
 
-/// How long a stopping server waits for its socket thread.
+/// How long a stopping server waits for its threads, all together.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What the program running a server may ask of it.
@@ -118,7 +120,7 @@ where
         for leftover in &store.removed_temporaries {
             info!(log, "removed a temporary key file left by an interrupted write"; "file" => leftover);
         }
-        (SocketSecurity::server(&store), Some(store))
+        (SocketSecurity::server(store.secret_key()), Some(store))
     } else {
         warn!(
             log,
@@ -282,27 +284,62 @@ where
 
     healthy.store(false, Ordering::Relaxed);
     outbox.send(Outbound::Stop);
-    let deadline = Instant::now() + SHUTDOWN_DEADLINE;
-    while !thread.is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if thread.is_finished() {
+    // One deadline for every thread; what it still waits for is named when
+    // it runs out, and the process exits without it.
+    let mut shutdown = Shutdown::new(SHUTDOWN_DEADLINE);
+    shutdown.wait("the socket thread", move || {
         let _ = thread.join();
-    } else {
-        warn!(log, "shutdown: the socket thread did not stop in time; exiting without waiting for it";
-            "waited_seconds" => SHUTDOWN_DEADLINE.as_secs());
-    }
+    });
     // The actors, and with them the database writer's senders, go with the
     // system and the key store's thread; the writer commits what is queued
     // and ends.
     keys_thread.stop();
-    let _ = keys_thread.join();
+    shutdown.wait("the key store's thread", move || {
+        let _ = keys_thread.join();
+    });
     drop(system);
     drop(writer);
-    let _ = writer_thread.join();
+    shutdown.wait("the database writer (committing what is queued)", move || {
+        let _ = writer_thread.join();
+    });
+    shutdown.report(&log);
     // The metrics thread serves until the process ends (its 503 says why).
     drop(metrics_thread);
     Ok(())
+}
+
+/// Waits for the threads of a stopping server, all within one deadline.
+struct Shutdown {
+    deadline: Instant,
+    /// What did not end in time.
+    late: Vec<&'static str>,
+}
+
+impl Shutdown {
+    fn new(within: Duration) -> Shutdown {
+        Shutdown { deadline: Instant::now() + within, late: Vec::new() }
+    }
+
+    /// Runs `join` (which blocks until `what` ended) on a thread of its
+    /// own, and waits for it until the deadline.
+    fn wait(&mut self, what: &'static str, join: impl FnOnce() + Send + 'static) {
+        let (done, ended) = std::sync::mpsc::channel();
+        let started = std::thread::Builder::new().name("pantry-shutdown".into()).spawn(move || {
+            join();
+            let _ = done.send(());
+        });
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if started.is_err() || ended.recv_timeout(left).is_err() {
+            self.late.push(what);
+        }
+    }
+
+    fn report(self, log: &Logger) {
+        if !self.late.is_empty() {
+            warn!(log, "shutdown: the deadline passed; exiting without waiting for {}", self.late.join(", ");
+                "deadline_seconds" => SHUTDOWN_DEADLINE.as_secs());
+        }
+    }
 }
 
 /// Raises the open-file limit and says what the server got.
@@ -372,9 +409,15 @@ fn start_actors(
     };
     let files = FileService::new(outbox.try_clone()?, curve, metrics.clone(), log.clone()).start();
     let key_store = keys.transpose()?.map(|keys| KeyStore::start_in_arbiter(&keys_thread, |_| keys));
-    let dispatcher =
-        CommandDispatcher::new(outbox.try_clone()?, registry.clone(), files.clone(), key_store.clone(), settings, log.clone())?
-            .start();
+    let dispatcher = CommandDispatcher::new(
+        outbox.try_clone()?,
+        registry.clone(),
+        files.clone(),
+        key_store.clone(),
+        settings,
+        log.clone(),
+    )?
+    .start();
     if let Some(fleet) = cluster {
         for change in fleet.clients {
             registry.do_send(change);

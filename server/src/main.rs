@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
+use pantry_server::key_file::ServerKeyStore;
 use pantry_server::Control;
 use pantry_shared::config::{Config, Program};
-use pantry_shared::keys::ServerKeyStore;
 use pantry_shared::logging::Logging;
 use pantry_shared::program::Invocation;
 use slog::{info, warn};
@@ -75,7 +75,7 @@ fn run(cli: Cli) -> Result<()> {
     let invocation =
         Invocation { program: Program::Server, config: cli.config, verbose: cli.verbose, debug: cli.debug };
     if let Some(ServerCommand::CheckConfig) = &cli.command {
-        invocation.check_config();
+        invocation.check_config(pantry_server::key_file::check);
     }
     let config = invocation.load_config()?;
     if let Some(ServerCommand::KeysCreateAdmin { name, output }) = &cli.command {

@@ -133,6 +133,36 @@ impl BoundSockets {
 
 const MONITOR_PORTS: [ServerPort; 3] = [ServerPort::Publish, ServerPort::Receive, ServerPort::Files];
 
+/// The socket thread's poll items, in order; a cluster's links follow
+/// them, two items each ([`LinkSlot`]).
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Bell,
+    Router,
+    /// The monitors, in the order of [`MONITOR_PORTS`].
+    PublishMonitor,
+    ReceiveMonitor,
+    FilesMonitor,
+    Files,
+    Publisher,
+    Zap,
+}
+
+const FIXED_SLOTS: usize = Slot::Zap as usize + 1;
+
+/// What a poll item past the fixed ones is: a link's socket or its monitor.
+enum LinkSlot {
+    Socket(usize),
+    Monitor(usize),
+}
+
+impl LinkSlot {
+    fn of(index: usize) -> Option<LinkSlot> {
+        let offset = index.checked_sub(FIXED_SLOTS)?;
+        Some(if offset % 2 == 0 { LinkSlot::Socket(offset / 2) } else { LinkSlot::Monitor(offset / 2) })
+    }
+}
+
 /// Where the socket thread hands inbound traffic.
 pub struct Recipients {
     pub dispatcher: Recipient<Incoming>,
@@ -250,7 +280,8 @@ impl SocketThread {
                 Some(zap) => zap.as_poll_item(zmq::POLLIN),
                 None => zmq::PollItem::from_fd(-1, zmq::PollEvents::empty()),
             };
-            let fixed = [
+            // In the order of [`Slot`].
+            let fixed: [zmq::PollItem; FIXED_SLOTS] = [
                 self.inbox.bell.as_poll_item(zmq::POLLIN),
                 s.router.as_poll_item(zmq::POLLIN),
                 s.monitors[0].as_poll_item(zmq::POLLIN),
@@ -289,36 +320,45 @@ impl SocketThread {
                 }
             }
             // Closed connections first: a descriptor number may be reused.
-            for (i, port) in MONITOR_PORTS.into_iter().enumerate() {
-                if ready[2 + i] {
+            let is = |slot: Slot| ready[slot as usize];
+            for (i, (port, slot)) in MONITOR_PORTS
+                .into_iter()
+                .zip([Slot::PublishMonitor, Slot::ReceiveMonitor, Slot::FilesMonitor])
+                .enumerate()
+            {
+                if is(slot) {
                     self.drain_monitor(i, port);
                 }
             }
-            if ready[0] && !self.drain_outbound() {
+            if is(Slot::Bell) && !self.drain_outbound() {
                 info!(self.log, "sockets closed");
                 return;
             }
-            if ready[7] {
+            if is(Slot::Zap) {
                 self.drain_zap();
             }
-            if ready[1] {
+            if is(Slot::Router) {
                 self.drain_router(ServerPort::Receive);
             }
-            if ready[5] {
+            if is(Slot::Files) {
                 self.drain_router(ServerPort::Files);
             }
-            if ready[6] {
+            if is(Slot::Publisher) {
                 self.drain_subscriptions();
             }
             // Each link's socket, then its monitor.
-            for (index, _) in ready.iter().enumerate().skip(8).filter(|(_, r)| **r) {
-                let link = (index - 8) / 2;
-                if (index - 8) % 2 == 0 {
-                    self.drain_link(link);
-                } else if let Some((server, up)) = self.answers.links.as_ref().and_then(|l| l.state(link)) {
-                    info!(self.log, "link to another server of the cluster {}", if up { "up" } else { "down" };
-                        "server" => &server);
-                    self.to.presence.do_send(Presence::Link { server, up });
+            for index in (FIXED_SLOTS..ready.len()).filter(|i| ready[*i]) {
+                match LinkSlot::of(index) {
+                    Some(LinkSlot::Socket(link)) => self.drain_link(link),
+                    Some(LinkSlot::Monitor(link)) => {
+                        let Some((server, up)) = self.answers.links.as_ref().and_then(|l| l.state(link)) else {
+                            continue;
+                        };
+                        info!(self.log, "link to another server of the cluster {}", if up { "up" } else { "down" };
+                            "server" => &server);
+                        self.to.presence.do_send(Presence::Link { server, up });
+                    }
+                    None => {}
                 }
             }
         }

@@ -1,12 +1,14 @@
 //! `check-config`: validate a config and its key store without starting
 //! and without changing anything on disk (no key is generated, no directory
-//! created): paths, permissions, keys that parse, CURVE available.
+//! created): paths, permissions, keys that parse, CURVE available. Each
+//! program checks its own key store ([`KeyCheck`]): the agent's is
+//! [`client_keys`], the server's is the server's.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::config::{Config, Program};
-use crate::keys::{self, ClientKeys, ServerKeyStore};
+use crate::keys::{self, ClientKeys};
 
 /// The outcome: what was checked and what is wrong.
 #[derive(Debug, Default)]
@@ -16,11 +18,11 @@ pub struct Report {
 }
 
 impl Report {
-    fn ok(&mut self, what: impl Into<String>) {
+    pub fn ok(&mut self, what: impl Into<String>) {
         self.checked.push(what.into());
     }
 
-    fn problem(&mut self, what: impl Into<String>) {
+    pub fn problem(&mut self, what: impl Into<String>) {
         self.problems.push(what.into());
     }
 
@@ -41,14 +43,17 @@ impl Report {
     }
 }
 
+/// A program's check of its key store (under CURVE).
+pub type KeyCheck = fn(&Config, &mut Report);
+
 /// `check-config` for either program: prints the report and exits 0 (fine),
 /// 1 (problems) or 2 (no file given).
-pub fn exit_with_report(path: Option<&Path>, program: Program) -> ! {
+pub fn exit_with_report(path: Option<&Path>, program: Program, keys: KeyCheck) -> ! {
     let Some(path) = path else {
         eprintln!("check-config needs -c FILE");
         std::process::exit(2);
     };
-    let report = check(path, program);
+    let report = check(path, program, keys);
     print!("{}", report.render());
     if report.is_ok() {
         println!("{}: no problems", path.display());
@@ -59,7 +64,7 @@ pub fn exit_with_report(path: Option<&Path>, program: Program) -> ! {
 }
 
 /// Checks the config file at `path` for `program`.
-pub fn check(path: &Path, program: Program) -> Report {
+pub fn check(path: &Path, program: Program, keys: KeyCheck) -> Report {
     let mut report = Report::default();
     let config = match Config::load(path, program) {
         Ok(config) => {
@@ -81,10 +86,7 @@ pub fn check(path: &Path, program: Program) -> Report {
             report.problem(crate::error::KeyStoreError::CurveUnavailable.to_string());
             return report;
         }
-        match program {
-            Program::Server => check_server_keys(&config, &mut report),
-            Program::Client => check_client_keys(&config, &mut report),
-        }
+        keys(&config, &mut report);
     } else {
         report.ok("security: null (no key store to check)");
     }
@@ -100,7 +102,12 @@ fn check_root_dir(config: &Config, report: &mut Report) {
         Err(_) => {
             // create_dir_all makes every missing level: the first existing
             // ancestor must be writable.
-            let ancestor = root.ancestors().skip(1).find(|p| p.exists());
+            // A relative root_dir's last ancestor is "": the working directory.
+            let ancestor = root
+                .ancestors()
+                .skip(1)
+                .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+                .find(|p| p.exists());
             match ancestor {
                 Some(p) if writable(p) => {
                     report.ok(format!("root_dir {} does not exist yet; it will be created", root.display()))
@@ -150,7 +157,7 @@ fn check_ports(config: &Config, report: &mut Report) {
 }
 
 /// Directory 0700, file 0600: anything looser is a problem.
-fn check_modes(dir: &Path, file: &Path, report: &mut Report) {
+pub fn check_modes(dir: &Path, file: &Path, report: &mut Report) {
     for (path, want) in [(dir, 0o700), (file, 0o600)] {
         match std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777) {
             Ok(mode) if mode & !want != 0 => {
@@ -162,26 +169,8 @@ fn check_modes(dir: &Path, file: &Path, report: &mut Report) {
     }
 }
 
-fn check_server_keys(config: &Config, report: &mut Report) {
-    let dir = keys::curve_dir(config.root_dir());
-    let file = dir.join(keys::SERVER_KEYS_FILE);
-    if !file.exists() {
-        report.ok(format!("{} does not exist yet; the server generates its key pair at first start", file.display()));
-        return;
-    }
-    check_modes(&dir, &file, report);
-    match ServerKeyStore::inspect(&file) {
-        Ok(store) => report.ok(format!(
-            "{} parses: server public key {}, {} known client keys",
-            file.display(),
-            store.keys.public_key,
-            store.known_count()
-        )),
-        Err(e) => report.problem(e.to_string()),
-    }
-}
-
-fn check_client_keys(config: &Config, report: &mut Report) {
+/// The agent's `client_keys.yml`.
+pub fn client_keys(config: &Config, report: &mut Report) {
     let dir = keys::curve_dir(config.root_dir());
     let file = dir.join(keys::CLIENT_KEYS_FILE);
     if !file.exists() {
@@ -215,34 +204,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn good_and_broken_setups() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        let config = dir.path().join("server.yml");
-        std::fs::write(&config, format!("root_dir: {}\nnetworking:\n  security: curve\n", root.display())).unwrap();
-        let fresh = check(&config, Program::Server);
-        assert!(fresh.is_ok(), "{}", fresh.render());
-        assert!(!root.exists(), "check-config must not create anything");
-        ServerKeyStore::open(&root).unwrap();
-        assert!(check(&config, Program::Server).is_ok());
-        let keys_file = keys::curve_dir(&root).join(keys::SERVER_KEYS_FILE);
-        std::fs::set_permissions(&keys_file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let loose = check(&config, Program::Server);
-        assert!(loose.render().contains("mode 644"), "{}", loose.render());
-        std::fs::write(&keys_file, "public_key: [\n").unwrap();
-        assert!(!check(&config, Program::Server).is_ok());
-        std::fs::write(&config, "networking:\n  receive_prot: 1\n").unwrap();
-        let bad = check(&config, Program::Server);
-        assert!(bad.render().contains("receive_prot"), "{}", bad.render());
-    }
-
-    #[test]
     fn client_without_keys_is_a_problem() {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("client.yml");
         let root = dir.path().join("root");
         std::fs::write(&config, format!("root_dir: {}\nnetworking:\n  security: curve\n", root.display())).unwrap();
-        let r = check(&config, Program::Client);
+        let r = check(&config, Program::Client, client_keys);
         assert!(r.render().contains("client:create"), "{}", r.render());
     }
 }

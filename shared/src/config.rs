@@ -24,12 +24,50 @@ pub enum Program {
 }
 
 impl Program {
+    /// Whose file it is, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Program::Server => "pantry-server",
+            Program::Client => "pantry-client",
+        }
+    }
+
     fn state_dir_name(self) -> &'static str {
         match self {
             Program::Server => "server",
             Program::Client => "client",
         }
     }
+}
+
+/// A setting that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+struct Problem {
+    key: &'static str,
+    reason: String,
+}
+
+/// Settings only one program reads: in the other program's file, each is a
+/// mistake (a `cluster:` in client.yml would silently do nothing).
+const SERVER_ONLY: [&str; 6] = ["registry", "jobs", "audit_log", "audit_fail_closed", "metrics", "cluster"];
+const CLIENT_ONLY: [&str; 1] = ["client"];
+const SERVER_ONLY_NETWORKING: [&str; 2] = ["trust_first_client", "plain_subscribers"];
+const CLIENT_ONLY_NETWORKING: [&str; 1] = ["server_public_key"];
+
+/// The first key of the file that belongs to the other program, if any.
+fn other_programs_key(value: &serde_yaml::Value, program: Program) -> Option<String> {
+    let (top, networking): (&[&str], &[&str]) = match program {
+        Program::Server => (&CLIENT_ONLY, &CLIENT_ONLY_NETWORKING),
+        Program::Client => (&SERVER_ONLY, &SERVER_ONLY_NETWORKING),
+    };
+    let map = value.as_mapping()?;
+    let has = |m: &serde_yaml::Mapping, key: &str| m.contains_key(serde_yaml::Value::from(key));
+    if let Some(key) = top.iter().find(|k| has(map, k)) {
+        return Some((*key).to_owned());
+    }
+    let net = map.get(serde_yaml::Value::from("networking")).and_then(serde_yaml::Value::as_mapping)?;
+    networking.iter().find(|k| has(net, k)).map(|k| format!("networking.{k}"))
 }
 
 /// The whole file. `client` is read only by the agent.
@@ -307,6 +345,17 @@ fn default_host() -> String {
     "127.0.0.1".into()
 }
 
+/// Why a list of hosts is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostsError {
+    #[error("give at least one host")]
+    None,
+    #[error("may not be empty")]
+    Empty,
+    #[error("entry {0} is empty")]
+    EmptyEntry(usize),
+}
+
 /// `networking.server_host`: a host name or address, or a YAML list of
 /// them. Every host serves the same three ports; agents and the admin move
 /// to the next one when the current one stops answering. Never empty, and
@@ -316,12 +365,12 @@ pub struct ServerHosts(Vec<String>);
 
 impl ServerHosts {
     /// A list of hosts, refused when empty or when an entry is blank.
-    pub fn new(hosts: Vec<String>) -> Result<ServerHosts, String> {
+    pub fn new(hosts: Vec<String>) -> Result<ServerHosts, HostsError> {
         if hosts.is_empty() {
-            return Err("give at least one host".into());
+            return Err(HostsError::None);
         }
         if let Some(index) = hosts.iter().position(|h| h.trim().is_empty()) {
-            return Err(if hosts.len() == 1 { "may not be empty".into() } else { format!("entry {index} is empty") });
+            return Err(if hosts.len() == 1 { HostsError::Empty } else { HostsError::EmptyEntry(index) });
         }
         Ok(ServerHosts(hosts))
     }
@@ -507,46 +556,58 @@ impl Config {
     pub fn parse(text: &str, path: &Path, program: Program) -> Result<Config, ConfigError> {
         let invalid = |reason: String| ConfigError::Invalid { path: path.to_owned(), reason };
         // An empty file is a valid config with every default.
-        let config: Config =
-            if text.trim().is_empty() { serde_yaml::from_str("{}") } else { serde_yaml::from_str(text) }
-                .map_err(|e| invalid(e.to_string()))?;
-        config.check(program).map_err(invalid)?;
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if let Some(key) = other_programs_key(&value, program) {
+            return Err(ConfigError::OtherProgram { path: path.to_owned(), key, program: program.name() });
+        }
+        // From the text again: its errors name the key's path.
+        let config: Config = serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        config.check(program).map_err(|e| invalid(e.to_string()))?;
         Ok(config.finish(program))
     }
 
-    fn check(&self, program: Program) -> Result<(), String> {
+    fn check(&self, program: Program) -> Result<(), Problem> {
+        let problem = |key: &'static str, reason: String| Err(Problem { key, reason });
         let filter = self.client_filter();
-        filter.validate().map_err(|e| format!("client: {e}"))?;
+        if let Err(e) = filter.validate() {
+            return problem("client", e.to_string());
+        }
         if self.client.heartbeat_interval == 0 {
-            return Err("client.heartbeat_interval: must be at least 1 second".into());
+            return problem("client.heartbeat_interval", "must be at least 1 second".into());
         }
         if self.networking.max_message_size < 1024 * 1024 {
-            return Err("networking.max_message_size: must be at least 1048576 (1 MiB)".into());
+            return problem("networking.max_message_size", "must be at least 1048576 (1 MiB)".into());
         }
         // The deserializer refused an empty list or a blank host already.
         if program == Program::Server && self.networking.server_host.len() > 1 {
-            return Err(format!(
-                "networking.server_host: pantry-server binds one address; give one host, not a list ({}) \
-                 (agents and the admin take a list of servers)",
-                self.networking.server_host
-            ));
+            return problem(
+                "networking.server_host",
+                format!(
+                    "pantry-server binds one address; give one host, not a list ({}) (agents and the admin take a \
+                     list of servers)",
+                    self.networking.server_host
+                ),
+            );
         }
         if self.log_to.trim().is_empty() {
-            return Err("log_to: may not be empty (stdout, syslog or a file path)".into());
+            return problem("log_to", "may not be empty (stdout, syslog or a file path)".into());
         }
         if let Some(cluster) = &self.cluster {
             if cluster.etcd.is_empty() {
-                return Err("cluster.etcd: give at least one etcd endpoint".into());
+                return problem("cluster.etcd", "give at least one etcd endpoint".into());
             }
-            ClientFilter::check_identity(&cluster.server_id).map_err(|e| format!("cluster.server_id: {e}"))?;
+            if let Err(e) = ClientFilter::check_identity(&cluster.server_id) {
+                return problem("cluster.server_id", e.to_string());
+            }
             if cluster.advertise.trim().is_empty() {
-                return Err("cluster.advertise: may not be empty".into());
+                return problem("cluster.advertise", "may not be empty".into());
             }
             if !cluster.prefix.starts_with('/') {
-                return Err("cluster.prefix: must start with /".into());
+                return problem("cluster.prefix", "must start with /".into());
             }
             if cluster.lease.0 < Duration::from_secs(2) {
-                return Err("cluster.lease: at least 2s".into());
+                return problem("cluster.lease", "at least 2s".into());
             }
         }
         Ok(())
@@ -638,7 +699,7 @@ mod tests {
 
     #[test]
     fn every_key_is_read() {
-        let c = parse(
+        let c = parse_client(
             "log_to: /tmp/x.log\nlog_level: debug\nsyslog_program_name: p\nroot_dir: /srv/p\n\
              networking:\n  server_host: 0.0.0.0\n  pub_sub_port: 1\n  receive_port: 2\n  file_service_port: 3\n  security: curve\n\
              client:\n  identity: h\n  application: a\n  environment: e\n  roles: [r1, r2]\n  heartbeat_interval: 7\n",
@@ -682,7 +743,7 @@ mod tests {
     fn wrong_type_names_the_key() {
         let e = error_of("networking:\n  receive_port: many\n");
         assert!(e.contains("receive_port"), "{e}");
-        let e = error_of("client:\n  roles: 5\n");
+        let e = parse_client("client:\n  roles: 5\n").unwrap_err().to_string();
         assert!(e.contains("roles"), "{e}");
     }
 
@@ -756,8 +817,27 @@ mod tests {
 
     #[test]
     fn bad_names_are_rejected() {
+        let error_of = |text: &str| parse_client(text).unwrap_err().to_string();
         assert!(error_of("client:\n  roles: ['*all']\n").contains("role"));
         assert!(error_of("client:\n  application: a.b\n").contains("application"));
         assert!(error_of("client:\n  heartbeat_interval: 0\n").contains("heartbeat_interval"));
+    }
+
+    #[test]
+    fn each_program_refuses_the_others_settings() {
+        for (text, key) in [
+            ("cluster:\n  etcd: [x]\n  server_id: a\n  advertise: b\n", "cluster"),
+            ("jobs:\n  keep: 1d\n", "jobs"),
+            ("metrics:\n  listen: 127.0.0.1:9105\n", "metrics"),
+            ("networking:\n  plain_subscribers: refuse\n", "networking.plain_subscribers"),
+        ] {
+            let e = parse_client(text).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")) && e.contains("/etc/pantry/client.yml"), "{e}");
+            assert!(e.contains("pantry-client"), "{e}");
+        }
+        let e = error_of("client:\n  identity: web-1\n");
+        assert!(e.contains("`client`") && e.contains("/etc/pantry/server.yml"), "{e}");
+        let e = error_of("networking:\n  server_public_key: x\n");
+        assert!(e.contains("`networking.server_public_key`"), "{e}");
     }
 }

@@ -32,6 +32,10 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error(
+        "invalid config file {path}: `{key}` is not a setting of {program} (it belongs in the other program's file)"
+    )]
+    OtherProgram { path: PathBuf, key: String, program: &'static str },
 }
 
 /// A key file that cannot be read, parsed or written.

@@ -12,64 +12,7 @@ use serde_json::Value;
 
 use crate::message::Message;
 
-/// The PUB topic of messages for every client (stream `""`). No identity,
-/// application, environment or role may start with it.
-pub const BROADCAST_TOPIC: &str = "*";
-
-/// Opens and closes every exact PUB topic: `\0web-1\0`.
-///
-/// XPUB (like SUB) matches prefixes: a connection holding `web-1` also
-/// receives `web-10`, and one holding `pantry` every `pantry.ENV.ROLE`.
-/// Pantry's agents subscribe to the exact form, which the terminator makes
-/// match one stream only; the opening mark keeps the two forms apart, so
-/// a bare subscriber (`web-1`, as SPEC §4 and the original agent
-/// subscribe) never receives an exact-form message, nor the reverse. No
-/// name may contain the mark.
-pub const TOPIC_MARK: u8 = 0;
-
-/// How a subscription names its stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TopicForm {
-    /// `\0stream\0`: Pantry's agents, one stream exactly.
-    Exact,
-    /// The stream itself (SPEC §4, the original agent): a prefix.
-    Bare,
-}
-
-impl TopicForm {
-    /// The PUB topic of a message to `stream` (`""`: everyone, published
-    /// under [`BROADCAST_TOPIC`]) in this form.
-    pub fn topic(self, stream: &str) -> Vec<u8> {
-        let stream = if stream.is_empty() { BROADCAST_TOPIC } else { stream };
-        match self {
-            TopicForm::Bare => stream.as_bytes().to_vec(),
-            TopicForm::Exact => {
-                let mut topic = Vec::with_capacity(stream.len() + 2);
-                topic.push(TOPIC_MARK);
-                topic.extend_from_slice(stream.as_bytes());
-                topic.push(TOPIC_MARK);
-                topic
-            }
-        }
-    }
-
-    /// Reads a topic: its form and stream. `None` for one that is not
-    /// UTF-8 or has the mark anywhere else.
-    pub fn parse(topic: &[u8]) -> Option<(TopicForm, &str)> {
-        let text = std::str::from_utf8(topic).ok()?;
-        let mark = char::from(TOPIC_MARK);
-        let (form, stream) = match text.strip_prefix(mark).and_then(|t| t.strip_suffix(mark)) {
-            Some(inner) => (TopicForm::Exact, inner),
-            None => (TopicForm::Bare, text),
-        };
-        (!stream.contains(mark)).then_some((form, stream))
-    }
-}
-
-/// The exact PUB topic of `stream` ([`TopicForm::Exact`]).
-pub fn topic(stream: &str) -> Vec<u8> {
-    TopicForm::Exact.topic(stream)
-}
+pub use crate::topic::{topic, TopicForm, BROADCAST_TOPIC, TOPIC_MARK};
 
 /// Characters that do not show, or change how the text around them shows:
 /// controls (C0, DEL, C1), Unicode's format characters (category Cf:
@@ -116,6 +59,45 @@ pub const MAX_NAME_LEN: usize = 253;
 
 /// Most roles one client may have.
 pub const MAX_ROLES: usize = 64;
+
+/// Why a name cannot be an identity, application, environment or role.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{kind} may not be empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} is {len} bytes long (at most {MAX_NAME_LEN})")]
+    TooLong { kind: &'static str, len: usize },
+    #[error("{kind} `{name}` may not start with `{BROADCAST_TOPIC}`")]
+    Broadcast { kind: &'static str, name: String },
+    #[error("{kind} {name:?} may not contain {what} (U+{code:04X})")]
+    Hidden { kind: &'static str, name: String, what: &'static str, code: u32 },
+    #[error("{kind} `{name}` may not start or end with `.` or hold `..`")]
+    Dots { kind: &'static str, name: String },
+    #[error("{kind} `{name}` may not contain `.`")]
+    Dot { kind: &'static str, name: String },
+    #[error("{0} roles (at most {MAX_ROLES})")]
+    TooManyRoles(usize),
+}
+
+/// Why `-a/-e/-r` do not make a stream to send to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("targeting an environment needs --application too")]
+    EnvironmentAlone,
+    #[error("targeting a role needs --application and --environment too")]
+    RoleAlone,
+    #[error("a command sent to clients can target one role only; `status` accepts several")]
+    SeveralRoles,
+}
+
+/// Why a request's identity patterns cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentitiesError {
+    #[error("invalid identity pattern `{pattern}`: {reason}")]
+    BadPattern { pattern: String, reason: String },
+    #[error("`identities` must be a list of strings")]
+    NotStrings,
+}
 
 /// Who a client is (when it registers) or whom a request selects (status).
 /// `None` and an empty role list mean "any".
@@ -192,7 +174,7 @@ impl ClientFilter {
     /// The one stream a request with this filter is sent to: the most
     /// specific of `app`, `app.env`, `app.env.role`. A role or environment
     /// needs everything above it, and only one role can be a stream.
-    pub fn target_stream(&self) -> Result<String, String> {
+    pub fn target_stream(&self) -> Result<String, TargetError> {
         if let Some(identity) = &self.identity {
             return Ok(identity.clone());
         }
@@ -204,14 +186,14 @@ impl ClientFilter {
                     parts.push(env);
                 }
             }
-            (None, Some(_)) => return Err("targeting an environment needs --application too".into()),
+            (None, Some(_)) => return Err(TargetError::EnvironmentAlone),
             (None, None) => {}
         }
         match self.roles.as_slice() {
             [] => {}
             [role] if parts.len() == 2 => parts.push(role),
-            [_] => return Err("targeting a role needs --application and --environment too".into()),
-            _ => return Err("a command sent to clients can target one role only; `status` accepts several".into()),
+            [_] => return Err(TargetError::RoleAlone),
+            _ => return Err(TargetError::SeveralRoles),
         }
         Ok(parts.join("."))
     }
@@ -229,10 +211,10 @@ impl ClientFilter {
     /// Why a name cannot be used as an application, environment or role, if
     /// it cannot: those are the parts of `app.env.role` streams, so they may
     /// not contain a dot.
-    pub fn check_name(kind: &str, name: &str) -> Result<(), String> {
+    pub fn check_name(kind: &'static str, name: &str) -> Result<(), NameError> {
         Self::check_identity_like(kind, name)?;
         if name.contains('.') {
-            return Err(format!("{kind} `{name}` may not contain `.`"));
+            return Err(NameError::Dot { kind, name: name.to_owned() });
         }
         Ok(())
     }
@@ -240,32 +222,33 @@ impl ClientFilter {
     /// Why a name cannot be an identity, if it cannot. Identities may contain
     /// dots (a host's fully qualified name); the server keeps them apart from
     /// `app.env.role` streams (see `docs/security.md`).
-    pub fn check_identity(name: &str) -> Result<(), String> {
+    pub fn check_identity(name: &str) -> Result<(), NameError> {
         Self::check_identity_like("identity", name)
     }
 
-    fn check_identity_like(kind: &str, name: &str) -> Result<(), String> {
+    fn check_identity_like(kind: &'static str, name: &str) -> Result<(), NameError> {
+        let owned = || name.to_owned();
         if name.is_empty() {
-            return Err(format!("{kind} may not be empty"));
+            return Err(NameError::Empty { kind });
         }
         if name.len() > MAX_NAME_LEN {
-            return Err(format!("{kind} is {} bytes long (at most {MAX_NAME_LEN})", name.len()));
+            return Err(NameError::TooLong { kind, len: name.len() });
         }
         if name.starts_with(BROADCAST_TOPIC) {
-            return Err(format!("{kind} `{name}` may not start with `{BROADCAST_TOPIC}`"));
+            return Err(NameError::Broadcast { kind, name: owned() });
         }
         if let Some(c) = name.chars().find(|c| c.is_whitespace() || is_hidden(*c)) {
             let what = if c.is_whitespace() { "a space" } else { "an invisible or control character" };
-            return Err(format!("{kind} {:?} may not contain {what} (U+{:04X})", name, u32::from(c)));
+            return Err(NameError::Hidden { kind, name: owned(), what, code: u32::from(c) });
         }
         if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
-            return Err(format!("{kind} `{name}` may not start or end with `.` or hold `..`"));
+            return Err(NameError::Dots { kind, name: owned() });
         }
         Ok(())
     }
 
     /// Checks every name in the filter.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), NameError> {
         if let Some(identity) = &self.identity {
             Self::check_identity(identity)?;
         }
@@ -275,7 +258,7 @@ impl ClientFilter {
             }
         }
         if self.roles.len() > MAX_ROLES {
-            return Err(format!("{} roles (at most {MAX_ROLES})", self.roles.len()));
+            return Err(NameError::TooManyRoles(self.roles.len()));
         }
         self.roles.iter().try_for_each(|r| Self::check_name("role", r))
     }
@@ -297,14 +280,15 @@ pub struct Identities {
 
 impl Identities {
     /// Reads `patterns`; an empty list is `None` (no identity targeting).
-    pub fn parse(patterns: &[String]) -> Result<Option<Identities>, String> {
+    pub fn parse(patterns: &[String]) -> Result<Option<Identities>, IdentitiesError> {
         if patterns.is_empty() {
             return Ok(None);
         }
         let mut identities = Identities { exact: HashSet::new(), globs: Vec::new() };
         for p in patterns {
             if p.contains(['*', '?', '[']) {
-                let glob = glob::Pattern::new(p).map_err(|e| format!("invalid identity pattern `{p}`: {e}"))?;
+                let glob = glob::Pattern::new(p)
+                    .map_err(|e| IdentitiesError::BadPattern { pattern: p.clone(), reason: e.to_string() })?;
                 identities.globs.push(glob);
             } else {
                 identities.exact.insert(p.clone());
@@ -314,14 +298,14 @@ impl Identities {
     }
 
     /// The patterns in a request's `custom`, if any.
-    pub fn of(request: &Message) -> Result<Option<Identities>, String> {
+    pub fn of(request: &Message) -> Result<Option<Identities>, IdentitiesError> {
         match request.metadata.custom.get(IDENTITIES_FIELD) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Array(items)) => {
                 let patterns: Option<Vec<String>> = items.iter().map(|v| v.as_str().map(str::to_owned)).collect();
-                Self::parse(&patterns.ok_or("`identities` must be a list of strings")?)
+                Self::parse(&patterns.ok_or(IdentitiesError::NotStrings)?)
             }
-            Some(_) => Err("`identities` must be a list of strings".into()),
+            Some(_) => Err(IdentitiesError::NotStrings),
         }
     }
 
@@ -421,7 +405,7 @@ mod tests {
         assert!(ClientFilter::check_name("role", "a\nb").is_err());
         for invisible in ['\u{200b}', '\u{202e}', '\u{2066}', '\u{2069}', '\u{feff}', '\u{ad}', '\u{e0041}'] {
             let e = ClientFilter::check_name("application", &format!("web{invisible}")).unwrap_err();
-            assert!(e.contains("invisible or control character"), "{e}");
+            assert!(e.to_string().contains("invisible or control character"), "{e}");
         }
         assert!(ClientFilter::check_identity("héllo-wörld").is_ok(), "visible letters are fine");
         assert!(ClientFilter::check_identity("web1.example.com").is_ok());
@@ -454,23 +438,5 @@ mod tests {
         assert!(Identities::of(&m).unwrap().unwrap().matches("web-7"));
         m.metadata.custom.insert(IDENTITIES_FIELD.into(), 5.into());
         assert!(Identities::of(&m).is_err());
-    }
-
-    #[test]
-    fn topics_in_both_forms() {
-        assert_eq!(topic("web-1"), b"\0web-1\0");
-        assert_eq!(topic(""), b"\0*\0");
-        assert_eq!(TopicForm::Bare.topic("web-1"), b"web-1");
-        assert_eq!(TopicForm::Bare.topic(""), b"*");
-        assert_eq!(TopicForm::parse(b"\0web-1\0"), Some((TopicForm::Exact, "web-1")));
-        assert_eq!(TopicForm::parse(b"web-1"), Some((TopicForm::Bare, "web-1")));
-        assert_eq!(TopicForm::parse(b""), Some((TopicForm::Bare, "")));
-        assert_eq!(TopicForm::parse(b"\0\0"), Some((TopicForm::Exact, "")));
-        for bad in [&b"web-1\0"[..], b"\0web-1", b"\0a\0b\0", b"\xff"] {
-            assert_eq!(TopicForm::parse(bad), None, "{bad:?}");
-        }
-        // Neither form is a prefix of the other's topics.
-        assert!(!topic("web-1").starts_with(&TopicForm::Bare.topic("web-1")));
-        assert!(!TopicForm::Bare.topic("web-10").starts_with(&topic("web-1")));
     }
 }

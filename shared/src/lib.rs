@@ -5,7 +5,6 @@
 pub mod check;
 pub mod commands;
 pub mod config;
-pub mod connection;
 pub mod docs;
 pub mod error;
 pub mod filter;
@@ -14,9 +13,10 @@ pub mod logging;
 pub mod message;
 pub mod monitor;
 pub mod program;
+pub mod rule;
 pub mod security;
-pub mod session;
 pub mod systemd;
+pub mod topic;
 pub mod z85;
 
 pub use error::{ConfigError, DecodeError, KeyStoreError};

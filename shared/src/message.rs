@@ -265,7 +265,7 @@ impl Message {
         // stream between the marks; servers before 0.2 ended it with the
         // mark alone. Nowhere else may a stream hold it, so a stream reads
         // back the same.
-        let mark = char::from(crate::filter::TOPIC_MARK);
+        let mark = char::from(crate::topic::TOPIC_MARK);
         let stream = match stream.strip_prefix(mark).and_then(|s| s.strip_suffix(mark)) {
             Some(inner) => inner,
             None => stream.strip_suffix(mark).unwrap_or(stream),
@@ -437,7 +437,7 @@ mod tests {
         m.metadata.uuid.push('u');
         assert_eq!(Message::from_frames(&m.to_frames()), Err(DecodeError::UuidTooLong(MAX_UUID_LEN + 1)));
         let mut frames = Message::new("Echo").to_frames();
-        frames[0] = crate::filter::topic("web-1");
+        frames[0] = crate::topic::topic("web-1");
         assert_eq!(Message::from_frames(&frames).unwrap().stream, "web-1");
         // As servers before the exact form's opening mark published.
         frames[0] = b"web-1\0".to_vec();

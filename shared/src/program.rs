@@ -29,9 +29,10 @@ pub struct Invocation {
 }
 
 impl Invocation {
-    /// `check-config`: prints the report on the config and exits.
-    pub fn check_config(&self) -> ! {
-        crate::check::exit_with_report(self.config.as_deref(), self.program)
+    /// `check-config`: prints the report on the config (and, with `keys`,
+    /// its key store) and exits.
+    pub fn check_config(&self, keys: crate::check::KeyCheck) -> ! {
+        crate::check::exit_with_report(self.config.as_deref(), self.program, keys)
     }
 
     pub fn load_config(&self) -> Result<Config, ConfigError> {

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use crate::keys::{decode_key, ClientKeys, PublicKey, ServerKeyStore};
+use crate::keys::{decode_key, ClientKeys, PublicKey};
 
 /// ZMQ_MAXMSGSIZE of every socket made here (-1: none), set once at startup
 /// from `networking.max_message_size`.
@@ -89,8 +89,9 @@ impl std::fmt::Debug for SocketSecurity {
 }
 
 impl SocketSecurity {
-    pub fn server(store: &ServerKeyStore) -> SocketSecurity {
-        SocketSecurity::CurveServer { secret_key: *store.secret_key() }
+    /// The server's sockets, with its secret key.
+    pub fn server(secret_key: &PublicKey) -> SocketSecurity {
+        SocketSecurity::CurveServer { secret_key: *secret_key }
     }
 
     /// Keys already checked by [`ClientKeys::load`]; decoding again cannot

@@ -25,7 +25,7 @@ use crate::outbox::{Outbound, Outbox};
 use crate::routes::{RouteError, Routes, MAX_UNANSWERED_BYTES_PER_AGENT};
 
 use super::job_log::JobLog;
-use super::Request;
+use super::{Refused, Request};
 
 /// Marks a request another server of the cluster passed on: it goes to
 /// this server's clients only.
@@ -76,14 +76,14 @@ impl Forwarder {
 
     /// Reserves the request's uuid for its requester and says whom it
     /// goes to; the reason when it cannot be forwarded.
-    pub fn plan(&self, kind: Kind, request: &mut Request) -> Result<Plan, String> {
+    pub fn plan(&self, kind: Kind, request: &mut Request) -> Result<Plan, Refused> {
         let identities = Identities::of(&request.message)?;
         let owner = match &request.auth {
             Some(auth) => auth.key.clone(),
             None => Hex(&request.peer).to_string(),
         };
         if let Err(e) = self.routes.reserve(request.message.uuid(), kind, &request.peer, &owner) {
-            return Err(self.route_refused(request, e));
+            return Err(self.route_refused(request, e).into());
         }
         // Another server's request is for its clients here (an upload's
         // file stays with the server the admin used: its agents fetch it
@@ -99,7 +99,8 @@ impl Forwarder {
         if !from_peer {
             request.message.metadata.custom.remove(upload::FILE_SERVICE_FIELD);
         }
-        let transfer = (kind == Kind::Upload && !from_peer).then(|| upload::parse(&request.message).map(|u| u.transfer_id));
+        let transfer =
+            (kind == Kind::Upload && !from_peer).then(|| upload::parse(&request.message).map(|u| u.transfer_id));
         Ok(Plan {
             by_identity: identities.is_some(),
             wanted: Recipients { stream: request.message.stream.clone(), identities, local_only: from_peer },

@@ -53,7 +53,14 @@ impl JobLog {
 
     /// Records a job: a request sent to clients (with whom it went to and
     /// who was offline), or a change the server makes.
-    pub fn record(&mut self, request: &Request, kind: Kind, arguments: Value, sent_to: Vec<String>, offline: Vec<String>) {
+    pub fn record(
+        &mut self,
+        request: &Request,
+        kind: Kind,
+        arguments: Value,
+        sent_to: Vec<String>,
+        offline: Vec<String>,
+    ) {
         if self.settings.is_none() {
             return;
         }

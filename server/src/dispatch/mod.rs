@@ -78,6 +78,43 @@ impl Request {
     }
 }
 
+/// Why a request was not carried out: the reason its requester reads.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+impl From<String> for Refused {
+    fn from(reason: String) -> Refused {
+        Refused(reason)
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(reason: &str) -> Refused {
+        Refused(reason.to_owned())
+    }
+}
+
+macro_rules! refused_from {
+    ($($error:ty),*) => {
+        $(impl From<$error> for Refused {
+            fn from(e: $error) -> Refused {
+                Refused(e.to_string())
+            }
+        })*
+    };
+}
+
+refused_from!(
+    pantry_shared::filter::NameError,
+    pantry_shared::filter::TargetError,
+    pantry_shared::filter::IdentitiesError,
+    pantry_shared::DecodeError,
+    crate::client_registry::UnknownClient,
+    crate::file_service::NotOffered,
+    crate::key_store::PendingError
+);
+
 /// When each known key last sent something (keys the server does not know
 /// are not remembered here), and which keys are connected: `client:list`.
 #[derive(Default, Clone)]
@@ -269,24 +306,25 @@ impl CommandDispatcher {
     fn forward(&mut self, kind: Kind, mut request: Request, arguments: Value, ctx: &mut Context<Self>) {
         let plan = match self.forwarder.plan(kind, &mut request) {
             Ok(plan) => plan,
-            Err(reason) => return self.refuse(&request, reason),
+            Err(reason) => return self.refuse(&request, reason.to_string()),
         };
         let (registry, files) = (self.registry.clone(), self.files.clone());
         let by_identity = plan.by_identity;
         let work = async move {
-            let recipients = registry.send(plan.wanted).await.map_err(|e| e.to_string())?;
+            let recipients = registry.send(plan.wanted).await.map_err(|e| format!("registry unavailable: {e}"))?;
             if let Some(transfer) = plan.transfer {
-                let transfer_id = transfer.map_err(|e| e.to_string())?;
+                let transfer_id = transfer?;
                 let keys = recipients.online.iter().filter_map(|r| r.key.clone()).collect();
                 let authorized = AuthorizeTransfer { transfer_id, requester: plan.requester, recipients: keys };
-                files.send(authorized).await.map_err(|e| e.to_string())??;
+                files.send(authorized).await.map_err(|e| format!("file service unavailable: {e}"))??;
             }
-            Ok::<_, String>(recipients)
+            Ok::<_, Refused>(recipients)
         };
         work.into_actor(self)
             .map(move |outcome, act, _| match outcome {
                 Ok(reached) => act.forwarder.publish(kind, request, reached, by_identity, &mut act.jobs, arguments),
                 Err(reason) => {
+                    let reason = reason.to_string();
                     act.forwarder.abandon(&request, &reason);
                     act.forwarder.refuse(&request, reason);
                 }

@@ -6,19 +6,16 @@
 //! changed and is valid YAML; the server checks again and replaces the file
 //! atomically.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context as _};
 use serde_json::Value;
 
 use crate::error::DecodeError;
 use crate::filter::ClientFilter;
 use crate::keys::write_atomically;
 use crate::message::{BodyPart, Message};
-use crate::session::{Outcome, Session};
 
-use super::{Admin, Rule, RunsOn, Senders, Wait};
+use crate::rule::{Rule, RunsOn, Senders};
 
 pub const SHOW_TYPE: &str = "ShowApplication";
 pub const EDIT_TYPE: &str = "EditApplication";
@@ -29,27 +26,12 @@ pub const SHOW_RULE: Rule =
 pub const EDIT_RULE: Rule =
     Rule { wire: EDIT_TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: true };
 
-/// Print the configuration of the application given with -a.
-#[derive(clap::Args, Debug)]
-pub struct ShowArgs {
-    #[command(flatten)]
-    pub wait: Wait,
-}
-
 /// Admin: ask for an application's config.
 pub fn show_request(application: &str) -> Message {
     let mut m = Message::new(SHOW_TYPE);
     m.metadata.requires_response = true;
     m.metadata.custom.insert("application".into(), Value::String(application.into()));
     m
-}
-
-/// Edit the configuration of the application given with -a in $EDITOR;
-/// saved only when changed and valid YAML.
-#[derive(clap::Args, Debug)]
-pub struct EditArgs {
-    #[command(flatten)]
-    pub wait: Wait,
 }
 
 /// Admin: save a new config (already checked with [`check_yaml`]).
@@ -71,7 +53,7 @@ pub fn application(request: &Message) -> Result<String, DecodeError> {
         .get("application")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("no application".into()))?;
-    ClientFilter::check_name("application", name).map_err(bad)?;
+    ClientFilter::check_name("application", name).map_err(|e| bad(e.to_string()))?;
     if name.contains('/') || name == ".." {
         return Err(bad(format!("application `{name}` may not contain `/` or be `..`")));
     }
@@ -108,7 +90,7 @@ pub fn respond_edit(request: &Message, root_dir: &Path) -> Message {
     let mut response = request.response();
     let saved = application(request).map_err(|e| e.to_string()).and_then(|name| {
         let text = request.body.first().and_then(BodyPart::as_text).ok_or("no config text")?;
-        check_yaml(text)?;
+        check_yaml(text).map_err(|e| e.to_string())?;
         let path = config_path(root_dir, &name);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -121,109 +103,26 @@ pub fn respond_edit(request: &Message, root_dir: &Path) -> Message {
     response
 }
 
-impl Admin for ShowArgs {
-    fn wait(&self, global: f64) -> f64 {
-        self.wait.or(global)
-    }
-
-    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
-        let application = session.filter.application.clone().context("app:show needs -a/--application NAME")?;
-        let response = session.ask_server(show_request(&application))?;
-        match config_text(&response) {
-            Some(text) => print!("{text}"),
-            None => bail!("application {application} has no config yet (create one with `-a {application} edit`)"),
-        }
-        Ok(Outcome::Done)
-    }
-}
-
-impl Admin for EditArgs {
-    fn wait(&self, global: f64) -> f64 {
-        self.wait.or(global)
-    }
-
-    /// Admin: fetch, open in $EDITOR, check, save if changed.
-    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
-        let application = session.filter.application.clone().context("edit needs -a/--application NAME")?;
-        let response = session.ask_server(show_request(&application))?;
-        let before = config_text(&response).unwrap_or_default();
-        let mut file = tempfile::Builder::new().prefix(&format!("pantry-{application}-")).suffix(".yml").tempfile()?;
-        file.write_all(before.as_bytes())?;
-        file.flush()?;
-        let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
-        // Through the shell, so EDITOR may carry arguments ("code --wait").
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("{editor} \"$1\""))
-            .arg("pantry-edit")
-            .arg(file.path())
-            .status()
-            .with_context(|| format!("cannot run the editor `{editor}`"))?;
-        if !status.success() {
-            bail!("the editor `{editor}` failed ({status}); nothing saved");
-        }
-        let after = std::fs::read_to_string(file.path()).context("cannot read the edited file")?;
-        if after == before {
-            eprintln!("no changes; nothing saved");
-            return Ok(Outcome::Done);
-        }
-        check_yaml(&after).map_err(|e| anyhow!("{e}; nothing saved"))?;
-        // The edit may have taken long: give the save its own wait.
-        session.deadline.restart();
-        session.ask_server(edit_request(&application, &after))?;
-        eprintln!("saved the config of {application}");
-        Ok(Outcome::Done)
-    }
-}
-
-/// Admin: the config text, or `None` when the application has none yet.
-pub fn config_text(response: &Message) -> Option<String> {
-    match response.metadata.custom.get("exists") {
-        Some(Value::Bool(false)) => None,
-        _ => Some(response.body.first().and_then(BodyPart::as_text).unwrap_or_default().to_owned()),
-    }
-}
-
 /// Whether `text` is valid YAML; the error names the line and column.
-pub fn check_yaml(text: &str) -> Result<(), String> {
-    match serde_yaml::from_str::<serde_yaml::Value>(text) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(match e.location() {
-            Some(at) => format!("invalid YAML at line {}, column {}: {e}", at.line(), at.column()),
-            None => format!("invalid YAML: {e}"),
-        }),
-    }
+pub fn check_yaml(text: &str) -> Result<(), YamlError> {
+    serde_yaml::from_str::<serde_yaml::Value>(text)
+        .map(|_| ())
+        .map_err(|e| YamlError { at: e.location().map(|at| (at.line(), at.column())), reason: e.to_string() })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where and why a config is not YAML.
+#[derive(Debug, thiserror::Error)]
+pub struct YamlError {
+    /// Line and column.
+    pub at: Option<(usize, usize)>,
+    pub reason: String,
+}
 
-    #[test]
-    fn show_edit_show() {
-        let root = tempfile::tempdir().unwrap();
-        let shown = respond_show(&show_request("web"), root.path());
-        assert_eq!(config_text(&shown), None);
-        let saved = respond_edit(&edit_request("web", "port: 80\n"), root.path());
-        assert_eq!(saved.error(), None);
-        let shown = respond_show(&show_request("web"), root.path());
-        assert_eq!(config_text(&shown).as_deref(), Some("port: 80\n"));
-    }
-
-    #[test]
-    fn invalid_yaml_is_refused_with_its_position() {
-        let root = tempfile::tempdir().unwrap();
-        let e = check_yaml("a: [1, 2\nb: }").unwrap_err();
-        assert!(e.contains("line") && e.contains("column"), "{e}");
-        let refused = respond_edit(&edit_request("web", "a: [1"), root.path());
-        assert!(refused.error().is_some());
-        assert!(!config_path(root.path(), "web").exists());
-    }
-
-    #[test]
-    fn names_cannot_escape_the_directory() {
-        for bad in ["../x", "a/b", "..", ""] {
-            assert!(application(&show_request(bad)).is_err(), "{bad}");
+impl std::fmt::Display for YamlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.at {
+            Some((line, column)) => write!(f, "invalid YAML at line {line}, column {column}: {}", self.reason),
+            None => write!(f, "invalid YAML: {}", self.reason),
         }
     }
 }

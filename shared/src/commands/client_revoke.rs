@@ -7,24 +7,13 @@
 use serde_json::Value;
 
 use crate::message::{BodyPart, Message};
-use crate::session::{Outcome, Session};
 
-use super::{Admin, Rule, RunsOn, Senders, Wait};
+use crate::rule::{Rule, RunsOn, Senders};
 
 pub const TYPE: &str = "RevokeClient";
 
 pub const RULE: Rule =
     Rule { wire: TYPE, runs_on: RunsOn::Server, senders: Senders::Admins, may_block: false, job: true };
-
-/// Remove a key (by name or Z85 key) and cut its connections off.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// The key's name, or the key (Z85, which may begin with `-`).
-    #[arg(value_name = "NAME|KEY", allow_hyphen_values = true)]
-    pub target: String,
-    #[command(flatten)]
-    pub wait: Wait,
-}
 
 /// Admin: the name or Z85 key in `custom.target`.
 pub fn request(name_or_key: &str) -> Message {
@@ -45,23 +34,4 @@ pub fn respond(request: &Message, name: &str, key: &str) -> Message {
     let mut response = request.response();
     response.body.push(BodyPart::Json(serde_json::json!({"name": name, "public_key": key})));
     response
-}
-
-impl Admin for Args {
-    fn wait(&self, global: f64) -> f64 {
-        self.wait.or(global)
-    }
-
-    fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
-        let response = session.ask_server(request(&self.target))?;
-        println!("{}", format_answer(&response));
-        Ok(Outcome::Done)
-    }
-}
-
-/// Admin: one line.
-pub fn format_answer(response: &Message) -> String {
-    let body = response.body.first().and_then(BodyPart::as_json);
-    let field = |f: &str| body.and_then(|b| b[f].as_str()).unwrap_or("?").to_owned();
-    format!("revoked {} ({})", field("name"), field("public_key"))
 }

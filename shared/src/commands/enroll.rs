@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use crate::error::DecodeError;
 
-use super::{Rule, RunsOn, Senders};
 use crate::message::{BodyPart, Message};
+use crate::rule::{Rule, RunsOn, Senders};
 
 pub const TYPE: &str = "Enroll";
 
@@ -56,7 +56,7 @@ pub fn parse(request: &Message) -> Result<EnrollRequest, DecodeError> {
     let bad = |reason: String| DecodeError::Body { message_type: TYPE.into(), reason };
     let body = request.body.first().and_then(BodyPart::as_json).ok_or_else(|| bad("no JSON body".into()))?;
     let enroll: EnrollRequest = serde_json::from_value(body.clone()).map_err(|e| bad(e.to_string()))?;
-    crate::filter::ClientFilter::check_identity(enroll.claimed()).map_err(bad)?;
+    crate::filter::ClientFilter::check_identity(enroll.claimed()).map_err(|e| bad(e.to_string()))?;
     if enroll.token.as_ref().is_some_and(|t| t.len() > 256) {
         return Err(bad("token too long".into()));
     }
@@ -87,16 +87,25 @@ pub fn respond_waiting(request: &Message) -> Message {
 }
 
 /// Agent: what the answer says; an error is the server's reason.
-pub fn outcome(response: &Message) -> Result<Enrolled, String> {
+pub fn outcome(response: &Message) -> Result<Enrolled, NotEnrolled> {
     if let Some(error) = response.error() {
-        return Err(error.to_owned());
+        return Err(NotEnrolled::Refused(error.to_owned()));
     }
     if response.metadata.custom.get("pending") == Some(&Value::Bool(true)) {
         return Ok(Enrolled::Waiting);
     }
     let name = response.body.first().and_then(BodyPart::as_json).and_then(|b| b["name"].as_str());
-    name.map(|n| Enrolled::Accepted { name: n.to_owned() })
-        .ok_or_else(|| "the server's answer names no identity".into())
+    name.map(|n| Enrolled::Accepted { name: n.to_owned() }).ok_or(NotEnrolled::NoName)
+}
+
+/// Why an enrollment answer is no enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotEnrolled {
+    /// The server's reason.
+    #[error("{0}")]
+    Refused(String),
+    #[error("the server's answer names no identity")]
+    NoName,
 }
 
 #[cfg(test)]
@@ -111,7 +120,10 @@ mod tests {
         assert_eq!(m.metadata.from, "web1.example.com");
         assert_eq!(outcome(&respond_accepted(&m, "web-1")), Ok(Enrolled::Accepted { name: "web-1".into() }));
         assert_eq!(outcome(&respond_waiting(&m)), Ok(Enrolled::Waiting));
-        assert_eq!(outcome(&m.refusal("unknown enrollment token")), Err("unknown enrollment token".into()));
+        assert_eq!(
+            outcome(&m.refusal("unknown enrollment token")),
+            Err(NotEnrolled::Refused("unknown enrollment token".into()))
+        );
         let bad = EnrollRequest { token: None, identity: Some("a b".into()), hostname: "h".into() };
         assert!(parse(&request(&bad)).is_err());
     }

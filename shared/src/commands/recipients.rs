@@ -38,26 +38,3 @@ pub fn online(list: &Message) -> Vec<String> {
 pub fn offline(list: &Message) -> Vec<Offline> {
     list.metadata.custom.get("offline").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
 }
-
-/// `web-3: offline (last seen 12 minutes ago)`.
-pub fn format_offline(client: &Offline, now: std::time::SystemTime) -> String {
-    format!("{}: offline (last seen {})", client.identity, super::status::ago(&client.last_seen, now))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lists_round_trip() {
-        let mut request = crate::commands::echo::request("x");
-        request.metadata.from = "admin".into();
-        let gone = Offline { identity: "web-3".into(), last_seen: "2026-01-01T00:00:00Z".into() };
-        let list = respond(&request, &["web-1".into()], std::slice::from_ref(&gone));
-        let back = Message::from_frames(&list.to_frames()).unwrap();
-        assert!(back.is_client_response_list() && back.metadata.from.is_empty());
-        assert_eq!((online(&back), offline(&back)), (vec!["web-1".to_owned()], vec![gone]));
-        let line = format_offline(&offline(&back)[0], humantime::parse_rfc3339("2026-01-01T00:12:00Z").unwrap());
-        assert_eq!(line, "web-3: offline (last seen 12 minutes ago)");
-    }
-}

@@ -8,7 +8,7 @@ use crate::error::DecodeError;
 use crate::filter::ClientFilter;
 use crate::message::{BodyPart, Message};
 
-use super::{Rule, RunsOn, Senders};
+use crate::rule::{Rule, RunsOn, Senders};
 
 pub const TYPE: &str = "RegisterClient";
 
@@ -81,7 +81,7 @@ pub fn parse(request: &Message) -> Result<Registration, DecodeError> {
     }
     let mut client: ClientFilter = serde_json::from_value(fields).map_err(|e| bad(e.to_string()))?;
     client.identity = Some(request.metadata.from.clone());
-    client.validate().map_err(bad)?;
+    client.validate().map_err(|e| bad(e.to_string()))?;
     Ok(Registration { client, heartbeat_interval })
 }
 

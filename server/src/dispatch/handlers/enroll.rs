@@ -19,13 +19,13 @@ pub async fn run(s: Services, auth: Option<Arc<PeerAuth>>, m: Message) -> Done {
     let (Some(auth), Ok(asked)) = (auth, enroll::parse(&m)) else {
         return reply(&m, Err("invalid enrollment request".into()));
     };
-    let response = match keys.send(EnrollKey { key: auth.key.clone(), request: asked, address: auth.address.clone() }).await
-    {
-        Ok(Ok(Enrolled::Accepted { name })) => enroll::respond_accepted(&m, &name),
-        Ok(Ok(Enrolled::Waiting)) => enroll::respond_waiting(&m),
-        Ok(Err(reason)) => m.refusal(reason),
-        Err(e) => m.refusal(format!("key store unavailable: {e}")),
-    };
+    let response =
+        match keys.send(EnrollKey { key: auth.key.clone(), request: asked, address: auth.address.clone() }).await {
+            Ok(Ok(Enrolled::Accepted { name })) => enroll::respond_accepted(&m, &name),
+            Ok(Ok(Enrolled::Waiting)) => enroll::respond_waiting(&m),
+            Ok(Err(reason)) => m.refusal(reason.to_string()),
+            Err(e) => m.refusal(format!("key store unavailable: {e}")),
+        };
     // The agent reads the outcome (refusals included) from this answer.
     Reply::Message(response).into()
 }

@@ -9,18 +9,21 @@ use crate::key_store::{CreateKey, ListKeys, RevokeKey};
 
 use super::{reply, Done, Effect, Reply, Services};
 use crate::dispatch::KeyActivity;
+use crate::dispatch::Refused;
 
 pub async fn create(s: Services, m: Message) -> Done {
-    let result = async {
+    let result: Result<_, Refused> = async {
         let keys = s.keys()?;
         let (name, role) = create_client::parse(&m).map_err(|e| format!("invalid client:create request: {e}"))?;
         match keys.send(CreateKey { name, role }).await {
-            Ok(Ok((server_key, pair, known))) => Ok(create_client::respond(&m, &server_key, &pair, known.name.as_deref())),
+            Ok(Ok((server_key, pair, known))) => {
+                Ok(create_client::respond(&m, &server_key, &pair, known.name.as_deref()))
+            }
             Ok(Err(e)) => {
                 warn!(s.log, "client:create failed"; "error" => %e);
-                Err(format!("cannot create a key: {e}"))
+                Err(Refused::from(format!("cannot create a key: {e}")))
             }
-            Err(e) => Err(format!("key store unavailable: {e}")),
+            Err(e) => Err(Refused::from(format!("key store unavailable: {e}"))),
         }
     }
     .await;
@@ -28,11 +31,11 @@ pub async fn create(s: Services, m: Message) -> Done {
 }
 
 pub async fn list(s: Services, m: Message, activity: KeyActivity) -> Done {
-    let result = async {
+    let result: Result<_, Refused> = async {
         match s.keys()?.send(ListKeys).await {
             Ok(Ok(known)) => Ok(client_list::respond(&m, &known, |key| activity.of(key))),
-            Ok(Err(e)) => Err(format!("cannot read the key store: {e}")),
-            Err(e) => Err(format!("key store unavailable: {e}")),
+            Ok(Err(e)) => Err(Refused::from(format!("cannot read the key store: {e}"))),
+            Err(e) => Err(Refused::from(format!("key store unavailable: {e}"))),
         }
     }
     .await;
@@ -43,13 +46,13 @@ pub async fn list(s: Services, m: Message, activity: KeyActivity) -> Done {
 /// on, its connections are shut down (by the socket thread, on the key
 /// store's update), it leaves the registry and fetches no file.
 pub async fn revoke(s: Services, m: Message) -> Done {
-    let result = async {
+    let result: Result<_, Refused> = async {
         let keys = s.keys()?;
         let target = client_revoke::target(&m).ok_or("client:revoke needs a name or key")?.to_owned();
         match keys.send(RevokeKey { name_or_key: target }).await {
             Ok(Ok(known)) => Ok(known),
-            Ok(Err(e)) => Err(format!("cannot revoke: {e}")),
-            Err(e) => Err(format!("key store unavailable: {e}")),
+            Ok(Err(e)) => Err(Refused::from(format!("cannot revoke: {e}"))),
+            Err(e) => Err(Refused::from(format!("key store unavailable: {e}"))),
         }
     }
     .await;

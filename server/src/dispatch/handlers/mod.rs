@@ -33,7 +33,7 @@ use crate::key_store::KeyStore;
 use crate::messages::Grant;
 use crate::metrics::Metrics;
 
-use super::{KeyActivity, Request};
+use super::{KeyActivity, Refused, Request};
 
 /// What server commands may call.
 #[derive(Clone)]
@@ -50,8 +50,8 @@ pub struct Services {
 
 impl Services {
     /// The key store, or why key commands cannot run.
-    fn keys(&self) -> Result<&Addr<KeyStore>, String> {
-        self.keys.as_ref().ok_or_else(|| "key management needs `security: curve` on the server".to_owned())
+    fn keys(&self) -> Result<&Addr<KeyStore>, Refused> {
+        self.keys.as_ref().ok_or_else(|| "key management needs `security: curve` on the server".into())
     }
 }
 
@@ -108,7 +108,9 @@ pub fn start(kind: Kind, s: &Services, request: Request, activity: impl FnOnce()
     let asker = Asker { peer: peer.clone(), requires_response: m.metadata.requires_response };
     let s = s.clone();
     let work: Work = match kind {
-        Kind::Echo | Kind::Exec | Kind::Upload => return Started::Forward(Box::new(Request { peer, auth, message: m })),
+        Kind::Echo | Kind::Exec | Kind::Upload => {
+            return Started::Forward(Box::new(Request { peer, auth, message: m }))
+        }
         Kind::RegisterClient => Box::pin(register::run(s, auth, peer, m)),
         Kind::Status => Box::pin(status::run(s, m)),
         Kind::ShowApplication => Box::pin(app_config::show(s, m)),
@@ -132,10 +134,10 @@ pub fn start(kind: Kind, s: &Services, request: Request, activity: impl FnOnce()
 
 /// The reply to `request`: `result`'s message, or a refusal with its
 /// reason.
-fn reply(request: &Message, result: Result<Message, String>) -> Done {
+fn reply(request: &Message, result: Result<Message, Refused>) -> Done {
     match result {
         Ok(message) => Reply::Message(message).into(),
-        Err(reason) => Reply::Refused(request.refusal(reason)).into(),
+        Err(reason) => Reply::Refused(request.refusal(reason.to_string())).into(),
     }
 }
 

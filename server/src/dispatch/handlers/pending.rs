@@ -7,9 +7,10 @@ use pantry_shared::Message;
 use crate::key_store::{AcceptPending, ListPending, RejectPending};
 
 use super::{reply, Done, Effect, Reply, Services};
+use crate::dispatch::Refused;
 
 pub async fn list(s: Services, m: Message) -> Done {
-    let result = async {
+    let result: Result<_, Refused> = async {
         let listed = s.keys()?.send(ListPending).await.unwrap_or_default();
         Ok(client_pending::respond_list(&m, &listed))
     }
@@ -18,14 +19,14 @@ pub async fn list(s: Services, m: Message) -> Done {
 }
 
 pub async fn accept(s: Services, m: Message) -> Done {
-    let result = async {
+    let result: Result<_, Refused> = async {
         let keys = s.keys()?;
         let target = client_pending::target(&m).ok_or("client:accept needs a key or an identity")?.to_owned();
         let name = client_pending::name(&m).map(str::to_owned);
         match keys.send(AcceptPending { target, name }).await {
             Ok(Ok(known)) => Ok(known),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(format!("key store unavailable: {e}")),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(Refused::from(format!("key store unavailable: {e}"))),
         }
     }
     .await;
@@ -40,13 +41,13 @@ pub async fn accept(s: Services, m: Message) -> Done {
 }
 
 pub async fn reject(s: Services, m: Message) -> Done {
-    let result = async {
+    let result: Result<_, Refused> = async {
         let keys = s.keys()?;
         let target = client_pending::target(&m).ok_or("client:reject needs a key or an identity")?.to_owned();
         match keys.send(RejectPending { target }).await {
             Ok(Ok(gone)) => Ok(client_pending::respond_done(&m, &gone.public_key, None)),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(format!("key store unavailable: {e}")),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(Refused::from(format!("key store unavailable: {e}"))),
         }
     }
     .await;

@@ -69,7 +69,8 @@ pub async fn run(s: Services, auth: Option<Arc<PeerAuth>>, peer: Vec<u8>, m: Mes
         Registered::Again => {}
         Registered::Refused(reason) => return refused(&s, &m, key, address, reason),
     }
-    let reply = if m.metadata.requires_response { Reply::Message(register_client::respond(&m)) } else { Reply::Nothing };
+    let reply =
+        if m.metadata.requires_response { Reply::Message(register_client::respond(&m)) } else { Reply::Nothing };
     Done { reply, effects }
 }
 

@@ -7,15 +7,16 @@ use pantry_shared::Message;
 use crate::client_registry::{Listed, Query};
 
 use super::{reply, Done, Services};
+use crate::dispatch::Refused;
 
 pub async fn run(s: Services, m: Message) -> Done {
-    let asked = status::parse(&m).map_err(|e| e.to_string()).and_then(|filter| Ok((filter, Identities::of(&m)?)));
-    let result = match asked {
-        Ok((filter, identities)) => match s.registry.send(Query { filter, identities }).await {
+    let result: Result<_, Refused> = async {
+        let (filter, identities) = (status::parse(&m)?, Identities::of(&m)?);
+        match s.registry.send(Query { filter, identities }).await {
             Ok(clients) => Ok(status::respond(&m, clients.iter().map(Listed::record))),
-            Err(e) => Err(format!("registry unavailable: {e}")),
-        },
-        Err(e) => Err(e),
-    };
+            Err(e) => Err(Refused::from(format!("registry unavailable: {e}"))),
+        }
+    }
+    .await;
     reply(&m, result)
 }

@@ -10,9 +10,10 @@ use pantry_shared::Message;
 use crate::key_store::{AddToken, ListTokens, RevokeToken};
 
 use super::{reply, Done, Services};
+use crate::dispatch::Refused;
 
 pub async fn create(s: Services, m: Message) -> Done {
-    let result = async {
+    let result: Result<_, Refused> = async {
         let keys = s.keys()?;
         let asked = client_token::parse(&m).map_err(|e| e.to_string())?;
         let token = client_token::new_token().map_err(|e| format!("cannot make a random token: {e}"))?;
@@ -27,8 +28,8 @@ pub async fn create(s: Services, m: Message) -> Done {
         };
         match keys.send(AddToken(stored)).await {
             Ok(Ok(())) => Ok(client_token::respond(&m, &token, &expires)),
-            Ok(Err(e)) => Err(format!("cannot store the token: {e}")),
-            Err(e) => Err(format!("key store unavailable: {e}")),
+            Ok(Err(e)) => Err(Refused::from(format!("cannot store the token: {e}"))),
+            Err(e) => Err(Refused::from(format!("key store unavailable: {e}"))),
         }
     }
     .await;
@@ -36,13 +37,13 @@ pub async fn create(s: Services, m: Message) -> Done {
 }
 
 pub async fn revoke(s: Services, m: Message) -> Done {
-    let result = async {
+    let result: Result<_, Refused> = async {
         let keys = s.keys()?;
         let id = client_token::revoked_id(&m).ok_or("client:token --revoke needs a token id")?.to_owned();
         match keys.send(RevokeToken { id }).await {
             Ok(Ok(_)) => Ok(m.response()),
-            Ok(Err(e)) => Err(format!("cannot revoke the token: {e}")),
-            Err(e) => Err(format!("key store unavailable: {e}")),
+            Ok(Err(e)) => Err(Refused::from(format!("cannot revoke the token: {e}"))),
+            Err(e) => Err(Refused::from(format!("key store unavailable: {e}"))),
         }
     }
     .await;
@@ -50,11 +51,11 @@ pub async fn revoke(s: Services, m: Message) -> Done {
 }
 
 pub async fn list(s: Services, m: Message) -> Done {
-    let result = async {
+    let result: Result<_, Refused> = async {
         match s.keys()?.send(ListTokens).await {
             Ok(Ok(tokens)) => Ok(client_tokens::respond(&m, &tokens)),
-            Ok(Err(e)) => Err(format!("cannot read the tokens: {e}")),
-            Err(e) => Err(format!("key store unavailable: {e}")),
+            Ok(Err(e)) => Err(Refused::from(format!("cannot read the tokens: {e}"))),
+            Err(e) => Err(Refused::from(format!("key store unavailable: {e}"))),
         }
     }
     .await;

@@ -9,15 +9,15 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Result};
 
-use crate::commands::recipients::{self, Offline};
-use crate::commands::Admin;
-use crate::config::{self, Config, Networking, Program, ServerHosts};
+use pantry_shared::commands::recipients::{self, Offline};
+use pantry_shared::config::{self, Config, Networking, Program, ServerHosts};
+use pantry_shared::filter::{ClientFilter, Identities};
+use pantry_shared::keys::{self, ClientKeys};
+use pantry_shared::message::Message;
+use pantry_shared::program;
+use pantry_shared::security::SocketSecurity;
+
 use crate::connection::{ClientAnswers, Connection, Deadline, SideTask};
-use crate::filter::{ClientFilter, Identities};
-use crate::keys::{self, ClientKeys};
-use crate::message::Message;
-use crate::program;
-use crate::security::SocketSecurity;
 
 /// Where `--curve-key-file FILE` is looked for.
 const KEYS_DIR: &str = ".pantry";
@@ -149,7 +149,7 @@ pub fn run(g: &Global, command: impl Admin) -> Result<Outcome> {
             security.mechanism()
         );
     }
-    crate::security::set_max_message_size(net.networking.max_message_size);
+    pantry_shared::security::set_max_message_size(net.networking.max_message_size);
     // Started before connecting: with several hosts, the time spent on the
     // silent ones comes out of --timeout.
     let deadline = Deadline::after(Duration::from_secs_f64(wait));
@@ -319,7 +319,7 @@ pub fn report_offline(offline: &[Offline], online_only: bool, json: bool) {
     }
     let now = SystemTime::now();
     for client in offline {
-        println!("{}", recipients::format_offline(client, now));
+        println!("{}", format_offline(client, now));
     }
     let _ = std::io::stdout().flush();
 }
@@ -339,29 +339,80 @@ pub fn print_json_summary(json: bool, answers: Vec<serde_json::Value>, result: &
     Ok(())
 }
 
-/// What the admin says of a client that answered without a result: an
-/// agent (an older or the original one) that does not run the command.
-pub fn unsupported(message_type: &str) -> String {
-    format!("does not support the command type {message_type} (an older or the original agent?)")
+/// A command's admin half; the type is its clap arguments.
+pub trait Admin {
+    /// Seconds to wait for the server and the clients when nothing
+    /// happens, given the global `--timeout`.
+    fn wait(&self, global: f64) -> f64;
+
+    /// Sends the request, waits for what it needs and prints the answers.
+    fn run(self, session: &mut Session) -> anyhow::Result<Outcome>;
 }
 
-/// Whether an agent's error says it does not run `message_type` at all:
-/// SPEC §3 asks an agent to answer a type it does not know with an error
-/// "saying so", in its own words (ours: "does not know the command type").
-pub fn says_unsupported(error: &str, message_type: &str) -> bool {
-    let error = error.to_ascii_lowercase();
-    error.contains(&message_type.to_ascii_lowercase())
-        && ["unknown", "not know", "not support", "unsupported", "not implemented"].iter().any(|w| error.contains(w))
+/// `--timeout` given after the command name overrides the global one.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Wait {
+    /// Seconds to wait for the server and the clients.
+    #[arg(long = "timeout", value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+}
+
+impl Wait {
+    /// This command's `--timeout`, else the global one.
+    pub fn or(self, global: f64) -> f64 {
+        self.timeout.unwrap_or(global)
+    }
+}
+
+/// `web-3: offline (last seen 12 minutes ago)`.
+pub fn format_offline(client: &Offline, now: SystemTime) -> String {
+    format!("{}: offline (last seen {})", client.identity, ago(&client.last_seen, now))
+}
+
+/// "5m", "2h", "3d", "40s": how long ago, short.
+pub fn short_ago(rfc3339: &str, now: SystemTime) -> String {
+    let Ok(then) = humantime::parse_rfc3339_weak(rfc3339) else {
+        return "?".into();
+    };
+    let secs = now.duration_since(then).map(|d| d.as_secs()).unwrap_or(0);
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86_399 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+/// "12 seconds ago", from an RFC 3339 time.
+pub fn ago(rfc3339: &str, now: SystemTime) -> String {
+    let Ok(then) = humantime::parse_rfc3339_weak(rfc3339) else {
+        return rfc3339.to_owned();
+    };
+    let secs = now.duration_since(then).map(|d| d.as_secs()).unwrap_or(0);
+    let (n, unit) = match secs {
+        0..=59 => (secs, "second"),
+        60..=3599 => (secs / 60, "minute"),
+        3600..=86_399 => (secs / 3600, "hour"),
+        _ => (secs / 86_400, "day"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
 }
 
 #[cfg(test)]
-mod tests {
+mod recipients_tests {
+    use super::*;
+    use pantry_shared::commands::recipients::{offline, online, respond};
+
     #[test]
-    fn unsupported_types_are_told_apart_from_failures() {
-        let ours = crate::commands::unknown_type_error("web-1", "Exec");
-        assert!(super::says_unsupported(&ours, "Exec"));
-        assert!(super::says_unsupported("Unknown message type: Exec", "Exec"));
-        assert!(!super::says_unsupported("exec is disabled on this client", "Exec"));
-        assert!(!super::says_unsupported("unknown program", "Upload"));
+    fn lists_round_trip() {
+        let mut request = pantry_shared::commands::echo::request("x");
+        request.metadata.from = "admin".into();
+        let gone = Offline { identity: "web-3".into(), last_seen: "2026-01-01T00:00:00Z".into() };
+        let list = respond(&request, &["web-1".into()], std::slice::from_ref(&gone));
+        let back = Message::from_frames(&list.to_frames()).unwrap();
+        assert!(back.is_client_response_list() && back.metadata.from.is_empty());
+        assert_eq!((online(&back), offline(&back)), (vec!["web-1".to_owned()], vec![gone]));
+        let line = format_offline(&offline(&back)[0], humantime::parse_rfc3339("2026-01-01T00:12:00Z").unwrap());
+        assert_eq!(line, "web-3: offline (last seen 12 minutes ago)");
     }
 }

@@ -5,12 +5,12 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use crate::commands::recipients::{self, Offline};
-use crate::keys::ClientKeys;
-use crate::message::Message;
-use crate::monitor::{self, SocketEvent};
-use crate::security::SocketSecurity;
 use anyhow::{anyhow, bail, Result};
+use pantry_shared::commands::recipients::{self, Offline};
+use pantry_shared::keys::ClientKeys;
+use pantry_shared::message::Message;
+use pantry_shared::monitor::{self, SocketEvent};
+use pantry_shared::security::SocketSecurity;
 
 /// How the server's refusal of an unknown key begins.
 const UNKNOWN_CLIENT: &str = "unknown client";
@@ -330,8 +330,8 @@ impl Connection {
                 continue;
             }
             if let Some(error) = answer.error() {
-                if crate::session::says_unsupported(error, request.message_type()) {
-                    let unsupported = crate::session::unsupported(request.message_type());
+                if says_unsupported(error, request.message_type()) {
+                    let unsupported = unsupported(request.message_type());
                     eprintln!("{}: {unsupported}: {error}", answer.metadata.from);
                 } else {
                     eprintln!("{}: error: {error}", answer.metadata.from);
@@ -343,5 +343,32 @@ impl Connection {
         }
         let missing: Vec<String> = waiting.into_iter().collect();
         Ok(ClientAnswers { expected, answered: expected - missing.len(), failed, missing, offline })
+    }
+}
+
+/// What the admin says of a client that answered without a result: an
+/// agent (an older or the original one) that does not run the command.
+pub fn unsupported(message_type: &str) -> String {
+    format!("does not support the command type {message_type} (an older or the original agent?)")
+}
+
+/// Whether an agent's error says it does not run `message_type` at all:
+/// SPEC §3 asks an agent to answer a type it does not know with an error
+/// "saying so", in its own words (ours: "does not know the command type").
+pub fn says_unsupported(error: &str, message_type: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains(&message_type.to_ascii_lowercase())
+        && ["unknown", "not know", "not support", "unsupported", "not implemented"].iter().any(|w| error.contains(w))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unsupported_types_are_told_apart_from_failures() {
+        let ours = pantry_shared::commands::unknown_type_error("web-1", "Exec");
+        assert!(super::says_unsupported(&ours, "Exec"));
+        assert!(super::says_unsupported("Unknown message type: Exec", "Exec"));
+        assert!(!super::says_unsupported("exec is disabled on this client", "Exec"));
+        assert!(!super::says_unsupported("unknown program", "Upload"));
     }
 }
