@@ -2,6 +2,8 @@
 //! each agent holds a SUB and a DEALER socket, and each socket costs a TCP
 //! connection and a mailbox (an eventfd).
 
+use serde::{Deserialize, Serialize};
+
 /// File descriptors one simulated agent holds in the bench process.
 pub const FDS_PER_AGENT: u64 = 4;
 
@@ -18,7 +20,7 @@ pub const FDS_PER_MOVING_AGENT: u64 = 4;
 pub const RESERVED_FDS: u64 = 600;
 
 /// RLIMIT_NOFILE before and after raising the soft limit.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct FdLimits {
     pub soft_before: u64,
     pub soft: u64,

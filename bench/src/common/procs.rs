@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use tempfile::TempDir;
 
-use crate::keys::{self, Pair};
+use crate::common::keys::{self, Pair};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16> {
@@ -50,6 +50,13 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
         total += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
     Some(total)
+}
+
+/// Server CPU time per operation since `before` (a [`cpu_ns`] of `pid`),
+/// microseconds; `None` without operations or without the figures.
+pub fn cpu_us_per(pid: u32, before: Option<u64>, count: u64) -> Option<f64> {
+    let (before, after) = (before?, cpu_ns(pid)?);
+    (count > 0).then(|| after.saturating_sub(before) as f64 / 1000.0 / count as f64)
 }
 
 /// What a one-shot command printed and how it ended (`None`: killed after
@@ -423,11 +430,6 @@ impl PantryServer {
         Ok(command)
     }
 
-    /// The server's temporary directory (config, root_dir, logs).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// Waits until the server logged the registration of `identity`.
     pub fn wait_registered(&mut self, identity: &str, timeout: Duration) -> Result<()> {
         let needle = format!("identity: {identity}");
@@ -460,7 +462,7 @@ impl Relay {
         let secret = server.map(Pair::secret_z85).unwrap_or_default();
         writeln!(stdin, "{secret}")?;
         stdin.flush()?;
-        process.wait_for_log(crate::relay::READY, Duration::from_secs(20))?;
+        process.wait_for_log(crate::common::relay::READY, Duration::from_secs(20))?;
         let endpoints = Endpoints {
             publish: format!("tcp://127.0.0.1:{pub_port}"),
             receive: format!("tcp://127.0.0.1:{receive_port}"),
