@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use pantry_bench::common::agents::Kind;
 use pantry_bench::common::env::{Binaries, Measure};
 use pantry_bench::driver::{self, Config};
 use pantry_bench::report::{PreviousRun, MARKDOWN};
@@ -61,30 +60,7 @@ enum Cmd {
     Only(Only),
     /// One scenario against a CURVE pantry-server for a while, optionally
     /// under `perf record`; prints the server CPU time per operation.
-    Profile {
-        #[arg(long, value_enum, default_value = "throughput")]
-        scenario: pantry_bench::profile::Scenario,
-        #[arg(long, default_value_t = 100)]
-        agents: usize,
-        /// Keys in the server's key store (filled up with random keys).
-        #[arg(long, default_value_t = 100)]
-        known_keys: usize,
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-        /// Record the server with `perf record` into this file.
-        #[arg(long, value_name = "FILE")]
-        perf: Option<PathBuf>,
-        /// Extra arguments for `perf record`, e.g. `--call-graph=dwarf`.
-        #[arg(long, allow_hyphen_values = true)]
-        perf_args: Vec<String>,
-        /// Run against the baseline relay instead of pantry-server.
-        #[arg(long)]
-        baseline: bool,
-        /// YAML appended to the server's server.yml, e.g.
-        /// `"jobs:\n  enabled: false\n"`.
-        #[arg(long, value_name = "YAML", default_value = "")]
-        server_config: String,
-    },
+    Profile(pantry_bench::profile::Settings),
 }
 
 /// One scenario of the benchmark alone; it prints its section of the
@@ -137,20 +113,7 @@ fn run(cli: Cli) -> Result<()> {
             let secret = pantry_bench::common::procs::read_relay_secret()?;
             return pantry_bench::common::relay::run(pub_port, receive_port, secret);
         }
-        Some(Cmd::Profile { scenario, agents, known_keys, seconds, perf, perf_args, baseline, server_config }) => {
-            return pantry_bench::profile::run(&pantry_bench::profile::ProfileConfig {
-                server_bin: bins.server,
-                relay_exe: bins.bench,
-                kind: if baseline { Kind::Baseline } else { Kind::Pantry },
-                scenario,
-                agents: agents.max(1),
-                known_keys,
-                duration: std::time::Duration::from_secs_f64(seconds.clamp(0.1, 600.0)),
-                perf_out: perf,
-                perf_args,
-                server_config,
-            });
-        }
+        Some(Cmd::Profile(settings)) => return pantry_bench::profile::run(&bins, &settings),
         Some(Cmd::Only(only)) => Some(only),
         None => None,
     };

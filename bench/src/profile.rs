@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
+use clap::builder::RangedU64ValueParser;
+
 use crate::common::agents::{group_streams, Kind, Pool};
+use crate::common::env::{seconds, Binaries};
 use crate::common::handshake::{handshake_rate, HandshakeSettings};
 use crate::common::keys;
 use crate::common::procs::{cpu_ns, PantryServer, Relay};
@@ -25,43 +28,52 @@ pub enum Scenario {
     Handshake,
 }
 
-pub struct ProfileConfig {
-    pub server_bin: PathBuf,
-    /// This binary, for the relay.
-    pub relay_exe: PathBuf,
-    /// Pantry, or the baseline relay for comparison.
-    pub kind: Kind,
+/// What to profile.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    #[arg(long, value_enum, default_value = "throughput")]
     pub scenario: Scenario,
+    #[arg(long, default_value_t = 100, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub agents: usize,
+    /// Keys in the server's key store (filled up with random keys).
+    #[arg(long, default_value_t = 100)]
     pub known_keys: usize,
+    #[arg(long = "seconds", value_parser = seconds, default_value = "10")]
     pub duration: Duration,
-    /// `perf record` output; none: no perf.
+    /// Record the server with `perf record` into this file.
+    #[arg(long = "perf", value_name = "FILE")]
     pub perf_out: Option<PathBuf>,
-    /// Extra `perf record` arguments (e.g. `--call-graph=dwarf`).
+    /// Extra arguments for `perf record`, e.g. `--call-graph=dwarf`.
+    #[arg(long, allow_hyphen_values = true)]
     pub perf_args: Vec<String>,
-    /// Appended to the server's server.yml.
+    /// Run against the baseline relay instead of pantry-server.
+    #[arg(long)]
+    pub baseline: bool,
+    /// YAML appended to the server's server.yml, e.g.
+    /// `"jobs:\n  enabled: false\n"`.
+    #[arg(long, value_name = "YAML", default_value = "")]
     pub server_config: String,
 }
 
 /// Runs the scenario and prints what the server spent per operation.
-pub fn run(cfg: &ProfileConfig) -> Result<()> {
+pub fn run(bins: &Binaries, cfg: &Settings) -> Result<()> {
     crate::common::limits::raise_nofile()?;
     let ring = KeyRing::generate(cfg.agents, 4, 0)?;
     let mut known = ring.enrolled();
     known.extend(keys::filler(cfg.known_keys.saturating_sub(known.len()))?);
-    let (server, relay) = match cfg.kind {
+    let kind = if cfg.baseline { Kind::Baseline } else { Kind::Pantry };
+    let (server, relay) = match kind {
         Kind::Pantry => {
             let key = Some((&ring.server, &known[..]));
-            (Some(PantryServer::start_with(&cfg.server_bin, key, "info", &cfg.server_config)?), None)
+            (Some(PantryServer::start_with(&bins.server, key, "info", &cfg.server_config)?), None)
         }
-        Kind::Baseline => (None, Some(Relay::start(&cfg.relay_exe, Some(&ring.server))?)),
+        Kind::Baseline => (None, Some(Relay::start(&bins.bench, Some(&ring.server))?)),
     };
     let (pid, endpoints) = match (&server, &relay) {
         (Some(s), _) => (s.process.pid, s.endpoints.clone()),
         (_, Some(r)) => (r.process.pid, r.endpoints.clone()),
         _ => unreachable!(),
     };
-    let kind = cfg.kind;
     eprintln!("{} pid {pid}, {} known keys", kind.name(), known.len());
 
     let mut admin = Requester::connect(kind, &endpoints, Some(&ring.admin), ADMIN_NAME)?;

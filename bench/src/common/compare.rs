@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::common::agents::{group_streams, Kind, Pool};
-use crate::common::env::Env;
+use crate::common::env::{Env, Measure};
 use crate::common::keys::Pair;
 use crate::common::markdown::{group, ms_pair, num, Target};
 use crate::common::procs::{cpu_ns, cpu_us_per, rss_kib, Endpoints, PantryServer};
@@ -21,11 +21,11 @@ use crate::common::stats::{median, order, percentile, Both};
 
 /// A round stops its fan-outs after this many incomplete ones (each costs
 /// the idle timeout).
-pub const MAX_INCOMPLETE_PER_ROUND: usize = 4;
+const MAX_INCOMPLETE_PER_ROUND: usize = 4;
 
 /// How long a fan-out waits with no answer before it counts as incomplete
 /// (answers were dropped: they will never come).
-pub const FANOUT_IDLE: Duration = Duration::from_secs(1);
+const FANOUT_IDLE: Duration = Duration::from_secs(1);
 
 /// Everything measured at one N (medians over rounds).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -116,6 +116,47 @@ struct Samples {
     delivered: Vec<f64>,
 }
 
+/// One round of fan-outs to `n` agents.
+#[derive(Default)]
+pub struct Fanouts {
+    /// Each one's time until the last answer, ms; a fan-out that lost
+    /// answers counts as infinitely slow.
+    pub times_ms: Vec<f64>,
+    pub incomplete: usize,
+    pub answers: u64,
+    /// The times of those that got every answer of the agents the server
+    /// listed, and the fewest agents it listed (Pantry only).
+    pub listed_ms: Vec<f64>,
+    pub fewest_listed: Option<usize>,
+}
+
+/// `m.fanout_requests` fan-outs, one after the other; a round stops after
+/// [`MAX_INCOMPLETE_PER_ROUND`] incomplete ones.
+pub fn fanouts(admin: &mut Requester, n: usize, m: &Measure) -> Result<Fanouts> {
+    let mut r = Fanouts::default();
+    for _ in 0..m.fanout_requests {
+        if r.incomplete >= MAX_INCOMPLETE_PER_ROUND {
+            break;
+        }
+        let f = fanout(admin, n, m.fanout_timeout, FANOUT_IDLE)?;
+        r.answers += f.answers as u64;
+        let ms = f.elapsed.as_secs_f64() * 1000.0;
+        if let Some(listed) = f.listed {
+            r.fewest_listed = Some(r.fewest_listed.map_or(listed, |l| l.min(listed)));
+            if f.answers >= listed {
+                r.listed_ms.push(ms);
+            }
+        }
+        if f.complete(n) {
+            r.times_ms.push(ms);
+        } else {
+            r.incomplete += 1;
+            r.times_ms.push(f64::INFINITY);
+        }
+    }
+    Ok(r)
+}
+
 /// Builds a pool and waits until every agent answered a broadcast; the
 /// seconds that took.
 fn start_pool(env: &Env, system: &mut System, n: usize, ring: &KeyRing, curve: bool) -> Result<(Pool, f64)> {
@@ -127,27 +168,12 @@ fn start_pool(env: &Env, system: &mut System, n: usize, ring: &KeyRing, curve: b
     Ok((pool, started.elapsed().as_secs_f64()))
 }
 
-/// Fan-outs then a throughput run on one system. An incomplete fan-out
-/// (answers lost) counts as infinitely slow in the percentiles.
+/// Fan-outs then a throughput run on one system.
 fn measure(env: &Env, system: &mut System, n: usize, samples: &mut Samples) -> Result<()> {
     let m = &env.measure;
     let started = Instant::now();
-    let mut times = Vec::with_capacity(m.fanout_requests);
-    let (mut incomplete, mut answers) = (0, 0u64);
     let cpu = cpu_ns(system.pid);
-    for _ in 0..m.fanout_requests {
-        if incomplete >= MAX_INCOMPLETE_PER_ROUND {
-            break;
-        }
-        let f = fanout(&mut system.clients.admin, n, m.fanout_timeout, FANOUT_IDLE)?;
-        answers += f.answers as u64;
-        if f.complete(n) {
-            times.push(f.elapsed.as_secs_f64() * 1000.0);
-        } else {
-            incomplete += 1;
-            times.push(f64::INFINITY);
-        }
-    }
+    let Fanouts { times_ms: times, incomplete, answers, .. } = fanouts(&mut system.clients.admin, n, m)?;
     samples.cpu_us_per_answer.extend(cpu_us_per(system.pid, cpu, answers));
     if !times.is_empty() {
         samples.delivered.push(answers as f64 / (times.len() * n) as f64);

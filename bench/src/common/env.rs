@@ -10,12 +10,13 @@ use clap::builder::RangedU64ValueParser;
 use pantry_shared::keys::KnownKey;
 use serde::{Deserialize, Serialize};
 
+use crate::common::agents::{group_streams, Kind};
 use crate::common::handshake::HandshakeSettings;
 use crate::common::keys::Pair;
 use crate::common::limits::{self, FdLimits};
-use crate::common::procs::PantryServer;
-use crate::common::requesters::ThroughputSettings;
-use crate::common::ring::KeyRing;
+use crate::common::procs::{Endpoints, PantryServer};
+use crate::common::requesters::{wait_until_reachable, Requester, ThroughputSettings};
+use crate::common::ring::{KeyRing, ADMIN_NAME};
 
 /// The binaries the scenarios start.
 #[derive(Debug, Clone)]
@@ -139,6 +140,14 @@ impl Env {
     /// keys), `extra` appended to its server.yml.
     pub fn server(&self, keys: Option<(&Pair, &[KnownKey])>, extra: &str) -> Result<PantryServer> {
         PantryServer::start_with(&self.bins.server, keys, &self.log_level, extra)
+    }
+
+    /// Waits until the first `n` agents on `endpoints` (CURVE) are
+    /// registered and subscribed: each group answered an admin's echo.
+    pub fn reach(&self, endpoints: &Endpoints, ring: &KeyRing, n: usize) -> Result<()> {
+        let mut admin = Requester::connect(Kind::Pantry, endpoints, Some(&ring.admin), ADMIN_NAME)?;
+        wait_until_reachable(&mut admin, &group_streams(n), self.measure.reachable_timeout)
+            .with_context(|| format!("{n} agents"))
     }
 
     /// A fresh CURVE server that knows every key of `ring`.

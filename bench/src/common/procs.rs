@@ -264,20 +264,14 @@ impl PantryServer {
 
     /// Another CURVE server with `like`'s key pair: `like`'s
     /// `root_dir/security/curve/server_keys.yml` is copied into the new
-    /// root_dir (directory 0700, file 0600) before the start, as an
-    /// operator adds a server to a cluster; `extra` as in
-    /// [`PantryServer::start_with`].
+    /// root_dir before the start, as an operator adds a server to a
+    /// cluster; `extra` as in [`PantryServer::start_with`].
     pub fn start_like(binary: &Path, like: &PantryServer, log_level: &str, extra: &str) -> Result<PantryServer> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let key = like.endpoints.server_key.context("a server like a null-security one has no key pair to copy")?;
         let from = like.root().join("security").join("curve").join("server_keys.yml");
+        let text = std::fs::read_to_string(&from).with_context(|| format!("cannot read {}", from.display()))?;
         PantryServer::launch(binary, Some(key), log_level, extra, |root| {
-            let dir = root.join("security").join("curve");
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-            let to = dir.join("server_keys.yml");
-            std::fs::copy(&from, &to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))?;
-            Ok(())
+            keys::write_private(&root.join("security").join("curve"), "server_keys.yml", &text)
         })
     }
 
@@ -372,15 +366,8 @@ impl PantryServer {
     pub fn client_config(&self, identity: &str, keys: Option<&Pair>) -> Result<PathBuf> {
         let root = self.dir.path().join(format!("client-{identity}"));
         if let (Some(pair), Some(server_key)) = (keys, &self.endpoints.server_key) {
-            let curve = root.join("security").join("curve");
-            std::fs::create_dir_all(&curve)?;
-            let text = format!(
-                "---\nserver_public_key: '{}'\npublic_key: '{}'\nprivate_key: '{}'\n",
-                keys::z85(server_key),
-                pair.public_z85(),
-                pair.secret_z85()
-            );
-            std::fs::write(curve.join(pantry_shared::keys::CLIENT_KEYS_FILE), text)?;
+            let text = keys::client_key_file(server_key, pair);
+            keys::write_private(&root.join("security").join("curve"), pantry_shared::keys::CLIENT_KEYS_FILE, &text)?;
         }
         let config = format!(
             "log_level: info\nroot_dir: {}\n{}client:\n  identity: {identity}\n  application: bench\n  \
@@ -407,19 +394,9 @@ impl PantryServer {
     /// server's directory with `pair` as its CURVE key file
     /// (`.pantry/bench-admin.yml` there); the caller adds the command.
     pub fn admin_command(&self, binary: &Path, pair: &Pair) -> Result<Command> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let server_key = self.endpoints.server_key.context("pantry-admin with CURVE needs a CURVE server")?;
-        let dir = self.dir.path().join(".pantry");
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-        let path = dir.join(ADMIN_KEY_FILE);
-        let text = format!(
-            "---\nserver_public_key: '{}'\npublic_key: '{}'\nprivate_key: '{}'\n",
-            keys::z85(&server_key),
-            pair.public_z85(),
-            pair.secret_z85()
-        );
-        std::fs::write(&path, text)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let text = keys::client_key_file(&server_key, pair);
+        keys::write_private(&self.dir.path().join(".pantry"), ADMIN_KEY_FILE, &text)?;
         let mut command = Command::new(binary);
         command
             .current_dir(self.dir.path())

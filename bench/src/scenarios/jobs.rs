@@ -217,9 +217,7 @@ fn db_size(env: &Env, ring: &KeyRing, s: &Settings) -> Result<DbSize> {
         0..n,
         AgentOptions::like_the_real_agent(heartbeat),
     )?;
-    let mut requester = Requester::connect(Kind::Pantry, &server.endpoints, Some(&ring.admin), ADMIN_NAME)?;
-    wait_until_reachable(&mut requester, &group_streams(n), env.measure.reachable_timeout)?;
-    drop(requester);
+    env.reach(&server.endpoints, ring, n)?;
     server.process.stop();
     let before = server.db_bytes();
     let started = server.start_again()?;

@@ -22,13 +22,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::common::agents::{group_streams, Kind, Pool};
+use crate::common::agents::{Kind, Pool};
 use crate::common::compare::{compare_servers, on_off_table, on_off_target, SizeRow};
 use crate::common::env::{seconds, Env, Measure, Parts};
 use crate::common::markdown::{compared, count, failures, num, pct1, ratio3, targets_table, Previous, Target};
 use crate::common::procs::{cpu_ns, free_port, PantryServer};
-use crate::common::requesters::{wait_until_reachable, Requester};
-use crate::common::ring::{KeyRing, ADMIN_NAME};
+use crate::common::ring::KeyRing;
 use crate::common::stats::percentile;
 
 /// The series the scrape is checked with.
@@ -236,9 +235,7 @@ fn scrape(env: &Env, ring: &KeyRing, s: &Settings) -> Result<Scrape> {
     result.healthz = get(addr, "/healthz", HTTP_TIMEOUT).ok().map(|r| r.status);
     let started = Instant::now();
     let pool = Pool::start(Kind::Pantry, &server.endpoints, &ring.agents, n)?;
-    let mut admin = Requester::connect(Kind::Pantry, &server.endpoints, Some(&ring.admin), ADMIN_NAME)?;
-    wait_until_reachable(&mut admin, &group_streams(n), env.measure.reachable_timeout)
-        .with_context(|| format!("pool of {n}"))?;
+    env.reach(&server.endpoints, ring, n)?;
     result.setup_s = started.elapsed().as_secs_f64();
     let reachable = Instant::now();
     let end = reachable + env.measure.reachable_timeout;
@@ -290,7 +287,6 @@ fn scrape(env: &Env, ring: &KeyRing, s: &Settings) -> Result<Scrape> {
         result.max_body_bytes().unwrap_or(0),
         result.online.map_or("missing".into(), |v| v.to_string())
     ));
-    drop(admin);
     drop(pool);
     Ok(result)
 }

@@ -29,12 +29,12 @@ use pantry_shared::keys::{KnownKey, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::common::admin::{counts, Admin, EchoRun};
-use crate::common::agents::{group_streams, identity, AgentOptions, Kind, Pool};
+use crate::common::agents::{identity, AgentOptions, Kind, Pool};
 use crate::common::env::{seconds, Env};
 use crate::common::keys::{self, Pair};
 use crate::common::markdown::{change, compared, count, failures, num, secs, targets_table, Previous, Target};
 use crate::common::procs::{cpu_ns, run_bounded, PantryServer};
-use crate::common::requesters::{fanout, wait_until_reachable, Requester};
+use crate::common::requesters::{fanout, Requester};
 use crate::common::ring::{KeyRing, ADMIN_NAME};
 use crate::common::stats::{median, Both};
 
@@ -283,8 +283,7 @@ fn offline_echo(env: &Env, ring: &KeyRing, server: &PantryServer, s: Settings, p
     let options = AgentOptions::like_the_real_agent(s.heartbeat);
     let live = Pool::start_with(Kind::Pantry, &server.endpoints, pairs, 0..live_n, options)?;
     let doomed = Pool::start_with(Kind::Pantry, &server.endpoints, pairs, live_n..n, options)?;
-    let mut requester = Requester::connect(Kind::Pantry, &server.endpoints, Some(&ring.admin), ADMIN_NAME)?;
-    wait_until_reachable(&mut requester, &group_streams(n), env.measure.reachable_timeout)?;
+    env.reach(&server.endpoints, ring, n)?;
     let admin = Admin::connect(server, &ring.admin, ADMIN_NAME)?;
     let (listed, online) = counts(&admin.status(&ClientFilter::default(), Duration::from_secs(10))?);
     if online < n {
@@ -395,9 +394,7 @@ fn restart(env: &Env, ring: &KeyRing, s: Settings) -> Result<Restart> {
         0..n,
         AgentOptions::like_the_real_agent(Duration::from_secs(heartbeat_s)),
     )?;
-    let mut requester = Requester::connect(Kind::Pantry, &server.endpoints, Some(&ring.admin), ADMIN_NAME)?;
-    wait_until_reachable(&mut requester, &group_streams(n), env.measure.reachable_timeout)?;
-    drop(requester);
+    env.reach(&server.endpoints, ring, n)?;
     let admin = Admin::connect(&server, &ring.admin, ADMIN_NAME)?;
     let (all, online) = admin.wait_online(n, Instant::now() + Duration::from_secs(30), Duration::from_millis(100))?;
     if all.is_none() {

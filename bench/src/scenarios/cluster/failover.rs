@@ -15,10 +15,9 @@ use pantry_shared::filter::{ClientFilter, Identities};
 
 use super::figures::{agent_number, is_agent, Failover, GapEcho, Settings, KILLED, SERVERS, SERVER_IDS};
 use crate::common::admin::{counts, Admin};
-use crate::common::agents::{group_streams, identity, AgentOptions, Kind, Pool};
+use crate::common::agents::{identity, AgentOptions, Kind, Pool};
 use crate::common::env::Env;
 use crate::common::procs::{Endpoints, PantryServer};
-use crate::common::requesters::{wait_until_reachable, Requester};
 use crate::common::ring::{KeyRing, ADMIN_NAME};
 use crate::common::stats::percentile;
 
@@ -101,10 +100,7 @@ pub fn failover(env: &Env, s: &Settings, per: usize, servers: &mut [PantryServer
             Pool::start_on(Kind::Pantry, &endpoints, k, &ring.agents, k * per..(k + 1) * per, options)
         })
         .collect::<Result<_>>()?;
-    let mut requester = Requester::connect(Kind::Pantry, &servers[0].endpoints, Some(&ring.admin), ADMIN_NAME)?;
-    wait_until_reachable(&mut requester, &group_streams(total), env.measure.reachable_timeout)
-        .with_context(|| format!("{total} failing-over agents"))?;
-    drop(requester);
+    env.reach(&servers[0].endpoints, ring, total).context("failing over")?;
     let admin = Admin::connect(&servers[0], &ring.admin, ADMIN_NAME)?;
     let online = agents_online(&admin, total, Instant::now() + Duration::from_secs(30));
     if online < total {

@@ -49,14 +49,14 @@ use pantry_shared::Message;
 
 use crate::common::admin::{counts, Admin};
 use crate::common::agents::{client_security, group_streams, identity, Kind, Pool, ENVIRONMENT, GROUP_SIZE, ROLE};
-use crate::common::compare::{FANOUT_IDLE, MAX_INCOMPLETE_PER_ROUND};
+use crate::common::compare::{fanouts, Fanouts};
 use crate::common::env::{Env, Parts};
 use crate::common::etcd::{self, Etcd};
 use crate::common::handshake::{self, HandshakeRow};
 use crate::common::keys::{self, Pair};
 use crate::common::markdown::{first_line, num};
 use crate::common::procs::{cpu_ns, cpu_us_per, run_bounded, Endpoints, PantryServer};
-use crate::common::requesters::{fanout, wait_until_reachable, Requester};
+use crate::common::requesters::{wait_until_reachable, Requester};
 use crate::common::ring::{KeyRing, ADMIN_NAME};
 use crate::common::stats::{median, order, percentile};
 
@@ -326,28 +326,10 @@ fn fanout_compare(
             }
             let before = cpu_sum(&pids[i]);
             let each: Vec<Option<u64>> = pids[i].iter().map(|&p| cpu_ns(p)).collect();
-            let (mut times, mut incomplete, mut answers) = (Vec::new(), 0, 0u64);
-            let mut listed_times = Vec::new();
-            for _ in 0..m.fanout_requests {
-                if incomplete >= MAX_INCOMPLETE_PER_ROUND {
-                    break;
-                }
-                let f = fanout(&mut admins[i], total, m.fanout_timeout, FANOUT_IDLE)?;
-                answers += f.answers as u64;
-                if let Some(listed) = f.listed {
-                    let fewest = result.fewest_listed.at_mut(i);
-                    *fewest = Some(fewest.map_or(listed, |l| l.min(listed)));
-                    if f.answers >= listed {
-                        listed_times.push(f.elapsed.as_secs_f64() * 1000.0);
-                    }
-                }
-                if f.complete(total) {
-                    times.push(f.elapsed.as_secs_f64() * 1000.0);
-                } else {
-                    incomplete += 1;
-                    times.push(f64::INFINITY);
-                }
-            }
+            let Fanouts { times_ms: times, incomplete, answers, listed_ms, fewest_listed } =
+                fanouts(&mut admins[i], total, m)?;
+            let fewest = result.fewest_listed.at_mut(i);
+            *fewest = fewest.iter().copied().chain(fewest_listed).min();
             if let (Some(before), Some(after)) = (before, cpu_sum(&pids[i])) {
                 if answers > 0 {
                     cpu[i].push(after.saturating_sub(before) as f64 / 1000.0 / answers as f64);
@@ -361,7 +343,7 @@ fn fanout_compare(
             *result.incomplete.at_mut(i) += incomplete;
             *result.attempted.at_mut(i) += times.len();
             p50[i].extend(percentile(&times, 50.0));
-            p50_listed[i].extend(percentile(&listed_times, 50.0));
+            p50_listed[i].extend(percentile(&listed_ms, 50.0));
             p99[i].extend(percentile(&times, 99.0));
             env.say(format!(
                 "cluster: fan-out to {total} on {}: p50 {} ms, p99 {} ms ({incomplete} incomplete), server CPU {} µs \
