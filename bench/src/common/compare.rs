@@ -131,7 +131,7 @@ pub struct Fanouts {
 }
 
 /// `m.fanout_requests` fan-outs, one after the other; a round stops after
-/// [`MAX_INCOMPLETE_PER_ROUND`] incomplete ones.
+/// `MAX_INCOMPLETE_PER_ROUND` incomplete ones.
 pub fn fanouts(admin: &mut Requester, n: usize, m: &Measure) -> Result<Fanouts> {
     let mut r = Fanouts::default();
     for _ in 0..m.fanout_requests {

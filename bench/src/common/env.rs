@@ -38,7 +38,7 @@ pub struct Measure {
     #[arg(long, global = true, default_value_t = 3, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub rounds: usize,
     /// Fan-out echoes per N and round.
-    #[arg(long = "fanouts", global = true, default_value_t = 20, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long = "fanouts", value_name = "N", global = true, default_value_t = 20, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub fanout_requests: usize,
     #[arg(skip = Duration::from_secs(10))]
     pub fanout_timeout: Duration,

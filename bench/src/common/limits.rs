@@ -67,7 +67,7 @@ const WANTED_NOFILE: u64 = 65_536;
 
 /// Raises the soft open-file limit to the hard limit (capped by the kernel's
 /// `nr_open` when the hard limit is infinite), and the hard limit itself to
-/// [`WANTED_NOFILE`] when allowed (root). Child processes inherit it.
+/// `WANTED_NOFILE` when allowed (root). Child processes inherit it.
 pub fn raise_nofile() -> std::io::Result<FdLimits> {
     let before = get()?;
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")

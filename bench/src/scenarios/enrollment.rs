@@ -1,21 +1,9 @@
-//! Enrollment under CURVE, against a fresh real `pantry-server` that knows
-//! only the bench's admin key.
-//!
-//! - **Crowd**: the admin asks for one token of N uses (`CreateToken` over
-//!   its CURVE DEALER); then N simulated agents, spread over several ZeroMQ
-//!   contexts and connected at the pace of [`crate::common::agents`], each make a
-//!   key pair, connect a DEALER with it, send `Enroll` with the token and
-//!   their own identity, and once accepted send `RegisterClient` (asking
-//!   for an answer) on the same connection. Figure: the time from the first
-//!   connect to the last registration answer, and how many made it.
-//! - **End to end**, with the real binaries: `pantry-admin client:token`,
-//!   `pantry-client enroll --token --server-public-key` for a fresh agent
-//!   directory, `pantry-client` started, and an echo to that identity from
-//!   an admin connection already open, repeated until it answers. Figure:
-//!   the time from running `client:token` to the echo's answer.
-//!
-//! Every wait is bounded; an agent that hears nothing within the real
-//! `pantry-client enroll`'s 10 s counts as failed, as it would.
+//! Enrollment (CURVE), against fresh servers that know only the admin's
+//! key: a crowd of simulated agents enrolling with one token and
+//! registering, and `client:token` → an answered echo with the real
+//! binaries. The section says how each is timed. Every wait is bounded; an
+//! agent that hears nothing within `pantry-client enroll`'s 10 s counts as
+//! failed, as it would.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -549,10 +537,9 @@ pub fn report(e: &Figures, previous: Previous<Figures>) -> String {
         count(c.agents),
         count(c.agents),
     );
-    let _ = writeln!(
-        out,
+    out.push_str(
         "| agents | registered | wall time (s) | `CreateToken` (ms) | enrollment answer p50 / max | \
-         registration answer p50 / max | server CPU ms per agent |\n|---:|---:|---:|---:|---:|---:|---:|"
+         registration answer p50 / max | server CPU ms per agent |\n|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let _ = writeln!(
         out,
@@ -578,10 +565,7 @@ pub fn report(e: &Figures, previous: Previous<Figures>) -> String {
         e.repeats,
         if e.repeats == 1 { "run" } else { "runs" }
     );
-    let _ = writeln!(
-        out,
-        "| run | `client:token` → echo answer | `client:token` | `enroll` | start → echo answer |\n|---:|---:|---:|---:|---:|"
-    );
+    out.push_str("| run | `client:token` → echo answer | `client:token` | `enroll` | start → echo answer |\n|---:|---:|---:|---:|---:|\n");
     for (i, r) in e.runs.iter().enumerate() {
         let _ = writeln!(
             out,

@@ -466,10 +466,9 @@ pub fn report(f: &Figures, previous: Previous<Figures>) -> String {
             num(r.cpu_us_per_request.baseline)
         );
     }
-    let _ = writeln!(
-        out,
+    out.push_str(
         "\n### Memory\n\nServer VmRSS (KiB, `/proc/PID/status`) right after start and with N agents connected \
-         and registered.\n\n| security | agents | Pantry server | baseline relay |\n|---|---:|---:|---:|"
+         and registered.\n\n| security | agents | Pantry server | baseline relay |\n|---|---:|---:|---:|\n",
     );
     for mode in &f.modes {
         let name = mode.name();
@@ -508,11 +507,10 @@ pub fn report(f: &Figures, previous: Previous<Figures>) -> String {
             num(r.setup_s.baseline)
         );
     }
-    let _ = writeln!(
-        out,
+    out.push_str(
         "\n### Server CPU per fan-out answer\n\nServer CPU time (all threads, `/proc/PID/task/*/schedstat`) during \
          the fan-out runs divided by the answers that reached the admin, microseconds.\n\n\
-         | security | N | Pantry | baseline | Pantry / baseline |\n|---|---:|---:|---:|---:|"
+         | security | N | Pantry | baseline | Pantry / baseline |\n|---|---:|---:|---:|---:|\n",
     );
     for (mode, r) in rows() {
         let _ = writeln!(
@@ -634,4 +632,61 @@ pub fn chart(f: &Figures, path: &Path) -> Result<()> {
         Ok(())
     };
     draw().map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(n: usize, throughput: (f64, f64), fanout: (f64, f64), rss: u64, cpu: f64) -> SizeRow {
+        SizeRow {
+            n,
+            throughput: Both { pantry: Some(throughput.0), baseline: Some(throughput.1) },
+            fanout_p50_ms: Both { pantry: Some(fanout.0), baseline: Some(fanout.1) },
+            rss_kib: Both { pantry: Some(rss), baseline: None },
+            cpu_us_per_answer: Both { pantry: Some(cpu), baseline: None },
+            cpu_us_per_request: Both { pantry: Some(cpu), baseline: None },
+            ..Default::default()
+        }
+    }
+
+    fn curve(rows: Vec<SizeRow>) -> Figures {
+        let mode = Mode { curve: true, rss0_kib: Both { pantry: Some(0), baseline: None }, rows, ..Default::default() };
+        Figures { modes: vec![mode], ..Default::default() }
+    }
+
+    #[test]
+    fn the_relay_targets_and_the_memory_per_agent_show_the_previous_run() {
+        let now = curve(vec![
+            row(1, (82.0, 100.0), (1.0, 1.0), 100, 1.0),
+            row(1000, (84.0, 100.0), (40.0, 36.0), 100_000, 10.0),
+            row(4000, (1.0, 1.0), (f64::INFINITY, 150.0), 420_000, 10.0),
+        ]);
+        let before =
+            curve(vec![row(1, (46.0, 100.0), (1.0, 1.0), 100, 1.0), row(4000, (1.0, 1.0), (1.0, 1.0), 400_000, 10.0)]);
+        let targets = targets(&now, Previous { figures: Some(&before), said: "t" });
+        let relay: Vec<(&str, Option<&str>, Option<bool>)> = targets
+            .iter()
+            .filter(|t| t.what.starts_with("issue 15"))
+            .map(|t| (t.measured.as_str(), t.before.as_deref(), t.met))
+            .collect();
+        assert_eq!(
+            relay,
+            [
+                ("82%", Some("46%"), Some(true)),
+                ("84%", Some("not run (CURVE, N = 1,000)"), Some(false)),
+                ("not run (null, N = 1)", Some("not run (null, N = 1)"), None),
+                ("1.11× (40.0 / 36.0 ms)", Some("not run (CURVE, N = 1,000)"), Some(true)),
+                ("answers lost", Some("1.00× (1.00 / 1.00 ms)"), Some(false)),
+            ]
+        );
+        let per_agent = targets.last().expect("the per-agent target");
+        assert_eq!(per_agent.met, Some(true), "{per_agent:?}");
+        assert!(
+            per_agent.measured.starts_with("RSS per agent, KiB (CURVE, 0 → 4,000): 105 vs 100 (+5%)"),
+            "{per_agent:?}"
+        );
+        let none = super::targets(&now, Previous { figures: None, said: "no previous results (latest.json missing)" });
+        assert_eq!(none.last().map(|t| t.measured.as_str()), Some("no previous results (latest.json missing)"));
+    }
 }

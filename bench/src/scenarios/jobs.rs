@@ -1,17 +1,6 @@
-//! The job store (CURVE), against real `pantry-server`s:
-//!
-//! - **On vs off**: two servers at once, one with the default `jobs:` and
-//!   one with `jobs: enabled: false`; the benchmark's own fan-out and
-//!   throughput measurements at a few N, rounds alternating between them.
-//! - **`jobs` over a full store**: a fresh server filled through its front
-//!   door (pipelined echoes to one agent, each a job with its answer);
-//!   once the writer has committed the last one, a raw `ListJobs` (the
-//!   20 most recent) timed over the admin's CURVE DEALER, one after the
-//!   other; and the real `pantry-admin jobs` once.
-//! - **Database size per job**: N agents that behave like the real one
-//!   (heartbeat, registration on reconnection); the server stopped (the
-//!   files measured: `pantry.db` and `pantry.db-wal`), started again, K
-//!   echoes to all N, stopped again and measured again.
+//! The job store (CURVE): two servers with the store on and off compared
+//! side by side, `jobs` timed over a store filled through the server, and
+//! the database's growth per echo job. The section says how each is timed.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};

@@ -1,15 +1,7 @@
-//! The Prometheus endpoint (CURVE), against real `pantry-server`s:
-//!
-//! - **On vs off**: two servers at once, one with `metrics: listen:` and
-//!   one without; the benchmark's own fan-out and throughput measurements
-//!   at a few N, rounds alternating between them (the job-store
-//!   comparison's machinery). The server with metrics on is scraped all
-//!   the while, once a second (Prometheus's default is every 15 s).
-//! - **A scrape with many agents**: a fresh server with metrics on, N
-//!   agents connected and registered; `GET /metrics` over plain HTTP/1.0
-//!   (std::net), one after the other, each timed from the connect to the
-//!   last byte of the answer; the body's size, and the
-//!   `pantry_clients{state="online"}` it shows.
+//! The Prometheus endpoint (CURVE): two servers with metrics on (scraped
+//! once a second all the while: Prometheus's default is every 15 s) and
+//! off compared side by side, and `GET /metrics` timed with many agents
+//! connected. The section says how each is timed.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};

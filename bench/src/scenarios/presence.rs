@@ -1,22 +1,8 @@
-//! Presence under CURVE, against fresh real `pantry-server`s that know the
-//! bench's admin key and the agents' keys.
-//!
-//! 1. **Offline agents are named at once**: N agents (the real agent's
-//!    behaviour: a heartbeat and a registration on every reconnection),
-//!    K of them killed (their sockets dropped with linger 0, so the server
-//!    sees the TCP connections close); after a wait, the admin's `echo` to
-//!    every agent. Figures: the time until the last answer of the N − K,
-//!    and whether the server's list named exactly the K offline
-//!    (`custom.offline`). Before presence, the admin waited for the K for
-//!    its whole `--timeout`. The real `pantry-admin echo` is run once too.
-//! 2. **SIGKILL → offline**: a real `pantry-client` online, SIGKILLed; a
-//!    raw `Status` request every 10 ms until it says `offline`.
-//! 3. **Server restart**: N agents registered; the server stopped (SIGTERM)
-//!    and started again on the same root_dir and ports. Figures: what
-//!    `status` lists right after the start (every agent, offline until it
-//!    checks in), and the time until all are online again. Before that, the
-//!    server's RSS and idle CPU per registered agent.
-//!
+//! Presence (CURVE), against fresh servers that know the admin's and the
+//! agents' keys: killed agents named offline by an echo at once (the
+//! admin used to wait for its whole `--timeout`), a SIGKILLed real
+//! `pantry-client` offline in `status`, and a server restart with every
+//! agent back within two heartbeats. The section says how each is timed.
 //! Every wait is bounded.
 
 use std::fmt::Write as _;
@@ -30,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::admin::{counts, Admin, EchoRun};
 use crate::common::agents::{identity, AgentOptions, Kind, Pool};
-use crate::common::env::{seconds, Env};
+use crate::common::env::{seconds, Env, Parts};
 use crate::common::keys::{self, Pair};
 use crate::common::markdown::{change, compared, count, failures, num, secs, targets_table, Previous, Target};
 use crate::common::procs::{cpu_ns, run_bounded, PantryServer};
@@ -212,7 +198,7 @@ pub fn run(env: &Env, ring: &KeyRing, s: &Settings) -> Result<Figures> {
     let most = env.limits.max_monitored_agents();
     let agents = s.agents.max(s.killed).min(most);
     let s = Settings { agents, killed: s.killed.min(agents), restart_agents: s.restart_agents.min(most), ..*s };
-    let mut result = Figures { kill_repeats: s.kill_repeats, ..Default::default() };
+    let mut parts = Parts::new(env, "presence");
     let pairs = keys::generate(agents)?;
     let client_pairs = keys::generate(s.kill_repeats)?;
     let mut known: Vec<KnownKey> =
@@ -221,47 +207,25 @@ pub fn run(env: &Env, ring: &KeyRing, s: &Settings) -> Result<Figures> {
         client_pairs.iter().enumerate().map(|(r, p)| keys::known(p.public_z85(), killed_client(r), Role::Client)),
     );
     known.push(keys::known(ring.admin.public_z85(), ADMIN_NAME.into(), Role::Admin));
-    {
-        let server = env.server(Some((&ring.server, &known)), "")?;
-        env.say(format!("presence: pantry-server pid {} for the offline echo and SIGKILL runs", server.process.pid));
-        match offline_echo(env, ring, &server, s, &pairs) {
-            Ok(e) => result.echo = Some(e),
-            Err(e) => {
-                env.say(format!("presence: offline echo failed: {e:#}"));
-                result.failures.push(format!("offline echo: {e:#}"));
-            }
-        }
-        match Admin::connect(&server, &ring.admin, ADMIN_NAME) {
-            Ok(admin) => {
-                for (r, pair) in client_pairs.iter().enumerate() {
-                    match kill_run(env, &server, &admin, r, pair) {
-                        Ok(k) => {
-                            env.say(format!(
-                                "presence: pantry-client SIGKILL → offline in status {:.1} ms ({} polls)",
-                                k.offline_ms, k.polls
-                            ));
-                            result.kills.push(k);
-                        }
-                        Err(e) => {
-                            env.say(format!("presence: SIGKILL run {} failed: {e:#}", r + 1));
-                            result.failures.push(format!("SIGKILL run {}: {e:#}", r + 1));
-                        }
-                    }
-                }
-            }
-            Err(e) => result.failures.push(format!("SIGKILL runs: {e:#}")),
-        }
-    }
-    if s.restart_agents > 0 {
-        match restart(env, ring, s) {
-            Ok(r) => result.restart = Some(r),
-            Err(e) => {
-                env.say(format!("presence: restart failed: {e:#}"));
-                result.failures.push(format!("restart: {e:#}"));
+    let server = env.server(Some((&ring.server, &known)), "")?;
+    env.say(format!("presence: pantry-server pid {} for the offline echo and SIGKILL runs", server.process.pid));
+    let echo = parts.part("offline echo", offline_echo(env, ring, &server, s, &pairs));
+    let mut kills = Vec::new();
+    if let Some(admin) = parts.part("SIGKILL runs", Admin::connect(&server, &ring.admin, ADMIN_NAME)) {
+        for (r, pair) in client_pairs.iter().enumerate() {
+            let run = parts.part(&format!("SIGKILL run {}", r + 1), kill_run(env, &server, &admin, r, pair));
+            if let Some(k) = run {
+                env.say(format!(
+                    "presence: pantry-client SIGKILL → offline in {:.1} ms ({} polls)",
+                    k.offline_ms, k.polls
+                ));
+                kills.push(k);
             }
         }
     }
-    Ok(result)
+    drop(server);
+    let restart = if s.restart_agents > 0 { parts.part("restart", restart(env, ring, s)) } else { None };
+    Ok(Figures { echo, kills, kill_repeats: s.kill_repeats, restart, failures: parts.failures })
 }
 
 /// The server's CPU time (all threads) over `window`, ms per second.
@@ -558,10 +522,9 @@ pub fn report(p: &Figures, previous: Previous<Figures>) -> String {
             e.runs.len(),
             e.admin_timeout_s
         );
-        let _ = writeln!(
-            out,
+        out.push_str(
             "| echo | answers | listed online | named offline | exactly the killed ones | last answer (ms) |\n\
-             |---:|---:|---:|---:|---|---:|"
+             |---:|---:|---:|---:|---|---:|\n",
         );
         for (i, r) in e.runs.iter().enumerate() {
             let _ = writeln!(
@@ -617,11 +580,8 @@ pub fn report(p: &Figures, previous: Previous<Figures>) -> String {
              `echo` to all.\n",
             count(r.agents)
         );
-        let _ = writeln!(
-            out,
-            "| agents | heartbeat (s) | SIGTERM → exited (s) | start → `started` (s) | first `status`: listed / offline (ms after the start) | all online again after the start (s) | after SIGTERM (s) | echo to all afterwards: answers (ms) |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|"
-        );
+        out.push_str("| agents | heartbeat (s) | SIGTERM → exited (s) | start → `started` (s) | first `status`: listed / offline (ms after the start) | all online again after the start (s) | after SIGTERM (s) | echo to all afterwards: answers (ms) |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} / {} ({}) | {} | {} | {} |\n",

@@ -1,39 +1,13 @@
-//! Several servers, one fleet (issue 16): CURVE, three real
-//! `pantry-server`s with `cluster:` on one real etcd (Debian's
-//! `etcd-server` on loopback, a temporary data directory), against a
-//! single server without `cluster:` in the same run.
-//!
-//! Set-up: server A starts with every key of the scenario in its
-//! `server_keys.yml`; `pantry-server -c server.yml keys:import` copies them
-//! into etcd (timed; A's watch brings them to A). Servers B and C start
-//! with a copy of A's `server_keys.yml` (the cluster's key pair). The
-//! single server S has the same keys in its file. Every server has
-//! `cluster.lease` 2 s (the default is 5 s).
-//!
-//! 1. **Handshake rate**: the handshake scenario against A (its keys are
-//!    etcd's, held in memory) and S, rounds alternating.
-//! 2. **Fan-out across servers**: an admin on A echoes to 3 × N agents (N
-//!    connected to each server); the same admin against S with 3N agents.
-//!    Time until the last answer, p50 and p99 per round, medians over the
-//!    rounds. Pools are built anew each round when both do not fit the
-//!    open-file limit at once.
-//! 3. **Revocation A → C**: agents with keys of their own, registered on
-//!    C; each revoked in turn by a raw `RevokeClient` to A; time until its
-//!    DEALER's or SUB's monitor on C's connections sees the disconnection.
-//! 4. **Failover**: N agents per server checking in every heartbeat
-//!    (5 s). B's behave like the real agent with the three servers as
-//!    hosts: once its DEALER has been disconnected for a heartbeat
-//!    interval (three while a handshake is pending) an agent moves to the
-//!    next server in its own order, which spreads B's agents over A and C.
-//!    A's and C's agents, which never lose their server here, go without
-//!    that machinery (it costs the bench process descriptors). B is
-//!    SIGKILLed; from A, an echo to B's agents every 100 ms until each has
-//!    answered once (through A or C); what each echo said about them
-//!    (answered, named offline, silent); then `status` on A and an echo to
-//!    all.
-//!
-//! Every wait is bounded; a part that fails is recorded and the others
-//! run.
+//! Several servers, one fleet (issue 16): three real `pantry-server`s
+//! with `cluster:` on one real etcd against a single server in the same
+//! run. Server A starts with every key and `keys:import` copies them into
+//! etcd; B and C start with a copy of A's key pair. Parts: handshake rate
+//! against A (keys from etcd) and the single server; fan-out from an
+//! admin on A to agents on all three against the same number on one;
+//! revocation on A cutting an agent off on C; failover of B's agents when
+//! B is SIGKILLed (`failover`). Every wait is bounded; a part that fails
+//! is recorded and the others run. The section (`report`) says how each
+//! is timed; `figures` holds what the parts and the report share.
 
 use std::collections::BTreeSet;
 use std::process::Command;
