@@ -1,32 +1,39 @@
 //! `pantry-bench`: the real `pantry-server` measured side by side with a
 //! raw-libzmq relay, with 1 to 4,000 agents simulated in this process.
 //!
-//! [`harness::run`] does everything `make bench` shows: fan-out latency,
-//! throughput, handshake rate and memory, Pantry against the baseline,
-//! enrollment with tokens, presence (offline clients named at once, a
-//! killed agent, a server restart), the job store (on vs off, `jobs` over
-//! a full store, database size per job), metrics (on vs off, a scrape of
-//! `/metrics` with 4,000 agents) and a cluster of three servers on etcd
-//! (fan-out across servers, failover, revocation, handshake rate) (CURVE,
-//! Pantry only), and writes `latest.md` and `fanout.svg`.
+//! Layout, from the bottom up; a module imports only those below it.
+//!
+//! - `common`: what the scenarios share, importing no scenario.
+//!   - `stats`: medians, percentiles, `Both` (a figure of two systems).
+//!   - `limits`: the open-file limit, which bounds the simulated agents.
+//!   - `keys`: CURVE key pairs and the server's key file.
+//!   - `procs`: child processes: `pantry-server`, `pantry-client`, the relay.
+//!   - `relay`: the baseline relay itself (`pantry-bench relay`).
+//!   - `etcd`: an etcd member for the cluster scenario.
+//!   - `agents`: the simulated agents; what they send and when they move
+//!     is `agents::session`'s, without sockets.
+//!   - `requesters`: fan-out, throughput and pipelined echoes.
+//!   - `admin`: an admin's DEALER: `status`, an echo to all.
+//!   - `handshake`: the handshake-rate loop, and two servers compared.
+//!   - `ring`: everyone's keys; `env`: binaries, [`Measure`](common::env::Measure),
+//!     limits, progress.
+//!   - `markdown`: figures, targets and the previous run's, as the report
+//!     writes them.
+//!   - `compare`: two systems side by side at N agents.
+//! - `scenarios`: one module each (`fanout_throughput`, `handshake`,
+//!   `enrollment`, `presence`, `jobs`, `metrics`, `cluster`), owning its
+//!   settings, its figures, its run, its section of the report and its
+//!   targets.
+//! - `report`: the files of a run (`latest.json`, `latest.md`,
+//!   `fanout.svg`) and the previous run read back from `latest.json`.
+//! - `driver`: the scenarios in turn, then the report ([`run`]).
+//! - `profile`: one load against one server, optionally under `perf`.
 
-pub mod agents;
-pub mod cluster;
-pub mod enrollment;
-pub mod etcd;
-pub mod handshake;
-pub mod harness;
-pub mod jobs;
-pub mod keys;
-pub mod limits;
-pub mod metrics;
-pub mod presence;
-pub mod previous;
-pub mod procs;
+pub mod common;
+pub mod driver;
 pub mod profile;
-pub mod relay;
 pub mod report;
-pub mod requesters;
-pub mod stats;
+pub mod scenarios;
 
-pub use harness::{run, Config, Results};
+pub use driver::{run, Config};
+pub use report::Results;

@@ -8,14 +8,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::agents::{group_streams, Kind, Pool};
-use crate::handshake::{handshake_rate, HandshakeSettings};
-use crate::keys::{self, Pair};
-use crate::procs::{cpu_ns, PantryServer, Relay};
-use crate::requesters::{fanout, throughput, wait_until_reachable, Requester, ThroughputSettings};
-use pantry_shared::keys::{KnownKey, Role};
+use clap::builder::RangedU64ValueParser;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::common::agents::{group_streams, Kind, Pool};
+use crate::common::env::{seconds, Binaries};
+use crate::common::handshake::{handshake_rate, HandshakeSettings};
+use crate::common::keys;
+use crate::common::procs::{cpu_ns, PantryServer, Relay};
+use crate::common::requesters::{fanout, throughput, wait_until_reachable, Requester, ThroughputSettings};
+use crate::common::ring::{requester_name, KeyRing, ADMIN_NAME};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     /// Pipelined echoes to single agents.
     Throughput,
@@ -25,83 +28,67 @@ pub enum Scenario {
     Handshake,
 }
 
-impl std::str::FromStr for Scenario {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "throughput" => Ok(Scenario::Throughput),
-            "fanout" => Ok(Scenario::Fanout),
-            "handshake" => Ok(Scenario::Handshake),
-            _ => Err(format!("unknown scenario `{s}` (throughput, fanout, handshake)")),
-        }
-    }
-}
-
-pub struct ProfileConfig {
-    pub server_bin: PathBuf,
-    /// This binary, for the relay.
-    pub relay_exe: PathBuf,
-    /// Pantry, or the baseline relay for comparison.
-    pub kind: Kind,
+/// What to profile.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    #[arg(long, value_enum, default_value = "throughput")]
     pub scenario: Scenario,
+    #[arg(long, default_value_t = 100, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub agents: usize,
+    /// Keys in the server's key store (filled up with random keys).
+    #[arg(long, default_value_t = 100)]
     pub known_keys: usize,
+    #[arg(long = "seconds", value_parser = seconds, default_value = "10")]
     pub duration: Duration,
-    /// `perf record` output; none: no perf.
+    /// Record the server with `perf record` into this file.
+    #[arg(long = "perf", value_name = "FILE")]
     pub perf_out: Option<PathBuf>,
-    /// Extra `perf record` arguments (e.g. `--call-graph=dwarf`).
+    /// Extra arguments for `perf record`, e.g. `--call-graph=dwarf`.
+    #[arg(long, allow_hyphen_values = true)]
     pub perf_args: Vec<String>,
-    /// Appended to the server's server.yml.
+    /// Run against the baseline relay instead of pantry-server.
+    #[arg(long)]
+    pub baseline: bool,
+    /// YAML appended to the server's server.yml, e.g.
+    /// `"jobs:\n  enabled: false\n"`.
+    #[arg(long, value_name = "YAML", default_value = "")]
     pub server_config: String,
 }
 
 /// Runs the scenario and prints what the server spent per operation.
-pub fn run(cfg: &ProfileConfig) -> Result<()> {
-    crate::limits::raise_nofile()?;
-    let server_pair = Pair::generate()?;
-    let agents = keys::generate(cfg.agents)?;
-    let admin = Pair::generate()?;
-    let requesters = keys::generate(4)?;
-    let mut known: Vec<KnownKey> = agents
-        .iter()
-        .enumerate()
-        .map(|(i, p)| keys::known(p.public_z85(), crate::agents::identity(i), Role::Client))
-        .collect();
-    known.push(keys::known(admin.public_z85(), "bench-admin".into(), Role::Admin));
-    known.extend(
-        requesters
-            .iter()
-            .enumerate()
-            .map(|(k, p)| keys::known(p.public_z85(), format!("bench-requester-{k}"), Role::Admin)),
-    );
+pub fn run(bins: &Binaries, cfg: &Settings) -> Result<()> {
+    crate::common::limits::raise_nofile()?;
+    let ring = KeyRing::generate(cfg.agents, 4, 0)?;
+    let mut known = ring.enrolled();
     known.extend(keys::filler(cfg.known_keys.saturating_sub(known.len()))?);
-    let (server, relay) = match cfg.kind {
+    let kind = if cfg.baseline { Kind::Baseline } else { Kind::Pantry };
+    let (server, relay) = match kind {
         Kind::Pantry => {
-            let key = Some((&server_pair, &known[..]));
-            (Some(PantryServer::start_with(&cfg.server_bin, key, "info", &cfg.server_config)?), None)
+            let key = Some((&ring.server, &known[..]));
+            (Some(PantryServer::start_with(&bins.server, key, "info", &cfg.server_config)?), None)
         }
-        Kind::Baseline => (None, Some(Relay::start(&cfg.relay_exe, Some(&server_pair))?)),
+        Kind::Baseline => (None, Some(Relay::start(&bins.bench, Some(&ring.server))?)),
     };
     let (pid, endpoints) = match (&server, &relay) {
         (Some(s), _) => (s.process.pid, s.endpoints.clone()),
         (_, Some(r)) => (r.process.pid, r.endpoints.clone()),
         _ => unreachable!(),
     };
-    let kind = cfg.kind;
     eprintln!("{} pid {pid}, {} known keys", kind.name(), known.len());
 
-    let mut admin = Requester::connect(kind, &endpoints, Some(&admin), "bench-admin")?;
+    let mut admin = Requester::connect(kind, &endpoints, Some(&ring.admin), ADMIN_NAME)?;
     let pool = if cfg.scenario == Scenario::Handshake {
         None
     } else {
-        let pool = Pool::start(kind, &endpoints, &agents, cfg.agents)?;
+        let pool = Pool::start(kind, &endpoints, &ring.agents, cfg.agents)?;
         wait_until_reachable(&mut admin, &group_streams(cfg.agents), Duration::from_secs(90))?;
         Some(pool)
     };
-    let mut clients: Vec<Requester> = requesters
+    let mut clients: Vec<Requester> = ring
+        .requesters
         .iter()
         .enumerate()
-        .map(|(k, p)| Requester::connect(kind, &endpoints, Some(p), &format!("bench-requester-{k}")))
+        .map(|(k, p)| Requester::connect(kind, &endpoints, Some(p), &requester_name(k)))
         .collect::<Result<_>>()?;
 
     let mut perf = match &cfg.perf_out {
@@ -143,7 +130,7 @@ pub fn run(cfg: &ProfileConfig) -> Result<()> {
         }
         Scenario::Handshake => {
             let s = HandshakeSettings { slots: 32, warmup: Duration::ZERO, duration: cfg.duration };
-            let r = handshake_rate(&endpoints, &requesters, s)?;
+            let r = handshake_rate(&endpoints, &ring.requesters, s)?;
             eprintln!("{:.0} handshakes/s, {} failed", r.per_second, r.failed);
             (r.total_succeeded, "handshake")
         }

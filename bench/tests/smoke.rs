@@ -1,12 +1,17 @@
-//! Runs the whole benchmark harness at N = 2 with one iteration of every
+//! Runs the whole benchmark at N = 2 with one iteration of every
 //! scenario (a few agents for enrollment, presence, the job store,
 //! metrics, and the cluster: 3 × 3 agents, 2 revocations, when etcd is
 //! installed),
 //! against the debug `pantry-server`, `pantry-client` and `pantry-admin`
-//! (built by `make test` before the tests), so that the harness does not
-//! rot. It checks that every figure was measured, not how good it is.
+//! (built by `make test` before the tests), so that the bench does not
+//! rot. It checks that every figure was measured, not how good it is, and
+//! that `latest.json` reads back as the next run's previous one.
 
 use std::path::{Path, PathBuf};
+
+use pantry_bench::common::env::Binaries;
+use pantry_bench::report::{PreviousRun, CHART, JSON, MARKDOWN};
+use pantry_bench::Config;
 
 /// A workspace binary next to the test executable (`target/<profile>/`).
 fn bin(name: &str) -> PathBuf {
@@ -18,19 +23,19 @@ fn bin(name: &str) -> PathBuf {
 }
 
 #[test]
-fn the_harness_runs_at_two_agents() {
+fn the_bench_runs_at_two_agents() {
     let out = tempfile::tempdir().unwrap();
-    let config = pantry_bench::Config::smoke(
-        bin("pantry-server"),
-        bin("pantry-client"),
-        PathBuf::from(env!("CARGO_BIN_EXE_pantry-bench")),
-        out.path().to_path_buf(),
-    );
-    assert_eq!(config.admin_bin, bin("pantry-admin"), "pantry-admin is found next to pantry-client");
-    let results = pantry_bench::run(&config).expect("the harness runs");
+    let bins = Binaries {
+        server: bin("pantry-server"),
+        client: bin("pantry-client"),
+        admin: bin("pantry-admin"),
+        bench: PathBuf::from(env!("CARGO_BIN_EXE_pantry-bench")),
+    };
+    let results = pantry_bench::run(&Config::smoke(bins, out.path().to_path_buf())).expect("the bench runs");
 
-    assert_eq!(results.modes.len(), 2, "CURVE and null");
-    for mode in &results.modes {
+    let relay = results.fanout_throughput.as_ref().expect("Pantry against the relay ran");
+    assert_eq!(relay.modes.len(), 2, "CURVE and null");
+    for mode in &relay.modes {
         assert_eq!(mode.rows.len(), 1);
         let row = &mode.rows[0];
         assert_eq!(row.n, 2);
@@ -39,17 +44,23 @@ fn the_harness_runs_at_two_agents() {
             ("baseline fan-out", row.fanout_p50_ms.baseline),
             ("Pantry throughput", row.throughput.pantry),
             ("baseline throughput", row.throughput.baseline),
+            ("Pantry CPU per answer", row.cpu_us_per_answer.pantry),
+            ("Pantry CPU per request", row.cpu_us_per_request.pantry),
+            ("Pantry set-up", row.setup_s.pantry),
         ] {
             let v = v.unwrap_or_else(|| panic!("{} {what} not measured", mode.name()));
             assert!(v.is_finite() && v > 0.0, "{} {what}: {v}", mode.name());
         }
         assert!(mode.rss0_kib.pantry.is_some() && row.rss_kib.baseline.is_some());
+        assert!(mode.peak_rss_kib.pantry.is_some() && mode.kib_per_largest().pantry.is_some());
         assert!(mode.idle_client_rss_kib.is_some_and(|k| k > 0));
     }
-    assert_eq!(results.handshakes.len(), 2);
-    for h in &results.handshakes {
+    let handshakes = &results.handshake.as_ref().expect("the handshake scenario ran").rows;
+    assert_eq!(handshakes.len(), 2);
+    for h in handshakes {
         assert!(h.rate.pantry.is_some_and(|r| r > 0.0), "{h:?}");
         assert!(h.rate.baseline.is_some_and(|r| r > 0.0), "{h:?}");
+        assert!(h.cpu_us.pantry.is_some(), "{h:?}");
     }
 
     let enrollment = results.enrollment.as_ref().expect("the enrollment scenario ran");
@@ -81,8 +92,6 @@ fn the_harness_runs_at_two_agents() {
     assert!(restart.all_online_s.is_some() && restart.online_at_end == 20, "{restart:?}");
     assert_eq!(restart.echo_answers, Some(20), "every agent answers after the restart: {restart:?}");
     assert!(restart.kib_per_agent().is_some() && restart.idle_cpu_us_per_agent_s.is_some(), "{restart:?}");
-    let compared = pantry_bench::report::per_agent_comparison(&results.modes, Some(presence), None);
-    assert!(compared.iter().any(|c| c.now.is_some()), "{compared:?}");
 
     let jobs = results.jobs.as_ref().expect("the job-store scenario ran");
     assert!(jobs.failures.is_empty(), "{:?}", jobs.failures);
@@ -128,7 +137,7 @@ fn the_harness_runs_at_two_agents() {
     assert!(scrape.max_body_bytes().is_some_and(|b| b > 1000) && scrape.samples > 10, "{scrape:?}");
 
     let cluster = results.cluster.as_ref().expect("the cluster scenario ran (or said why not)");
-    let etcd_installed = pantry_bench::etcd::binary().is_some();
+    let etcd_installed = pantry_bench::common::etcd::binary().is_some();
     if etcd_installed {
         assert!(cluster.skipped.is_none() && cluster.failures.is_empty(), "{cluster:?}");
         let import = cluster.import.as_ref().expect("keys:import ran");
@@ -159,7 +168,7 @@ fn the_harness_runs_at_two_agents() {
         assert!(cluster.skipped.as_deref().is_some_and(|why| why.contains("etcd")), "{cluster:?}");
     }
 
-    let md = std::fs::read_to_string(out.path().join(pantry_bench::report::MARKDOWN)).unwrap();
+    let md = std::fs::read_to_string(out.path().join(MARKDOWN)).unwrap();
     assert!(md.contains("## Cluster"), "{md}");
     assert_eq!(md.matches("| issue 16: ").count(), 4, "{md}");
     if etcd_installed {
@@ -169,10 +178,14 @@ fn the_harness_runs_at_two_agents() {
     }
     for section in [
         "## Targets",
-        "## Fan-out latency",
-        "## Throughput",
+        "## Pantry against the relay",
+        "### Fan-out latency",
+        "### Throughput",
+        "### Memory",
+        "### Set-up",
+        "### Server CPU per fan-out answer",
+        "### Server memory and CPU per agent against the previous run",
         "## Handshake rate",
-        "## Memory",
         "## Enrollment",
         "## Presence",
         "## Jobs",
@@ -180,17 +193,33 @@ fn the_harness_runs_at_two_agents() {
     ] {
         assert!(md.contains(section), "{section} missing:\n{md}");
     }
-    assert!(md.contains(&format!("libzmq {}", results.libzmq)));
+    assert!(md.contains(&format!("libzmq {}", results.machine.libzmq)));
     assert!(md.contains("agents enroll with one token") && md.contains("`client:token` → one agent"), "{md}");
     assert!(md.contains("SIGKILL of `pantry-client`") && md.contains("`jobs` (raw `ListJobs`"), "{md}");
-    assert!(md.contains("per 10-agent echo job"), "{md}");
+    assert!(md.contains("per 10-agent echo job") && md.contains("RSS per registered agent"), "{md}");
     assert!(
         md.contains("metrics on: throughput and fan-out within 2%") && md.contains("`GET /metrics` with 10"),
         "{md}"
     );
-    // No previous report in a fresh directory: issue 15's rows say so.
+    // No previous run in a fresh directory: the comparisons say so.
     assert_eq!(md.matches("| issue 15: ").count(), 6, "{md}");
-    assert!(md.contains("(before: n/a)"), "{md}");
-    let svg = std::fs::read_to_string(out.path().join(pantry_bench::report::CHART)).unwrap();
+    assert!(!md.contains("(previous run: "), "{md}");
+    assert!(md.contains("no previous results (latest.json missing)"), "{md}");
+    let svg = std::fs::read_to_string(out.path().join(CHART)).unwrap();
     assert!(svg.contains("<svg") && svg.contains("Pantry p50"), "{svg}");
+
+    // latest.json reads back as the next run's previous one: every target
+    // then shows this run's figure.
+    assert!(out.path().join(JSON).exists());
+    let previous = PreviousRun::load(out.path());
+    assert!(previous.said.ends_with("latest.json before this run"), "{}", previous.said);
+    let again = pantry_bench::report::markdown(&results, &previous);
+    let status = ["| met |", "| **not met** |", "| not measured |"];
+    let targets: Vec<&str> =
+        again.lines().filter(|l| !l.starts_with("| section |") && status.iter().any(|s| l.ends_with(s))).collect();
+    assert!(targets.len() >= 25, "{again}");
+    for t in targets {
+        let judged_against_it = t.starts_with("| server memory and CPU per agent within 10%");
+        assert!(t.contains("(previous run: ") || judged_against_it, "{t}");
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use tempfile::TempDir;
 
-use crate::keys::{self, Pair};
+use crate::common::keys::{self, Pair};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16> {
@@ -50,6 +50,13 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
         total += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
     Some(total)
+}
+
+/// Server CPU time per operation since `before` (a [`cpu_ns`] of `pid`),
+/// microseconds; `None` without operations or without the figures.
+pub fn cpu_us_per(pid: u32, before: Option<u64>, count: u64) -> Option<f64> {
+    let (before, after) = (before?, cpu_ns(pid)?);
+    (count > 0).then(|| after.saturating_sub(before) as f64 / 1000.0 / count as f64)
 }
 
 /// What a one-shot command printed and how it ended (`None`: killed after
@@ -257,20 +264,14 @@ impl PantryServer {
 
     /// Another CURVE server with `like`'s key pair: `like`'s
     /// `root_dir/security/curve/server_keys.yml` is copied into the new
-    /// root_dir (directory 0700, file 0600) before the start, as an
-    /// operator adds a server to a cluster; `extra` as in
-    /// [`PantryServer::start_with`].
+    /// root_dir before the start, as an operator adds a server to a
+    /// cluster; `extra` as in [`PantryServer::start_with`].
     pub fn start_like(binary: &Path, like: &PantryServer, log_level: &str, extra: &str) -> Result<PantryServer> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let key = like.endpoints.server_key.context("a server like a null-security one has no key pair to copy")?;
         let from = like.root().join("security").join("curve").join("server_keys.yml");
+        let text = std::fs::read_to_string(&from).with_context(|| format!("cannot read {}", from.display()))?;
         PantryServer::launch(binary, Some(key), log_level, extra, |root| {
-            let dir = root.join("security").join("curve");
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-            let to = dir.join("server_keys.yml");
-            std::fs::copy(&from, &to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600))?;
-            Ok(())
+            keys::write_private(&root.join("security").join("curve"), "server_keys.yml", &text)
         })
     }
 
@@ -365,15 +366,8 @@ impl PantryServer {
     pub fn client_config(&self, identity: &str, keys: Option<&Pair>) -> Result<PathBuf> {
         let root = self.dir.path().join(format!("client-{identity}"));
         if let (Some(pair), Some(server_key)) = (keys, &self.endpoints.server_key) {
-            let curve = root.join("security").join("curve");
-            std::fs::create_dir_all(&curve)?;
-            let text = format!(
-                "---\nserver_public_key: '{}'\npublic_key: '{}'\nprivate_key: '{}'\n",
-                keys::z85(server_key),
-                pair.public_z85(),
-                pair.secret_z85()
-            );
-            std::fs::write(curve.join(pantry_shared::keys::CLIENT_KEYS_FILE), text)?;
+            let text = keys::client_key_file(server_key, pair);
+            keys::write_private(&root.join("security").join("curve"), pantry_shared::keys::CLIENT_KEYS_FILE, &text)?;
         }
         let config = format!(
             "log_level: info\nroot_dir: {}\n{}client:\n  identity: {identity}\n  application: bench\n  \
@@ -400,19 +394,9 @@ impl PantryServer {
     /// server's directory with `pair` as its CURVE key file
     /// (`.pantry/bench-admin.yml` there); the caller adds the command.
     pub fn admin_command(&self, binary: &Path, pair: &Pair) -> Result<Command> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let server_key = self.endpoints.server_key.context("pantry-admin with CURVE needs a CURVE server")?;
-        let dir = self.dir.path().join(".pantry");
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-        let path = dir.join(ADMIN_KEY_FILE);
-        let text = format!(
-            "---\nserver_public_key: '{}'\npublic_key: '{}'\nprivate_key: '{}'\n",
-            keys::z85(&server_key),
-            pair.public_z85(),
-            pair.secret_z85()
-        );
-        std::fs::write(&path, text)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        let text = keys::client_key_file(&server_key, pair);
+        keys::write_private(&self.dir.path().join(".pantry"), ADMIN_KEY_FILE, &text)?;
         let mut command = Command::new(binary);
         command
             .current_dir(self.dir.path())
@@ -421,11 +405,6 @@ impl PantryServer {
             .args(["--pub-sub-port", &self.ports.0.to_string(), "--file-service-port", &self.ports.2.to_string()])
             .args(["--curve-key-file", ADMIN_KEY_FILE]);
         Ok(command)
-    }
-
-    /// The server's temporary directory (config, root_dir, logs).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     /// Waits until the server logged the registration of `identity`.
@@ -460,7 +439,7 @@ impl Relay {
         let secret = server.map(Pair::secret_z85).unwrap_or_default();
         writeln!(stdin, "{secret}")?;
         stdin.flush()?;
-        process.wait_for_log(crate::relay::READY, Duration::from_secs(20))?;
+        process.wait_for_log(crate::common::relay::READY, Duration::from_secs(20))?;
         let endpoints = Endpoints {
             publish: format!("tcp://127.0.0.1:{pub_port}"),
             receive: format!("tcp://127.0.0.1:{receive_port}"),

@@ -17,7 +17,8 @@
 //! its connections at once (a killed agent). With `failover` (the cluster
 //! scenario) a pool is given several servers and its agents move to the
 //! next one when theirs has been gone for a heartbeat interval, as the real
-//! agent does with several `server_host`s.
+//! agent does with several `server_host`s. What an agent sends and when
+//! it moves is decided in [`session`]; this module does the sockets.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -26,17 +27,21 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context as _, Result};
 use pantry_client::work::{self, ClientContext};
-use pantry_shared::commands::register_client;
 use pantry_shared::filter::{ClientFilter, TopicForm, BROADCAST_TOPIC};
-use pantry_shared::monitor::{self, SocketEvent};
+use pantry_shared::monitor;
 use pantry_shared::security::SocketSecurity;
 use pantry_shared::Message;
+use serde::{Deserialize, Serialize};
 
-use crate::keys::Pair;
-use crate::procs::Endpoints;
-use crate::relay;
+use crate::common::keys::Pair;
+use crate::common::procs::Endpoints;
+use crate::common::relay;
+
+pub mod session;
+
+use session::Session;
 
 pub const ENVIRONMENT: &str = "perf";
 /// Agents are put in applications of this many (`g000`, `g001`, ...), so
@@ -67,7 +72,7 @@ pub const CONNECT_PAUSE: Duration = Duration::from_millis(30);
 const MAX_LIFETIME: Duration = Duration::from_secs(30 * 60);
 
 /// Which server the agents talk to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     Pantry,
     Baseline,
@@ -158,18 +163,10 @@ impl AgentOptions {
         AgentOptions { failover: true, ..AgentOptions::like_the_real_agent(heartbeat) }
     }
 
-    fn heartbeat_seconds(&self) -> Option<u64> {
-        self.heartbeat.map(|h| h.as_secs().max(1))
-    }
-
     /// Whether each agent has a monitor on its DEALER.
     fn monitored(&self) -> bool {
         self.register_on_reconnect || self.failover
     }
-}
-
-struct Worker {
-    thread: Option<JoinHandle<()>>,
 }
 
 /// Counters the agent threads of a pool share.
@@ -186,9 +183,7 @@ struct Counters {
 
 /// N agents, running until the pool is dropped.
 pub struct Pool {
-    pub kind: Kind,
-    pub size: usize,
-    workers: Vec<Worker>,
+    workers: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
 }
@@ -226,10 +221,7 @@ impl Pool {
         options: AgentOptions,
     ) -> Result<Pool> {
         let endpoints = servers.get(first).ok_or_else(|| anyhow!("no server {first} of {}", servers.len()))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(Counters::default());
-        let size = range.len();
-        let mut pool = Pool { kind, size, workers: Vec::new(), stop: stop.clone(), counters: counters.clone() };
+        let mut pool = Pool { workers: Vec::new(), stop: Arc::default(), counters: Arc::default() };
         let per_context = match (options.failover, options.monitored()) {
             (true, _) => FAILOVER_AGENTS_PER_CONTEXT,
             (false, true) => MONITORED_AGENTS_PER_CONTEXT,
@@ -243,17 +235,17 @@ impl Pool {
                 agents.push((i, client_security(endpoints, pairs.get(i))?));
             }
             let (ready_tx, ready_rx) = mpsc::channel();
-            let (servers, stop, counters) = (servers.to_vec(), stop.clone(), counters.clone());
+            let (servers, stop, counters) = (servers.to_vec(), pool.stop.clone(), pool.counters.clone());
             let thread = std::thread::Builder::new().name(format!("agents-{start}")).spawn(move || {
                 let place = Place { servers: &servers, first };
                 worker(kind, place, agents, options, &stop, &counters, ready_tx);
             })?;
-            pool.workers.push(Worker { thread: Some(thread) });
-            match ready_rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(anyhow!("agents {start}..{last}: {e}")),
-                Err(_) => return Err(anyhow!("agents {start}..{last} did not start")),
-            }
+            pool.workers.push(thread);
+            ready_rx
+                .recv_timeout(Duration::from_secs(60))
+                .map_err(|_| anyhow!("did not start"))
+                .and_then(|ready| ready)
+                .with_context(|| format!("agents {start}..{last}"))?;
             start = last;
         }
         Ok(pool)
@@ -283,10 +275,8 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for w in &mut self.workers {
-            if let Some(t) = w.thread.take() {
-                let _ = t.join();
-            }
+        for t in self.workers.drain(..) {
+            let _ = t.join();
         }
     }
 }
@@ -308,6 +298,7 @@ struct Sockets {
 
 struct Agent {
     me: ClientContext,
+    session: Session,
     /// The exact topics it subscribed to: SUB matching is by prefix, so a
     /// message to `bench.g001` also reaches the subscribers of `bench`.
     topics: Vec<Vec<u8>>,
@@ -319,22 +310,6 @@ struct Agent {
     /// to try again after its sockets could not be made.
     moving_to: Option<usize>,
     retry_at: Option<Instant>,
-    /// The server it is on (an index into the pool's servers).
-    server: usize,
-    /// `failover`: the servers in the order it moves along, as the real
-    /// agent's (`pantry_shared::config::failover_order`): its first one
-    /// first, the others rotated by its identity.
-    order: Vec<usize>,
-    /// `failover`: since when the DEALER has had no connection (since a
-    /// disconnection, or since a move until the handshake).
-    down_since: Option<Instant>,
-    /// `failover`: a TCP connection is up and its handshake pending: the
-    /// move waits [`HANDSHAKE_GRACE`] heartbeat intervals, as the real
-    /// agent's does.
-    handshaking: bool,
-    /// Whether the SUB is connected: at once, except for CURVE agents with
-    /// `failover` (once a registration is answered).
-    sub_connected: bool,
 }
 
 /// A new SUB subscribed to `topics`, a DEALER, and the DEALER's monitor
@@ -376,59 +351,35 @@ fn open_sockets(
     Ok(Sockets { sub, dealer, monitor })
 }
 
-/// Whether an agent's SUB waits for an answered registration before it
-/// connects (CURVE with `failover`, as the real agent).
-fn sub_waits(kind: Kind, endpoints: &Endpoints, options: &AgentOptions) -> bool {
-    kind == Kind::Pantry && options.failover && endpoints.server_key.is_some()
-}
-
 impl Agent {
     /// Sends a registration (queued while disconnected; dropped when the
-    /// queue is full, as the real agent's are). Until its SUB is connected
-    /// the agent asks for an answer.
-    fn register(&self, options: &AgentOptions) {
-        let mut request = match options.heartbeat_seconds() {
-            Some(seconds) => register_client::request_every(&self.me.filter, seconds),
-            None => register_client::request(&self.me.filter),
-        };
-        if !self.sub_connected {
-            request.metadata.requires_response = true;
-        }
+    /// queue is full, as the real agent's are).
+    fn register(&self) {
         if let Some(s) = &self.sockets {
-            let _ = s.dealer.send_multipart(request.to_frames(), zmq::DONTWAIT);
+            let _ = s.dealer.send_multipart(self.session.registration().to_frames(), zmq::DONTWAIT);
         }
     }
 
-    /// Connects to `endpoints` (the SUB now or, see [`sub_waits`], once a
-    /// registration is answered).
-    fn connect(&mut self, kind: Kind, endpoints: &Endpoints, options: &AgentOptions) -> zmq::Result<()> {
+    /// Connects to `endpoints` (the SUB now, or once a registration is
+    /// answered: [`Session::connecting`]).
+    fn connect(&mut self, endpoints: &Endpoints) -> zmq::Result<()> {
         let Some(s) = &self.sockets else { return Ok(()) };
-        self.sub_connected = !sub_waits(kind, endpoints, options);
-        if self.sub_connected {
+        if self.session.connecting() {
             s.sub.connect(&endpoints.publish)?;
         }
         s.dealer.connect(&endpoints.receive)
     }
 
-    /// Drains the monitor: whether the DEALER completed a handshake. Notes
-    /// when its connection went down.
-    fn monitor_events(&mut self) -> bool {
-        let Some(monitor) = self.sockets.as_ref().and_then(|s| s.monitor.as_ref()) else { return false };
-        let mut handshake = false;
+    /// Drains the monitor; registers when the session says so.
+    fn read_monitor(&mut self) {
+        let Some(monitor) = self.sockets.as_ref().and_then(|s| s.monitor.as_ref()) else { return };
+        let mut register = false;
         while let Some(event) = monitor::read(monitor) {
-            self.handshaking = event.event == SocketEvent::Connected;
-            match event.event {
-                SocketEvent::HandshakeSucceeded => {
-                    handshake = true;
-                    self.down_since = None;
-                }
-                SocketEvent::Disconnected => {
-                    self.down_since.get_or_insert_with(Instant::now);
-                }
-                _ => {}
-            }
+            register |= self.session.on_monitor(event.event, Instant::now());
         }
-        handshake
+        if register {
+            self.register();
+        }
     }
 
     /// Drains the DEALER (`failover`: answers to registrations); connects
@@ -436,15 +387,9 @@ impl Agent {
     fn read_dealer(&mut self, endpoints: &Endpoints) {
         let Some(s) = &self.sockets else { return };
         while let Ok(frames) = s.dealer.recv_multipart(zmq::DONTWAIT) {
-            if self.sub_connected {
-                continue;
-            }
             let Ok(answer) = Message::from_frames(&frames) else { continue };
-            if answer.message_type() == register_client::TYPE
-                && answer.error().is_none()
-                && s.sub.connect(&endpoints.publish).is_ok()
-            {
-                self.sub_connected = true;
+            if self.session.accepted(&answer) && s.sub.connect(&endpoints.publish).is_ok() {
+                self.session.subscribed();
             }
         }
     }
@@ -457,7 +402,7 @@ impl Agent {
     fn close_for(&mut self, to: usize) {
         self.sockets = None;
         self.moving_to = Some(to);
-        self.sub_connected = false;
+        self.session.closed();
     }
 
     /// Makes the sockets of a move and connects them; on error the agent
@@ -472,11 +417,8 @@ impl Agent {
         let Some(to) = self.moving_to else { return Ok(()) };
         self.sockets = Some(open_sockets(kind, ctx, &self.security, &self.topics, options)?);
         self.moving_to = None;
-        self.server = to;
-        // Until its handshake: down (it moves on a heartbeat interval later).
-        self.down_since = Some(Instant::now());
-        self.handshaking = false;
-        self.connect(kind, &servers[to], options)
+        self.session.moved(to, Instant::now());
+        self.connect(&servers[to])
     }
 }
 
@@ -495,29 +437,32 @@ fn connect_agent(
     let form = if kind == Kind::Pantry { TopicForm::Exact } else { TopicForm::Bare };
     let topics: Vec<Vec<u8>> =
         me.filter.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]).map(|s| form.topic(s)).collect();
+    let pantry = kind == Kind::Pantry;
+    let failover = pantry && options.failover;
+    let session = Session::new(
+        me.filter.clone(),
+        options.heartbeat,
+        // Under CURVE, as the real agent.
+        failover && place.servers[place.first].server_key.is_some(),
+        failover.then(|| options.heartbeat.map_or(Duration::from_secs(1), |h| h.max(Duration::from_secs(1)))),
+        place.servers.len(),
+        place.first,
+    );
     let sockets = open_sockets(kind, ctx, security, &topics, options)?;
     let mut agent = Agent {
         me,
+        session,
         topics,
         security: security.clone(),
         sockets: Some(sockets),
         moving_to: None,
         retry_at: None,
-        server: place.first,
-        order: {
-            let servers: Vec<usize> =
-                (0..place.servers.len()).map(|k| (place.first + k) % place.servers.len()).collect();
-            pantry_shared::config::failover_order(&servers, &identity(i))
-        },
-        down_since: None,
-        handshaking: false,
-        sub_connected: true,
     };
-    agent.connect(kind, &place.servers[place.first], options)?;
-    if kind == Kind::Pantry && !options.failover {
+    agent.connect(&place.servers[place.first])?;
+    if pantry && agent.session.registers_at_once() {
         // Queued until the connection is up, like the real agent's first
-        // check-in. (A failing-over agent registers at its handshake.)
-        agent.register(options);
+        // check-in.
+        agent.register();
     }
     Ok(agent)
 }
@@ -532,10 +477,6 @@ const INDEX_MASK: u64 = MONITOR_TAG - 1;
 /// monitor wake-ups and for registration answers.
 const FAILOVER_CHECK: Duration = Duration::from_millis(50);
 
-/// Heartbeat intervals a failing-over agent waits for a pending handshake
-/// before it moves on (the real agent's `HANDSHAKE_GRACE`).
-const HANDSHAKE_GRACE: u32 = 3;
-
 fn worker(
     kind: Kind,
     place: Place,
@@ -543,15 +484,14 @@ fn worker(
     options: AgentOptions,
     stop: &AtomicBool,
     counters: &Counters,
-    ready: mpsc::Sender<Result<(), String>>,
+    ready: mpsc::Sender<Result<()>>,
 ) {
     let ctx = zmq::Context::new();
     let mut agents = Vec::with_capacity(specs.len());
     // When each agent checks in next, in order (one interval for all).
     let mut heartbeats: VecDeque<(Instant, usize)> = VecDeque::new();
     let heartbeat = options.heartbeat.filter(|_| kind == Kind::Pantry).map(|h| h.max(Duration::from_secs(1)));
-    let failover = (options.failover && kind == Kind::Pantry && place.servers.len() > 1)
-        .then(|| heartbeat.unwrap_or(Duration::from_secs(1)));
+    let failover = options.failover && kind == Kind::Pantry && place.servers.len() > 1;
     for (k, (i, security)) in specs.iter().enumerate() {
         // Paced: a burst of thousands of connects overflows the server's
         // accept queue (libzmq's backlog is 100) and the kernel retries the
@@ -567,20 +507,21 @@ fn worker(
                 agents.push(a);
             }
             Err(e) => {
-                let _ = ready.send(Err(format!("agent {i}: {e} (open-file limit?)")));
+                let _ = ready.send(Err(anyhow!("agent {i}: {e} (open-file limit?)")));
                 return;
             }
         }
     }
-    let epoll = match Epoll::new().and_then(|e| {
+    let epoll = Epoll::new().and_then(|e| {
         for (a, agent) in agents.iter().enumerate() {
-            e.add(a, agent, failover.is_some())?;
+            e.add(a, agent, failover)?;
         }
         Ok(e)
-    }) {
+    });
+    let epoll = match epoll {
         Ok(e) => e,
         Err(e) => {
-            let _ = ready.send(Err(format!("epoll: {e}")));
+            let _ = ready.send(Err(anyhow!("epoll: {e}")));
             return;
         }
     };
@@ -594,7 +535,7 @@ fn worker(
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 3 * agents.len().max(1)];
     while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_LIFETIME {
         let mut due = heartbeats.front().map(|(due, _)| *due);
-        if failover.is_some() {
+        if failover {
             due = Some(due.map_or(next_check, |d| d.min(next_check)));
         }
         let timeout =
@@ -604,59 +545,13 @@ fn worker(
             let now = Instant::now();
             while heartbeats.front().is_some_and(|(due, _)| *due <= now) {
                 let Some((_, a)) = heartbeats.pop_front() else { break };
-                agents[a].register(&options);
+                agents[a].register();
                 heartbeats.push_back((now + every, a));
             }
         }
-        if let Some(every) = failover.filter(|_| Instant::now() >= next_check) {
-            let now = Instant::now();
-            next_check = now + FAILOVER_CHECK;
-            // A context that could not make a socket is full (libzmq's
-            // reaper has not freed the closed ones' places yet): no more
-            // tries in this check, each failed one leaves it more to free.
-            let mut full = false;
-            for (a, agent) in agents.iter_mut().enumerate() {
-                if agent.moving_to.is_some() {
-                    if full || agent.retry_at.is_some_and(|at| now < at) {
-                        continue;
-                    }
-                    match agent.reopen(kind, &ctx, place.servers, &options) {
-                        Ok(()) => {
-                            agent.retry_at = None;
-                            counters.moves.fetch_add(1, Ordering::Relaxed);
-                            let _ = epoll.add(a, agent, true);
-                        }
-                        Err(e) => {
-                            if let Ok(mut first) = counters.move_error.lock() {
-                                first.get_or_insert_with(|| {
-                                    let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
-                                    format!("{e} ({open} descriptors open in the bench process)")
-                                });
-                            }
-                            counters.failed_moves.fetch_add(1, Ordering::Relaxed);
-                            agent.retry_at = Some(now + every);
-                            full = true;
-                            // Made but not connected: it moves on later.
-                            if agent.sockets.is_some() {
-                                let _ = epoll.add(a, agent, true);
-                            }
-                        }
-                    }
-                    continue;
-                }
-                if agent.monitor_events() {
-                    agent.register(&options);
-                }
-                if !agent.sub_connected {
-                    agent.read_dealer(&place.servers[agent.server]);
-                }
-                let wait = if agent.handshaking { every * HANDSHAKE_GRACE } else { every };
-                if agent.down_since.is_some_and(|since| now >= since + wait) {
-                    epoll.remove(agent);
-                    let at = agent.order.iter().position(|&s| s == agent.server).unwrap_or(0);
-                    agent.close_for(agent.order[(at + 1) % agent.order.len()]);
-                }
-            }
+        if failover && Instant::now() >= next_check {
+            next_check = Instant::now() + FAILOVER_CHECK;
+            check_moves(kind, &ctx, place.servers, &options, heartbeat, &mut agents, &epoll, counters);
         }
         if ready == 0 {
             // Idle: a sweep over every socket, in case a wake-up was missed.
@@ -664,21 +559,16 @@ fn worker(
                 if agent.sockets.as_ref().is_some_and(|s| s.sub.get_events().is_ok_and(|e| e.contains(zmq::POLLIN))) {
                     counters.answered.fetch_add(answer(agent), Ordering::Relaxed);
                 }
-                if agent.monitor_events() {
-                    agent.register(&options);
-                }
+                agent.read_monitor();
             }
             continue;
         }
         for event in &events[..ready] {
             let agent = &mut agents[(event.u64 & INDEX_MASK) as usize];
             if event.u64 & MONITOR_TAG != 0 {
-                // A restarted server may have lost it: check in now.
-                if agent.monitor_events() {
-                    agent.register(&options);
-                }
+                agent.read_monitor();
             } else if event.u64 & DEALER_TAG != 0 {
-                agent.read_dealer(&place.servers[agent.server]);
+                agent.read_dealer(&place.servers[agent.session.server()]);
             } else {
                 // Draining until EAGAIN also resets the socket's notification fd.
                 counters.answered.fetch_add(answer(agent), Ordering::Relaxed);
@@ -686,6 +576,65 @@ fn worker(
         }
     }
     drop(agents);
+}
+
+/// The failover check of a worker's agents: makes the sockets of those
+/// moving, starts the moves that are due.
+#[allow(clippy::too_many_arguments)]
+fn check_moves(
+    kind: Kind,
+    ctx: &zmq::Context,
+    servers: &[Endpoints],
+    options: &AgentOptions,
+    heartbeat: Option<Duration>,
+    agents: &mut [Agent],
+    epoll: &Epoll,
+    counters: &Counters,
+) {
+    let now = Instant::now();
+    let retry = heartbeat.unwrap_or(Duration::from_secs(1));
+    // A context that could not make a socket is full (libzmq's reaper has
+    // not freed the closed ones' places yet): no more tries in this check,
+    // each failed one leaves it more to free.
+    let mut full = false;
+    for (a, agent) in agents.iter_mut().enumerate() {
+        if agent.moving_to.is_some() {
+            if full || agent.retry_at.is_some_and(|at| now < at) {
+                continue;
+            }
+            match agent.reopen(kind, ctx, servers, options) {
+                Ok(()) => {
+                    agent.retry_at = None;
+                    counters.moves.fetch_add(1, Ordering::Relaxed);
+                    let _ = epoll.add(a, agent, true);
+                }
+                Err(e) => {
+                    if let Ok(mut first) = counters.move_error.lock() {
+                        first.get_or_insert_with(|| {
+                            let open = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+                            format!("{e} ({open} descriptors open in the bench process)")
+                        });
+                    }
+                    counters.failed_moves.fetch_add(1, Ordering::Relaxed);
+                    agent.retry_at = Some(now + retry);
+                    full = true;
+                    // Made but not connected: it moves on later.
+                    if agent.sockets.is_some() {
+                        let _ = epoll.add(a, agent, true);
+                    }
+                }
+            }
+            continue;
+        }
+        agent.read_monitor();
+        if agent.session.waiting() {
+            agent.read_dealer(&servers[agent.session.server()]);
+        }
+        if let Some(to) = agent.session.move_due(now) {
+            epoll.remove(agent);
+            agent.close_for(to);
+        }
+    }
 }
 
 /// An epoll set over the agents' SUB notification descriptors (ZMQ_FD),

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use pantry_shared::commands::echo;
 use pantry_shared::{BodyPart, Message};
+use serde::{Deserialize, Serialize};
 
-use crate::agents::{client_security, identity, Kind};
-use crate::keys::Pair;
-use crate::procs::Endpoints;
-use crate::relay;
+use crate::common::agents::{client_security, identity, Kind};
+use crate::common::keys::Pair;
+use crate::common::procs::Endpoints;
+use crate::common::relay;
 
 /// Stands in for the text of `pantry-admin echo`.
 const ECHO_TEXT: &str = "pantry-bench";
@@ -205,7 +206,7 @@ pub fn wait_until_reachable(requester: &mut Requester, groups: &[(String, usize)
 }
 
 /// Settings of one throughput run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ThroughputSettings {
     /// Requests in flight per requester.
     pub window: usize,
@@ -218,36 +219,44 @@ pub struct ThroughputSettings {
 pub struct Throughput {
     /// Completed request/response pairs per second in the measured window.
     pub per_second: f64,
-    pub completed: u64,
     /// Requests that got no answer within 3 s (or an empty client list).
     pub lost: u64,
     /// Completed in the whole run, warm-up and drain included.
     pub total_completed: u64,
 }
 
+/// No answer within this long: lost.
+const LOST_AFTER: Duration = Duration::from_secs(3);
+
 /// Each requester keeps `window` echoes in flight, each to one agent by
-/// identity (requester k targets agents k, k+R, k+2R, ... in turn).
-pub fn throughput(requesters: &mut [Requester], agents: usize, s: ThroughputSettings) -> Result<Throughput> {
-    const LOST_AFTER: Duration = Duration::from_secs(3);
+/// identity (requester k targets agents k, k+R, k+2R, ... in turn), while
+/// `more(sent so far)` says so; then the answers in flight are awaited, at
+/// most until `end`. `answered(token)` for each answer. Returns the
+/// requests lost: no answer within [`LOST_AFTER`] or by `end`, or an empty
+/// client list (nobody will answer).
+fn pipeline(
+    requesters: &mut [Requester],
+    agents: usize,
+    window: usize,
+    mut more: impl FnMut(u64) -> bool,
+    end: Instant,
+    mut answered: impl FnMut(u64),
+) -> Result<u64> {
     let count = requesters.len();
     let mut in_flight: Vec<HashMap<u64, Instant>> = vec![HashMap::new(); count];
     let mut next_target: Vec<usize> = (0..count).collect();
-    let start = Instant::now();
-    let (measure_from, measure_to) = (start + s.warmup, start + s.warmup + s.duration);
-    let drain_until = measure_to + LOST_AFTER;
-    let (mut completed, mut lost, mut total) = (0u64, 0u64, 0u64);
+    let (mut sent, mut lost) = (0u64, 0u64);
     loop {
-        let now = Instant::now();
-        let sending = now < measure_to;
-        if !sending && (in_flight.iter().all(HashMap::is_empty) || now >= drain_until) {
+        let sending = more(sent);
+        if Instant::now() >= end || (!sending && in_flight.iter().all(HashMap::is_empty)) {
             break;
         }
         for (k, r) in requesters.iter_mut().enumerate() {
-            while sending && in_flight[k].len() < s.window {
-                let target = identity(next_target[k] % agents);
+            while sending && in_flight[k].len() < window && more(sent) {
+                let target = identity(next_target[k] % agents.max(1));
                 next_target[k] += count;
-                let token = r.send(&target)?;
-                in_flight[k].insert(token, Instant::now());
+                in_flight[k].insert(r.send(&target)?, Instant::now());
+                sent += 1;
             }
         }
         let mut items: Vec<zmq::PollItem> = requesters.iter().map(|r| r.socket.as_poll_item(zmq::POLLIN)).collect();
@@ -255,27 +264,39 @@ pub fn throughput(requesters: &mut [Requester], agents: usize, s: ThroughputSett
         drop(items);
         for (k, r) in requesters.iter().enumerate() {
             while let Some(reply) = r.try_recv() {
-                let done = match reply {
-                    Reply::Answer { token } => in_flight[k].remove(&token).map(|_| true),
-                    // Nobody will answer this one.
-                    Reply::List { token, count: 0 } => in_flight[k].remove(&token).map(|_| false),
-                    _ => None,
-                };
-                let at = Instant::now();
-                total += u64::from(done == Some(true));
-                match done {
-                    Some(true) if at >= measure_from && at <= measure_to => completed += 1,
-                    Some(false) => lost += 1,
+                match reply {
+                    Reply::Answer { token } if in_flight[k].remove(&token).is_some() => answered(token),
+                    Reply::List { token, count: 0 } if in_flight[k].remove(&token).is_some() => lost += 1,
                     _ => {}
                 }
             }
             let before = in_flight[k].len();
-            in_flight[k].retain(|_, sent| sent.elapsed() < LOST_AFTER);
+            in_flight[k].retain(|_, at| at.elapsed() < LOST_AFTER);
             lost += (before - in_flight[k].len()) as u64;
         }
     }
-    lost += in_flight.iter().map(|m| m.len() as u64).sum::<u64>();
-    Ok(Throughput { per_second: completed as f64 / s.duration.as_secs_f64(), completed, lost, total_completed: total })
+    Ok(lost + in_flight.iter().map(|m| m.len() as u64).sum::<u64>())
+}
+
+/// Pipelined echoes for the settings' warm-up and measured window; the
+/// rate is of the answers that arrived within the window.
+pub fn throughput(requesters: &mut [Requester], agents: usize, s: ThroughputSettings) -> Result<Throughput> {
+    let start = Instant::now();
+    let (from, to) = (start + s.warmup, start + s.warmup + s.duration);
+    let (mut completed, mut total) = (0u64, 0u64);
+    let lost = pipeline(
+        requesters,
+        agents,
+        s.window,
+        |_| Instant::now() < to,
+        to + LOST_AFTER,
+        |_| {
+            let at = Instant::now();
+            total += 1;
+            completed += u64::from(at >= from && at <= to);
+        },
+    )?;
+    Ok(Throughput { per_second: completed as f64 / s.duration.as_secs_f64(), lost, total_completed: total })
 }
 
 /// The uuid of the Pantry request with `token`.
@@ -295,8 +316,7 @@ pub struct Pipelined {
 }
 
 /// Sends `count` echoes in all, each requester keeping `window` in flight,
-/// each to one agent by identity (round robin over `agents`), and waits for
-/// the answers; at most `timeout` in all.
+/// and waits for the answers; at most `timeout` in all.
 pub fn pipelined(
     requesters: &mut [Requester],
     agents: usize,
@@ -304,47 +324,19 @@ pub fn pipelined(
     window: usize,
     timeout: Duration,
 ) -> Result<Pipelined> {
-    const LOST_AFTER: Duration = Duration::from_secs(3);
-    let r_count = requesters.len().max(1);
-    let mut in_flight: Vec<HashMap<u64, Instant>> = vec![HashMap::new(); requesters.len()];
-    let mut next_target: Vec<usize> = (0..requesters.len()).collect();
     let start = Instant::now();
-    let end = start + timeout;
-    let (mut sent, mut completed, mut lost, mut last_answered) = (0u64, 0u64, 0u64, None);
-    loop {
-        let now = Instant::now();
-        if now >= end || (sent >= count && in_flight.iter().all(HashMap::is_empty)) {
-            break;
-        }
-        for (k, r) in requesters.iter_mut().enumerate() {
-            while sent < count && in_flight[k].len() < window {
-                let target = identity(next_target[k] % agents.max(1));
-                next_target[k] += r_count;
-                let token = r.send(&target)?;
-                in_flight[k].insert(token, Instant::now());
-                sent += 1;
-            }
-        }
-        let mut items: Vec<zmq::PollItem> = requesters.iter().map(|r| r.socket.as_poll_item(zmq::POLLIN)).collect();
-        zmq::poll(&mut items, 5)?;
-        drop(items);
-        for (k, r) in requesters.iter().enumerate() {
-            while let Some(reply) = r.try_recv() {
-                match reply {
-                    Reply::Answer { token } if in_flight[k].remove(&token).is_some() => {
-                        completed += 1;
-                        last_answered = Some(token);
-                    }
-                    Reply::List { token, count: 0 } if in_flight[k].remove(&token).is_some() => lost += 1,
-                    _ => {}
-                }
-            }
-            let before = in_flight[k].len();
-            in_flight[k].retain(|_, at| at.elapsed() < LOST_AFTER);
-            lost += (before - in_flight[k].len()) as u64;
-        }
-    }
-    lost += in_flight.iter().map(|m| m.len() as u64).sum::<u64>();
+    let (mut completed, mut last_answered) = (0u64, None);
+    let lost = pipeline(
+        requesters,
+        agents,
+        window,
+        |sent| sent < count,
+        start + timeout,
+        |token| {
+            completed += 1;
+            last_answered = Some(token);
+        },
+    )?;
     Ok(Pipelined { completed, lost, elapsed: start.elapsed(), last_answered })
 }
 

@@ -2,6 +2,8 @@
 //! each agent holds a SUB and a DEALER socket, and each socket costs a TCP
 //! connection and a mailbox (an eventfd).
 
+use serde::{Deserialize, Serialize};
+
 /// File descriptors one simulated agent holds in the bench process.
 pub const FDS_PER_AGENT: u64 = 4;
 
@@ -18,7 +20,7 @@ pub const FDS_PER_MOVING_AGENT: u64 = 4;
 pub const RESERVED_FDS: u64 = 600;
 
 /// RLIMIT_NOFILE before and after raising the soft limit.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct FdLimits {
     pub soft_before: u64,
     pub soft: u64,
@@ -65,7 +67,7 @@ const WANTED_NOFILE: u64 = 65_536;
 
 /// Raises the soft open-file limit to the hard limit (capped by the kernel's
 /// `nr_open` when the hard limit is infinite), and the hard limit itself to
-/// [`WANTED_NOFILE`] when allowed (root). Child processes inherit it.
+/// `WANTED_NOFILE` when allowed (root). Child processes inherit it.
 pub fn raise_nofile() -> std::io::Result<FdLimits> {
     let before = get()?;
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")

@@ -72,15 +72,34 @@ struct ServerKeysFile<'a> {
     client_keys: &'a [KnownKey],
 }
 
-/// Writes `root_dir/security/curve/server_keys.yml` (directory 0700, file
-/// 0600) with the server's pair and the known client keys.
+/// Writes `root_dir/security/curve/server_keys.yml` with the server's pair
+/// and the known client keys.
 pub fn write_server_keys(root_dir: &Path, server: &Pair, client_keys: &[KnownKey]) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let dir = root_dir.join("security").join("curve");
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
     let file = ServerKeysFile { public_key: server.public_z85(), private_key: server.secret_z85(), client_keys };
-    let text = format!("---\n{}", serde_yaml::to_string(&file)?);
-    let path = dir.join("server_keys.yml");
+    write_private(
+        &root_dir.join("security").join("curve"),
+        "server_keys.yml",
+        &format!("---\n{}", serde_yaml::to_string(&file)?),
+    )
+}
+
+/// A client's or an admin's key file: the server's public key and its own
+/// pair.
+pub fn client_key_file(server_key: &[u8; 32], pair: &Pair) -> String {
+    format!(
+        "---\nserver_public_key: '{}'\npublic_key: '{}'\nprivate_key: '{}'\n",
+        z85(server_key),
+        pair.public_z85(),
+        pair.secret_z85()
+    )
+}
+
+/// Writes `dir/name`, the directory 0700 and the file 0600, as the binaries
+/// want their key files.
+pub fn write_private(dir: &Path, name: &str, text: &str) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let path = dir.join(name);
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(())

@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use pantry_shared::monitor::{self, SocketEvent};
+use serde::{Deserialize, Serialize};
 
-use crate::agents::client_security;
-use crate::keys::Pair;
-use crate::procs::Endpoints;
+use crate::common::agents::client_security;
+use crate::common::keys::Pair;
+use crate::common::procs::{cpu_ns, cpu_us_per, Endpoints};
+use crate::common::stats::{medians, order, Both};
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct HandshakeSettings {
     /// Connections being set up at once.
     pub slots: usize,
@@ -25,7 +27,6 @@ pub struct HandshakeSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct HandshakeRate {
     pub per_second: f64,
-    pub succeeded: u64,
     pub failed: u64,
     /// Successes including warm-up and the last moments (for CPU per handshake).
     pub total_succeeded: u64,
@@ -81,10 +82,42 @@ pub fn handshake_rate(endpoints: &Endpoints, pairs: &[Pair], s: HandshakeSetting
             }
         }
     }
-    Ok(HandshakeRate {
-        per_second: succeeded as f64 / s.duration.as_secs_f64(),
-        succeeded,
-        failed,
-        total_succeeded: total,
-    })
+    Ok(HandshakeRate { per_second: succeeded as f64 / s.duration.as_secs_f64(), failed, total_succeeded: total })
+}
+
+/// Two servers' handshake rates with the same known keys (`pantry`: the
+/// first, `baseline`: the second), medians over rounds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HandshakeRow {
+    pub known_keys: usize,
+    pub rate: Both<Option<f64>>,
+    pub failed: Both<u64>,
+    /// Server CPU time (all threads) per successful handshake, µs.
+    pub cpu_us: Both<Option<f64>>,
+}
+
+/// [`handshake_rate`] against `servers` (endpoints and pid), `rounds`
+/// rounds alternating which goes first.
+pub fn compare(
+    servers: [(&Endpoints, u32); 2],
+    pairs: &[Pair],
+    s: HandshakeSettings,
+    rounds: usize,
+    known_keys: usize,
+) -> Result<HandshakeRow> {
+    let mut row = HandshakeRow { known_keys, ..Default::default() };
+    let (mut rates, mut cpu): ([Vec<f64>; 2], [Vec<f64>; 2]) = Default::default();
+    for round in 0..rounds {
+        for i in order(round) {
+            let (endpoints, pid) = servers[i];
+            let before = cpu_ns(pid);
+            let r = handshake_rate(endpoints, pairs, s)?;
+            cpu[i].extend(cpu_us_per(pid, before, r.total_succeeded));
+            rates[i].push(r.per_second);
+            *row.failed.at_mut(i) += r.failed;
+        }
+    }
+    row.rate = medians(&rates);
+    row.cpu_us = medians(&cpu);
+    Ok(row)
 }

@@ -12,7 +12,7 @@ pub use pantry_integration::etcd::binary;
 use pantry_integration::etcd::{healthy, member};
 use tempfile::TempDir;
 
-use crate::procs::{free_port, run_bounded, Process};
+use crate::common::procs::{free_port, run_bounded, Process};
 
 /// How long etcd may take to answer `/health`.
 const START_TIMEOUT: Duration = Duration::from_secs(20);

@@ -1,16 +1,9 @@
-//! The Prometheus endpoint (CURVE), against real `pantry-server`s:
-//!
-//! - **On vs off**: two servers at once, one with `metrics: listen:` and
-//!   one without; the benchmark's own fan-out and throughput measurements
-//!   at a few N, rounds alternating between them (the job-store
-//!   comparison's machinery). The server with metrics on is scraped all
-//!   the while, once a second (Prometheus's default is every 15 s).
-//! - **A scrape with many agents**: a fresh server with metrics on, N
-//!   agents connected and registered; `GET /metrics` over plain HTTP/1.0
-//!   (std::net), one after the other, each timed from the connect to the
-//!   last byte of the answer; the body's size, and the
-//!   `pantry_clients{state="online"}` it shows.
+//! The Prometheus endpoint (CURVE): two servers with metrics on (scraped
+//! once a second all the while: Prometheus's default is every 15 s) and
+//! off compared side by side, and `GET /metrics` timed with many agents
+//! connected. The section says how each is timed.
 
+use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,16 +12,24 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
 
-use crate::agents::{group_streams, Kind, Pool};
-use crate::harness::{compare_servers, Config, KeyRing, Progress, SizeRow, ADMIN_NAME};
-use crate::limits::FdLimits;
-use crate::procs::{free_port, PantryServer};
-use crate::requesters::{wait_until_reachable, Requester};
-use crate::stats::percentile;
+use crate::common::agents::{Kind, Pool};
+use crate::common::compare::{compare_servers, on_off_table, on_off_target, SizeRow};
+use crate::common::env::{seconds, Env, Measure, Parts};
+use crate::common::markdown::{compared, count, failures, num, pct1, ratio3, targets_table, Previous, Target};
+use crate::common::procs::{cpu_ns, free_port, PantryServer};
+use crate::common::ring::KeyRing;
+use crate::common::stats::percentile;
 
 /// The series the scrape is checked with.
 pub const ONLINE_SERIES: &str = "pantry_clients{state=\"online\"}";
+
+/// Metrics on within 2% of off (issue 14); a scrape with 4,000 agents
+/// under 10 ms and 64 KiB.
+const ON_OFF_TOLERANCE: f64 = 0.02;
+const SCRAPE_TARGET_MS: f64 = 10.0;
+const SCRAPE_TARGET_BYTES: usize = 64 * 1024;
 
 /// Longest wait for one HTTP answer.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,22 +40,26 @@ pub fn metrics_on(addr: SocketAddr) -> String {
 }
 
 /// What the metrics scenario does.
-#[derive(Debug, Clone)]
-pub struct MetricsSettings {
-    /// N at which fan-out and throughput are measured with metrics on and
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+pub struct Settings {
+    /// N at which fan-out and throughput are compared with metrics on and
     /// off.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000")]
     pub sizes: Vec<usize>,
-    /// How often the server with metrics on is scraped during that
-    /// comparison.
+    /// Seconds between the scrapes of the server with metrics on during
+    /// that comparison.
+    #[arg(long, value_parser = seconds, default_value = "1")]
     pub scrape_every: Duration,
     /// Agents connected while `/metrics` is timed (fewer if the open-file
     /// limit says so).
+    #[arg(long = "agents", default_value_t = 4000)]
     pub scrape_agents: usize,
     /// Scrapes timed.
+    #[arg(long, default_value_t = 20)]
     pub scrapes: usize,
 }
 
-impl MetricsSettings {
+impl Settings {
     /// The most agent keys the scenario needs.
     pub fn max_agents(&self) -> usize {
         self.sizes.iter().copied().chain([self.scrape_agents, 1]).max().unwrap_or(1)
@@ -62,7 +67,7 @@ impl MetricsSettings {
 }
 
 /// `/metrics` timed with agents connected.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Scrape {
     /// Agents asked for, and connected and registered (fewer when the
     /// open-file limit says so).
@@ -104,8 +109,10 @@ impl Scrape {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct MetricsResult {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Figures {
+    pub measure: Measure,
+    pub settings: Settings,
     /// Per N: `pantry` = metrics on, `baseline` = off.
     pub rows: Vec<SizeRow>,
     /// Scrapes of the server with metrics on during the comparison, and
@@ -118,43 +125,25 @@ pub struct MetricsResult {
 }
 
 /// Runs both parts; a part that fails is recorded, the other runs.
-pub(crate) fn run(
-    cfg: &Config,
-    s: &MetricsSettings,
-    ring: &KeyRing,
-    limits: &FdLimits,
-    progress: &Progress,
-) -> Result<MetricsResult> {
-    let mut result = MetricsResult::default();
-    match on_off(cfg, s, ring, limits, progress) {
-        Ok((rows, scrapes, failed)) => {
-            result.rows = rows;
-            result.background_scrapes = scrapes;
-            result.background_failed = failed;
-        }
-        Err(e) => {
-            progress.say(format!("metrics: on/off failed: {e:#}"));
-            result.failures.push(format!("on/off: {e:#}"));
-        }
-    }
-    if s.scrape_agents > 0 && s.scrapes > 0 {
-        match scrape(cfg, s, ring, limits, progress) {
-            Ok(sc) => result.scrape = Some(sc),
-            Err(e) => {
-                progress.say(format!("metrics: scrape failed: {e:#}"));
-                result.failures.push(format!("scrape: {e:#}"));
-            }
-        }
-    }
-    Ok(result)
+pub fn run(env: &Env, ring: &KeyRing, s: &Settings) -> Result<Figures> {
+    let mut parts = Parts::new(env, "metrics");
+    let (rows, background_scrapes, background_failed) = parts.part("on/off", on_off(env, ring, s)).unwrap_or_default();
+    let scrape = if s.scrape_agents > 0 && s.scrapes > 0 { parts.part("scrape", scrape(env, ring, s)) } else { None };
+    Ok(Figures {
+        measure: env.measure,
+        settings: s.clone(),
+        rows,
+        background_scrapes,
+        background_failed,
+        scrape,
+        failures: parts.failures,
+    })
 }
 
 /// A CURVE server with every key of the ring enrolled and, with `metrics`,
 /// its endpoint on that address.
-fn start(cfg: &Config, ring: &KeyRing, metrics: Option<SocketAddr>) -> Result<PantryServer> {
-    let enrolled = ring.enrolled();
-    let extra = metrics.map(metrics_on).unwrap_or_default();
-    PantryServer::start_with(&cfg.server_bin, Some((&ring.server, &enrolled)), &cfg.log_level, &extra)
+fn start(env: &Env, ring: &KeyRing, metrics: Option<SocketAddr>) -> Result<PantryServer> {
+    env.server_for(ring, &metrics.map(metrics_on).unwrap_or_default())
 }
 
 fn local(port: u16) -> SocketAddr {
@@ -209,48 +198,39 @@ impl Drop for Scraper {
     }
 }
 
-fn on_off(
-    cfg: &Config,
-    s: &MetricsSettings,
-    ring: &KeyRing,
-    limits: &FdLimits,
-    progress: &Progress,
-) -> Result<(Vec<SizeRow>, u64, u64)> {
+fn on_off(env: &Env, ring: &KeyRing, s: &Settings) -> Result<(Vec<SizeRow>, u64, u64)> {
     let addr = local(free_port()?);
-    let on = start(cfg, ring, Some(addr))?;
-    let off = start(cfg, ring, None)?;
-    progress.say(format!(
+    let on = start(env, ring, Some(addr))?;
+    let off = start(env, ring, None)?;
+    env.say(format!(
         "metrics: on: pid {} (http://{addr}/metrics, scraped every {} s), off: pid {}",
         on.process.pid,
-        crate::harness::fmt(Some(s.scrape_every.as_secs_f64())),
+        num(Some(s.scrape_every.as_secs_f64())),
         off.process.pid
     ));
     let scraper = Scraper::start(addr, s.scrape_every)?;
     let names = ["metrics on", "metrics off"];
-    let rows = compare_servers(cfg, "metrics", [&on, &off], names, &s.sizes, ring, limits, progress)?;
+    let rows = compare_servers(env, ring, "metrics", [&on, &off], names, &s.sizes)?;
     let (done, failed) = scraper.finish();
-    progress
-        .say(format!("metrics: {done} scrapes of the server with metrics on during the comparison, {failed} failed"));
+    env.say(format!("metrics: {done} scrapes of the server with metrics on during the comparison, {failed} failed"));
     Ok((rows, done, failed))
 }
 
-fn scrape(cfg: &Config, s: &MetricsSettings, ring: &KeyRing, limits: &FdLimits, progress: &Progress) -> Result<Scrape> {
-    let n = s.scrape_agents.min(ring.agents.len()).min(limits.max_agents());
+fn scrape(env: &Env, ring: &KeyRing, s: &Settings) -> Result<Scrape> {
+    let n = s.scrape_agents.min(ring.agents.len()).min(env.limits.max_agents());
     if n < s.scrape_agents {
-        progress.say(format!("metrics: {n} agents for the scrape, not {} (keys or open files)", s.scrape_agents));
+        env.say(format!("metrics: {n} agents for the scrape, not {} (keys or open files)", s.scrape_agents));
     }
     let addr = local(free_port()?);
-    let server = start(cfg, ring, Some(addr))?;
+    let server = start(env, ring, Some(addr))?;
     let mut result = Scrape { wanted: s.scrape_agents, agents: n, curve: true, ..Default::default() };
     result.healthz = get(addr, "/healthz", HTTP_TIMEOUT).ok().map(|r| r.status);
     let started = Instant::now();
     let pool = Pool::start(Kind::Pantry, &server.endpoints, &ring.agents, n)?;
-    let mut admin = Requester::connect(Kind::Pantry, &server.endpoints, Some(&ring.admin), ADMIN_NAME)?;
-    wait_until_reachable(&mut admin, &group_streams(n), cfg.reachable_timeout)
-        .with_context(|| format!("pool of {n}"))?;
+    env.reach(&server.endpoints, ring, n)?;
     result.setup_s = started.elapsed().as_secs_f64();
     let reachable = Instant::now();
-    let end = reachable + cfg.reachable_timeout;
+    let end = reachable + env.measure.reachable_timeout;
     loop {
         let r = get(addr, "/metrics", HTTP_TIMEOUT)?;
         let online = online_clients(&r.text());
@@ -259,19 +239,22 @@ fn scrape(cfg: &Config, s: &MetricsSettings, ring: &KeyRing, limits: &FdLimits, 
             break;
         }
         if Instant::now() >= end {
-            progress.say(format!("metrics: {ONLINE_SERIES} is {online:?}, not {n}, after {:?}", cfg.reachable_timeout));
+            env.say(format!(
+                "metrics: {ONLINE_SERIES} is {online:?}, not {n}, after {:?}",
+                env.measure.reachable_timeout
+            ));
             break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    progress.say(format!(
+    env.say(format!(
         "metrics: {n} CURVE agents reachable in {:.1} s, all online in the gauge {} s later; {} timed scrapes (pid {})",
         result.setup_s,
         result.online_wait_s.map_or("-".into(), |v| format!("{v:.2}")),
         s.scrapes,
         server.process.pid
     ));
-    let cpu = crate::procs::cpu_ns(server.process.pid);
+    let cpu = cpu_ns(server.process.pid);
     for _ in 0..s.scrapes {
         let asked = Instant::now();
         let r = get(addr, "/metrics", HTTP_TIMEOUT)?;
@@ -286,17 +269,16 @@ fn scrape(cfg: &Config, s: &MetricsSettings, ring: &KeyRing, limits: &FdLimits, 
         result.samples = text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count();
         std::thread::sleep(Duration::from_millis(20));
     }
-    if let (Some(before), Some(after)) = (cpu, crate::procs::cpu_ns(server.process.pid)) {
+    if let (Some(before), Some(after)) = (cpu, cpu_ns(server.process.pid)) {
         result.cpu_ms_per_scrape = Some(after.saturating_sub(before) as f64 / 1e6 / s.scrapes as f64);
     }
-    progress.say(format!(
+    env.say(format!(
         "metrics: GET /metrics with {n} agents: p50 {} ms, max {} ms, {} bytes, {ONLINE_SERIES} {}",
-        crate::harness::fmt(result.p50_ms()),
-        crate::harness::fmt(result.max_ms()),
+        num(result.p50_ms()),
+        num(result.max_ms()),
         result.max_body_bytes().unwrap_or(0),
         result.online.map_or("missing".into(), |v| v.to_string())
     ));
-    drop(admin);
     drop(pool);
     Ok(result)
 }
@@ -385,6 +367,123 @@ fn parse_head(raw: &[u8]) -> Result<Option<(usize, u16, Option<usize>)>> {
         }
     }
     Ok(Some((at + 4, status, length)))
+}
+
+/// The on/off target and the scrape's, with the previous run's.
+pub fn targets(m: &Figures, previous: Previous<Figures>) -> Vec<Target> {
+    compared(measured(m), previous.figures.map(measured))
+}
+
+fn measured(m: &Figures) -> Vec<Target> {
+    let on_off = on_off_target(
+        "metrics on: throughput and fan-out within 2% of off (on / off, CURVE, same run)".into(),
+        &m.rows,
+        ON_OFF_TOLERANCE,
+        pct1,
+        ratio3,
+    );
+    let scrape = match &m.scrape {
+        Some(sc) => Target::new(
+            format!(
+                "`GET /metrics` with {} CURVE agents connected and registered < {SCRAPE_TARGET_MS} ms (p50 of {}), \
+                 < 64 KiB, showing {ONLINE} {}",
+                count(sc.agents),
+                sc.ms.len(),
+                count(sc.agents)
+            ),
+            format!(
+                "p50 {} ms, max {} ms; {} bytes; {ONLINE} {}{}",
+                num(sc.p50_ms()),
+                num(sc.max_ms()),
+                sc.max_body_bytes().map_or("–".into(), count),
+                sc.online.map_or("missing".into(), |o| count(o as usize)),
+                if sc.agents < sc.wanted {
+                    format!(" (only {} agents: open-file limit)", count(sc.agents))
+                } else {
+                    String::new()
+                }
+            ),
+            sc.p50_ms().map(|ms| {
+                ms < SCRAPE_TARGET_MS
+                    && sc.max_body_bytes().is_some_and(|b| b < SCRAPE_TARGET_BYTES)
+                    && sc.online == Some(sc.agents as u64)
+            }),
+        ),
+        None => Target::new(
+            format!("`GET /metrics` with 4,000 agents connected < {SCRAPE_TARGET_MS} ms, < 64 KiB"),
+            "failed".into(),
+            None,
+        ),
+    };
+    vec![on_off, scrape]
+}
+
+const ONLINE: &str = "`pantry_clients{state=\"online\"}`";
+
+/// The `## Metrics` section.
+pub fn report(m: &Figures, previous: Previous<Figures>) -> String {
+    let c = &m.measure;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "## Metrics\n\nCURVE. **Metrics on vs off**: two `pantry-server`s at once, one with `metrics: listen:` \
+         (scraped over HTTP every {} s all the while: {} scrapes, {} failed) and one without (the server keeps \
+         its counters either way; off, nothing serves them); the benchmark's fan-out and throughput measurements \
+         ({} fan-outs, {} requesters × {} in flight for {:.1} s) at each N, {} rounds alternating between them, \
+         medians. Ratios: on / off.\n\n{}\n{}",
+        num(Some(m.settings.scrape_every.as_secs_f64())),
+        m.background_scrapes,
+        m.background_failed,
+        c.fanout_requests,
+        c.requesters,
+        c.throughput.window,
+        c.throughput.duration.as_secs_f64(),
+        c.rounds,
+        targets_table(&targets(m, previous), previous.said),
+        on_off_table(&m.rows, pct1, ratio3)
+    );
+    if let Some(sc) = &m.scrape {
+        let _ = writeln!(
+            out,
+            "\n**A scrape with {} agents.** A fresh server with metrics on; {} {} agents connected and registered \
+             (every one answered an echo {} s after the first connect; {ONLINE} showed them all {} s later){}; \
+             `GET /healthz`: {}. Then {} `GET /metrics` over HTTP/1.0 (std::net, a new TCP connection each), one \
+             after the other with 20 ms between them, each timed from the connect to the last byte. Server CPU: its \
+             CPU time over the scrapes divided by their number (its idle work in that time included).\n",
+            count(sc.agents),
+            count(sc.agents),
+            if sc.curve { "CURVE" } else { "null-security" },
+            num(Some(sc.setup_s)),
+            num(sc.online_wait_s),
+            if sc.agents < sc.wanted {
+                format!(" (not {}: the open-file limit)", count(sc.wanted))
+            } else {
+                String::new()
+            },
+            sc.healthz.map_or("no answer".into(), |c| c.to_string()),
+            sc.ms.len()
+        );
+        let _ = writeln!(
+            out,
+            "| agents | scrapes | p50 (ms) | max (ms) | body (bytes) | whole answer (bytes) | samples | {ONLINE} | server CPU per scrape (ms) |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            count(sc.agents),
+            sc.ms.len(),
+            num(sc.p50_ms()),
+            num(sc.max_ms()),
+            sc.max_body_bytes().map_or("–".into(), count),
+            sc.response_bytes.iter().copied().max().map_or("–".into(), count),
+            count(sc.samples),
+            sc.online.map_or("missing".into(), |o| count(o as usize)),
+            num(sc.cpu_ms_per_scrape)
+        );
+    }
+    failures(&mut out, &m.failures);
+    out
 }
 
 #[cfg(test)]

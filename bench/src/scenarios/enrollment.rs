@@ -1,24 +1,12 @@
-//! Enrollment under CURVE, against a fresh real `pantry-server` that knows
-//! only the bench's admin key.
-//!
-//! - **Crowd**: the admin asks for one token of N uses (`CreateToken` over
-//!   its CURVE DEALER); then N simulated agents, spread over several ZeroMQ
-//!   contexts and connected at the pace of [`crate::agents`], each make a
-//!   key pair, connect a DEALER with it, send `Enroll` with the token and
-//!   their own identity, and once accepted send `RegisterClient` (asking
-//!   for an answer) on the same connection. Figure: the time from the first
-//!   connect to the last registration answer, and how many made it.
-//! - **End to end**, with the real binaries: `pantry-admin client:token`,
-//!   `pantry-client enroll --token --server-public-key` for a fresh agent
-//!   directory, `pantry-client` started, and an echo to that identity from
-//!   an admin connection already open, repeated until it answers. Figure:
-//!   the time from running `client:token` to the echo's answer.
-//!
-//! Every wait is bounded; an agent that hears nothing within the real
-//! `pantry-client enroll`'s 10 s counts as failed, as it would.
+//! Enrollment (CURVE), against fresh servers that know only the admin's
+//! key: a crowd of simulated agents enrolling with one token and
+//! registering, and `client:token` → an answered echo with the real
+//! binaries. The section says how each is timed. Every wait is bounded; an
+//! agent that hears nothing within `pantry-client enroll`'s 10 s counts as
+//! failed, as it would.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::fmt::Write as _;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -29,38 +17,38 @@ use pantry_shared::filter::{ClientFilter, Identities};
 use pantry_shared::keys::{KeyPair, KnownKey, Role};
 use pantry_shared::security::SocketSecurity;
 use pantry_shared::{BodyPart, Message};
+use serde::{Deserialize, Serialize};
 
-use crate::agents::{client_security, CONNECT_BATCH, CONNECT_PAUSE};
-use crate::keys::{self, Pair};
-use crate::procs::{cpu_ns, run_bounded, PantryServer, Process};
-use crate::stats::{median, percentile};
+use crate::common::admin::Admin;
+use crate::common::agents::{CONNECT_BATCH, CONNECT_PAUSE};
+use crate::common::env::{seconds, Env};
+use crate::common::keys;
+use crate::common::markdown::{compared, count, failures, ms_pair, num, secs, targets_table, Previous, Target};
+use crate::common::procs::{cpu_ns, run_bounded, PantryServer, Process};
+use crate::common::ring::{KeyRing, ADMIN_NAME};
+use crate::common::stats::{median, percentile};
+
+/// A crowd with one token, and one agent end to end (issue 13).
+const CROWD_TARGET_S: f64 = 30.0;
+const END_TO_END_TARGET_S: f64 = 1.0;
 
 /// What the enrollment scenario does.
-#[derive(Debug, Clone, Copy)]
-pub struct EnrollmentSettings {
+#[derive(Debug, Clone, Copy, clap::Args, Serialize, Deserialize)]
+pub struct Settings {
     /// Agents enrolling with one token of as many uses.
+    #[arg(long, default_value_t = 1000)]
     pub agents: usize,
     /// `client:token` → echo runs with the real binaries.
+    #[arg(long, default_value_t = 5)]
     pub repeats: usize,
-    /// Longest the whole crowd may take.
+    /// Longest the agents may take in all, seconds.
+    #[arg(long = "timeout", value_parser = seconds, default_value = "120")]
     pub crowd_timeout: Duration,
 }
 
-/// The binaries and keys the scenario needs.
-pub struct Setup<'a> {
-    pub server_bin: PathBuf,
-    pub client_bin: PathBuf,
-    pub admin_bin: PathBuf,
-    pub log_level: &'a str,
-    pub server: &'a Pair,
-    /// An admin key, enrolled in the fresh server's key store as `admin_name`.
-    pub admin: &'a Pair,
-    pub admin_name: &'a str,
-}
-
 /// N agents enrolling with one token.
-#[derive(Debug, Clone, Default)]
-pub struct CrowdResult {
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Crowd {
     pub agents: usize,
     /// Enrolled and registered (the registration answered without error).
     pub succeeded: usize,
@@ -82,14 +70,14 @@ pub struct CrowdResult {
     pub failures: BTreeMap<String, usize>,
 }
 
-impl CrowdResult {
+impl Crowd {
     pub fn complete(&self) -> bool {
         self.agents > 0 && self.succeeded == self.agents
     }
 }
 
 /// One `client:token` → echo run with the real binaries, seconds.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct EndToEnd {
     /// From running `client:token` to the echo's answer.
     pub total_s: f64,
@@ -101,9 +89,9 @@ pub struct EndToEnd {
     pub answer_s: f64,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct EnrollmentResult {
-    pub crowd: CrowdResult,
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Figures {
+    pub crowd: Crowd,
     pub runs: Vec<EndToEnd>,
     /// Runs that did not end with an answer, and why.
     pub failed_runs: Vec<String>,
@@ -111,7 +99,7 @@ pub struct EnrollmentResult {
     pub repeats: usize,
 }
 
-impl EnrollmentResult {
+impl Figures {
     pub fn median_total_s(&self) -> Option<f64> {
         median(&self.totals())
     }
@@ -125,37 +113,41 @@ impl EnrollmentResult {
     }
 }
 
-/// Runs both parts, each against a fresh server. `say` reports progress.
-pub fn run(setup: &Setup, settings: EnrollmentSettings, say: &dyn Fn(String)) -> Result<EnrollmentResult> {
-    let mut result = EnrollmentResult { repeats: settings.repeats, ..Default::default() };
+/// Runs both parts, each against a fresh CURVE server that knows only the
+/// admin's key.
+pub fn run(env: &Env, ring: &KeyRing, settings: &Settings) -> Result<Figures> {
+    let mut result = Figures { repeats: settings.repeats, ..Default::default() };
     {
-        let server = start_server(setup)?;
-        say(format!("enrollment: {} agents with one token, pantry-server pid {}", settings.agents, server.process.pid));
-        result.crowd = crowd(&server, setup, settings)?;
+        let server = start_server(env, ring)?;
+        env.say(format!(
+            "enrollment: {} agents with one token, pantry-server pid {}",
+            settings.agents, server.process.pid
+        ));
+        result.crowd = crowd(&server, ring, settings)?;
         let c = &result.crowd;
-        say(format!(
+        env.say(format!(
             "enrollment: {} of {} enrolled and registered, last at {} s (token {} ms; failures {:?})",
             c.succeeded,
             c.agents,
-            c.wall_s.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
-            c.token_ms.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
+            num(c.wall_s),
+            num(c.token_ms),
             c.failures
         ));
     }
     if settings.repeats > 0 {
-        let server = start_server(setup)?;
-        let admin = Admin::connect(&server, setup.admin, setup.admin_name)?;
+        let server = start_server(env, ring)?;
+        let admin = Admin::connect(&server, &ring.admin, ADMIN_NAME)?;
         for n in 0..settings.repeats {
-            match end_to_end(&server, setup, &admin, n) {
+            match end_to_end(env, &server, ring, &admin, n) {
                 Ok(run) => {
-                    say(format!(
+                    env.say(format!(
                         "enrollment: client:token → echo {:.3} s (token {:.3}, enroll {:.3}, start → answer {:.3})",
                         run.total_s, run.token_s, run.enroll_s, run.answer_s
                     ));
                     result.runs.push(run);
                 }
                 Err(e) => {
-                    say(format!("enrollment: client:token → echo run {n} failed: {e:#}"));
+                    env.say(format!("enrollment: client:token → echo run {n} failed: {e:#}"));
                     result.failed_runs.push(format!("run {}: {e:#}", n + 1));
                 }
             }
@@ -164,112 +156,53 @@ pub fn run(setup: &Setup, settings: EnrollmentSettings, say: &dyn Fn(String)) ->
     Ok(result)
 }
 
-fn start_server(setup: &Setup) -> Result<PantryServer> {
-    let known: Vec<KnownKey> = vec![keys::known(setup.admin.public_z85(), setup.admin_name.into(), Role::Admin)];
-    PantryServer::start(&setup.server_bin, Some((setup.server, &known)), setup.log_level)
+fn start_server(env: &Env, ring: &KeyRing) -> Result<PantryServer> {
+    let known: Vec<KnownKey> = vec![keys::known(ring.admin.public_z85(), ADMIN_NAME.into(), Role::Admin)];
+    env.server(Some((&ring.server, &known)), "")
 }
 
-/// The admin's DEALER, with `bench-admin`'s key (also used by the presence
-/// and job-store scenarios).
-pub(crate) struct Admin {
-    socket: zmq::Socket,
-    name: String,
-    _ctx: zmq::Context,
+/// A new token of `uses` uses, valid an hour.
+fn create_token(admin: &Admin, uses: u32) -> Result<String> {
+    let asked = client_token::TokenRequest { name: None, uses, ttl: Duration::from_secs(3600) };
+    let answer = admin.ask(client_token::request(&asked), "CreateToken", Duration::from_secs(10))?;
+    client_token::token(&answer).map(str::to_owned).context("the CreateToken answer carries no token")
 }
 
-impl Admin {
-    pub(crate) fn connect(server: &PantryServer, pair: &Pair, name: &str) -> Result<Admin> {
-        let ctx = zmq::Context::new();
-        let socket = client_security(&server.endpoints, Some(pair))?.socket(&ctx, zmq::DEALER)?;
-        socket.set_linger(0)?;
-        socket.connect(&server.endpoints.receive)?;
-        Ok(Admin { socket, name: name.to_owned(), _ctx: ctx })
-    }
-
-    /// Its DEALER, to poll along with other sockets.
-    pub(crate) fn socket(&self) -> &zmq::Socket {
-        &self.socket
-    }
-
-    pub(crate) fn send(&self, mut request: Message) -> Result<String> {
-        request.metadata.from = self.name.clone();
-        self.socket.send_multipart(request.to_frames(), zmq::DONTWAIT)?;
-        Ok(request.uuid().to_owned())
-    }
-
-    /// The next message about `uuid` until `end`.
-    pub(crate) fn recv(&self, uuid: &str, end: Instant) -> Option<Message> {
-        self.recv_any(&[uuid.to_owned()], end)
-    }
-
-    /// The next message about any of `uuids` until `end`.
-    pub(crate) fn recv_any(&self, uuids: &[String], end: Instant) -> Option<Message> {
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            if self.socket.poll(zmq::POLLIN, left.as_millis().max(1) as i64).unwrap_or(0) == 0 {
-                continue;
-            }
-            while let Ok(frames) = self.socket.recv_multipart(zmq::DONTWAIT) {
-                match Message::from_frames(&frames) {
-                    Ok(m) if uuids.iter().any(|u| u == m.uuid()) => return Some(m),
-                    _ => {}
+/// Sends an echo to `identity` (`pantry-admin -i IDENTITY echo`) until one
+/// is answered, at most until `end`. Returns when the answer came.
+fn echo_until_answered(admin: &Admin, identity: &str, end: Instant, client: &mut Process) -> Result<Instant> {
+    // Every echo sent: a late answer to an earlier one counts too.
+    let mut sent: Vec<String> = Vec::new();
+    let mut last = String::from("no echo sent");
+    while Instant::now() < end {
+        if let Some(status) = client.exited() {
+            bail!("pantry-client exited ({status}) before answering:\n{}", client.log());
+        }
+        let mut request = echo::request("pantry-bench");
+        Identities::attach(&mut request, &[identity.to_owned()]);
+        sent.push(admin.send(request)?);
+        // The list of who will answer comes first, then the answers. An
+        // agent not registered yet is not listed: ask again at once. One
+        // registered but not yet subscribed never hears this echo: ask
+        // again after a while.
+        let mut retry = end.min(Instant::now() + Duration::from_secs(2));
+        while let Some(m) = admin.recv_any(&sent, retry) {
+            if m.is_client_response_list() {
+                if !m.body.iter().any(|p| matches!(p, BodyPart::Text(_))) {
+                    last = "not registered yet".into();
+                    std::thread::sleep(Duration::from_millis(5));
+                    break;
                 }
+                last = "listed, no answer within 250 ms".into();
+                retry = end.min(Instant::now() + Duration::from_millis(250));
+            } else if let Some(error) = m.error() {
+                last = format!("answer with an error: {error}");
+            } else {
+                return Ok(Instant::now());
             }
         }
     }
-
-    /// A new token of `uses` uses, valid an hour.
-    fn create_token(&self, uses: u32) -> Result<String> {
-        let asked = client_token::TokenRequest { name: None, uses, ttl: Duration::from_secs(3600) };
-        let uuid = self.send(client_token::request(&asked))?;
-        let answer = self
-            .recv(&uuid, Instant::now() + Duration::from_secs(10))
-            .context("no answer to CreateToken within 10 s")?;
-        if let Some(error) = answer.error() {
-            bail!("CreateToken refused: {error}");
-        }
-        client_token::token(&answer).map(str::to_owned).context("the CreateToken answer carries no token")
-    }
-
-    /// Sends an echo to `identity` (`pantry-admin -i IDENTITY echo`) until
-    /// one is answered, at most until `end`. Returns when the answer came.
-    fn echo_until_answered(&self, identity: &str, end: Instant, client: &mut Process) -> Result<Instant> {
-        // Every echo sent: a late answer to an earlier one counts too.
-        let mut sent: Vec<String> = Vec::new();
-        let mut last = String::from("no echo sent");
-        while Instant::now() < end {
-            if let Some(status) = client.exited() {
-                bail!("pantry-client exited ({status}) before answering:\n{}", client.log());
-            }
-            let mut request = echo::request("pantry-bench");
-            Identities::attach(&mut request, &[identity.to_owned()]);
-            sent.push(self.send(request)?);
-            // The list of who will answer comes first, then the answers.
-            // An agent not registered yet is not listed: ask again at once.
-            // One registered but not yet subscribed never hears this echo:
-            // ask again after a while.
-            let mut retry = end.min(Instant::now() + Duration::from_secs(2));
-            while let Some(m) = self.recv_any(&sent, retry) {
-                if m.is_client_response_list() {
-                    if !m.body.iter().any(|p| matches!(p, BodyPart::Text(_))) {
-                        last = "not registered yet".into();
-                        std::thread::sleep(Duration::from_millis(5));
-                        break;
-                    }
-                    last = "listed, no answer within 250 ms".into();
-                    retry = end.min(Instant::now() + Duration::from_millis(250));
-                } else if let Some(error) = m.error() {
-                    last = format!("answer with an error: {error}");
-                } else {
-                    return Ok(Instant::now());
-                }
-            }
-        }
-        bail!("{identity} did not answer an echo ({} sent; last: {last}):\n{}", sent.len(), client.log())
-    }
+    bail!("{identity} did not answer an echo ({} sent; last: {last}):\n{}", sent.len(), client.log())
 }
 
 /// One agent of the crowd, in one worker thread.
@@ -303,17 +236,17 @@ pub fn enrollee_identity(i: usize) -> String {
     format!("enrollee-{i:05}")
 }
 
-fn crowd(server: &PantryServer, setup: &Setup, settings: EnrollmentSettings) -> Result<CrowdResult> {
+fn crowd(server: &PantryServer, ring: &KeyRing, settings: &Settings) -> Result<Crowd> {
     let n = settings.agents;
-    let mut result = CrowdResult { agents: n, ..Default::default() };
+    let mut result = Crowd { agents: n, ..Default::default() };
     if n == 0 {
         return Ok(result);
     }
     let server_key = server.endpoints.server_key.context("the enrollment scenario needs CURVE")?;
-    let admin = Admin::connect(server, setup.admin, setup.admin_name)?;
+    let admin = Admin::connect(server, &ring.admin, ADMIN_NAME)?;
     let cpu = cpu_ns(server.process.pid);
     let asked = Instant::now();
-    let token = admin.create_token(u32::try_from(n).context("too many agents for one token")?)?;
+    let token = create_token(&admin, u32::try_from(n).context("too many agents for one token")?)?;
     result.token_ms = Some(asked.elapsed().as_secs_f64() * 1000.0);
 
     let threads = n.div_ceil(AGENTS_PER_CONTEXT);
@@ -504,13 +437,13 @@ fn done(agent: &mut Enrollee, reason: String) -> Outcome {
 }
 
 /// One `client:token` → echo run with the real binaries.
-fn end_to_end(server: &PantryServer, setup: &Setup, admin: &Admin, n: usize) -> Result<EndToEnd> {
+fn end_to_end(env: &Env, server: &PantryServer, ring: &KeyRing, admin: &Admin, n: usize) -> Result<EndToEnd> {
     let identity = format!("e2e-{n:02}");
     let config = server.client_config(&identity, None)?;
     let server_key = keys::z85(&server.endpoints.server_key.context("the enrollment scenario needs CURVE")?);
 
     let start = Instant::now();
-    let mut token_cmd = server.admin_command(&setup.admin_bin, setup.admin)?;
+    let mut token_cmd = server.admin_command(&env.bins.admin, &ring.admin)?;
     token_cmd.args(["--timeout", "5", "client:token", "--uses", "1", "--ttl", "10m"]);
     let out = run_bounded(&mut token_cmd, Duration::from_secs(10))?;
     if !out.success() {
@@ -522,7 +455,7 @@ fn end_to_end(server: &PantryServer, setup: &Setup, admin: &Admin, n: usize) -> 
     }
     let token_s = start.elapsed().as_secs_f64();
 
-    let mut enroll_cmd = std::process::Command::new(&setup.client_bin);
+    let mut enroll_cmd = std::process::Command::new(&env.bins.client);
     enroll_cmd
         .arg("-c")
         .arg(&config)
@@ -535,8 +468,8 @@ fn end_to_end(server: &PantryServer, setup: &Setup, admin: &Admin, n: usize) -> 
     let enrolled = start.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    let mut client = server.spawn_client(&setup.client_bin, &identity, &config)?;
-    let answered = admin.echo_until_answered(&identity, started + Duration::from_secs(10), &mut client)?;
+    let mut client = server.spawn_client(&env.bins.client, &identity, &config)?;
+    let answered = echo_until_answered(admin, &identity, started + Duration::from_secs(10), &mut client)?;
     let total_s = answered.duration_since(start).as_secs_f64();
     drop(client);
     Ok(EndToEnd {
@@ -545,4 +478,111 @@ fn end_to_end(server: &PantryServer, setup: &Setup, admin: &Admin, n: usize) -> 
         enroll_s: enrolled - token_s,
         answer_s: answered.duration_since(started).as_secs_f64(),
     })
+}
+
+/// The crowd's target and the end-to-end one, with the previous run's.
+pub fn targets(e: &Figures, previous: Previous<Figures>) -> Vec<Target> {
+    compared(measured(e), previous.figures.map(measured))
+}
+
+fn measured(e: &Figures) -> Vec<Target> {
+    let c = &e.crowd;
+    let crowd = match c.wall_s {
+        Some(s) => format!("{} s, {} of {} registered", num(Some(s)), count(c.succeeded), count(c.agents)),
+        None => format!("none of {} registered", count(c.agents)),
+    };
+    let (median, max) = (e.median_total_s(), e.max_total_s());
+    let end_to_end = match (median, max) {
+        (Some(m), Some(x)) => {
+            format!("median {} s, max {} s ({} of {} runs answered)", secs(m), secs(x), e.runs.len(), e.repeats)
+        }
+        _ => format!("no run answered ({} tried)", e.repeats),
+    };
+    vec![
+        Target::new(
+            format!(
+                "{} agents enroll with one token and register (CURVE) < {CROWD_TARGET_S} s, every one",
+                count(c.agents)
+            ),
+            crowd,
+            (c.agents > 0).then(|| c.complete() && c.wall_s.is_some_and(|s| s < CROWD_TARGET_S)),
+        ),
+        Target::new(
+            format!("`client:token` → one agent answering `echo` < {END_TO_END_TARGET_S} s (real binaries, median)"),
+            end_to_end,
+            (e.repeats > 0).then(|| e.failed_runs.is_empty() && median.is_some_and(|m| m < END_TO_END_TARGET_S)),
+        ),
+    ]
+}
+
+/// The `## Enrollment` section: the crowd and the end-to-end runs.
+pub fn report(e: &Figures, previous: Previous<Figures>) -> String {
+    let mut out = String::new();
+    let c = &e.crowd;
+    let _ = writeln!(
+        out,
+        "## Enrollment\n\nCURVE, each part against a fresh `pantry-server` that knows only the bench's admin key.\n\n{}",
+        targets_table(&targets(e, previous), previous.said)
+    );
+    let _ = writeln!(
+        out,
+        "**One token, {} agents.** The admin asks for one token of {} uses (`CreateToken` over its CURVE DEALER); \
+         then {} simulated agents (several ZeroMQ contexts, connects paced at about 650 per second) each make \
+         a key pair, connect a DEALER with it, send `Enroll` with the token and their own identity and, once \
+         accepted, `RegisterClient` asking for an answer on the same connection. Wall time: from the first \
+         connect to the last registration answer. An agent that hears nothing for 10 s gives up, as \
+         `pantry-client enroll` does. Per agent: from making its key pair and connecting to its enrollment \
+         answer, and from that answer to its registration answer (ms).\n",
+        count(c.agents),
+        count(c.agents),
+        count(c.agents),
+    );
+    out.push_str(
+        "| agents | registered | wall time (s) | `CreateToken` (ms) | enrollment answer p50 / max | \
+         registration answer p50 / max | server CPU ms per agent |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {} | {} | {} | {} |",
+        count(c.agents),
+        count(c.succeeded),
+        num(c.wall_s),
+        num(c.token_ms),
+        ms_pair(c.enroll_p50_ms, c.enroll_max_ms),
+        ms_pair(c.register_p50_ms, c.register_max_ms),
+        num(c.server_cpu_ms_per_agent)
+    );
+    if !c.failures.is_empty() {
+        let reasons: Vec<String> = c.failures.iter().map(|(r, n)| format!("{n} × {r}")).collect();
+        let _ = writeln!(out, "\nFailed agents: {}.", reasons.join("; "));
+    }
+    let _ = writeln!(
+        out,
+        "\n**`client:token` → one agent answering, real binaries**, {} {}: `pantry-admin client:token`, \
+         `pantry-client enroll --token T --server-public-key K` for a fresh agent directory, `pantry-client` \
+         started, and an `echo` to its identity (as `pantry-admin -i IDENTITY echo` sends it, from an admin \
+         connection already open) repeated until it is answered. Seconds.\n",
+        e.repeats,
+        if e.repeats == 1 { "run" } else { "runs" }
+    );
+    out.push_str("| run | `client:token` → echo answer | `client:token` | `enroll` | start → echo answer |\n|---:|---:|---:|---:|---:|\n");
+    for (i, r) in e.runs.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            i + 1,
+            secs(r.total_s),
+            secs(r.token_s),
+            secs(r.enroll_s),
+            secs(r.answer_s)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| median | {} | | | |\n| max | {} | | | |",
+        e.median_total_s().map_or_else(|| "–".into(), secs),
+        e.max_total_s().map_or_else(|| "–".into(), secs)
+    );
+    failures(&mut out, &e.failed_runs);
+    out
 }
