@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use pantry_shared::commands::recipients::{self, Offline};
+use pantry_shared::commands::rollout::{self, AgentState};
+use pantry_shared::commands::Kind;
 use pantry_shared::keys::ClientKeys;
 use pantry_shared::message::Message;
 use pantry_shared::monitor::{self, SocketEvent};
@@ -70,6 +72,22 @@ pub struct ClientAnswers {
     /// Targeted clients that are offline: the server did not send them the
     /// request.
     pub offline: Vec<Offline>,
+    /// Each answer's agent state ([`rollout::state_of`]).
+    pub states: Vec<(String, AgentState)>,
+}
+
+impl ClientAnswers {
+    /// Every targeted agent's state, by identity: its answer's, `no-answer`
+    /// for the silent, `offline` (unless left out).
+    pub fn agent_states(&self, online_only: bool) -> Vec<(String, AgentState)> {
+        let mut states = self.states.clone();
+        states.extend(self.missing.iter().map(|m| (m.clone(), AgentState::NoAnswer)));
+        if !online_only {
+            states.extend(self.offline.iter().map(|o| (o.identity.clone(), AgentState::Offline)));
+        }
+        states.sort();
+        states
+    }
 }
 
 impl Connection {
@@ -168,6 +186,9 @@ impl Connection {
         mut side: Option<&mut (dyn SideTask + 's)>,
     ) -> Result<Message> {
         loop {
+            if crate::interrupt::pending() {
+                return Err(crate::interrupt::Interrupted.into());
+            }
             let left = deadline.at.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(self.timeout_error(deadline.idle));
@@ -257,9 +278,14 @@ impl Connection {
 
     /// Sends a request the server runs itself and returns its response;
     /// a response carrying `custom.error` is an error.
-    pub fn ask_server(&mut self, request: &Message, deadline: &mut Deadline) -> Result<Message> {
+    pub fn ask_server(
+        &mut self,
+        request: &Message,
+        deadline: &mut Deadline,
+        side: Option<&mut (dyn SideTask + '_)>,
+    ) -> Result<Message> {
         self.send(request)?;
-        let response = self.recv(request.uuid(), deadline, None)?;
+        let response = self.recv(request.uuid(), deadline, side)?;
         if let Some(error) = response.error() {
             return Err(self.refused(request, error));
         }
@@ -278,10 +304,15 @@ impl Connection {
 
     /// Sends a request the server forwards to clients and returns once the
     /// server listed who will answer (the job exists): `--async`.
-    pub fn start_job(&mut self, request: &Message, deadline: &mut Deadline) -> Result<Message> {
+    pub fn start_job(
+        &mut self,
+        request: &Message,
+        deadline: &mut Deadline,
+        mut side: Option<&mut (dyn SideTask + '_)>,
+    ) -> Result<Message> {
         self.send(request)?;
         loop {
-            let m = self.recv(request.uuid(), deadline, None)?;
+            let m = self.recv(request.uuid(), deadline, side.as_deref_mut())?;
             if let Some(error) = m.error() {
                 return Err(self.refused(request, error));
             }
@@ -319,6 +350,8 @@ impl Connection {
         let mut waiting: BTreeSet<String> = listed.into_iter().collect();
         let expected = waiting.len();
         let mut failed = Vec::new();
+        let mut states = Vec::new();
+        let kind = Kind::from_wire(request.message_type());
         while !waiting.is_empty() {
             let answer = match self.recv(request.uuid(), deadline, side.as_deref_mut()) {
                 Ok(answer) => answer,
@@ -329,8 +362,11 @@ impl Connection {
             if !waiting.remove(&answer.metadata.from) {
                 continue;
             }
+            if let Some(kind) = kind {
+                states.push((answer.metadata.from.clone(), rollout::state_of(kind, &answer)));
+            }
             if let Some(error) = answer.error() {
-                if says_unsupported(error, request.message_type()) {
+                if pantry_shared::commands::says_unsupported(error, request.message_type()) {
                     let unsupported = unsupported(request.message_type());
                     eprintln!("{}: {unsupported}: {error}", answer.metadata.from);
                 } else {
@@ -342,7 +378,7 @@ impl Connection {
             }
         }
         let missing: Vec<String> = waiting.into_iter().collect();
-        Ok(ClientAnswers { expected, answered: expected - missing.len(), failed, missing, offline })
+        Ok(ClientAnswers { expected, answered: expected - missing.len(), failed, missing, offline, states })
     }
 }
 
@@ -352,23 +388,14 @@ pub fn unsupported(message_type: &str) -> String {
     format!("does not support the command type {message_type} (an older or the original agent?)")
 }
 
-/// Whether an agent's error says it does not run `message_type` at all:
-/// SPEC §3 asks an agent to answer a type it does not know with an error
-/// "saying so", in its own words (ours: "does not know the command type").
-pub fn says_unsupported(error: &str, message_type: &str) -> bool {
-    let error = error.to_ascii_lowercase();
-    error.contains(&message_type.to_ascii_lowercase())
-        && ["unknown", "not know", "not support", "unsupported", "not implemented"].iter().any(|w| error.contains(w))
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn unsupported_types_are_told_apart_from_failures() {
         let ours = pantry_shared::commands::unknown_type_error("web-1", "Exec");
-        assert!(super::says_unsupported(&ours, "Exec"));
-        assert!(super::says_unsupported("Unknown message type: Exec", "Exec"));
-        assert!(!super::says_unsupported("exec is disabled on this client", "Exec"));
-        assert!(!super::says_unsupported("unknown program", "Upload"));
+        assert!(pantry_shared::commands::says_unsupported(&ours, "Exec"));
+        assert!(pantry_shared::commands::says_unsupported("Unknown message type: Exec", "Exec"));
+        assert!(!pantry_shared::commands::says_unsupported("exec is disabled on this client", "Exec"));
+        assert!(!pantry_shared::commands::says_unsupported("unknown program", "Upload"));
     }
 }

@@ -12,10 +12,20 @@
 //! - [`session`]: the global options, the session commands run in, the
 //!   summaries they print;
 //! - [`connection`]: the connection to the server: deadlines, handshake
-//!   errors, collecting the answers of many clients.
+//!   errors, collecting the answers of many clients;
+//! - [`for_clients`]: how `echo`, `exec` and `upload` run: live, or as a
+//!   rollout ([`rollout`]'s options) that [`follow`] follows in the job
+//!   store; [`output`] prints answers (grouped with [`fold`]);
+//! - [`interrupt`]: Ctrl-C while waiting: cancel, wait on, or detach.
 
 mod commands;
 mod connection;
+mod fold;
+mod follow;
+mod for_clients;
+mod interrupt;
+mod output;
+mod rollout;
 mod session;
 
 use std::path::Path;
@@ -192,7 +202,7 @@ mod tests {
             .unwrap();
         match cli.command {
             Command::Exec(exec) => {
-                assert_eq!(exec.timeout, 1.0);
+                assert_eq!(exec.timeout, Some(1.0));
                 assert!(!exec.shell);
                 assert_eq!(exec.command, ["ls", "-la", "/"]);
             }

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Result};
 
 use pantry_shared::commands::recipients::{self, Offline};
+use pantry_shared::commands::rollout::{self, AgentState};
 use pantry_shared::config::{self, Config, Networking, Program, ServerHosts};
 use pantry_shared::filter::{ClientFilter, Identities};
 use pantry_shared::keys::{self, ClientKeys};
@@ -203,8 +204,13 @@ impl Session {
     /// Sends a request the server runs itself and returns its response; a
     /// response carrying `custom.error` is an error.
     pub fn ask_server(&mut self, request: Message) -> Result<Message> {
+        self.ask_server_beside(request, None)
+    }
+
+    /// [`Session::ask_server`] while `side` is served (an upload's chunks).
+    pub fn ask_server_beside(&mut self, request: Message, side: Option<&mut (dyn SideTask + '_)>) -> Result<Message> {
         let request = self.stamped(request);
-        self.conn.ask_server(&request, &mut self.deadline)
+        self.conn.ask_server(&request, &mut self.deadline, side)
     }
 
     /// Whom `-a/-e/-r/-i` select for a command sent to clients.
@@ -237,7 +243,7 @@ impl Session {
     /// `--async`: the server takes the request (and lists who will answer);
     /// the job id is printed and nothing waited for.
     pub fn start_async(&mut self, request: &Message) -> Result<Outcome> {
-        let list = self.conn.start_job(request, &mut self.deadline)?;
+        let list = self.start_job(request, None)?;
         let (online, offline) = (recipients::online(&list), recipients::offline(&list));
         if online.is_empty() && offline.is_empty() {
             eprintln!("no clients match");
@@ -252,6 +258,12 @@ impl Session {
             request.uuid()
         );
         Ok(Outcome::Done)
+    }
+
+    /// Sends a request for clients and returns the server's list of who it
+    /// targets (the job exists), serving `side` meanwhile.
+    pub fn start_job(&mut self, request: &Message, side: Option<&mut (dyn SideTask + '_)>) -> Result<Message> {
+        self.conn.start_job(request, &mut self.deadline, side)
     }
 
     /// Prints the summary of a command run on clients.
@@ -274,7 +286,10 @@ impl Session {
         if !result.missing.is_empty() {
             eprintln!("did not answer: {}", result.missing.join(", "));
         }
-        (result.missing.is_empty() && result.failed.is_empty() && offline == 0).into()
+        let states = result.agent_states(online_only);
+        eprintln!("{}", rollout::summary(states.iter().map(|(_, s)| *s)));
+        let all_ok = states.iter().all(|(_, s)| *s == AgentState::Ok);
+        (all_ok && result.missing.is_empty() && result.failed.is_empty() && offline == 0).into()
     }
 
     fn stamped(&self, mut request: Message) -> Message {
@@ -298,6 +313,13 @@ impl Session {
 pub struct Target {
     stream: String,
     identities: Vec<String>,
+}
+
+impl Target {
+    /// The same stream, these identities (`--from-job`).
+    pub fn only(self, identities: Vec<String>) -> Target {
+        Target { stream: self.stream, identities }
+    }
 }
 
 impl std::fmt::Display for Target {
@@ -324,15 +346,20 @@ pub fn report_offline(offline: &[Offline], online_only: bool, json: bool) {
     let _ = std::io::stdout().flush();
 }
 
-/// `--json` for a command sent to clients: the answers, then who failed,
-/// who did not answer and who is offline.
+/// `--json` for a command sent to clients: the answers, who failed, who
+/// did not answer and who is offline, then each agent's state.
 pub fn print_json_summary(json: bool, answers: Vec<serde_json::Value>, result: &ClientAnswers) -> Result<()> {
     if json {
+        let states = result.agent_states(false);
+        let agents: Vec<serde_json::Value> =
+            states.iter().map(|(identity, state)| serde_json::json!({"identity": identity, "state": state})).collect();
         let out = serde_json::json!({
             "answers": answers,
             "failed": result.failed,
             "missing": result.missing,
             "offline": result.offline,
+            "agents": agents,
+            "summary": rollout::summary(states.iter().map(|(_, s)| *s)),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     }

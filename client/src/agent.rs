@@ -235,7 +235,12 @@ impl Agent {
             security: security.clone(),
             endpoint: net.endpoint(net.file_service_port),
         };
-        let me = ClientContext { filter: me, allow_exec: config.client.allow_exec, file_service: Some(file_service) };
+        let me = ClientContext {
+            filter: me,
+            allow_exec: config.client.allow_exec,
+            file_service: Some(file_service),
+            running: Default::default(),
+        };
 
         let form = TopicForm::Exact;
         let Sockets { sub, dealer, sub_monitor, dealer_monitor } = Sockets::open(&ctx, security, &me, form)?;

@@ -373,6 +373,12 @@ impl Server {
         );
     }
 
+    /// SIGKILLs the server (no shutdown at all) and starts it again.
+    pub fn kill_and_restart(&mut self) {
+        self.process.kill();
+        self.restart();
+    }
+
     /// Restarts without waiting for the start line on stdout: for a config
     /// that logs to a file. The caller waits on that file.
     pub fn restart_quietly(&mut self) {
@@ -447,6 +453,8 @@ pub struct AgentSpec {
     /// `networking.server_host` as a list of servers to fail over between
     /// (all on the server's ports); empty: the server's host.
     pub server_hosts: Vec<String>,
+    /// Extra lines for the `client:` section (two-space indented).
+    pub client_extra: String,
 }
 
 impl AgentSpec {
@@ -461,6 +469,7 @@ impl AgentSpec {
             identity_in_config: true,
             networking_extra: String::new(),
             server_hosts: Vec::new(),
+            client_extra: String::new(),
         }
     }
 }
@@ -532,6 +541,7 @@ impl Agent {
         if !spec.roles.is_empty() {
             client.push_str(&format!("  roles: [{}]\n", spec.roles.join(", ")));
         }
+        client.push_str(&spec.client_extra);
         let hosts: Vec<&str> = match spec.server_hosts.as_slice() {
             [] => vec![server.host.as_str()],
             list => list.iter().map(String::as_str).collect(),

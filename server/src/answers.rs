@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use pantry_shared::commands::{exec, upload, Kind};
+use pantry_shared::commands::{exec, rollout, Kind};
 use pantry_shared::{BodyPart, Message};
 use serde_json::Value;
 
@@ -51,42 +51,24 @@ pub fn row(kind: Kind, answer: &Message, max_output: usize, received: SystemTime
         BodyPart::Text(t) => Value::String(cut_to_bytes(t, max_output).to_owned()),
         BodyPart::Bytes(b) => Value::String(format!("({} bytes of binary data)", b.len())),
     });
-    let outcome = if error.is_some() {
-        "error"
-    } else {
-        match kind {
-            Kind::Exec => match exec::result(answer) {
-                Some(mut result) => {
-                    for (text, cut_flag) in [
-                        (&mut result.stdout, &mut result.stdout_truncated),
-                        (&mut result.stderr, &mut result.stderr_truncated),
-                    ] {
-                        if text.len() > max_output {
-                            let kept = cut_to_bytes(text, max_output).len();
-                            text.truncate(kept);
-                            *cut_flag = true;
-                        }
-                    }
-                    if let Some(e) = &mut result.error {
-                        let kept = cut_to_bytes(e, max_output).len();
-                        e.truncate(kept);
-                    }
-                    let outcome = if result.timed_out {
-                        "timed out"
-                    } else if result.succeeded() {
-                        "ok"
-                    } else {
-                        "failed"
-                    };
-                    body = serde_json::to_value(&result).ok();
-                    outcome
-                }
-                None => "failed",
-            },
-            Kind::Upload if upload::result(answer).is_none() => "failed",
-            _ => "ok",
+    if let (Kind::Exec, Some(mut result)) = (kind, exec::result(answer)) {
+        for (text, cut_flag) in
+            [(&mut result.stdout, &mut result.stdout_truncated), (&mut result.stderr, &mut result.stderr_truncated)]
+        {
+            if text.len() > max_output {
+                let kept = cut_to_bytes(text, max_output).len();
+                text.truncate(kept);
+                *cut_flag = true;
+            }
         }
-    };
+        if let Some(e) = &mut result.error {
+            let kept = cut_to_bytes(e, max_output).len();
+            e.truncate(kept);
+        }
+        body = serde_json::to_value(&result).ok();
+    }
+    // The agent's state, as every job names it.
+    let outcome = rollout::state_of(kind, answer).name();
     AnswerRow {
         job_id: answer.uuid().to_owned(),
         identity: answer.metadata.from.clone(),
@@ -137,6 +119,7 @@ mod tests {
             stderr_truncated: false,
             duration_ms: 3,
             error: None,
+            cancelled: false,
         };
         answer.body.push(BodyPart::Json(serde_json::to_value(&result).unwrap()));
         let kept = row(Kind::Exec, &answer, 11, now);
@@ -144,8 +127,10 @@ mod tests {
         let stored: exec::ExecResult = serde_json::from_value(kept.body.unwrap()).unwrap();
         assert_eq!((stored.stdout.len(), stored.stdout_truncated), (10, true));
         let mut refused = req.response();
-        refused.set_error("exec is disabled");
-        assert_eq!(row(Kind::Exec, &refused, 100, now).outcome, "error");
+        refused.set_error("exec is disabled on this client (allow_exec: false in its client.yml)");
+        assert_eq!(row(Kind::Exec, &refused, 100, now).outcome, "refused");
+        refused.set_error("No such file");
+        assert_eq!(row(Kind::Exec, &refused, 100, now).outcome, "failed");
         let echo_answer = pantry_shared::commands::echo::handle(&pantry_shared::commands::echo::request("hi"));
         let raw = RawAnswer { kind: Kind::Echo, frames: echo_answer.to_frames(), received: now, max_output: 1 };
         assert_eq!(raw.row().unwrap().body, Some(Value::String("h".into())));

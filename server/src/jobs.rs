@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use pantry_shared::commands::jobs::{JobDetail, JobSummary};
 use pantry_shared::commands::{
-    client_forget, client_pending, client_revoke, client_token, create_client, enroll, exec, jobs, status, upload, Kind,
+    cancel, client_forget, client_pending, client_revoke, client_token, create_client, enroll, exec, job_control, jobs,
+    status, upload, Kind,
 };
 use pantry_shared::{BodyPart, Message};
 use rusqlite::Connection;
@@ -64,6 +65,10 @@ pub fn arguments(kind: Kind, m: &Message) -> Value {
             Ok(e) => json!({"identity": e.claimed(), "with_token": e.token.is_some()}),
             Err(_) => Value::Null,
         },
+        Kind::JobControl => {
+            job_control::parse(m).ok().and_then(|c| serde_json::to_value(c).ok()).unwrap_or(Value::Null)
+        }
+        Kind::Cancel => cancel::parse(m).and_then(|c| serde_json::to_value(c).ok()).unwrap_or(Value::Null),
         Kind::RegisterClient | Kind::ListClients | Kind::ListPendingKeys | Kind::ListTokens => json!({}),
     }
 }
@@ -114,7 +119,7 @@ impl Handler<ListJobs> for JobReader {
     type Result = Result<Vec<JobSummary>, ReadError>;
 
     fn handle(&mut self, msg: ListJobs, _: &mut SyncContext<Self>) -> Self::Result {
-        Ok(store::list_jobs(self.conn()?, msg.limit, msg.stream.as_deref(), &msg.patterns)?)
+        Ok(store::list_jobs(self.conn()?, msg.limit, msg.stream.as_deref(), &msg.patterns, self.started)?)
     }
 }
 
@@ -130,6 +135,20 @@ impl Handler<ShowJob> for JobReader {
 
     fn handle(&mut self, msg: ShowJob, _: &mut SyncContext<Self>) -> Self::Result {
         Ok(store::show_job(self.conn()?, &msg.id, self.started)?)
+    }
+}
+
+/// The rollouts this server was running (or holding paused) when it
+/// stopped, to resume.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<store::StoredRollout>, ReadError>")]
+pub struct UnfinishedRollouts;
+
+impl Handler<UnfinishedRollouts> for JobReader {
+    type Result = Result<Vec<store::StoredRollout>, ReadError>;
+
+    fn handle(&mut self, _: UnfinishedRollouts, _: &mut SyncContext<Self>) -> Self::Result {
+        Ok(store::unfinished_rollouts(self.conn()?)?)
     }
 }
 

@@ -434,6 +434,7 @@ fn start_actors(
         presence: dispatcher.clone().recipient(),
         files: files.recipient(),
         key_store: key_store.clone().map(Addr::recipient),
+        rollouts: dispatcher.clone().recipient(),
     };
     let thread = sockets::start(sockets, inbox, to, answers, fd_budget, metrics, log.clone())?;
     Ok((Control { key_store, dispatcher }, thread))

@@ -146,3 +146,23 @@ impl slog::Value for Hex<'_> {
         serializer.emit_arguments(key, &format_args!("{self}"))
     }
 }
+
+/// A client's answer to a rollout's batch, judged: the socket thread
+/// tells the dispatcher (which runs the rollout).
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct RolloutAnswer {
+    pub job: String,
+    pub identity: String,
+    pub state: pantry_shared::commands::rollout::AgentState,
+}
+
+impl RolloutAnswer {
+    pub fn of(kind: pantry_shared::commands::Kind, answer: &Message) -> RolloutAnswer {
+        RolloutAnswer {
+            job: answer.uuid().to_owned(),
+            identity: answer.metadata.from.clone(),
+            state: pantry_shared::commands::rollout::state_of(kind, answer),
+        }
+    }
+}

@@ -58,6 +58,9 @@ impl RouteError {
 pub enum Answered {
     /// Deliver it to this requester connection.
     Route { requester: Vec<u8>, kind: Kind },
+    /// An answer to a rollout's batch: the server's to judge (job `job`:
+    /// the answer's uuid may be a batch's passed to another server).
+    Rollout { job: String, kind: Kind },
     /// No request with this uuid awaits answers (late, duplicate or unasked).
     NotPending,
     /// The request was not sent to this client, or it answered already.
@@ -78,6 +81,12 @@ struct Pending {
     sent: bool,
     /// The request's size, counted against each recipient until it answers.
     size: usize,
+    /// A rollout's: the server follows it batch by batch (its recipients
+    /// grow, it never expires, nobody is sent the answers).
+    rollout: bool,
+    /// Other uuids its answers come under (its batches passed to other
+    /// servers of a cluster).
+    aliases: Vec<String>,
 }
 
 /// What one requester has pending.
@@ -93,6 +102,8 @@ struct Table {
     load: HashMap<String, Load>,
     /// Agent identity → bytes of requests sent to it and not answered.
     unanswered: HashMap<String, usize>,
+    /// Alias → the rollout it stands for.
+    aliases: HashMap<String, String>,
 }
 
 impl Table {
@@ -145,6 +156,8 @@ impl Routes {
             since: Instant::now(),
             sent: false,
             size: 0,
+            rollout: false,
+            aliases: Vec::new(),
         };
         table.pending.insert(uuid.to_owned(), pending);
         table.load.entry(owner.to_owned()).or_default().requests += 1;
@@ -191,20 +204,103 @@ impl Routes {
     /// An answer from the client `from` to `uuid`: whether and where it goes.
     pub fn answered(&self, uuid: &str, from: &str) -> Answered {
         let mut table = self.table();
-        let Some(pending) = table.pending.get_mut(uuid) else { return Answered::NotPending };
+        let uuid = match table.aliases.get(uuid) {
+            Some(job) => job.clone(),
+            None => uuid.to_owned(),
+        };
+        let Some(pending) = table.pending.get_mut(&uuid) else { return Answered::NotPending };
         if !pending.waiting_for.remove(from) {
             return Answered::NotAsked;
         }
-        let (requester, kind, done) = (pending.requester.clone(), pending.kind, pending.waiting_for.is_empty());
+        let (requester, kind, rollout) = (pending.requester.clone(), pending.kind, pending.rollout);
+        // A rollout is over when the server says so, not when a batch is.
+        let done = pending.waiting_for.is_empty() && !rollout;
         let (owner, size) = (pending.owner.clone(), pending.size);
         table.answered_by(from, size);
         if let Some(load) = table.load.get_mut(&owner) {
             load.awaited = load.awaited.saturating_sub(1);
         }
         if done {
-            self.finish(&mut table, uuid);
+            self.finish(&mut table, &uuid);
+        }
+        if rollout {
+            return Answered::Rollout { job: uuid, kind };
         }
         Answered::Route { requester, kind }
+    }
+
+    /// A reserved request becomes a rollout: its answers go to the server
+    /// (not its requester, which may leave), it waits for each batch's
+    /// recipients in turn and ends only with [`Routes::cancel`].
+    pub fn follow_rollout(&self, uuid: &str) {
+        if let Some(pending) = self.table().pending.get_mut(uuid) {
+            pending.rollout = true;
+            pending.requester.clear();
+        }
+    }
+
+    /// A rollout's next batch, of requests of `size` bytes, is about to go
+    /// to `recipients`; as [`Routes::await_answers`], the ones not sent it
+    /// (not reading).
+    pub fn await_batch(&self, uuid: &str, recipients: &[String], size: usize) -> Result<Vec<String>, RouteError> {
+        let mut table = self.table();
+        let Some(owner) = table.pending.get(uuid).map(|p| p.owner.clone()) else { return Ok(recipients.to_vec()) };
+        let awaited = table.load.get(&owner).map_or(0, |l| l.awaited);
+        if awaited + recipients.len() > MAX_AWAITED_PER_REQUESTER {
+            return Err(RouteError::TooManyAnswers(awaited));
+        }
+        let (mut sent, mut not_reading) = (Vec::new(), Vec::new());
+        for r in recipients {
+            let bytes = table.unanswered.get(r).copied().unwrap_or(0);
+            if bytes > 0 && bytes + size > MAX_UNANSWERED_BYTES_PER_AGENT {
+                not_reading.push(r.clone());
+            } else {
+                *table.unanswered.entry(r.clone()).or_default() += size;
+                sent.push(r.clone());
+            }
+        }
+        let count = sent.len();
+        if let Some(pending) = table.pending.get_mut(uuid) {
+            pending.waiting_for.extend(sent);
+            pending.sent |= count > 0;
+            pending.size = size;
+        }
+        table.load.entry(owner).or_default().awaited += count;
+        Ok(not_reading)
+    }
+
+    /// Answers to a rollout's batch passed to another server come under
+    /// `alias`.
+    pub fn alias(&self, uuid: &str, alias: &str) {
+        let mut table = self.table();
+        if let Some(pending) = table.pending.get_mut(uuid) {
+            pending.aliases.push(alias.to_owned());
+            table.aliases.insert(alias.to_owned(), uuid.to_owned());
+        }
+    }
+
+    /// A rollout stops waiting for `identities` (its batch's deadline
+    /// passed): their late answers are dropped.
+    pub fn give_up(&self, uuid: &str, identities: &[String]) {
+        let mut table = self.table();
+        let Some(pending) = table.pending.get_mut(uuid) else { return };
+        let (owner, size) = (pending.owner.clone(), pending.size);
+        let gone: Vec<String> = identities.iter().filter(|i| pending.waiting_for.remove(*i)).cloned().collect();
+        for identity in &gone {
+            table.answered_by(identity, size);
+        }
+        if let Some(load) = table.load.get_mut(&owner) {
+            load.awaited = load.awaited.saturating_sub(gone.len());
+        }
+    }
+
+    /// Who has not answered `uuid` yet (to cancel it there).
+    pub fn waiting(&self, uuid: &str) -> Vec<String> {
+        let table = self.table();
+        let mut ids: Vec<String> =
+            table.pending.get(uuid).map(|p| p.waiting_for.iter().cloned().collect()).unwrap_or_default();
+        ids.sort();
+        ids
     }
 
     /// Forgets `uuid` (refused after it was reserved).
@@ -215,8 +311,12 @@ impl Routes {
     /// Forgets the requests older than `ttl`; how many there were.
     pub fn expire(&self, ttl: Duration) -> usize {
         let mut table = self.table();
-        let expired: Vec<String> =
-            table.pending.iter().filter(|(_, p)| p.since.elapsed() >= ttl).map(|(u, _)| u.clone()).collect();
+        let expired: Vec<String> = table
+            .pending
+            .iter()
+            .filter(|(_, p)| !p.rollout && p.since.elapsed() >= ttl)
+            .map(|(u, _)| u.clone())
+            .collect();
         for uuid in &expired {
             self.finish(&mut table, uuid);
         }
@@ -225,6 +325,9 @@ impl Routes {
 
     fn finish(&self, table: &mut Table, uuid: &str) {
         let Some(done) = table.pending.remove(uuid) else { return };
+        for alias in &done.aliases {
+            table.aliases.remove(alias);
+        }
         for identity in &done.waiting_for {
             table.answered_by(identity, done.size);
         }
@@ -289,6 +392,25 @@ mod tests {
         let many: Vec<String> = (0..=MAX_AWAITED_PER_REQUESTER).map(|i| i.to_string()).collect();
         assert_eq!(r.await_answers("big", &many, 10), Err(RouteError::TooManyAnswers(0)));
         assert!(r.table().pending.is_empty(), "refused: forgotten");
+    }
+
+    #[test]
+    fn a_rollout_waits_batch_by_batch_until_it_ends() {
+        let r = routes();
+        r.reserve("job", Kind::Exec, b"admin", "k").unwrap();
+        r.follow_rollout("job");
+        assert!(r.await_batch("job", &names(&["web-1", "web-2"]), 10).unwrap().is_empty());
+        let rollout = Answered::Rollout { job: "job".into(), kind: Kind::Exec };
+        assert_eq!(r.answered("job", "web-1"), rollout);
+        r.give_up("job", &names(&["web-2"]));
+        assert_eq!(r.answered("job", "web-2"), Answered::NotAsked, "too late");
+        assert!(r.is_pending("job"), "a batch's end is not the rollout's");
+        r.alias("job", "job~2");
+        r.await_batch("job", &names(&["db-1"]), 10).unwrap();
+        assert_eq!(r.expire(Duration::ZERO), 0, "a rollout never expires");
+        assert_eq!(r.answered("job~2", "db-1"), rollout);
+        r.cancel("job");
+        assert!(r.table().aliases.is_empty() && r.table().load.is_empty() && r.table().unanswered.is_empty());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
+use pantry_shared::commands::Kind;
 use pantry_shared::config::PlainSubscribers;
 use pantry_shared::filter::TopicForm;
 use pantry_shared::monitor::{self, SocketEvent};
@@ -33,7 +34,7 @@ use crate::authorize::{judge, Verdict};
 use crate::connections::Connections;
 use crate::limits::FdBudget;
 use crate::links::Links;
-use crate::messages::{FileFrames, Hex, Incoming, PeerAuth, Presence, Standing, ZapRequest, ENROLLEE};
+use crate::messages::{FileFrames, Hex, Incoming, PeerAuth, Presence, RolloutAnswer, Standing, ZapRequest, ENROLLEE};
 use crate::metrics::{Metrics, Rejection};
 use crate::outbox::{Inbox, KeyUpdate, Outbound};
 use crate::raw_zmq::{self, peer_address, RawFrame};
@@ -170,6 +171,8 @@ pub struct Recipients {
     pub files: Recipient<FileFrames>,
     /// The key store actor, for handshakes of unknown keys (CURVE).
     pub key_store: Option<Recipient<ZapRequest>>,
+    /// Answers to rollouts' batches.
+    pub rollouts: Recipient<RolloutAnswer>,
 }
 
 /// What the socket thread needs to route answers to forwarded requests
@@ -660,6 +663,12 @@ impl SocketThread {
         self.metrics.answers_in.inc();
         let (requester, kind) = match self.answers.routes.answered(&head.uuid, &head.from) {
             Answered::Route { requester, kind } => (requester, kind),
+            Answered::Rollout { job, kind } => {
+                let head = Head { forwarded: true, uuid: job.into(), ..head };
+                frames[1] = head.to_vec();
+                self.rollout_answer(kind, frames);
+                return None;
+            }
             Answered::NotPending | Answered::NotAsked => {
                 debug!(self.log, "answer dropped: no pending request awaits it from this client";
                     "type" => head.message_type.as_ref(), "from" => head.from.as_ref(), "uuid" => head.uuid.as_ref(),
@@ -680,6 +689,35 @@ impl SocketThread {
         self.metrics.answers_out.inc();
         self.send_to_peer(ServerPort::Receive, frames);
         None
+    }
+
+    /// An answer to a rollout's batch: recorded, and judged by the
+    /// dispatcher (whose rollout it is); nobody else is sent it.
+    fn rollout_answer(&mut self, kind: Kind, frames: Vec<Vec<u8>>) {
+        let answer = match Message::from_frames(&frames) {
+            Ok(answer) => answer,
+            Err(e) => {
+                // Still its one answer: the rollout records it as failed.
+                warn!(self.log, "rollout answer does not decode: counted as failed"; "error" => %e);
+                let head = frames.get(1).and_then(|f| Head::parse(f));
+                let (Some(uuid), Some(from)) =
+                    (head.as_ref().map(|h| h.uuid.to_string()), head.as_ref().map(|h| h.from.to_string()))
+                else {
+                    return;
+                };
+                let mut stand_in = Message::new(kind.wire());
+                stand_in.metadata.uuid = uuid;
+                stand_in.metadata.from = from;
+                stand_in.set_error(format!("the answer does not decode: {e}"));
+                stand_in
+            }
+        };
+        if let Some((db, max_output)) = &self.answers.jobs {
+            let raw = RawAnswer { kind, frames, received: SystemTime::now(), max_output: *max_output };
+            db.write(Write::RawAnswer(raw));
+        }
+        self.metrics.answers_out.inc();
+        self.to.rollouts.do_send(RolloutAnswer::of(kind, &answer));
     }
 
     /// One message of a ROUTER socket: the routing id, the first frame after

@@ -14,7 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use pantry_shared::commands::client_pending::PendingKey;
-use pantry_shared::commands::jobs::{JobAnswer, JobDetail, JobSummary};
+use pantry_shared::commands::jobs::{AgentRecord, BatchRecord, JobAnswer, JobDetail, JobSummary};
+use pantry_shared::commands::rollout::{AgentState, JobState, RolloutPlan};
 use pantry_shared::filter::ClientFilter;
 use rusqlite::{params, Connection, OptionalExtension};
 use slog::{error, info, Logger};
@@ -118,7 +119,38 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE jobs;
     ALTER TABLE jobs_v4 RENAME TO jobs;
     ALTER TABLE answers_v4 RENAME TO answers;",
+    // Every agent a job targets ends in one state: a rollout's agents are
+    // kept with their batch and state (the job's request too, to send the
+    // next batch after a restart); a plain job's follow from whom it was
+    // sent to, its answers and its deadline.
+    "ALTER TABLE jobs ADD COLUMN state TEXT;
+    ALTER TABLE jobs ADD COLUMN deadline INTEGER;
+    ALTER TABLE jobs ADD COLUMN rollout TEXT;
+    ALTER TABLE jobs ADD COLUMN request TEXT;
+    ALTER TABLE jobs ADD COLUMN rerun_of TEXT;
+    CREATE TABLE job_agents (
+        job INTEGER NOT NULL,
+        identity TEXT NOT NULL,
+        batch INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (job, identity)
+    ) WITHOUT ROWID;
+    CREATE TABLE job_batches (
+        job INTEGER NOT NULL,
+        number INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        started INTEGER,
+        ended INTEGER,
+        PRIMARY KEY (job, number)
+    ) WITHOUT ROWID;
+    UPDATE answers SET outcome = 'timeout' WHERE outcome = 'timed out';
+    UPDATE answers SET outcome = 'failed' WHERE outcome = 'error';",
 ];
+
+/// A rollout agent not started yet, and one whose request went out: the
+/// other values of `job_agents.state` are final states.
+pub const PENDING: &str = "pending";
+pub const STARTED: &str = "started";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -150,13 +182,41 @@ pub enum Write {
         id: String,
         result: String,
     },
+    /// A job's state changed (`job pause`, a rollout's end...).
+    JobState {
+        id: String,
+        state: JobState,
+    },
+    /// A rollout's agents: their batch and state ([`PENDING`], [`STARTED`]
+    /// or a final state).
+    JobAgents {
+        id: String,
+        agents: Vec<(String, u32, String)>,
+    },
+    /// A rollout's batch started or ended.
+    Batch {
+        id: String,
+        number: u32,
+        size: u32,
+        started: Option<SystemTime>,
+        ended: Option<SystemTime>,
+    },
     /// Jobs created before this go, with their answers.
     PruneJobs {
         before: SystemTime,
     },
     /// Commit now, then say so: a reader that waits for it sees every
     /// write queued before.
-    Barrier(mpsc::Sender<()>),
+    Barrier(Then),
+}
+
+/// What a barrier does once everything queued before it is committed.
+pub struct Then(Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for Then {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Then")
+    }
 }
 
 /// A registered client as the store keeps it.
@@ -184,6 +244,15 @@ pub struct JobRow {
     pub sent_to: Vec<String>,
     pub offline: Vec<String>,
     pub result: Option<String>,
+    /// A rollout's (running) or one set by `job` control; `None`: follows
+    /// from the answers and the deadline.
+    pub state: Option<JobState>,
+    /// When agents that have not answered are `no-answer`.
+    pub deadline: Option<SystemTime>,
+    pub rollout: Option<RolloutPlan>,
+    /// A rollout's request, to send each batch (after a restart too).
+    pub request: Option<String>,
+    pub rerun_of: Option<String>,
 }
 
 fn millis(t: SystemTime) -> i64 {
@@ -201,12 +270,49 @@ fn rfc3339_millis(ms: i64) -> String {
 /// The columns of a job's summary, with its answer counts.
 const SUMMARY: &str = "SELECT id, created, who, command, target, identities, sent_count, offline_count,
         (SELECT COUNT(*) FROM answers a WHERE a.job = j.seq),
-        (SELECT COUNT(*) FROM answers a WHERE a.job = j.seq AND a.outcome != 'ok')
+        (SELECT COUNT(*) FROM answers a WHERE a.job = j.seq AND a.outcome != 'ok'),
+        state, deadline, rollout IS NOT NULL,
+        (SELECT COUNT(*) FROM job_agents g WHERE g.job = j.seq AND (g.state = 'pending' OR (g.state = 'started'
+            AND NOT EXISTS (SELECT 1 FROM answers a WHERE a.job = g.job AND a.identity = g.identity)))),
+        (SELECT COUNT(*) FROM job_agents g WHERE g.job = j.seq AND g.state = 'offline')
      FROM jobs j";
 
-fn summary(r: &rusqlite::Row) -> rusqlite::Result<JobSummary> {
+/// A job's state: as recorded (a rollout's, or one `job` control set), or
+/// for a plain job from its answers: done once every agent answered or its
+/// deadline passed; interrupted when the server stopped while it ran.
+fn job_state(
+    recorded: Option<&str>,
+    pending: i64,
+    deadline: Option<i64>,
+    created: i64,
+    started: SystemTime,
+) -> JobState {
+    if let Some(state) = recorded.and_then(JobState::parse) {
+        return state;
+    }
+    let now = millis(SystemTime::now());
+    if pending <= 0 || deadline.is_some_and(|d| d <= now) {
+        JobState::Done
+    } else if from_millis(created) < started {
+        JobState::Interrupted
+    } else {
+        JobState::Running
+    }
+}
+
+fn summary(r: &rusqlite::Row, started: SystemTime) -> rusqlite::Result<JobSummary> {
     let identities: Option<String> = r.get(5)?;
     let (sent, answered): (i64, i64) = (r.get(6)?, r.get(8)?);
+    let state: Option<String> = r.get(10)?;
+    let job_state = job_state(state.as_deref(), sent - answered, r.get(11)?, r.get(1)?, started);
+    // A rollout's agents wait for their batch: pending until they end in
+    // a state (none once the rollout is over), offline as their turn found
+    // them.
+    let (pending, offline) = match r.get::<_, bool>(12)? {
+        true if job_state.is_final() => (0, r.get::<_, i64>(14)?),
+        true => (r.get::<_, i64>(13)?, r.get::<_, i64>(14)?),
+        false => ((sent - answered).max(0), r.get::<_, i64>(7)?),
+    };
     Ok(JobSummary {
         id: r.get(0)?,
         created: rfc3339_millis(r.get(1)?),
@@ -215,8 +321,9 @@ fn summary(r: &rusqlite::Row) -> rusqlite::Result<JobSummary> {
         target: describe_target(&r.get::<_, String>(4)?, identities.as_deref()),
         answered: answered as u32,
         failed: r.get::<_, i64>(9)? as u32,
-        pending: (sent - answered).max(0) as u32,
-        offline: r.get::<_, i64>(7)? as u32,
+        pending: pending as u32,
+        offline: offline as u32,
+        state: job_state,
     })
 }
 
@@ -227,6 +334,7 @@ pub fn list_jobs(
     limit: u32,
     stream: Option<&str>,
     patterns: &[String],
+    started: SystemTime,
 ) -> rusqlite::Result<Vec<JobSummary>> {
     let mut sql = format!("{SUMMARY} WHERE 1 = 1");
     let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
@@ -249,7 +357,8 @@ pub fn list_jobs(
     args.push(Box::new(i64::from(limit)));
     sql.push_str(&format!(" ORDER BY seq DESC LIMIT ?{}", args.len()));
     let mut statement = conn.prepare(&sql)?;
-    let rows = statement.query_map(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())), summary)?;
+    let rows =
+        statement.query_map(rusqlite::params_from_iter(args.iter().map(|a| a.as_ref())), |r| summary(r, started))?;
     rows.collect()
 }
 
@@ -265,6 +374,7 @@ fn describe_target(stream: &str, identities: Option<&str>) -> String {
 
 /// What `show_job` reads beside the summary.
 struct JobExtra {
+    seq: i64,
     role: String,
     key: String,
     address: String,
@@ -273,36 +383,45 @@ struct JobExtra {
     offline: String,
     result: Option<String>,
     created: i64,
+    rollout: Option<String>,
+    rerun_of: Option<String>,
+    deadline: Option<i64>,
 }
 
-/// One job with its answers. Recipients that did not answer a job created
-/// before `server_started` never will: they are listed as lost.
+/// One job with its answers, and every targeted agent's state. Agents that
+/// did not answer a job the server stopped during (before
+/// `server_started`) never will: `lost`, and `no-answer`.
 pub fn show_job(conn: &Connection, id: &str, server_started: SystemTime) -> rusqlite::Result<Option<JobDetail>> {
-    let Some(summary) = conn.query_row(&format!("{SUMMARY} WHERE id = ?1"), params![id], summary).optional()? else {
+    let Some(summary) =
+        conn.query_row(&format!("{SUMMARY} WHERE id = ?1"), params![id], |r| summary(r, server_started)).optional()?
+    else {
         return Ok(None);
     };
     let extra = conn.query_row(
-        "SELECT role, key, address, arguments, sent_to, offline, result, created FROM jobs WHERE id = ?1",
+        "SELECT seq, role, key, address, arguments, sent_to, offline, result, created, rollout, rerun_of, deadline
+         FROM jobs WHERE id = ?1",
         params![id],
         |r| {
             Ok(JobExtra {
-                role: r.get(0)?,
-                key: r.get(1)?,
-                address: r.get(2)?,
-                arguments: r.get(3)?,
-                sent_to: r.get(4)?,
-                offline: r.get(5)?,
-                result: r.get(6)?,
-                created: r.get(7)?,
+                seq: r.get(0)?,
+                role: r.get(1)?,
+                key: r.get(2)?,
+                address: r.get(3)?,
+                arguments: r.get(4)?,
+                sent_to: r.get(5)?,
+                offline: r.get(6)?,
+                result: r.get(7)?,
+                created: r.get(8)?,
+                rollout: r.get(9)?,
+                rerun_of: r.get(10)?,
+                deadline: r.get(11)?,
             })
         },
     )?;
-    let mut statement = conn.prepare(
-        "SELECT identity, received, outcome, error, body FROM answers
-            WHERE job = (SELECT seq FROM jobs WHERE id = ?1) ORDER BY identity",
-    )?;
+    let mut statement =
+        conn.prepare("SELECT identity, received, outcome, error, body FROM answers WHERE job = ?1 ORDER BY identity")?;
     let answers: Vec<JobAnswer> = statement
-        .query_map(params![id], |r| {
+        .query_map(params![extra.seq], |r| {
             let body: Option<String> = r.get(4)?;
             Ok(JobAnswer {
                 identity: r.get(0)?,
@@ -313,24 +432,164 @@ pub fn show_job(conn: &Connection, id: &str, server_started: SystemTime) -> rusq
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
+    let answered: HashMap<&str, AgentState> = answers
+        .iter()
+        .map(|a| (a.identity.as_str(), a.outcome.parse::<AgentState>().unwrap_or(AgentState::Failed)))
+        .collect();
     let sent_to: Vec<String> = serde_json::from_str(&extra.sent_to).unwrap_or_default();
-    let lost = if from_millis(extra.created) < server_started {
-        sent_to.iter().filter(|s| !answers.iter().any(|a| &a.identity == *s)).cloned().collect()
+    let offline: Vec<String> = serde_json::from_str(&extra.offline).unwrap_or_default();
+    let interrupted = from_millis(extra.created) < server_started;
+    let over = summary.state.is_final();
+    let rollout: Option<RolloutPlan> = extra.rollout.as_deref().and_then(|r| serde_json::from_str(r).ok());
+    let lost: Vec<String> = if interrupted && rollout.is_none() {
+        sent_to.iter().filter(|s| !answered.contains_key(s.as_str())).cloned().collect()
     } else {
         Vec::new()
     };
+    // A plain job cancelled or aborted still hears from the agents running
+    // it until its deadline.
+    let deadline_passed = extra.deadline.is_some_and(|d| d <= millis(SystemTime::now()));
+    let silent_for_good = interrupted || summary.pending == 0 || deadline_passed || (over && extra.deadline.is_none());
+    let (agents, batches) = if rollout.is_some() {
+        (rollout_agents(conn, extra.seq, &answered, over)?, rollout_batches(conn, extra.seq)?)
+    } else {
+        let mut agents: Vec<AgentRecord> = sent_to
+            .iter()
+            .map(|identity| {
+                let state =
+                    answered.get(identity.as_str()).copied().or(silent_for_good.then_some(AgentState::NoAnswer));
+                AgentRecord { identity: identity.clone(), state, batch: None }
+            })
+            .chain(offline.iter().map(|identity| AgentRecord {
+                identity: identity.clone(),
+                state: Some(AgentState::Offline),
+                batch: None,
+            }))
+            .collect();
+        agents.sort_by(|a, b| a.identity.cmp(&b.identity));
+        (agents, Vec::new())
+    };
     Ok(Some(JobDetail {
+        state: summary.state,
         summary,
         role: extra.role,
         key: extra.key,
         address: extra.address,
         arguments: serde_json::from_str(&extra.arguments).unwrap_or(serde_json::Value::Null),
         sent_to,
-        offline: serde_json::from_str(&extra.offline).unwrap_or_default(),
+        offline,
         result: extra.result,
         answers,
         lost,
+        agents,
+        batches,
+        rollout,
+        rerun_of: extra.rerun_of,
     }))
+}
+
+/// A rollout's agents: their recorded state, or their answer's; a started
+/// agent of a job that is over never answered, a pending one never
+/// started.
+fn rollout_agents(
+    conn: &Connection,
+    seq: i64,
+    answered: &HashMap<&str, AgentState>,
+    over: bool,
+) -> rusqlite::Result<Vec<AgentRecord>> {
+    let mut statement =
+        conn.prepare_cached("SELECT identity, batch, state FROM job_agents WHERE job = ?1 ORDER BY batch, identity")?;
+    let rows = statement.query_map(params![seq], |r| {
+        let (identity, batch, recorded): (String, u32, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        Ok((identity, batch, recorded))
+    })?;
+    let mut agents = Vec::new();
+    for row in rows {
+        let (identity, batch, recorded) = row?;
+        let state = match recorded.as_str() {
+            PENDING => over.then_some(AgentState::Skipped),
+            STARTED => answered.get(identity.as_str()).copied().or(over.then_some(AgentState::NoAnswer)),
+            other => other.parse().ok(),
+        };
+        agents.push(AgentRecord { identity, state, batch: Some(batch) });
+    }
+    Ok(agents)
+}
+
+fn rollout_batches(conn: &Connection, seq: i64) -> rusqlite::Result<Vec<BatchRecord>> {
+    let mut statement =
+        conn.prepare_cached("SELECT number, size, started, ended FROM job_batches WHERE job = ?1 ORDER BY number")?;
+    let rows = statement.query_map(params![seq], |r| {
+        let (started, ended): (Option<i64>, Option<i64>) = (r.get(2)?, r.get(3)?);
+        Ok(BatchRecord {
+            number: r.get(0)?,
+            size: r.get(1)?,
+            started: started.map(rfc3339_millis),
+            ended: ended.map(rfc3339_millis),
+        })
+    })?;
+    rows.collect()
+}
+
+/// A rollout the server was running (or holding paused) when it stopped.
+#[derive(Debug, Clone)]
+pub struct StoredRollout {
+    pub id: String,
+    pub kind: String,
+    /// The requester's key: the rollout's pending answers count as its.
+    pub key: String,
+    pub state: JobState,
+    pub plan: RolloutPlan,
+    /// The request as it was sent, to send the next batches.
+    pub request: String,
+    /// Every agent with its batch and recorded state, in rollout order.
+    pub agents: Vec<(String, u32, String)>,
+    /// Those that answered, with the state their answer put them in.
+    pub answered: HashMap<String, AgentState>,
+    /// Milliseconds each agent is waited for.
+    pub wait: Option<Duration>,
+}
+
+/// The rollouts to resume.
+pub fn unfinished_rollouts(conn: &Connection) -> rusqlite::Result<Vec<StoredRollout>> {
+    let mut statement = conn.prepare(
+        "SELECT seq, id, state, rollout, request, deadline, created, command, key FROM jobs
+         WHERE rollout IS NOT NULL AND state IN ('running', 'paused') ORDER BY seq",
+    )?;
+    type Row = (i64, String, String, String, Option<String>, Option<i64>, i64, String, String);
+    let jobs: Vec<Row> = statement
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::new();
+    for (seq, id, state, plan, request, deadline, created, kind, key) in jobs {
+        let (Some(plan), Some(request)) = (serde_json::from_str(&plan).ok(), request) else { continue };
+        // Within a batch the order does not matter: every agent of it
+        // starts at once.
+        let agents: Vec<(String, u32, String)> = conn
+            .prepare_cached("SELECT identity, batch, state FROM job_agents WHERE job = ?1 ORDER BY batch, identity")?
+            .query_map(params![seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let answered: HashMap<String, AgentState> = conn
+            .prepare_cached("SELECT identity, outcome FROM answers WHERE job = ?1")?
+            .query_map(params![seq], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .filter_map(Result::ok)
+            .map(|(identity, outcome)| (identity, outcome.parse().unwrap_or(AgentState::Failed)))
+            .collect();
+        out.push(StoredRollout {
+            id,
+            kind,
+            key,
+            state: JobState::parse(&state).unwrap_or(JobState::Running),
+            plan,
+            request,
+            agents,
+            answered,
+            wait: deadline.map(|d| Duration::from_millis((d - created).max(0) as u64)),
+        });
+    }
+    Ok(out)
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -434,9 +693,26 @@ impl Writer {
     /// committed. Blocking: for the job reader's thread.
     pub fn sync(&self, timeout: Duration) -> bool {
         let (done, committed) = mpsc::channel();
-        self.write(Write::Barrier(done));
-        self.thread.unpark();
+        self.barrier(move || {
+            let _ = done.send(());
+        });
         committed.recv_timeout(timeout).is_ok()
+    }
+
+    /// Resolves once every write queued so far is committed: for actors,
+    /// which must not block (a rollout's batch goes out only once its
+    /// agents are recorded as started).
+    pub fn committed(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        self.barrier(move || {
+            let _ = done.send(());
+        });
+        committed
+    }
+
+    fn barrier(&self, then: impl FnOnce() + Send + 'static) {
+        self.write(Write::Barrier(Then(Box::new(then))));
+        self.thread.unpark();
     }
 }
 
@@ -515,8 +791,8 @@ fn write_loop(mut conn: Connection, path: &Path, rx: mpsc::Receiver<Write>, log:
                 "file" => %path.display(), "changes" => batch.len(), "error" => %e);
         }
         for write in batch.drain(..) {
-            if let Write::Barrier(done) = write {
-                let _ = done.send(());
+            if let Write::Barrier(Then(then)) = write {
+                then();
             }
         }
     }
@@ -540,8 +816,8 @@ fn insert_answer(tx: &rusqlite::Transaction, seqs: &Seqs, a: &AnswerRow) -> rusq
 }
 
 const INSERT_JOB: &str = "INSERT INTO jobs (id, created, who, role, key, address, command, target, identities,
-        arguments, sent_to, sent_count, offline, offline_count, result)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+        arguments, sent_to, sent_count, offline, offline_count, result, state, deadline, rollout, request, rerun_of)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
     ON CONFLICT (id) DO NOTHING";
 
 fn insert_job(tx: &rusqlite::Transaction, seqs: &mut Seqs, job: &JobRow) -> rusqlite::Result<()> {
@@ -566,6 +842,11 @@ fn insert_job(tx: &rusqlite::Transaction, seqs: &mut Seqs, job: &JobRow) -> rusq
                 serde_json::to_string(&job.offline).unwrap_or_else(|_| "[]".into()),
                 job.offline.len() as i64,
                 job.result,
+                job.state.map(JobState::name),
+                job.deadline.map(millis),
+                job.rollout.as_ref().and_then(|r| serde_json::to_string(r).ok()),
+                job.request,
+                job.rerun_of,
             ],
         )
     };
@@ -630,6 +911,29 @@ fn apply(conn: &mut Connection, seqs: &mut Seqs, batch: &[Write]) -> rusqlite::R
             Write::JobResult { id, result } => {
                 run(&tx, "UPDATE jobs SET result = ?2 WHERE id = ?1", params![id, result])?;
             }
+            Write::JobState { id, state } => {
+                run(&tx, "UPDATE jobs SET state = ?2 WHERE id = ?1", params![id, state.name()])?;
+            }
+            Write::JobAgents { id, agents } => {
+                let Some(job) = seqs.get(&tx, id)? else { continue };
+                for (identity, batch, state) in agents {
+                    run(
+                        &tx,
+                        "INSERT INTO job_agents (job, identity, batch, state) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (job, identity) DO UPDATE SET batch = ?3, state = ?4",
+                        params![job, identity, batch, state],
+                    )?;
+                }
+            }
+            Write::Batch { id, number, size, started, ended } => {
+                let Some(job) = seqs.get(&tx, id)? else { continue };
+                run(
+                    &tx,
+                    "INSERT INTO job_batches (job, number, size, started, ended) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (job, number) DO UPDATE SET started = COALESCE(?4, started), ended = COALESCE(?5, ended)",
+                    params![job, number, size, started.map(millis), ended.map(millis)],
+                )?;
+            }
             Write::Barrier(_) => {}
             Write::PruneJobs { before } => {
                 let before = millis(*before);
@@ -641,6 +945,8 @@ fn apply(conn: &mut Connection, seqs: &mut Seqs, batch: &[Write]) -> rusqlite::R
                     .optional()?;
                 let kept = kept.unwrap_or(i64::MAX);
                 run(&tx, "DELETE FROM answers WHERE job < ?1", params![kept])?;
+                run(&tx, "DELETE FROM job_agents WHERE job < ?1", params![kept])?;
+                run(&tx, "DELETE FROM job_batches WHERE job < ?1", params![kept])?;
                 if run(&tx, "DELETE FROM jobs WHERE seq < ?1", params![kept])? > 0 {
                     seqs.clear();
                 }
@@ -702,6 +1008,11 @@ mod tests {
             sent_to: sent_to.iter().map(|s| s.to_string()).collect(),
             offline: vec!["web-9".into()],
             result: None,
+            state: None,
+            deadline: None,
+            rollout: None,
+            request: None,
+            rerun_of: None,
         }
     }
 
@@ -729,14 +1040,18 @@ mod tests {
         drop(writer);
         thread.join().unwrap();
         let conn = open(&path).unwrap();
-        let all = list_jobs(&conn, 20, None, &[]).unwrap();
+        let all = list_jobs(&conn, 20, None, &[], SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(all.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["b", "a"], "newest first, old pruned");
         assert_eq!((all[1].answered, all[1].failed, all[1].pending, all[1].offline), (2, 1, 0, 1));
         assert_eq!((all[0].answered, all[0].pending), (0, 1));
-        assert_eq!(list_jobs(&conn, 20, Some("shop"), &[]).unwrap().len(), 1);
-        assert_eq!(list_jobs(&conn, 20, None, &["db-*".into()]).unwrap()[0].id, "b");
-        assert_eq!(list_jobs(&conn, 20, None, &["web-9".into()]).unwrap().len(), 2, "offline ones match too");
-        assert_eq!(list_jobs(&conn, 1, None, &[]).unwrap().len(), 1);
+        assert_eq!(list_jobs(&conn, 20, Some("shop"), &[], SystemTime::UNIX_EPOCH).unwrap().len(), 1);
+        assert_eq!(list_jobs(&conn, 20, None, &["db-*".into()], SystemTime::UNIX_EPOCH).unwrap()[0].id, "b");
+        assert_eq!(
+            list_jobs(&conn, 20, None, &["web-9".into()], SystemTime::UNIX_EPOCH).unwrap().len(),
+            2,
+            "offline ones match too"
+        );
+        assert_eq!(list_jobs(&conn, 1, None, &[], SystemTime::UNIX_EPOCH).unwrap().len(), 1);
         // A restart after job b: db-1 never answered and never will.
         let shown = show_job(&conn, "b", now).unwrap().unwrap();
         assert_eq!((shown.lost, shown.offline), (vec!["db-1".to_owned()], vec!["web-9".to_owned()]));
@@ -771,7 +1086,7 @@ mod tests {
         let shown = show_job(&conn, "u", now).unwrap().unwrap();
         assert_eq!(shown.summary.target, "shop");
         assert_eq!(shown.answers.iter().map(|a| a.identity.as_str()).collect::<Vec<_>>(), ["web-1"]);
-        assert_eq!(list_jobs(&conn, 20, None, &[]).unwrap().len(), 1);
+        assert_eq!(list_jobs(&conn, 20, None, &[], SystemTime::UNIX_EPOCH).unwrap().len(), 1);
         let used = crate::jobs::UsedUuids::new(Some(conn));
         assert!(used.is_used("u").unwrap() && !used.is_used("v").unwrap());
     }
@@ -804,7 +1119,7 @@ mod tests {
         let conn = open(&path).unwrap();
         let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(version, MIGRATIONS.len());
-        let all = list_jobs(&conn, 20, None, &[]).unwrap();
+        let all = list_jobs(&conn, 20, None, &[], SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(all.iter().map(|j| (j.id.as_str(), j.answered)).collect::<Vec<_>>(), [("new", 1), ("old", 1)]);
         let shown = show_job(&conn, "old", SystemTime::UNIX_EPOCH).unwrap().unwrap();
         assert_eq!(shown.answers[0].body, Some(serde_json::json!("hi")));

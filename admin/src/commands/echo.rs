@@ -1,23 +1,27 @@
 //! `echo MESSAGE`: every matching client answers with MESSAGE.
 
-use crate::session::{print_json_summary, report_offline, Outcome, Session};
+use crate::for_clients::{self, Job};
+use crate::rollout::RolloutArgs;
+use crate::session::{Admin, Outcome, Session, Wait};
+use anyhow::Context as _;
 use pantry_shared::commands::echo::*;
 use pantry_shared::message::{BodyPart, Message};
-use std::io::Write as _;
-
-use crate::session::{Admin, Wait};
 
 /// Every matching client answers with MESSAGE.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    pub message: String,
-    /// Print JSON for scripts.
+    /// The text [with --from-job: the job's].
+    #[arg(required_unless_present = "from_job")]
+    pub message: Option<String>,
+    /// Print JSON for scripts (each agent's state included).
     #[arg(long)]
     pub json: bool,
     /// Print the job id and return at once; `pantry-admin job ID` shows
     /// the answers.
     #[arg(long = "async")]
     pub detach: bool,
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
     #[command(flatten)]
     pub wait: Wait,
 }
@@ -27,35 +31,24 @@ impl Admin for Args {
         self.wait.or(global)
     }
 
-    /// Admin: prints each answer as it arrives (or, with `--json`, all of
-    /// them at the end), then the summary.
+    /// Admin: prints each answer as it arrives (or, with `--json` or
+    /// `--group`, all of them at the end), then the summary; in batches
+    /// when asked, the server running the rollout.
     fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
-        let target = session.target()?;
-        let request = session.to_clients(request(&self.message), &target);
+        let Some(job) = self.rollout.prepare(session, TYPE)? else { return Ok(Outcome::NoMatch) };
+        let text = match (&self.message, job.argument("text")) {
+            (Some(text), _) => text.clone(),
+            (None, Some(text)) => text.as_str().context("the job's text is not text")?.to_owned(),
+            (None, None) => anyhow::bail!("no MESSAGE given, and the job holds none"),
+        };
+        let mut request = session.to_clients(request(&text), &job.target);
+        job.stamp(&mut request, session.deadline.idle);
         if self.detach {
             return session.start_async(&request);
         }
-        let (json, online_only) = (self.json, session.online_only);
-        let mut answers = Vec::new();
-        let result = session.ask_clients(
-            &request,
-            None,
-            |_, offline| report_offline(offline, online_only, json),
-            |answer| {
-                if json {
-                    answers.push(serde_json::json!({
-                        "identity": answer.metadata.from,
-                        "message": answer.body.first().and_then(|b| b.as_text()),
-                    }));
-                } else {
-                    println!("{}", format_answer(answer));
-                    let _ = std::io::stdout().flush();
-                }
-                true
-            },
-        )?;
-        print_json_summary(json, answers, &result)?;
-        Ok(session.report(&result, &target))
+        let (json, group) = (self.json, self.rollout.group);
+        let job = Job { request, target: &job.target, plan: &job.plan, timeout: 0.0, json, group, to_stderr: false };
+        for_clients::run(session, job, None, |_, _| {})
     }
 }
 

@@ -1,14 +1,13 @@
 //! `jobs` and `job ID`: the job store's record of commands and their answers.
 
-use super::{echo as echo_admin, exec as exec_admin, upload as upload_admin};
-use crate::connection::unsupported;
+use crate::follow::{self, How};
+use crate::interrupt;
 use crate::session::{Outcome, Session};
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
+use pantry_shared::commands::job_control::{self, Action, Control};
 use pantry_shared::commands::jobs::*;
-use pantry_shared::commands::{exec, upload};
 use pantry_shared::filter::Identities;
-use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::session::{Admin, Wait};
 
@@ -52,30 +51,49 @@ pub fn format_table(jobs: &[JobSummary]) -> String {
         return "no jobs\n".into();
     }
     let mut out = format!(
-        "{:<36}  {:<23}  {:<16}  {:<14}  {:<24}  {:>8} {:>6} {:>7} {:>7}\n",
-        "ID", "CREATED", "WHO", "COMMAND", "TARGET", "ANSWERED", "FAILED", "PENDING", "OFFLINE"
+        "{:<36}  {:<23}  {:<16}  {:<14}  {:<24}  {:<11}  {:>8} {:>6} {:>7} {:>7}\n",
+        "ID", "CREATED", "WHO", "COMMAND", "TARGET", "STATE", "ANSWERED", "FAILED", "PENDING", "OFFLINE"
     );
     for j in jobs {
         let target = if j.target.is_empty() { "(every client)" } else { j.target.as_str() };
         out.push_str(&format!(
-            "{:<36}  {:<23}  {:<16}  {:<14}  {:<24}  {:>8} {:>6} {:>7} {:>7}\n",
-            j.id, j.created, j.who, j.command, target, j.answered, j.failed, j.pending, j.offline
+            "{:<36}  {:<23}  {:<16}  {:<14}  {:<24}  {:<11}  {:>8} {:>6} {:>7} {:>7}\n",
+            j.id,
+            j.created,
+            j.who,
+            j.command,
+            target,
+            j.state.name(),
+            j.answered,
+            j.failed,
+            j.pending,
+            j.offline
         ));
     }
     out
 }
 
-/// One job's results, printed as the command printed them.
+/// One job: its answers as its command printed them, every agent's state
+/// (a rollout's batches too); or, with an action word first, control it:
+/// `job pause|resume|abort ID`, `job cancel ID [-i GLOB] [--grace 5s]`.
 #[derive(clap::Args, Debug)]
 pub struct ShowArgs {
-    pub id: String,
+    /// `ID`, or `pause|resume|abort|cancel ID`.
+    #[arg(required = true, num_args = 1..=2, value_name = "[ACTION] ID")]
+    pub words: Vec<String>,
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
-    /// Wait (up to --timeout) until every client sent the request has
-    /// answered.
+    /// Follow the job until it is over (a rollout batch by batch); Ctrl-C
+    /// asks whether to cancel it.
     #[arg(long = "wait")]
     pub until_done: bool,
+    /// Print the agents with identical output and state once.
+    #[arg(long)]
+    pub group: bool,
+    /// `cancel`: between SIGTERM and SIGKILL of the command's processes.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub grace: Option<Duration>,
     #[command(flatten)]
     pub wait: Wait,
 }
@@ -85,70 +103,46 @@ impl Admin for ShowArgs {
         self.wait.or(global)
     }
 
-    /// Admin: the job as its command printed it; `--wait` polls until every
-    /// client sent the request answered, or the deadline. It fails unless
-    /// every answer succeeded and every client answered.
+    /// Admin: control the job (the server says what it did), or show it;
+    /// `--wait` follows it until it is over. It fails unless every targeted
+    /// agent is `ok`.
     fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
-        let shown = loop {
-            let response = session.ask_server(show_request(&self.id))?;
-            let shown = job(&response).context("the server's answer holds no job")?;
-            if !self.until_done || shown.summary.pending == 0 || shown.lost.len() as u32 >= shown.summary.pending {
-                break shown;
-            }
-            if Instant::now() + Duration::from_millis(500) >= session.deadline.at {
-                eprintln!("still waiting for {} clients", shown.summary.pending);
-                break shown;
-            }
-            std::thread::sleep(Duration::from_millis(500));
+        let (action, id) = match self.words.as_slice() {
+            [id] => (None, id.clone()),
+            [word, id] => match Action::parse(word) {
+                Some(action) => (Some(action), id.clone()),
+                None => bail!("`{word}` is not an action (pause, resume, abort, cancel): `job ACTION ID` or `job ID`"),
+            },
+            _ => bail!("give a job id"),
         };
-        if self.json {
-            println!("{}", serde_json::to_string_pretty(&shown)?);
-        } else {
-            print!("{}", format_job(&shown));
+        let Some(action) = action else {
+            if self.until_done {
+                interrupt::install()?;
+            }
+            let how = How::new(self.until_done, self.json, self.group);
+            return follow::follow(session, &id, how, None);
+        };
+        if self.grace.is_some() && action != Action::Cancel {
+            bail!("--grace is for `job cancel`");
         }
-        let answered_ok = shown.answers.iter().all(|a| a.outcome == "ok");
-        let complete = shown.summary.pending == 0 && shown.offline.is_empty() && shown.lost.is_empty();
-        let changed_ok = shown.result.as_deref().is_none_or(|r| r == "ok");
-        Ok((answered_ok && complete && changed_ok).into())
-    }
-}
-
-/// Admin: a job's answers as its command printed them, then who did not
-/// answer.
-fn format_job(job: &JobDetail) -> String {
-    let mut out = String::new();
-    let command = job.summary.command.as_str();
-    let timeout = job.arguments.get("timeout").and_then(Value::as_f64).unwrap_or(0.0);
-    for answer in &job.answers {
-        let m = answer.as_message(command);
-        let line = match (m.error(), command) {
-            (Some(error), _) => format!("{}: error: {error}\n", answer.identity),
-            (None, exec::TYPE) => match exec::result(&m) {
-                Some(result) => exec_admin::format_answer(&answer.identity, &result, timeout),
-                None => format!("{}: {}\n", answer.identity, unsupported(command)),
-            },
-            (None, upload::TYPE) => match upload::result(&m) {
-                Some(result) => format!("{}\n", upload_admin::format_answer(&answer.identity, &result)),
-                None => format!("{}: {}\n", answer.identity, unsupported(command)),
-            },
-            (None, _) => format!("{}\n", echo_admin::format_answer(&m)),
+        if !session.identities.is_empty() && action != Action::Cancel {
+            bail!("-i is for `job cancel`: pause, resume and abort act on the whole job");
+        }
+        let control = Control {
+            job: id.clone(),
+            action,
+            identities: session.identities.clone(),
+            grace_ms: self.grace.map_or(0, |g| g.as_millis().max(1) as u64),
         };
-        out.push_str(&line);
+        let response = session.ask_server(job_control::request(&control))?;
+        let done = job_control::done(&response).context("the server's answer says nothing")?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&done)?);
+        } else {
+            println!("job {id} {}: {}", done.state, done.note);
+        }
+        Ok(Outcome::Done)
     }
-    for identity in &job.offline {
-        out.push_str(&format!("{identity}: offline\n"));
-    }
-    for identity in &job.lost {
-        out.push_str(&format!("{identity}: no answer (server restarted)\n"));
-    }
-    let answered: Vec<&str> = job.answers.iter().map(|a| a.identity.as_str()).collect();
-    for identity in job.sent_to.iter().filter(|s| !answered.contains(&s.as_str()) && !job.lost.contains(s)) {
-        out.push_str(&format!("{identity}: no answer yet\n"));
-    }
-    if let Some(result) = &job.result {
-        out.push_str(&format!("{command} {}: {result}\n", job.arguments));
-    }
-    out
 }
 
 #[cfg(test)]
@@ -172,6 +166,7 @@ mod tests {
             failed: 1,
             pending: 0,
             offline: 1,
+            state: pantry_shared::commands::rollout::JobState::Done,
         };
         let listed = jobs(&respond_list(&m, std::slice::from_ref(&summary)));
         assert_eq!(listed, std::slice::from_ref(&summary));
@@ -190,12 +185,17 @@ mod tests {
                 received: "2026-01-01T00:00:01.000Z".into(),
                 outcome: "ok".into(),
                 error: None,
-                body: Some(Value::String("hi".into())),
+                body: Some(serde_json::Value::String("hi".into())),
             }],
             lost: vec![],
+            state: pantry_shared::commands::rollout::JobState::Done,
+            agents: vec![],
+            batches: vec![],
+            rollout: None,
+            rerun_of: None,
         };
         let back = job(&respond_show(&show_request("u"), &detail)).unwrap();
         assert_eq!(back, detail);
-        assert_eq!(echo_admin::format_answer(&back.answers[0].as_message("Echo")), "web-1: hi");
+        assert_eq!(super::super::echo::format_answer(&back.answers[0].as_message("Echo")), "web-1: hi");
     }
 }

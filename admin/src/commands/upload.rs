@@ -1,8 +1,9 @@
 //! `upload LOCAL REMOTE`: offer a file on the file service and have every matching client fetch it.
 
-use crate::connection::unsupported;
 use crate::connection::SideTask;
-use crate::session::{print_json_summary, report_offline, Outcome, Session};
+use crate::for_clients::{self, Job};
+use crate::rollout::RolloutArgs;
+use crate::session::{Outcome, Session};
 use anyhow::{bail, Context as _};
 use pantry_shared::commands::upload::*;
 use sha2::{Digest, Sha256};
@@ -17,10 +18,16 @@ use crate::session::{Admin, Wait};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     pub local_file: PathBuf,
-    pub remote_path: String,
-    /// Print JSON for scripts.
+    /// Where [with --from-job: the job's].
+    #[arg(required_unless_present = "from_job")]
+    pub remote_path: Option<String>,
+    /// Print JSON for scripts (each agent's state included).
     #[arg(long)]
     pub json: bool,
+    /// A rollout keeps this admin connected: it serves the file to each
+    /// batch.
+    #[command(flatten)]
+    pub rollout: RolloutArgs,
     #[command(flatten)]
     pub wait: Wait,
 }
@@ -94,12 +101,20 @@ impl Admin for Args {
     /// at the end), then the summary.
     fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
         use std::os::unix::fs::PermissionsExt;
-        let target = session.target()?;
-        let (local, remote, json) = (self.local_file.as_path(), self.remote_path.as_str(), self.json);
+        let Some(job) = self.rollout.prepare(session, TYPE)? else { return Ok(Outcome::NoMatch) };
+        let remote = match (&self.remote_path, job.argument("remote_path")) {
+            (Some(remote), _) => remote.clone(),
+            (None, Some(remote)) => remote.as_str().context("the job's remote path is not text")?.to_owned(),
+            (None, None) => bail!("no REMOTE_PATH given, and the job holds none"),
+        };
+        let (local, json) = (self.local_file.as_path(), self.json);
         if !remote.starts_with('/') {
             bail!("REMOTE_PATH must be absolute: {remote}");
         }
         let (size, sha256) = describe(local).with_context(|| format!("cannot read {}", local.display()))?;
+        if let Some(before) = job.argument("sha256").and_then(|s| s.as_str()).filter(|b| *b != sha256) {
+            eprintln!("note: {} is not the file job ran (sha256 {before}, now {sha256})", local.display());
+        }
         // Hashing a big file takes a while: the wait for the server starts now.
         session.deadline.restart();
         let mode = std::fs::metadata(local).map(|m| m.permissions().mode() & 0o7777).ok();
@@ -116,36 +131,20 @@ impl Admin for Args {
             indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {binary_bytes_per_sec} {eta}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        if job.plan.is_rollout() {
+            // Batch by batch, the bar would only mislead.
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
         let mut side = UploadSide { socket, sender: Sender::new(local, &transfer_id, size)?, bar: bar.clone() };
-        let upload = UploadRequest { transfer_id, remote_path: remote.to_owned(), size, sha256, mode };
-        let request = session.to_clients(request(&upload), &target);
-        let online_only = session.online_only;
-        let mut answers = Vec::new();
-        let result = session.ask_clients(
-            &request,
-            Some(&mut side),
-            |ids, offline| {
-                bar.suspend(|| report_offline(offline, online_only, json));
-                bar.set_length(size * ids.len() as u64)
-            },
-            |answer| {
-                let Some(done) = result(answer) else {
-                    bar.suspend(|| eprintln!("{}: {}", answer.metadata.from, unsupported(TYPE)));
-                    return false;
-                };
-                if json {
-                    answers.push(serde_json::json!({"identity": answer.metadata.from, "result": done}));
-                } else {
-                    bar.suspend(|| eprintln!("{}", format_answer(&answer.metadata.from, &done)));
-                }
-                true
-            },
-        );
+        let upload = UploadRequest { transfer_id, remote_path: remote, size, sha256, mode };
+        let mut request = session.to_clients(request(&upload), &job.target);
+        job.stamp(&mut request, session.deadline.idle);
+        let group = self.rollout.group;
+        let run = Job { request, target: &job.target, plan: &job.plan, timeout: 0.0, json, group, to_stderr: true };
+        let outcome = for_clients::run(session, run, Some(&mut side), |ids, _| bar.set_length(size * ids.len() as u64));
         bar.finish_and_clear();
         let _ = side.socket.send_multipart(side.sender.done_frames(), zmq::DONTWAIT);
-        let result = result?;
-        print_json_summary(json, answers, &result)?;
-        Ok(session.report(&result, &target))
+        outcome
     }
 }
 

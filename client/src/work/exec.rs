@@ -3,6 +3,9 @@
 //! and stderr are captured, each capped.
 
 use pantry_shared::commands::exec::*;
+use pantry_shared::commands::rollout::CANCELLED_FIELD;
+
+use super::running::{Running, Started};
 use pantry_shared::message::{BodyPart, Message};
 use serde_json::Value;
 use std::io::Read;
@@ -12,16 +15,23 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Client: run the request (blocking: call it on a worker thread) and
-/// build the answer. `allowed` is the agent's `allow_exec`.
-pub fn handle(request: &Message, allowed: bool) -> Message {
+/// build the answer. `allowed` is the agent's `allow_exec`; the program
+/// sees `PANTRY_IDENTITY` (this agent) and `PANTRY_JOB` (the request's
+/// uuid) in its environment.
+pub fn handle(request: &Message, allowed: bool, identity: &str, running: &Running) -> Message {
     let mut response = request.response();
     if !allowed {
-        response.set_error("exec is disabled on this client (allow_exec: false in its client.yml)");
+        response.set_error(format!("{DISABLED} (allow_exec: false in its client.yml)"));
         return response;
     }
     match parse(request) {
         Ok(exec) => {
-            let result = run(&exec);
+            let job = running.start(request.uuid());
+            let env = [("PANTRY_IDENTITY", identity), ("PANTRY_JOB", request.uuid())];
+            let result = run_as(&exec, &env, Some(&job));
+            if result.cancelled {
+                response.metadata.custom.insert(CANCELLED_FIELD.into(), Value::Bool(true));
+            }
             response.body.push(BodyPart::Json(serde_json::to_value(result).unwrap_or(Value::Null)));
         }
         Err(e) => response.set_error(e.to_string()),
@@ -34,6 +44,12 @@ pub fn handle(request: &Message, allowed: bool) -> Message {
 /// a child it left running in the background (`sleep 20 & echo started`).
 /// Output read by then is kept, capped.
 pub fn run(exec: &ExecRequest) -> ExecResult {
+    run_as(exec, &[], None)
+}
+
+/// [`run`] with `env` added to the program's environment, and registered
+/// as `job` (its process group, and whether it was cancelled).
+fn run_as(exec: &ExecRequest, env: &[(&str, &str)], job: Option<&Started>) -> ExecResult {
     let started = Instant::now();
     let mut command = if exec.shell {
         let mut c = Command::new("sh");
@@ -46,6 +62,7 @@ pub fn run(exec: &ExecRequest) -> ExecResult {
         c
     };
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    command.envs(env.iter().copied());
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -59,6 +76,7 @@ pub fn run(exec: &ExecRequest) -> ExecResult {
                 stderr_truncated: false,
                 duration_ms: 0,
                 error: Some(format!("{}: {e}", exec.program)),
+                cancelled: false,
             }
         }
     };
@@ -70,6 +88,9 @@ pub fn run(exec: &ExecRequest) -> ExecResult {
     let stdout = Capture::start(child.stdout.take(), closed_tx.clone());
     let stderr = Capture::start(child.stderr.take(), closed_tx);
     let pid = child.id() as i32;
+    if let Some(job) = job {
+        job.group(pid);
+    }
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = done_tx.send(child.wait());
@@ -105,6 +126,7 @@ pub fn run(exec: &ExecRequest) -> ExecResult {
         stderr_truncated,
         duration_ms: started.elapsed().as_millis() as u64,
         error: None,
+        cancelled: job.is_some_and(Started::is_cancelled),
     }
 }
 
@@ -213,9 +235,10 @@ mod tests {
     #[test]
     fn refusal_and_round_trip() {
         let req = request(&exec("true", &[], false, 1.0));
-        let refused = handle(&req, false);
+        let running = crate::work::running::Running::default();
+        let refused = handle(&req, false, "h", &running);
         assert!(refused.error().unwrap().contains("allow_exec"));
-        let answer = handle(&Message::from_frames(&req.to_frames()).unwrap(), true);
+        let answer = handle(&Message::from_frames(&req.to_frames()).unwrap(), true, "h", &running);
         let back = result(&Message::from_frames(&answer.to_frames()).unwrap()).unwrap();
         assert!(back.succeeded());
     }

@@ -5,9 +5,10 @@
 //! agent does not run is answered with an error naming it.
 
 pub mod exec;
+pub mod running;
 pub mod upload;
 
-use pantry_shared::commands::{echo, unknown_type_error, Kind};
+use pantry_shared::commands::{cancel, echo, unknown_type_error, Kind};
 use pantry_shared::filter::ClientFilter;
 use pantry_shared::Message;
 
@@ -19,6 +20,8 @@ pub struct ClientContext {
     pub allow_exec: bool,
     /// Where uploads are fetched from.
     pub file_service: Option<upload::FileService>,
+    /// The commands running, for `job cancel`.
+    pub running: running::Running,
 }
 
 impl ClientContext {
@@ -38,9 +41,16 @@ pub fn may_block(message_type: &str) -> bool {
 pub fn run_on_client(request: &Message, ctx: &ClientContext) -> Message {
     let mut response = match Kind::from_wire(request.message_type()) {
         Some(Kind::Echo) => echo::handle(request),
-        Some(Kind::Exec) => exec::handle(request, ctx.allow_exec),
+        Some(Kind::Exec) => exec::handle(request, ctx.allow_exec, ctx.identity(), &ctx.running),
+        // No answer is asked for: the cancelled command's own answer says so.
+        Some(Kind::Cancel) => {
+            if let Some(asked) = cancel::parse(request) {
+                ctx.running.cancel(&asked.job, asked.grace());
+            }
+            request.response()
+        }
         Some(Kind::Upload) => match &ctx.file_service {
-            Some(service) => upload::handle(request, service),
+            Some(service) => upload::handle(request, service, &ctx.running),
             None => {
                 let mut r = request.response();
                 r.set_error("this client has no file service connection");
@@ -70,7 +80,12 @@ mod tests {
 
     #[test]
     fn unknown_types_get_an_error_naming_them() {
-        let ctx = ClientContext { filter: ClientFilter::default(), allow_exec: true, file_service: None };
+        let ctx = ClientContext {
+            filter: ClientFilter::default(),
+            allow_exec: true,
+            file_service: None,
+            running: running::Running::default(),
+        };
         let mut request = Message::new("Frobnicate");
         request.metadata.requires_response = true;
         let answer = run_on_client(&request, &ctx);

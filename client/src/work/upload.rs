@@ -2,7 +2,10 @@
 //! chunks with credit-based flow, written beside its target, checked
 //! against its SHA-256 and renamed into place.
 
+use pantry_shared::commands::rollout::CANCELLED_FIELD;
 use pantry_shared::commands::upload::*;
+
+use super::running::{Running, Started};
 use pantry_shared::message::{BodyPart, Message};
 use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::security::SocketSecurity;
@@ -22,7 +25,8 @@ pub struct FileService {
 
 /// Agent, steps 2 and 5: fetch, check, rename; build the answer. Blocking:
 /// run it on a worker thread.
-pub fn handle(request: &Message, service: &FileService) -> Message {
+pub fn handle(request: &Message, service: &FileService, running: &Running) -> Message {
+    let job = running.start(request.uuid());
     let mut response = request.response();
     // The agent's own server's key still authenticates the other server:
     // every server of a cluster has the same key pair.
@@ -33,10 +37,15 @@ pub fn handle(request: &Message, service: &FileService) -> Message {
     };
     let result = parse(request)
         .map_err(|e| e.to_string())
-        .and_then(|upload| receive(&upload, service).map_err(|e| e.to_string()));
+        .and_then(|upload| receive(&upload, service, &job).map_err(|e| e.to_string()));
     match result {
         Ok(done) => response.body.push(BodyPart::Json(serde_json::to_value(done).unwrap_or(Value::Null))),
-        Err(e) => response.set_error(e),
+        Err(e) => {
+            if job.is_cancelled() {
+                response.metadata.custom.insert(CANCELLED_FIELD.into(), Value::Bool(true));
+            }
+            response.set_error(e)
+        }
     }
     response
 }
@@ -56,11 +65,13 @@ enum ReceiveError {
     OutOfOrder { offset: u64, expected: u64 },
     #[error("file service: {0}")]
     Refused(String),
+    #[error("cancelled")]
+    Cancelled,
     #[error("SHA-256 mismatch: got {got}, expected {expected}")]
     Mismatch { got: String, expected: String },
 }
 
-fn receive(upload: &UploadRequest, service: &FileService) -> Result<UploadResult, ReceiveError> {
+fn receive(upload: &UploadRequest, service: &FileService, job: &Started) -> Result<UploadResult, ReceiveError> {
     let target = PathBuf::from(&upload.remote_path);
     let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("/"));
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -79,6 +90,9 @@ fn receive(upload: &UploadRequest, service: &FileService) -> Result<UploadResult
     let (mut requested, mut received) = (0u64, 0u64);
     let mut last_progress = Instant::now();
     while received < upload.size {
+        if job.is_cancelled() {
+            return Err(ReceiveError::Cancelled);
+        }
         while requested < upload.size && requested - received < CREDIT * CHUNK_SIZE {
             let len = CHUNK_SIZE.min(upload.size - requested);
             let frames = [FETCH, id, &requested.to_be_bytes(), &(len as u32).to_be_bytes()];

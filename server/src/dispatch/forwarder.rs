@@ -7,11 +7,11 @@
 //! agent already holding its share of unanswered requests is not sent it:
 //! its requester hears `agent not reading` at once.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pantry_shared::commands::{recipients, upload, Kind};
+use pantry_shared::commands::{cancel, recipients, upload, Kind};
 use pantry_shared::filter::Identities;
 use pantry_shared::{DecodeError, Message};
 use serde_json::Value;
@@ -184,6 +184,47 @@ impl Forwarder {
         if let Some(identity) = last {
             out.stream = identity;
             self.outbox.send(Outbound::Publish(out));
+        }
+    }
+
+    /// Publishes a rollout's batch: to each of `here` on its own stream,
+    /// and to each other server with agents of the batch, for those only,
+    /// under `alias` (a batch of its own there; its answers come back
+    /// under it).
+    pub fn publish_batch(
+        &self,
+        kind: Kind,
+        request: &Message,
+        here: &[String],
+        elsewhere: BTreeMap<String, Vec<String>>,
+        alias: &str,
+    ) {
+        for (server, identities) in elsewhere {
+            let mut copy = request.clone();
+            copy.metadata.uuid = alias.to_owned();
+            copy.metadata.requires_response = true;
+            copy.metadata.custom.insert(CLUSTER_PEER_FIELD.into(), Value::Bool(true));
+            copy.metadata.custom.remove(pantry_shared::commands::rollout::ROLLOUT_FIELD);
+            Identities::attach(&mut copy, &identities);
+            if let (Kind::Upload, Some(files)) = (kind, &self.cluster_files) {
+                copy.metadata.custom.insert(upload::FILE_SERVICE_FIELD.into(), Value::String(files.clone()));
+            }
+            self.outbox.send(Outbound::ToServer { server, message: copy });
+        }
+        let mut out = request.clone();
+        out.metadata.forwarded = true;
+        for identity in here {
+            self.outbox.send(Outbound::Publish(Message { stream: identity.clone(), ..out.clone() }));
+        }
+    }
+
+    /// Tells the agents running `job` to cancel it.
+    pub fn cancel_on(&self, job: &str, identities: &[String], grace: Duration) {
+        let cancel = cancel::CancelRequest { job: job.to_owned(), grace_ms: grace.as_millis() as u64 };
+        for identity in identities {
+            let mut m = cancel::request(&cancel, identity, "pantry-server");
+            m.metadata.forwarded = true;
+            self.outbox.send(Outbound::Publish(m));
         }
     }
 

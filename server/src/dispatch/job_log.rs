@@ -6,13 +6,14 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
+use pantry_shared::commands::rollout::{self, JobState, RolloutPlan};
 use pantry_shared::commands::{Kind, RunsOn};
 use pantry_shared::Message;
 use serde_json::Value;
 
 use crate::answers;
 use crate::jobs::UsedUuids;
-use crate::store::{JobRow, Write, Writer};
+use crate::store::{JobRow, Write, Writer, PENDING};
 
 use super::Request;
 
@@ -64,15 +65,50 @@ impl JobLog {
         if self.settings.is_none() {
             return;
         }
+        if kind.runs_on() == RunsOn::Server {
+            self.changes.insert(request.message.uuid().to_owned());
+        }
+        let row = self.row(request, arguments, sent_to, offline);
+        self.db.write(Write::Job(Box::new(row)));
+    }
+
+    /// Records a rollout: every target (in `agents`, with its batch, all
+    /// pending), the plan and the request to send each batch.
+    pub fn record_rollout(
+        &mut self,
+        request: &Request,
+        arguments: Value,
+        plan: &RolloutPlan,
+        agents: &[(String, u32)],
+    ) {
+        let targets = agents.iter().map(|(identity, _)| identity.clone()).collect();
+        let mut row = self.row(request, arguments, targets, Vec::new());
+        row.state = Some(JobState::Running);
+        row.rollout = Some(plan.clone());
+        row.request = Some(stored_request(&request.message));
+        let id = row.id.clone();
+        self.db.write(Write::Job(Box::new(row)));
+        // Every batch is listed from the start, each with its size; its
+        // start and end are filled in as it runs.
+        let mut sizes: std::collections::BTreeMap<u32, u32> = std::collections::BTreeMap::new();
+        for (_, batch) in agents {
+            *sizes.entry(*batch).or_default() += 1;
+        }
+        let agents = agents.iter().map(|(identity, batch)| (identity.clone(), *batch, PENDING.to_owned())).collect();
+        self.db.write(Write::JobAgents { id: id.clone(), agents });
+        for (number, size) in sizes {
+            self.db.write(Write::Batch { id: id.clone(), number, size, started: None, ended: None });
+        }
+    }
+
+    fn row(&mut self, request: &Request, arguments: Value, sent_to: Vec<String>, offline: Vec<String>) -> JobRow {
         let m = &request.message;
         let auth = request.auth.as_deref();
-        if kind.runs_on() == RunsOn::Server {
-            self.changes.insert(m.uuid().to_owned());
-        }
         self.used.record(m.uuid());
-        let row = JobRow {
+        let created = SystemTime::now();
+        JobRow {
             id: m.uuid().to_owned(),
-            created: SystemTime::now(),
+            created,
             who: auth.map_or(m.metadata.from.clone(), |a| a.name_or_dash().to_owned()),
             role: auth.map_or("-", |a| a.standing.name()).to_owned(),
             key: request.key().to_owned(),
@@ -84,8 +120,24 @@ impl JobLog {
             sent_to,
             offline,
             result: None,
-        };
-        self.db.write(Write::Job(Box::new(row)));
+            state: None,
+            deadline: rollout::wait(m).map(|wait| created + wait),
+            rollout: None,
+            request: None,
+            rerun_of: m.metadata.custom.get(rollout::RERUN_FIELD).and_then(Value::as_str).map(str::to_owned),
+        }
+    }
+
+    /// Writes `write` (when jobs are kept).
+    pub fn write(&self, write: Write) {
+        if self.settings.is_some() {
+            self.db.write(write);
+        }
+    }
+
+    /// Resolves once everything written so far is committed.
+    pub fn committed(&self) -> tokio::sync::oneshot::Receiver<()> {
+        self.db.committed()
     }
 
     /// An answer the server sends: when it is the answer to a change the
@@ -111,4 +163,17 @@ impl JobLog {
             self.db.write(Write::PruneJobs { before });
         }
     }
+}
+
+/// A request as the job store keeps it to send again: its frames, hex.
+pub fn stored_request(m: &Message) -> String {
+    let frames: Vec<String> = m.to_frames().iter().map(hex::encode).collect();
+    serde_json::to_string(&frames).unwrap_or_default()
+}
+
+/// The request [`stored_request`] kept.
+pub fn stored_message(text: &str) -> Option<Message> {
+    let frames: Vec<String> = serde_json::from_str(text).ok()?;
+    let frames: Vec<Vec<u8>> = frames.iter().map(hex::decode).collect::<Result<_, _>>().ok()?;
+    Message::from_frames(&frames).ok()
 }

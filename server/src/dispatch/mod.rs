@@ -13,10 +13,12 @@
 //! routes them with the table of pending requests ([`crate::routes`]),
 //! which the forwarder fills. Responses to a requester never go over PUB.
 
+mod control;
 mod forwarder;
 mod gate;
 mod handlers;
 mod job_log;
+mod rollouts;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -24,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix::prelude::*;
+use pantry_shared::commands::rollout::{self, RolloutPlan};
 use pantry_shared::commands::{Kind, RunsOn};
 use pantry_shared::Message;
 use serde_json::Value;
@@ -173,6 +176,8 @@ pub struct CommandDispatcher {
     outbox: Outbox,
     registry: Addr<ClientRegistry>,
     files: Addr<FileService>,
+    /// The rollouts running (or paused) here, by job id.
+    rollouts: HashMap<String, rollouts::Rollout>,
     metrics: Arc<Metrics>,
     log: Logger,
 }
@@ -211,6 +216,7 @@ impl CommandDispatcher {
             outbox,
             registry,
             files,
+            rollouts: HashMap::new(),
             metrics: settings.metrics,
             log,
         })
@@ -265,7 +271,11 @@ impl CommandDispatcher {
         }
         let activity = &self.activity;
         match handlers::start(kind, &self.services, request, || activity.clone()) {
-            Started::Forward(request) => self.forward(kind, *request, arguments, ctx),
+            Started::Forward(request) => match rollout::plan(&request.message).filter(RolloutPlan::is_rollout) {
+                Some(plan) => self.start_rollout(kind, *request, arguments, plan, ctx),
+                None => self.forward(kind, *request, arguments, ctx),
+            },
+            Started::Control(request) => self.control(*request, ctx),
             Started::Server(asker, work) => {
                 work.into_actor(self)
                     .map(move |done: Done, act, _| {
@@ -338,6 +348,7 @@ impl Actor for CommandDispatcher {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if self.jobs.settings().is_some() {
+            self.resume_rollouts(ctx);
             self.jobs.prune();
             ctx.run_interval(PRUNE_EVERY, |act, _| act.jobs.prune());
         }

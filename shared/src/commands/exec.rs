@@ -20,6 +20,9 @@ pub const TYPE: &str = "Exec";
 pub const RULE: Rule =
     Rule { wire: TYPE, runs_on: RunsOn::Clients, senders: Senders::Admins, may_block: true, job: true };
 
+/// How an agent with `allow_exec: false` refuses (its answer's error).
+pub const DISABLED: &str = "exec is disabled on this client";
+
 /// Most bytes of stdout (and of stderr) an answer carries.
 pub const OUTPUT_CAP: usize = 1024 * 1024;
 
@@ -59,6 +62,9 @@ pub struct ExecResult {
     pub duration_ms: u64,
     /// Why it could not be started, if it could not.
     pub error: Option<String>,
+    /// Killed by `job cancel`.
+    #[serde(default)]
+    pub cancelled: bool,
 }
 
 impl ExecResult {
@@ -68,6 +74,9 @@ impl ExecResult {
 
     /// `exit 0`, `exit 1`, `killed by signal 9`, `timed out after 1.0 s`.
     pub fn status_text(&self, timeout: f64) -> String {
+        if self.cancelled {
+            return "cancelled".into();
+        }
         match (self.timed_out, &self.error, self.exit_code, self.signal) {
             (true, ..) => format!("timed out after {timeout} s, killed"),
             (_, Some(e), ..) => format!("not started: {e}"),

@@ -20,6 +20,8 @@ use crate::message::{BodyPart, Message};
 
 use crate::rule::{Rule, RunsOn, Senders};
 
+use super::rollout::{AgentState, JobState, RolloutPlan};
+
 pub const LIST_TYPE: &str = "ListJobs";
 pub const SHOW_TYPE: &str = "ShowJob";
 
@@ -49,6 +51,34 @@ pub struct JobSummary {
     pub failed: u32,
     pub pending: u32,
     pub offline: u32,
+    #[serde(default = "done")]
+    pub state: JobState,
+}
+
+fn done() -> JobState {
+    JobState::Done
+}
+
+/// One agent a job targets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub identity: String,
+    /// Its final state; `None` while it runs or waits for its batch.
+    pub state: Option<AgentState>,
+    /// A rollout's batch it is in (from 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u32>,
+}
+
+/// One batch of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    /// From 1.
+    pub number: u32,
+    pub size: u32,
+    /// RFC 3339, with milliseconds; `None`: not started.
+    pub started: Option<String>,
+    pub ended: Option<String>,
 }
 
 /// A job with everything recorded.
@@ -70,6 +100,26 @@ pub struct JobDetail {
     /// Clients sent the request that never answered before the server
     /// restarted: they never will.
     pub lost: Vec<String>,
+    #[serde(default = "done")]
+    pub state: JobState,
+    /// Every agent the job targets, with its state.
+    #[serde(default)]
+    pub agents: Vec<AgentRecord>,
+    /// A rollout's batches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<BatchRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPlan>,
+    /// The job this one re-ran (`--from-job`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<String>,
+}
+
+impl JobDetail {
+    /// The agents in `state`.
+    pub fn in_state(&self, state: AgentState) -> impl Iterator<Item = &AgentRecord> {
+        self.agents.iter().filter(move |a| a.state == Some(state))
+    }
 }
 
 /// One client's answer.
@@ -78,7 +128,8 @@ pub struct JobAnswer {
     pub identity: String,
     /// RFC 3339, with milliseconds.
     pub received: String,
-    /// `ok`, `failed`, `error` or `timed out`.
+    /// The agent's state its answer put it in (`ok`, `failed`, `timeout`,
+    /// `refused`, `cancelled`).
     pub outcome: String,
     pub error: Option<String>,
     /// The answer's first body part (exec: its result; echo: the text),

@@ -12,6 +12,7 @@
 //! no wildcard: a kind added here without a handler does not compile.
 
 pub mod app_config;
+pub mod cancel;
 pub mod client_forget;
 pub mod client_list;
 pub mod client_pending;
@@ -22,9 +23,11 @@ pub mod create_client;
 pub mod echo;
 pub mod enroll;
 pub mod exec;
+pub mod job_control;
 pub mod jobs;
 pub mod recipients;
 pub mod register_client;
+pub mod rollout;
 pub mod status;
 pub mod upload;
 
@@ -73,6 +76,8 @@ kinds! {
     ForgetClient => client_forget::RULE,
     ListJobs => jobs::LIST_RULE,
     ShowJob => jobs::SHOW_RULE,
+    JobControl => job_control::RULE,
+    Cancel => cancel::RULE,
 }
 
 impl Kind {
@@ -92,6 +97,15 @@ impl Kind {
     pub fn is_job(self) -> bool {
         self.rule().job
     }
+}
+
+/// Whether an agent's error says it does not run `message_type` at all:
+/// SPEC §3 asks an agent to answer a type it does not know with an error
+/// "saying so", in its own words (ours: "does not know the command type").
+pub fn says_unsupported(error: &str, message_type: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains(&message_type.to_ascii_lowercase())
+        && ["unknown", "not know", "not support", "unsupported", "not implemented"].iter().any(|w| error.contains(w))
 }
 
 /// The error an agent answers a type it does not run with.
@@ -128,9 +142,12 @@ mod tests {
             AcceptPendingKey,
             RejectPendingKey,
             ForgetClient,
+            JobControl,
         ];
         assert_eq!(jobs, expected);
-        assert!(Kind::ALL.iter().filter(|k| k.runs_on() == RunsOn::Clients).all(|k| k.is_job()));
+        // Cancel is the server's, sent on behalf of a recorded JobControl.
+        let for_clients = Kind::ALL.iter().filter(|k| k.runs_on() == RunsOn::Clients && **k != Cancel);
+        assert!(for_clients.into_iter().all(|k| k.is_job()));
     }
 
     #[test]

@@ -91,14 +91,16 @@ impl fmt::Display for AgentState {
     }
 }
 
-impl FromStr for AgentState {
-    type Err = String;
+/// A word that names no [`AgentState`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a state (ok, failed, timeout, no-answer, offline, refused, cancelled, skipped)")]
+pub struct NotAState(pub String);
 
-    fn from_str(s: &str) -> Result<AgentState, String> {
-        AgentState::ALL
-            .into_iter()
-            .find(|a| a.name() == s.trim())
-            .ok_or_else(|| format!("`{s}` is not a state (ok, failed, timeout, no-answer, offline, refused, cancelled, skipped)"))
+impl FromStr for AgentState {
+    type Err = NotAState;
+
+    fn from_str(s: &str) -> Result<AgentState, NotAState> {
+        AgentState::ALL.into_iter().find(|a| a.name() == s.trim()).ok_or_else(|| NotAState(s.to_owned()))
     }
 }
 
@@ -129,9 +131,16 @@ impl JobState {
     }
 
     pub fn parse(s: &str) -> Option<JobState> {
-        [JobState::Running, JobState::Paused, JobState::Done, JobState::Aborted, JobState::Cancelled, JobState::Interrupted]
-            .into_iter()
-            .find(|j| j.name() == s)
+        [
+            JobState::Running,
+            JobState::Paused,
+            JobState::Done,
+            JobState::Aborted,
+            JobState::Cancelled,
+            JobState::Interrupted,
+        ]
+        .into_iter()
+        .find(|j| j.name() == s)
     }
 
     /// Whether nothing more happens to the job.
@@ -368,7 +377,7 @@ pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -420,10 +429,9 @@ mod tests {
 
     #[test]
     fn summaries_count_every_state() {
-        let states =
-            std::iter::repeat_n(AgentState::Ok, 962).chain(std::iter::repeat_n(AgentState::Failed, 30)).chain(
-                std::iter::repeat_n(AgentState::Skipped, 8),
-            );
+        let states = std::iter::repeat_n(AgentState::Ok, 962)
+            .chain(std::iter::repeat_n(AgentState::Failed, 30))
+            .chain(std::iter::repeat_n(AgentState::Skipped, 8));
         assert_eq!(summary(states), "1,000 targeted: 962 ok, 30 failed, 8 skipped");
         assert_eq!("no-answer".parse::<AgentState>(), Ok(AgentState::NoAnswer));
         assert!(AgentState::Offline.fails(true) && !AgentState::Offline.fails(false));

@@ -431,7 +431,7 @@ fn connect_agent(
     options: &AgentOptions,
 ) -> zmq::Result<Agent> {
     // A bench agent runs no commands but `echo`.
-    let me = ClientContext { filter: filter(i), allow_exec: false, file_service: None };
+    let me = ClientContext { filter: filter(i), allow_exec: false, file_service: None, running: Default::default() };
     // Pantry's agents subscribe in the exact form, the relay's to bare
     // topics (which it publishes).
     let form = if kind == Kind::Pantry { TopicForm::Exact } else { TopicForm::Bare };

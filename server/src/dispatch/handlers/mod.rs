@@ -97,6 +97,8 @@ pub struct Asker {
 pub enum Started {
     /// A command for clients: the forwarder's.
     Forward(Box<Request>),
+    /// `job pause|resume|abort|cancel`: the dispatcher's, whose jobs run.
+    Control(Box<Request>),
     /// A server command, running.
     Server(Asker, Work),
 }
@@ -111,6 +113,11 @@ pub fn start(kind: Kind, s: &Services, request: Request, activity: impl FnOnce()
         Kind::Echo | Kind::Exec | Kind::Upload => {
             return Started::Forward(Box::new(Request { peer, auth, message: m }))
         }
+        Kind::JobControl => return Started::Control(Box::new(Request { peer, auth, message: m })),
+        // The server's own message to agents, never an admin's to forward.
+        Kind::Cancel => Box::pin(std::future::ready(Done::from(Reply::Refused(
+            m.refusal("Cancel is sent by the server; use JobControl (`pantry-admin job cancel ID`)"),
+        )))),
         Kind::RegisterClient => Box::pin(register::run(s, auth, peer, m)),
         Kind::Status => Box::pin(status::run(s, m)),
         Kind::ShowApplication => Box::pin(app_config::show(s, m)),
@@ -150,7 +157,8 @@ mod tests {
     #[test]
     fn forwarded_kinds_are_the_client_kinds() {
         let forwarded = [Kind::Echo, Kind::Exec, Kind::Upload];
-        for &kind in Kind::ALL {
+        // Cancel is for clients, but only the server sends it.
+        for &kind in Kind::ALL.iter().filter(|k| **k != Kind::Cancel) {
             assert_eq!(kind.runs_on() == RunsOn::Clients, forwarded.contains(&kind), "{kind:?}");
         }
     }
