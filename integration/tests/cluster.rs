@@ -370,3 +370,35 @@ fn agents_of_a_killed_server_answer_through_the_others() {
     let now_on = ["a", "c"].into_iter().find(|on| listed_on(&a, cwd.path(), "web-1", on));
     assert!(now_on.is_some(), "{}", admin(&a, cwd.path(), 5, &["status"]).stdout);
 }
+
+/// A rollout runs on the server that took it, over agents connected to
+/// the others too: each batch reaches its agents wherever they are, and
+/// their answers come back to that server's job.
+#[test]
+fn a_rollout_reaches_agents_on_every_server_of_the_cluster() {
+    let etcd = Etcd::start();
+    let a = first(&etcd, "a");
+    let (cwd, _) = bootstrap_admin(&a);
+    let b = another(&etcd, "b", &a);
+    let ids = ["web-1", "web-2", "web-3", "web-4"];
+    let _agents: Vec<Agent> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| agent_on(if i % 2 == 0 { &a } else { &b }, create_named_client(&a, cwd.path(), id), id))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let on = if i % 2 == 0 { "a" } else { "b" };
+        assert!(wait_until(WAIT, || listed_on(&a, cwd.path(), id, on)), "{id} not on {on}\n{}", a.log());
+    }
+    let run = admin(&a, cwd.path(), 10, &["-a", "shop", "echo", "--batch", "2", "rolled"]);
+    assert!(run.success(), "{run:?}\n{}\n{}", a.log(), b.log());
+    assert!(run.stderr.contains("4 targeted: 4 ok") && run.stderr.contains("batch 2/2"), "{run:?}");
+    for id in ids {
+        assert!(run.stdout.contains(&format!("{id}: rolled")), "{run:?}");
+    }
+    // Control is the server running it's: the other one does not know it.
+    let list: serde_json::Value = serde_json::from_str(&admin(&a, cwd.path(), 5, &["jobs", "--json"]).stdout).unwrap();
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let elsewhere = admin(&b, cwd.path(), 5, &["job", "pause", &id]);
+    assert_eq!(elsewhere.code, Some(1), "{elsewhere:?}");
+}

@@ -343,3 +343,30 @@ fn every_state_is_reachable_and_counted() {
     let job_grouped = admin(&server, &["job", &id, "--group"]);
     assert!(job_grouped.stdout.contains("==> s-gone (1): offline"), "{job_grouped:?}");
 }
+
+#[test]
+fn canary_random_order_and_upload_rollouts() {
+    let server = Server::start(false);
+    let ids = names("u", 5);
+    let _agents = agents(&server, &ids);
+    // A canary of 1, then halves of the rest, in an order of the seed's.
+    let run = admin(&server, &["echo", "--canary", "1", "--batch", "50%", "--order", "random", "hi"]);
+    assert!(run.success(), "{run:?}");
+    assert!(run.stderr.contains("batch 1/3: 1 agents") && run.stderr.contains("batch 3/3"), "{run:?}");
+    assert!(run.stderr.contains("5 targeted: 5 ok"), "{run:?}");
+    let list: Value = serde_json::from_str(&admin(&server, &["jobs", "--json"]).stdout).unwrap();
+    let job = job_json(&server, list[0]["id"].as_str().unwrap());
+    assert_ne!(job["rollout"]["seed"].as_u64().unwrap_or(0), 0, "the seed is recorded: {job}");
+    assert_eq!(job["rollout"]["order"], "random");
+
+    // An upload rollout: the admin serves the file to each batch.
+    let local = server.dir.path().join("payload");
+    std::fs::write(&local, b"rolled out\n").unwrap();
+    let target = tempfile::tempdir().unwrap();
+    // Both agents are on this machine: the same path, written twice.
+    let remote = target.path().join("copy").to_str().unwrap().to_owned();
+    let run = admin(&server, &["-i", "u-01,u-02", "upload", "--batch", "1", local.to_str().unwrap(), &remote]);
+    assert!(run.success(), "{run:?}");
+    assert!(run.stderr.contains("2 targeted: 2 ok") && run.stderr.contains("batch 2/2"), "{run:?}");
+    assert_eq!(std::fs::read(&remote).unwrap(), b"rolled out\n");
+}
