@@ -401,4 +401,26 @@ fn a_rollout_reaches_agents_on_every_server_of_the_cluster() {
     let id = list[0]["id"].as_str().unwrap().to_owned();
     let elsewhere = admin(&b, cwd.path(), 5, &["job", "pause", &id]);
     assert_eq!(elsewhere.code, Some(1), "{elsewhere:?}");
+
+    // Cancel reaches the agents on the other server too.
+    let file = a.dir.path().join("pids");
+    let sh = format!("echo $$ >> {}; exec sleep 600", file.display());
+    let pids = || -> Vec<u32> {
+        std::fs::read_to_string(&file).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    };
+    let started = admin(&a, cwd.path(), 10, &["-a", "shop", "exec", "--batch", "4", "--async", "--shell", "--", &sh]);
+    assert!(started.success(), "{started:?}");
+    let id = started.stdout.trim().to_owned();
+    assert!(wait_until(WAIT, || pids().len() == 4), "not all started: {:?}", pids());
+    let cancelled = admin(&a, cwd.path(), 5, &["job", "cancel", &id, "--grace", "1s"]);
+    assert!(cancelled.success(), "{cancelled:?}");
+    let alive = |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "));
+    assert!(
+        wait_until(Duration::from_secs(3), || !pids().iter().any(alive)),
+        "still running
+{}",
+        b.log()
+    );
+    let waited = admin(&a, cwd.path(), 10, &["job", &id, "--wait"]);
+    assert!(waited.stderr.contains("4 targeted: 4 cancelled"), "{waited:?}");
 }

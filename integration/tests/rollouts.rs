@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use pantry_integration::curve::{recv_for, send};
 use pantry_integration::{bin, wait_for_status, wait_until, AdminRun, Agent, AgentSpec, Server};
 use serde_json::Value;
 
@@ -223,6 +224,17 @@ fn cancel_kills_the_processes_and_skips_the_rest() {
     assert!(wait_until(Duration::from_secs(3), || pids(&file).iter().all(|p| !alive(*p))), "still running");
     let waited = admin(&server, &["job", &id, "--wait", "--timeout", "10"]);
     assert!(waited.stderr.contains("4 targeted: 2 cancelled, 2 skipped"), "{waited:?}");
+
+    // A Cancel is the server's to send: an admin's is refused.
+    let ctx = zmq::Context::new();
+    let dealer = ctx.socket(zmq::DEALER).unwrap();
+    dealer.connect(&format!("tcp://127.0.0.1:{}", server.ports.receive)).unwrap();
+    let cancel = pantry_shared::commands::cancel::CancelRequest { job: id.clone(), grace_ms: 0, identities: vec![] };
+    let mut forged = pantry_shared::commands::cancel::request(&cancel, "c-01", "admin");
+    forged.metadata.requires_response = true;
+    send(&dealer, &forged);
+    let refused = recv_for(&dealer, forged.uuid(), WAIT).expect("an answer");
+    assert!(refused.error().is_some_and(|e| e.contains("sent by the server")), "{refused:?}");
 
     // Without a terminal, SIGINT cancels the job the admin waits for...
     std::fs::remove_file(&file).unwrap();

@@ -5,12 +5,17 @@
 //! start), but not paused. A job that is over is refused as finished, an
 //! unknown one as unknown.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use actix::prelude::*;
+use pantry_shared::commands::cancel;
 use pantry_shared::commands::job_control::{self, Action, Control, Done};
 use pantry_shared::commands::rollout::JobState;
 use pantry_shared::filter::Identities;
 use slog::info;
 
+use crate::client_registry::Recipients;
 use crate::jobs::ShowJob;
 use crate::store::Write;
 
@@ -31,7 +36,7 @@ impl CommandDispatcher {
         let outcome = if self.rollouts.contains_key(&control.job) {
             self.control_rollout(&control, matches, ctx)
         } else if self.forwarder.routes().is_pending(&control.job) {
-            self.control_plain(&control, matches)
+            self.control_plain(&control, matches, ctx)
         } else {
             return self.control_recorded(request, control, ctx);
         };
@@ -95,7 +100,8 @@ impl CommandDispatcher {
                     r.state = JobState::Cancelled;
                 }
                 let (state, between) = (r.state, r.is_between_batches());
-                self.forwarder.cancel_on(&id, &running, control.grace());
+                let batch = r.current_batch();
+                self.cancel_running(&id, batch, running.clone(), control.grace(), ctx);
                 if whole && between {
                     self.finish(&id, JobState::Cancelled);
                 }
@@ -106,7 +112,12 @@ impl CommandDispatcher {
         Ok(done)
     }
 
-    fn control_plain(&mut self, control: &Control, matches: impl Fn(&str) -> bool) -> Result<Done, Refused> {
+    fn control_plain(
+        &mut self,
+        control: &Control,
+        matches: impl Fn(&str) -> bool,
+        ctx: &mut Context<Self>,
+    ) -> Result<Done, Refused> {
         let id = &control.job;
         match control.action {
             Action::Pause | Action::Resume => Err(format!(
@@ -123,7 +134,7 @@ impl CommandDispatcher {
             Action::Cancel => {
                 let running: Vec<String> =
                     self.forwarder.routes().waiting(id).into_iter().filter(|i| matches(i)).collect();
-                self.forwarder.cancel_on(id, &running, control.grace());
+                self.cancel_running(id, None, running.clone(), control.grace(), ctx);
                 let state = if control.identities.is_empty() { JobState::Cancelled } else { JobState::Running };
                 if state == JobState::Cancelled {
                     self.jobs.write(Write::JobState { id: id.clone(), state });
@@ -134,6 +145,68 @@ impl CommandDispatcher {
                     note: format!("cancelled on {} running agents", running.len()),
                 })
             }
+        }
+    }
+
+    /// Sends the cancel of `job` to `identities` where they are: here, or
+    /// through the server of the cluster they are on (a rollout's batch
+    /// went there under an alias of its own, `JOB~BATCH`).
+    fn cancel_running(
+        &mut self,
+        job: &str,
+        batch: Option<usize>,
+        identities: Vec<String>,
+        grace: Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        if identities.is_empty() {
+            return;
+        }
+        let Ok(Some(only)) = Identities::parse(&identities) else {
+            return self.forwarder.cancel_on(job, &identities, grace);
+        };
+        let job = job.to_owned();
+        let ask = Recipients { stream: String::new(), identities: Some(only), local_only: false };
+        self.registry
+            .send(ask)
+            .into_actor(self)
+            .map(move |reached, act, _| {
+                let Ok(reached) = reached else {
+                    // The registry is gone: the agents here are the ones
+                    // this server can still reach.
+                    return act.forwarder.cancel_on(&job, &identities, grace);
+                };
+                let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                let mut here = Vec::new();
+                for r in reached.online.into_iter().filter(|r| identities.contains(&r.identity)) {
+                    match r.server {
+                        Some(server) => elsewhere.entry(server).or_default().push(r.identity),
+                        None => here.push(r.identity),
+                    }
+                }
+                act.forwarder.cancel_on(&job, &here, grace);
+                let there = batch.map_or_else(|| job.clone(), |b| super::rollouts::alias(&job, b));
+                for (server, identities) in elsewhere {
+                    act.forwarder.cancel_via(server, &there, identities, grace);
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// Another server of the cluster passes on a job's cancel for agents
+    /// of this one; from anyone else a Cancel is refused.
+    pub(super) fn relay_cancel(&mut self, request: Request) {
+        if !super::forwarder::from_peer(&request) {
+            return self
+                .refuse(&request, "Cancel is sent by the server; use JobControl (`pantry-admin job cancel ID`)");
+        }
+        match cancel::parse(&request.message) {
+            Some(asked) => {
+                info!(self.log, "job cancel passed on by another server"; "job" => &asked.job,
+                    "agents" => asked.identities.len(), "key" => request.key());
+                self.forwarder.cancel_on(&asked.job, &asked.identities, asked.grace());
+            }
+            None => self.refuse(&request, "a Cancel without its job"),
         }
     }
 

@@ -31,6 +31,16 @@ use super::{Refused, Request};
 /// this server's clients only.
 const CLUSTER_PEER_FIELD: &str = "cluster_peer";
 
+/// Whether another server of the cluster sent `request`: under CURVE its
+/// key says so (an admin setting the field gets nothing from it); without
+/// keys, the field does.
+pub fn from_peer(request: &Request) -> bool {
+    match &request.auth {
+        Some(auth) => auth.is_server(),
+        None => request.message.metadata.custom.contains_key(CLUSTER_PEER_FIELD),
+    }
+}
+
 /// What the requester hears of an agent whose unanswered requests are at
 /// their bound.
 pub const NOT_READING: &str = "agent not reading";
@@ -87,13 +97,8 @@ impl Forwarder {
         }
         // Another server's request is for its clients here (an upload's
         // file stays with the server the admin used: its agents fetch it
-        // from there). Under CURVE, the sender's key says it (an admin
-        // setting the field gets nothing from it); without keys, the field
-        // does.
-        let from_peer = match &request.auth {
-            Some(auth) => auth.is_server(),
-            None => request.message.metadata.custom.contains_key(CLUSTER_PEER_FIELD),
-        };
+        // from there).
+        let from_peer = from_peer(request);
         // Where agents fetch an upload from is this server's to say (or the
         // peer's that passed the request on), never the requester's.
         if !from_peer {
@@ -218,14 +223,27 @@ impl Forwarder {
         }
     }
 
-    /// Tells the agents running `job` to cancel it.
+    /// Tells the agents here running `job` to cancel it.
     pub fn cancel_on(&self, job: &str, identities: &[String], grace: Duration) {
-        let cancel = cancel::CancelRequest { job: job.to_owned(), grace_ms: grace.as_millis() as u64 };
+        let cancel =
+            cancel::CancelRequest { job: job.to_owned(), grace_ms: grace.as_millis() as u64, identities: vec![] };
         for identity in identities {
             let mut m = cancel::request(&cancel, identity, "pantry-server");
             m.metadata.forwarded = true;
             self.outbox.send(Outbound::Publish(m));
         }
+    }
+
+    /// Asks another server of the cluster to cancel `job` (the uuid its
+    /// agents know it by) on `identities`, agents of its.
+    pub fn cancel_via(&self, server: String, job: &str, identities: Vec<String>, grace: Duration) {
+        let cancel = cancel::CancelRequest { job: job.to_owned(), grace_ms: grace.as_millis() as u64, identities };
+        let mut m = cancel::request(&cancel, "", "pantry-server");
+        // A request to that server (one without is an agent's answer),
+        // which it answers with nothing.
+        m.metadata.requires_response = true;
+        m.metadata.custom.insert(CLUSTER_PEER_FIELD.into(), Value::Bool(true));
+        self.outbox.send(Outbound::ToServer { server, message: m });
     }
 
     /// Tells the requester why (a forwarded request is no change the server

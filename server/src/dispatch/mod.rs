@@ -276,6 +276,7 @@ impl CommandDispatcher {
                 None => self.forward(kind, *request, arguments, ctx),
             },
             Started::Control(request) => self.control(*request, ctx),
+            Started::Cancel(request) => self.relay_cancel(*request),
             Started::Server(asker, work) => {
                 work.into_actor(self)
                     .map(move |done: Done, act, _| {

@@ -164,6 +164,11 @@ impl Rollout {
         skipped
     }
 
+    /// The batch running now (from 0).
+    pub fn current_batch(&self) -> Option<usize> {
+        self.current.as_ref().map(|b| b.number)
+    }
+
     pub fn is_between_batches(&self) -> bool {
         self.current.is_none()
     }
@@ -195,6 +200,12 @@ fn batch_write(id: &str, number: usize, size: usize, started: bool) -> Write {
         started: if started { now } else { None },
         ended: if started { None } else { now },
     }
+}
+
+/// The uuid batch `number` (from 0) of rollout `id` goes to another
+/// server's agents under: its answers come back as the rollout's.
+pub(super) fn alias(id: &str, number: usize) -> String {
+    format!("{id}~{}", number + 1)
 }
 
 /// A seed for `--order random` when the admin gave none.
@@ -382,7 +393,7 @@ impl CommandDispatcher {
             r.agents[r.by_identity[identity]].state = Some(AgentState::NoAnswer);
         }
         let here: Vec<String> = here.into_iter().filter(|h| !not_reading.contains(h)).collect();
-        let alias = format!("{id}~{}", number + 1);
+        let alias = alias(id, number);
         if !elsewhere.is_empty() {
             self.forwarder.routes().alias(id, &alias);
         }

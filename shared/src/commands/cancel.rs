@@ -22,6 +22,10 @@ pub const RULE: Rule =
 pub struct CancelRequest {
     pub job: String,
     pub grace_ms: u64,
+    /// Passed on to another server of a cluster: the agents there to
+    /// cancel it on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identities: Vec<String>,
 }
 
 impl CancelRequest {

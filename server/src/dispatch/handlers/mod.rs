@@ -99,6 +99,8 @@ pub enum Started {
     Forward(Box<Request>),
     /// `job pause|resume|abort|cancel`: the dispatcher's, whose jobs run.
     Control(Box<Request>),
+    /// Another server of the cluster cancelling a job on agents here.
+    Cancel(Box<Request>),
     /// A server command, running.
     Server(Asker, Work),
 }
@@ -114,10 +116,9 @@ pub fn start(kind: Kind, s: &Services, request: Request, activity: impl FnOnce()
             return Started::Forward(Box::new(Request { peer, auth, message: m }))
         }
         Kind::JobControl => return Started::Control(Box::new(Request { peer, auth, message: m })),
-        // The server's own message to agents, never an admin's to forward.
-        Kind::Cancel => Box::pin(std::future::ready(Done::from(Reply::Refused(
-            m.refusal("Cancel is sent by the server; use JobControl (`pantry-admin job cancel ID`)"),
-        )))),
+        // The server's own message to agents: another server's is relayed
+        // to the agents here, an admin's refused.
+        Kind::Cancel => return Started::Cancel(Box::new(Request { peer, auth, message: m })),
         Kind::RegisterClient => Box::pin(register::run(s, auth, peer, m)),
         Kind::Status => Box::pin(status::run(s, m)),
         Kind::ShowApplication => Box::pin(app_config::show(s, m)),
