@@ -85,7 +85,7 @@ fn args_with_defaults(file: &Path) -> Result<Vec<String>> {
 
 /// Options that may be given several times: clap adds their values up, so
 /// the file's would join the command line's instead of yielding to them.
-const REPEATABLE: &[&str] = &["--host"];
+const REPEATABLE: &[&str] = &["--host", "--fact"];
 
 /// The [`REPEATABLE`] options the command line gives (before any `--`,
 /// after which the words are a remote command's).

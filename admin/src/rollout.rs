@@ -15,7 +15,9 @@ use pantry_shared::filter::Identities;
 use pantry_shared::message::Message;
 use serde_json::Value;
 
-use crate::session::{Session, Target};
+use crate::session::{Outcome, Session, Target};
+use pantry_shared::commands::facts;
+use pantry_shared::facts::FactFilter;
 
 /// Batches, a failure budget, a re-run, grouped output.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -57,6 +59,10 @@ pub struct RolloutArgs {
     /// folded (web-[001-340],db-2).
     #[arg(long)]
     pub group: bool,
+    /// Print the agents that would be targeted and their count; send
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 fn batch_size(text: &str) -> Result<Size, SizeError> {
@@ -118,7 +124,24 @@ impl RolloutArgs {
         }
         let target = self.target(session, rerun.as_ref())?;
         let plan = self.plan(rerun.as_ref());
+        let identities = rerun.as_ref().map(|r| r.identities.clone()).unwrap_or_default();
+        session.say_unknown(&identities)?;
         Ok(Some(Prepared { rerun, target, plan }))
+    }
+
+    /// `--dry-run`: the agents the command would target (the server's
+    /// registry says), and how many; nothing is sent to them.
+    pub fn dry_run(&self, session: &mut Session, job: &Prepared) -> Result<Outcome> {
+        let mut request = facts::list_request(&session.filter, &["-".to_owned()]);
+        Identities::attach(&mut request, job.target.identities());
+        FactFilter::attach(&mut request, &session.facts);
+        let agents = facts::agents(&session.ask_server(request)?);
+        let offline = agents.iter().filter(|a| !a.online).count();
+        for a in &agents {
+            println!("{}{}", a.identity, if a.online { "" } else { " (offline)" });
+        }
+        eprintln!("{} targeted ({offline} offline); nothing sent (--dry-run)", rollout::thousands(agents.len()));
+        Ok(if agents.is_empty() { Outcome::NoMatch } else { Outcome::Done })
     }
 
     /// `--from-job ID`: the job (which must have been a `command`) and its

@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Result};
 
+use pantry_shared::commands::facts;
 use pantry_shared::commands::recipients::{self, Offline};
 use pantry_shared::commands::rollout::{self, AgentState};
 use pantry_shared::config::{self, Config, Networking, Program, ServerHosts};
+use pantry_shared::facts::FactFilter;
 use pantry_shared::filter::{ClientFilter, Identities};
 use pantry_shared::keys::{self, ClientKeys};
 use pantry_shared::message::Message;
@@ -58,6 +60,16 @@ pub struct Global {
     /// 'web-*'), within -a/-e/-r when given.
     #[arg(short = 'i', long = "identity", global = true, value_delimiter = ',', value_name = "NAME[,NAME...]")]
     pub identities: Vec<String>,
+    /// Target clients whose facts match EXPR (repeatable: all must hold):
+    /// key=value (a glob), key!=value, key>N, key>=N, key<N, key<=N,
+    /// key~REGEX, or key (present). Missing or stale facts match nothing.
+    #[arg(short = 'F', long = "fact", global = true, value_name = "EXPR", value_parser = fact_expr,
+        action = clap::ArgAction::Append)]
+    pub facts: Vec<String>,
+    /// Also name the clients -a/-e/-r/-i select whose facts are missing or
+    /// stale (no -F matches them).
+    #[arg(long, global = true)]
+    pub show_unknown: bool,
     /// Leave offline clients out of the output and the exit status.
     #[arg(long, global = true)]
     pub online_only: bool,
@@ -74,6 +86,11 @@ pub struct Global {
     /// Say everything on stderr.
     #[arg(short = 'd', long, global = true)]
     pub debug: bool,
+}
+
+/// `-F`: checked here, sent as written.
+fn fact_expr(text: &str) -> Result<String, pantry_shared::facts::ExprError> {
+    text.parse::<pantry_shared::facts::FactExpr>().map(|_| text.to_owned())
 }
 
 /// How a command ended, as the exit status says it.
@@ -107,6 +124,9 @@ pub struct Session {
     pub filter: ClientFilter,
     /// `-i`.
     pub identities: Vec<String>,
+    /// `-F`.
+    pub facts: Vec<String>,
+    pub show_unknown: bool,
     pub online_only: bool,
     /// When to give up waiting for the server and the clients.
     pub deadline: Deadline,
@@ -181,6 +201,8 @@ pub fn run(g: &Global, command: impl Admin) -> Result<Outcome> {
         security,
         filter,
         identities: g.identities.clone(),
+        facts: g.facts.clone(),
+        show_unknown: g.show_unknown,
         online_only: g.online_only,
         deadline,
         conn,
@@ -225,7 +247,34 @@ impl Session {
         request.metadata.to = target.stream.clone();
         request.stream = target.stream.clone();
         Identities::attach(&mut request, &target.identities);
+        FactFilter::attach(&mut request, &self.facts);
         request
+    }
+
+    /// A query of the server about clients (`status`, `facts`): `-i` and
+    /// `-F` added.
+    pub fn selecting(&self, mut request: Message) -> Message {
+        Identities::attach(&mut request, &self.identities);
+        FactFilter::attach(&mut request, &self.facts);
+        request
+    }
+
+    /// `--show-unknown`: the clients `-a/-e/-r/-i` select whose facts are
+    /// missing or stale, said on stderr.
+    pub fn say_unknown(&mut self, identities: &[String]) -> Result<()> {
+        if !self.show_unknown {
+            return Ok(());
+        }
+        let mut request = facts::list_request(&self.filter, &["-".to_owned()]);
+        Identities::attach(&mut request, if identities.is_empty() { &self.identities } else { identities });
+        let response = self.ask_server(request)?;
+        let unknown: Vec<String> =
+            facts::agents(&response).into_iter().filter(|a| !a.fresh).map(|a| a.identity).collect();
+        match unknown.is_empty() {
+            true => eprintln!("no client has missing or stale facts"),
+            false => eprintln!("missing or stale facts (no -F matches them): {}", unknown.join(", ")),
+        }
+        Ok(())
     }
 
     /// Sends a request made by [`Session::to_clients`] and collects the
@@ -316,6 +365,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// `-i`'s patterns (or a re-run's identities).
+    pub fn identities(&self) -> &[String] {
+        &self.identities
+    }
+
     /// The same stream, these identities (`--from-job`).
     pub fn only(self, identities: Vec<String>) -> Target {
         Target { stream: self.stream, identities }

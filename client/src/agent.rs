@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use pantry_shared::commands::enroll::{self, EnrollRequest, Enrolled};
-use pantry_shared::commands::register_client;
+use pantry_shared::commands::{facts, register_client};
 
 use crate::work::{self, upload, ClientContext};
 use pantry_shared::config::{failover_order, Config, Networking};
@@ -50,6 +50,7 @@ use pantry_shared::security::SocketSecurity;
 use pantry_shared::Message;
 use slog::{debug, info, warn, Logger};
 
+use crate::facts_report::FactsKeeper;
 use crate::handshake::{Backoff, HandshakeWatch};
 
 /// Signals arrive as bytes on pipes the main loop polls: one for stopping
@@ -155,6 +156,8 @@ pub struct Agent {
     log: Logger,
     /// Answers from commands run on worker threads.
     results: zmq::Socket,
+    /// Our facts: gathered, and told the server.
+    facts: FactsKeeper,
     ctx: zmq::Context,
 }
 
@@ -293,6 +296,11 @@ impl Agent {
             told_waiting: false,
             configured_identity: config.client.identity.clone(),
             keys,
+            facts: FactsKeeper::new(
+                config.client.facts_dir.clone(),
+                config.client.facts_interval.0,
+                log.new(slog::o!()),
+            ),
             log,
             results,
             ctx,
@@ -313,6 +321,9 @@ impl Agent {
             }
             if let Some(at) = self.move_due() {
                 wake = wake.min(at);
+            }
+            if let Some(soon) = self.facts.wake_within() {
+                wake = wake.min(Instant::now() + soon);
             }
             let wait = wake.saturating_duration_since(Instant::now());
             // In the order of [`Slot`].
@@ -344,6 +355,9 @@ impl Agent {
             if is(Slot::Dealer) {
                 self.drain_answers();
             }
+            if self.facts.poll() && matches!(self.registration, Registration::Accepted) {
+                self.send_facts();
+            }
             if is(Slot::DealerMonitor) {
                 while let Some(event) = monitor::read(&self.dealer_monitor) {
                     let reconnected = event.event == SocketEvent::HandshakeSucceeded;
@@ -358,6 +372,7 @@ impl Agent {
                     }
                     if reconnected {
                         self.backoff.reset();
+                        self.facts.reconnected();
                         // A restarted server may have lost us: check in now
                         // (under CURVE, before the SUB connects).
                         if (self.listening || self.curve) && self.enrolling.is_none() {
@@ -412,6 +427,7 @@ impl Agent {
                     next_heartbeat = Instant::now() + self.heartbeat;
                     continue;
                 }
+                self.facts.heartbeat();
                 self.register();
                 next_heartbeat = Instant::now() + self.heartbeat;
             }
@@ -472,6 +488,7 @@ impl Agent {
         self.listening = false;
         self.sub_connected = false;
         self.registration = Registration::Waiting;
+        self.facts.reconnected();
         self.refusals.reset();
         if self.enrolling.is_some() {
             self.enrolling = Some(Instant::now());
@@ -506,11 +523,19 @@ impl Agent {
         self.unanswered = self.unanswered.saturating_add(1);
         let mut request = register_client::request_every(&self.me.filter, self.heartbeat.as_secs());
         request.metadata.requires_response = true;
+        self.facts.stamp(&mut request);
         if let Registration::Refused { retry_at, .. } = &mut self.registration {
             // Until the answer comes, no second retry.
             *retry_at = Instant::now() + self.heartbeat;
         }
         self.send(request);
+    }
+
+    /// Our facts, when the server does not have them.
+    fn send_facts(&mut self) {
+        if let Some(report) = self.facts.report(self.me.identity()) {
+            self.send(report);
+        }
     }
 
     fn send(&self, message: Message) {
@@ -609,6 +634,10 @@ impl Agent {
                     self.unanswered = 0;
                     m
                 }
+                Ok(m) if m.message_type() == facts::TYPE => {
+                    self.facts.answered(&m);
+                    continue;
+                }
                 Ok(m) => {
                     debug!(self.log, "unexpected message on DEALER dropped"; "type" => m.message_type());
                     continue;
@@ -631,6 +660,8 @@ impl Agent {
                     self.registration = Registration::Accepted;
                     self.refusals.reset();
                     self.connect_sub();
+                    // The server knows us now: it may hear our facts.
+                    self.send_facts();
                 }
             }
         }

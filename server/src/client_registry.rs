@@ -25,13 +25,14 @@ use actix::prelude::*;
 use pantry_shared::commands::recipients::Offline;
 use pantry_shared::commands::status::ClientRecord;
 use pantry_shared::config::DEFAULT_HEARTBEAT_INTERVAL;
+use pantry_shared::facts::{FactFilter, Facts};
 use pantry_shared::filter::{ClientFilter, Identities};
 use slog::{debug, info, warn, Logger};
 
 use crate::cluster::{FleetRecord, RegistryChange, RegistryWriter, RewriteRecords};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
-use crate::store::{StoredClient, Write, Writer};
+use crate::store::{StoredClient, StoredFacts, Write, Writer};
 
 /// Missed heartbeats after which a client is offline.
 const MISSED_HEARTBEATS: u32 = 3;
@@ -48,6 +49,8 @@ struct Entry {
     heartbeat: Duration,
     /// Whether it was online at the last look (for logging changes).
     was_online: bool,
+    /// What it last reported it is.
+    facts: Option<Arc<StoredFacts>>,
 }
 
 pub struct ClientRegistry {
@@ -70,6 +73,8 @@ pub struct ClientRegistry {
     linked: HashSet<String>,
     outbox: Option<Outbox>,
     forget_after: Duration,
+    /// `registry.facts_max_age`; `None`: three of each agent's interval.
+    facts_max_age: Option<Duration>,
     db: Writer,
     metrics: Arc<Metrics>,
     log: Logger,
@@ -91,6 +96,39 @@ impl ClientRegistry {
             last_seen: entry.last_seen.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             server: server.to_owned(),
             key: entry.key.clone(),
+            facts: entry.facts.as_ref().map(|f| f.facts.clone()),
+            facts_gathered: entry.facts.as_ref().map(|f| unix(f.gathered)),
+            facts_interval: entry.facts.as_ref().map(|f| f.interval.as_secs()),
+        }
+    }
+
+    /// `registry.facts_max_age` from server.yml.
+    pub fn set_facts_max_age(&mut self, max_age: Option<Duration>) {
+        self.facts_max_age = max_age;
+    }
+
+    /// Whether facts gathered at `gathered` every `interval` are recent
+    /// enough to be matched.
+    fn fresh(&self, gathered: SystemTime, interval: Duration, now: SystemTime) -> bool {
+        let max_age = self.facts_max_age.unwrap_or(interval * 3);
+        now.duration_since(gathered).map_or(true, |age| age <= max_age)
+    }
+
+    /// Whether a client with `facts` is selected by `filter` (none: every
+    /// client is): missing or stale facts match no expression.
+    fn facts_match(&self, facts: Option<&StoredFacts>, filter: Option<&FactFilter>, now: SystemTime) -> bool {
+        let Some(filter) = filter else { return true };
+        facts.is_some_and(|f| self.fresh(f.gathered, f.interval, now) && filter.matches(&f.facts))
+    }
+
+    fn remote_facts_match(&self, record: &FleetRecord, filter: Option<&FactFilter>, now: SystemTime) -> bool {
+        let Some(filter) = filter else { return true };
+        match (&record.facts, record.facts_gathered, record.facts_interval) {
+            (Some(facts), Some(gathered), Some(interval)) => {
+                let gathered = SystemTime::UNIX_EPOCH + Duration::from_secs(gathered);
+                self.fresh(gathered, Duration::from_secs(interval), now) && filter.matches(facts)
+            }
+            _ => false,
         }
     }
 
@@ -106,6 +144,10 @@ impl ClientRegistry {
             outbox.send(Outbound::Link { server: server.to_owned(), endpoint });
         }
     }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Why a client whose connection is up went offline (under CURVE).
@@ -132,6 +174,7 @@ impl ClientRegistry {
             linked: HashSet::new(),
             outbox: None,
             forget_after,
+            facts_max_age: None,
             db,
             metrics,
             log,
@@ -146,6 +189,7 @@ impl ClientRegistry {
                 peer: None,
                 heartbeat: s.heartbeat,
                 was_online: false,
+                facts: s.facts,
             };
             registry.clients.insert(identity, entry);
         }
@@ -301,6 +345,8 @@ pub struct Register {
     /// credentials, a token or its first registration bound it): it wins
     /// over another client's stream of the same name.
     pub owns_identity: bool,
+    /// The hash of the facts the agent has and when it gathered them.
+    pub facts_seen: Option<(String, SystemTime)>,
 }
 
 /// What a registration did.
@@ -368,6 +414,7 @@ impl Handler<Register> for ClientRegistry {
                     peer: Some(msg.peer),
                     heartbeat,
                     was_online: false,
+                    facts: None,
                 };
                 self.clients.insert(identity.clone(), entry);
                 self.metrics.clients_offline.inc();
@@ -375,9 +422,19 @@ impl Handler<Register> for ClientRegistry {
                 Registered::New
             }
         };
+        // The same facts gathered again: fresh again (etcd hears of it once
+        // an interval, not at every heartbeat).
+        let mut republish = false;
+        if let (Some((hash, gathered)), Some(entry)) = (&msg.facts_seen, self.clients.get_mut(&identity)) {
+            if let Some(facts) = entry.facts.as_mut().filter(|f| f.hash == *hash && f.gathered < *gathered) {
+                republish = gathered.duration_since(facts.gathered).is_ok_and(|d| d >= facts.interval);
+                Arc::make_mut(facts).gathered = *gathered;
+                self.db.write(Write::ClientFactsSeen { identity: identity.clone(), gathered: *gathered });
+            }
+        }
         let stored = match outcome {
             Registered::New => {
-                Write::Client(StoredClient { client: msg.client, key: msg.key, last_seen: now, heartbeat })
+                Write::Client(StoredClient { client: msg.client, key: msg.key, last_seen: now, heartbeat, facts: None })
             }
             _ => Write::ClientSeen { identity: identity.clone(), last_seen: now },
         };
@@ -385,10 +442,50 @@ impl Handler<Register> for ClientRegistry {
         let online = self.clients.get(&identity).is_some_and(|e| self.is_online(e, now));
         let was_online = self.clients.get(&identity).is_some_and(|e| e.was_online);
         self.note_change(&identity, online, "");
-        if outcome == Registered::New && was_online == online {
+        if (outcome == Registered::New || republish) && was_online == online {
             self.publish_record(&identity);
         }
         outcome
+    }
+}
+
+/// An agent reported its facts (checked: size, keys).
+#[derive(Message)]
+#[rtype(result = "Result<(), FactsRefused>")]
+pub struct ReportFacts {
+    pub identity: String,
+    /// The sender's key, under CURVE.
+    pub key: Option<String>,
+    pub facts: StoredFacts,
+}
+
+/// Why a report is not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum FactsRefused {
+    #[error("`{0}` has not registered: facts are kept for registered clients")]
+    NotRegistered(String),
+    #[error("the identity `{0}` is registered by another key")]
+    OtherKey(String),
+}
+
+impl Handler<ReportFacts> for ClientRegistry {
+    type Result = Result<(), FactsRefused>;
+
+    fn handle(&mut self, msg: ReportFacts, _: &mut Context<Self>) -> Self::Result {
+        let entry =
+            self.clients.get_mut(&msg.identity).ok_or_else(|| FactsRefused::NotRegistered(msg.identity.clone()))?;
+        if let (Some(bound), Some(key)) = (&entry.key, &msg.key) {
+            if bound != key {
+                return Err(FactsRefused::OtherKey(msg.identity));
+            }
+        }
+        let facts = Arc::new(msg.facts);
+        entry.facts = Some(facts.clone());
+        debug!(self.log, "client facts kept"; "identity" => &msg.identity, "facts" => facts.facts.len(),
+            "hash" => &facts.hash);
+        self.db.write(Write::ClientFacts { identity: msg.identity.clone(), facts });
+        self.publish_record(&msg.identity);
+        Ok(())
     }
 }
 
@@ -495,6 +592,9 @@ pub struct Listed {
     pub online: bool,
     /// In a cluster: the server the client is on.
     pub server: Option<String>,
+    /// Its facts, when it reported any, and whether they are fresh.
+    pub facts: Option<(Arc<Facts>, SystemTime)>,
+    pub facts_fresh: bool,
 }
 
 impl Listed {
@@ -515,6 +615,8 @@ impl Listed {
 pub struct Query {
     pub filter: ClientFilter,
     pub identities: Option<Identities>,
+    /// `-F`: only the clients whose fresh facts match.
+    pub facts: Option<Arc<FactFilter>>,
 }
 
 impl Handler<Query> for ClientRegistry {
@@ -526,26 +628,32 @@ impl Handler<Query> for ClientRegistry {
         let wanted = |id: &str, filter: &ClientFilter| {
             msg.filter.selects(filter) && msg.identities.as_ref().is_none_or(|ids| ids.matches(id))
         };
+        let facts = msg.facts.as_deref();
         let mut list: Vec<Listed> = self
             .clients
             .iter()
             .filter(|(id, e)| wanted(id, &e.filter))
             // A client that moved to another server is listed as it is there.
             .filter(|(id, e)| self.is_online(e, now) || !self.remote.get(*id).is_some_and(|r| r.online))
+            .filter(|(_, e)| self.facts_match(e.facts.as_deref(), facts, now))
             .map(|(_, e)| Listed {
                 filter: e.filter.clone(),
                 last_seen: e.last_seen,
                 online: self.is_online(e, now),
                 server: own.clone(),
+                facts: e.facts.as_ref().map(|f| (Arc::new(f.facts.clone()), f.gathered)),
+                facts_fresh: e.facts.as_ref().is_some_and(|f| self.fresh(f.gathered, f.interval, now)),
             })
             .collect();
         for (identity, record) in &self.remote {
             let filter = record.filter(identity);
             let local = self.clients.get(identity);
             let shown_here = local.is_some_and(|e| self.is_online(e, now) || !record.online);
-            if shown_here || !wanted(identity, &filter) {
+            if shown_here || !wanted(identity, &filter) || !self.remote_facts_match(record, facts, now) {
                 continue;
             }
+            let gathered = record.facts_gathered.map(|g| SystemTime::UNIX_EPOCH + Duration::from_secs(g));
+            let interval = Duration::from_secs(record.facts_interval.unwrap_or(600));
             list.push(Listed {
                 filter,
                 last_seen: SystemTime::UNIX_EPOCH + Duration::from_secs(record.last_seen),
@@ -553,6 +661,8 @@ impl Handler<Query> for ClientRegistry {
                 // commands from here go.
                 online: record.online && self.linked.contains(&record.server),
                 server: Some(record.server.clone()),
+                facts: record.facts.clone().zip(gathered).map(|(f, g)| (Arc::new(f), g)),
+                facts_fresh: gathered.is_some_and(|g| self.fresh(g, interval, now)),
             });
         }
         list.sort_by(|a, b| a.filter.identity.cmp(&b.filter.identity));
@@ -586,6 +696,8 @@ pub struct Reached {
 pub struct Recipients {
     pub stream: String,
     pub identities: Option<Identities>,
+    /// `-F`: only the clients whose fresh facts match.
+    pub facts: Option<Arc<FactFilter>>,
     /// Only this server's clients (a request from another server of the
     /// cluster, or an upload, whose file is here).
     pub local_only: bool,
@@ -607,6 +719,9 @@ impl Handler<Recipients> for ClientRegistry {
                 continue;
             }
             let Some(entry) = self.clients.get(identity) else { continue };
+            if !self.facts_match(entry.facts.as_deref(), msg.facts.as_deref(), now) {
+                continue;
+            }
             if self.is_online(entry, now) {
                 reached.online.push(Recipient { identity: identity.clone(), key: entry.key.clone(), server: None });
             } else if !msg.local_only && self.reachable_elsewhere(identity) {
@@ -636,7 +751,9 @@ impl ClientRegistry {
     fn reach_elsewhere(&self, msg: &Recipients, now: SystemTime, reached: &mut Reached) {
         for (identity, record) in &self.remote {
             let filter = record.filter(identity);
-            if !filter.accepts_stream(&msg.stream) || msg.identities.as_ref().is_some_and(|ids| !ids.matches(identity))
+            if !filter.accepts_stream(&msg.stream)
+                || msg.identities.as_ref().is_some_and(|ids| !ids.matches(identity))
+                || !self.remote_facts_match(record, msg.facts.as_deref(), now)
             {
                 continue;
             }
@@ -769,7 +886,7 @@ mod tests {
 
     fn reg(c: ClientFilter, key: &str) -> Register {
         let peer = c.identity.clone().unwrap_or_default().into_bytes();
-        Register { client: c, key: Some(key.into()), peer, heartbeat: None, owns_identity: false }
+        Register { client: c, key: Some(key.into()), peer, heartbeat: None, owns_identity: false, facts_seen: None }
     }
 
     #[actix_rt::test]
@@ -784,11 +901,13 @@ mod tests {
         // Another key cannot take h1.
         let refused = registry.send(reg(client("h1", "pantry", "test", &["web"]), "k9")).await.unwrap();
         assert!(matches!(refused, Registered::Refused(r) if r.contains("another key")));
-        let to = |s: &str| registry.send(Recipients { stream: s.into(), identities: None, local_only: false });
+        let to =
+            |s: &str| registry.send(Recipients { stream: s.into(), identities: None, facts: None, local_only: false });
         assert_eq!(ids(to("").await.unwrap()), ["h1", "h2"]);
         let some = |p: &str| Identities::parse(&[p.into()]).unwrap();
-        let globbed =
-            registry.send(Recipients { stream: "pantry".into(), identities: some("h[2-9]"), local_only: false }).await;
+        let globbed = registry
+            .send(Recipients { stream: "pantry".into(), identities: some("h[2-9]"), facts: None, local_only: false })
+            .await;
         assert_eq!(ids(globbed.unwrap()), ["h2"]);
         assert_eq!(ids(to("pantry").await.unwrap()), ["h1", "h2"]);
         assert_eq!(ids(to("pantry.test").await.unwrap()), ["h1"]);
@@ -800,7 +919,11 @@ mod tests {
         assert!(to("pantry.test.web").await.unwrap().online.is_empty());
         assert_eq!(ids(to("pantry.test.db").await.unwrap()), ["h1"]);
         let q = registry
-            .send(Query { filter: ClientFilter { roles: vec!["db".into()], ..Default::default() }, identities: None })
+            .send(Query {
+                filter: ClientFilter { roles: vec!["db".into()], ..Default::default() },
+                identities: None,
+                facts: None,
+            })
             .await
             .unwrap();
         assert_eq!(q.len(), 2);
@@ -815,15 +938,20 @@ mod tests {
         registry.send(reg(client("h1", "a", "e", &[]), "k1")).await.unwrap();
         registry.send(reg(client("h2", "a", "e", &[]), "k2")).await.unwrap();
         registry.send(PeerClosed { peer: b"h2".to_vec() }).await.unwrap();
-        let reached =
-            registry.send(Recipients { stream: "a".into(), identities: None, local_only: false }).await.unwrap();
+        let reached = registry
+            .send(Recipients { stream: "a".into(), identities: None, facts: None, local_only: false })
+            .await
+            .unwrap();
         assert_eq!(ids(Reached { online: reached.online, offline: Vec::new() }), ["h1"]);
         assert_eq!(reached.offline.iter().map(|o| o.identity.as_str()).collect::<Vec<_>>(), ["h2"]);
-        let listed = registry.send(Query { filter: ClientFilter::default(), identities: None }).await.unwrap();
+        let listed =
+            registry.send(Query { filter: ClientFilter::default(), identities: None, facts: None }).await.unwrap();
         assert_eq!(listed.iter().map(|l| l.online).collect::<Vec<_>>(), [true, false]);
         registry.send(reg(client("h2", "a", "e", &[]), "k2")).await.unwrap();
-        let reached =
-            registry.send(Recipients { stream: "a".into(), identities: None, local_only: false }).await.unwrap();
+        let reached = registry
+            .send(Recipients { stream: "a".into(), identities: None, facts: None, local_only: false })
+            .await
+            .unwrap();
         assert_eq!(reached.online.len(), 2);
         registry.send(ForgetIdentity { identity: "h2".into() }).await.unwrap().unwrap();
         assert!(registry.send(ForgetIdentity { identity: "h2".into() }).await.unwrap().is_err());
@@ -842,7 +970,8 @@ mod tests {
         assert!(matches!(r, Registered::Refused(reason) if reason.contains("shop.prod")), "identity = stream");
         let r = registry.send(reg(client("db-1", "web1.example.com", "x", &[]))).await.unwrap();
         assert!(matches!(r, Registered::Refused(_)), "app = identity");
-        let to = |s: &str| registry.send(Recipients { stream: s.into(), identities: None, local_only: false });
+        let to =
+            |s: &str| registry.send(Recipients { stream: s.into(), identities: None, facts: None, local_only: false });
         assert_eq!(ids(to("web1.example.com").await.unwrap()), ["web1.example.com"]);
     }
 
@@ -862,7 +991,8 @@ mod tests {
             let owned = Register { owns_identity: true, ..reg(client(id, "shop", "prod", &[]), key) };
             assert_eq!(registry.send(owned).await.unwrap(), Registered::New, "{id}");
         }
-        let listed = registry.send(Query { filter: ClientFilter::default(), identities: None }).await.unwrap();
+        let listed =
+            registry.send(Query { filter: ClientFilter::default(), identities: None, facts: None }).await.unwrap();
         let names: Vec<_> = listed.iter().filter_map(|l| l.filter.identity.clone()).collect();
         assert_eq!(names, ["sq1.example.com", "web"], "the squatters left");
         let again = registry.send(reg(client("evil", "web", "x", &[]), "k-evil")).await.unwrap();
@@ -873,7 +1003,7 @@ mod tests {
     async fn under_curve_only_listening_clients_receive() {
         let (registry, _dir) = registry(true);
         assert_eq!(registry.send(reg(client("h1", "a", "e", &[]), "k1")).await.unwrap(), Registered::New);
-        let to = || registry.send(Recipients { stream: "a".into(), identities: None, local_only: false });
+        let to = || registry.send(Recipients { stream: "a".into(), identities: None, facts: None, local_only: false });
         assert!(to().await.unwrap().online.is_empty());
         registry.send(Listening { key: "k1".into(), listening: true }).await.unwrap();
         let h1 = Recipient { identity: "h1".into(), key: Some("k1".into()), server: None };

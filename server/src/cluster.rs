@@ -243,6 +243,14 @@ pub struct FleetRecord {
     /// Its key (CURVE): the server an admin used lets it fetch an upload.
     #[serde(default)]
     pub key: Option<String>,
+    /// Its facts, when it gathered them (seconds since the epoch) and how
+    /// often it does: every server targets `-F` the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<pantry_shared::facts::Facts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts_gathered: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts_interval: Option<u64>,
 }
 
 impl FleetRecord {

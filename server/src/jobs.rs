@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use actix::prelude::*;
 use pantry_shared::commands::jobs::{JobDetail, JobSummary};
 use pantry_shared::commands::{
-    cancel, client_forget, client_pending, client_revoke, client_token, create_client, enroll, exec, job_control, jobs,
-    status, upload, Kind,
+    cancel, client_forget, client_pending, client_revoke, client_token, create_client, enroll, exec, facts,
+    job_control, jobs, status, upload, Kind,
 };
 use pantry_shared::{BodyPart, Message};
 use rusqlite::Connection;
@@ -61,6 +61,9 @@ pub fn arguments(kind: Kind, m: &Message) -> Value {
         Kind::Status => status::parse(m).ok().and_then(|f| serde_json::to_value(f).ok()).unwrap_or(Value::Null),
         Kind::ListJobs => json!({"limit": custom("limit")}),
         Kind::ShowJob => json!({"id": jobs::id(m)}),
+        Kind::ListFacts => facts::parse_list(m).map(|(_, keys)| json!({"keys": keys})).unwrap_or(Value::Null),
+        // An agent's own report: its size only.
+        Kind::Facts => json!({"bytes": m.wire_size()}),
         Kind::Enroll => match enroll::parse(m) {
             Ok(e) => json!({"identity": e.claimed(), "with_token": e.token.is_some()}),
             Err(_) => Value::Null,

@@ -218,6 +218,7 @@ where
     let keys_thread = system.block_on(async { Arbiter::new() });
     let trust_first_client = net.trust_first_client;
     let forget_after = config.registry.forget_after.0;
+    let facts_max_age = config.registry.facts_max_age.as_ref().map(|d| d.0);
     let jobs = config.jobs.enabled.then(|| JobSettings {
         max_output: usize::try_from(config.jobs.max_output.0).unwrap_or(usize::MAX),
         keep: config.jobs.keep.0,
@@ -256,7 +257,9 @@ where
             Ok(KeyStore::new(store, outbox, trust_first_client, pending, writer.clone(), metrics.clone(), log.clone()))
         });
         let curve = keys.is_some();
-        let registry = ClientRegistry::new(curve, clients, forget_after, writer.clone(), metrics.clone(), log.clone());
+        let mut registry =
+            ClientRegistry::new(curve, clients, forget_after, writer.clone(), metrics.clone(), log.clone());
+        registry.set_facts_max_age(facts_max_age);
         let parts = Parts {
             sockets,
             inbox,

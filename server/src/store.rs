@@ -9,13 +9,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use pantry_shared::commands::client_pending::PendingKey;
 use pantry_shared::commands::jobs::{AgentRecord, BatchRecord, JobAnswer, JobDetail, JobSummary};
 use pantry_shared::commands::rollout::{AgentState, JobState, RolloutPlan};
+use pantry_shared::facts::Facts;
 use pantry_shared::filter::ClientFilter;
 use rusqlite::{params, Connection, OptionalExtension};
 use slog::{error, info, Logger};
@@ -145,6 +146,12 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     UPDATE answers SET outcome = 'timeout' WHERE outcome = 'timed out';
     UPDATE answers SET outcome = 'failed' WHERE outcome = 'error';",
+    // Each client's facts, with when it gathered them and how often it
+    // does: they survive a restart.
+    "ALTER TABLE clients ADD COLUMN facts TEXT;
+    ALTER TABLE clients ADD COLUMN facts_hash TEXT;
+    ALTER TABLE clients ADD COLUMN facts_gathered INTEGER;
+    ALTER TABLE clients ADD COLUMN facts_interval INTEGER;",
 ];
 
 /// A rollout agent not started yet, and one whose request went out: the
@@ -172,6 +179,16 @@ pub enum Write {
         last_seen: SystemTime,
     },
     ForgetClient(String),
+    /// A client reported new facts.
+    ClientFacts {
+        identity: String,
+        facts: Arc<StoredFacts>,
+    },
+    /// A client gathered the same facts again.
+    ClientFactsSeen {
+        identity: String,
+        gathered: SystemTime,
+    },
     Job(Box<JobRow>),
     Answer(AnswerRow),
     /// An answer as it arrived, decoded here rather than on the socket
@@ -226,6 +243,18 @@ pub struct StoredClient {
     pub key: Option<String>,
     pub last_seen: SystemTime,
     pub heartbeat: Duration,
+    pub facts: Option<Arc<StoredFacts>>,
+}
+
+/// A client's facts as it reported them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFacts {
+    pub facts: Facts,
+    pub hash: String,
+    /// When the agent last gathered them (they may be the same as before).
+    pub gathered: SystemTime,
+    /// How often it gathers them.
+    pub interval: Duration,
 }
 
 /// A job as recorded.
@@ -602,10 +631,22 @@ fn from_unix(secs: i64) -> SystemTime {
 
 /// Every registered client the store remembers.
 pub fn clients(conn: &Connection) -> rusqlite::Result<Vec<StoredClient>> {
-    let mut statement =
-        conn.prepare("SELECT identity, application, environment, roles, key, last_seen, heartbeat FROM clients")?;
+    let mut statement = conn.prepare(
+        "SELECT identity, application, environment, roles, key, last_seen, heartbeat,
+            facts, facts_hash, facts_gathered, facts_interval FROM clients",
+    )?;
     let rows = statement.query_map([], |r| {
         let roles: String = r.get(3)?;
+        let facts: Option<String> = r.get(7)?;
+        let facts = match (facts.and_then(|f| serde_json::from_str::<Facts>(&f).ok()), r.get::<_, Option<String>>(8)?) {
+            (Some(facts), Some(hash)) => Some(Arc::new(StoredFacts {
+                facts,
+                hash,
+                gathered: from_unix(r.get::<_, Option<i64>>(9)?.unwrap_or(0)),
+                interval: Duration::from_secs(r.get::<_, Option<i64>>(10)?.unwrap_or(600).max(1) as u64),
+            })),
+            _ => None,
+        };
         Ok(StoredClient {
             client: ClientFilter {
                 identity: Some(r.get(0)?),
@@ -616,6 +657,7 @@ pub fn clients(conn: &Connection) -> rusqlite::Result<Vec<StoredClient>> {
             key: r.get(4)?,
             last_seen: from_unix(r.get(5)?),
             heartbeat: Duration::from_secs(r.get::<_, i64>(6)?.max(1) as u64),
+            facts,
         })
     })?;
     rows.collect()
@@ -901,6 +943,22 @@ fn apply(conn: &mut Connection, seqs: &mut Seqs, batch: &[Write]) -> rusqlite::R
             Write::ForgetClient(identity) => {
                 run(&tx, "DELETE FROM clients WHERE identity = ?1", params![identity])?;
             }
+            Write::ClientFacts { identity, facts } => {
+                let text = serde_json::to_string(&facts.facts).unwrap_or_else(|_| "{}".into());
+                run(
+                    &tx,
+                    "UPDATE clients SET facts = ?2, facts_hash = ?3, facts_gathered = ?4, facts_interval = ?5
+                     WHERE identity = ?1",
+                    params![identity, text, facts.hash, unix(facts.gathered), facts.interval.as_secs() as i64],
+                )?;
+            }
+            Write::ClientFactsSeen { identity, gathered } => {
+                run(
+                    &tx,
+                    "UPDATE clients SET facts_gathered = ?2 WHERE identity = ?1",
+                    params![identity, unix(*gathered)],
+                )?;
+            }
             Write::Job(job) => insert_job(&tx, seqs, job)?,
             Write::Answer(a) => insert_answer(&tx, seqs, a)?,
             Write::RawAnswer(raw) => {
@@ -1141,6 +1199,7 @@ mod tests {
             key: Some("k".into()),
             last_seen: from_unix(1_700_000_000),
             heartbeat: Duration::from_secs(30),
+            facts: None,
         };
         writer.write(Write::Client(web.clone()));
         writer.write(Write::Client(StoredClient {
@@ -1149,9 +1208,23 @@ mod tests {
         }));
         writer.write(Write::ClientSeen { identity: "web1.example.com".into(), last_seen: from_unix(1_700_000_100) });
         writer.write(Write::ForgetClient("gone".into()));
+        let mut facts = Facts::new();
+        facts.insert("os.id".into(), "debian".into());
+        let facts = Arc::new(StoredFacts {
+            facts,
+            hash: "h".into(),
+            gathered: from_unix(1_700_000_050),
+            interval: Duration::from_secs(60),
+        });
+        writer.write(Write::ClientFacts { identity: "web1.example.com".into(), facts: facts.clone() });
+        writer
+            .write(Write::ClientFactsSeen { identity: "web1.example.com".into(), gathered: from_unix(1_700_000_090) });
+        // A registration again keeps them.
+        writer.write(Write::Client(web.clone()));
         drop(writer);
         thread.join().unwrap();
         let all = clients(&open(&path).unwrap()).unwrap();
-        assert_eq!(all, [StoredClient { last_seen: from_unix(1_700_000_100), ..web }]);
+        let facts = Some(Arc::new(StoredFacts { gathered: from_unix(1_700_000_090), ..(*facts).clone() }));
+        assert_eq!(all, [StoredClient { facts, ..web }]);
     }
 }

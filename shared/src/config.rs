@@ -246,11 +246,15 @@ pub struct RegistrySection {
     /// Offline clients not seen for this long leave the registry.
     #[serde(default = "default_forget_after")]
     pub forget_after: ConfigDuration,
+    /// Facts older than this match no `-F` expression (default: three of
+    /// the agent's `facts_interval`s).
+    #[serde(default)]
+    pub facts_max_age: Option<ConfigDuration>,
 }
 
 impl Default for RegistrySection {
     fn default() -> Self {
-        RegistrySection { forget_after: default_forget_after() }
+        RegistrySection { forget_after: default_forget_after(), facts_max_age: None }
     }
 }
 
@@ -333,6 +337,21 @@ pub struct ClientSection {
     /// Whether `exec` may run programs on this client.
     #[serde(default = "default_true")]
     pub allow_exec: bool,
+    /// How often the agent gathers its facts again (they are also gathered
+    /// when a custom fact file changes).
+    #[serde(default = "default_facts_interval")]
+    pub facts_interval: ConfigDuration,
+    /// Custom facts: `*.json`, `*.yaml`, `*.yml` and executables.
+    #[serde(default = "default_facts_dir")]
+    pub facts_dir: PathBuf,
+}
+
+fn default_facts_interval() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(600))
+}
+
+fn default_facts_dir() -> PathBuf {
+    PathBuf::from("/etc/pantry/facts.d")
 }
 
 fn default_log_to() -> String {
@@ -475,6 +494,8 @@ impl Default for ClientSection {
             roles: Vec::new(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             allow_exec: true,
+            facts_interval: default_facts_interval(),
+            facts_dir: default_facts_dir(),
         }
     }
 }

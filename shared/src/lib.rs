@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod docs;
 pub mod error;
+pub mod facts;
 pub mod filter;
 pub mod keys;
 pub mod logging;

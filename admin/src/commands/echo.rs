@@ -36,6 +36,9 @@ impl Admin for Args {
     /// when asked, the server running the rollout.
     fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
         let Some(job) = self.rollout.prepare(session, TYPE)? else { return Ok(Outcome::NoMatch) };
+        if self.rollout.dry_run {
+            return self.rollout.dry_run(session, &job);
+        }
         let text = match (&self.message, job.argument("text")) {
             (Some(text), _) => text.clone(),
             (None, Some(text)) => text.as_str().context("the job's text is not text")?.to_owned(),

@@ -49,6 +49,9 @@ impl Admin for Args {
     /// when asked, the server running the rollout.
     fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
         let Some(job) = self.rollout.prepare(session, TYPE)? else { return Ok(Outcome::NoMatch) };
+        if self.rollout.dry_run {
+            return self.rollout.dry_run(session, &job);
+        }
         let exec = match (self.command.split_first(), &job.rerun) {
             (Some((program, args)), _) => ExecRequest {
                 program: program.clone(),

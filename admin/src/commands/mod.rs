@@ -16,6 +16,7 @@ pub mod client_tokens;
 pub mod create_client;
 pub mod echo;
 pub mod exec;
+pub mod facts;
 pub mod jobs;
 pub mod status;
 pub mod upload;
@@ -51,6 +52,7 @@ macro_rules! admin_commands {
 
 admin_commands! {
     Status(status::Args),
+    Facts(facts::Args),
     Echo(echo::Args),
     Exec(exec::Args),
     Upload(upload::Args),

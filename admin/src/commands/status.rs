@@ -2,7 +2,6 @@
 
 use crate::session::{Outcome, Session};
 use pantry_shared::commands::status::*;
-use pantry_shared::filter::Identities;
 use std::time::SystemTime;
 
 use crate::session::{ago, short_ago, Admin, Wait};
@@ -31,9 +30,9 @@ impl Admin for Args {
 
     /// Admin: asks for the clients `-a/-e/-r/-i` select and prints them.
     fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
-        let mut request = request(&session.filter);
-        Identities::attach(&mut request, &session.identities);
+        let request = session.selecting(request(&session.filter));
         let response = session.ask_server(request)?;
+        session.say_unknown(&[])?;
         let mut clients = clients(&response);
         if self.online || self.offline {
             let wanted = if self.online { ONLINE } else { OFFLINE };

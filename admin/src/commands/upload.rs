@@ -102,6 +102,9 @@ impl Admin for Args {
     fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
         use std::os::unix::fs::PermissionsExt;
         let Some(job) = self.rollout.prepare(session, TYPE)? else { return Ok(Outcome::NoMatch) };
+        if self.rollout.dry_run {
+            return self.rollout.dry_run(session, &job);
+        }
         let remote = match (&self.remote_path, job.argument("remote_path")) {
             (Some(remote), _) => remote.clone(),
             (None, Some(remote)) => remote.as_str().context("the job's remote path is not text")?.to_owned(),

@@ -166,7 +166,7 @@ impl CommandDispatcher {
             return self.forwarder.cancel_on(job, &identities, grace);
         };
         let job = job.to_owned();
-        let ask = Recipients { stream: String::new(), identities: Some(only), local_only: false };
+        let ask = Recipients { stream: String::new(), identities: Some(only), facts: None, local_only: false };
         self.registry
             .send(ask)
             .into_actor(self)

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pantry_shared::commands::{cancel, recipients, upload, Kind};
+use pantry_shared::facts::FactFilter;
 use pantry_shared::filter::Identities;
 use pantry_shared::{DecodeError, Message};
 use serde_json::Value;
@@ -88,6 +89,7 @@ impl Forwarder {
     /// goes to; the reason when it cannot be forwarded.
     pub fn plan(&self, kind: Kind, request: &mut Request) -> Result<Plan, Refused> {
         let identities = Identities::of(&request.message)?;
+        let facts = FactFilter::of(&request.message)?.map(Arc::new);
         let owner = match &request.auth {
             Some(auth) => auth.key.clone(),
             None => Hex(&request.peer).to_string(),
@@ -108,7 +110,7 @@ impl Forwarder {
             (kind == Kind::Upload && !from_peer).then(|| upload::parse(&request.message).map(|u| u.transfer_id));
         Ok(Plan {
             by_identity: identities.is_some(),
-            wanted: Recipients { stream: request.message.stream.clone(), identities, local_only: from_peer },
+            wanted: Recipients { stream: request.message.stream.clone(), identities, facts, local_only: from_peer },
             transfer,
             requester: request.auth.clone(),
         })

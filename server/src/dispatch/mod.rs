@@ -115,7 +115,10 @@ refused_from!(
     pantry_shared::DecodeError,
     crate::client_registry::UnknownClient,
     crate::file_service::NotOffered,
-    crate::key_store::PendingError
+    crate::key_store::PendingError,
+    pantry_shared::facts::FilterError,
+    pantry_shared::commands::facts::ReportError,
+    crate::client_registry::FactsRefused
 );
 
 /// When each known key last sent something (keys the server does not know
@@ -260,8 +263,9 @@ impl CommandDispatcher {
                     "uuid" => uuid, "error" => %e),
             }
         }
-        // Heartbeats are not requests anyone made.
-        if kind != Kind::RegisterClient {
+        // Heartbeats and an agent's report of its facts are not requests
+        // anyone made.
+        if !matches!(kind, Kind::RegisterClient | Kind::Facts) {
             if let Err(e) = self.gate.admit(&request, &arguments) {
                 return self.refuse(&request, e.to_string());
             }
@@ -311,6 +315,25 @@ impl CommandDispatcher {
         self.files.do_send(KeyRevoked { key: key.to_owned() });
     }
 
+    /// Whom a forwarded request reaches; an upload's recipients become
+    /// the only keys that may fetch its file.
+    fn resolve(
+        &self,
+        plan: forwarder::Plan,
+    ) -> impl std::future::Future<Output = Result<crate::client_registry::Reached, Refused>> + 'static {
+        let (registry, files) = (self.registry.clone(), self.files.clone());
+        async move {
+            let recipients = registry.send(plan.wanted).await.map_err(|e| format!("registry unavailable: {e}"))?;
+            if let Some(transfer) = plan.transfer {
+                let transfer_id = transfer?;
+                let keys = recipients.online.iter().filter_map(|r| r.key.clone()).collect();
+                let authorized = AuthorizeTransfer { transfer_id, requester: plan.requester, recipients: keys };
+                files.send(authorized).await.map_err(|e| format!("file service unavailable: {e}"))??;
+            }
+            Ok(recipients)
+        }
+    }
+
     /// Tells the requester who will answer, then publishes the request. An
     /// upload's transfer must be the requester's own offer; its recipients
     /// become the only keys that may fetch it.
@@ -319,18 +342,8 @@ impl CommandDispatcher {
             Ok(plan) => plan,
             Err(reason) => return self.refuse(&request, reason.to_string()),
         };
-        let (registry, files) = (self.registry.clone(), self.files.clone());
         let by_identity = plan.by_identity;
-        let work = async move {
-            let recipients = registry.send(plan.wanted).await.map_err(|e| format!("registry unavailable: {e}"))?;
-            if let Some(transfer) = plan.transfer {
-                let transfer_id = transfer?;
-                let keys = recipients.online.iter().filter_map(|r| r.key.clone()).collect();
-                let authorized = AuthorizeTransfer { transfer_id, requester: plan.requester, recipients: keys };
-                files.send(authorized).await.map_err(|e| format!("file service unavailable: {e}"))??;
-            }
-            Ok::<_, Refused>(recipients)
-        };
+        let work = self.resolve(plan);
         work.into_actor(self)
             .map(move |outcome, act, _| match outcome {
                 Ok(reached) => act.forwarder.publish(kind, request, reached, by_identity, &mut act.jobs, arguments),

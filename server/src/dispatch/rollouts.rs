@@ -34,13 +34,12 @@ use serde_json::Value;
 use slog::{error, info, warn};
 
 use crate::client_registry::Recipients;
-use crate::file_service::AuthorizeTransfer;
 use crate::jobs::UnfinishedRollouts;
 use crate::messages::RolloutAnswer;
 use crate::store::{StoredRollout, Write, STARTED};
 
 use super::job_log::stored_message;
-use super::{CommandDispatcher, Refused, Request};
+use super::{CommandDispatcher, Request};
 
 /// How long each agent of a batch is waited for when the request does not
 /// say (an admin older than rollouts).
@@ -232,17 +231,7 @@ impl CommandDispatcher {
             Ok(forwarded) => forwarded,
             Err(reason) => return self.refuse(&request, reason.to_string()),
         };
-        let (registry, files) = (self.registry.clone(), self.files.clone());
-        let work = async move {
-            let reached = registry.send(forwarded.wanted).await.map_err(|e| format!("registry unavailable: {e}"))?;
-            if let Some(transfer) = forwarded.transfer {
-                let transfer_id = transfer?;
-                let keys = reached.online.iter().filter_map(|r| r.key.clone()).collect();
-                let authorized = AuthorizeTransfer { transfer_id, requester: forwarded.requester, recipients: keys };
-                files.send(authorized).await.map_err(|e| format!("file service unavailable: {e}"))??;
-            }
-            Ok::<_, Refused>(reached)
-        };
+        let work = self.resolve(forwarded);
         work.into_actor(self)
             .map(move |outcome, act, ctx| {
                 let reached = match outcome {
@@ -311,7 +300,7 @@ impl CommandDispatcher {
             .map(|a| a.identity.clone())
             .collect();
         let identities = Identities::parse(&wanted).ok().flatten();
-        let ask = Recipients { stream: r.request.stream.clone(), identities, local_only: false };
+        let ask = Recipients { stream: r.request.stream.clone(), identities, facts: None, local_only: false };
         self.registry
             .send(ask)
             .into_actor(self)

@@ -23,6 +23,7 @@ pub mod create_client;
 pub mod echo;
 pub mod enroll;
 pub mod exec;
+pub mod facts;
 pub mod job_control;
 pub mod jobs;
 pub mod recipients;
@@ -78,6 +79,8 @@ kinds! {
     ShowJob => jobs::SHOW_RULE,
     JobControl => job_control::RULE,
     Cancel => cancel::RULE,
+    Facts => facts::RULE,
+    ListFacts => facts::LIST_RULE,
 }
 
 impl Kind {
@@ -151,10 +154,10 @@ mod tests {
     }
 
     #[test]
-    fn only_registration_is_for_client_keys() {
+    fn only_registration_and_facts_are_for_client_keys() {
         for &kind in Kind::ALL {
             let expected = match kind {
-                Kind::RegisterClient => Senders::Clients,
+                Kind::RegisterClient | Kind::Facts => Senders::Clients,
                 Kind::Enroll => Senders::Enrollees,
                 _ => Senders::Admins,
             };

@@ -9,6 +9,7 @@
 
 mod app_config;
 mod enroll;
+mod facts;
 mod forget;
 mod jobs;
 mod keys;
@@ -120,6 +121,8 @@ pub fn start(kind: Kind, s: &Services, request: Request, activity: impl FnOnce()
         // to the agents here, an admin's refused.
         Kind::Cancel => return Started::Cancel(Box::new(Request { peer, auth, message: m })),
         Kind::RegisterClient => Box::pin(register::run(s, auth, peer, m)),
+        Kind::Facts => Box::pin(facts::report(s, auth, m)),
+        Kind::ListFacts => Box::pin(facts::list(s, m)),
         Kind::Status => Box::pin(status::run(s, m)),
         Kind::ShowApplication => Box::pin(app_config::show(s, m)),
         Kind::EditApplication => Box::pin(app_config::edit(s, m)),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pantry_shared::commands::register_client;
+use pantry_shared::commands::{facts, register_client};
 use pantry_shared::Message;
 use slog::{info, warn};
 
@@ -51,6 +51,9 @@ pub async fn run(s: Services, auth: Option<Arc<PeerAuth>>, peer: Vec<u8>, m: Mes
         peer: peer.clone(),
         heartbeat,
         owns_identity,
+        facts_seen: facts::freshness(&m).and_then(|(hash, gathered, _)| {
+            humantime::parse_rfc3339_weak(&gathered).ok().map(|at| (hash, at.min(std::time::SystemTime::now())))
+        }),
     };
     let registered = s.registry.send(register).await.unwrap_or(Registered::Refused("registry unavailable".into()));
     let mut effects = Vec::new();
