@@ -10,7 +10,7 @@ use crate::common::env::{defaults, Binaries, Env, Measure};
 use crate::common::limits::FDS_PER_AGENT;
 use crate::common::ring::KeyRing;
 use crate::report::{self, Machine, PreviousRun, Results};
-use crate::scenarios::{cluster, enrollment, fanout_throughput, handshake, jobs, metrics, presence};
+use crate::scenarios::{cluster, enrollment, fanout_throughput, handshake, jobs, metrics, presence, rollout};
 
 /// What to run and where.
 #[derive(Debug, Clone)]
@@ -29,6 +29,7 @@ pub struct Config {
     pub jobs: jobs::Settings,
     pub metrics: metrics::Settings,
     pub cluster: cluster::Settings,
+    pub rollout: rollout::Settings,
 }
 
 impl Config {
@@ -46,6 +47,7 @@ impl Config {
             jobs: defaults(),
             metrics: defaults(),
             cluster: defaults(),
+            rollout: defaults(),
         }
     }
 
@@ -92,6 +94,17 @@ impl Config {
                 failover_timeout: Duration::from_secs(20),
                 ..full.cluster
             },
+            // 4 batches of 5, 4 failing, a budget of 1: at least two batches
+            // run, and the rollout stops before the last one or at it.
+            rollout: rollout::Settings {
+                agents: 20,
+                batch_percent: 25,
+                failing_percent: 20,
+                max_fail_percent: 5,
+                runs: 1,
+                cancel_agents: 10,
+                wait: Duration::from_secs(20),
+            },
             ..full
         }
     }
@@ -126,8 +139,13 @@ pub fn run(cfg: &Config) -> Result<Results> {
     ));
     let previous = PreviousRun::load(&cfg.out_dir);
     env.say(format!("previous run: {}", previous.said));
-    let most =
-        [cfg.fanout_throughput.max_agents(), cfg.jobs.max_agents(), cfg.metrics.max_agents(), cfg.cluster.max_agents()];
+    let most = [
+        cfg.fanout_throughput.max_agents(),
+        cfg.jobs.max_agents(),
+        cfg.metrics.max_agents(),
+        cfg.cluster.max_agents(),
+        cfg.rollout.max_agents(),
+    ];
     let ring = env.ring(most.into_iter().max().unwrap_or(0).min(limits.max_agents()))?;
     let fanout_throughput = fanout_throughput::run(&env, &ring, &cfg.fanout_throughput)?;
     let handshake = handshake::run(&env, &ring, &cfg.handshake)?;
@@ -136,6 +154,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let jobs = jobs::run(&env, &ring, &cfg.jobs)?;
     let metrics = metrics::run(&env, &ring, &cfg.metrics)?;
     let cluster = cluster::run(&env, &ring, &cfg.cluster)?;
+    let rollout = rollout::run(&env, &ring, &cfg.rollout)?;
     let results = Results {
         machine,
         elapsed_s: env.elapsed().as_secs_f64(),
@@ -146,6 +165,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         jobs: Some(jobs),
         metrics: Some(metrics),
         cluster: Some(cluster),
+        rollout: Some(rollout),
     };
     report::write(&results, &previous, &cfg.out_dir)?;
     env.say(format!("report written to {}", cfg.out_dir.display()));

@@ -11,7 +11,8 @@
 //!   - `relay`: the baseline relay itself (`pantry-bench relay`).
 //!   - `etcd`: an etcd member for the cluster scenario.
 //!   - `agents`: the simulated agents; what they send and when they move
-//!     is `agents::session`'s, without sockets.
+//!     is `agents::session`'s, without sockets; the bench's own `exec`
+//!     they answer themselves, `agents::simulated`'s.
 //!   - `requesters`: fan-out, throughput and pipelined echoes.
 //!   - `admin`: an admin's DEALER: `status`, an echo to all.
 //!   - `handshake`: the handshake-rate loop, and two servers compared.
@@ -21,7 +22,7 @@
 //!     writes them.
 //!   - `compare`: two systems side by side at N agents.
 //! - `scenarios`: one module each (`fanout_throughput`, `handshake`,
-//!   `enrollment`, `presence`, `jobs`, `metrics`, `cluster`), owning its
+//!   `enrollment`, `presence`, `jobs`, `metrics`, `cluster`, `rollout`), owning its
 //!   settings, its figures, its run, its section of the report and its
 //!   targets.
 //! - `report`: the files of a run (`latest.json`, `latest.md`,

@@ -1,6 +1,6 @@
 //! `pantry-bench`: runs the benchmark (`make bench`), one scenario of it
 //! (`pantry-bench enrollment`, `presence`, `jobs`, `metrics`, `cluster`,
-//! `profile`), or the baseline relay the benchmark starts as a child
+//! `rollout`, `profile`), or the baseline relay the benchmark starts as a child
 //! process (`pantry-bench relay`).
 
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use pantry_bench::common::env::{Binaries, Measure};
 use pantry_bench::driver::{self, Config};
 use pantry_bench::report::{PreviousRun, MARKDOWN};
-use pantry_bench::scenarios::{cluster, enrollment, fanout_throughput, handshake, jobs, metrics, presence};
+use pantry_bench::scenarios::{cluster, enrollment, fanout_throughput, handshake, jobs, metrics, presence, rollout};
 
 /// Benchmarks the release pantry-server against a raw-libzmq relay.
 #[derive(Parser, Debug)]
@@ -90,6 +90,11 @@ enum Only {
     /// server seen on another, handshake rate; prints its section of the
     /// report.
     Cluster(cluster::Settings),
+    /// Only the rollout scenario (CURVE): a rollout over simulated agents
+    /// with a failure budget, stopping after the batch that crossed it, the
+    /// server's dispatch gap between batches, `job cancel` of a job running
+    /// on every agent; prints its section of the report.
+    Rollout(rollout::Settings),
 }
 
 fn main() {
@@ -159,6 +164,10 @@ fn run(cli: Cli) -> Result<()> {
         Only::Cluster(s) => {
             let f = driver::run_alone(&config, s.max_agents(), |env, ring| cluster::run(env, ring, &s))?;
             cluster::report(&f, previous.of(|r| r.cluster.as_ref()))
+        }
+        Only::Rollout(s) => {
+            let f = driver::run_alone(&config, s.max_agents(), |env, ring| rollout::run(env, ring, &s))?;
+            rollout::report(&f, previous.of(|r| r.rollout.as_ref()))
         }
     };
     print!("{section}");

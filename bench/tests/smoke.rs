@@ -1,7 +1,7 @@
 //! Runs the whole benchmark at N = 2 with one iteration of every
 //! scenario (a few agents for enrollment, presence, the job store,
 //! metrics, and the cluster: 3 × 3 agents, 2 revocations, when etcd is
-//! installed),
+//! installed; a rollout over 20 agents and a cancel on 10),
 //! against the debug `pantry-server`, `pantry-client` and `pantry-admin`
 //! (built by `make test` before the tests), so that the bench does not
 //! rot. It checks that every figure was measured, not how good it is, and
@@ -168,8 +168,22 @@ fn the_bench_runs_at_two_agents() {
         assert!(cluster.skipped.as_deref().is_some_and(|why| why.contains("etcd")), "{cluster:?}");
     }
 
+    let rollout = results.rollout.as_ref().expect("the rollout scenario ran");
+    assert!(rollout.failures.is_empty(), "{:?}", rollout.failures);
+    assert_eq!((rollout.agents, rollout.runs.len()), (20, 1), "{rollout:?}");
+    let run = &rollout.runs[0];
+    assert_eq!((run.failing.len(), run.budget, run.batches), (4, 1, 4), "{run:?}");
+    assert!(run.stopped_right, "stopped after the batch that crossed the budget: {run:?}");
+    assert!(rollout.gap_p50_ms().is_some_and(|ms| ms > 0.0), "a gap between two batches at least: {rollout:?}");
+    let cancel = rollout.cancel.as_ref().expect("job cancel ran");
+    assert_eq!((cancel.agents, cancel.held, cancel.cancelled, cancel.admin_cancelled), (10, 10, 10, 10), "{cancel:?}");
+    assert_eq!(cancel.store_cancelled, 10, "job ID says cancelled for each: {cancel:?}");
+    assert!(cancel.agent_max_ms.is_some() && cancel.admin_max_ms.is_some(), "{cancel:?}");
+
     let md = std::fs::read_to_string(out.path().join(MARKDOWN)).unwrap();
     assert!(md.contains("## Cluster"), "{md}");
+    assert!(md.contains("## Rollout") && md.contains("| [Rollout](#rollout) |"), "{md}");
+    assert_eq!(md.matches("| issue 24: ").count(), 3, "{md}");
     assert_eq!(md.matches("| issue 16: ").count(), 4, "{md}");
     if etcd_installed {
         assert!(md.contains("fan-out echo to 3 × 3 CURVE agents on 3 servers") && md.contains("**Failover.**"), "{md}");

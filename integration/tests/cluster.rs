@@ -424,3 +424,26 @@ fn a_rollout_reaches_agents_on_every_server_of_the_cluster() {
     let waited = admin(&a, cwd.path(), 10, &["job", &id, "--wait"]);
     assert!(waited.stderr.contains("4 targeted: 4 cancelled"), "{waited:?}");
 }
+
+/// Facts are in the fleet's registry: an admin on one server targets by
+/// the facts of an agent on another.
+#[test]
+fn facts_target_agents_on_every_server_of_the_cluster() {
+    let etcd = Etcd::start();
+    let a = first(&etcd, "a");
+    let (cwd, _) = bootstrap_admin(&a);
+    let b = another(&etcd, "b", &a);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("team.json"), r#"{"team": "payments"}"#).unwrap();
+    let mut spec = AgentSpec::new("web-9", "shop", "prod", &[]);
+    spec.client_keys_yaml = Some(create_named_client(&a, cwd.path(), "web-9"));
+    spec.client_extra = format!("  facts_dir: {}\n", dir.path().display());
+    let _agent = Agent::start(&b, spec);
+    let answered = wait_until(WAIT, || {
+        let run = admin(&a, cwd.path(), 3, &["-F", "team=payments", "echo", "by-fact"]);
+        run.success() && run.stdout.contains("web-9: by-fact")
+    });
+    assert!(answered, "{}\n{}", a.log(), b.log());
+    let none = admin(&a, cwd.path(), 3, &["-F", "team=search", "echo", "none"]);
+    assert_eq!(none.code, Some(2), "{none:?}");
+}

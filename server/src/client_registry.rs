@@ -25,7 +25,7 @@ use actix::prelude::*;
 use pantry_shared::commands::recipients::Offline;
 use pantry_shared::commands::status::ClientRecord;
 use pantry_shared::config::DEFAULT_HEARTBEAT_INTERVAL;
-use pantry_shared::facts::{FactFilter, Facts};
+use pantry_shared::facts::FactFilter;
 use pantry_shared::filter::{ClientFilter, Identities};
 use slog::{debug, info, warn, Logger};
 
@@ -592,8 +592,9 @@ pub struct Listed {
     pub online: bool,
     /// In a cluster: the server the client is on.
     pub server: Option<String>,
-    /// Its facts, when it reported any, and whether they are fresh.
-    pub facts: Option<(Arc<Facts>, SystemTime)>,
+    /// Its facts, when it reported any and the query wants them.
+    pub facts: Option<Arc<StoredFacts>>,
+    /// Whether they are recent enough to be matched.
     pub facts_fresh: bool,
 }
 
@@ -617,6 +618,9 @@ pub struct Query {
     pub identities: Option<Identities>,
     /// `-F`: only the clients whose fresh facts match.
     pub facts: Option<Arc<FactFilter>>,
+    /// Whether the answer carries each client's facts (`facts`; `status`
+    /// does without).
+    pub with_facts: bool,
 }
 
 impl Handler<Query> for ClientRegistry {
@@ -641,7 +645,7 @@ impl Handler<Query> for ClientRegistry {
                 last_seen: e.last_seen,
                 online: self.is_online(e, now),
                 server: own.clone(),
-                facts: e.facts.as_ref().map(|f| (Arc::new(f.facts.clone()), f.gathered)),
+                facts: e.facts.clone().filter(|_| msg.with_facts),
                 facts_fresh: e.facts.as_ref().is_some_and(|f| self.fresh(f.gathered, f.interval, now)),
             })
             .collect();
@@ -661,7 +665,9 @@ impl Handler<Query> for ClientRegistry {
                 // commands from here go.
                 online: record.online && self.linked.contains(&record.server),
                 server: Some(record.server.clone()),
-                facts: record.facts.clone().zip(gathered).map(|(f, g)| (Arc::new(f), g)),
+                facts: record.facts.clone().zip(gathered).filter(|_| msg.with_facts).map(|(facts, gathered)| {
+                    Arc::new(StoredFacts { facts, hash: String::new(), gathered, interval })
+                }),
                 facts_fresh: gathered.is_some_and(|g| self.fresh(g, interval, now)),
             });
         }
@@ -945,7 +951,7 @@ mod tests {
         assert_eq!(ids(Reached { online: reached.online, offline: Vec::new() }), ["h1"]);
         assert_eq!(reached.offline.iter().map(|o| o.identity.as_str()).collect::<Vec<_>>(), ["h2"]);
         let listed =
-            registry.send(Query { filter: ClientFilter::default(), identities: None, facts: None }).await.unwrap();
+            registry.send(Query { filter: ClientFilter::default(), identities: None, facts: None, with_facts: false }).await.unwrap();
         assert_eq!(listed.iter().map(|l| l.online).collect::<Vec<_>>(), [true, false]);
         registry.send(reg(client("h2", "a", "e", &[]), "k2")).await.unwrap();
         let reached = registry
@@ -992,7 +998,7 @@ mod tests {
             assert_eq!(registry.send(owned).await.unwrap(), Registered::New, "{id}");
         }
         let listed =
-            registry.send(Query { filter: ClientFilter::default(), identities: None, facts: None }).await.unwrap();
+            registry.send(Query { filter: ClientFilter::default(), identities: None, facts: None, with_facts: false }).await.unwrap();
         let names: Vec<_> = listed.iter().filter_map(|l| l.filter.identity.clone()).collect();
         assert_eq!(names, ["sq1.example.com", "web"], "the squatters left");
         let again = registry.send(reg(client("evil", "web", "x", &[]), "k-evil")).await.unwrap();

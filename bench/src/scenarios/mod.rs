@@ -11,3 +11,4 @@ pub mod handshake;
 pub mod jobs;
 pub mod metrics;
 pub mod presence;
+pub mod rollout;

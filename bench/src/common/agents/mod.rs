@@ -19,11 +19,15 @@
 //! next one when theirs has been gone for a heartbeat interval, as the real
 //! agent does with several `server_host`s. What an agent sends and when
 //! it moves is decided in [`session`]; this module does the sockets.
+//! With `simulated_exec` (the rollout scenario) a Pantry agent answers the
+//! bench's own `exec` itself, spawning nothing ([`simulated`]), and the
+//! pool records when each agent received and answered each such request
+//! ([`Pool::execs`]).
 
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -40,6 +44,7 @@ use crate::common::procs::Endpoints;
 use crate::common::relay;
 
 pub mod session;
+pub mod simulated;
 
 use session::Session;
 
@@ -149,12 +154,23 @@ pub struct AgentOptions {
     /// real agent's does. The real agent also moves after 2 unanswered
     /// registrations; these agents do not. The heartbeat is 1 s if unset.
     pub failover: bool,
+    /// Pantry agents answer an `Exec` of [`simulated::PROGRAM`] themselves
+    /// (`fail ID...`: exit 1 on those named, else 0; `hold`: until its job
+    /// is cancelled), spawning nothing; each such request is recorded
+    /// ([`Pool::execs`]). Any other `Exec` is refused as before.
+    pub simulated_exec: bool,
 }
 
 impl AgentOptions {
     /// The real agent's behaviour with `heartbeat`.
     pub fn like_the_real_agent(heartbeat: Duration) -> AgentOptions {
-        AgentOptions { heartbeat: Some(heartbeat), register_on_reconnect: true, linger_zero: true, failover: false }
+        AgentOptions {
+            heartbeat: Some(heartbeat),
+            register_on_reconnect: true,
+            linger_zero: true,
+            failover: false,
+            simulated_exec: false,
+        }
     }
 
     /// The real agent's behaviour with `heartbeat` and several servers to
@@ -178,7 +194,44 @@ struct Counters {
     moves: AtomicU64,
     failed_moves: AtomicU64,
     /// Why the first failed move failed.
-    move_error: std::sync::Mutex<Option<String>>,
+    move_error: Mutex<Option<String>>,
+    /// `simulated_exec`: every `Exec` of the bench's program received.
+    execs: Mutex<Vec<ExecRecord>>,
+}
+
+impl Counters {
+    /// Records an `Exec` received; its index in the list.
+    fn exec_received(&self, record: ExecRecord) -> usize {
+        let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        execs.push(record);
+        execs.len() - 1
+    }
+
+    /// Record `at` was answered (now), `cancelled` or not.
+    fn exec_answered(&self, at: usize, cancelled: bool) {
+        let answered = Instant::now();
+        let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = execs.get_mut(at) {
+            r.answered = Some(answered);
+            r.cancelled = cancelled;
+        }
+    }
+}
+
+/// One `Exec` of [`simulated::PROGRAM`] at one agent (`simulated_exec`),
+/// times on the bench process's clock.
+#[derive(Debug, Clone)]
+pub struct ExecRecord {
+    /// The agent's index (its identity is [`identity`]`(agent)`).
+    pub agent: usize,
+    /// The request's uuid: its job.
+    pub job: String,
+    /// When the agent read it off its SUB.
+    pub received: Instant,
+    /// When its answer was handed to the DEALER; `None`: held.
+    pub answered: Option<Instant>,
+    /// Answered `cancelled` (after a `Cancel` of its job).
+    pub cancelled: bool,
 }
 
 /// N agents, running until the pool is dropped.
@@ -270,6 +323,13 @@ impl Pool {
     pub fn move_error(&self) -> Option<String> {
         self.counters.move_error.lock().ok().and_then(|e| e.clone())
     }
+
+    /// `simulated_exec`: the requests of `job` the agents received so far,
+    /// in the order they were received (per worker thread).
+    pub fn execs(&self, job: &str) -> Vec<ExecRecord> {
+        let execs = self.counters.execs.lock().unwrap_or_else(|p| p.into_inner());
+        execs.iter().filter(|r| r.job == job).cloned().collect()
+    }
 }
 
 impl Drop for Pool {
@@ -297,6 +357,8 @@ struct Sockets {
 }
 
 struct Agent {
+    /// Its index in the pool's key list (its identity's number).
+    index: usize,
     me: ClientContext,
     session: Session,
     /// The exact topics it subscribed to: SUB matching is by prefix, so a
@@ -310,6 +372,9 @@ struct Agent {
     /// to try again after its sockets could not be made.
     moving_to: Option<usize>,
     retry_at: Option<Instant>,
+    /// `simulated_exec`: the `hold` requests it has not answered, with
+    /// their records' places.
+    held: Vec<(Message, usize)>,
 }
 
 /// A new SUB subscribed to `topics`, a DEALER, and the DEALER's monitor
@@ -450,6 +515,7 @@ fn connect_agent(
     );
     let sockets = open_sockets(kind, ctx, security, &topics, options)?;
     let mut agent = Agent {
+        index: i,
         me,
         session,
         topics,
@@ -457,6 +523,7 @@ fn connect_agent(
         sockets: Some(sockets),
         moving_to: None,
         retry_at: None,
+        held: Vec::new(),
     };
     agent.connect(&place.servers[place.first])?;
     if pantry && agent.session.registers_at_once() {
@@ -526,8 +593,8 @@ fn worker(
         }
     };
     let _ = ready.send(Ok(()));
-    let answer = |agent: &Agent| match kind {
-        Kind::Pantry => answer_pantry(agent),
+    let answer = |agent: &mut Agent| match kind {
+        Kind::Pantry => answer_pantry(agent, options.simulated_exec, counters),
         Kind::Baseline => answer_baseline(agent),
     };
     let started = Instant::now();
@@ -705,14 +772,58 @@ impl Drop for Epoll {
 }
 
 /// What the real agent does with each request (SPEC §4: check the stream,
-/// run the command, answer when asked to).
-fn answer_pantry(agent: &Agent) -> u64 {
+/// run the command, answer when asked to); with `simulated_exec`, the
+/// bench's own `exec` too ([`simulated`]).
+fn answer_pantry(agent: &mut Agent, simulated_exec: bool, counters: &Counters) -> u64 {
     let Some(s) = &agent.sockets else { return 0 };
     let mut n = 0;
     while let Ok(frames) = s.sub.recv_multipart(zmq::DONTWAIT) {
+        let received = Instant::now();
         let Ok(request) = Message::from_frames(&frames) else { continue };
         if !agent.me.filter.accepts_stream(&request.stream) {
             continue;
+        }
+        if simulated_exec {
+            let record = || ExecRecord {
+                agent: agent.index,
+                job: request.uuid().to_owned(),
+                received,
+                answered: None,
+                cancelled: false,
+            };
+            match simulated::step(&request, agent.me.identity()) {
+                simulated::Step::Answer(response) => {
+                    let at = counters.exec_received(record());
+                    if request.metadata.requires_response
+                        && s.dealer.send_multipart(response.to_frames(), zmq::DONTWAIT).is_ok()
+                    {
+                        counters.exec_answered(at, false);
+                        n += 1;
+                    }
+                    continue;
+                }
+                simulated::Step::Hold => {
+                    let at = counters.exec_received(record());
+                    agent.held.push((request, at));
+                    continue;
+                }
+                simulated::Step::Cancel(job) => {
+                    let (cancelled, kept): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut agent.held).into_iter().partition(|(r, _)| r.uuid() == job);
+                    agent.held = kept;
+                    for (held, at) in cancelled {
+                        let response = simulated::answer(&held, agent.me.identity(), None, true);
+                        if held.metadata.requires_response
+                            && s.dealer.send_multipart(response.to_frames(), zmq::DONTWAIT).is_ok()
+                        {
+                            counters.exec_answered(at, true);
+                            n += 1;
+                        }
+                    }
+                    continue;
+                }
+                simulated::Step::Other => {}
+            }
         }
         let response = work::run_on_client(&request, &agent.me);
         if request.metadata.requires_response && s.dealer.send_multipart(response.to_frames(), zmq::DONTWAIT).is_ok() {

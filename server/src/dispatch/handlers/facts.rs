@@ -61,16 +61,16 @@ pub async fn list(s: Services, m: Message) -> Done {
         let fact_filter = FactFilter::of(&m)?.map(Arc::new);
         let listed = s
             .registry
-            .send(Query { filter, identities, facts: fact_filter })
+            .send(Query { filter, identities, facts: fact_filter, with_facts: true })
             .await
             .map_err(|e| Refused::from(format!("registry unavailable: {e}")))?;
         let agents: Vec<AgentFacts> = listed
             .into_iter()
             .map(|l| {
                 let (facts, gathered) = match &l.facts {
-                    Some((facts, gathered)) => {
-                        let facts = facts.iter().filter(|(k, _)| keys.is_empty() || keys.contains(k));
-                        (facts.map(|(k, v)| (k.clone(), v.clone())).collect(), Some(*gathered))
+                    Some(known) => {
+                        let facts = known.facts.iter().filter(|(k, _)| keys.is_empty() || keys.contains(k));
+                        (facts.map(|(k, v)| (k.clone(), v.clone())).collect(), Some(known.gathered))
                     }
                     None => (Default::default(), None),
                 };

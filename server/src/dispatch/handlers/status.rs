@@ -16,7 +16,7 @@ pub async fn run(s: Services, m: Message) -> Done {
     let result: Result<_, Refused> = async {
         let (filter, identities) = (status::parse(&m)?, Identities::of(&m)?);
         let facts = FactFilter::of(&m)?.map(Arc::new);
-        match s.registry.send(Query { filter, identities, facts }).await {
+        match s.registry.send(Query { filter, identities, facts, with_facts: false }).await {
             Ok(clients) => Ok(status::respond(&m, clients.iter().map(Listed::record))),
             Err(e) => Err(Refused::from(format!("registry unavailable: {e}"))),
         }
