@@ -147,7 +147,11 @@ pub fn interrupted(session: &mut Session, id: &str, running: Option<usize>) -> O
     match interrupt::choose(signal, id, running) {
         Choice::Cancel => {
             let control = Control { job: id.to_owned(), action: Action::Cancel, identities: Vec::new(), grace_ms: 0 };
-            match session.ask_server(job_control::request(&control)) {
+            let mut request = job_control::request(&control);
+            if let Some(signer) = &session.signer {
+                signer.sign_cancel(&mut request, id, &[]);
+            }
+            match session.ask_server(request) {
                 Ok(response) => {
                     let note = job_control::done(&response).map_or_else(|| "cancelled".to_owned(), |d| d.note);
                     eprintln!("job {id}: {note}");

@@ -16,7 +16,9 @@
 //! - [`for_clients`]: how `echo`, `exec` and `upload` run: live, or as a
 //!   rollout ([`rollout`]'s options) that [`follow`] follows in the job
 //!   store; [`output`] prints answers (grouped with [`fold`]);
-//! - [`interrupt`]: Ctrl-C while waiting: cancel, wait on, or detach.
+//! - [`interrupt`]: Ctrl-C while waiting: cancel, wait on, or detach;
+//! - [`signing`]: the admin's signature on what reaches agents, and the
+//!   trust list it signs for them.
 
 mod commands;
 mod connection;
@@ -27,6 +29,7 @@ mod interrupt;
 mod output;
 mod rollout;
 mod session;
+mod signing;
 
 use std::path::Path;
 

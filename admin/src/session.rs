@@ -21,6 +21,9 @@ use pantry_shared::program;
 use pantry_shared::security::SocketSecurity;
 
 use crate::connection::{ClientAnswers, Connection, Deadline, SideTask};
+use anyhow::Context as _;
+use pantry_shared::commands::trust;
+use pantry_shared::signing::{self, SigningPair, TrustList};
 
 /// Where `--curve-key-file FILE` is looked for.
 const KEYS_DIR: &str = ".pantry";
@@ -80,6 +83,9 @@ pub struct Global {
     /// the command).
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     pub timeout: f64,
+    /// How long a signed request holds (agents refuse it after).
+    #[arg(long, global = true, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub sign_ttl: Duration,
     /// Say more on stderr.
     #[arg(short = 'v', long, global = true)]
     pub verbose: bool,
@@ -133,6 +139,8 @@ pub struct Session {
     conn: Connection,
     /// The admin's name in `from`.
     me: String,
+    /// Signs what reaches agents (CURVE, once the admin has a signing key).
+    pub signer: Option<Signer>,
 }
 
 /// Runs one command: reads the config, opens the connection and hands the
@@ -207,7 +215,14 @@ pub fn run(g: &Global, command: impl Admin) -> Result<Outcome> {
         deadline,
         conn,
         me: admin_identity(),
+        signer: None,
     };
+    if session.security.is_curve() {
+        if let Some(pair) = ensure_signing_key(&mut session, g.verbose || g.debug)? {
+            let name = session.conn.keys_mut().and_then(|k| k.name.clone()).unwrap_or_else(|| session.me.clone());
+            session.signer = Some(Signer { pair, name, ttl: g.sign_ttl });
+        }
+    }
     let outcome = command.run(&mut session)?;
     if outcome == Outcome::Done {
         session.save_generated_keys()?;
@@ -248,7 +263,31 @@ impl Session {
         request.stream = target.stream.clone();
         Identities::attach(&mut request, &target.identities);
         FactFilter::attach(&mut request, &self.facts);
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut request);
+        }
         request
+    }
+
+    /// The server's copy of the agents' trust list, and the admins' keys.
+    pub fn show_trust(&mut self) -> Result<trust::Shown> {
+        let response = self.ask_server(trust::show_request())?;
+        Ok(trust::shown(&response)?)
+    }
+
+    /// This admin's signing key, if its key file has one.
+    pub fn own_signing_key(&mut self) -> Option<SigningPair> {
+        self.conn.keys_mut().and_then(|k| k.signing.clone())
+    }
+
+    /// Keeps a new signing key in the admin's key file (0600).
+    pub fn keep_signing_key(&mut self, pair: SigningPair) -> Result<()> {
+        if let Some(keys) = self.conn.keys_mut() {
+            keys.signing = Some(pair);
+            keys.save()?;
+            eprintln!("saved this admin's new signing key to {}", keys.path.display());
+        }
+        Ok(())
     }
 
     /// A query of the server about clients (`status`, `facts`): `-i` and
@@ -355,6 +394,63 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The admin's signing key and the name it signs as.
+pub struct Signer {
+    pub pair: SigningPair,
+    pub name: String,
+    pub ttl: Duration,
+}
+
+impl Signer {
+    pub fn sign(&self, request: &mut Message) {
+        signing::sign(request, &self.pair, &self.name, self.ttl);
+    }
+
+    pub fn sign_cancel(&self, control: &mut Message, job: &str, identities: &[String]) {
+        signing::sign_cancel(control, job, identities, &self.pair, &self.name, self.ttl);
+    }
+}
+
+/// A key file without a signing key gets one: registered with the server,
+/// kept in the file (0600), and, on a server with no trust list yet (the
+/// first admin), put on the first one. Returns the pair.
+fn ensure_signing_key(session: &mut Session, verbose: bool) -> Result<Option<SigningPair>> {
+    if let Some(pair) = session.own_signing_key() {
+        return Ok(Some(pair));
+    }
+    let pair = SigningPair::generate().context("cannot make a signing key")?;
+    if let Err(e) = session.ask_server(trust::register_request(&pair.public)) {
+        if verbose {
+            eprintln!("no signing key registered (the server does not take one: {e:#}); requests go unsigned");
+        }
+        return Ok(None);
+    }
+    session.keep_signing_key(pair.clone())?;
+    let shown = session.show_trust()?;
+    match &shown.list {
+        None => {
+            let me = shown
+                .admins
+                .iter()
+                .find(|a| a.signing_key == pair.public)
+                .cloned()
+                .context("signing key not listed")?;
+            let first = TrustList::signed(1, vec![me.clone()], &pair);
+            session.ask_server(trust::set_request(&first))?;
+            eprintln!("made the first trust list: agents enrolled from now on trust `{}`'s signed requests", me.name);
+        }
+        Some(list) if !list.trusts(&pair.public) => {
+            let name = shown.admins.iter().find(|a| a.signing_key == pair.public).map_or("this admin", |a| &a.name);
+            eprintln!(
+                "made a signing key for this admin; agents do not trust it until an admin they trust runs \
+                 `pantry-admin client:trust {name}`"
+            );
+        }
+        Some(_) => {}
+    }
+    Ok(Some(pair))
 }
 
 /// Whom a command sent to clients is for: a stream (`-a/-e/-r`, `""` for

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use pantry_shared::commands::enroll::{self, EnrollRequest, Enrolled};
-use pantry_shared::commands::{facts, register_client};
+use pantry_shared::commands::{facts, register_client, trust};
 
 use crate::work::{self, upload, ClientContext};
 use pantry_shared::config::{failover_order, Config, Networking};
@@ -52,6 +52,7 @@ use slog::{debug, info, warn, Logger};
 
 use crate::facts_report::FactsKeeper;
 use crate::handshake::{Backoff, HandshakeWatch};
+use crate::trust::Trust;
 
 /// Signals arrive as bytes on pipes the main loop polls: one for stopping
 /// (SIGINT, SIGTERM), one for reloading (SIGHUP).
@@ -158,6 +159,8 @@ pub struct Agent {
     results: zmq::Socket,
     /// Our facts: gathered, and told the server.
     facts: FactsKeeper,
+    /// The admins whose signed requests run here.
+    trust: Trust,
     ctx: zmq::Context,
 }
 
@@ -263,6 +266,12 @@ impl Agent {
             "version" => pantry_shared::VERSION, "identity" => me.identity(), "server" => &receive,
             "subscriptions" => me.filter.streams().join(" "), "security" => net.security_name());
         let watch = HandshakeWatch::new(receive.clone(), keys.clone(), log.clone());
+        let trust = Trust::load(
+            &pantry_shared::keys::curve_dir(config.root_dir()),
+            keys.as_ref().and_then(|k| k.trusted_admins.clone()),
+            config.client.require_signed,
+            log.new(slog::o!()),
+        )?;
         let hosts = failover_order(net.hosts(), me.identity());
         Ok(Agent {
             me,
@@ -296,6 +305,7 @@ impl Agent {
             told_waiting: false,
             configured_identity: config.client.identity.clone(),
             keys,
+            trust,
             facts: FactsKeeper::new(
                 config.client.facts_dir.clone(),
                 config.client.facts_interval.0,
@@ -524,6 +534,7 @@ impl Agent {
         let mut request = register_client::request_every(&self.me.filter, self.heartbeat.as_secs());
         request.metadata.requires_response = true;
         self.facts.stamp(&mut request);
+        request.metadata.custom.insert(trust::VERSION_FIELD.into(), self.trust.version().into());
         if let Registration::Refused { retry_at, .. } = &mut self.registration {
             // Until the answer comes, no second retry.
             *retry_at = Instant::now() + self.heartbeat;
@@ -573,7 +584,12 @@ impl Agent {
                         "identity" => self.me.identity(), "public_key" => &key, "server" => &self.receive);
                 }
             }
-            Ok(Enrolled::Accepted { name }) => self.accepted(name),
+            Ok(Enrolled::Accepted { name }) => {
+                if let Some(list) = trust::carried(answer) {
+                    self.trust.offer(list, "the enrollment");
+                }
+                self.accepted(name)
+            }
             Err(reason) => warn!(self.log, "the server refused to enroll this agent: {}", reason;
                 "identity" => self.me.identity(), "public_key" => &key),
         }
@@ -657,6 +673,9 @@ impl Agent {
                     if self.form == TopicForm::Exact && !register_client::grants_exact_topics(&answer) {
                         self.subscribe_bare();
                     }
+                    if let Some(list) = trust::carried(&answer) {
+                        self.trust.offer(list, "the server");
+                    }
                     self.registration = Registration::Accepted;
                     self.refusals.reset();
                     self.connect_sub();
@@ -702,7 +721,7 @@ impl Agent {
         self.registration = Registration::Refused { reason, retry_at: Instant::now() + delay };
     }
 
-    fn drain_requests(&self) {
+    fn drain_requests(&mut self) {
         while let Ok(frames) = self.sub.recv_multipart(zmq::DONTWAIT) {
             let request = match Message::from_frames(&frames) {
                 Ok(m) => m,
@@ -717,6 +736,22 @@ impl Agent {
             debug!(self.log, "request received";
                 "type" => request.message_type(), "from" => &request.metadata.from,
                 "to" => &request.stream, "uuid" => request.uuid());
+            if request.message_type() == trust::LIST_TYPE {
+                match trust::parse_list(&request) {
+                    Ok(list) => self.trust.offer(list, "the server"),
+                    Err(e) => debug!(self.log, "malformed trust list dropped"; "error" => %e),
+                }
+                continue;
+            }
+            if let Err(refusal) = self.trust.check(&request, &self.me.filter, self.facts.facts()) {
+                if request.metadata.requires_response {
+                    let mut answer = request.response();
+                    answer.metadata.from = self.me.identity().to_owned();
+                    answer.set_error(format!("refused: {refusal}"));
+                    self.send(answer);
+                }
+                continue;
+            }
             if work::may_block(request.message_type()) {
                 self.run_on_worker(request);
                 continue;

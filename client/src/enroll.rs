@@ -41,19 +41,28 @@ pub fn run(config: &Config, token: &str, server_public_key: Option<&str>) -> Res
     keys::decode_key(&server_public_key, Path::new("--server-public-key"), "server_public_key")?;
 
     let pair = KeyPair::generate()?;
-    let mut credentials = ClientKeys { path: path.clone(), server_public_key, keys: pair, name: None, generated: true };
+    let mut credentials = ClientKeys {
+        path: path.clone(),
+        server_public_key,
+        keys: pair,
+        name: None,
+        generated: true,
+        signing: None,
+        trusted_admins: None,
+    };
     let request = EnrollRequest {
         token: Some(token.trim().to_owned()),
         identity: config.client.identity.clone(),
         hostname: hostname(),
     };
     let endpoint = config.networking.endpoint(config.networking.receive_port);
-    let name = match ask(&credentials, &endpoint, &request)? {
-        Enrolled::Accepted { name } => name,
-        Enrolled::Waiting => bail!("the server put this key on its pending list instead of enrolling it"),
+    let (name, trusted) = match ask(&credentials, &endpoint, &request)? {
+        (Enrolled::Accepted { name }, trusted) => (name, trusted),
+        (Enrolled::Waiting, _) => bail!("the server put this key on its pending list instead of enrolling it"),
     };
     keys::ensure_private_dir(&dir)?;
     credentials.name = Some(name.clone());
+    credentials.trusted_admins = trusted;
     credentials.save()?;
     println!("enrolled as {name}; keys written to {}", path.display());
     Ok(())
@@ -61,7 +70,12 @@ pub fn run(config: &Config, token: &str, server_public_key: Option<&str>) -> Res
 
 /// Sends the request with the new key and waits for the answer, saying
 /// plainly why none came.
-fn ask(credentials: &ClientKeys, endpoint: &str, request: &EnrollRequest) -> Result<Enrolled> {
+/// The answer carries the admins the agent is to trust.
+fn ask(
+    credentials: &ClientKeys,
+    endpoint: &str,
+    request: &EnrollRequest,
+) -> Result<(Enrolled, Option<pantry_shared::signing::TrustList>)> {
     let ctx = zmq::Context::new();
     let dealer = SocketSecurity::client(credentials)?.socket(&ctx, zmq::DEALER)?;
     let events = monitor::monitor(&ctx, &dealer, monitor::CLIENT_EVENTS)?;
@@ -94,7 +108,8 @@ fn ask(credentials: &ClientKeys, endpoint: &str, request: &EnrollRequest) -> Res
         while let Ok(frames) = dealer.recv_multipart(zmq::DONTWAIT) {
             if let Ok(answer) = Message::from_frames(&frames) {
                 if answer.uuid() == message.uuid() {
-                    return enroll::outcome(&answer).map_err(|reason| anyhow!("enrollment refused: {reason}"));
+                    let outcome = enroll::outcome(&answer).map_err(|reason| anyhow!("enrollment refused: {reason}"))?;
+                    return Ok((outcome, pantry_shared::commands::trust::carried(&answer)));
                 }
             }
         }

@@ -118,6 +118,11 @@ impl FactsKeeper {
         changed
     }
 
+    /// The facts gathered last (a signed `-F` is checked against them).
+    pub fn facts(&self) -> Option<&Facts> {
+        self.current.as_ref().map(|(facts, _, _)| facts)
+    }
+
     /// A registration says which facts we have and since when.
     pub fn stamp(&self, registration: &mut Message) {
         if let Some((_, hash, at)) = &self.current {

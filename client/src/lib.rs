@@ -7,11 +7,13 @@
 //! - [`facts`]: what this machine is (built-in and custom facts), and
 //!   [`facts_report`]: when they are gathered and told the server;
 //! - [`enroll`]: `pantry-client enroll --token`;
-//! - [`handshake`]: telling a failed CURVE handshake's likely cause.
+//! - [`handshake`]: telling a failed CURVE handshake's likely cause;
+//! - [`trust`]: the admins this agent trusts, and the signature check.
 
 pub mod agent;
 pub mod enroll;
 pub mod facts;
 pub mod facts_report;
 pub mod handshake;
+pub mod trust;
 pub mod work;

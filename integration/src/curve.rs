@@ -129,6 +129,25 @@ pub fn keys_dir(server: &Server, pair: &KeyPair) -> TempDir {
     cwd
 }
 
+/// Signs `request` as the admin whose key file is `cwd/.pantry/keys.yml`
+/// (agents with a trust list run only signed requests).
+pub fn sign_as_admin(cwd: &Path, request: &mut pantry_shared::Message) {
+    let text = std::fs::read_to_string(cwd.join(".pantry").join(KEYS)).expect("admin key file");
+    let file: pantry_shared::keys::ClientKeysFile = serde_yaml::from_str(&text).expect("admin key file parses");
+    let (public, private) =
+        (file.signing_public_key.expect("signing key"), file.signing_private_key.expect("signing key"));
+    let pair = pantry_shared::signing::SigningPair::from_hex(&public, &private).expect("signing pair");
+    pantry_shared::signing::sign(request, &pair, "admin", pantry_shared::signing::DEFAULT_TTL);
+}
+
+/// A directory whose `.pantry/keys.yml` holds `credentials` as
+/// `client:create` printed them (an admin's signing key included).
+pub fn credentials_dir(credentials: &str) -> TempDir {
+    let cwd = tempfile::tempdir().expect("temp dir");
+    write_key_file(cwd.path(), KEYS, credentials);
+    cwd
+}
+
 /// A CURVE socket of `kind` with `pair`, connected to `port` on loopback.
 pub fn curve_socket(
     ctx: &zmq::Context,

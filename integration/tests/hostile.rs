@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pantry_integration::curve::{
-    admin, admin_pair, bootstrap_admin, create_named_client, curve_dealer, curve_socket, keys_dir, line_with,
-    log_since, pair_of, recv_for, send, wait_for_line, KEYS,
+    admin, admin_pair, bootstrap_admin, create_named_client, credentials_dir, curve_dealer, curve_socket, keys_dir,
+    line_with, log_since, pair_of, recv_for, send, sign_as_admin, wait_for_line, KEYS,
 };
 use pantry_integration::{wait_for_status, wait_until, Agent, AgentSpec, Server};
 use pantry_shared::commands::{
@@ -346,6 +346,7 @@ fn only_the_recipients_of_an_upload_fetch_it() {
     // Naming another file service gets the requester nothing: the agent
     // fetches from this server's (the FETCH below arrives).
     real.metadata.custom.insert(upload::FILE_SERVICE_FIELD.into(), "tcp://127.0.0.1:1".into());
+    sign_as_admin(f.cwd.path(), &mut real);
     send(&dealer, &real);
     let list = recv_for(&dealer, real.uuid(), WAIT).expect("the client list");
     assert!(list.is_client_response_list(), "{list:?}");
@@ -476,7 +477,7 @@ fn requests_awaiting_answers_are_capped_per_requester() {
     // Other admins and the agents are not affected.
     let other = admin(&f.server, f.cwd.path(), 5, &["client:create", "--admin", "--name", "ops-2"]);
     assert!(other.success(), "{other:?}");
-    assert_answers(&f.server, keys_dir(&f.server, &pair_of(&other.stdout)).path(), "web-1");
+    assert_answers(&f.server, credentials_dir(&other.stdout).path(), "web-1");
 }
 
 #[test]

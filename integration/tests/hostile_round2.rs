@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pantry_integration::curve::{
     admin, admin_pair, bootstrap_admin, create_named_client, curve_dealer, full_keys, line_with, recv_for, send,
-    wait_for_line, write_key_file, KEYS,
+    sign_as_admin, wait_for_line, write_key_file, KEYS,
 };
 use pantry_integration::etcd::Etcd;
 use pantry_integration::plain::{PlainAgent, PlainCurve, PlainSpec};
@@ -273,6 +273,7 @@ fn a_recorded_job_is_never_rewritten() {
     let dealer = curve_dealer(&ctx, &server, &admin_pair(cwd.path()));
     let mut first = echo::request("the original");
     first.metadata.uuid = "0190a000-0000-7000-8000-000000000001".into();
+    sign_as_admin(cwd.path(), &mut first);
     send(&dealer, &first);
     assert!(wait_until(WAIT, || admin(&server, cwd.path(), 5, &["job", first.uuid()]).stdout.contains("the original")));
     let mut again = echo::request("rewritten");

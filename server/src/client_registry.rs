@@ -665,9 +665,12 @@ impl Handler<Query> for ClientRegistry {
                 // commands from here go.
                 online: record.online && self.linked.contains(&record.server),
                 server: Some(record.server.clone()),
-                facts: record.facts.clone().zip(gathered).filter(|_| msg.with_facts).map(|(facts, gathered)| {
-                    Arc::new(StoredFacts { facts, hash: String::new(), gathered, interval })
-                }),
+                facts: record
+                    .facts
+                    .clone()
+                    .zip(gathered)
+                    .filter(|_| msg.with_facts)
+                    .map(|(facts, gathered)| Arc::new(StoredFacts { facts, hash: String::new(), gathered, interval })),
                 facts_fresh: gathered.is_some_and(|g| self.fresh(g, interval, now)),
             });
         }
@@ -929,6 +932,7 @@ mod tests {
                 filter: ClientFilter { roles: vec!["db".into()], ..Default::default() },
                 identities: None,
                 facts: None,
+                with_facts: false,
             })
             .await
             .unwrap();
@@ -950,8 +954,10 @@ mod tests {
             .unwrap();
         assert_eq!(ids(Reached { online: reached.online, offline: Vec::new() }), ["h1"]);
         assert_eq!(reached.offline.iter().map(|o| o.identity.as_str()).collect::<Vec<_>>(), ["h2"]);
-        let listed =
-            registry.send(Query { filter: ClientFilter::default(), identities: None, facts: None, with_facts: false }).await.unwrap();
+        let listed = registry
+            .send(Query { filter: ClientFilter::default(), identities: None, facts: None, with_facts: false })
+            .await
+            .unwrap();
         assert_eq!(listed.iter().map(|l| l.online).collect::<Vec<_>>(), [true, false]);
         registry.send(reg(client("h2", "a", "e", &[]), "k2")).await.unwrap();
         let reached = registry
@@ -997,8 +1003,10 @@ mod tests {
             let owned = Register { owns_identity: true, ..reg(client(id, "shop", "prod", &[]), key) };
             assert_eq!(registry.send(owned).await.unwrap(), Registered::New, "{id}");
         }
-        let listed =
-            registry.send(Query { filter: ClientFilter::default(), identities: None, facts: None, with_facts: false }).await.unwrap();
+        let listed = registry
+            .send(Query { filter: ClientFilter::default(), identities: None, facts: None, with_facts: false })
+            .await
+            .unwrap();
         let names: Vec<_> = listed.iter().filter_map(|l| l.filter.identity.clone()).collect();
         assert_eq!(names, ["sq1.example.com", "web"], "the squatters left");
         let again = registry.send(reg(client("evil", "web", "x", &[]), "k-evil")).await.unwrap();

@@ -11,7 +11,7 @@ use actix::prelude::*;
 use pantry_shared::commands::jobs::{JobDetail, JobSummary};
 use pantry_shared::commands::{
     cancel, client_forget, client_pending, client_revoke, client_token, create_client, enroll, exec, facts,
-    job_control, jobs, status, upload, Kind,
+    job_control, jobs, status, trust, upload, Kind,
 };
 use pantry_shared::{BodyPart, Message};
 use rusqlite::Connection;
@@ -61,6 +61,11 @@ pub fn arguments(kind: Kind, m: &Message) -> Value {
         Kind::Status => status::parse(m).ok().and_then(|f| serde_json::to_value(f).ok()).unwrap_or(Value::Null),
         Kind::ListJobs => json!({"limit": custom("limit")}),
         Kind::ShowJob => json!({"id": jobs::id(m)}),
+        Kind::RegisterSigningKey => trust::parse_register(m).map(|k| json!({"signing_key": k})).unwrap_or(Value::Null),
+        Kind::SetTrustList => trust::parse_list(m)
+            .map(|l| json!({"version": l.version, "admins": l.admins.iter().map(|a| a.name.clone()).collect::<Vec<_>>()}))
+            .unwrap_or(Value::Null),
+        Kind::ShowTrustList | Kind::TrustList => json!({}),
         Kind::ListFacts => facts::parse_list(m).map(|(_, keys)| json!({"keys": keys})).unwrap_or(Value::Null),
         // An agent's own report: its size only.
         Kind::Facts => json!({"bytes": m.wire_size()}),

@@ -52,6 +52,7 @@ pub mod routes;
 pub mod sockets;
 pub mod store;
 pub mod subscriptions;
+pub mod trust;
 pub mod zap;
 
 use std::future::Future;
@@ -111,6 +112,13 @@ where
     let root_dir = config.root_dir().to_path_buf();
     std::fs::create_dir_all(&root_dir).with_context(|| format!("cannot create root_dir {}", root_dir.display()))?;
     let fd_budget = descriptor_budget(&log);
+    let trust = match config.networking.is_curve() {
+        true => {
+            let dir = pantry_shared::keys::curve_dir(&root_dir);
+            Some(Arc::new(std::sync::Mutex::new(trust::TrustStore::open(&dir)?)))
+        }
+        false => None,
+    };
 
     let (security, store) = if config.networking.is_curve() {
         let store = ServerKeyStore::open(&root_dir)?;
@@ -240,6 +248,7 @@ where
             jobs,
             db: writer.clone(),
             job_reader,
+            trust,
             used_uuids: jobs::UsedUuids::new(
                 store::open(&db_path)
                     .inspect_err(|e| error!(log, "cannot open the database to check job uuids"; "error" => %e))

@@ -115,19 +115,33 @@ fn create_admin_key(config: &Config, name: &str, output: Option<&Path>) -> Resul
             (store, place)
         }
     };
+    // Its signing key: the server keeps the public half; agents trust it
+    // once an admin they trust signs it in (`pantry-admin client:trust`).
+    let signing = pantry_shared::signing::SigningPair::generate().context("cannot make a signing key")?;
+    let curve_dir = pantry_shared::keys::curve_dir(config.root_dir());
+    pantry_server::trust::TrustStore::open(&curve_dir)?.register(name, &signing.public)?;
     let yaml = client_keys_yaml(&ClientKeysFile {
         server_public_key: Some(store.keys.public_key.clone()),
         public_key: Some(pair.public_key),
         private_key: Some(pair.private_key),
         name: Some(name.to_owned()),
+        signing_public_key: Some(signing.public),
+        signing_private_key: Some(signing.private),
+        trusted_admins: None,
     });
     match output {
         Some(path) => {
             pantry_shared::keys::write_atomically(path, yaml.as_bytes())?;
             eprintln!("admin key `{name}` added to {place}; credentials written to {}", path.display());
+            eprintln!(
+                "agents do not trust its signature until an admin they trust runs `pantry-admin client:trust {name}`"
+            );
         }
         None => {
             eprintln!("admin key `{name}` added to {place}");
+            eprintln!(
+                "agents do not trust its signature until an admin they trust runs `pantry-admin client:trust {name}`"
+            );
             print!("{yaml}");
         }
     }

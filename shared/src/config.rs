@@ -344,6 +344,10 @@ pub struct ClientSection {
     /// Custom facts: `*.json`, `*.yaml`, `*.yml` and executables.
     #[serde(default = "default_facts_dir")]
     pub facts_dir: PathBuf,
+    /// Run only requests signed by a trusted admin (default: when the
+    /// agent has a trust list).
+    #[serde(default)]
+    pub require_signed: Option<bool>,
 }
 
 fn default_facts_interval() -> ConfigDuration {
@@ -496,6 +500,7 @@ impl Default for ClientSection {
             allow_exec: true,
             facts_interval: default_facts_interval(),
             facts_dir: default_facts_dir(),
+            require_signed: None,
         }
     }
 }

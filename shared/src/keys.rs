@@ -265,6 +265,15 @@ pub struct ClientKeysFile {
     /// The identity (or admin name) the key is bound to on the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// An admin's Ed25519 signing key pair (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_private_key: Option<String>,
+    /// An agent's credentials: the admins it trusts (it keeps them in
+    /// `trusted_admins.yml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_admins: Option<crate::signing::TrustList>,
 }
 
 /// What a client needs to connect over CURVE, checked and decoded.
@@ -277,6 +286,10 @@ pub struct ClientKeys {
     pub name: Option<String>,
     /// True when the key pair was generated now and is not yet in the file.
     pub generated: bool,
+    /// An admin's signing key pair.
+    pub signing: Option<crate::signing::SigningPair>,
+    /// The trust list the credentials came with (an agent's).
+    pub trusted_admins: Option<crate::signing::TrustList>,
 }
 
 impl ClientKeys {
@@ -298,8 +311,17 @@ impl ClientKeys {
         };
         let server_public_key = file.server_public_key.clone().ok_or_else(|| missing(path, "server_public_key"))?;
         decode_key(&server_public_key, path, "server_public_key")?;
+        let signing = signing_of(&file, path)?;
         let (keys, generated) = KeyPair::from_file_or_generate(file.public_key, file.private_key, path)?;
-        let mut loaded = ClientKeys { path: path.to_owned(), server_public_key, keys, name: file.name, generated };
+        let mut loaded = ClientKeys {
+            path: path.to_owned(),
+            server_public_key,
+            keys,
+            name: file.name,
+            generated,
+            signing,
+            trusted_admins: file.trusted_admins,
+        };
         if generated && save_generated {
             loaded.save()?;
         }
@@ -321,8 +343,17 @@ impl ClientKeys {
                 }
             })?;
         decode_key(&server_public_key, path, "server_public_key")?;
+        let signing = signing_of(&file, path)?;
         let (keys, generated) = KeyPair::from_file_or_generate(file.public_key, file.private_key, path)?;
-        let mut loaded = ClientKeys { path: path.to_owned(), server_public_key, keys, name: file.name, generated };
+        let mut loaded = ClientKeys {
+            path: path.to_owned(),
+            server_public_key,
+            keys,
+            name: file.name,
+            generated,
+            signing,
+            trusted_admins: file.trusted_admins,
+        };
         if generated {
             loaded.save()?;
             loaded.generated = true;
@@ -343,7 +374,26 @@ impl ClientKeys {
             public_key: Some(self.keys.public_key.clone()),
             private_key: Some(self.keys.private_key.clone()),
             name: self.name.clone(),
+            signing_public_key: self.signing.as_ref().map(|s| s.public.clone()),
+            signing_private_key: self.signing.as_ref().map(|s| s.private.clone()),
+            trusted_admins: self.trusted_admins.clone(),
         }
+    }
+}
+
+/// A key file's signing pair, checked; none when it has neither half.
+fn signing_of(file: &ClientKeysFile, path: &Path) -> Result<Option<crate::signing::SigningPair>, KeyStoreError> {
+    match (&file.signing_public_key, &file.signing_private_key) {
+        (None, None) => Ok(None),
+        (Some(public), Some(private)) => {
+            crate::signing::SigningPair::from_hex(public, private).map(Some).map_err(|e| KeyStoreError::BadKey {
+                path: path.to_owned(),
+                field: e.field,
+                reason: "not this file's signing key pair".into(),
+            })
+        }
+        (Some(_), None) => Err(missing(path, "signing_private_key")),
+        (None, Some(_)) => Err(missing(path, "signing_public_key")),
     }
 }
 

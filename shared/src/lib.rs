@@ -16,6 +16,7 @@ pub mod monitor;
 pub mod program;
 pub mod rule;
 pub mod security;
+pub mod signing;
 pub mod systemd;
 pub mod topic;
 pub mod z85;

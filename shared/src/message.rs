@@ -98,7 +98,8 @@ impl BodyPart {
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The part as its frame.
+    pub fn encode(&self) -> Vec<u8> {
         match self {
             BodyPart::Json(v) => {
                 let mut out = JSON_MARKER.as_bytes().to_vec();

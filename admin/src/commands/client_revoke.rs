@@ -24,6 +24,14 @@ impl Admin for Args {
     fn run(self, session: &mut Session) -> anyhow::Result<Outcome> {
         let response = session.ask_server(request(&self.target))?;
         println!("{}", format_answer(&response));
+        // An admin: its signature goes from the agents' trust list.
+        let body = response.body.first().and_then(BodyPart::as_json);
+        let name = body.and_then(|b| b["name"].as_str()).map(str::to_owned);
+        if let (Some(name), true) = (name, session.signer.is_some()) {
+            if let Err(e) = crate::signing::distrust_admin(session, &name) {
+                eprintln!("the agents' trust list is unchanged: {e:#}");
+            }
+        }
         Ok(Outcome::Done)
     }
 }

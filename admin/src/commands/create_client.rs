@@ -52,6 +52,16 @@ impl Admin for Args {
             }
             None => print!("{yaml}"),
         }
+        // A new admin: agents trust its signature once this admin signs it in.
+        let name = serde_yaml::from_str::<ClientKeysFile>(&yaml)
+            .ok()
+            .filter(|f| f.signing_public_key.is_some())
+            .and_then(|f| f.name);
+        if let (true, Some(name)) = (self.admin, name) {
+            if let Err(e) = crate::signing::trust_admin(session, &name) {
+                eprintln!("agents do not trust `{name}` yet: {e:#}");
+            }
+        }
         Ok(Outcome::Done)
     }
 }
@@ -78,7 +88,7 @@ mod tests {
         let pair = KeyPair::generate().unwrap();
         let req = request(Some("web-1"), Role::Admin);
         assert_eq!(parse(&req).unwrap(), (Some("web-1".into()), Role::Admin));
-        let resp = respond(&req, &server.public_key, &pair, Some("web-1"));
+        let resp = respond(&req, &server.public_key, &pair, Some("web-1"), None, None);
         let yaml = credentials_yaml(&Message::from_frames(&resp.to_frames()).unwrap()).unwrap();
         let back: ClientKeysFile = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(back.name.as_deref(), Some("web-1"));

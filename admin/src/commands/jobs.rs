@@ -134,7 +134,11 @@ impl Admin for ShowArgs {
             identities: session.identities.clone(),
             grace_ms: self.grace.map_or(0, |g| g.as_millis().max(1) as u64),
         };
-        let response = session.ask_server(job_control::request(&control))?;
+        let mut request = job_control::request(&control);
+        if let (Action::Cancel, Some(signer)) = (action, &session.signer) {
+            signer.sign_cancel(&mut request, &id, &control.identities);
+        }
+        let response = session.ask_server(request)?;
         let done = job_control::done(&response).context("the server's answer says nothing")?;
         if self.json {
             println!("{}", serde_json::to_string_pretty(&done)?);

@@ -13,6 +13,7 @@ pub mod client_pending;
 pub mod client_revoke;
 pub mod client_token;
 pub mod client_tokens;
+pub mod client_trust;
 pub mod create_client;
 pub mod echo;
 pub mod exec;
@@ -59,6 +60,7 @@ admin_commands! {
     #[command(name = "client:create")] ClientCreate(create_client::Args),
     #[command(name = "client:list")] ClientList(client_list::Args),
     #[command(name = "client:revoke")] ClientRevoke(client_revoke::Args),
+    #[command(name = "client:trust")] ClientTrust(client_trust::Args),
     #[command(name = "client:token")] ClientToken(client_token::Args),
     #[command(name = "client:tokens")] ClientTokens(client_tokens::Args),
     #[command(name = "client:pending")] ClientPending(client_pending::ListArgs),

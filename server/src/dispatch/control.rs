@@ -13,6 +13,8 @@ use pantry_shared::commands::cancel;
 use pantry_shared::commands::job_control::{self, Action, Control, Done};
 use pantry_shared::commands::rollout::JobState;
 use pantry_shared::filter::Identities;
+use pantry_shared::signing::SIGNATURE_FIELD;
+use serde_json::Value;
 use slog::info;
 
 use crate::client_registry::Recipients;
@@ -33,10 +35,11 @@ impl CommandDispatcher {
             Err(e) => return self.refuse(&request, e.to_string()),
         };
         let matches = |identity: &str| only.as_ref().is_none_or(|o| o.matches(identity));
+        let signature = request.message.metadata.custom.get(SIGNATURE_FIELD).cloned();
         let outcome = if self.rollouts.contains_key(&control.job) {
-            self.control_rollout(&control, matches, ctx)
+            self.control_rollout(&control, matches, signature, ctx)
         } else if self.forwarder.routes().is_pending(&control.job) {
-            self.control_plain(&control, matches, ctx)
+            self.control_plain(&control, matches, signature, ctx)
         } else {
             return self.control_recorded(request, control, ctx);
         };
@@ -55,6 +58,7 @@ impl CommandDispatcher {
         &mut self,
         control: &Control,
         matches: impl Fn(&str) -> bool,
+        signature: Option<Value>,
         ctx: &mut Context<Self>,
     ) -> Result<Done, Refused> {
         let id = control.job.clone();
@@ -101,7 +105,7 @@ impl CommandDispatcher {
                 }
                 let (state, between) = (r.state, r.is_between_batches());
                 let batch = r.current_batch();
-                self.cancel_running(&id, batch, running.clone(), control.grace(), ctx);
+                self.cancel_running(&id, batch, running.clone(), control.grace(), signature, ctx);
                 if whole && between {
                     self.finish(&id, JobState::Cancelled);
                 }
@@ -116,6 +120,7 @@ impl CommandDispatcher {
         &mut self,
         control: &Control,
         matches: impl Fn(&str) -> bool,
+        signature: Option<Value>,
         ctx: &mut Context<Self>,
     ) -> Result<Done, Refused> {
         let id = &control.job;
@@ -134,7 +139,7 @@ impl CommandDispatcher {
             Action::Cancel => {
                 let running: Vec<String> =
                     self.forwarder.routes().waiting(id).into_iter().filter(|i| matches(i)).collect();
-                self.cancel_running(id, None, running.clone(), control.grace(), ctx);
+                self.cancel_running(id, None, running.clone(), control.grace(), signature, ctx);
                 let state = if control.identities.is_empty() { JobState::Cancelled } else { JobState::Running };
                 if state == JobState::Cancelled {
                     self.jobs.write(Write::JobState { id: id.clone(), state });
@@ -157,13 +162,14 @@ impl CommandDispatcher {
         batch: Option<usize>,
         identities: Vec<String>,
         grace: Duration,
+        signature: Option<Value>,
         ctx: &mut Context<Self>,
     ) {
         if identities.is_empty() {
             return;
         }
         let Ok(Some(only)) = Identities::parse(&identities) else {
-            return self.forwarder.cancel_on(job, &identities, grace);
+            return self.forwarder.cancel_on(job, &identities, grace, signature.as_ref());
         };
         let job = job.to_owned();
         let ask = Recipients { stream: String::new(), identities: Some(only), facts: None, local_only: false };
@@ -174,7 +180,7 @@ impl CommandDispatcher {
                 let Ok(reached) = reached else {
                     // The registry is gone: the agents here are the ones
                     // this server can still reach.
-                    return act.forwarder.cancel_on(&job, &identities, grace);
+                    return act.forwarder.cancel_on(&job, &identities, grace, signature.as_ref());
                 };
                 let mut elsewhere: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 let mut here = Vec::new();
@@ -184,10 +190,10 @@ impl CommandDispatcher {
                         None => here.push(r.identity),
                     }
                 }
-                act.forwarder.cancel_on(&job, &here, grace);
+                act.forwarder.cancel_on(&job, &here, grace, signature.as_ref());
                 let there = batch.map_or_else(|| job.clone(), |b| super::rollouts::alias(&job, b));
                 for (server, identities) in elsewhere {
-                    act.forwarder.cancel_via(server, &there, identities, grace);
+                    act.forwarder.cancel_via(server, &there, identities, grace, signature.as_ref());
                 }
             })
             .spawn(ctx);
@@ -204,7 +210,8 @@ impl CommandDispatcher {
             Some(asked) => {
                 info!(self.log, "job cancel passed on by another server"; "job" => &asked.job,
                     "agents" => asked.identities.len(), "key" => request.key());
-                self.forwarder.cancel_on(&asked.job, &asked.identities, asked.grace());
+                let signature = request.message.metadata.custom.get(SIGNATURE_FIELD);
+                self.forwarder.cancel_on(&asked.job, &asked.identities, asked.grace(), signature);
             }
             None => self.refuse(&request, "a Cancel without its job"),
         }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use pantry_shared::commands::{cancel, recipients, upload, Kind};
 use pantry_shared::facts::FactFilter;
 use pantry_shared::filter::Identities;
+use pantry_shared::signing::SIGNATURE_FIELD;
 use pantry_shared::{DecodeError, Message};
 use serde_json::Value;
 use slog::{debug, warn, Logger};
@@ -225,22 +226,37 @@ impl Forwarder {
         }
     }
 
-    /// Tells the agents here running `job` to cancel it.
-    pub fn cancel_on(&self, job: &str, identities: &[String], grace: Duration) {
+    /// Tells the agents here running `job` to cancel it, with the admin's
+    /// signature of the cancel (agents that require signed requests ask
+    /// for it).
+    pub fn cancel_on(&self, job: &str, identities: &[String], grace: Duration, signature: Option<&Value>) {
         let cancel =
             cancel::CancelRequest { job: job.to_owned(), grace_ms: grace.as_millis() as u64, identities: vec![] };
         for identity in identities {
             let mut m = cancel::request(&cancel, identity, "pantry-server");
             m.metadata.forwarded = true;
+            if let Some(signature) = signature {
+                m.metadata.custom.insert(SIGNATURE_FIELD.into(), signature.clone());
+            }
             self.outbox.send(Outbound::Publish(m));
         }
     }
 
     /// Asks another server of the cluster to cancel `job` (the uuid its
     /// agents know it by) on `identities`, agents of its.
-    pub fn cancel_via(&self, server: String, job: &str, identities: Vec<String>, grace: Duration) {
+    pub fn cancel_via(
+        &self,
+        server: String,
+        job: &str,
+        identities: Vec<String>,
+        grace: Duration,
+        signature: Option<&Value>,
+    ) {
         let cancel = cancel::CancelRequest { job: job.to_owned(), grace_ms: grace.as_millis() as u64, identities };
         let mut m = cancel::request(&cancel, "", "pantry-server");
+        if let Some(signature) = signature {
+            m.metadata.custom.insert(SIGNATURE_FIELD.into(), signature.clone());
+        }
         // A request to that server (one without is an agent's answer),
         // which it answers with nothing.
         m.metadata.requires_response = true;

@@ -118,7 +118,8 @@ refused_from!(
     crate::key_store::PendingError,
     pantry_shared::facts::FilterError,
     pantry_shared::commands::facts::ReportError,
-    crate::client_registry::FactsRefused
+    crate::client_registry::FactsRefused,
+    pantry_shared::error::KeyStoreError
 );
 
 /// When each known key last sent something (keys the server does not know
@@ -161,6 +162,8 @@ pub struct Settings {
     pub jobs: Option<JobSettings>,
     pub db: Writer,
     pub job_reader: Addr<JobReader>,
+    /// The admins' signing keys and the agents' trust list (CURVE only).
+    pub trust: Option<Arc<std::sync::Mutex<crate::trust::TrustStore>>>,
     /// The uuids jobs were recorded under (with `jobs`).
     pub used_uuids: UsedUuids,
     pub metrics: Arc<Metrics>,
@@ -201,6 +204,7 @@ impl CommandDispatcher {
             job_reader: settings.job_reader,
             root_dir: settings.root_dir,
             metrics: settings.metrics.clone(),
+            trust: settings.trust,
             log: log.clone(),
         };
         let forwarder_outbox = outbox.try_clone()?;
@@ -303,6 +307,10 @@ impl CommandDispatcher {
             Effect::CutOff(key) => self.cut_off(&key),
             Effect::Accepted(key) => self.gate.accepted_again(&key),
             Effect::Grant(grant) => self.outbox.send(Outbound::Grant(grant)),
+            Effect::Publish(mut message) => {
+                message.metadata.forwarded = true;
+                self.outbox.send(Outbound::Publish(message))
+            }
         }
     }
 

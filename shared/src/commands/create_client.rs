@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::error::DecodeError;
 use crate::keys::{KeyPair, Role};
 use crate::message::{BodyPart, Message};
+use crate::signing::{SigningPair, TrustList};
 
 use crate::rule::{Rule, RunsOn, Senders};
 
@@ -43,7 +44,16 @@ pub fn parse(request: &Message) -> Result<(Option<String>, Role), DecodeError> {
 /// Server: the response carrying `{server_public_key, public_key,
 /// private_key}` and the key's `name` when it has one. The caller has
 /// already stored `pair.public_key`.
-pub fn respond(request: &Message, server_public_key: &str, pair: &KeyPair, name: Option<&str>) -> Message {
+/// An admin's credentials carry its signing key pair; an agent's, the
+/// trust list it starts with.
+pub fn respond(
+    request: &Message,
+    server_public_key: &str,
+    pair: &KeyPair,
+    name: Option<&str>,
+    signing: Option<&SigningPair>,
+    trusted_admins: Option<&TrustList>,
+) -> Message {
     let mut response = request.response();
     let mut credentials = json!({
         "server_public_key": server_public_key,
@@ -52,6 +62,13 @@ pub fn respond(request: &Message, server_public_key: &str, pair: &KeyPair, name:
     });
     if let Some(name) = name {
         credentials["name"] = name.into();
+    }
+    if let Some(signing) = signing {
+        credentials["signing_public_key"] = signing.public.clone().into();
+        credentials["signing_private_key"] = signing.private.clone().into();
+    }
+    if let Some(list) = trusted_admins {
+        credentials["trusted_admins"] = serde_json::to_value(list).unwrap_or_default();
     }
     response.body.push(BodyPart::Json(credentials));
     response

@@ -30,6 +30,7 @@ pub mod recipients;
 pub mod register_client;
 pub mod rollout;
 pub mod status;
+pub mod trust;
 pub mod upload;
 
 pub use crate::rule::{Rule, RunsOn, Senders};
@@ -81,6 +82,10 @@ kinds! {
     Cancel => cancel::RULE,
     Facts => facts::RULE,
     ListFacts => facts::LIST_RULE,
+    RegisterSigningKey => trust::REGISTER_RULE,
+    ShowTrustList => trust::SHOW_RULE,
+    SetTrustList => trust::SET_RULE,
+    TrustList => trust::LIST_RULE,
 }
 
 impl Kind {
@@ -146,10 +151,14 @@ mod tests {
             RejectPendingKey,
             ForgetClient,
             JobControl,
+            RegisterSigningKey,
+            SetTrustList,
         ];
         assert_eq!(jobs, expected);
-        // Cancel is the server's, sent on behalf of a recorded JobControl.
-        let for_clients = Kind::ALL.iter().filter(|k| k.runs_on() == RunsOn::Clients && **k != Cancel);
+        // Cancel and TrustList are the server's, sent on behalf of a
+        // recorded JobControl or SetTrustList.
+        let for_clients =
+            Kind::ALL.iter().filter(|k| k.runs_on() == RunsOn::Clients && !matches!(k, Cancel | TrustList));
         assert!(for_clients.into_iter().all(|k| k.is_job()));
     }
 

@@ -21,7 +21,11 @@ pub async fn run(s: Services, auth: Option<Arc<PeerAuth>>, m: Message) -> Done {
     };
     let response =
         match keys.send(EnrollKey { key: auth.key.clone(), request: asked, address: auth.address.clone() }).await {
-            Ok(Ok(Enrolled::Accepted { name })) => enroll::respond_accepted(&m, &name),
+            Ok(Ok(Enrolled::Accepted { name })) => {
+                let mut accepted = enroll::respond_accepted(&m, &name);
+                s.carry_trust_list(&mut accepted, 0);
+                accepted
+            }
             Ok(Ok(Enrolled::Waiting)) => enroll::respond_waiting(&m),
             Ok(Err(reason)) => m.refusal(reason.to_string()),
             Err(e) => m.refusal(format!("key store unavailable: {e}")),

@@ -2,6 +2,8 @@
 //! keys (CURVE).
 
 use pantry_shared::commands::{client_list, client_revoke, create_client};
+use pantry_shared::keys::Role;
+use pantry_shared::signing::SigningPair;
 use pantry_shared::Message;
 use slog::warn;
 
@@ -17,7 +19,18 @@ pub async fn create(s: Services, m: Message) -> Done {
         let (name, role) = create_client::parse(&m).map_err(|e| format!("invalid client:create request: {e}"))?;
         match keys.send(CreateKey { name, role }).await {
             Ok(Ok((server_key, pair, known))) => {
-                Ok(create_client::respond(&m, &server_key, &pair, known.name.as_deref()))
+                let name = known.name.as_deref();
+                let (signing, trusted) = match (&s.trust, known.role) {
+                    (Some(trust), Role::Admin) => {
+                        let signing = SigningPair::generate().map_err(|e| format!("cannot make a signing key: {e}"))?;
+                        let mut store = trust.lock().map_err(|_| Refused::from("trust store unavailable"))?;
+                        store.register(name.unwrap_or_default(), &signing.public)?;
+                        (Some(signing), None)
+                    }
+                    (Some(trust), _) => (None, trust.lock().ok().and_then(|t| t.list().cloned())),
+                    (None, _) => (None, None),
+                };
+                Ok(create_client::respond(&m, &server_key, &pair, name, signing.as_ref(), trusted.as_ref()))
             }
             Ok(Err(e)) => {
                 warn!(s.log, "client:create failed"; "error" => %e);

@@ -17,11 +17,12 @@ mod pending;
 mod register;
 mod status;
 mod tokens;
+mod trust;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::Addr;
 use pantry_shared::commands::Kind;
@@ -33,6 +34,7 @@ use crate::jobs::JobReader;
 use crate::key_store::KeyStore;
 use crate::messages::Grant;
 use crate::metrics::Metrics;
+use crate::trust::TrustStore;
 
 use super::{KeyActivity, Refused, Request};
 
@@ -46,10 +48,29 @@ pub struct Services {
     /// Where application configs live.
     pub root_dir: PathBuf,
     pub metrics: Arc<Metrics>,
+    /// The admins' signing keys and the agents' trust list (CURVE only).
+    pub trust: Option<Arc<Mutex<TrustStore>>>,
     pub log: Logger,
 }
 
 impl Services {
+    /// Puts the current trust list in `answer` when it is newer than
+    /// `version` (the one the agent has).
+    fn carry_trust_list(&self, answer: &mut Message, version: u64) {
+        let Some(list) = self.trust.as_ref().and_then(|t| t.lock().ok()).and_then(|t| t.list().cloned()) else {
+            return;
+        };
+        if list.version > version {
+            let value = serde_json::to_value(&list).unwrap_or_default();
+            answer.metadata.custom.insert(pantry_shared::commands::trust::LIST_FIELD.into(), value);
+        }
+    }
+
+    /// The trust store, or why signing needs CURVE.
+    fn trust(&self) -> Result<&Arc<Mutex<TrustStore>>, Refused> {
+        self.trust.as_ref().ok_or_else(|| "signed requests need `security: curve` on the server".into())
+    }
+
     /// The key store, or why key commands cannot run.
     fn keys(&self) -> Result<&Addr<KeyStore>, Refused> {
         self.keys.as_ref().ok_or_else(|| "key management needs `security: curve` on the server".into())
@@ -73,6 +94,8 @@ pub enum Effect {
     Accepted(String),
     /// A client registered streams: its PUB grants.
     Grant(Grant),
+    /// A message for every agent (a new trust list).
+    Publish(Message),
 }
 
 pub struct Done {
@@ -122,6 +145,13 @@ pub fn start(kind: Kind, s: &Services, request: Request, activity: impl FnOnce()
         Kind::Cancel => return Started::Cancel(Box::new(Request { peer, auth, message: m })),
         Kind::RegisterClient => Box::pin(register::run(s, auth, peer, m)),
         Kind::Facts => Box::pin(facts::report(s, auth, m)),
+        Kind::RegisterSigningKey => Box::pin(trust::register(s, auth, m)),
+        Kind::ShowTrustList => Box::pin(trust::show(s, m)),
+        Kind::SetTrustList => Box::pin(trust::set(s, auth, m)),
+        // The server's own message to agents.
+        Kind::TrustList => Box::pin(std::future::ready(Done::from(Reply::Refused(
+            m.refusal("TrustList is sent by the server; use SetTrustList"),
+        )))),
         Kind::ListFacts => Box::pin(facts::list(s, m)),
         Kind::Status => Box::pin(status::run(s, m)),
         Kind::ShowApplication => Box::pin(app_config::show(s, m)),
@@ -161,8 +191,8 @@ mod tests {
     #[test]
     fn forwarded_kinds_are_the_client_kinds() {
         let forwarded = [Kind::Echo, Kind::Exec, Kind::Upload];
-        // Cancel is for clients, but only the server sends it.
-        for &kind in Kind::ALL.iter().filter(|k| **k != Kind::Cancel) {
+        // Cancel and TrustList are for clients, but only the server sends them.
+        for &kind in Kind::ALL.iter().filter(|k| !matches!(k, Kind::Cancel | Kind::TrustList)) {
             assert_eq!(kind.runs_on() == RunsOn::Clients, forwarded.contains(&kind), "{kind:?}");
         }
     }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pantry_shared::commands::{facts, register_client};
+use pantry_shared::commands::{facts, register_client, trust};
 use pantry_shared::Message;
 use slog::{info, warn};
 
@@ -72,8 +72,14 @@ pub async fn run(s: Services, auth: Option<Arc<PeerAuth>>, peer: Vec<u8>, m: Mes
         Registered::Again => {}
         Registered::Refused(reason) => return refused(&s, &m, key, address, reason),
     }
-    let reply =
-        if m.metadata.requires_response { Reply::Message(register_client::respond(&m)) } else { Reply::Nothing };
+    let reply = if m.metadata.requires_response {
+        let mut answer = register_client::respond(&m);
+        // An agent with an older list (or none) gets the current one.
+        s.carry_trust_list(&mut answer, trust::version_of(&m));
+        Reply::Message(answer)
+    } else {
+        Reply::Nothing
+    };
     Done { reply, effects }
 }
 
