@@ -34,6 +34,17 @@ fn amend(
 /// `client:trust NAME` (and after `client:create --admin`): agents trust
 /// NAME's signing key from now on.
 pub fn trust_admin(session: &mut Session, name: &str) -> Result<()> {
+    // No list at all (a new server, or one whose list was removed to
+    // recover from lost keys): an admin may start one naming itself.
+    let shown = session.show_trust()?;
+    if shown.list.is_none() {
+        let pair = session.own_signing_key().context("this admin has no signing key")?;
+        let me = shown.admins.iter().find(|a| a.signing_key == pair.public && a.name == name).cloned();
+        let me = me.with_context(|| format!("the server has no trust list: only `{name}` itself can start one"))?;
+        session.ask_server(trust::set_request(&TrustList::signed(1, vec![me], &pair)))?;
+        eprintln!("made the first trust list: agents enrolled from now on trust `{name}`");
+        return Ok(());
+    }
     let next = amend(session, |admins, shown| {
         let Some(admin) = shown.admins.iter().find(|a| a.name == name) else {
             bail!("the server knows no signing key of an admin named `{name}`");
