@@ -42,7 +42,13 @@ fn server_tells_systemd_it_is_ready_once_bound() {
         .spawn()
         .unwrap();
     let mut buf = [0u8; 64];
-    let got = listener.recv(&mut buf);
+    // A signal to this process (another test's child) may interrupt the wait.
+    let got = loop {
+        match listener.recv(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
     // Bound before ready: the port is taken by the time READY=1 arrives.
     let taken = std::net::TcpListener::bind(("127.0.0.1", ports.receive)).is_err();
     signal(child.id(), libc::SIGTERM);
