@@ -10,7 +10,7 @@ use crate::common::env::{defaults, Binaries, Env, Measure};
 use crate::common::limits::FDS_PER_AGENT;
 use crate::common::ring::KeyRing;
 use crate::report::{self, Machine, PreviousRun, Results};
-use crate::scenarios::{cluster, enrollment, fanout_throughput, handshake, jobs, metrics, presence, rollout};
+use crate::scenarios::{cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout};
 
 /// What to run and where.
 #[derive(Debug, Clone)]
@@ -30,6 +30,7 @@ pub struct Config {
     pub metrics: metrics::Settings,
     pub cluster: cluster::Settings,
     pub rollout: rollout::Settings,
+    pub facts: facts::Settings,
 }
 
 impl Config {
@@ -48,6 +49,7 @@ impl Config {
             metrics: defaults(),
             cluster: defaults(),
             rollout: defaults(),
+            facts: defaults(),
         }
     }
 
@@ -105,6 +107,15 @@ impl Config {
                 cancel_agents: 10,
                 wait: Duration::from_secs(20),
             },
+            // 1,000 registry entries, 20 agents on each memory server.
+            facts: facts::Settings {
+                entries: 1000,
+                entry_bytes: 1024,
+                requests: 3,
+                agents: 20,
+                agent_bytes: 4096,
+                settle: Duration::from_millis(200),
+            },
             ..full
         }
     }
@@ -145,6 +156,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         cfg.metrics.max_agents(),
         cfg.cluster.max_agents(),
         cfg.rollout.max_agents(),
+        cfg.facts.max_agents(),
     ];
     let ring = env.ring(most.into_iter().max().unwrap_or(0).min(limits.max_agents()))?;
     let fanout_throughput = fanout_throughput::run(&env, &ring, &cfg.fanout_throughput)?;
@@ -155,6 +167,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let metrics = metrics::run(&env, &ring, &cfg.metrics)?;
     let cluster = cluster::run(&env, &ring, &cfg.cluster)?;
     let rollout = rollout::run(&env, &ring, &cfg.rollout)?;
+    let facts = facts::run(&env, &ring, &cfg.facts)?;
     let results = Results {
         machine,
         elapsed_s: env.elapsed().as_secs_f64(),
@@ -166,6 +179,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         metrics: Some(metrics),
         cluster: Some(cluster),
         rollout: Some(rollout),
+        facts: Some(facts),
     };
     report::write(&results, &previous, &cfg.out_dir)?;
     env.say(format!("report written to {}", cfg.out_dir.display()));

@@ -10,6 +10,8 @@
 //!   - `procs`: child processes: `pantry-server`, `pantry-client`, the relay.
 //!   - `relay`: the baseline relay itself (`pantry-bench relay`).
 //!   - `etcd`: an etcd member for the cluster scenario.
+//!   - `facts`: made-up machine facts (deterministic: how many a `-F`
+//!     filter selects is known beforehand).
 //!   - `agents`: the simulated agents; what they send and when they move
 //!     is `agents::session`'s, without sockets; the bench's own `exec`
 //!     they answer themselves, `agents::simulated`'s.
@@ -22,9 +24,9 @@
 //!     writes them.
 //!   - `compare`: two systems side by side at N agents.
 //! - `scenarios`: one module each (`fanout_throughput`, `handshake`,
-//!   `enrollment`, `presence`, `jobs`, `metrics`, `cluster`, `rollout`), owning its
-//!   settings, its figures, its run, its section of the report and its
-//!   targets.
+//!   `enrollment`, `presence`, `jobs`, `metrics`, `cluster`, `rollout`,
+//!   `facts`), owning its settings, its figures, its run, its section of
+//!   the report and its targets.
 //! - `report`: the files of a run (`latest.json`, `latest.md`,
 //!   `fanout.svg`) and the previous run read back from `latest.json`.
 //! - `driver`: the scenarios in turn, then the report ([`run`]).

@@ -1,7 +1,7 @@
 //! `pantry-bench`: runs the benchmark (`make bench`), one scenario of it
 //! (`pantry-bench enrollment`, `presence`, `jobs`, `metrics`, `cluster`,
-//! `rollout`, `profile`), or the baseline relay the benchmark starts as a child
-//! process (`pantry-bench relay`).
+//! `rollout`, `facts`, `profile`), or the baseline relay the benchmark
+//! starts as a child process (`pantry-bench relay`).
 
 use std::path::PathBuf;
 
@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use pantry_bench::common::env::{Binaries, Measure};
 use pantry_bench::driver::{self, Config};
 use pantry_bench::report::{PreviousRun, MARKDOWN};
-use pantry_bench::scenarios::{cluster, enrollment, fanout_throughput, handshake, jobs, metrics, presence, rollout};
+use pantry_bench::scenarios::{
+    cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout,
+};
 
 /// Benchmarks the release pantry-server against a raw-libzmq relay.
 #[derive(Parser, Debug)]
@@ -95,6 +97,11 @@ enum Only {
     /// server's dispatch gap between batches, `job cancel` of a job running
     /// on every agent; prints its section of the report.
     Rollout(rollout::Settings),
+    /// Only the facts scenario (CURVE): `-F` resolved by the server over
+    /// 100,000 registry entries with facts loaded from its database, and
+    /// server RSS per agent with 4 KiB of facts each at 1,000 simulated
+    /// agents against the same without; prints its section of the report.
+    Facts(facts::Settings),
 }
 
 fn main() {
@@ -168,6 +175,10 @@ fn run(cli: Cli) -> Result<()> {
         Only::Rollout(s) => {
             let f = driver::run_alone(&config, s.max_agents(), |env, ring| rollout::run(env, ring, &s))?;
             rollout::report(&f, previous.of(|r| r.rollout.as_ref()))
+        }
+        Only::Facts(s) => {
+            let f = driver::run_alone(&config, s.max_agents(), |env, ring| facts::run(env, ring, &s))?;
+            facts::report(&f, previous.of(|r| r.facts.as_ref()))
         }
     };
     print!("{section}");

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::common::limits::{FdLimits, FDS_PER_AGENT};
 use crate::common::markdown::{count, Previous, Target};
 use crate::common::procs::run_bounded;
-use crate::scenarios::{cluster, enrollment, fanout_throughput, handshake, jobs, metrics, presence, rollout};
+use crate::scenarios::{cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout};
 
 pub const MARKDOWN: &str = "latest.md";
 pub const JSON: &str = "latest.json";
@@ -42,6 +42,7 @@ pub struct Results {
     pub metrics: Option<metrics::Figures>,
     pub cluster: Option<cluster::Figures>,
     pub rollout: Option<rollout::Figures>,
+    pub facts: Option<facts::Figures>,
 }
 
 /// The run before this one, as its `latest.json` says: the one committed
@@ -121,6 +122,7 @@ fn sections(results: &Results, previous: &PreviousRun) -> Vec<Section> {
     section!("Metrics", metrics);
     section!("Cluster", cluster);
     section!("Rollout", rollout);
+    section!("Facts", facts);
     sections
 }
 

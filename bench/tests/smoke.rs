@@ -1,7 +1,8 @@
 //! Runs the whole benchmark at N = 2 with one iteration of every
 //! scenario (a few agents for enrollment, presence, the job store,
 //! metrics, and the cluster: 3 × 3 agents, 2 revocations, when etcd is
-//! installed; a rollout over 20 agents and a cancel on 10),
+//! installed; a rollout over 20 agents and a cancel on 10; `-F` over
+//! 1,000 registry entries and facts reports from 20 agents),
 //! against the debug `pantry-server`, `pantry-client` and `pantry-admin`
 //! (built by `make test` before the tests), so that the bench does not
 //! rot. It checks that every figure was measured, not how good it is, and
@@ -180,10 +181,31 @@ fn the_bench_runs_at_two_agents() {
     assert_eq!(cancel.store_cancelled, 10, "job ID says cancelled for each: {cancel:?}");
     assert!(cancel.agent_max_ms.is_some() && cancel.admin_max_ms.is_some(), "{cancel:?}");
 
+    let facts = results.facts.as_ref().expect("the facts scenario ran");
+    assert!(facts.failures.is_empty(), "{:?}", facts.failures);
+    let r = facts.resolution.as_ref().expect("-F over the registry");
+    assert_eq!((r.entries, r.queries.len()), (1000, 4), "{r:?}");
+    for q in &r.queries {
+        assert!(q.all_exact() && q.ms.len() == 3, "every answer listed exactly the clients expected: {q:?}");
+        assert!(q.p50_ms().is_some_and(|ms| ms > 0.0) && q.answer_frames >= q.listed + 2, "{q:?}");
+    }
+    let two = r.two().expect("the issue's two expressions");
+    assert_eq!(two.expected, pantry_bench::common::facts::expected(1000));
+    assert!(two.listed > 200 && two.listed < 400, "about 30% of 1,000: {two:?}");
+    assert_eq!((r.unfiltered().map(|q| q.listed), r.few().map(|q| q.listed)), (Some(1000), Some(1)), "{r:?}");
+    assert!(r.entry_bytes >= 1024 && r.rss_kib.is_some() && r.db_bytes > 1_000_000, "{r:?}");
+    let (with, without) = (facts.with.as_ref().expect("with facts"), facts.without.as_ref().expect("without"));
+    assert_eq!((with.agents, with.kept, with.refused, with.with_facts), (20, 20, 0, 20), "{with:?}");
+    assert_eq!((without.agents, without.kept, without.with_facts), (20, 0, 0), "{without:?}");
+    assert!(with.facts_bytes >= 4096 && with.kib_per_agent().is_some(), "{with:?}");
+    assert!(facts.facts_kib_per_agent().is_some(), "{facts:?}");
+
     let md = std::fs::read_to_string(out.path().join(MARKDOWN)).unwrap();
     assert!(md.contains("## Cluster"), "{md}");
     assert!(md.contains("## Rollout") && md.contains("| [Rollout](#rollout) |"), "{md}");
     assert_eq!(md.matches("| issue 24: ").count(), 3, "{md}");
+    assert!(md.contains("## Facts") && md.contains("| [Facts](#facts) |"), "{md}");
+    assert_eq!(md.matches("| issue 25: ").count(), 2, "{md}");
     assert_eq!(md.matches("| issue 16: ").count(), 4, "{md}");
     if etcd_installed {
         assert!(md.contains("fan-out echo to 3 × 3 CURVE agents on 3 servers") && md.contains("**Failover.**"), "{md}");

@@ -154,6 +154,18 @@ impl Env {
     pub fn server_for(&self, ring: &KeyRing, extra: &str) -> Result<PantryServer> {
         self.server(Some((&ring.server, &ring.enrolled())), extra)
     }
+
+    /// [`Env::server_for`], with `prepare(root_dir)` run before the server
+    /// starts (its database filled beforehand).
+    pub fn server_prepared(
+        &self,
+        ring: &KeyRing,
+        extra: &str,
+        prepare: impl FnOnce(&std::path::Path) -> Result<()>,
+    ) -> Result<PantryServer> {
+        let keys = ring.enrolled();
+        PantryServer::start_prepared(&self.bins.server, Some((&ring.server, &keys)), &self.log_level, extra, prepare)
+    }
 }
 
 /// The parts of a scenario that failed, each said on stderr and kept for

@@ -262,6 +262,25 @@ impl PantryServer {
         })
     }
 
+    /// [`PantryServer::start_with`], with `prepare(root_dir)` run after the
+    /// key store is written and before the server starts (a database
+    /// filled beforehand: `root_dir/pantry.db`).
+    pub fn start_prepared(
+        binary: &Path,
+        server: Option<(&Pair, &[pantry_shared::keys::KnownKey])>,
+        log_level: &str,
+        extra: &str,
+        prepare: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<PantryServer> {
+        let key = server.map(|(pair, _)| pair.public);
+        PantryServer::launch(binary, key, log_level, extra, |root| {
+            if let Some((pair, client_keys)) = server {
+                keys::write_server_keys(root, pair, client_keys)?;
+            }
+            prepare(root)
+        })
+    }
+
     /// Another CURVE server with `like`'s key pair: `like`'s
     /// `root_dir/security/curve/server_keys.yml` is copied into the new
     /// root_dir before the start, as an operator adds a server to a
@@ -362,7 +381,9 @@ impl PantryServer {
 
     /// Writes a `pantry-client` config for `identity` against this server
     /// (its own root_dir, log level info, long heartbeat) and, with `keys`,
-    /// its key file. Returns the config's path.
+    /// its key file. Returns the config's path. The bench's admin sends raw
+    /// unsigned requests (signing is measured on its own): the client runs
+    /// them (`require_signed: false`).
     pub fn client_config(&self, identity: &str, keys: Option<&Pair>) -> Result<PathBuf> {
         let root = self.dir.path().join(format!("client-{identity}"));
         if let (Some(pair), Some(server_key)) = (keys, &self.endpoints.server_key) {
@@ -371,7 +392,7 @@ impl PantryServer {
         }
         let config = format!(
             "log_level: info\nroot_dir: {}\n{}client:\n  identity: {identity}\n  application: bench\n  \
-             environment: idle\n  heartbeat_interval: 300\n",
+             environment: idle\n  heartbeat_interval: 300\n  require_signed: false\n",
             root.display(),
             networking_yaml(self.ports, self.curve)
         );

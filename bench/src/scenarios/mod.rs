@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod enrollment;
+pub mod facts;
 pub mod fanout_throughput;
 pub mod handshake;
 pub mod jobs;

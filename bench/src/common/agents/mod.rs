@@ -22,7 +22,10 @@
 //! With `simulated_exec` (the rollout scenario) a Pantry agent answers the
 //! bench's own `exec` itself, spawning nothing ([`simulated`]), and the
 //! pool records when each agent received and answered each such request
-//! ([`Pool::execs`]).
+//! ([`Pool::execs`]). With `facts_bytes` (the facts scenario) a Pantry
+//! agent sends a `Facts` report of about that size whenever the pool is
+//! told to ([`Pool::report_facts`]), and the pool counts the server's
+//! answers.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -33,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
 use pantry_client::work::{self, ClientContext};
+use pantry_shared::commands::facts as facts_command;
 use pantry_shared::filter::{ClientFilter, TopicForm, BROADCAST_TOPIC};
 use pantry_shared::monitor;
 use pantry_shared::security::SocketSecurity;
@@ -159,6 +163,12 @@ pub struct AgentOptions {
     /// is cancelled), spawning nothing; each such request is recorded
     /// ([`Pool::execs`]). Any other `Exec` is refused as before.
     pub simulated_exec: bool,
+    /// Pantry agents send a `Facts` report ([`crate::common::facts::machine`],
+    /// its JSON about this many bytes) each time [`Pool::report_facts`] is
+    /// called (after their registration is known: a report from a client
+    /// that has not registered is refused); the server's answers are
+    /// counted ([`Pool::facts_answers`]).
+    pub facts_bytes: Option<usize>,
 }
 
 impl AgentOptions {
@@ -170,6 +180,7 @@ impl AgentOptions {
             linger_zero: true,
             failover: false,
             simulated_exec: false,
+            facts_bytes: None,
         }
     }
 
@@ -197,6 +208,12 @@ struct Counters {
     move_error: Mutex<Option<String>>,
     /// `simulated_exec`: every `Exec` of the bench's program received.
     execs: Mutex<Vec<ExecRecord>>,
+    /// `facts_bytes`: the rounds of reports asked for so far; the server's
+    /// answers to them, accepted and refused, and the first refusal.
+    facts_asked: AtomicU64,
+    facts_kept: AtomicU64,
+    facts_refused: AtomicU64,
+    facts_refusal: Mutex<Option<String>>,
 }
 
 impl Counters {
@@ -324,6 +341,23 @@ impl Pool {
         self.counters.move_error.lock().ok().and_then(|e| e.clone())
     }
 
+    /// `facts_bytes`: each agent sends its `Facts` report now (within
+    /// 100 ms; again at each call, the same facts gathered anew).
+    pub fn report_facts(&self) {
+        self.counters.facts_asked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `facts_bytes`: the server's answers to the reports so far, accepted
+    /// and refused.
+    pub fn facts_answers(&self) -> (u64, u64) {
+        (self.counters.facts_kept.load(Ordering::Relaxed), self.counters.facts_refused.load(Ordering::Relaxed))
+    }
+
+    /// Why the first refused report was refused.
+    pub fn facts_refusal(&self) -> Option<String> {
+        self.counters.facts_refusal.lock().ok().and_then(|e| e.clone())
+    }
+
     /// `simulated_exec`: the requests of `job` the agents received so far,
     /// in the order they were received (per worker thread).
     pub fn execs(&self, job: &str) -> Vec<ExecRecord> {
@@ -447,16 +481,44 @@ impl Agent {
         }
     }
 
-    /// Drains the DEALER (`failover`: answers to registrations); connects
-    /// the SUB to `endpoints` at the first accepted registration.
-    fn read_dealer(&mut self, endpoints: &Endpoints) {
+    /// Drains the DEALER (`failover`: answers to registrations; facts
+    /// answers, counted); connects the SUB to `endpoints` at the first
+    /// accepted registration.
+    fn read_dealer(&mut self, endpoints: &Endpoints, counters: &Counters) {
         let Some(s) = &self.sockets else { return };
         while let Ok(frames) = s.dealer.recv_multipart(zmq::DONTWAIT) {
             let Ok(answer) = Message::from_frames(&frames) else { continue };
+            if answer.message_type() == facts_command::TYPE {
+                match answer.error() {
+                    None => counters.facts_kept.fetch_add(1, Ordering::Relaxed),
+                    Some(why) => {
+                        if let Ok(mut first) = counters.facts_refusal.lock() {
+                            first.get_or_insert_with(|| why.to_owned());
+                        }
+                        counters.facts_refused.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                continue;
+            }
             if self.session.accepted(&answer) && s.sub.connect(&endpoints.publish).is_ok() {
                 self.session.subscribed();
             }
         }
+    }
+
+    /// Sends its `Facts` report, its JSON about `bytes` long, gathered now
+    /// every hour (fresh for three).
+    fn report_facts(&self, bytes: usize) {
+        let Some(s) = &self.sockets else { return };
+        let identity = self.me.identity();
+        let facts = crate::common::facts::machine(self.index, identity, bytes);
+        let report = facts_command::Report {
+            hash: pantry_shared::facts::hash(&facts),
+            facts,
+            gathered: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            interval: 3600,
+        };
+        let _ = s.dealer.send_multipart(facts_command::request(identity, &report).to_frames(), zmq::DONTWAIT);
     }
 
     /// Starts a move to server `to`: closes both sockets (their
@@ -559,6 +621,9 @@ fn worker(
     let mut heartbeats: VecDeque<(Instant, usize)> = VecDeque::new();
     let heartbeat = options.heartbeat.filter(|_| kind == Kind::Pantry).map(|h| h.max(Duration::from_secs(1)));
     let failover = options.failover && kind == Kind::Pantry && place.servers.len() > 1;
+    let facts_bytes = options.facts_bytes.filter(|_| kind == Kind::Pantry);
+    let reads_dealer = failover || facts_bytes.is_some();
+    let mut facts_rounds = 0;
     for (k, (i, security)) in specs.iter().enumerate() {
         // Paced: a burst of thousands of connects overflows the server's
         // accept queue (libzmq's backlog is 100) and the kernel retries the
@@ -581,7 +646,7 @@ fn worker(
     }
     let epoll = Epoll::new().and_then(|e| {
         for (a, agent) in agents.iter().enumerate() {
-            e.add(a, agent, failover)?;
+            e.add(a, agent, reads_dealer)?;
         }
         Ok(e)
     });
@@ -616,6 +681,19 @@ fn worker(
                 heartbeats.push_back((now + every, a));
             }
         }
+        let asked = counters.facts_asked.load(Ordering::Relaxed);
+        if let Some(bytes) = facts_bytes.filter(|_| asked > facts_rounds) {
+            facts_rounds = asked;
+            // Paced as the connections are: a burst of a thousand reports
+            // would measure the server's transient peak (kept by its
+            // allocator) rather than the facts it keeps.
+            for (k, agent) in agents.iter().enumerate() {
+                if k > 0 && k % CONNECT_BATCH == 0 {
+                    std::thread::sleep(CONNECT_PAUSE);
+                }
+                agent.report_facts(bytes);
+            }
+        }
         if failover && Instant::now() >= next_check {
             next_check = Instant::now() + FAILOVER_CHECK;
             check_moves(kind, &ctx, place.servers, &options, heartbeat, &mut agents, &epoll, counters);
@@ -635,7 +713,7 @@ fn worker(
             if event.u64 & MONITOR_TAG != 0 {
                 agent.read_monitor();
             } else if event.u64 & DEALER_TAG != 0 {
-                agent.read_dealer(&place.servers[agent.session.server()]);
+                agent.read_dealer(&place.servers[agent.session.server()], counters);
             } else {
                 // Draining until EAGAIN also resets the socket's notification fd.
                 counters.answered.fetch_add(answer(agent), Ordering::Relaxed);
@@ -695,7 +773,7 @@ fn check_moves(
         }
         agent.read_monitor();
         if agent.session.waiting() {
-            agent.read_dealer(&servers[agent.session.server()]);
+            agent.read_dealer(&servers[agent.session.server()], counters);
         }
         if let Some(to) = agent.session.move_due(now) {
             epoll.remove(agent);
