@@ -30,6 +30,7 @@ use pantry_shared::filter::{ClientFilter, Identities};
 use slog::{debug, info, warn, Logger};
 
 use crate::cluster::{FleetRecord, RegistryChange, RegistryWriter, RewriteRecords};
+use crate::fact_index::FactIndex;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
 use crate::store::{StoredClient, StoredFacts, Write, Writer};
@@ -75,6 +76,8 @@ pub struct ClientRegistry {
     forget_after: Duration,
     /// `registry.facts_max_age`; `None`: three of each agent's interval.
     facts_max_age: Option<Duration>,
+    /// Who has which fact value (this server's clients), for `-F`.
+    fact_index: FactIndex,
     db: Writer,
     metrics: Arc<Metrics>,
     log: Logger,
@@ -175,6 +178,7 @@ impl ClientRegistry {
             outbox: None,
             forget_after,
             facts_max_age: None,
+            fact_index: FactIndex::default(),
             db,
             metrics,
             log,
@@ -182,6 +186,9 @@ impl ClientRegistry {
         for s in stored {
             let identity = s.client.identity.clone().unwrap_or_default();
             registry.index(&identity, &s.client);
+            if let Some(facts) = &s.facts {
+                registry.fact_index.add(&Arc::from(identity.as_str()), &facts.facts);
+            }
             let entry = Entry {
                 filter: s.client,
                 last_seen: s.last_seen,
@@ -219,6 +226,9 @@ impl ClientRegistry {
         let state = if entry.was_online { &self.metrics.clients_online } else { &self.metrics.clients_offline };
         state.dec();
         self.unindex(identity, &entry.filter);
+        if let Some(facts) = &entry.facts {
+            self.fact_index.remove(identity, &facts.facts);
+        }
         if let Some(peer) = &entry.peer {
             self.by_peer.remove(peer);
         }
@@ -480,7 +490,10 @@ impl Handler<ReportFacts> for ClientRegistry {
             }
         }
         let facts = Arc::new(msg.facts);
-        entry.facts = Some(facts.clone());
+        if let Some(old) = entry.facts.replace(facts.clone()) {
+            self.fact_index.remove(&msg.identity, &old.facts);
+        }
+        self.fact_index.add(&Arc::from(msg.identity.as_str()), &facts.facts);
         debug!(self.log, "client facts kept"; "identity" => &msg.identity, "facts" => facts.facts.len(),
             "hash" => &facts.hash);
         self.db.write(Write::ClientFacts { identity: msg.identity.clone(), facts });
@@ -633,9 +646,13 @@ impl Handler<Query> for ClientRegistry {
             msg.filter.selects(filter) && msg.identities.as_ref().is_none_or(|ids| ids.matches(id))
         };
         let facts = msg.facts.as_deref();
-        let mut list: Vec<Listed> = self
-            .clients
-            .iter()
+        // With `-F`, only the clients the index selects are looked at.
+        let candidates = facts.map(|f| self.fact_index.matching(f));
+        let entries: Box<dyn Iterator<Item = (&String, &Entry)>> = match &candidates {
+            Some(ids) => Box::new(ids.iter().filter_map(|id| self.clients.get_key_value(&**id))),
+            None => Box::new(self.clients.iter()),
+        };
+        let mut list: Vec<Listed> = entries
             .filter(|(id, e)| wanted(id, &e.filter))
             // A client that moved to another server is listed as it is there.
             .filter(|(id, e)| self.is_online(e, now) || !self.remote.get(*id).is_some_and(|r| r.online))
@@ -717,10 +734,19 @@ impl Handler<Recipients> for ClientRegistry {
 
     fn handle(&mut self, msg: Recipients, _: &mut Context<Self>) -> Reached {
         let now = SystemTime::now();
-        let selected: Vec<&String> = if msg.stream.is_empty() {
-            self.clients.keys().collect()
-        } else {
-            self.by_stream.get(&msg.stream).map(|s| s.iter().collect()).unwrap_or_default()
+        let candidates = msg.facts.as_deref().map(|f| self.fact_index.matching(f));
+        let in_stream =
+            |id: &str| msg.stream.is_empty() || self.by_stream.get(&msg.stream).is_some_and(|s| s.contains(id));
+        let selected: Vec<&String> = match &candidates {
+            // With `-F`, only the clients the index selects are looked at.
+            Some(ids) => ids
+                .iter()
+                .filter_map(|id| self.clients.get_key_value(&**id))
+                .map(|(k, _)| k)
+                .filter(|id| in_stream(id))
+                .collect(),
+            None if msg.stream.is_empty() => self.clients.keys().collect(),
+            None => self.by_stream.get(&msg.stream).map(|s| s.iter().collect()).unwrap_or_default(),
         };
         let mut reached = Reached::default();
         for identity in selected {

@@ -36,6 +36,7 @@ pub mod client_registry;
 pub mod cluster;
 pub mod connections;
 pub mod dispatch;
+pub mod fact_index;
 pub mod file_service;
 pub mod jobs;
 pub mod key_file;

@@ -199,11 +199,12 @@ impl fmt::Display for FactExpr {
     }
 }
 
-/// A scalar as text: strings as they are, numbers and booleans as JSON.
-fn as_text(v: &Value) -> String {
+/// A scalar as text: strings as they are (not copied), numbers and
+/// booleans as JSON.
+fn as_text(v: &Value) -> std::borrow::Cow<'_, str> {
     match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => std::borrow::Cow::Borrowed(s),
+        other => std::borrow::Cow::Owned(other.to_string()),
     }
 }
 
@@ -231,10 +232,14 @@ impl FactExpr {
         }
     }
 
-    fn scalar_matches(&self, v: &Value) -> bool {
+    /// Whether one value (a scalar, or one element of a list) satisfies
+    /// the comparison (for `!=`: differs from the value). `key` alone is
+    /// not a comparison: any value does.
+    pub fn scalar_matches(&self, v: &Value) -> bool {
         match (&self.against, self.op) {
-            (Against::Text(t), Op::Eq) => as_text(v) == *t,
-            (Against::Text(t), Op::Ne) => as_text(v) != *t,
+            (Against::Nothing, _) => true,
+            (Against::Text(t), Op::Eq) => as_text(v) == t.as_str(),
+            (Against::Text(t), Op::Ne) => as_text(v) != t.as_str(),
             (Against::Glob(g), Op::Eq) => g.matches(&as_text(v)),
             (Against::Glob(g), Op::Ne) => !g.matches(&as_text(v)),
             (Against::Regex(re), _) => re.is_match(&as_text(v)),
