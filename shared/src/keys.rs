@@ -310,18 +310,8 @@ impl ClientKeys {
             }
         };
         let server_public_key = file.server_public_key.clone().ok_or_else(|| missing(path, "server_public_key"))?;
-        decode_key(&server_public_key, path, "server_public_key")?;
-        let signing = signing_of(&file, path)?;
-        let (keys, generated) = KeyPair::from_file_or_generate(file.public_key, file.private_key, path)?;
-        let mut loaded = ClientKeys {
-            path: path.to_owned(),
-            server_public_key,
-            keys,
-            name: file.name,
-            generated,
-            signing,
-            trusted_admins: file.trusted_admins,
-        };
+        let mut loaded = ClientKeys::from_file(path, server_public_key, file)?;
+        let generated = loaded.generated;
         if generated && save_generated {
             loaded.save()?;
         }
@@ -342,10 +332,22 @@ impl ClientKeys {
                     field: "server_public_key (nor networking.server_public_key in the config)".into(),
                 }
             })?;
+        let mut loaded = ClientKeys::from_file(path, server_public_key, file)?;
+        let generated = loaded.generated;
+        if generated {
+            loaded.save()?;
+            loaded.generated = true;
+        }
+        Ok(loaded)
+    }
+
+    /// The file's keys with `server_public_key`, checked; a missing key
+    /// pair generated (`generated`).
+    fn from_file(path: &Path, server_public_key: String, file: ClientKeysFile) -> Result<ClientKeys, KeyStoreError> {
         decode_key(&server_public_key, path, "server_public_key")?;
         let signing = signing_of(&file, path)?;
         let (keys, generated) = KeyPair::from_file_or_generate(file.public_key, file.private_key, path)?;
-        let mut loaded = ClientKeys {
+        Ok(ClientKeys {
             path: path.to_owned(),
             server_public_key,
             keys,
@@ -353,12 +355,7 @@ impl ClientKeys {
             generated,
             signing,
             trusted_admins: file.trusted_admins,
-        };
-        if generated {
-            loaded.save()?;
-            loaded.generated = true;
-        }
-        Ok(loaded)
+        })
     }
 
     /// Writes all three keys to the file (mode 0600).
