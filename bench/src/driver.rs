@@ -10,7 +10,9 @@ use crate::common::env::{defaults, Binaries, Env, Measure};
 use crate::common::limits::FDS_PER_AGENT;
 use crate::common::ring::KeyRing;
 use crate::report::{self, Machine, PreviousRun, Results};
-use crate::scenarios::{cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout};
+use crate::scenarios::{
+    cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout, signing,
+};
 
 /// What to run and where.
 #[derive(Debug, Clone)]
@@ -31,6 +33,7 @@ pub struct Config {
     pub cluster: cluster::Settings,
     pub rollout: rollout::Settings,
     pub facts: facts::Settings,
+    pub signing: signing::Settings,
 }
 
 impl Config {
@@ -50,6 +53,7 @@ impl Config {
             cluster: defaults(),
             rollout: defaults(),
             facts: defaults(),
+            signing: defaults(),
         }
     }
 
@@ -116,6 +120,9 @@ impl Config {
                 agent_bytes: 4096,
                 settle: Duration::from_millis(200),
             },
+            // 20 agents, 50 signatures of each kind in 2 rounds, 20 uuids
+            // held (ed25519 is slow in a debug build).
+            signing: signing::Settings { signatures: 50, cost_rounds: 2, admins: 3, seen: 20, agents: 20 },
             ..full
         }
     }
@@ -157,6 +164,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         cfg.cluster.max_agents(),
         cfg.rollout.max_agents(),
         cfg.facts.max_agents(),
+        cfg.signing.max_agents(),
     ];
     let ring = env.ring(most.into_iter().max().unwrap_or(0).min(limits.max_agents()))?;
     let fanout_throughput = fanout_throughput::run(&env, &ring, &cfg.fanout_throughput)?;
@@ -168,6 +176,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let cluster = cluster::run(&env, &ring, &cfg.cluster)?;
     let rollout = rollout::run(&env, &ring, &cfg.rollout)?;
     let facts = facts::run(&env, &ring, &cfg.facts)?;
+    let signing = signing::run(&env, &ring, &cfg.signing)?;
     let results = Results {
         machine,
         elapsed_s: env.elapsed().as_secs_f64(),
@@ -180,6 +189,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         cluster: Some(cluster),
         rollout: Some(rollout),
         facts: Some(facts),
+        signing: Some(signing),
     };
     report::write(&results, &previous, &cfg.out_dir)?;
     env.say(format!("report written to {}", cfg.out_dir.display()));

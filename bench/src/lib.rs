@@ -25,7 +25,7 @@
 //!   - `compare`: two systems side by side at N agents.
 //! - `scenarios`: one module each (`fanout_throughput`, `handshake`,
 //!   `enrollment`, `presence`, `jobs`, `metrics`, `cluster`, `rollout`,
-//!   `facts`), owning its settings, its figures, its run, its section of
+//!   `facts`, `signing`), owning its settings, its figures, its run, its section of
 //!   the report and its targets.
 //! - `report`: the files of a run (`latest.json`, `latest.md`,
 //!   `fanout.svg`) and the previous run read back from `latest.json`.

@@ -1,6 +1,6 @@
 //! `pantry-bench`: runs the benchmark (`make bench`), one scenario of it
 //! (`pantry-bench enrollment`, `presence`, `jobs`, `metrics`, `cluster`,
-//! `rollout`, `facts`, `profile`), or the baseline relay the benchmark
+//! `rollout`, `facts`, `signing`, `profile`), or the baseline relay the benchmark
 //! starts as a child process (`pantry-bench relay`).
 
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use pantry_bench::common::env::{Binaries, Measure};
 use pantry_bench::driver::{self, Config};
 use pantry_bench::report::{PreviousRun, MARKDOWN};
 use pantry_bench::scenarios::{
-    cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout,
+    cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout, signing,
 };
 
 /// Benchmarks the release pantry-server against a raw-libzmq relay.
@@ -102,6 +102,11 @@ enum Only {
     /// server RSS per agent with 4 KiB of facts each at 1,000 simulated
     /// agents against the same without; prints its section of the report.
     Facts(facts::Settings),
+    /// Only the signing scenario (CURVE): signing cost per request in
+    /// `pantry-admin`, verification cost per request on the agent (µs), the
+    /// bytes a signature adds, and the fan-out echo at 1,000 simulated
+    /// agents with signatures on and off; prints its section of the report.
+    Signing(signing::Settings),
 }
 
 fn main() {
@@ -179,6 +184,10 @@ fn run(cli: Cli) -> Result<()> {
         Only::Facts(s) => {
             let f = driver::run_alone(&config, s.max_agents(), |env, ring| facts::run(env, ring, &s))?;
             facts::report(&f, previous.of(|r| r.facts.as_ref()))
+        }
+        Only::Signing(s) => {
+            let f = driver::run_alone(&config, s.max_agents(), |env, ring| signing::run(env, ring, &s))?;
+            signing::report(&f, previous.of(|r| r.signing.as_ref()))
         }
     };
     print!("{section}");

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::common::limits::{FdLimits, FDS_PER_AGENT};
 use crate::common::markdown::{count, Previous, Target};
 use crate::common::procs::run_bounded;
-use crate::scenarios::{cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout};
+use crate::scenarios::{
+    cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout, signing,
+};
 
 pub const MARKDOWN: &str = "latest.md";
 pub const JSON: &str = "latest.json";
@@ -43,6 +45,8 @@ pub struct Results {
     pub cluster: Option<cluster::Figures>,
     pub rollout: Option<rollout::Figures>,
     pub facts: Option<facts::Figures>,
+    #[serde(default)]
+    pub signing: Option<signing::Figures>,
 }
 
 /// The run before this one, as its `latest.json` says: the one committed
@@ -123,6 +127,7 @@ fn sections(results: &Results, previous: &PreviousRun) -> Vec<Section> {
     section!("Cluster", cluster);
     section!("Rollout", rollout);
     section!("Facts", facts);
+    section!("Signing", signing);
     sections
 }
 

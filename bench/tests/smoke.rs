@@ -2,7 +2,8 @@
 //! scenario (a few agents for enrollment, presence, the job store,
 //! metrics, and the cluster: 3 × 3 agents, 2 revocations, when etcd is
 //! installed; a rollout over 20 agents and a cancel on 10; `-F` over
-//! 1,000 registry entries and facts reports from 20 agents),
+//! 1,000 registry entries and facts reports from 20 agents; 50 signed
+//! requests of each kind and a signed fan-out to 20 verifying agents),
 //! against the debug `pantry-server`, `pantry-client` and `pantry-admin`
 //! (built by `make test` before the tests), so that the bench does not
 //! rot. It checks that every figure was measured, not how good it is, and
@@ -200,12 +201,31 @@ fn the_bench_runs_at_two_agents() {
     assert!(with.facts_bytes >= 4096 && with.kib_per_agent().is_some(), "{with:?}");
     assert!(facts.facts_kib_per_agent().is_some(), "{facts:?}");
 
+    let signing = results.signing.as_ref().expect("the signing scenario ran");
+    assert!(signing.failures.is_empty(), "{:?}", signing.failures);
+    assert_eq!(signing.costs.len(), 2, "Exec and Echo");
+    for c in &signing.costs {
+        assert_eq!((c.accepted, c.refused), (200, 0), "2 rounds of 50, verified twice each: {c:?}");
+        for (what, v) in [("sign", c.sign()), ("verify", c.verify()), ("decode + verify", c.decode_verify())] {
+            assert!(v.is_some_and(|us| us.is_finite() && us > 0.0), "{} {what}: {c:?}", c.kind);
+        }
+        assert!(c.added_bytes() > 300, "{c:?}");
+    }
+    assert!(signing.exec().and_then(|c| c.full_seen_us).is_some_and(|us| us > 0.0), "{signing:?}");
+    let f = signing.fanout.as_ref().expect("the signed fan-out ran");
+    assert_eq!((f.agents, f.attempted.pantry, f.attempted.baseline), (20, 1, 1), "{f:?}");
+    assert!(f.all_verified(), "every signed answer verified and a success, none verified unsigned: {f:?}");
+    assert!(f.p50_ms.pantry.is_some_and(|ms| ms.is_finite() && ms > 0.0), "{f:?}");
+    assert!(f.p50_ms.baseline.is_some_and(|ms| ms.is_finite() && ms > 0.0), "{f:?}");
+
     let md = std::fs::read_to_string(out.path().join(MARKDOWN)).unwrap();
     assert!(md.contains("## Cluster"), "{md}");
     assert!(md.contains("## Rollout") && md.contains("| [Rollout](#rollout) |"), "{md}");
     assert_eq!(md.matches("| issue 24: ").count(), 3, "{md}");
     assert!(md.contains("## Facts") && md.contains("| [Facts](#facts) |"), "{md}");
     assert_eq!(md.matches("| issue 25: ").count(), 2, "{md}");
+    assert!(md.contains("## Signing") && md.contains("| [Signing](#signing) |"), "{md}");
+    assert_eq!(md.matches("| issue 26: ").count(), 2, "{md}");
     assert_eq!(md.matches("| issue 16: ").count(), 4, "{md}");
     if etcd_installed {
         assert!(md.contains("fan-out echo to 3 × 3 CURVE agents on 3 servers") && md.contains("**Failover.**"), "{md}");

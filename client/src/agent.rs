@@ -747,6 +747,7 @@ impl Agent {
                 if request.metadata.requires_response {
                     let mut answer = request.response();
                     answer.metadata.from = self.me.identity().to_owned();
+                    answer.metadata.custom.remove(pantry_shared::signing::SIGNATURE_FIELD);
                     answer.set_error(format!("refused: {refusal}"));
                     self.send(answer);
                 }

@@ -264,17 +264,23 @@ pub struct Rejected {
 /// The uuids an agent ran, until their signatures expire: one seen again
 /// is a replay.
 #[derive(Debug, Default)]
-pub struct Seen(HashMap<String, u64>);
+pub struct Seen {
+    until: HashMap<String, u64>,
+    /// The size at which the expired ones are swept next: twice what was
+    /// left at the last sweep, so a sweep costs O(1) per insertion.
+    sweep_at: usize,
+}
 
 impl Seen {
     fn check_and_add(&mut self, uuid: &str, expires_at: u64, now: u64) -> bool {
-        if self.0.len() > 1024 {
-            self.0.retain(|_, until| *until + CLOCK_SKEW.as_secs() >= now);
+        if self.until.len() >= self.sweep_at.max(1024) {
+            self.until.retain(|_, until| *until + CLOCK_SKEW.as_secs() >= now);
+            self.sweep_at = self.until.len() * 2;
         }
-        if self.0.contains_key(uuid) {
+        if self.until.contains_key(uuid) {
             return false;
         }
-        self.0.insert(uuid.to_owned(), expires_at);
+        self.until.insert(uuid.to_owned(), expires_at);
         true
     }
 }

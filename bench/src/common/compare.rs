@@ -124,6 +124,8 @@ pub struct Fanouts {
     pub times_ms: Vec<f64>,
     pub incomplete: usize,
     pub answers: u64,
+    /// Answers that carried an error (agents that refused the echo).
+    pub refused: u64,
     /// The times of those that got every answer of the agents the server
     /// listed, and the fewest agents it listed (Pantry only).
     pub listed_ms: Vec<f64>,
@@ -140,6 +142,7 @@ pub fn fanouts(admin: &mut Requester, n: usize, m: &Measure) -> Result<Fanouts> 
         }
         let f = fanout(admin, n, m.fanout_timeout, FANOUT_IDLE)?;
         r.answers += f.answers as u64;
+        r.refused += f.refused as u64;
         let ms = f.elapsed.as_secs_f64() * 1000.0;
         if let Some(listed) = f.listed {
             r.fewest_listed = Some(r.fewest_listed.map_or(listed, |l| l.min(listed)));

@@ -52,6 +52,21 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
     Some(total)
 }
 
+/// CPU time of this process's threads whose name starts with `prefix`
+/// (the simulated agents' are `agents-…`), ns.
+pub fn own_threads_cpu_ns(prefix: &str) -> Option<u64> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    let mut total = 0u64;
+    for task in tasks.flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if name.starts_with(prefix) {
+            let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            total += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
 /// Server CPU time per operation since `before` (a [`cpu_ns`] of `pid`),
 /// microseconds; `None` without operations or without the figures.
 pub fn cpu_us_per(pid: u32, before: Option<u64>, count: u64) -> Option<f64> {

@@ -1,7 +1,8 @@
 //! The requesting side: an admin-like DEALER that sends `echo` to every
 //! agent (fan-out), and several concurrent requesters that pipeline echoes
 //! to single agents (throughput). The same drivers run against Pantry and
-//! the baseline relay; only the encoding differs.
+//! the baseline relay; only the encoding differs. A Pantry requester may
+//! sign its echoes as `pantry-admin` does ([`Requester::sign_with`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use pantry_shared::commands::echo;
+use pantry_shared::signing::{self, SigningPair};
 use pantry_shared::{BodyPart, Message};
 use serde::{Deserialize, Serialize};
 
@@ -31,9 +33,11 @@ pub enum Reply {
         token: u64,
         count: usize,
     },
-    /// One agent's answer to request `token`.
+    /// One agent's answer to request `token`; `refused`: it carries an
+    /// error (an agent that refused to run it).
     Answer {
         token: u64,
+        refused: bool,
     },
     Other,
 }
@@ -43,6 +47,8 @@ pub struct Requester {
     kind: Kind,
     name: String,
     socket: zmq::Socket,
+    /// Pantry: each echo signed with this key, valid this long.
+    signer: Option<(SigningPair, Duration)>,
     _ctx: zmq::Context,
 }
 
@@ -51,7 +57,14 @@ impl Requester {
         let ctx = zmq::Context::new();
         let socket = client_security(endpoints, pair)?.socket(&ctx, zmq::DEALER)?;
         socket.connect(&endpoints.receive)?;
-        Ok(Requester { kind, name: name.to_owned(), socket, _ctx: ctx })
+        Ok(Requester { kind, name: name.to_owned(), socket, signer: None, _ctx: ctx })
+    }
+
+    /// Pantry: from now on each echo is signed with `pair` under this
+    /// requester's name, valid for the duration (as `pantry-admin` signs
+    /// what it sends to clients, last, once addressed); `None`: unsigned.
+    pub fn sign_with(&mut self, signer: Option<(SigningPair, Duration)>) {
+        self.signer = signer;
     }
 
     /// Unique in the process: Pantry keys forwarded requests by uuid, so two
@@ -70,6 +83,9 @@ impl Requester {
                 m.metadata.from = self.name.clone();
                 m.metadata.to = stream.to_owned();
                 m.stream = stream.to_owned();
+                if let Some((pair, ttl)) = &self.signer {
+                    signing::sign(&mut m, pair, &self.name, *ttl);
+                }
                 self.socket.send_multipart(m.to_frames(), zmq::DONTWAIT)?;
             }
             Kind::Baseline => {
@@ -88,7 +104,8 @@ impl Requester {
             Kind::Pantry => classify_pantry(&frames),
             Kind::Baseline => match frames.as_slice() {
                 [payload] if payload.len() == 8 => {
-                    Reply::Answer { token: u64::from_le_bytes(payload[..].try_into().expect("8 bytes")) }
+                    let token = u64::from_le_bytes(payload[..].try_into().expect("8 bytes"));
+                    Reply::Answer { token, refused: false }
                 }
                 _ => Reply::Other,
             },
@@ -110,7 +127,7 @@ fn classify_pantry(frames: &[Vec<u8>]) -> Reply {
         let count = m.body.iter().filter(|p| matches!(p, BodyPart::Text(_))).count();
         Reply::List { token, count }
     } else {
-        Reply::Answer { token }
+        Reply::Answer { token, refused: m.error().is_some() }
     }
 }
 
@@ -119,6 +136,8 @@ fn classify_pantry(frames: &[Vec<u8>]) -> Reply {
 pub struct Fanout {
     pub elapsed: Duration,
     pub answers: usize,
+    /// Answers that carried an error (agents that refused the request).
+    pub refused: usize,
     /// Pantry only: how many clients the server said would answer.
     pub listed: Option<usize>,
 }
@@ -144,7 +163,7 @@ fn fanout_to(
 ) -> Result<Fanout> {
     let start = Instant::now();
     let token = requester.send(stream)?;
-    let mut result = Fanout { elapsed: Duration::ZERO, answers: 0, listed: None };
+    let mut result = Fanout { elapsed: Duration::ZERO, answers: 0, refused: 0, listed: None };
     let deadline = start + timeout;
     let mut last_heard = start;
     while result.answers < expected {
@@ -160,8 +179,9 @@ fn fanout_to(
         while let Some(reply) = requester.try_recv() {
             match reply {
                 Reply::List { token: t, count } if t == token => result.listed = Some(count),
-                Reply::Answer { token: t } if t == token => {
+                Reply::Answer { token: t, refused } if t == token => {
                     result.answers += 1;
+                    result.refused += usize::from(refused);
                     result.elapsed = start.elapsed();
                 }
                 _ => {}
@@ -265,7 +285,7 @@ fn pipeline(
         for (k, r) in requesters.iter().enumerate() {
             while let Some(reply) = r.try_recv() {
                 match reply {
-                    Reply::Answer { token } if in_flight[k].remove(&token).is_some() => answered(token),
+                    Reply::Answer { token, .. } if in_flight[k].remove(&token).is_some() => answered(token),
                     Reply::List { token, count: 0 } if in_flight[k].remove(&token).is_some() => lost += 1,
                     _ => {}
                 }
@@ -353,7 +373,9 @@ mod tests {
         assert_eq!(classify_pantry(&list.to_frames()), Reply::List { token: 42, count: 2 });
         let mut answer = echo::request("x").response();
         answer.metadata.uuid = "bench-7".into();
-        assert_eq!(classify_pantry(&answer.to_frames()), Reply::Answer { token: 7 });
+        assert_eq!(classify_pantry(&answer.to_frames()), Reply::Answer { token: 7, refused: false });
+        answer.set_error("refused: unsigned");
+        assert_eq!(classify_pantry(&answer.to_frames()), Reply::Answer { token: 7, refused: true });
         answer.metadata.uuid = "someone-else".into();
         assert_eq!(classify_pantry(&answer.to_frames()), Reply::Other);
     }

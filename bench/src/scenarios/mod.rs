@@ -13,3 +13,4 @@ pub mod jobs;
 pub mod metrics;
 pub mod presence;
 pub mod rollout;
+pub mod signing;

@@ -245,7 +245,7 @@ fn offline_echo(env: &Env, ring: &KeyRing, server: &PantryServer, s: Settings, p
     let n = s.agents.max(s.killed);
     let live_n = n - s.killed;
     let options = AgentOptions::like_the_real_agent(s.heartbeat);
-    let live = Pool::start_with(Kind::Pantry, &server.endpoints, pairs, 0..live_n, options)?;
+    let live = Pool::start_with(Kind::Pantry, &server.endpoints, pairs, 0..live_n, options.clone())?;
     let doomed = Pool::start_with(Kind::Pantry, &server.endpoints, pairs, live_n..n, options)?;
     env.reach(&server.endpoints, ring, n)?;
     let admin = Admin::connect(server, &ring.admin, ADMIN_NAME)?;

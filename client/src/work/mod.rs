@@ -64,6 +64,8 @@ pub fn run_on_client(request: &Message, ctx: &ClientContext) -> Message {
         }
     };
     response.metadata.from = ctx.identity().to_owned();
+    // The request's signature is of no use in its answer: not sent back.
+    response.metadata.custom.remove(pantry_shared::signing::SIGNATURE_FIELD);
     response
 }
 

@@ -25,14 +25,19 @@
 //! ([`Pool::execs`]). With `facts_bytes` (the facts scenario) a Pantry
 //! agent sends a `Facts` report of about that size whenever the pool is
 //! told to ([`Pool::report_facts`]), and the pool counts the server's
-//! answers.
+//! answers. With `verify_signatures` (the signing scenario) a Pantry agent
+//! checks each request against a trust list before answering it, as the
+//! real agent does with `require_signed` (`client/src/trust.rs`), and
+//! answers a refusal with an error; the pool counts both
+//! ([`Pool::verifications`]) and can stop and resume checking
+//! ([`Pool::verify`]).
 
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, Context as _, Result};
 use pantry_client::work::{self, ClientContext};
@@ -40,6 +45,7 @@ use pantry_shared::commands::facts as facts_command;
 use pantry_shared::filter::{ClientFilter, TopicForm, BROADCAST_TOPIC};
 use pantry_shared::monitor;
 use pantry_shared::security::SocketSecurity;
+use pantry_shared::signing::{self, Seen, TrustList};
 use pantry_shared::Message;
 use serde::{Deserialize, Serialize};
 
@@ -136,7 +142,7 @@ pub fn client_security(endpoints: &Endpoints, pair: Option<&Pair>) -> Result<Soc
 
 /// How the agents of a pool behave beyond answering (the default: the
 /// other scenarios' agents, which register once).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
     /// Register again this often, with `heartbeat_interval` in the
     /// registration (whole seconds, at least 1), as the real agent does.
@@ -169,6 +175,14 @@ pub struct AgentOptions {
     /// that has not registered is refused); the server's answers are
     /// counted ([`Pool::facts_answers`]).
     pub facts_bytes: Option<usize>,
+    /// Pantry agents run (answer) only requests that
+    /// [`signing::verify`] accepts against this trust list, with the
+    /// agent's own filter and replay set, as the real agent with
+    /// `require_signed` (`Trust::check`, before `run_on_client`); any
+    /// other is answered `refused: WHY` when it asks for an answer.
+    /// Checking starts on; [`Pool::verify`] turns it off and on for the
+    /// whole pool.
+    pub verify_signatures: Option<Arc<TrustList>>,
 }
 
 impl AgentOptions {
@@ -181,6 +195,7 @@ impl AgentOptions {
             failover: false,
             simulated_exec: false,
             facts_bytes: None,
+            verify_signatures: None,
         }
     }
 
@@ -214,6 +229,12 @@ struct Counters {
     facts_kept: AtomicU64,
     facts_refused: AtomicU64,
     facts_refusal: Mutex<Option<String>>,
+    /// `verify_signatures`: checking stopped ([`Pool::verify`]); requests
+    /// verified and run, refused, and why the first refused one was.
+    verify_off: AtomicBool,
+    verified: AtomicU64,
+    verify_refused: AtomicU64,
+    verify_refusal: Mutex<Option<String>>,
 }
 
 impl Counters {
@@ -306,6 +327,7 @@ impl Pool {
             }
             let (ready_tx, ready_rx) = mpsc::channel();
             let (servers, stop, counters) = (servers.to_vec(), pool.stop.clone(), pool.counters.clone());
+            let options = options.clone();
             let thread = std::thread::Builder::new().name(format!("agents-{start}")).spawn(move || {
                 let place = Place { servers: &servers, first };
                 worker(kind, place, agents, options, &stop, &counters, ready_tx);
@@ -356,6 +378,22 @@ impl Pool {
     /// Why the first refused report was refused.
     pub fn facts_refusal(&self) -> Option<String> {
         self.counters.facts_refusal.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// `verify_signatures`: whether the agents check requests from now on
+    /// (they do from the start).
+    pub fn verify(&self, on: bool) {
+        self.counters.verify_off.store(!on, Ordering::SeqCst);
+    }
+
+    /// `verify_signatures`: requests verified (and run) and refused so far.
+    pub fn verifications(&self) -> (u64, u64) {
+        (self.counters.verified.load(Ordering::Relaxed), self.counters.verify_refused.load(Ordering::Relaxed))
+    }
+
+    /// Why the first refused request was refused.
+    pub fn verify_refusal(&self) -> Option<String> {
+        self.counters.verify_refusal.lock().ok().and_then(|e| e.clone())
     }
 
     /// `simulated_exec`: the requests of `job` the agents received so far,
@@ -409,6 +447,8 @@ struct Agent {
     /// `simulated_exec`: the `hold` requests it has not answered, with
     /// their records' places.
     held: Vec<(Message, usize)>,
+    /// `verify_signatures`: the uuids it ran (replays refused).
+    seen: Seen,
 }
 
 /// A new SUB subscribed to `topics`, a DEALER, and the DEALER's monitor
@@ -586,6 +626,7 @@ fn connect_agent(
         moving_to: None,
         retry_at: None,
         held: Vec::new(),
+        seen: Seen::default(),
     };
     agent.connect(&place.servers[place.first])?;
     if pantry && agent.session.registers_at_once() {
@@ -659,7 +700,7 @@ fn worker(
     };
     let _ = ready.send(Ok(()));
     let answer = |agent: &mut Agent| match kind {
-        Kind::Pantry => answer_pantry(agent, options.simulated_exec, counters),
+        Kind::Pantry => answer_pantry(agent, &options, counters),
         Kind::Baseline => answer_baseline(agent),
     };
     let started = Instant::now();
@@ -850,9 +891,10 @@ impl Drop for Epoll {
 }
 
 /// What the real agent does with each request (SPEC §4: check the stream,
-/// run the command, answer when asked to); with `simulated_exec`, the
-/// bench's own `exec` too ([`simulated`]).
-fn answer_pantry(agent: &mut Agent, simulated_exec: bool, counters: &Counters) -> u64 {
+/// with `verify_signatures` the signature, run the command, answer when
+/// asked to); with `simulated_exec`, the bench's own `exec` too
+/// ([`simulated`]).
+fn answer_pantry(agent: &mut Agent, options: &AgentOptions, counters: &Counters) -> u64 {
     let Some(s) = &agent.sockets else { return 0 };
     let mut n = 0;
     while let Ok(frames) = s.sub.recv_multipart(zmq::DONTWAIT) {
@@ -861,7 +903,31 @@ fn answer_pantry(agent: &mut Agent, simulated_exec: bool, counters: &Counters) -
         if !agent.me.filter.accepts_stream(&request.stream) {
             continue;
         }
-        if simulated_exec {
+        let trusted = options.verify_signatures.as_deref().filter(|_| !counters.verify_off.load(Ordering::SeqCst));
+        if let Some(list) = trusted {
+            // As `Trust::check` (the agent's facts: none, no `-F` here).
+            match signing::verify(&request, list, &agent.me.filter, None, &mut agent.seen, SystemTime::now()) {
+                Ok(_) => {
+                    counters.verified.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(rejected) => {
+                    counters.verify_refused.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut first) = counters.verify_refusal.lock() {
+                        first.get_or_insert_with(|| format!("{} ({})", rejected.refusal, request.uuid()));
+                    }
+                    if request.metadata.requires_response {
+                        let mut answer = request.response();
+                        answer.metadata.from = agent.me.identity().to_owned();
+                        answer.set_error(format!("refused: {}", rejected.refusal));
+                        if s.dealer.send_multipart(answer.to_frames(), zmq::DONTWAIT).is_ok() {
+                            n += 1;
+                        }
+                    }
+                    continue;
+                }
+            }
+        }
+        if options.simulated_exec {
             let record = || ExecRecord {
                 agent: agent.index,
                 job: request.uuid().to_owned(),

@@ -96,7 +96,7 @@ pub fn failover(env: &Env, s: &Settings, per: usize, servers: &mut [PantryServer
     let started = Instant::now();
     let pools: Vec<Pool> = (0..SERVERS)
         .map(|k| {
-            let options = if k == KILLED { AgentOptions::failing_over(heartbeat) } else { staying };
+            let options = if k == KILLED { AgentOptions::failing_over(heartbeat) } else { staying.clone() };
             Pool::start_on(Kind::Pantry, &endpoints, k, &ring.agents, k * per..(k + 1) * per, options)
         })
         .collect::<Result<_>>()?;

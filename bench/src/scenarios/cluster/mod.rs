@@ -300,7 +300,7 @@ fn fanout_compare(
             }
             let before = cpu_sum(&pids[i]);
             let each: Vec<Option<u64>> = pids[i].iter().map(|&p| cpu_ns(p)).collect();
-            let Fanouts { times_ms: times, incomplete, answers, listed_ms, fewest_listed } =
+            let Fanouts { times_ms: times, incomplete, answers, listed_ms, fewest_listed, .. } =
                 fanouts(&mut admins[i], total, m)?;
             let fewest = result.fewest_listed.at_mut(i);
             *fewest = fewest.iter().copied().chain(fewest_listed).min();
