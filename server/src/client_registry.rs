@@ -647,7 +647,7 @@ impl Handler<Query> for ClientRegistry {
         };
         let facts = msg.facts.as_deref();
         // With `-F`, only the clients the index selects are looked at.
-        let candidates = facts.map(|f| self.fact_index.matching(f));
+        let candidates = facts.map(|f| self.fact_index.candidates(f));
         let entries: Box<dyn Iterator<Item = (&String, &Entry)>> = match &candidates {
             Some(ids) => Box::new(ids.iter().filter_map(|id| self.clients.get_key_value(&**id))),
             None => Box::new(self.clients.iter()),
@@ -734,7 +734,7 @@ impl Handler<Recipients> for ClientRegistry {
 
     fn handle(&mut self, msg: Recipients, _: &mut Context<Self>) -> Reached {
         let now = SystemTime::now();
-        let candidates = msg.facts.as_deref().map(|f| self.fact_index.matching(f));
+        let candidates = msg.facts.as_deref().map(|f| self.fact_index.candidates(f));
         let in_stream =
             |id: &str| msg.stream.is_empty() || self.by_stream.get(&msg.stream).is_some_and(|s| s.contains(id));
         let selected: Vec<&String> = match &candidates {

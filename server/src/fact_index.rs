@@ -1,7 +1,7 @@
 //! Which clients have each value of each fact, so that `-F` looks at the
 //! few distinct values of a key (`os.id` has a handful across a fleet)
-//! instead of every client's facts: an expression costs its key's distinct
-//! values plus the clients it selects. A list fact is indexed element by
+//! instead of every client's facts: the most selective expression's
+//! clients are the candidates, and only they are checked against the rest. A list fact is indexed element by
 //! element; `!=` is "has the key" minus "has an element equal to it", as
 //! [`FactExpr::matches`] says.
 
@@ -85,16 +85,25 @@ impl FactIndex {
         }
     }
 
-    /// The clients every expression of `filter` selects.
-    pub fn matching(&self, filter: &FactFilter) -> HashSet<Arc<str>> {
-        let mut sets: Vec<HashSet<Arc<str>>> = filter.0.iter().map(|e| self.selected(e)).collect();
-        sets.sort_by_key(HashSet::len);
-        let mut sets = sets.into_iter();
-        let Some(mut result) = sets.next() else { return HashSet::new() };
-        for other in sets {
-            result.retain(|id| other.contains(id));
+    /// How many clients one expression selects, about (a list fact's
+    /// elements each count): cheap, from the sets' sizes.
+    fn estimate(&self, expr: &FactExpr) -> usize {
+        let Some(values) = self.by_key.get(&expr.key) else { return 0 };
+        let all = || values.by_value.values().map(|(_, ids)| ids.len()).sum();
+        match expr.op {
+            Op::Present | Op::Ne => all(),
+            _ => values.by_value.values().filter(|(v, _)| expr.scalar_matches(v)).map(|(_, ids)| ids.len()).sum(),
         }
-        result
+    }
+
+    /// The clients that may match `filter`: those its most selective
+    /// expression selects (the caller checks every expression on each,
+    /// which costs the few candidates, not the fleet).
+    pub fn candidates(&self, filter: &FactFilter) -> HashSet<Arc<str>> {
+        match filter.0.iter().min_by_key(|e| self.estimate(e)) {
+            Some(narrowest) => self.selected(narrowest),
+            None => HashSet::new(),
+        }
     }
 }
 
@@ -146,12 +155,21 @@ mod tests {
             let filter = FactFilter::parse(&e.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap().unwrap();
             let want: HashSet<Arc<str>> =
                 fleet.iter().filter(|(_, f)| filter.matches(f)).map(|(id, _)| id.clone()).collect();
-            assert_eq!(index.matching(&filter), want, "{e:?}");
+            let facts_of = |id: &Arc<str>| &fleet.iter().find(|(i, _)| i == id).unwrap().1;
+            let candidates = index.candidates(&filter);
+            let got: HashSet<Arc<str>> = candidates.iter().filter(|id| filter.matches(facts_of(id))).cloned().collect();
+            assert_eq!(got, want, "{e:?}");
+            // Each expression alone, by the index, is exact.
+            for expr in &filter.0 {
+                let alone: HashSet<Arc<str>> =
+                    fleet.iter().filter(|(_, f)| expr.matches(f)).map(|(id, _)| id.clone()).collect();
+                assert_eq!(index.selected(expr), alone, "{expr}");
+            }
         }
         // Removing a client's facts takes it out of every set.
         index.remove("host-00", &fleet[0].1);
         let filter = FactFilter::parse(&["os.id=ubuntu".to_owned()]).unwrap().unwrap();
-        assert!(!index.matching(&filter).contains("host-00"));
-        assert_eq!(index.matching(&filter).len(), 5);
+        assert!(!index.candidates(&filter).contains("host-00"));
+        assert_eq!(index.candidates(&filter).len(), 5);
     }
 }
