@@ -146,7 +146,8 @@ fn a_mixed_fleet_answers() {
 /// stream, metadata with the same fields, then the body.
 #[test]
 fn published_frames_look_like_the_originals() {
-    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/wire-vectors-ruby-pantry.json");
+    let vectors =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tests/data/wire-vectors-ruby-pantry.json");
     let vectors: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&vectors).expect("wire vectors")).expect("JSON");
     let original = vectors["messages"]
