@@ -469,6 +469,19 @@ mod tests {
     }
 
     #[test]
+    fn the_replay_set_forgets_only_what_expired() {
+        let mut seen = Seen::default();
+        for i in 0..3000 {
+            // Half expired long ago, half still valid.
+            let until = if i % 2 == 0 { 10 } else { 10_000 };
+            assert!(seen.check_and_add(&format!("u{i}"), until, 5_000));
+        }
+        assert!(seen.until.len() < 3000, "swept: {}", seen.until.len());
+        assert!(!seen.check_and_add("u2999", 10_000, 5_000), "a valid uuid stays a replay");
+        assert!(seen.check_and_add("u0", 10_000, 5_000), "an expired one may come again");
+    }
+
+    #[test]
     fn a_new_list_needs_a_trusted_signer_and_a_newer_version() {
         let (alice, list, _) = setup();
         let bob = SigningPair::generate().unwrap();
