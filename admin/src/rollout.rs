@@ -95,9 +95,16 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Stamps a request for clients: how long each agent is waited for,
-    /// the plan when it is a rollout, the job it re-runs.
-    pub fn stamp(&self, request: &mut Message, wait: Duration) {
+    /// `message`, addressed to the target (and signed) by the session,
+    /// then stamped: how long each agent is waited for, the plan when it
+    /// is a rollout, the job it re-runs.
+    pub fn request(&self, session: &Session, message: Message, wait: Duration) -> Message {
+        let mut request = session.to_clients(message, &self.target);
+        self.stamp(&mut request, wait);
+        request
+    }
+
+    fn stamp(&self, request: &mut Message, wait: Duration) {
         request.metadata.custom.insert(WAIT_FIELD.into(), Value::from(wait.as_millis() as u64));
         if self.plan.is_rollout() {
             rollout::attach(request, &self.plan);

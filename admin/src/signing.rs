@@ -56,8 +56,15 @@ pub fn trust_admin(session: &mut Session, name: &str) -> Result<()> {
         admins.push(admin.clone());
         Ok(true)
     })?;
+    // The key comes from the server: say which, so that it can be checked
+    // against NAME's key file (`signing_public_key`).
+    let key = next.as_ref().and_then(|l| l.admins.iter().find(|a| a.name == name)).map(|a| a.signing_key.clone());
     match next {
-        Some(list) => eprintln!("agents now trust `{name}`'s signed requests (trust list version {})", list.version),
+        Some(list) => eprintln!(
+            "agents now trust `{name}`'s signed requests (signing key {}, trust list version {})",
+            key.unwrap_or_default(),
+            list.version
+        ),
         None => eprintln!("agents already trust `{name}`"),
     }
     Ok(())

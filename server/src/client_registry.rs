@@ -489,6 +489,13 @@ impl Handler<ReportFacts> for ClientRegistry {
                 return Err(FactsRefused::OtherKey(msg.identity));
             }
         }
+        // The same facts again (a reconnection): fresher, nothing else to do.
+        if let Some(kept) = entry.facts.as_mut().filter(|f| f.facts == msg.facts.facts) {
+            let seen = Arc::make_mut(kept);
+            (seen.gathered, seen.interval) = (seen.gathered.max(msg.facts.gathered), msg.facts.interval);
+            self.db.write(Write::ClientFactsSeen { identity: msg.identity.clone(), gathered: seen.gathered });
+            return Ok(());
+        }
         let facts = Arc::new(msg.facts);
         if let Some(old) = entry.facts.replace(facts.clone()) {
             self.fact_index.remove(&msg.identity, &old.facts);

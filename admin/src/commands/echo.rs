@@ -44,8 +44,7 @@ impl Admin for Args {
             (None, Some(text)) => text.as_str().context("the job's text is not text")?.to_owned(),
             (None, None) => anyhow::bail!("no MESSAGE given, and the job holds none"),
         };
-        let mut request = session.to_clients(request(&text), &job.target);
-        job.stamp(&mut request, session.deadline.idle);
+        let request = job.request(session, request(&text), session.deadline.idle);
         if self.detach {
             return session.start_async(&request);
         }

@@ -68,13 +68,12 @@ impl Admin for Args {
             }
             (None, None) => anyhow::bail!("no program given"),
         };
-        let mut request = session.to_clients(request(&exec), &job.target);
         // The wait was reckoned from --timeout: a re-run's own timeout counts.
         let wait = session.deadline.idle + std::time::Duration::from_secs_f64(exec.timeout)
             - std::time::Duration::from_secs_f64(self.timeout.unwrap_or(DEFAULT_TIMEOUT));
         session.deadline.idle = wait;
         session.deadline.restart();
-        job.stamp(&mut request, wait);
+        let request = job.request(session, request(&exec), wait);
         if self.detach {
             return session.start_async(&request);
         }

@@ -140,8 +140,7 @@ impl Admin for Args {
         }
         let mut side = UploadSide { socket, sender: Sender::new(local, &transfer_id, size)?, bar: bar.clone() };
         let upload = UploadRequest { transfer_id, remote_path: remote, size, sha256, mode };
-        let mut request = session.to_clients(request(&upload), &job.target);
-        job.stamp(&mut request, session.deadline.idle);
+        let request = job.request(session, request(&upload), session.deadline.idle);
         let group = self.rollout.group;
         let run = Job { request, target: &job.target, plan: &job.plan, timeout: 0.0, json, group, to_stderr: true };
         let outcome = for_clients::run(session, run, Some(&mut side), |ids, _| bar.set_length(size * ids.len() as u64));

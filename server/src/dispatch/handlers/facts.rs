@@ -36,9 +36,10 @@ pub async fn report(s: Services, auth: Option<Arc<PeerAuth>>, m: Message) -> Don
         let gathered = humantime::parse_rfc3339_weak(&report.gathered)
             .map_err(|e| Refused::from(format!("gathered: {e}")))?
             .min(SystemTime::now());
+        // The server's own digest (of what it keeps), not the agent's word.
         let stored = StoredFacts {
+            hash: pantry_shared::facts::hash(&report.facts),
             facts: report.facts,
-            hash: report.hash,
             gathered,
             interval: Duration::from_secs(report.interval.max(1)),
         };

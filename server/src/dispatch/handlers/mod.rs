@@ -57,11 +57,11 @@ impl Services {
     /// Puts the current trust list in `answer` when it is newer than
     /// `version` (the one the agent has).
     fn carry_trust_list(&self, answer: &mut Message, version: u64) {
-        let Some(list) = self.trust.as_ref().and_then(|t| t.lock().ok()).and_then(|t| t.list().cloned()) else {
-            return;
-        };
-        if list.version > version {
-            let value = serde_json::to_value(&list).unwrap_or_default();
+        // Every registration asks: the list is copied only for an agent
+        // whose list is older.
+        let Some(store) = self.trust.as_ref().and_then(|t| t.lock().ok()) else { return };
+        if let Some(list) = store.list().filter(|l| l.version > version) {
+            let value = serde_json::to_value(list).unwrap_or_default();
             answer.metadata.custom.insert(pantry_shared::commands::trust::LIST_FIELD.into(), value);
         }
     }
