@@ -1,19 +1,26 @@
-//! The agent's loop: one thread owns the SUB (requests from the server),
-//! the DEALER (registrations and answers), their monitors and the signal
-//! pipes, and blocks in `zmq::poll` until one of them is ready or the next
-//! registration is due. Long commands run on worker threads and hand their
-//! answers back through an inproc PULL, so only this thread touches the
-//! DEALER.
+//! The agent's loop: one thread owns the DEALER (registrations, requests
+//! and answers), its monitor and the signal pipes, and blocks in
+//! `zmq::poll` until one of them is ready or the next registration is due.
+//! Long commands run on worker threads and hand their answers back through
+//! an inproc PULL, so only this thread touches the DEALER.
 //!
-//! Under null security the agent registers once its SUB connection is up (so
-//! it listens before the server can publish to it); under CURVE it
-//! registers first and connects its SUB once the server accepted the
-//! registration, so the server can grant every topic it asks for at once
-//! (and counts it online only once its subscriptions are granted). It
-//! registers again on every reconnection and every `heartbeat_interval`. Each registration asks for an answer: a refusal
-//! (identity bound to another key, a name that is not allowed) is logged at
-//! warn with the server's reason and retried with a backoff until the
-//! operator fixes it.
+//! One connection: the agent registers over its DEALER as soon as the
+//! handshake is done, asking for its requests on that connection
+//! (`requests_on_dealer`); the server's answer says it will, and from then
+//! on every request for the agent comes over the DEALER. A server older
+//! than that does not say so: the agent then opens a SUB as agents did
+//! before (exact topics, or bare ones from an even older server; under
+//! null security it registers again once the SUB is up, so that it listens
+//! before the server counts it online). It registers again on every
+//! reconnection and every `heartbeat_interval`. Each registration asks for
+//! an answer: a refusal (identity bound to another key, a name that is not
+//! allowed) is logged at warn with the server's reason and retried with a
+//! backoff until the operator fixes it.
+//!
+//! When its connection to the server is lost (a server restart), the agent
+//! connects again only after a random delay up to `reconnect_spread`, so
+//! that a fleet's handshakes are spread over that time instead of all
+//! landing in the same second.
 //!
 //! With several hosts in `networking.server_host` (all serving the same
 //! ports and key store), the agent talks to one at a time, the first one
@@ -23,7 +30,7 @@
 //! registrations in a row went unanswered. The hosts after the first are
 //! taken in an order of the agent's own (rotated by a hash of its
 //! identity), so that when a server dies its agents spread over the others
-//! instead of all landing on the next one. Moving replaces both sockets and
+//! instead of all landing on the next one. Moving replaces the sockets and
 //! their monitors, then connects and registers as at start. With one host
 //! it never moves.
 //!
@@ -31,7 +38,7 @@
 //! first start, with only the server's public key configured) enrolls
 //! itself: it asks on the DEALER, logs at warn that it waits to be
 //! accepted, asks again with a backoff, and once an admin has run
-//! `client:accept` it connects its SUB and registers, without a restart.
+//! `client:accept` it registers, without a restart.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -121,22 +128,18 @@ pub struct Agent {
     handshaking: bool,
     /// Registrations sent since the server last answered one.
     unanswered: u32,
-    sub: zmq::Socket,
     dealer: zmq::Socket,
     dealer_monitor: zmq::Socket,
-    sub_monitor: zmq::Socket,
-    /// The form of our subscriptions: exact, unless the server is older
-    /// than this agent and grants only the bare form.
-    form: TopicForm,
-    /// Whether the SUB connection is up, so our subscriptions reached the
-    /// server's PUB: registering before that would let the server publish
-    /// to us before we listen (the slow-joiner problem).
-    listening: bool,
-    /// Whether the SUB is connected (or connecting).
-    sub_connected: bool,
-    /// CURVE: the SUB connects only after an accepted registration.
-    curve: bool,
+    /// Only against a server that does not send requests on the DEALER.
+    subscriber: Option<Subscriber>,
     publish: String,
+    /// `client.reconnect_spread`.
+    spread: Duration,
+    /// After a lost connection: when to connect again.
+    spread_until: Option<Instant>,
+    /// The DEALER's connection is up (its handshake done): a close is a
+    /// lost connection, not a failed attempt.
+    connected: bool,
     receive: String,
     watch: HandshakeWatch,
     backoff: Backoff,
@@ -170,30 +173,23 @@ const RESULTS_ENDPOINT: &str = "inproc://pantry-agent-results";
 /// requests from it.
 const AGENT_QUEUE: i32 = 10_000;
 
-/// The agent loop's poll items, in order.
+/// The agent loop's poll items, in order. Without a SUB its two items
+/// are invalid descriptors, which poll(2) skips.
 #[derive(Debug, Clone, Copy)]
 enum Slot {
-    Sub,
     Dealer,
     DealerMonitor,
     Stop,
-    SubMonitor,
     Results,
     Reload,
+    Sub,
+    SubMonitor,
 }
 
-const SLOTS: usize = Slot::Reload as usize + 1;
+const SLOTS: usize = Slot::SubMonitor as usize + 1;
 
 /// Heartbeat intervals a move waits for a pending handshake.
 const HANDSHAKE_GRACE: u32 = 3;
-
-/// The sockets to one server, not connected yet.
-struct Sockets {
-    sub: zmq::Socket,
-    dealer: zmq::Socket,
-    sub_monitor: zmq::Socket,
-    dealer_monitor: zmq::Socket,
-}
 
 /// What the SUB subscribes to: each of the agent's streams, and the
 /// broadcast topic, in `form`.
@@ -201,29 +197,79 @@ fn subscriptions(me: &ClientContext, form: TopicForm) -> Vec<Vec<u8>> {
     me.filter.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]).map(|s| form.topic(s)).collect()
 }
 
-impl Sockets {
-    fn open(ctx: &zmq::Context, security: &SocketSecurity, me: &ClientContext, form: TopicForm) -> Result<Sockets> {
+/// Back off up to 10 s between reconnects to a server that is down.
+fn set_reconnect(socket: &zmq::Socket) -> zmq::Result<()> {
+    socket.set_reconnect_ivl(100)?;
+    socket.set_reconnect_ivl_max(10_000)
+}
+
+/// The DEALER to one server and its monitor, not connected yet.
+fn open_dealer(ctx: &zmq::Context, security: &SocketSecurity) -> Result<(zmq::Socket, zmq::Socket)> {
+    let dealer = security.socket(ctx, zmq::DEALER)?;
+    // A burst waits on the agent's side while it works through it: the
+    // common 1,000 messages dropped the rest of a burst of answers (sends
+    // are DONTWAIT) and, on the receiving side, made the server hold the
+    // rest of a burst of requests. libzmq's I/O thread keeps the
+    // connection drained even while the agent is busy. The server's own
+    // caps bound what it sends.
+    dealer.set_sndhwm(AGENT_QUEUE)?;
+    dealer.set_rcvhwm(AGENT_QUEUE)?;
+    set_reconnect(&dealer)?;
+    let monitor = monitor::monitor(ctx, &dealer, monitor::CLIENT_EVENTS)?;
+    Ok((dealer, monitor))
+}
+
+/// The SUB of an agent whose server does not send requests on the DEALER
+/// (a version before this agent's).
+struct Subscriber {
+    sub: zmq::Socket,
+    monitor: zmq::Socket,
+    /// Exact, unless the server is older still and grants only the bare
+    /// form.
+    form: TopicForm,
+    /// Its connection is up, so our subscriptions reached the server's
+    /// PUB: under null security the agent registers again then, so that
+    /// the server does not publish to it before it listens.
+    listening: bool,
+    /// Connected (or connecting).
+    connected: bool,
+}
+
+impl Subscriber {
+    fn open(ctx: &zmq::Context, security: &SocketSecurity, me: &ClientContext, form: TopicForm) -> Result<Subscriber> {
         let sub = security.socket(ctx, zmq::SUB)?;
         for topic in subscriptions(me, form) {
             sub.set_subscribe(&topic)?;
         }
-        let dealer = security.socket(ctx, zmq::DEALER)?;
-        // A burst waits on the agent's side while it works through it: the
-        // common 1,000 messages dropped the rest of a burst of answers
-        // (sends are DONTWAIT), and requests beyond the server's PUB queue
-        // (PUB drops). libzmq's I/O thread keeps the SUB drained even while
-        // the agent is busy. The server's own caps bound what it sends.
-        dealer.set_sndhwm(AGENT_QUEUE)?;
         sub.set_rcvhwm(AGENT_QUEUE)?;
-        for socket in [&sub, &dealer] {
-            // Back off up to 10 s between reconnects to a server that is down.
-            socket.set_reconnect_ivl(100)?;
-            socket.set_reconnect_ivl_max(10_000)?;
-        }
-        let dealer_monitor = monitor::monitor(ctx, &dealer, monitor::CLIENT_EVENTS)?;
-        let sub_monitor = monitor::monitor(ctx, &sub, monitor::CLIENT_EVENTS)?;
-        Ok(Sockets { sub, dealer, sub_monitor, dealer_monitor })
+        set_reconnect(&sub)?;
+        let monitor = monitor::monitor(ctx, &sub, monitor::CLIENT_EVENTS)?;
+        Ok(Subscriber { sub, monitor, form, listening: false, connected: false })
     }
+
+    fn connect(&mut self, endpoint: &str, log: &Logger) {
+        if self.connected {
+            return;
+        }
+        match self.sub.connect(endpoint) {
+            Ok(()) => self.connected = true,
+            Err(e) => warn!(log, "cannot connect to the server's PUB socket"; "error" => %e),
+        }
+    }
+
+    fn disconnect(&mut self, endpoint: &str) {
+        if std::mem::take(&mut self.connected) {
+            let _ = self.sub.disconnect(endpoint);
+        }
+        self.listening = false;
+    }
+}
+
+/// A random delay in `[0, spread)`.
+fn random_delay(spread: Duration) -> Duration {
+    // A v4 uuid is 122 random bits: the top 53 make an f64 in [0, 1).
+    let bits = (uuid::Uuid::new_v4().as_u128() >> 75) as u64;
+    spread.mul_f64(bits as f64 / (1u64 << 53) as f64)
 }
 
 impl Agent {
@@ -248,23 +294,17 @@ impl Agent {
             running: Default::default(),
         };
 
-        let form = TopicForm::Exact;
-        let Sockets { sub, dealer, sub_monitor, dealer_monitor } = Sockets::open(&ctx, security, &me, form)?;
+        let (dealer, dealer_monitor) = open_dealer(&ctx, security)?;
         let results = ctx.socket(zmq::PULL)?;
         results.set_linger(0)?;
         results.bind(RESULTS_ENDPOINT)?;
         let (receive, publish) = (net.endpoint(net.receive_port), net.endpoint(net.pub_sub_port));
-        // A key made just now is unknown to the server: enroll first. Under
-        // CURVE the SUB connects once a registration is accepted.
+        // A key made just now is unknown to the server: enroll first.
         let enrolling = keys.as_ref().is_some_and(|k| k.generated).then(Instant::now);
-        let curve = keys.is_some();
-        if !curve {
-            sub.connect(&publish).with_context(|| format!("cannot connect to {publish}"))?;
-        }
         dealer.connect(&receive).with_context(|| format!("cannot connect to {receive}"))?;
         info!(log, "pantry-client started";
             "version" => pantry_shared::VERSION, "identity" => me.identity(), "server" => &receive,
-            "subscriptions" => me.filter.streams().join(" "), "security" => net.security_name());
+            "streams" => me.filter.streams().join(" "), "security" => net.security_name());
         let watch = HandshakeWatch::new(receive.clone(), keys.clone(), log.clone());
         let trust = Trust::load(
             &pantry_shared::keys::curve_dir(config.root_dir()),
@@ -285,15 +325,13 @@ impl Agent {
             down_since: Some(Instant::now()),
             handshaking: false,
             unanswered: 0,
-            sub,
             dealer,
             dealer_monitor,
-            sub_monitor,
-            form,
-            listening: false,
-            sub_connected: !curve,
-            curve,
+            subscriber: None,
             publish,
+            spread: config.client.reconnect_spread.0,
+            spread_until: None,
+            connected: false,
             receive,
             watch,
             backoff: Backoff::new(),
@@ -318,33 +356,35 @@ impl Agent {
     }
 
     pub fn run(mut self, signals: &Signals, reload: impl Fn()) -> Result<()> {
-        // The first registration waits for the SUB connection (or, failing
-        // that, the first heartbeat).
+        // The first registration waits for the DEALER's handshake (or,
+        // failing that, the first heartbeat).
         let mut next_heartbeat = Instant::now() + self.heartbeat;
         loop {
             let mut wake = self.reconnect_at.map_or(next_heartbeat, |at| at.min(next_heartbeat));
+            for at in [self.spread_until, self.enrolling, self.move_due()].into_iter().flatten() {
+                wake = wake.min(at);
+            }
             if let Registration::Refused { retry_at, .. } = &self.registration {
                 wake = wake.min(*retry_at);
-            }
-            if let Some(at) = self.enrolling {
-                wake = wake.min(at);
-            }
-            if let Some(at) = self.move_due() {
-                wake = wake.min(at);
             }
             if let Some(soon) = self.facts.wake_within() {
                 wake = wake.min(Instant::now() + soon);
             }
             let wait = wake.saturating_duration_since(Instant::now());
+            let none = || zmq::PollItem::from_fd(-1, zmq::PollEvents::empty());
+            let (sub, sub_monitor) = match &self.subscriber {
+                Some(s) => (s.sub.as_poll_item(zmq::POLLIN), s.monitor.as_poll_item(zmq::POLLIN)),
+                None => (none(), none()),
+            };
             // In the order of [`Slot`].
             let mut items: [zmq::PollItem; SLOTS] = [
-                self.sub.as_poll_item(zmq::POLLIN),
                 self.dealer.as_poll_item(zmq::POLLIN),
                 self.dealer_monitor.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(signals.stop.as_raw_fd(), zmq::POLLIN),
-                self.sub_monitor.as_poll_item(zmq::POLLIN),
                 self.results.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(signals.reload.as_raw_fd(), zmq::POLLIN),
+                sub,
+                sub_monitor,
             ];
             match zmq::poll(&mut items, wait.as_millis().min(i64::MAX as u128) as i64) {
                 Ok(_) | Err(zmq::Error::EINTR) => {}
@@ -360,50 +400,19 @@ impl Agent {
                 reload();
             }
             if is(Slot::Sub) {
-                self.drain_requests();
+                self.drain_subscriber();
             }
             if is(Slot::Dealer) {
-                self.drain_answers();
+                self.drain_dealer();
             }
             if self.facts.poll() && matches!(self.registration, Registration::Accepted) {
                 self.send_facts();
             }
-            if is(Slot::DealerMonitor) {
-                while let Some(event) = monitor::read(&self.dealer_monitor) {
-                    let reconnected = event.event == SocketEvent::HandshakeSucceeded;
-                    self.handshaking = event.event == SocketEvent::Connected;
-                    if reconnected {
-                        self.down_since = None;
-                    } else if event.event == SocketEvent::Disconnected {
-                        self.down_since.get_or_insert_with(Instant::now);
-                    }
-                    if self.watch.observe(&event) {
-                        self.pause_after_failed_handshake();
-                    }
-                    if reconnected {
-                        self.backoff.reset();
-                        self.facts.reconnected();
-                        // A restarted server may have lost us: check in now
-                        // (under CURVE, before the SUB connects).
-                        if (self.listening || self.curve) && self.enrolling.is_none() {
-                            self.register();
-                            next_heartbeat = Instant::now() + self.heartbeat;
-                        }
-                    }
-                }
+            if is(Slot::DealerMonitor) && self.dealer_events() {
+                next_heartbeat = Instant::now() + self.heartbeat;
             }
-            if is(Slot::SubMonitor) {
-                while let Some(event) = monitor::read(&self.sub_monitor) {
-                    match event.event {
-                        SocketEvent::HandshakeSucceeded => {
-                            self.listening = true;
-                            self.register();
-                            next_heartbeat = Instant::now() + self.heartbeat;
-                        }
-                        SocketEvent::Disconnected => self.listening = false,
-                        _ => {}
-                    }
-                }
+            if is(Slot::SubMonitor) && self.subscriber_events() {
+                next_heartbeat = Instant::now() + self.heartbeat;
             }
             if is(Slot::Results) {
                 while let Ok(frames) = self.results.recv_multipart(zmq::DONTWAIT) {
@@ -414,11 +423,13 @@ impl Agent {
             }
             if self.reconnect_at.is_some_and(|at| Instant::now() >= at) {
                 self.reconnect_at = None;
-                debug!(self.log, "connecting again"; "server" => &self.receive);
-                if !self.curve {
-                    self.connect_sub();
-                }
-                self.dealer.connect(&self.receive)?;
+                self.connect_again()?;
+            }
+            if self.spread_until.is_some_and(|at| Instant::now() >= at) {
+                self.spread_until = None;
+                // A move waits a heartbeat interval from this attempt.
+                self.down_since = Some(Instant::now());
+                self.connect_again()?;
             }
             if self.move_due().is_some_and(|at| Instant::now() >= at) {
                 self.move_to_next_server("no connection for a heartbeat interval");
@@ -444,6 +455,85 @@ impl Agent {
         }
     }
 
+    /// The DEALER's connection events. True when the agent registered (a
+    /// new connection: a restarted server may have lost us).
+    fn dealer_events(&mut self) -> bool {
+        let mut registered = false;
+        while let Some(event) = monitor::read(&self.dealer_monitor) {
+            let reconnected = event.event == SocketEvent::HandshakeSucceeded;
+            self.handshaking = event.event == SocketEvent::Connected;
+            if reconnected {
+                self.down_since = None;
+            } else if event.event == SocketEvent::Disconnected {
+                self.down_since.get_or_insert_with(Instant::now);
+                if std::mem::take(&mut self.connected) {
+                    self.lost_connection();
+                }
+            }
+            if self.watch.observe(&event) {
+                self.pause_after_failed_handshake();
+            }
+            if reconnected {
+                self.connected = true;
+                self.backoff.reset();
+                self.facts.reconnected();
+                if self.enrolling.is_none() {
+                    self.register();
+                    registered = true;
+                }
+            }
+        }
+        registered
+    }
+
+    /// The SUB's connection events (an older server). True when the agent
+    /// registered: its subscriptions reached the server.
+    fn subscriber_events(&mut self) -> bool {
+        let Some(subscriber) = &mut self.subscriber else { return false };
+        let mut up = false;
+        while let Some(event) = monitor::read(&subscriber.monitor) {
+            match event.event {
+                SocketEvent::HandshakeSucceeded => {
+                    subscriber.listening = true;
+                    up = true;
+                }
+                SocketEvent::Disconnected => subscriber.listening = false,
+                _ => {}
+            }
+        }
+        if up {
+            self.register();
+        }
+        up
+    }
+
+    /// The connection to the server was lost (a restart, say): connect
+    /// again after a random part of `reconnect_spread`, so that a fleet's
+    /// handshakes spread over it instead of landing all at once. A move to
+    /// another server (several `server_host`s) is not held back by it.
+    fn lost_connection(&mut self) {
+        if self.spread.is_zero() || self.reconnect_at.is_some() || self.spread_until.is_some() {
+            return;
+        }
+        let delay = random_delay(self.spread);
+        self.disconnect_sub();
+        let _ = self.dealer.disconnect(&self.receive);
+        info!(self.log, "connection to the server lost: connecting again after a random delay";
+            "server" => &self.receive, "in_ms" => delay.as_millis() as u64,
+            "reconnect_spread_seconds" => self.spread.as_secs_f64());
+        self.spread_until = Some(Instant::now() + delay);
+    }
+
+    /// Connects again after a pause (a failed handshake, a lost
+    /// connection).
+    fn connect_again(&mut self) -> Result<()> {
+        debug!(self.log, "connecting again"; "server" => &self.receive);
+        if let Some(subscriber) = &mut self.subscriber {
+            subscriber.connect(&self.publish, &self.log);
+        }
+        self.dealer.connect(&self.receive).with_context(|| format!("cannot connect to {}", self.receive))
+    }
+
     /// When the DEALER will have been down for a heartbeat interval, with
     /// another server to move to. Not while paused after a failed handshake:
     /// the backoff decides when to connect again, and the move comes at the
@@ -457,14 +547,15 @@ impl Agent {
     }
 
     /// Leaves the current server for the next one in `server_host`
-    /// (wrapping). The sockets and their monitors are made anew rather than
+    /// (wrapping). The DEALER and its monitor are made anew rather than
     /// disconnected and connected again: the old connection's last events
     /// (its close, a failed handshake) may still be queued on the monitors
     /// and must not be taken for the new one's. Registration then starts
-    /// over as at start; a pending failed-handshake backoff is kept and
-    /// connects to the new server when it ends.
+    /// over as at start (a SUB only if the new server asks for one); a
+    /// pending failed-handshake backoff is kept and connects to the new
+    /// server when it ends.
     fn move_to_next_server(&mut self, why: &str) {
-        let sockets = match Sockets::open(&self.ctx, &self.security, &self.me, self.form) {
+        let (dealer, dealer_monitor) = match open_dealer(&self.ctx, &self.security) {
             Ok(sockets) => sockets,
             Err(e) => {
                 // Out of descriptors, say: stay, and try again a heartbeat
@@ -487,16 +578,15 @@ impl Agent {
             service.endpoint = Networking::endpoint_for(host, self.file_service_port);
         }
         // Dropping the old sockets closes their connections (linger 0).
-        self.sub = sockets.sub;
-        self.dealer = sockets.dealer;
-        self.sub_monitor = sockets.sub_monitor;
-        self.dealer_monitor = sockets.dealer_monitor;
+        self.dealer = dealer;
+        self.dealer_monitor = dealer_monitor;
+        self.subscriber = None;
+        self.connected = false;
+        self.spread_until = None;
         self.watch.set_server(self.receive.clone());
         self.down_since = Some(Instant::now());
         self.handshaking = false;
         self.unanswered = 0;
-        self.listening = false;
-        self.sub_connected = false;
         self.registration = Registration::Waiting;
         self.facts.reconnected();
         self.refusals.reset();
@@ -505,9 +595,6 @@ impl Agent {
         }
         if self.reconnect_at.is_some() {
             return;
-        }
-        if !self.curve {
-            self.connect_sub();
         }
         if let Err(e) = self.dealer.connect(&self.receive) {
             // The next move (a heartbeat interval on) tries another.
@@ -533,6 +620,7 @@ impl Agent {
         self.unanswered = self.unanswered.saturating_add(1);
         let mut request = register_client::request_every(&self.me.filter, self.heartbeat.as_secs());
         request.metadata.requires_response = true;
+        register_client::ask_requests_on_dealer(&mut request);
         self.facts.stamp(&mut request);
         request.metadata.custom.insert(trust::VERSION_FIELD.into(), self.trust.version().into());
         if let Registration::Refused { retry_at, .. } = &mut self.registration {
@@ -604,8 +692,10 @@ impl Agent {
         }
         info!(self.log, "the server accepted this agent's key"; "identity" => &name, "server" => &self.receive);
         if self.me.identity() != name {
-            let _ = self.sub.set_unsubscribe(&self.form.topic(self.me.identity()));
-            let _ = self.sub.set_subscribe(&self.form.topic(&name));
+            if let Some(s) = &self.subscriber {
+                let _ = s.sub.set_unsubscribe(&s.form.topic(self.me.identity()));
+                let _ = s.sub.set_subscribe(&s.form.topic(&name));
+            }
             self.me.filter.identity = Some(name.clone());
         }
         if let Some(keys) = &mut self.keys {
@@ -619,26 +709,16 @@ impl Agent {
         self.register();
     }
 
-    fn connect_sub(&mut self) {
-        if self.sub_connected {
-            return;
-        }
-        match self.sub.connect(&self.publish) {
-            Ok(()) => self.sub_connected = true,
-            Err(e) => warn!(self.log, "cannot connect to the server's PUB socket"; "error" => %e),
-        }
-    }
-
     fn disconnect_sub(&mut self) {
-        if std::mem::take(&mut self.sub_connected) {
-            let _ = self.sub.disconnect(&self.publish);
+        if let Some(subscriber) = &mut self.subscriber {
+            subscriber.disconnect(&self.publish);
         }
-        self.listening = false;
     }
 
-    /// What the server says on the DEALER: the answers to registrations and
-    /// enrollment requests.
-    fn drain_answers(&mut self) {
+    /// What the server says on the DEALER: the answers to registrations,
+    /// enrollment requests and facts reports, and (once a registration's
+    /// answer said so) the requests for this agent.
+    fn drain_dealer(&mut self) {
         while let Ok(frames) = self.dealer.recv_multipart(zmq::DONTWAIT) {
             let answer = match Message::from_frames(&frames) {
                 Ok(m) if m.message_type() == enroll::TYPE => {
@@ -655,11 +735,11 @@ impl Agent {
                     continue;
                 }
                 Ok(m) => {
-                    debug!(self.log, "unexpected message on DEALER dropped"; "type" => m.message_type());
+                    self.handle_request(m);
                     continue;
                 }
                 Err(e) => {
-                    debug!(self.log, "malformed message on DEALER dropped"; "error" => %e);
+                    debug!(self.log, "malformed message from the server dropped"; "error" => %e);
                     continue;
                 }
             };
@@ -670,15 +750,12 @@ impl Agent {
                         info!(self.log, "registered with the server"; "identity" => self.me.identity(),
                             "server" => &self.receive);
                     }
-                    if self.form == TopicForm::Exact && !register_client::grants_exact_topics(&answer) {
-                        self.subscribe_bare();
-                    }
+                    self.delivery(&answer);
                     if let Some(list) = trust::carried(&answer) {
                         self.trust.offer(list, "the server");
                     }
                     self.registration = Registration::Accepted;
                     self.refusals.reset();
-                    self.connect_sub();
                     // The server knows us now: it may hear our facts.
                     self.send_facts();
                 }
@@ -686,19 +763,31 @@ impl Agent {
         }
     }
 
-    /// The server is older than this agent: it grants only bare topics
-    /// (and ends what it publishes with the exact form's mark, which
-    /// `Message::from_frames` strips).
-    fn subscribe_bare(&mut self) {
-        warn!(self.log, "the server does not grant exact topics (a version before this agent's): \
-            subscribing in the bare form; upgrade the server"; "server" => &self.receive);
-        for (exact, bare) in
-            subscriptions(&self.me, TopicForm::Exact).iter().zip(subscriptions(&self.me, TopicForm::Bare))
-        {
-            let _ = self.sub.set_unsubscribe(exact);
-            let _ = self.sub.set_subscribe(&bare);
+    /// Where requests come from, as an accepted registration's answer
+    /// says: the DEALER, or (an older server) a SUB on the server's PUB
+    /// socket, in the exact form or (older still) the bare one.
+    fn delivery(&mut self, answer: &Message) {
+        let direct = register_client::sends_requests_on_dealer(answer);
+        if direct {
+            if self.subscriber.take().is_some() {
+                info!(self.log, "the server sends requests on the agent's one connection now: SUB closed";
+                    "server" => &self.receive);
+            }
+        } else if self.subscriber.is_none() {
+            let exact = register_client::grants_exact_topics(answer);
+            let form = if exact { TopicForm::Exact } else { TopicForm::Bare };
+            warn!(self.log, "the server does not send requests on the agent's connection (a version before this \
+                agent's): subscribing on its PUB socket too; upgrade the server";
+                "server" => &self.receive, "publish" => &self.publish,
+                "form" => if exact { "exact" } else { "bare (an older server still)" });
+            match Subscriber::open(&self.ctx, &self.security, &self.me, form) {
+                Ok(subscriber) => self.subscriber = Some(subscriber),
+                Err(e) => warn!(self.log, "cannot make the SUB socket"; "error" => %e),
+            }
         }
-        self.form = TopicForm::Bare;
+        if let Some(subscriber) = &mut self.subscriber {
+            subscriber.connect(&self.publish, &self.log);
+        }
     }
 
     fn refused(&mut self, reason: String) {
@@ -721,46 +810,51 @@ impl Agent {
         self.registration = Registration::Refused { reason, retry_at: Instant::now() + delay };
     }
 
-    fn drain_requests(&mut self) {
-        while let Ok(frames) = self.sub.recv_multipart(zmq::DONTWAIT) {
-            let request = match Message::from_frames(&frames) {
-                Ok(m) => m,
-                Err(e) => {
-                    debug!(self.log, "malformed message from the server dropped"; "error" => %e);
-                    continue;
-                }
-            };
-            if !self.me.filter.accepts_stream(&request.stream) {
-                continue;
+    /// Requests on the SUB (an older server).
+    fn drain_subscriber(&mut self) {
+        while let Some(frames) = self.subscriber.as_ref().and_then(|s| s.sub.recv_multipart(zmq::DONTWAIT).ok()) {
+            match Message::from_frames(&frames) {
+                Ok(request) => self.handle_request(request),
+                Err(e) => debug!(self.log, "malformed message from the server dropped"; "error" => %e),
             }
-            debug!(self.log, "request received";
-                "type" => request.message_type(), "from" => &request.metadata.from,
-                "to" => &request.stream, "uuid" => request.uuid());
-            if request.message_type() == trust::LIST_TYPE {
-                match trust::parse_list(&request) {
-                    Ok(list) => self.trust.offer(list, "the server"),
-                    Err(e) => debug!(self.log, "malformed trust list dropped"; "error" => %e),
-                }
-                continue;
+        }
+    }
+
+    /// A request from the server (over the DEALER or the SUB): checked,
+    /// then run here or on a worker thread.
+    fn handle_request(&mut self, request: Message) {
+        if !self.me.filter.accepts_stream(&request.stream) {
+            debug!(self.log, "request for a stream not this agent's dropped";
+                "type" => request.message_type(), "to" => &request.stream, "uuid" => request.uuid());
+            return;
+        }
+        debug!(self.log, "request received";
+            "type" => request.message_type(), "from" => &request.metadata.from,
+            "to" => &request.stream, "uuid" => request.uuid());
+        if request.message_type() == trust::LIST_TYPE {
+            match trust::parse_list(&request) {
+                Ok(list) => self.trust.offer(list, "the server"),
+                Err(e) => debug!(self.log, "malformed trust list dropped"; "error" => %e),
             }
-            if let Err(refusal) = self.trust.check(&request, &self.me.filter, self.facts.facts()) {
-                if request.metadata.requires_response {
-                    let mut answer = request.response();
-                    answer.metadata.from = self.me.identity().to_owned();
-                    answer.metadata.custom.remove(pantry_shared::signing::SIGNATURE_FIELD);
-                    answer.set_error(format!("refused: {refusal}"));
-                    self.send(answer);
-                }
-                continue;
-            }
-            if work::may_block(request.message_type()) {
-                self.run_on_worker(request);
-                continue;
-            }
-            let response = work::run_on_client(&request, &self.me);
+            return;
+        }
+        if let Err(refusal) = self.trust.check(&request, &self.me.filter, self.facts.facts()) {
             if request.metadata.requires_response {
-                self.send(response);
+                let mut answer = request.response();
+                answer.metadata.from = self.me.identity().to_owned();
+                answer.metadata.custom.remove(pantry_shared::signing::SIGNATURE_FIELD);
+                answer.set_error(format!("refused: {refusal}"));
+                self.send(answer);
             }
+            return;
+        }
+        if work::may_block(request.message_type()) {
+            self.run_on_worker(request);
+            return;
+        }
+        let response = work::run_on_client(&request, &self.me);
+        if request.metadata.requires_response {
+            self.send(response);
         }
     }
 

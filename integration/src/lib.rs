@@ -137,7 +137,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(program: &Path, args: &[&str], log_path: PathBuf) -> Process {
+    /// Starts `program` with `args`, its output going to `log_path`.
+    pub fn spawn(program: &Path, args: &[&str], log_path: PathBuf) -> Process {
         Self::spawn_limited(program, args, log_path, None)
     }
 
@@ -540,6 +541,11 @@ impl Agent {
         }
         if !spec.roles.is_empty() {
             client.push_str(&format!("  roles: [{}]\n", spec.roles.join(", ")));
+        }
+        // Tests restart and revoke in seconds: a short spread (the
+        // default, 10 s, is for fleets) unless the test sets its own.
+        if !spec.client_extra.contains("reconnect_spread") {
+            client.push_str("  reconnect_spread: 1s\n");
         }
         client.push_str(&spec.client_extra);
         let hosts: Vec<&str> = match spec.server_hosts.as_slice() {

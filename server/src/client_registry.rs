@@ -30,6 +30,7 @@ use pantry_shared::filter::{ClientFilter, Identities};
 use slog::{debug, info, warn, Logger};
 
 use crate::cluster::{FleetRecord, RegistryChange, RegistryWriter, RewriteRecords};
+use crate::direct::DirectChange;
 use crate::fact_index::FactIndex;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbound, Outbox};
@@ -52,6 +53,8 @@ struct Entry {
     was_online: bool,
     /// What it last reported it is.
     facts: Option<Arc<StoredFacts>>,
+    /// It takes its requests over `peer` (its DEALER), not a SUB.
+    direct: bool,
 }
 
 pub struct ClientRegistry {
@@ -137,8 +140,13 @@ impl ClientRegistry {
 
     /// In a cluster: records go to etcd on `writer`'s lease; the socket
     /// thread keeps links to the other servers.
-    pub fn join_fleet(&mut self, writer: RegistryWriter, outbox: Outbox) {
+    pub fn join_fleet(&mut self, writer: RegistryWriter) {
         self.fleet = Some(writer);
+    }
+
+    /// Where the socket thread hears which agents take their requests on
+    /// their DEALER, and (in a cluster) which links to keep.
+    pub fn set_outbox(&mut self, outbox: Outbox) {
         self.outbox = Some(outbox);
     }
 
@@ -197,6 +205,7 @@ impl ClientRegistry {
                 heartbeat: s.heartbeat,
                 was_online: false,
                 facts: s.facts,
+                direct: false,
             };
             registry.clients.insert(identity, entry);
         }
@@ -231,6 +240,9 @@ impl ClientRegistry {
         }
         if let Some(peer) = &entry.peer {
             self.by_peer.remove(peer);
+            if entry.direct {
+                self.tell_sockets(DirectChange::Remove { identity: identity.to_owned() });
+            }
         }
         self.db.write(Write::ForgetClient(identity.to_owned()));
         if let Some(fleet) = &self.fleet {
@@ -252,9 +264,17 @@ impl ClientRegistry {
             .map(|s| format!("the stream `{s}` is another client's identity"))
     }
 
+    fn tell_sockets(&self, change: DirectChange) {
+        if let Some(outbox) = &self.outbox {
+            outbox.send(Outbound::Direct(change));
+        }
+    }
+
     fn is_online(&self, entry: &Entry, now: SystemTime) -> bool {
         let fresh = now.duration_since(entry.last_seen).map_or(true, |age| age < entry.heartbeat * MISSED_HEARTBEATS);
-        let listening = !self.curve || entry.key.as_ref().is_some_and(|k| self.listening.contains(k));
+        // A subscriber must hold its topics; an agent taking its requests
+        // on its DEALER has them as soon as its registration is accepted.
+        let listening = !self.curve || entry.direct || entry.key.as_ref().is_some_and(|k| self.listening.contains(k));
         entry.peer.is_some() && listening && fresh
     }
 
@@ -357,6 +377,8 @@ pub struct Register {
     pub owns_identity: bool,
     /// The hash of the facts the agent has and when it gathered them.
     pub facts_seen: Option<(String, SystemTime)>,
+    /// It takes its requests over `peer` (`requests_on_dealer`).
+    pub direct: bool,
 }
 
 /// What a registration did.
@@ -395,9 +417,16 @@ impl Handler<Register> for ClientRegistry {
                 entry.peer = None;
             }
         }
+        let mut was_direct = false;
+        let mut direct_changed;
         let outcome = match self.clients.get_mut(&identity) {
             Some(entry) => {
+                // A reconnection is a new peer (the old one may have closed
+                // already, leaving none).
+                direct_changed = entry.peer.as_ref() != Some(&msg.peer) || entry.direct != msg.direct;
+                was_direct = entry.direct;
                 let previous_peer = entry.peer.replace(msg.peer.clone()).filter(|p| *p != msg.peer);
+                entry.direct = msg.direct;
                 entry.last_seen = now;
                 entry.heartbeat = heartbeat;
                 if entry.key.is_none() {
@@ -409,6 +438,7 @@ impl Handler<Register> for ClientRegistry {
                     self.by_peer.remove(&previous);
                 }
                 if changed {
+                    direct_changed = true;
                     self.unindex(&identity, &old);
                     self.index(&identity, &msg.client);
                     Registered::New
@@ -421,17 +451,27 @@ impl Handler<Register> for ClientRegistry {
                     filter: msg.client.clone(),
                     last_seen: now,
                     key: msg.key.clone(),
-                    peer: Some(msg.peer),
+                    peer: Some(msg.peer.clone()),
                     heartbeat,
                     was_online: false,
                     facts: None,
+                    direct: msg.direct,
                 };
+                direct_changed = true;
                 self.clients.insert(identity.clone(), entry);
                 self.metrics.clients_offline.inc();
                 self.index(&identity, &msg.client);
                 Registered::New
             }
         };
+        // Before this registration's answer, and so before any request to
+        // the agent, in the same outbox.
+        if direct_changed && msg.direct {
+            let streams = msg.client.streams();
+            self.tell_sockets(DirectChange::Add { peer: msg.peer.clone(), identity: identity.clone(), streams });
+        } else if was_direct && !msg.direct {
+            self.tell_sockets(DirectChange::Remove { identity: identity.clone() });
+        }
         // The same facts gathered again: fresh again (etcd hears of it once
         // an interval, not at every heartbeat).
         let mut republish = false;
@@ -928,7 +968,15 @@ mod tests {
 
     fn reg(c: ClientFilter, key: &str) -> Register {
         let peer = c.identity.clone().unwrap_or_default().into_bytes();
-        Register { client: c, key: Some(key.into()), peer, heartbeat: None, owns_identity: false, facts_seen: None }
+        Register {
+            client: c,
+            key: Some(key.into()),
+            peer,
+            heartbeat: None,
+            owns_identity: false,
+            facts_seen: None,
+            direct: false,
+        }
     }
 
     #[actix_rt::test]

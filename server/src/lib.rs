@@ -7,7 +7,10 @@
 //!   inbound traffic for the actors, answers known keys' handshakes, decides
 //!   PUB subscriptions ([`subscriptions`]) and tracks connections
 //!   ([`connections`]) and descriptors ([`limits`]).
+//! - [`admission`]: client handshakes admitted at a bounded rate.
 //! - [`outbox`]: the typed way from the actors to the socket thread.
+//! - [`direct`]: agents that take their requests over their own DEALER
+//!   connection, as the socket thread delivers to them.
 //! - [`messages`]: types and actor messages the others share.
 //! - [`authorize`]: deny-by-default rules, judged before any handler.
 //! - [`dispatch`]: every request's way: the gate (authorization, audit),
@@ -29,12 +32,14 @@
 //! - [`zap`], [`raw_zmq`]: ZAP encoding, and the few libzmq calls rust-zmq
 //!   lacks (all of the server's `unsafe`).
 
+pub mod admission;
 pub mod answers;
 pub mod audit;
 pub mod authorize;
 pub mod client_registry;
 pub mod cluster;
 pub mod connections;
+pub mod direct;
 pub mod dispatch;
 pub mod fact_index;
 pub mod file_service;
@@ -187,7 +192,7 @@ where
     };
     pantry_shared::security::set_max_message_size(net.max_message_size);
     let ctx = zmq::Context::new();
-    let sockets = BoundSockets::bind(&ctx, &security, &endpoints, net.plain_subscribers)?;
+    let sockets = BoundSockets::bind(&ctx, &security, &endpoints, net.plain_subscribers, net.handshake_rate)?;
     let (outbox, inbox) = Outbox::new(&ctx)?;
     if let Some(store) = &store {
         // Before the socket thread serves: it answers known keys itself.
@@ -270,6 +275,7 @@ where
         let mut registry =
             ClientRegistry::new(curve, clients, forget_after, writer.clone(), metrics.clone(), log.clone());
         registry.set_facts_max_age(facts_max_age);
+        registry.set_outbox(outbox.try_clone()?);
         let parts = Parts {
             sockets,
             inbox,
@@ -408,16 +414,13 @@ fn start_actors(
     };
     let curve = keys.is_some();
     let registry = match &cluster {
-        Some(fleet) => {
-            let outbox = outbox.try_clone()?;
-            ClientRegistry::create(|ctx| {
-                let mut registry = registry;
-                let rewrite = ctx.address().recipient();
-                let writer = cluster::RegistryWriter::start(fleet.etcd.clone(), rewrite, fleet.receive.clone());
-                registry.join_fleet(writer, outbox);
-                registry
-            })
-        }
+        Some(fleet) => ClientRegistry::create(|ctx| {
+            let mut registry = registry;
+            let rewrite = ctx.address().recipient();
+            let writer = cluster::RegistryWriter::start(fleet.etcd.clone(), rewrite, fleet.receive.clone());
+            registry.join_fleet(writer);
+            registry
+        }),
         None => registry.start(),
     };
     let files = FileService::new(outbox.try_clone()?, curve, metrics.clone(), log.clone()).start();

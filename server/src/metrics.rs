@@ -94,6 +94,8 @@ pub struct Metrics {
     pub files_in: IntCounter,
     pub answers_out: IntCounter,
     pub publishes_out: IntCounter,
+    /// Requests sent to an agent over its own DEALER connection.
+    pub deliveries_out: IntCounter,
     pub files_out: IntCounter,
     pub bytes_in: IntCounter,
     pub bytes_out: IntCounter,
@@ -171,6 +173,7 @@ impl Metrics {
             files_in: messages.with_label_values(&["in", "file"]),
             answers_out: messages.with_label_values(&["out", "answer"]),
             publishes_out: messages.with_label_values(&["out", "publish"]),
+            deliveries_out: messages.with_label_values(&["out", "delivery"]),
             files_out: messages.with_label_values(&["out", "file"]),
             bytes_in: bytes.with_label_values(&["in"]),
             bytes_out: bytes.with_label_values(&["out"]),

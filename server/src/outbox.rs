@@ -14,6 +14,7 @@ use std::sync::Arc;
 use pantry_shared::keys::KnownKey;
 use pantry_shared::Message;
 
+use crate::direct::DirectChange;
 use crate::messages::Grant;
 
 pub const DOORBELL_ENDPOINT: &str = "inproc://pantry-outbound";
@@ -24,7 +25,9 @@ pub enum Outbound {
     /// A message to one peer of the receive socket, over the connection
     /// it came from.
     ToPeer { peer: Vec<u8>, message: Message },
-    /// A request to the clients subscribed to its stream.
+    /// A request to the clients holding its stream: published to
+    /// subscribers, and sent to each agent that takes its requests on its
+    /// DEALER ([`crate::direct`]).
     Publish(Message),
     /// Frames for the file service socket, routing id first.
     ToFilePeer(Vec<Vec<u8>>),
@@ -36,6 +39,9 @@ pub enum Outbound {
     Keys(KeyUpdate),
     /// A client registered (or changed) its streams.
     Grant(Grant),
+    /// An agent takes its requests over its DEALER connection, or no
+    /// longer.
+    Direct(DirectChange),
     /// A cluster: another server's receive endpoint, to keep a link to
     /// (`None`: it left).
     Link { server: String, endpoint: Option<String> },

@@ -9,10 +9,20 @@
 //! as typed [`Outbound`] items. No poll timeout while there is nothing to
 //! retry, so no latency floor.
 //!
+//! A request goes to its stream's subscribers on the PUB and, over the
+//! receive ROUTER, to each agent that takes its requests on its DEALER
+//! ([`crate::direct`]). Such an agent gets a bounded queue (libzmq's
+//! high-water mark, then [`AGENT_BACKLOG_MESSAGES`] and
+//! [`AGENT_BACKLOG_BYTES`] here); a request that does not fit, or whose
+//! agent's connection is gone, is answered at once to its requester on the
+//! agent's behalf (`agent not reading`, `agent disconnected`) and logged at
+//! warn: never dropped without a word.
+//!
 //! It also answers the ZAP handshakes of known keys from its own copy of
-//! the key store (unknown keys go to the key store actor), decides every
-//! PUB subscription ([`crate::subscriptions`]), and keeps the server's
-//! descriptors in check ([`crate::limits`]).
+//! the key store (unknown keys go to the key store actor; client keys at a
+//! bounded rate, [`crate::admission`]), decides every PUB subscription
+//! ([`crate::subscriptions`]), and keeps the server's descriptors in check
+//! ([`crate::limits`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::RawFd;
@@ -24,16 +34,21 @@ use actix::prelude::*;
 use pantry_shared::commands::Kind;
 use pantry_shared::config::PlainSubscribers;
 use pantry_shared::filter::TopicForm;
+use pantry_shared::keys::Role;
 use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::security::{ServerPort, SocketSecurity, ZAP_ENDPOINT};
 use pantry_shared::{Head, Message};
 use slog::{debug, error, info, warn, Logger};
 
+use crate::admission::Admission;
 use crate::answers::RawAnswer;
 use crate::authorize::{judge, Verdict};
 use crate::connections::Connections;
+use crate::direct::DirectAgents;
+use crate::dispatch::NOT_READING;
 use crate::limits::FdBudget;
 use crate::links::Links;
+use crate::log_limit::{Admit, LogLimit};
 use crate::messages::{FileFrames, Hex, Incoming, PeerAuth, Presence, RolloutAnswer, Standing, ZapRequest, ENROLLEE};
 use crate::metrics::{Metrics, Rejection};
 use crate::outbox::{Inbox, KeyUpdate, Outbound};
@@ -61,6 +76,18 @@ const PUBLISH_QUEUE: i32 = 10_000;
 const BACKLOG_MESSAGES_PER_PEER: usize = 100_000;
 pub const BACKLOG_BYTES_PER_PEER: usize = 256 * 1024 * 1024;
 
+/// Requests for one agent that takes them on its DEALER, kept here once
+/// libzmq's queue for it is full (the ROUTER's high-water mark, 1,000
+/// messages): beyond either bound its requester hears `agent not reading`.
+pub const AGENT_BACKLOG_MESSAGES: usize = 10_000;
+pub const AGENT_BACKLOG_BYTES: usize = 16 * 1024 * 1024;
+
+/// One warn line per agent that is not reading (or gone) this often.
+const UNDELIVERED_LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// The same note of queued handshakes at most this often.
+const ADMISSION_NOTE_EVERY: Duration = Duration::from_secs(10);
+
 /// How long a key the server does not know may stay connected to enroll.
 pub const ENROLL_WINDOW: Duration = Duration::from_secs(10);
 
@@ -84,6 +111,8 @@ pub struct BoundSockets {
     monitors: [zmq::Socket; 3],
     /// Whether the XPUB grants bare subscriptions.
     plain: PlainSubscribers,
+    /// `networking.handshake_rate`.
+    handshake_rate: u32,
 }
 
 impl BoundSockets {
@@ -94,6 +123,7 @@ impl BoundSockets {
         security: &SocketSecurity,
         endpoints: &Endpoints,
         plain: PlainSubscribers,
+        handshake_rate: u32,
     ) -> anyhow::Result<BoundSockets> {
         use anyhow::Context as _;
         let zap = if security.is_curve() {
@@ -128,7 +158,7 @@ impl BoundSockets {
         let (router, router_monitor) = listen(zmq::ROUTER, ServerPort::Receive, &endpoints.receive)?;
         let (files, files_monitor) = listen(zmq::ROUTER, ServerPort::Files, &endpoints.file_service)?;
         let monitors = [publisher_monitor, router_monitor, files_monitor];
-        Ok(BoundSockets { zap, router, publisher, files, monitors, plain })
+        Ok(BoundSockets { zap, router, publisher, files, monitors, plain, handshake_rate })
     }
 }
 
@@ -198,6 +228,7 @@ pub fn start(
     std::thread::Builder::new().name("pantry-sockets".into()).spawn(move || {
         let curve = sockets.zap.is_some();
         let plain = sockets.plain;
+        let admission = Admission::new(sockets.handshake_rate);
         SocketThread {
             sockets,
             inbox,
@@ -208,6 +239,10 @@ pub fn start(
             keys: KeySnapshot::default(),
             curve,
             backlogs: Default::default(),
+            direct: DirectAgents::default(),
+            undelivered: LogLimit::new(UNDELIVERED_LOG_WINDOW),
+            admission,
+            last_admission_note: None,
             fd_budget,
             base_fds: crate::limits::open_fds(),
             last_fd_warning: None,
@@ -252,6 +287,12 @@ struct SocketThread {
     curve: bool,
     /// Receive and file service ROUTERs.
     backlogs: [Backlog; 2],
+    /// Agents taking their requests on their DEALER.
+    direct: DirectAgents,
+    /// Requests answered on an agent's behalf, for the log.
+    undelivered: LogLimit,
+    admission: Admission,
+    last_admission_note: Option<Instant>,
     fd_budget: FdBudget,
     /// Descriptors open before any connection (files, inproc pipes).
     base_fds: usize,
@@ -299,13 +340,18 @@ impl SocketThread {
             let mut items: Vec<zmq::PollItem> = fixed.into_iter().chain(links).collect();
             // With messages waiting for full peers, wake up to retry them;
             // with keys enrolling, to end their time.
-            let timeout = if !self.backlogs.iter().all(|b| b.by_peer.is_empty()) {
+            let mut timeout = if !self.backlogs.iter().all(|b| b.by_peer.is_empty()) {
                 1
             } else if self.connections.has_enrollees() {
                 1000
             } else {
                 -1
             };
+            // Handshakes waiting their turn: wake up when the next may go.
+            if let Some(next) = self.admission.next_in() {
+                let ms = (next.as_millis() as i64).clamp(1, 1000);
+                timeout = if timeout < 0 { ms } else { timeout.min(ms) };
+            }
             if let Err(e) = zmq::poll(&mut items, timeout) {
                 if e == zmq::Error::EINTR {
                     continue;
@@ -316,6 +362,10 @@ impl SocketThread {
             let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
             drop(items);
             self.retry_backlogs();
+            for reply in self.admission.release() {
+                self.send_zap(reply);
+            }
+            self.note_undelivered();
             if self.connections.has_enrollees() {
                 let cut = self.connections.cut_enrollees(ENROLL_WINDOW);
                 if cut > 0 {
@@ -396,6 +446,7 @@ impl SocketThread {
                     self.send_to_peer(ServerPort::Files, frames);
                 }
                 Outbound::Publish(message) => self.publish(&message),
+                Outbound::Direct(change) => self.direct.apply(change),
                 Outbound::ZapReply(frames) => self.send_zap(frames),
                 Outbound::Keys(update) => self.update_keys(update),
                 Outbound::Grant(grant) => {
@@ -422,10 +473,15 @@ impl SocketThread {
         true
     }
 
-    /// Publishes in the exact form, and in the bare form too while a
+    /// Sends a request to the agents that take theirs on their DEALER and
+    /// publishes it: in the exact form, and in the bare form too while a
     /// connection holds the bare topic itself (a plain agent: SPEC §4).
-    fn publish(&self, message: &Message) {
+    fn publish(&mut self, message: &Message) {
         let mut frames = message.to_frames();
+        if !self.direct.is_empty() {
+            let peers = self.direct.recipients(&message.stream);
+            self.deliver(&peers, &frames, message);
+        }
         let bare = TopicForm::Bare.topic(&message.stream);
         let plain = self.subscriptions.wants_bare(&bare).then(|| {
             let mut copy = frames.clone();
@@ -440,6 +496,105 @@ impl SocketThread {
                 warn!(self.log, "cannot publish"; "uuid" => message.uuid(), "error" => %e);
             }
         }
+    }
+
+    /// One request to each of `peers` (agents taking requests on their
+    /// DEALER), behind what already waits for it, within its bounds.
+    fn deliver(&mut self, peers: &[Vec<u8>], frames: &[Vec<u8>], message: &Message) {
+        let size = size_of(frames);
+        for peer in peers {
+            self.metrics.deliveries_out.inc();
+            self.metrics.bytes_out.inc_by(size as u64);
+            let backlog = &mut self.backlogs[backlog_index(ServerPort::Receive)];
+            let outcome = match backlog.by_peer.get(peer) {
+                Some(waiting) if waiting.queue.len() >= AGENT_BACKLOG_MESSAGES => Sent::Full,
+                Some(waiting) if waiting.bytes + size > AGENT_BACKLOG_BYTES => Sent::Full,
+                Some(_) => Sent::Later,
+                None => match self.send_parts(ServerPort::Receive, peer, frames) {
+                    Sent::Full => Sent::Later,
+                    sent => sent,
+                },
+            };
+            match outcome {
+                Sent::Whole => {}
+                Sent::Later => {
+                    let mut queued = Vec::with_capacity(frames.len() + 1);
+                    queued.push(peer.clone());
+                    queued.extend_from_slice(frames);
+                    self.hold(ServerPort::Receive, queued, size);
+                }
+                Sent::Full => self.undelivered(peer, message, Undelivered::NotReading),
+                Sent::Gone => self.undelivered(peer, message, Undelivered::Gone),
+            }
+        }
+    }
+
+    /// Keeps `frames` (routing id first) for a peer whose queue is full, to
+    /// send when it has read.
+    fn hold(&mut self, port: ServerPort, frames: Vec<Vec<u8>>, size: usize) {
+        let backlog = &mut self.backlogs[backlog_index(port)];
+        if !backlog.by_peer.contains_key(&frames[0]) {
+            debug!(self.log, "peer's queue is full (high-water mark): holding its messages until it reads";
+                "peer" => Hex(&frames[0]), "socket" => port.name());
+        }
+        backlog.bytes += size;
+        let waiting = backlog.by_peer.entry(frames[0].clone()).or_default();
+        waiting.bytes += size;
+        waiting.queue.push_back(frames);
+        self.metrics.queued_bytes(port).set(backlog.bytes as i64);
+    }
+
+    /// A request an agent taking requests on its DEALER is not sent: its
+    /// requester hears why at once, from the agent's identity (the job
+    /// records it, a rollout counts it), and the operator reads a warn line
+    /// per agent and minute.
+    fn undelivered(&mut self, peer: &[u8], request: &Message, why: Undelivered) {
+        let identity = self.direct.identity_of(peer).unwrap_or("-").to_owned();
+        if self.undelivered.admit(&identity) == Admit::Write {
+            warn!(self.log, "request not sent to an agent: {}; the requester is told", why.reason();
+                "identity" => &identity, "peer" => Hex(peer), "uuid" => request.uuid(),
+                "type" => request.message_type(), "requester" => &request.metadata.from,
+                "queued_limit_messages" => AGENT_BACKLOG_MESSAGES, "queued_limit_bytes" => AGENT_BACKLOG_BYTES);
+        }
+        self.metrics.refused(crate::metrics::Refusal::Limits);
+        if !request.metadata.requires_response {
+            return;
+        }
+        let mut answer = request.refusal(format!("{}: {}; not sent", why.error(), why.reason()));
+        answer.metadata.from = identity.clone();
+        answer.metadata.forwarded = true;
+        if let Some(frames) = self.route_with(answer.to_frames(), |_| true, &identity) {
+            debug!(self.log, "answer for an undelivered request not routed"; "frames" => frames.len());
+        }
+    }
+
+    /// The count of lines [`Self::undelivered`] held back, once a window
+    /// ends.
+    fn note_undelivered(&mut self) {
+        for s in self.undelivered.ended() {
+            warn!(self.log, "more requests to an agent were not sent (not reading, or disconnected)";
+                "identity" => &s.source, "requests" => s.count, "over_seconds" => s.seconds);
+        }
+    }
+
+    /// An agent's connection closed: what still waited for it is answered
+    /// for, and it takes no more requests there.
+    fn direct_peer_closed(&mut self, peer: &[u8]) {
+        let backlog = &mut self.backlogs[backlog_index(ServerPort::Receive)];
+        if let Some(waiting) = backlog.by_peer.remove(peer) {
+            backlog.bytes -= waiting.bytes;
+            self.metrics.queued_bytes(ServerPort::Receive).set(backlog.bytes as i64);
+            for frames in waiting.queue {
+                match Message::from_frames(&frames[1..]) {
+                    // Requests (forwarded); not the answers to its own.
+                    Ok(m) if m.metadata.forwarded && self.direct.identity_of(peer).is_some() => {
+                        self.undelivered(peer, &m, Undelivered::Gone)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.direct.remove_peer(peer);
     }
 
     fn send_zap(&self, frames: Vec<Vec<u8>>) {
@@ -511,15 +666,7 @@ impl SocketThread {
             return;
         }
         if let Some(frames) = self.try_send(port, frames) {
-            let peer = frames[0].clone();
-            debug!(self.log, "peer's queue is full (high-water mark): holding its messages until it reads";
-                "peer" => Hex(&peer), "socket" => port.name());
-            let backlog = &mut self.backlogs[backlog_index(port)];
-            backlog.bytes += size;
-            let waiting = backlog.by_peer.entry(peer).or_default();
-            waiting.bytes += size;
-            waiting.queue.push_back(frames);
-            self.metrics.queued_bytes(port).set(backlog.bytes as i64);
+            self.hold(port, frames, size);
         }
     }
 
@@ -558,31 +705,40 @@ impl SocketThread {
 
     /// One attempt; gives the frames back if the peer's queue is full.
     fn try_send(&self, port: ServerPort, frames: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+        match self.send_parts(port, &frames[0], &frames[1..]) {
+            Sent::Full => Some(frames),
+            Sent::Gone => {
+                debug!(self.log, "peer is gone; message dropped"; "peer" => Hex(&frames[0]));
+                None
+            }
+            Sent::Whole | Sent::Later => None,
+        }
+    }
+
+    /// One attempt at `[peer, rest...]`.
+    fn send_parts(&self, port: ServerPort, peer: &[u8], rest: &[Vec<u8>]) -> Sent {
         let socket = self.router(port);
         // The routing frame alone first: ROUTER_MANDATORY reports a gone or
         // full peer there, before anything of the message is queued.
-        match socket.send(&frames[0], zmq::SNDMORE | zmq::DONTWAIT) {
+        match socket.send(peer, zmq::SNDMORE | zmq::DONTWAIT) {
             Ok(()) => {}
-            Err(zmq::Error::EAGAIN) => return Some(frames),
-            Err(zmq::Error::EHOSTUNREACH) => {
-                debug!(self.log, "peer is gone; message dropped"; "peer" => Hex(&frames[0]));
-                return None;
-            }
+            Err(zmq::Error::EAGAIN) => return Sent::Full,
+            Err(zmq::Error::EHOSTUNREACH) => return Sent::Gone,
             Err(e) => {
-                warn!(self.log, "cannot send to peer"; "peer" => Hex(&frames[0]), "error" => %e);
-                return None;
+                warn!(self.log, "cannot send to peer"; "peer" => Hex(peer), "error" => %e);
+                return Sent::Gone;
             }
         }
-        let mut rest = frames.iter().skip(1).peekable();
+        let mut rest = rest.iter().peekable();
         while let Some(frame) = rest.next() {
             let flags = if rest.peek().is_some() { zmq::SNDMORE } else { 0 };
             // After the first frame libzmq takes the whole message.
-            if let Err(e) = socket.send(frame, flags | zmq::DONTWAIT) {
-                warn!(self.log, "cannot send to peer"; "peer" => Hex(&frames[0]), "error" => %e);
-                return None;
+            if let Err(e) = socket.send(&frame[..], flags | zmq::DONTWAIT) {
+                warn!(self.log, "cannot send to peer"; "peer" => Hex(peer), "error" => %e);
+                return Sent::Gone;
             }
         }
-        None
+        Sent::Whole
     }
 
     /// Reads every waiting message of a ROUTER socket (requests or file
@@ -833,9 +989,10 @@ impl SocketThread {
 
     /// ZAP requests: known keys are answered here, the rest by the key
     /// store actor.
-    fn drain_zap(&self) {
-        let Some(zap_socket) = &self.sockets.zap else { return };
-        while let Ok(frames) = zap_socket.recv_multipart(zmq::DONTWAIT) {
+    fn drain_zap(&mut self) {
+        let mut admission = std::mem::replace(&mut self.admission, Admission::new(0));
+        let mut waited = false;
+        while let Some(frames) = self.sockets.zap.as_ref().and_then(|z| z.recv_multipart(zmq::DONTWAIT).ok()) {
             let request = match zap::parse(frames) {
                 Ok(request) => request,
                 Err((reply, reason)) => {
@@ -865,8 +1022,20 @@ impl SocketThread {
                     "key" => &z85, "address" => &request.address, "mechanism" => &request.mechanism, "socket" => port),
             }
             let admitted = known.map(zap::Admitted::known);
-            self.send_zap(zap::reply(request.envelope.clone(), &request.request_id, status, text, admitted));
+            let reply = zap::reply(request.envelope.clone(), &request.request_id, status, text, admitted);
+            // Client keys take their turn; admins and servers go first.
+            let queued = status == Status::Ok && known.is_some_and(|k| k.role == Role::Client);
+            match if queued { admission.admit(reply) } else { Some(reply) } {
+                Some(reply) => self.send_zap(reply),
+                None => waited = true,
+            }
         }
+        if waited && self.last_admission_note.is_none_or(|at| at.elapsed() >= ADMISSION_NOTE_EVERY) {
+            self.last_admission_note = Some(Instant::now());
+            info!(self.log, "more client handshakes than networking.handshake_rate: they wait their turn \
+                (admins' and servers' go at once)"; "waiting" => self.admission.waiting());
+        }
+        self.admission = admission;
     }
 
     /// Handles the connection events `port`'s monitor already holds.
@@ -910,6 +1079,9 @@ impl SocketThread {
                         }
                     }
                     for presence in self.connections.closed(port, fd) {
+                        if let Presence::PeerClosed(peer) = &presence {
+                            self.direct_peer_closed(peer);
+                        }
                         if let Presence::Disconnected(key) = &presence {
                             debug!(self.log, "key's last connection closed (or dropped: a message over \
                                 max_message_size closes it)"; "key" => key, "socket" => socket_name);
@@ -964,6 +1136,41 @@ impl SocketThread {
             warn!(self.log, "over 80% of the open-file limit in use";
                 "open_descriptors" => used, "limit" => self.fd_budget.limit,
                 "connections_in_handshake" => self.connections.unidentified_count());
+        }
+    }
+}
+
+/// How one attempt to send to a peer went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Whole,
+    /// Its queue is full: kept to send later.
+    Later,
+    /// Its queue and what is kept for it are full.
+    Full,
+    Gone,
+}
+
+/// Why a request was not sent to an agent.
+#[derive(Debug, Clone, Copy)]
+enum Undelivered {
+    NotReading,
+    Gone,
+}
+
+impl Undelivered {
+    /// The answer's error, first.
+    fn error(self) -> &'static str {
+        match self {
+            Undelivered::NotReading => NOT_READING,
+            Undelivered::Gone => "agent disconnected",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Undelivered::NotReading => "its queue on the server is full (it does not read what it is sent)",
+            Undelivered::Gone => "its connection closed before the request could be sent",
         }
     }
 }

@@ -310,6 +310,18 @@ pub struct Networking {
     /// original agent) are granted, or only Pantry's exact form.
     #[serde(default)]
     pub plain_subscribers: PlainSubscribers,
+    /// Server: CURVE handshakes of client keys admitted per second at most
+    /// (0: no bound), so that in a reconnect storm an admin's and the other
+    /// servers' handshakes, admitted at once, are not queued behind
+    /// thousands of agents'.
+    #[serde(default = "default_handshake_rate")]
+    pub handshake_rate: u32,
+}
+
+pub const DEFAULT_HANDSHAKE_RATE: u32 = 2000;
+
+fn default_handshake_rate() -> u32 {
+    DEFAULT_HANDSHAKE_RATE
 }
 
 /// `networking.plain_subscribers`: `allow` (the default) grants a bare
@@ -348,6 +360,15 @@ pub struct ClientSection {
     /// agent has a trust list).
     #[serde(default)]
     pub require_signed: Option<bool>,
+    /// After losing the server, the agent connects again after a random
+    /// delay up to this long, so that a fleet does not come back all in
+    /// the same second after a server restart.
+    #[serde(default = "default_reconnect_spread")]
+    pub reconnect_spread: ConfigDuration,
+}
+
+fn default_reconnect_spread() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(10))
 }
 
 fn default_facts_interval() -> ConfigDuration {
@@ -501,6 +522,7 @@ impl Default for ClientSection {
             facts_interval: default_facts_interval(),
             facts_dir: default_facts_dir(),
             require_signed: None,
+            reconnect_spread: default_reconnect_spread(),
         }
     }
 }
@@ -517,6 +539,7 @@ impl Default for Networking {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             server_public_key: None,
             plain_subscribers: PlainSubscribers::default(),
+            handshake_rate: DEFAULT_HANDSHAKE_RATE,
         }
     }
 }

@@ -21,11 +21,38 @@ pub const RULE: Rule =
 /// subscribes in the bare form instead.
 pub const EXACT_TOPICS_FIELD: &str = "exact_topics";
 
+/// `custom.requests_on_dealer: true` in a registration: the agent takes
+/// its requests over the connection the registration came on (its DEALER)
+/// and opens no SUB. The server's answer carries the field back when it
+/// will send them there; an agent whose answer lacks it talks to an older
+/// server, and subscribes instead. Agents that do not ask (the original
+/// one, SPEC-only ones) are published to as before.
+pub const REQUESTS_ON_DEALER_FIELD: &str = "requests_on_dealer";
+
 /// Server: the answer to an accepted registration.
 pub fn respond(request: &Message) -> Message {
     let mut response = request.response();
     response.metadata.custom.insert(EXACT_TOPICS_FIELD.into(), true.into());
+    if wants_requests_on_dealer(request) {
+        response.metadata.custom.insert(REQUESTS_ON_DEALER_FIELD.into(), true.into());
+    }
     response
+}
+
+/// Agent: asks for its requests over the registration's connection.
+pub fn ask_requests_on_dealer(request: &mut Message) {
+    request.metadata.custom.insert(REQUESTS_ON_DEALER_FIELD.into(), true.into());
+}
+
+/// Server: whether a registration asks for its requests on its connection.
+pub fn wants_requests_on_dealer(request: &Message) -> bool {
+    request.metadata.custom.get(REQUESTS_ON_DEALER_FIELD) == Some(&serde_json::Value::Bool(true))
+}
+
+/// Agent: whether the server's answer says it sends requests on the
+/// DEALER (the same field, carried back).
+pub fn sends_requests_on_dealer(answer: &Message) -> bool {
+    wants_requests_on_dealer(answer)
 }
 
 /// Agent: whether the server's answer says it grants the exact form.

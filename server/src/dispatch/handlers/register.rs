@@ -54,6 +54,7 @@ pub async fn run(s: Services, auth: Option<Arc<PeerAuth>>, peer: Vec<u8>, m: Mes
         facts_seen: facts::freshness(&m).and_then(|(hash, gathered, _)| {
             humantime::parse_rfc3339_weak(&gathered).ok().map(|at| (hash, at.min(std::time::SystemTime::now())))
         }),
+        direct: register_client::wants_requests_on_dealer(&m),
     };
     let registered = s.registry.send(register).await.unwrap_or(Registered::Refused("registry unavailable".into()));
     let mut effects = Vec::new();
