@@ -508,7 +508,7 @@ impl SocketThread {
             let backlog = &mut self.backlogs[backlog_index(ServerPort::Receive)];
             let outcome = match backlog.by_peer.get(peer) {
                 Some(waiting) if waiting.queue.len() >= AGENT_BACKLOG_MESSAGES => Sent::Full,
-                Some(waiting) if waiting.bytes + size > AGENT_BACKLOG_BYTES => Sent::Full,
+                Some(waiting) if waiting.bytes + peer.len() + size > AGENT_BACKLOG_BYTES => Sent::Full,
                 Some(_) => Sent::Later,
                 None => match self.send_parts(ServerPort::Receive, peer, frames) {
                     Sent::Full => Sent::Later,
@@ -521,7 +521,7 @@ impl SocketThread {
                     let mut queued = Vec::with_capacity(frames.len() + 1);
                     queued.push(peer.clone());
                     queued.extend_from_slice(frames);
-                    self.hold(ServerPort::Receive, queued, size);
+                    self.hold(ServerPort::Receive, queued);
                 }
                 Sent::Full => self.undelivered(peer, message, Undelivered::NotReading),
                 Sent::Gone => self.undelivered(peer, message, Undelivered::Gone),
@@ -531,7 +531,9 @@ impl SocketThread {
 
     /// Keeps `frames` (routing id first) for a peer whose queue is full, to
     /// send when it has read.
-    fn hold(&mut self, port: ServerPort, frames: Vec<Vec<u8>>, size: usize) {
+    fn hold(&mut self, port: ServerPort, frames: Vec<Vec<u8>>) {
+        // Counted as [`Self::retry_backlogs`] takes it off: routing id too.
+        let size = size_of(&frames);
         let backlog = &mut self.backlogs[backlog_index(port)];
         if !backlog.by_peer.contains_key(&frames[0]) {
             debug!(self.log, "peer's queue is full (high-water mark): holding its messages until it reads";
@@ -666,7 +668,7 @@ impl SocketThread {
             return;
         }
         if let Some(frames) = self.try_send(port, frames) {
-            self.hold(port, frames, size);
+            self.hold(port, frames);
         }
     }
 
