@@ -17,6 +17,8 @@ fn shipped_configs_load() {
     assert_eq!(server.root_dir(), Path::new("/var/lib/pantry/server"));
     let client = load("deploy/client.yml", Program::Client);
     assert_eq!(client.client.heartbeat_interval, 300);
+    assert_eq!(client.client.reconnect_spread.0, std::time::Duration::from_secs(10));
+    assert_eq!(server.networking.handshake_rate, pantry_shared::config::DEFAULT_HANDSHAKE_RATE);
     let dev = load("deploy/dev/server.yml", Program::Server);
     assert_eq!(dev.networking.server_host, "127.0.0.1");
     let dev_client = load("deploy/dev/client.yml", Program::Client);
