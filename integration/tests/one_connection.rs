@@ -291,3 +291,35 @@ fn against_a_server_that_does_not_offer_it_the_agent_subscribes_as_before() {
     assert!(answered, "the published echo was not answered:\n{log}");
     assert!(log.contains("subscribing on its PUB socket too"), "{log}");
 }
+
+#[test]
+fn client_handshakes_wait_their_turn_while_an_admins_goes_at_once() {
+    let mut server = Server::start_with_networking(true, "  handshake_rate: 1\n", "");
+    let (cwd, _) = bootstrap_admin(&server);
+    let ids = ["rate-1", "rate-2", "rate-3", "rate-4", "rate-5"];
+    let _agents: Vec<Agent> = ids
+        .iter()
+        .map(|id| {
+            let mut spec = AgentSpec::new(id, "shop", "prod", &["web"]);
+            spec.client_keys_yaml = Some(create_named_client(&server, cwd.path(), id));
+            // All at once after the restart: the server spreads them.
+            spec.client_extra = "  reconnect_spread: 0s\n".into();
+            Agent::start(&server, spec)
+        })
+        .collect();
+    let status = ["--curve-key-file", KEYS, "--timeout", "2"];
+    assert!(wait_for_status(&server, cwd.path(), &status, &ids, Duration::from_secs(20)), "{}", server.log());
+    server.restart();
+    // One client handshake a second: the admin's is not among them.
+    let run = admin(&server, cwd.path(), 5, &["status", "--json"]);
+    assert!(run.success(), "status during the agents' return: {run:?}\n{}", server.log());
+    let list: Value = serde_json::from_str(&run.stdout).unwrap_or_default();
+    let online = list.as_array().map_or(0, |a| a.iter().filter(|c| c["state"] == "online").count());
+    assert!(online < ids.len(), "every agent was back before the admin's status: {online}");
+    assert!(
+        wait_for_status(&server, cwd.path(), &status, &ids, Duration::from_secs(20)),
+        "not all back:\n{}",
+        server.log()
+    );
+    assert!(server.log().contains("more client handshakes than networking.handshake_rate"), "{}", server.log());
+}

@@ -42,10 +42,13 @@ fn lines(file: &Path) -> Vec<String> {
 }
 
 /// A process that took over the server's ports and key pair: it answers
-/// registrations and publishes what it likes.
+/// registrations and sends what it likes, over each agent's own connection
+/// (as this server does) and on its PUB socket (as an older one did).
 struct Rogue {
     publish: zmq::Socket,
     router: zmq::Socket,
+    /// Each agent's connection, from its registrations.
+    peers: std::cell::RefCell<std::collections::HashMap<String, Vec<u8>>>,
     _ctx: zmq::Context,
 }
 
@@ -69,7 +72,7 @@ impl Rogue {
         };
         let router = socket(zmq::ROUTER, server.ports.receive);
         let publish = socket(zmq::PUB, server.ports.pub_sub);
-        Rogue { publish, router, _ctx: ctx }
+        Rogue { publish, router, peers: Default::default(), _ctx: ctx }
     }
 
     /// Answers every registration waiting (accepted, exact topics), with
@@ -79,6 +82,7 @@ impl Rogue {
             let Some((peer, rest)) = frames.split_first() else { continue };
             let Ok(m) = Message::from_frames(rest) else { continue };
             if m.message_type() == register_client::TYPE && m.metadata.requires_response {
+                self.peers.borrow_mut().insert(m.metadata.from.clone(), peer.clone());
                 let mut answer = register_client::respond(&m);
                 answer.metadata.custom.insert(trust::LIST_FIELD.into(), serde_json::to_value(forged).unwrap());
                 let mut out = vec![peer.clone()];
@@ -88,9 +92,15 @@ impl Rogue {
         }
     }
 
-    /// Publishes `m` to `identity`'s exact topic.
+    /// Sends `m` to `identity`: over its connection, and published to its
+    /// exact topic.
     fn publish_to(&self, identity: &str, m: &Message) {
         let mut frames = m.to_frames();
+        if let Some(peer) = self.peers.borrow().get(identity) {
+            let mut direct = vec![peer.clone(), identity.as_bytes().to_vec()];
+            direct.extend(frames.iter().skip(1).cloned());
+            let _ = self.router.send_multipart(direct, zmq::DONTWAIT);
+        }
         frames[0] = TopicForm::Exact.topic(identity);
         let _ = self.publish.send_multipart(frames, zmq::DONTWAIT);
     }
