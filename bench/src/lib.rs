@@ -1,5 +1,6 @@
 //! `pantry-bench`: the real `pantry-server` measured side by side with a
-//! raw-libzmq relay, with 1 to 4,000 agents simulated in this process.
+//! raw-libzmq relay, with 1 to 4,000 agents simulated in this process, one
+//! connection per agent.
 //!
 //! Layout, from the bottom up; a module imports only those below it.
 //!
@@ -7,14 +8,15 @@
 //!   - `stats`: medians, percentiles, `Both` (a figure of two systems).
 //!   - `limits`: the open-file limit, which bounds the simulated agents.
 //!   - `keys`: CURVE key pairs and the server's key file.
-//!   - `procs`: child processes: `pantry-server`, `pantry-client`, the relay.
+//!   - `procs`: child processes: `pantry-server`, `pantry-client`, the relay;
+//!     what `/proc` says of them.
 //!   - `relay`: the baseline relay itself (`pantry-bench relay`).
 //!   - `etcd`: an etcd member for the cluster scenario.
 //!   - `facts`: made-up machine facts (deterministic: how many a `-F`
 //!     filter selects is known beforehand).
-//!   - `agents`: the simulated agents; what they send and when they move
-//!     is `agents::session`'s, without sockets; the bench's own `exec`
-//!     they answer themselves, `agents::simulated`'s.
+//!   - `agents`: the simulated agents; what they send and when they
+//!     connect again or move is `agents::session`'s, without sockets; the
+//!     bench's own `exec` they answer themselves, `agents::simulated`'s.
 //!   - `requesters`: fan-out, throughput and pipelined echoes.
 //!   - `admin`: an admin's DEALER: `status`, an echo to all.
 //!   - `handshake`: the handshake-rate loop, and two servers compared.

@@ -54,8 +54,6 @@ enum Cmd {
     #[command(hide = true)]
     Relay {
         #[arg(long)]
-        pub_port: u16,
-        #[arg(long)]
         receive_port: u16,
     },
     #[command(flatten)]
@@ -126,9 +124,9 @@ fn run(cli: Cli) -> Result<()> {
         bench: exe,
     };
     let only = match cli.command {
-        Some(Cmd::Relay { pub_port, receive_port }) => {
+        Some(Cmd::Relay { receive_port }) => {
             let secret = pantry_bench::common::procs::read_relay_secret()?;
-            return pantry_bench::common::relay::run(pub_port, receive_port, secret);
+            return pantry_bench::common::relay::run(receive_port, secret);
         }
         Some(Cmd::Profile(settings)) => return pantry_bench::profile::run(&bins, &settings),
         Some(Cmd::Only(only)) => Some(only),

@@ -57,7 +57,7 @@ pub struct Measure {
         duration: Duration::from_millis(1500),
     })]
     pub handshake: HandshakeSettings,
-    /// Longest wait for a pool's agents to be registered and subscribed.
+    /// Longest wait for a pool's agents to be registered and reachable.
     #[arg(skip = Duration::from_secs(90))]
     pub reachable_timeout: Duration,
 }
@@ -143,7 +143,7 @@ impl Env {
     }
 
     /// Waits until the first `n` agents on `endpoints` (CURVE) are
-    /// registered and subscribed: each group answered an admin's echo.
+    /// registered and reachable: each group answered an admin's echo.
     pub fn reach(&self, endpoints: &Endpoints, ring: &KeyRing, n: usize) -> Result<()> {
         let mut admin = Requester::connect(Kind::Pantry, endpoints, Some(&ring.admin), ADMIN_NAME)?;
         wait_until_reachable(&mut admin, &group_streams(n), self.measure.reachable_timeout)

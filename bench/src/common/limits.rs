@@ -1,20 +1,21 @@
 //! The open-file limit decides how many agents one process can simulate:
-//! each agent holds a SUB and a DEALER socket, and each socket costs a TCP
-//! connection and a mailbox (an eventfd).
+//! each agent holds a DEALER socket, which costs a TCP connection and a
+//! mailbox (an eventfd). More agents than one process holds run in child
+//! processes ([`crate::common::agents::children`]).
 
 use serde::{Deserialize, Serialize};
 
 /// File descriptors one simulated agent holds in the bench process.
-pub const FDS_PER_AGENT: u64 = 4;
+pub const FDS_PER_AGENT: u64 = 2;
 
-/// With a DEALER monitor (the presence and job-store scenarios' agents):
-/// two more sockets, two more mailboxes.
-pub const FDS_PER_MONITORED_AGENT: u64 = 6;
+/// With a DEALER monitor (the presence, scale and job-store scenarios'
+/// agents): two more sockets, two more mailboxes.
+pub const FDS_PER_MONITORED_AGENT: u64 = 4;
 
 /// What a failing-over agent (a monitored one) holds on top while it moves
-/// to another server: its closed sockets' four mailboxes until libzmq's
+/// to another server: its closed sockets' three mailboxes until libzmq's
 /// reaper has closed them (a whole server's agents move at once).
-pub const FDS_PER_MOVING_AGENT: u64 = 4;
+pub const FDS_PER_MOVING_AGENT: u64 = 3;
 
 /// Descriptors kept free for contexts, requesters, monitors, logs, pipes.
 pub const RESERVED_FDS: u64 = 600;

@@ -1,6 +1,7 @@
-//! Child processes: the real `pantry-server` and `pantry-client`, and the
-//! baseline relay (this binary again, `pantry-bench relay`). Every child is
-//! stopped when its handle is dropped; every wait is bounded.
+//! Child processes: the real `pantry-server` and `pantry-client`, the
+//! baseline relay (this binary again, `pantry-bench relay`), and what the
+//! scenarios read of them in `/proc` (memory, CPU, descriptors). Every
+//! child is stopped when its handle is dropped; every wait is bounded.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -119,10 +120,11 @@ pub fn run_bounded(command: &mut Command, timeout: Duration) -> Result<Output> {
     Ok(Output { status, stdout: read(&mut out)?, stderr: read(&mut err)? })
 }
 
-/// Where a server (Pantry or relay) listens.
+/// Where a server (Pantry or relay) takes connections: agents, admins and
+/// requesters all connect a DEALER there (agents take their requests over
+/// it).
 #[derive(Debug, Clone)]
 pub struct Endpoints {
-    pub publish: String,
     pub receive: String,
     /// The server's public key under CURVE.
     pub server_key: Option<[u8; 32]>,
@@ -137,7 +139,14 @@ pub struct Process {
 }
 
 impl Process {
+    /// Starts `command`, its stdout and stderr into `log_path`.
     pub(crate) fn spawn(name: &'static str, command: &mut Command, log_path: PathBuf) -> Result<Process> {
+        let log = std::fs::File::create(&log_path)?;
+        command.stdout(log.try_clone()?);
+        Process::start(name, command, log, log_path)
+    }
+
+    fn start(name: &'static str, command: &mut Command, stderr: std::fs::File, log_path: PathBuf) -> Result<Process> {
         use std::os::unix::process::CommandExt;
         // SAFETY: prctl is async-signal-safe. The child gets SIGTERM when the
         // bench dies, whatever way it dies.
@@ -147,12 +156,7 @@ impl Process {
                 Ok(())
             });
         }
-        let log = std::fs::File::create(&log_path)?;
-        let child = command
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({command:?})"))?;
+        let child = command.stderr(stderr).spawn().with_context(|| format!("cannot start {name} ({command:?})"))?;
         Ok(Process { pid: child.id(), child: Some(child), log_path, name })
     }
 
@@ -337,11 +341,7 @@ impl PantryServer {
             dir.path().join("server.log"),
         )?;
         process.wait_for_log("pantry-server started", Duration::from_secs(60))?;
-        let endpoints = Endpoints {
-            publish: format!("tcp://127.0.0.1:{}", ports.0),
-            receive: format!("tcp://127.0.0.1:{}", ports.1),
-            server_key,
-        };
+        let endpoints = Endpoints { receive: format!("tcp://127.0.0.1:{}", ports.1), server_key };
         Ok(PantryServer { process, endpoints, ports, curve, binary: binary.to_owned(), starts: 1, dir })
     }
 
@@ -451,7 +451,8 @@ impl PantryServer {
 }
 
 /// The baseline relay, run as `pantry-bench relay` in its own process like
-/// the server, so that its CPU and memory are measured the same way.
+/// the server, so that its CPU, memory and descriptors are measured the
+/// same way.
 pub struct Relay {
     pub process: Process,
     pub endpoints: Endpoints,
@@ -463,12 +464,10 @@ pub struct Relay {
 impl Relay {
     pub fn start(exe: &Path, server: Option<&Pair>) -> Result<Relay> {
         let dir = tempfile::Builder::new().prefix("pantry-bench-relay-").disable_cleanup(keep_dirs()).tempdir()?;
-        let (pub_port, receive_port) = (free_port()?, free_port()?);
+        let receive_port = free_port()?;
         let log_path = dir.path().join("relay.log");
         let mut command = Command::new(exe);
-        command
-            .args(["relay", "--pub-port", &pub_port.to_string(), "--receive-port", &receive_port.to_string()])
-            .stdin(Stdio::piped());
+        command.args(["relay", "--receive-port", &receive_port.to_string()]).stdin(Stdio::piped());
         let mut process = Process::spawn("pantry-bench relay", &mut command, log_path)?;
         let mut stdin = process.child.as_mut().and_then(|c| c.stdin.take()).context("relay stdin")?;
         // The secret key goes over stdin, never on the command line.
@@ -476,11 +475,8 @@ impl Relay {
         writeln!(stdin, "{secret}")?;
         stdin.flush()?;
         process.wait_for_log(crate::common::relay::READY, Duration::from_secs(20))?;
-        let endpoints = Endpoints {
-            publish: format!("tcp://127.0.0.1:{pub_port}"),
-            receive: format!("tcp://127.0.0.1:{receive_port}"),
-            server_key: server.map(|p| p.public),
-        };
+        let endpoints =
+            Endpoints { receive: format!("tcp://127.0.0.1:{receive_port}"), server_key: server.map(|p| p.public) };
         Ok(Relay { process, endpoints, _stdin: stdin, _dir: dir })
     }
 }

@@ -1,18 +1,24 @@
 //! The baseline: the same socket pattern as Pantry done by raw libzmq with no
-//! Pantry logic. A ROUTER takes requests in, a PUB sends them out, agents
-//! answer over DEALER and the ROUTER forwards each answer to the requester.
-//! Under CURVE a trivial ZAP handler accepts every key.
+//! Pantry logic. Like a Pantry agent since issue 27, a baseline agent holds
+//! one connection: a DEALER to the relay's ROUTER, over which it says hello
+//! with its topics (its identity, its groups, the broadcast topic), takes
+//! its requests and answers them. The relay sends each request over the
+//! ROUTER to every agent that said hello with its topic (an exact match, as
+//! Pantry's server delivers to agents on their DEALER), and each answer to
+//! its requester. Under CURVE a trivial ZAP handler accepts every key.
 //!
 //! Wire protocol (every frame opaque bytes):
 //!
+//! - agent → relay (DEALER → ROUTER): `["H", topic...]`, once connected
 //! - requester → relay (DEALER → ROUTER): `["Q", topic, payload]`
-//! - relay → agents (PUB): `[topic, requester routing id, payload]`
+//! - relay → agents (ROUTER → DEALER): `[requester routing id, payload]`
 //! - agent → relay (DEALER → ROUTER): `["A", requester routing id, payload]`
 //! - relay → requester (ROUTER → DEALER): `[payload]`
 //!
 //! Socket options are Pantry's (linger 0, ROUTER_MANDATORY, ZAP domain)
 //! except one: the ROUTER has no send high-water mark.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 
@@ -22,12 +28,47 @@ use pantry_shared::security::{ZAP_DOMAIN, ZAP_ENDPOINT};
 /// What the relay prints once its sockets are bound.
 pub const READY: &str = "relay ready";
 
+pub const HELLO: &[u8] = b"H";
 pub const REQUEST: &[u8] = b"Q";
 pub const ANSWER: &[u8] = b"A";
 
+/// Which agent connections hold which topics, from their hellos.
+#[derive(Default)]
+struct Agents {
+    by_topic: HashMap<Vec<u8>, HashSet<Vec<u8>>>,
+    by_peer: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+}
+
+impl Agents {
+    /// `peer` holds `topics` (a second hello replaces the first).
+    fn hello(&mut self, peer: Vec<u8>, topics: Vec<Vec<u8>>) {
+        self.forget(&peer);
+        for topic in &topics {
+            self.by_topic.entry(topic.clone()).or_default().insert(peer.clone());
+        }
+        self.by_peer.insert(peer, topics);
+    }
+
+    /// A connection that is gone (a send to it failed: ROUTER_MANDATORY).
+    fn forget(&mut self, peer: &[u8]) {
+        for topic in self.by_peer.remove(peer).unwrap_or_default() {
+            if let Some(peers) = self.by_topic.get_mut(&topic) {
+                peers.remove(peer);
+                if peers.is_empty() {
+                    self.by_topic.remove(&topic);
+                }
+            }
+        }
+    }
+
+    fn holding<'a>(&'a self, topic: &[u8]) -> impl Iterator<Item = &'a Vec<u8>> + 'a {
+        self.by_topic.get(topic).into_iter().flatten()
+    }
+}
+
 /// Runs the relay until its stdin closes (the bench process ended or
 /// dropped it).
-pub fn run(pub_port: u16, receive_port: u16, secret: Option<[u8; 32]>) -> Result<()> {
+pub fn run(receive_port: u16, secret: Option<[u8; 32]>) -> Result<()> {
     let ctx = zmq::Context::new();
     let zap = match secret {
         Some(_) => {
@@ -38,28 +79,24 @@ pub fn run(pub_port: u16, receive_port: u16, secret: Option<[u8; 32]>) -> Result
         }
         None => None,
     };
-    let server_socket = |kind| -> Result<zmq::Socket> {
-        let socket = ctx.socket(kind)?;
-        socket.set_linger(0)?;
-        if let Some(secret) = &secret {
-            socket.set_zap_domain(ZAP_DOMAIN)?;
-            socket.set_curve_server(true)?;
-            socket.set_curve_secretkey(secret)?;
-        }
-        Ok(socket)
-    };
-    let publisher = server_socket(zmq::PUB)?;
-    publisher.bind(&format!("tcp://127.0.0.1:{pub_port}")).context("relay PUB bind")?;
-    let router = server_socket(zmq::ROUTER)?;
+    let router = ctx.socket(zmq::ROUTER)?;
+    router.set_linger(0)?;
+    if let Some(secret) = &secret {
+        router.set_zap_domain(ZAP_DOMAIN)?;
+        router.set_curve_server(true)?;
+        router.set_curve_secretkey(secret)?;
+    }
     router.set_router_mandatory(true)?;
-    // Unlike Pantry (default 1,000), no send high-water mark: an answer to a
-    // requester is never dropped because a fan-out burst filled its queue.
+    // Unlike Pantry (default 1,000), no send high-water mark: neither a
+    // request to an agent nor an answer to a requester is ever dropped
+    // because a fan-out burst filled its queue.
     router.set_sndhwm(0)?;
     router.bind(&format!("tcp://127.0.0.1:{receive_port}")).context("relay ROUTER bind")?;
     println!("{READY}");
 
     let stdin = std::io::stdin();
     let stdin_fd = stdin.as_raw_fd();
+    let mut agents = Agents::default();
     let mut dropped: u64 = 0;
     loop {
         let mut items = vec![zmq::PollItem::from_fd(stdin_fd, zmq::POLLIN), router.as_poll_item(zmq::POLLIN)];
@@ -81,17 +118,42 @@ pub fn run(pub_port: u16, receive_port: u16, secret: Option<[u8; 32]>) -> Result
         }
         if ready[1] {
             while let Ok(frames) = router.recv_multipart(zmq::DONTWAIT) {
-                let [peer, kind, a, b]: [Vec<u8>; 4] = match frames.try_into() {
-                    Ok(f) => f,
-                    Err(_) => continue,
-                };
-                let sent = match kind.as_slice() {
-                    REQUEST => publisher.send_multipart([a, peer, b], zmq::DONTWAIT),
-                    ANSWER => router.send(a, zmq::SNDMORE | zmq::DONTWAIT).and_then(|()| router.send(b, zmq::DONTWAIT)),
-                    _ => Ok(()),
-                };
-                if sent.is_err() {
-                    dropped += 1;
+                let mut frames = frames.into_iter();
+                let (Some(peer), Some(kind)) = (frames.next(), frames.next()) else { continue };
+                match kind.as_slice() {
+                    HELLO => agents.hello(peer, frames.collect()),
+                    REQUEST => {
+                        let (Some(topic), Some(payload), None) = (frames.next(), frames.next(), frames.next()) else {
+                            continue;
+                        };
+                        let mut gone = Vec::new();
+                        for agent in agents.holding(&topic) {
+                            let sent = router
+                                .send(&agent[..], zmq::SNDMORE | zmq::DONTWAIT)
+                                .and_then(|()| router.send(&peer[..], zmq::SNDMORE | zmq::DONTWAIT))
+                                .and_then(|()| router.send(&payload[..], zmq::DONTWAIT));
+                            if sent.is_err() {
+                                gone.push(agent.clone());
+                            }
+                        }
+                        dropped += gone.len() as u64;
+                        for agent in gone {
+                            agents.forget(&agent);
+                        }
+                    }
+                    ANSWER => {
+                        let (Some(requester), Some(payload), None) = (frames.next(), frames.next(), frames.next())
+                        else {
+                            continue;
+                        };
+                        let sent = router
+                            .send(requester, zmq::SNDMORE | zmq::DONTWAIT)
+                            .and_then(|()| router.send(payload, zmq::DONTWAIT));
+                        if sent.is_err() {
+                            dropped += 1;
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -108,7 +170,34 @@ pub fn run(pub_port: u16, receive_port: u16, secret: Option<[u8; 32]>) -> Result
         }
     }
     if dropped > 0 {
-        eprintln!("relay: {dropped} messages dropped (peer gone or queue full)");
+        eprintln!("relay: {dropped} messages dropped (peer gone)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_reaches_exactly_the_agents_holding_its_topic() {
+        let mut agents = Agents::default();
+        let t = |s: &str| s.as_bytes().to_vec();
+        agents.hello(t("p1"), vec![t("agent-00001"), t("g000"), t("*")]);
+        agents.hello(t("p2"), vec![t("agent-00002"), t("g000"), t("*")]);
+        agents.hello(t("p3"), vec![t("agent-00003"), t("g001"), t("*")]);
+        let holding = |agents: &Agents, topic: &str| {
+            let mut peers: Vec<Vec<u8>> = agents.holding(topic.as_bytes()).cloned().collect();
+            peers.sort();
+            peers
+        };
+        assert_eq!(holding(&agents, "g000"), [t("p1"), t("p2")]);
+        assert_eq!(holding(&agents, "agent-00003"), [t("p3")]);
+        assert_eq!(holding(&agents, "g"), Vec::<Vec<u8>>::new(), "no prefix matching");
+        // A second hello replaces the first; a gone peer holds nothing.
+        agents.hello(t("p2"), vec![t("agent-00002"), t("g001")]);
+        agents.forget(b"p3");
+        assert_eq!((holding(&agents, "g000"), holding(&agents, "g001")), (vec![t("p1")], vec![t("p2")]));
+        assert_eq!(holding(&agents, "*"), [t("p1")]);
+    }
 }

@@ -196,7 +196,7 @@ fn fanout_to(
 }
 
 /// Sends echoes to each `(stream, count)` group until all `count` agents of
-/// the group answered one (they are registered and subscribed), at most
+/// the group answered one (they are registered, and reachable), at most
 /// `timeout` in all.
 pub fn wait_until_reachable(requester: &mut Requester, groups: &[(String, usize)], timeout: Duration) -> Result<()> {
     let end = Instant::now() + timeout;
@@ -212,7 +212,7 @@ pub fn wait_until_reachable(requester: &mut Requester, groups: &[(String, usize)
                     last.and_then(|r| r.listed)
                 );
             }
-            // Agents not yet subscribed never answer: give up on an echo
+            // Agents not yet registered never answer: give up on an echo
             // after half a second without an answer.
             let r = fanout_to(requester, stream, *expected, left, Duration::from_millis(500))?;
             if r.complete(*expected) {

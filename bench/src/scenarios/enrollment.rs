@@ -183,8 +183,8 @@ fn echo_until_answered(admin: &Admin, identity: &str, end: Instant, client: &mut
         sent.push(admin.send(request)?);
         // The list of who will answer comes first, then the answers. An
         // agent not registered yet is not listed: ask again at once. One
-        // registered but not yet subscribed never hears this echo: ask
-        // again after a while.
+        // listed that does not answer (still starting): ask again after a
+        // while.
         let mut retry = end.min(Instant::now() + Duration::from_secs(2));
         while let Some(m) = admin.recv_any(&sent, retry) {
             if m.is_client_response_list() {
@@ -409,6 +409,7 @@ fn step(agent: &mut Enrollee, frames: &[Vec<u8>]) -> Result<Option<Outcome>> {
                 environment: Some("bench".into()),
                 roles: vec!["echo".into()],
             });
+            register_client::ask_requests_on_dealer(&mut register);
             register.metadata.requires_response = true;
             agent.socket.send_multipart(register.to_frames(), zmq::DONTWAIT)?;
             agent.state = State::Registering { uuid: register.uuid().to_owned(), sent: Instant::now(), enrolled };

@@ -386,9 +386,11 @@ pub fn report(f: &Figures, previous: Previous<Figures>) -> String {
     let _ = writeln!(
         out,
         "## Pantry against the relay\n\nPantry is the release `pantry-server` in its own process; the baseline is a \
-         raw-libzmq ROUTER-in / PUB-out relay (`pantry-bench relay`, its own process, CURVE with an accept-all ZAP \
-         handler). Agents, admin and requesters are simulated in the bench process (own SUB + DEALER and own CURVE \
-         key pair per agent, all keys enrolled). Every figure is the median of {} rounds that alternate Pantry and \
+         raw-libzmq ROUTER relay (`pantry-bench relay`, its own process, CURVE with an accept-all ZAP handler). \
+         Since issue 27 both hold one connection per agent: agents, admin and requesters are simulated in the \
+         bench process, each agent with one DEALER (its requests come over it: Pantry's after a registration \
+         with `requests_on_dealer`, the relay's after a hello with its topics) and its own CURVE key pair, all \
+         keys enrolled. Every figure is the median of {} rounds that alternate Pantry and \
          the baseline; ratios are Pantry / baseline.{}{}\n\n{}",
         m.rounds,
         if sequential.is_empty() {
@@ -494,7 +496,7 @@ pub fn report(f: &Figures, previous: Previous<Figures>) -> String {
     let _ = writeln!(
         out,
         "\n### Set-up\n\nSeconds from the first connect until every agent of a new pool answered an echo sent to \
-         its group of {GROUP_SIZE} (CURVE: two handshakes per agent; connects paced at about 650 agents per \
+         its group of {GROUP_SIZE} (CURVE: one handshake per agent; connects paced at about 650 agents per \
          second).\n\n| security | N | Pantry | baseline |\n|---|---:|---:|---:|"
     );
     for (mode, r) in rows() {

@@ -504,14 +504,16 @@ pub fn report(p: &Figures, previous: Previous<Figures>) -> String {
         out,
         "## Presence\n\nCURVE, against fresh `pantry-server`s that know the bench's admin key and the agents' keys. \
          Here the simulated agents behave like the real one: a `RegisterClient` with `heartbeat_interval` every \
-         heartbeat{}, and another whenever their DEALER completes a handshake (a socket monitor per agent).\n\n{}",
+         heartbeat{}, and another whenever their DEALER (their one connection) completes a handshake (a socket \
+         monitor per agent). They reconnect as libzmq does, at once, without the real agent's \
+         `reconnect_spread` (the scale scenario's restart has it).\n\n{}",
         heartbeat.map(|h| format!(" ({h} s)")).unwrap_or_default(),
         targets_table(&targets(p, previous), previous.said)
     );
     if let Some(e) = &p.echo {
         let _ = writeln!(
             out,
-            "**Offline clients are named at once.** {} agents; {} of them killed (their SUB and DEALER closed with \
+            "**Offline clients are named at once.** {} agents; {} of them killed (their DEALERs closed with \
              linger 0, so the server sees the TCP connections close) {} s before an admin's `echo` to every agent, \
              sent {} times from a CURVE DEALER. Time from sending to the last answer; the server's recipient list \
              names the offline ones (`custom.offline`). Before presence the admin waited for the killed agents until \

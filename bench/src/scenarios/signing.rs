@@ -98,7 +98,7 @@ pub struct Cost {
     /// `signing::verify` of the decoded request alone (the agent).
     pub verify_us: Vec<f64>,
     /// `Message::from_frames` then `signing::verify`: what the agent does
-    /// with what its SUB received.
+    /// with what its DEALER received.
     pub decode_verify_us: Vec<f64>,
     /// `Message::from_frames` alone, signed and unsigned.
     pub decode_us: Vec<f64>,
@@ -629,7 +629,7 @@ pub fn report(f: &Figures, previous: Previous<Figures>) -> String {
             "**Cost per request.** In the bench process, one thread: {} requests of each kind, each with its own \
              uuid, signed one after the other, encoded to frames, then decoded and verified; {} rounds, medians. \
              *Verify* is `signing::verify` of the decoded request; *decode + verify* starts from the frames, as the \
-             agent does with what its SUB received; a fresh replay set every {} requests (below the size at which \
+             agent does with what its DEALER received; a fresh replay set every {} requests (below the size at which \
              it sweeps itself). The `Exec` is `-a shop -e prod -r web exec systemctl restart nginx`, verified by an \
              agent that stream selects; the `Echo` is the fan-out's, to everyone.\n",
             group(s.signatures as u64),

@@ -1,24 +1,31 @@
-//! Simulated agents inside the bench process. Each agent has its own SUB and
-//! DEALER socket (and, under CURVE, its own key pair). Agents are spread
-//! over several ZeroMQ contexts (at most 1,023 sockets each); one thread per
-//! context polls its agents' SUB sockets and answers.
+//! Simulated agents inside the bench process. Each agent holds one
+//! connection, as the real one does since issue 27: a
+//! DEALER (and, under CURVE, its own key pair) over which it registers,
+//! takes its requests and answers them; it opens no SUB. Agents are spread
+//! over several ZeroMQ contexts (at most 1,023 sockets each); one thread
+//! per context polls its agents' DEALERs and answers.
 //!
 //! A Pantry agent registers like the real one (`RegisterClient` with its
-//! application, environment and roles), subscribes to its identity, `app`,
-//! `app.env`, `app.env.role` and the broadcast topic, and answers requests
-//! with `run_on_client`. A baseline agent subscribes to the same topics and
-//! echoes the payload back without decoding anything.
+//! application, environment and roles, `custom.requests_on_dealer: true`,
+//! asking for an answer), counts itself registered once the answer says
+//! the server sends its requests over the DEALER, and answers requests
+//! with `run_on_client`. A baseline agent says hello to the relay with the
+//! same streams ([`relay`]) and echoes the payload back without decoding
+//! anything.
 //!
-//! By default an agent registers once. [`AgentOptions`] (the presence and
-//! job-store scenarios) add what the real agent does to come back after a
-//! server restart: a `RegisterClient` with `heartbeat_interval` every
+//! By default an agent registers once. [`AgentOptions`] (the presence, scale
+//! and job-store scenarios) add what the real agent does to come back after
+//! a server restart: a `RegisterClient` with `heartbeat_interval` every
 //! heartbeat, and another whenever its DEALER completes a handshake (a
-//! socket monitor per agent); and linger 0, so that dropping a pool closes
-//! its connections at once (a killed agent). With `failover` (the cluster
-//! scenario) a pool is given several servers and its agents move to the
-//! next one when theirs has been gone for a heartbeat interval, as the real
-//! agent does with several `server_host`s. What an agent sends and when
-//! it moves is decided in [`session`]; this module does the sockets.
+//! socket monitor per agent); with `reconnect_spread`, on losing its
+//! connection it disconnects and connects again after a random delay
+//! within the spread (the real agent's `reconnect_spread`); and linger 0,
+//! so that dropping a pool closes its connections at once (a killed
+//! agent). With `failover` (the cluster scenario) a pool is given several
+//! servers and its agents move to the next one when theirs has been gone
+//! for a heartbeat interval, as the real agent does with several
+//! `server_host`s. What an agent sends and when it connects again or
+//! moves is decided in [`session`]; this module does the sockets.
 //! With `simulated_exec` (the rollout scenario) a Pantry agent answers the
 //! bench's own `exec` itself, spawning nothing ([`simulated`]), and the
 //! pool records when each agent received and answered each such request
@@ -41,8 +48,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, Context as _, Result};
 use pantry_client::work::{self, ClientContext};
-use pantry_shared::commands::facts as facts_command;
-use pantry_shared::filter::{ClientFilter, TopicForm, BROADCAST_TOPIC};
+use pantry_shared::commands::{facts as facts_command, register_client};
+use pantry_shared::filter::{ClientFilter, BROADCAST_TOPIC};
 use pantry_shared::monitor;
 use pantry_shared::security::SocketSecurity;
 use pantry_shared::signing::{self, Seen, TrustList};
@@ -56,23 +63,24 @@ use crate::common::relay;
 pub mod session;
 pub mod simulated;
 
-use session::Session;
+use session::{Registration, Session, Step};
 
 pub const ENVIRONMENT: &str = "perf";
 /// Agents are put in applications of this many (`g000`, `g001`, ...), so
-/// that a pool can be checked group by group: a broadcast to thousands of
-/// Pantry agents loses answers (see the report). The group is the
-/// application, not the environment: a stream `app.env` also reaches every
-/// subscriber of `app` (SUB matches prefixes), so every agent would receive
-/// every group's check.
+/// that a pool can be checked group by group, each group's echo answered
+/// before the next is sent. The group is the application, not the
+/// environment, so that every agent is in exactly one group's stream.
 pub const GROUP_SIZE: usize = 250;
 pub const ROLE: &str = "echo";
 
-/// Agents per context: two sockets each, under libzmq's 1,023 per context.
+/// Agents per context (and thread): one socket each, well under libzmq's
+/// 1,023 per context; as many as each thread answered for when agents had
+/// two sockets, so that a fan-out's answers are spread over as many
+/// threads as in earlier runs.
 pub const AGENTS_PER_CONTEXT: usize = 500;
 /// With a DEALER monitor (two more sockets each).
 const MONITORED_AGENTS_PER_CONTEXT: usize = 250;
-/// Failing over: a move makes four new sockets, maybe before libzmq's
+/// Failing over: a move makes three new sockets, maybe before libzmq's
 /// reaper has freed the old ones' places, so a context keeps room for
 /// every agent's sockets twice and more.
 const FAILOVER_AGENTS_PER_CONTEXT: usize = 100;
@@ -102,8 +110,8 @@ impl Kind {
     }
 }
 
-/// The identity of agent `i`: fixed width, so that no identity is a prefix
-/// of another (SUB matching is by prefix).
+/// The identity of agent `i`: fixed width, so that identities sort in
+/// index order and none is a prefix of another.
 pub fn identity(i: usize) -> String {
     format!("agent-{i:05}")
 }
@@ -150,19 +158,23 @@ pub struct AgentOptions {
     /// Register again whenever the DEALER completes a handshake (after a
     /// reconnection), as the real agent does.
     pub register_on_reconnect: bool,
-    /// Linger 0 on both sockets: dropping the pool closes its connections
-    /// at once, like a killed process.
+    /// Pantry agents, when their DEALER's connection is lost, disconnect
+    /// it and connect again after a random delay in [0, spread) (the real
+    /// agent's `reconnect_spread`), then register at the handshake; without
+    /// it libzmq reconnects at once.
+    pub reconnect_spread: Option<Duration>,
+    /// Linger 0 on the DEALER: dropping the pool closes its connections at
+    /// once, like a killed process.
     pub linger_zero: bool,
     /// Pantry agents of a pool on several servers ([`Pool::start_on`]):
     /// when the DEALER's connection has been down for a heartbeat interval
     /// (its socket monitor saw it disconnect; or, after a move, no
-    /// handshake yet), both sockets are closed and, at the next check
-    /// (within 50 ms, once libzmq has closed their descriptors), made anew
-    /// for the next server's endpoints (wrapping); the agent registers there once
-    /// its DEALER completes the handshake, asking for an answer; under
-    /// CURVE its SUB connects only once a registration is answered, as the
-    /// real agent's does. The real agent also moves after 2 unanswered
-    /// registrations; these agents do not. The heartbeat is 1 s if unset.
+    /// handshake yet), the DEALER is closed and, at the next check (within
+    /// 50 ms, once libzmq has closed its descriptors), made anew for the
+    /// next server's endpoint (wrapping); the agent registers there once
+    /// the handshake completes. The real agent also moves after 2
+    /// unanswered registrations; these agents do not. The heartbeat is 1 s
+    /// if unset.
     pub failover: bool,
     /// Pantry agents answer an `Exec` of [`simulated::PROGRAM`] themselves
     /// (`fail ID...`: exit 1 on those named, else 0; `hold`: until its job
@@ -191,12 +203,19 @@ impl AgentOptions {
         AgentOptions {
             heartbeat: Some(heartbeat),
             register_on_reconnect: true,
+            reconnect_spread: None,
             linger_zero: true,
             failover: false,
             simulated_exec: false,
             facts_bytes: None,
             verify_signatures: None,
         }
+    }
+
+    /// [`AgentOptions::like_the_real_agent`], coming back after a lost
+    /// connection within `spread`.
+    pub fn reconnecting(heartbeat: Duration, spread: Duration) -> AgentOptions {
+        AgentOptions { reconnect_spread: Some(spread), ..AgentOptions::like_the_real_agent(heartbeat) }
     }
 
     /// The real agent's behaviour with `heartbeat` and several servers to
@@ -207,7 +226,7 @@ impl AgentOptions {
 
     /// Whether each agent has a monitor on its DEALER.
     fn monitored(&self) -> bool {
-        self.register_on_reconnect || self.failover
+        self.register_on_reconnect || self.failover || self.reconnect_spread.is_some()
     }
 }
 
@@ -215,6 +234,14 @@ impl AgentOptions {
 #[derive(Default)]
 struct Counters {
     answered: AtomicU64,
+    /// Pantry agents whose registration on their current connection was
+    /// accepted with their requests on the DEALER; registrations refused
+    /// (or accepted without it), and why the first was.
+    registered: AtomicU64,
+    refused: AtomicU64,
+    refusal: Mutex<Option<String>>,
+    /// Connections made again after a lost one (`reconnect_spread`).
+    reconnects: AtomicU64,
     /// Moves to another server (`failover`), and those that could not
     /// make their sockets (tried again a heartbeat interval later).
     moves: AtomicU64,
@@ -264,7 +291,7 @@ pub struct ExecRecord {
     pub agent: usize,
     /// The request's uuid: its job.
     pub job: String,
-    /// When the agent read it off its SUB.
+    /// When the agent read it off its DEALER.
     pub received: Instant,
     /// When its answer was handed to the DEALER; `None`: held.
     pub answered: Option<Instant>,
@@ -312,19 +339,30 @@ impl Pool {
         options: AgentOptions,
     ) -> Result<Pool> {
         let endpoints = servers.get(first).ok_or_else(|| anyhow!("no server {first} of {}", servers.len()))?;
+        let agents = range.map(|i| Ok((i, client_security(endpoints, pairs.get(i))?))).collect::<Result<_>>()?;
+        Pool::start_agents(kind, servers, first, agents, options)
+    }
+
+    /// Connects each of `agents` (its index, its socket's security) to
+    /// `servers[first]` with `options`, a context and a thread for each
+    /// few hundred.
+    fn start_agents(
+        kind: Kind,
+        servers: &[Endpoints],
+        first: usize,
+        agents: Vec<(usize, SocketSecurity)>,
+        options: AgentOptions,
+    ) -> Result<Pool> {
         let mut pool = Pool { workers: Vec::new(), stop: Arc::default(), counters: Arc::default() };
         let per_context = match (options.failover, options.monitored()) {
             (true, _) => FAILOVER_AGENTS_PER_CONTEXT,
             (false, true) => MONITORED_AGENTS_PER_CONTEXT,
             (false, false) => AGENTS_PER_CONTEXT,
         };
-        let mut start = range.start;
-        while start < range.end {
-            let last = (start + per_context).min(range.end);
-            let mut agents = Vec::with_capacity(last - start);
-            for i in start..last {
-                agents.push((i, client_security(endpoints, pairs.get(i))?));
-            }
+        let mut agents = agents.into_iter().peekable();
+        while let Some(&(start, _)) = agents.peek() {
+            let agents: Vec<(usize, SocketSecurity)> = agents.by_ref().take(per_context).collect();
+            let last = agents.last().map_or(start, |(i, _)| i + 1);
             let (ready_tx, ready_rx) = mpsc::channel();
             let (servers, stop, counters) = (servers.to_vec(), pool.stop.clone(), pool.counters.clone());
             let options = options.clone();
@@ -338,7 +376,6 @@ impl Pool {
                 .map_err(|_| anyhow!("did not start"))
                 .and_then(|ready| ready)
                 .with_context(|| format!("agents {start}..{last}"))?;
-            start = last;
         }
         Ok(pool)
     }
@@ -346,6 +383,24 @@ impl Pool {
     /// Answers sent by all agents so far.
     pub fn answered(&self) -> u64 {
         self.counters.answered.load(Ordering::Relaxed)
+    }
+
+    /// Pantry agents registered on their current connection, their
+    /// requests on their DEALER.
+    pub fn registered(&self) -> u64 {
+        self.counters.registered.load(Ordering::Relaxed)
+    }
+
+    /// Registrations refused (or accepted without `requests_on_dealer`)
+    /// so far, and why the first was.
+    pub fn refused(&self) -> (u64, Option<String>) {
+        let first = self.counters.refusal.lock().ok().and_then(|e| e.clone());
+        (self.counters.refused.load(Ordering::Relaxed), first)
+    }
+
+    /// Connections made again after a lost one (`reconnect_spread`).
+    pub fn reconnects(&self) -> u64 {
+        self.counters.reconnects.load(Ordering::Relaxed)
     }
 
     /// Moves to another server so far (`failover`).
@@ -420,11 +475,11 @@ struct Place<'a> {
     first: usize,
 }
 
-/// An agent's connection: its SUB, its DEALER and the DEALER's monitor.
+/// An agent's connection: its DEALER and the DEALER's monitor.
 struct Sockets {
-    sub: zmq::Socket,
     dealer: zmq::Socket,
-    /// The DEALER's handshakes (and disconnections, `failover`).
+    /// The DEALER's handshakes (and disconnections, `failover` and
+    /// `reconnect_spread`).
     monitor: Option<zmq::Socket>,
 }
 
@@ -433,15 +488,14 @@ struct Agent {
     index: usize,
     me: ClientContext,
     session: Session,
-    /// The exact topics it subscribed to: SUB matching is by prefix, so a
-    /// message to `bench.g001` also reaches the subscribers of `bench`.
-    topics: Vec<Vec<u8>>,
-    /// For the sockets made when moving to another server.
+    /// A baseline agent's hello: its streams and the broadcast topic.
+    hello: Vec<Vec<u8>>,
+    /// For the socket made when moving to another server.
     security: SocketSecurity,
     /// `None` while it moves: closed, made anew at the next check.
     sockets: Option<Sockets>,
-    /// Moving (`failover`): the server its new sockets are for, and when
-    /// to try again after its sockets could not be made.
+    /// Moving (`failover`): the server its new socket is for, and when to
+    /// try again after its socket could not be made.
     moving_to: Option<usize>,
     retry_at: Option<Instant>,
     /// `simulated_exec`: the `hold` requests it has not answered, with
@@ -451,26 +505,20 @@ struct Agent {
     seen: Seen,
 }
 
-/// A new SUB subscribed to `topics`, a DEALER, and the DEALER's monitor
-/// when `options` want one.
+/// A new DEALER, and its monitor when `options` want one.
 fn open_sockets(
     kind: Kind,
     ctx: &zmq::Context,
     security: &SocketSecurity,
-    topics: &[Vec<u8>],
     options: &AgentOptions,
 ) -> zmq::Result<Sockets> {
-    let sub = security.socket(ctx, zmq::SUB)?;
-    for topic in topics {
-        sub.set_subscribe(topic)?;
-    }
     let dealer = security.socket(ctx, zmq::DEALER)?;
-    for socket in [&sub, &dealer] {
-        socket.set_reconnect_ivl(100)?;
-        socket.set_reconnect_ivl_max(10_000)?;
-        if options.linger_zero {
-            socket.set_linger(0)?;
-        }
+    // Back off up to 10 s between reconnects to a server that is down, as
+    // the real agent.
+    dealer.set_reconnect_ivl(100)?;
+    dealer.set_reconnect_ivl_max(10_000)?;
+    if options.linger_zero {
+        dealer.set_linger(0)?;
     }
     let monitor = if options.monitored() && kind == Kind::Pantry {
         let events: &[zmq::SocketEvent] = if options.failover {
@@ -480,6 +528,8 @@ fn open_sockets(
                 zmq::SocketEvent::HANDSHAKE_SUCCEEDED,
                 zmq::SocketEvent::DISCONNECTED,
             ]
+        } else if options.reconnect_spread.is_some() {
+            &[zmq::SocketEvent::HANDSHAKE_SUCCEEDED, zmq::SocketEvent::DISCONNECTED]
         } else {
             &[zmq::SocketEvent::HANDSHAKE_SUCCEEDED]
         };
@@ -487,49 +537,116 @@ fn open_sockets(
     } else {
         None
     };
-    Ok(Sockets { sub, dealer, monitor })
+    Ok(Sockets { dealer, monitor })
+}
+
+/// A number in [0, 1), different at each call (where in the spread an
+/// agent connects again): std's randomly keyed hasher over a counter.
+fn draw() -> f64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(DRAWS.fetch_add(1, Ordering::Relaxed));
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 impl Agent {
-    /// Sends a registration (queued while disconnected; dropped when the
-    /// queue is full, as the real agent's are).
-    fn register(&self) {
-        if let Some(s) = &self.sockets {
-            let _ = s.dealer.send_multipart(self.session.registration().to_frames(), zmq::DONTWAIT);
-        }
+    /// Sends `frames` on the DEALER (queued while disconnected; dropped
+    /// when the queue is full, as the real agent's are); whether it went.
+    fn send(&self, frames: Vec<Vec<u8>>) -> bool {
+        self.sockets.as_ref().is_some_and(|s| s.dealer.send_multipart(frames, zmq::DONTWAIT).is_ok())
     }
 
-    /// Connects to `endpoints` (the SUB now, or once a registration is
-    /// answered: [`Session::connecting`]).
+    /// Sends a registration.
+    fn register(&self) {
+        self.send(self.session.registration().to_frames());
+    }
+
+    /// Connects the DEALER to `endpoints`; a baseline agent says hello
+    /// (queued until the connection is up).
     fn connect(&mut self, endpoints: &Endpoints) -> zmq::Result<()> {
         let Some(s) = &self.sockets else { return Ok(()) };
-        if self.session.connecting() {
-            s.sub.connect(&endpoints.publish)?;
+        s.dealer.connect(&endpoints.receive)?;
+        if !self.hello.is_empty() {
+            let hello = std::iter::once(relay::HELLO.to_vec()).chain(self.hello.iter().cloned()).collect();
+            self.send(hello);
         }
-        s.dealer.connect(&endpoints.receive)
+        Ok(())
     }
 
-    /// Drains the monitor; registers when the session says so.
-    fn read_monitor(&mut self) {
+    /// Counts the change of its registration from `was` to now.
+    fn count_registered(&self, was: bool, counters: &Counters) {
+        match (was, self.session.registered()) {
+            (false, true) => counters.registered.fetch_add(1, Ordering::Relaxed),
+            (true, false) => counters.registered.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+
+    /// Drains the monitor; registers, or disconnects until it is time to
+    /// connect again, when the session says so.
+    fn read_monitor(&mut self, endpoints: &Endpoints, counters: &Counters) {
         let Some(monitor) = self.sockets.as_ref().and_then(|s| s.monitor.as_ref()) else { return };
-        let mut register = false;
+        let (was, mut register, mut disconnect) = (self.session.registered(), false, false);
         while let Some(event) = monitor::read(monitor) {
-            register |= self.session.on_monitor(event.event, Instant::now());
+            match self.session.on_monitor(event.event, Instant::now(), draw()) {
+                Step::Register => register = true,
+                Step::Disconnect => disconnect = true,
+                Step::Nothing => {}
+            }
         }
-        if register {
+        self.count_registered(was, counters);
+        if disconnect {
+            // No reconnection by libzmq: the agent connects again at its
+            // own time ([`Agent::reconnect_if_due`]); what was queued goes.
+            if let Some(s) = &self.sockets {
+                let _ = s.dealer.disconnect(&endpoints.receive);
+            }
+        } else if register {
             self.register();
         }
     }
 
-    /// Drains the DEALER (`failover`: answers to registrations; facts
-    /// answers, counted); connects the SUB to `endpoints` at the first
-    /// accepted registration.
-    fn read_dealer(&mut self, endpoints: &Endpoints, counters: &Counters) {
-        let Some(s) = &self.sockets else { return };
-        while let Ok(frames) = s.dealer.recv_multipart(zmq::DONTWAIT) {
-            let Ok(answer) = Message::from_frames(&frames) else { continue };
-            if answer.message_type() == facts_command::TYPE {
-                match answer.error() {
+    /// Connects again once the delay after a lost connection has passed
+    /// (it registers at the handshake).
+    fn reconnect_if_due(&mut self, endpoints: &Endpoints, now: Instant, counters: &Counters) {
+        if self.session.reconnect_due(now) && self.connect(endpoints).is_ok() {
+            counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads everything waiting on the DEALER (until EAGAIN, which also
+    /// resets its notification descriptor): requests, answered; answers to
+    /// registrations and facts reports, counted. Returns the answers sent.
+    fn drain(&mut self, kind: Kind, options: &AgentOptions, counters: &Counters) -> u64 {
+        let mut n = 0;
+        while let Some(frames) = self.sockets.as_ref().and_then(|s| s.dealer.recv_multipart(zmq::DONTWAIT).ok()) {
+            n += match kind {
+                Kind::Pantry => self.on_pantry(&frames, options, counters),
+                Kind::Baseline => self.on_baseline(frames),
+            };
+        }
+        n
+    }
+
+    /// One message from the Pantry server.
+    fn on_pantry(&mut self, frames: &[Vec<u8>], options: &AgentOptions, counters: &Counters) -> u64 {
+        let received = Instant::now();
+        let Ok(message) = Message::from_frames(frames) else { return 0 };
+        match message.message_type() {
+            register_client::TYPE => {
+                let was = self.session.registered();
+                if let Registration::Refused(why) = self.session.on_answer(&message) {
+                    counters.refused.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut first) = counters.refusal.lock() {
+                        first.get_or_insert(why);
+                    }
+                }
+                self.count_registered(was, counters);
+                0
+            }
+            facts_command::TYPE => {
+                match message.error() {
                     None => counters.facts_kept.fetch_add(1, Ordering::Relaxed),
                     Some(why) => {
                         if let Ok(mut first) = counters.facts_refusal.lock() {
@@ -538,18 +655,92 @@ impl Agent {
                         counters.facts_refused.fetch_add(1, Ordering::Relaxed)
                     }
                 };
-                continue;
+                0
             }
-            if self.session.accepted(&answer) && s.sub.connect(&endpoints.publish).is_ok() {
-                self.session.subscribed();
+            _ => self.run(message, received, options, counters),
+        }
+    }
+
+    /// What the real agent does with a request (SPEC §4: check the
+    /// stream, with `verify_signatures` the signature, run the command,
+    /// answer when asked to); with `simulated_exec`, the bench's own `exec`
+    /// too ([`simulated`]). Returns the answers sent.
+    fn run(&mut self, request: Message, received: Instant, options: &AgentOptions, counters: &Counters) -> u64 {
+        if !self.me.filter.accepts_stream(&request.stream) {
+            return 0;
+        }
+        let answers = request.metadata.requires_response;
+        let trusted = options.verify_signatures.as_deref().filter(|_| !counters.verify_off.load(Ordering::SeqCst));
+        if let Some(list) = trusted {
+            // As `Trust::check` (the agent's facts: none, no `-F` here).
+            match signing::verify(&request, list, &self.me.filter, None, &mut self.seen, SystemTime::now()) {
+                Ok(_) => {
+                    counters.verified.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(rejected) => {
+                    counters.verify_refused.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut first) = counters.verify_refusal.lock() {
+                        first.get_or_insert_with(|| format!("{} ({})", rejected.refusal, request.uuid()));
+                    }
+                    let mut answer = request.response();
+                    answer.metadata.from = self.me.identity().to_owned();
+                    answer.set_error(format!("refused: {}", rejected.refusal));
+                    return u64::from(answers && self.send(answer.to_frames()));
+                }
             }
         }
+        if options.simulated_exec {
+            let record = ExecRecord {
+                agent: self.index,
+                job: request.uuid().to_owned(),
+                received,
+                answered: None,
+                cancelled: false,
+            };
+            match simulated::step(&request, self.me.identity()) {
+                simulated::Step::Answer(response) => {
+                    let at = counters.exec_received(record);
+                    if answers && self.send(response.to_frames()) {
+                        counters.exec_answered(at, false);
+                        return 1;
+                    }
+                    return 0;
+                }
+                simulated::Step::Hold => {
+                    let at = counters.exec_received(record);
+                    self.held.push((request, at));
+                    return 0;
+                }
+                simulated::Step::Cancel(job) => {
+                    let (cancelled, kept): (Vec<_>, Vec<_>) =
+                        std::mem::take(&mut self.held).into_iter().partition(|(r, _)| r.uuid() == job);
+                    self.held = kept;
+                    let mut n = 0;
+                    for (held, at) in cancelled {
+                        let response = simulated::answer(&held, self.me.identity(), None, true);
+                        if held.metadata.requires_response && self.send(response.to_frames()) {
+                            counters.exec_answered(at, true);
+                            n += 1;
+                        }
+                    }
+                    return n;
+                }
+                simulated::Step::Other => {}
+            }
+        }
+        let response = work::run_on_client(&request, &self.me);
+        u64::from(answers && self.send(response.to_frames()))
+    }
+
+    /// One request from the relay: `[requester, payload]`, echoed back.
+    fn on_baseline(&self, frames: Vec<Vec<u8>>) -> u64 {
+        let Ok([requester, payload]) = <[Vec<u8>; 2]>::try_from(frames) else { return 0 };
+        u64::from(self.send(vec![relay::ANSWER.to_vec(), requester, payload]))
     }
 
     /// Sends its `Facts` report, its JSON about `bytes` long, gathered now
     /// every hour (fresh for three).
     fn report_facts(&self, bytes: usize) {
-        let Some(s) = &self.sockets else { return };
         let identity = self.me.identity();
         let facts = crate::common::facts::machine(self.index, identity, bytes);
         let report = facts_command::Report {
@@ -558,18 +749,20 @@ impl Agent {
             gathered: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             interval: 3600,
         };
-        let _ = s.dealer.send_multipart(facts_command::request(identity, &report).to_frames(), zmq::DONTWAIT);
+        self.send(facts_command::request(identity, &report).to_frames());
     }
 
-    /// Starts a move to server `to`: closes both sockets (their
-    /// connections close at once with linger 0). The new ones are made at
-    /// the next check ([`Agent::reopen`]), once libzmq's reaper has closed
-    /// the old ones' descriptors: a move never needs more descriptors than
-    /// the agent had.
-    fn close_for(&mut self, to: usize) {
+    /// Starts a move to server `to`: closes its sockets (the connection
+    /// closes at once with linger 0). The new ones are made at the next
+    /// check ([`Agent::reopen`]), once libzmq's reaper has closed the old
+    /// ones' descriptors: a move never needs more descriptors than the
+    /// agent had.
+    fn close_for(&mut self, to: usize, counters: &Counters) {
+        let was = self.session.registered();
         self.sockets = None;
         self.moving_to = Some(to);
         self.session.closed();
+        self.count_registered(was, counters);
     }
 
     /// Makes the sockets of a move and connects them; on error the agent
@@ -582,7 +775,7 @@ impl Agent {
         options: &AgentOptions,
     ) -> zmq::Result<()> {
         let Some(to) = self.moving_to else { return Ok(()) };
-        self.sockets = Some(open_sockets(kind, ctx, &self.security, &self.topics, options)?);
+        self.sockets = Some(open_sockets(kind, ctx, &self.security, options)?);
         self.moving_to = None;
         self.session.moved(to, Instant::now());
         self.connect(&servers[to])
@@ -599,28 +792,29 @@ fn connect_agent(
 ) -> zmq::Result<Agent> {
     // A bench agent runs no commands but `echo`.
     let me = ClientContext { filter: filter(i), allow_exec: false, file_service: None, running: Default::default() };
-    // Pantry's agents subscribe in the exact form, the relay's to bare
-    // topics (which it publishes).
-    let form = if kind == Kind::Pantry { TopicForm::Exact } else { TopicForm::Bare };
-    let topics: Vec<Vec<u8>> =
-        me.filter.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]).map(|s| form.topic(s)).collect();
     let pantry = kind == Kind::Pantry;
+    // The relay matches topics exactly, as Pantry's server does.
+    let hello = match kind {
+        Kind::Pantry => Vec::new(),
+        Kind::Baseline => {
+            me.filter.streams().into_iter().map(String::into_bytes).chain([BROADCAST_TOPIC.into()]).collect()
+        }
+    };
     let failover = pantry && options.failover;
     let session = Session::new(
         me.filter.clone(),
         options.heartbeat,
-        // Under CURVE, as the real agent.
-        failover && place.servers[place.first].server_key.is_some(),
         failover.then(|| options.heartbeat.map_or(Duration::from_secs(1), |h| h.max(Duration::from_secs(1)))),
+        options.reconnect_spread.filter(|_| pantry),
         place.servers.len(),
         place.first,
     );
-    let sockets = open_sockets(kind, ctx, security, &topics, options)?;
+    let sockets = open_sockets(kind, ctx, security, options)?;
     let mut agent = Agent {
         index: i,
         me,
         session,
-        topics,
+        hello,
         security: security.clone(),
         sockets: Some(sockets),
         moving_to: None,
@@ -637,15 +831,19 @@ fn connect_agent(
     Ok(agent)
 }
 
-/// Tags a monitor's entry in the epoll set (the SUB's is the agent's index).
+/// Tags a monitor's entry in the epoll set (the DEALER's is the agent's
+/// index).
 const MONITOR_TAG: u64 = 1 << 32;
-/// Tags a DEALER's entry (`failover`: registration answers).
-const DEALER_TAG: u64 = 1 << 33;
 const INDEX_MASK: u64 = MONITOR_TAG - 1;
 
-/// How often failing-over agents are checked for a due move, for missed
-/// monitor wake-ups and for registration answers.
-const FAILOVER_CHECK: Duration = Duration::from_millis(50);
+/// How often agents that fail over or come back after a lost connection
+/// are checked for a due move or reconnection (failing over: for missed
+/// monitor wake-ups too).
+const TIMER_CHECK: Duration = Duration::from_millis(50);
+
+/// At most this often, while nothing is ready, every socket of a thread
+/// is looked at in case a wake-up was missed.
+const IDLE_SWEEP: Duration = Duration::from_millis(100);
 
 fn worker(
     kind: Kind,
@@ -662,8 +860,8 @@ fn worker(
     let mut heartbeats: VecDeque<(Instant, usize)> = VecDeque::new();
     let heartbeat = options.heartbeat.filter(|_| kind == Kind::Pantry).map(|h| h.max(Duration::from_secs(1)));
     let failover = options.failover && kind == Kind::Pantry && place.servers.len() > 1;
+    let reconnecting = options.reconnect_spread.is_some() && kind == Kind::Pantry;
     let facts_bytes = options.facts_bytes.filter(|_| kind == Kind::Pantry);
-    let reads_dealer = failover || facts_bytes.is_some();
     let mut facts_rounds = 0;
     for (k, (i, security)) in specs.iter().enumerate() {
         // Paced: a burst of thousands of connects overflows the server's
@@ -687,7 +885,7 @@ fn worker(
     }
     let epoll = Epoll::new().and_then(|e| {
         for (a, agent) in agents.iter().enumerate() {
-            e.add(a, agent, reads_dealer)?;
+            e.add(a, agent)?;
         }
         Ok(e)
     });
@@ -699,16 +897,12 @@ fn worker(
         }
     };
     let _ = ready.send(Ok(()));
-    let answer = |agent: &mut Agent| match kind {
-        Kind::Pantry => answer_pantry(agent, &options, counters),
-        Kind::Baseline => answer_baseline(agent),
-    };
     let started = Instant::now();
-    let mut next_check = started;
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 3 * agents.len().max(1)];
+    let (mut next_check, mut next_sweep) = (started, started);
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 2 * agents.len().max(1)];
     while !stop.load(Ordering::Relaxed) && started.elapsed() < MAX_LIFETIME {
         let mut due = heartbeats.front().map(|(due, _)| *due);
-        if failover {
+        if failover || reconnecting {
             due = Some(due.map_or(next_check, |d| d.min(next_check)));
         }
         let timeout =
@@ -719,6 +913,9 @@ fn worker(
             while heartbeats.front().is_some_and(|(due, _)| *due <= now) {
                 let Some((_, a)) = heartbeats.pop_front() else { break };
                 agents[a].register();
+                // A send may take the DEALER's pending notification: read
+                // what came meanwhile now rather than at the next sweep.
+                counters.answered.fetch_add(agents[a].drain(kind, &options, counters), Ordering::Relaxed);
                 heartbeats.push_back((now + every, a));
             }
         }
@@ -728,36 +925,50 @@ fn worker(
             // Paced as the connections are: a burst of a thousand reports
             // would measure the server's transient peak (kept by its
             // allocator) rather than the facts it keeps.
-            for (k, agent) in agents.iter().enumerate() {
+            for (k, agent) in agents.iter_mut().enumerate() {
                 if k > 0 && k % CONNECT_BATCH == 0 {
                     std::thread::sleep(CONNECT_PAUSE);
                 }
                 agent.report_facts(bytes);
+                counters.answered.fetch_add(agent.drain(kind, &options, counters), Ordering::Relaxed);
             }
         }
-        if failover && Instant::now() >= next_check {
-            next_check = Instant::now() + FAILOVER_CHECK;
-            check_moves(kind, &ctx, place.servers, &options, heartbeat, &mut agents, &epoll, counters);
+        if (failover || reconnecting) && Instant::now() >= next_check {
+            next_check = Instant::now() + TIMER_CHECK;
+            if failover {
+                check_moves(kind, &ctx, place.servers, &options, heartbeat, &mut agents, &epoll, counters);
+            } else {
+                let now = Instant::now();
+                for agent in &mut agents {
+                    let server = agent.session.server();
+                    agent.reconnect_if_due(&place.servers[server], now, counters);
+                }
+            }
         }
         if ready == 0 {
-            // Idle: a sweep over every socket, in case a wake-up was missed.
-            for agent in &mut agents {
-                if agent.sockets.as_ref().is_some_and(|s| s.sub.get_events().is_ok_and(|e| e.contains(zmq::POLLIN))) {
-                    counters.answered.fetch_add(answer(agent), Ordering::Relaxed);
+            if Instant::now() >= next_sweep {
+                next_sweep = Instant::now() + IDLE_SWEEP;
+                for agent in &mut agents {
+                    let waiting = agent
+                        .sockets
+                        .as_ref()
+                        .is_some_and(|s| s.dealer.get_events().is_ok_and(|e| e.contains(zmq::POLLIN)));
+                    if waiting {
+                        counters.answered.fetch_add(agent.drain(kind, &options, counters), Ordering::Relaxed);
+                    }
+                    let server = agent.session.server();
+                    agent.read_monitor(&place.servers[server], counters);
                 }
-                agent.read_monitor();
             }
             continue;
         }
         for event in &events[..ready] {
             let agent = &mut agents[(event.u64 & INDEX_MASK) as usize];
             if event.u64 & MONITOR_TAG != 0 {
-                agent.read_monitor();
-            } else if event.u64 & DEALER_TAG != 0 {
-                agent.read_dealer(&place.servers[agent.session.server()], counters);
+                let server = agent.session.server();
+                agent.read_monitor(&place.servers[server], counters);
             } else {
-                // Draining until EAGAIN also resets the socket's notification fd.
-                counters.answered.fetch_add(answer(agent), Ordering::Relaxed);
+                counters.answered.fetch_add(agent.drain(kind, &options, counters), Ordering::Relaxed);
             }
         }
     }
@@ -792,7 +1003,7 @@ fn check_moves(
                 Ok(()) => {
                     agent.retry_at = None;
                     counters.moves.fetch_add(1, Ordering::Relaxed);
-                    let _ = epoll.add(a, agent, true);
+                    let _ = epoll.add(a, agent);
                 }
                 Err(e) => {
                     if let Ok(mut first) = counters.move_error.lock() {
@@ -806,26 +1017,28 @@ fn check_moves(
                     full = true;
                     // Made but not connected: it moves on later.
                     if agent.sockets.is_some() {
-                        let _ = epoll.add(a, agent, true);
+                        let _ = epoll.add(a, agent);
                     }
                 }
             }
             continue;
         }
-        agent.read_monitor();
-        if agent.session.waiting() {
-            agent.read_dealer(&servers[agent.session.server()], counters);
+        agent.read_monitor(&servers[agent.session.server()], counters);
+        if !agent.session.registered() {
+            // Registration answers, in case a wake-up was missed.
+            counters.answered.fetch_add(agent.drain(kind, options, counters), Ordering::Relaxed);
         }
         if let Some(to) = agent.session.move_due(now) {
             epoll.remove(agent);
-            agent.close_for(to);
+            agent.close_for(to, counters);
         }
     }
 }
 
-/// An epoll set over the agents' SUB notification descriptors (ZMQ_FD),
-/// so that a message costs a wake-up of its own agent only: `zmq::poll`
-/// would check every socket of the thread on every wake-up.
+/// An epoll set over the agents' DEALER and monitor notification
+/// descriptors (ZMQ_FD), so that a message costs a wake-up of its own
+/// agent only: `zmq::poll` would check every socket of the thread on every
+/// wake-up.
 struct Epoll(libc::c_int);
 
 impl Epoll {
@@ -838,21 +1051,18 @@ impl Epoll {
         Ok(Epoll(fd))
     }
 
-    /// The sockets of agent `a` (its DEALER too with `dealer`).
-    fn sockets(a: usize, agent: &Agent, dealer: bool) -> Vec<(&zmq::Socket, u64)> {
+    /// The sockets of agent `a`.
+    fn sockets(a: usize, agent: &Agent) -> Vec<(&zmq::Socket, u64)> {
         let Some(s) = &agent.sockets else { return Vec::new() };
         let a = a as u64;
-        let mut list = vec![(&s.sub, a)];
+        let mut list = vec![(&s.dealer, a)];
         list.extend(s.monitor.as_ref().map(|m| (m, a | MONITOR_TAG)));
-        if dealer {
-            list.push((&s.dealer, a | DEALER_TAG));
-        }
         list
     }
 
     /// Watches agent `a`'s sockets.
-    fn add(&self, a: usize, agent: &Agent, dealer: bool) -> std::io::Result<()> {
-        for (socket, tag) in Epoll::sockets(a, agent, dealer) {
+    fn add(&self, a: usize, agent: &Agent) -> std::io::Result<()> {
+        for (socket, tag) in Epoll::sockets(a, agent) {
             let zfd = socket.get_fd().map_err(std::io::Error::from)?;
             let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: tag };
             // SAFETY: libzmq keeps `zfd` open for as long as the socket
@@ -866,7 +1076,7 @@ impl Epoll {
 
     /// Stops watching an agent's sockets (before they are replaced).
     fn remove(&self, agent: &Agent) {
-        for (socket, _) in Epoll::sockets(0, agent, true) {
+        for (socket, _) in Epoll::sockets(0, agent) {
             if let Ok(zfd) = socket.get_fd() {
                 // SAFETY: removing a descriptor from our own set; one that
                 // is not in it fails harmlessly.
@@ -888,109 +1098,4 @@ impl Drop for Epoll {
         // SAFETY: closing our own epoll descriptor once.
         unsafe { libc::close(self.0) };
     }
-}
-
-/// What the real agent does with each request (SPEC §4: check the stream,
-/// with `verify_signatures` the signature, run the command, answer when
-/// asked to); with `simulated_exec`, the bench's own `exec` too
-/// ([`simulated`]).
-fn answer_pantry(agent: &mut Agent, options: &AgentOptions, counters: &Counters) -> u64 {
-    let Some(s) = &agent.sockets else { return 0 };
-    let mut n = 0;
-    while let Ok(frames) = s.sub.recv_multipart(zmq::DONTWAIT) {
-        let received = Instant::now();
-        let Ok(request) = Message::from_frames(&frames) else { continue };
-        if !agent.me.filter.accepts_stream(&request.stream) {
-            continue;
-        }
-        let trusted = options.verify_signatures.as_deref().filter(|_| !counters.verify_off.load(Ordering::SeqCst));
-        if let Some(list) = trusted {
-            // As `Trust::check` (the agent's facts: none, no `-F` here).
-            match signing::verify(&request, list, &agent.me.filter, None, &mut agent.seen, SystemTime::now()) {
-                Ok(_) => {
-                    counters.verified.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(rejected) => {
-                    counters.verify_refused.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(mut first) = counters.verify_refusal.lock() {
-                        first.get_or_insert_with(|| format!("{} ({})", rejected.refusal, request.uuid()));
-                    }
-                    if request.metadata.requires_response {
-                        let mut answer = request.response();
-                        answer.metadata.from = agent.me.identity().to_owned();
-                        answer.set_error(format!("refused: {}", rejected.refusal));
-                        if s.dealer.send_multipart(answer.to_frames(), zmq::DONTWAIT).is_ok() {
-                            n += 1;
-                        }
-                    }
-                    continue;
-                }
-            }
-        }
-        if options.simulated_exec {
-            let record = || ExecRecord {
-                agent: agent.index,
-                job: request.uuid().to_owned(),
-                received,
-                answered: None,
-                cancelled: false,
-            };
-            match simulated::step(&request, agent.me.identity()) {
-                simulated::Step::Answer(response) => {
-                    let at = counters.exec_received(record());
-                    if request.metadata.requires_response
-                        && s.dealer.send_multipart(response.to_frames(), zmq::DONTWAIT).is_ok()
-                    {
-                        counters.exec_answered(at, false);
-                        n += 1;
-                    }
-                    continue;
-                }
-                simulated::Step::Hold => {
-                    let at = counters.exec_received(record());
-                    agent.held.push((request, at));
-                    continue;
-                }
-                simulated::Step::Cancel(job) => {
-                    let (cancelled, kept): (Vec<_>, Vec<_>) =
-                        std::mem::take(&mut agent.held).into_iter().partition(|(r, _)| r.uuid() == job);
-                    agent.held = kept;
-                    for (held, at) in cancelled {
-                        let response = simulated::answer(&held, agent.me.identity(), None, true);
-                        if held.metadata.requires_response
-                            && s.dealer.send_multipart(response.to_frames(), zmq::DONTWAIT).is_ok()
-                        {
-                            counters.exec_answered(at, true);
-                            n += 1;
-                        }
-                    }
-                    continue;
-                }
-                simulated::Step::Other => {}
-            }
-        }
-        let response = work::run_on_client(&request, &agent.me);
-        if request.metadata.requires_response && s.dealer.send_multipart(response.to_frames(), zmq::DONTWAIT).is_ok() {
-            n += 1;
-        }
-    }
-    n
-}
-
-fn answer_baseline(agent: &Agent) -> u64 {
-    let Some(s) = &agent.sockets else { return 0 };
-    let mut n = 0;
-    while let Ok(frames) = s.sub.recv_multipart(zmq::DONTWAIT) {
-        let [topic, requester, payload]: [Vec<u8>; 3] = match frames.try_into() {
-            Ok(f) => f,
-            Err(_) => continue,
-        };
-        if !agent.topics.contains(&topic) {
-            continue;
-        }
-        if s.dealer.send_multipart([relay::ANSWER.to_vec(), requester, payload], zmq::DONTWAIT).is_ok() {
-            n += 1;
-        }
-    }
-    n
 }

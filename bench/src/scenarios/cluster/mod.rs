@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use pantry_shared::commands::status::ONLINE;
 use pantry_shared::commands::{client_revoke, echo, recipients, register_client};
-use pantry_shared::filter::{ClientFilter, TopicForm, BROADCAST_TOPIC};
+use pantry_shared::filter::ClientFilter;
 use pantry_shared::keys::{KnownKey, Role};
 use pantry_shared::monitor::{self, SocketEvent};
 use pantry_shared::Message;
@@ -407,19 +407,16 @@ fn echo_stream(admin: &Admin, stream: &str, timeout: Duration) -> Result<(usize,
     Ok((listed.unwrap_or(0), answers))
 }
 
-/// An agent whose key is revoked: a DEALER and a SUB on C, each with a
-/// monitor that reports the disconnection.
+/// An agent whose key is revoked: its one connection, a DEALER on C, with
+/// a monitor that reports the disconnection.
 struct Watched {
     identity: String,
     _dealer: zmq::Socket,
-    _sub: zmq::Socket,
-    monitors: [zmq::Socket; 2],
+    monitor: zmq::Socket,
 }
 
-const WATCHED_EVENTS: &[zmq::SocketEvent] = &[zmq::SocketEvent::HANDSHAKE_SUCCEEDED, zmq::SocketEvent::DISCONNECTED];
-
-/// Registers (asking for an answer) and then connects the SUB, as the
-/// real agent does under CURVE; returns once the SUB's handshake is done.
+/// Registers as the real agent does, asking for its requests on the
+/// DEALER and for an answer; returns once the answer says it is accepted.
 fn watched(ctx: &zmq::Context, endpoints: &Endpoints, pair: &Pair, k: usize, end: Instant) -> Result<Watched> {
     let identity = revoked_identity(k);
     let me = ClientFilter {
@@ -431,9 +428,10 @@ fn watched(ctx: &zmq::Context, endpoints: &Endpoints, pair: &Pair, k: usize, end
     let security = client_security(endpoints, Some(pair))?;
     let dealer = security.socket(ctx, zmq::DEALER)?;
     dealer.set_linger(0)?;
-    let dealer_monitor = monitor::monitor(ctx, &dealer, WATCHED_EVENTS)?;
+    let monitor = monitor::monitor(ctx, &dealer, &[zmq::SocketEvent::DISCONNECTED])?;
     dealer.connect(&endpoints.receive)?;
     let mut request = register_client::request(&me);
+    register_client::ask_requests_on_dealer(&mut request);
     request.metadata.requires_response = true;
     dealer.send_multipart(request.to_frames(), zmq::DONTWAIT)?;
     loop {
@@ -448,28 +446,12 @@ fn watched(ctx: &zmq::Context, endpoints: &Endpoints, pair: &Pair, k: usize, end
         if let Some(error) = answer.error() {
             bail!("{identity}: registration refused: {error}");
         }
+        if !register_client::sends_requests_on_dealer(&answer) {
+            bail!("{identity}: registration accepted without `requests_on_dealer`");
+        }
         break;
     }
-    let sub = security.socket(ctx, zmq::SUB)?;
-    sub.set_linger(0)?;
-    for stream in me.streams().iter().map(String::as_str).chain([BROADCAST_TOPIC]) {
-        sub.set_subscribe(&TopicForm::Exact.topic(stream))?;
-    }
-    let sub_monitor = monitor::monitor(ctx, &sub, WATCHED_EVENTS)?;
-    sub.connect(&endpoints.publish)?;
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            bail!("{identity}: its SUB did not connect to C");
-        }
-        if sub_monitor.poll(zmq::POLLIN, left.as_millis().max(1) as i64)? == 0 {
-            continue;
-        }
-        if std::iter::from_fn(|| monitor::read(&sub_monitor)).any(|e| e.event == SocketEvent::HandshakeSucceeded) {
-            break;
-        }
-    }
-    Ok(Watched { identity, _dealer: dealer, _sub: sub, monitors: [dealer_monitor, sub_monitor] })
+    Ok(Watched { identity, _dealer: dealer, monitor })
 }
 
 /// Part 3: the revoked agents on C, each revoked in turn on A.
@@ -533,9 +515,7 @@ fn revocations(env: &Env, servers: &[PantryServer], ring: &KeyRing, revoked: &[P
 /// One revocation: when the agent's connection closed and when A answered
 /// (ms after sending), each if it happened within [`CUT_TIMEOUT`].
 fn revoke(admin: &Admin, agent: &Watched) -> Result<(Option<f64>, Option<f64>)> {
-    for m in &agent.monitors {
-        while monitor::read(m).is_some() {}
-    }
+    while monitor::read(&agent.monitor).is_some() {}
     let start = Instant::now();
     let uuid = admin.send(client_revoke::request(&agent.identity))?;
     let end = start + CUT_TIMEOUT;
@@ -545,19 +525,13 @@ fn revoke(admin: &Admin, agent: &Watched) -> Result<(Option<f64>, Option<f64>)> 
         if left.is_zero() {
             break;
         }
-        let mut items = [
-            agent.monitors[0].as_poll_item(zmq::POLLIN),
-            agent.monitors[1].as_poll_item(zmq::POLLIN),
-            admin.socket().as_poll_item(zmq::POLLIN),
-        ];
+        let mut items = [agent.monitor.as_poll_item(zmq::POLLIN), admin.socket().as_poll_item(zmq::POLLIN)];
         zmq::poll(&mut items, left.as_millis().max(1) as i64)?;
-        let admin_ready = items[2].is_readable();
+        let admin_ready = items[1].is_readable();
         let at = start.elapsed().as_secs_f64() * 1000.0;
-        for m in &agent.monitors {
-            while let Some(event) = monitor::read(m) {
-                if event.event == SocketEvent::Disconnected {
-                    cut.get_or_insert(at);
-                }
+        while let Some(event) = monitor::read(&agent.monitor) {
+            if event.event == SocketEvent::Disconnected {
+                cut.get_or_insert(at);
             }
         }
         if admin_ready && answered.is_none() {

@@ -361,11 +361,11 @@ pub fn report(c: &Figures, previous: Previous<Figures>) -> String {
             "**Failover.** {} agents on each server, each sending a `RegisterClient` every heartbeat ({} s). Those \
              of the server to be killed behave like the real agent with the three servers as hosts: they also \
              register on every handshake, and once its DEALER has been disconnected for a heartbeat interval \
-             (socket monitor; three while a TCP connection is up and its handshake pending) an agent closes both \
-             sockets and connects new ones to the next server in its own order (the others rotated by its \
-             identity, as the real agent's, so one server's agents spread over the others), registers first and \
-             connects its SUB once the registration is answered (the other servers' agents, which never lose their \
-             server here, go without that machinery: it costs the bench process two descriptors per agent). Server {} SIGKILLed; \
+             (socket monitor; three while a TCP connection is up and its handshake pending) an agent closes its \
+             DEALER and connects a new one to the next server in its own order (the others rotated by its \
+             identity, as the real agent's, so one server's agents spread over the others), and registers there at \
+             the handshake (the other servers' agents, which never lose their server here, go without that \
+             machinery: it costs the bench process two descriptors per agent). Server {} SIGKILLed; \
              from the admin on a, an echo every {} ms to those of {}'s agents that had not answered one yet (by \
              identity patterns) until each had answered once, through {}; then `status` on a until all {} were \
              online, and an echo to all. Times in seconds after the SIGKILL.{}\n",
@@ -378,8 +378,8 @@ pub fn report(c: &Figures, previous: Previous<Figures>) -> String {
             count(total),
             if f.per_server < f.wanted_per_server {
                 format!(
-                    " Not {} per server: the open-file limit ({}) allows {}: {} descriptors per failing-over agent (SUB, \
-                     DEALER, the DEALER's monitor: sockets and their libzmq mailboxes) plus {} while it moves, {} per \
+                    " Not {} per server: the open-file limit ({}) allows {}: {} descriptors per failing-over agent (its \
+                     DEALER and the DEALER's monitor: sockets and their libzmq mailboxes) plus {} while it moves, {} per \
                      agent of the other servers.",
                     count(f.wanted_per_server),
                     group(c.open_files),
@@ -459,9 +459,9 @@ pub fn report(c: &Figures, previous: Previous<Figures>) -> String {
     if let Some(r) = &c.revocation {
         let _ = writeln!(
             out,
-            "**Revocation a → c.** {} agents with keys of their own (in etcd), registered on c (the SUB connected \
-             after the registration answer); each revoked in turn by a raw `RevokeClient` from the admin on a. Time \
-             from sending it to the first disconnection of the agent's DEALER or SUB seen by their socket monitors (c \
+            "**Revocation a → c.** {} agents with keys of their own (in etcd), registered on c (one DEALER each, \
+             its requests on it, as the real agent); each revoked in turn by a raw `RevokeClient` from the admin on a. Time \
+             from sending it to the disconnection of the agent's DEALER seen by its socket monitor (c \
              shuts the key's connections when its watch sees the key go), and to a's answer; c logged `cut off a \
              revoked key` {} times.\n",
             r.tries, r.log_lines
