@@ -16,7 +16,9 @@
 //!     filter selects is known beforehand).
 //!   - `agents`: the simulated agents; what they send and when they
 //!     connect again or move is `agents::session`'s, without sockets; the
-//!     bench's own `exec` they answer themselves, `agents::simulated`'s.
+//!     bench's own `exec` they answer themselves, `agents::simulated`'s;
+//!     pools of them in child processes (`pantry-bench agents`),
+//!     `agents::children`.
 //!   - `requesters`: fan-out, throughput and pipelined echoes.
 //!   - `admin`: an admin's DEALER: `status`, an echo to all.
 //!   - `handshake`: the handshake-rate loop, and two servers compared.

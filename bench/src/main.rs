@@ -1,7 +1,8 @@
 //! `pantry-bench`: runs the benchmark (`make bench`), one scenario of it
 //! (`pantry-bench enrollment`, `presence`, `jobs`, `metrics`, `cluster`,
-//! `rollout`, `facts`, `signing`, `profile`), or the baseline relay the benchmark
-//! starts as a child process (`pantry-bench relay`).
+//! `rollout`, `facts`, `signing`, `profile`), or what the benchmark starts as
+//! child processes: the baseline relay (`pantry-bench relay`) and pools of
+//! simulated agents (`pantry-bench agents`).
 
 use std::path::PathBuf;
 
@@ -56,6 +57,11 @@ enum Cmd {
         #[arg(long)]
         receive_port: u16,
     },
+    /// A pool of simulated agents (started by the benchmark when one
+    /// process cannot hold them all; reads its agents as a JSON line on
+    /// stdin, answers `counts` lines, exits when stdin closes).
+    #[command(hide = true)]
+    Agents,
     #[command(flatten)]
     Only(Only),
     /// One scenario against a CURVE pantry-server for a while, optionally
@@ -128,6 +134,7 @@ fn run(cli: Cli) -> Result<()> {
             let secret = pantry_bench::common::procs::read_relay_secret()?;
             return pantry_bench::common::relay::run(receive_port, secret);
         }
+        Some(Cmd::Agents) => return pantry_bench::common::agents::children::run(),
         Some(Cmd::Profile(settings)) => return pantry_bench::profile::run(&bins, &settings),
         Some(Cmd::Only(only)) => Some(only),
         None => None,

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
@@ -144,6 +144,21 @@ impl Process {
         let log = std::fs::File::create(&log_path)?;
         command.stdout(log.try_clone()?);
         Process::start(name, command, log, log_path)
+    }
+
+    /// Starts `command` with its stdin and stdout piped to the caller (a
+    /// child that talks to the bench in lines), its stderr into `log_path`.
+    pub(crate) fn spawn_piped(
+        name: &'static str,
+        command: &mut Command,
+        log_path: PathBuf,
+    ) -> Result<(Process, ChildStdin, ChildStdout)> {
+        let log = std::fs::File::create(&log_path)?;
+        command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut process = Process::start(name, command, log, log_path)?;
+        let child = process.child.as_mut().context("a child just started")?;
+        let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+        Ok((process, stdin.context("its stdin")?, stdout.context("its stdout")?))
     }
 
     fn start(name: &'static str, command: &mut Command, stderr: std::fs::File, log_path: PathBuf) -> Result<Process> {

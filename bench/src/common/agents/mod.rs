@@ -1,5 +1,6 @@
-//! Simulated agents inside the bench process. Each agent holds one
-//! connection, as the real one does since issue 27: a
+//! Simulated agents inside the bench process (or, for more than one
+//! process holds, in child processes of the bench: [`children`]). Each
+//! agent holds one connection, as the real one does since issue 27: a
 //! DEALER (and, under CURVE, its own key pair) over which it registers,
 //! takes its requests and answers them; it opens no SUB. Agents are spread
 //! over several ZeroMQ contexts (at most 1,023 sockets each); one thread
@@ -60,6 +61,7 @@ use crate::common::keys::Pair;
 use crate::common::procs::Endpoints;
 use crate::common::relay;
 
+pub mod children;
 pub mod session;
 pub mod simulated;
 
