@@ -11,7 +11,7 @@ use crate::common::limits::FDS_PER_AGENT;
 use crate::common::ring::KeyRing;
 use crate::report::{self, Machine, PreviousRun, Results};
 use crate::scenarios::{
-    cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout, signing,
+    cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout, scale, signing,
 };
 
 /// What to run and where.
@@ -34,6 +34,7 @@ pub struct Config {
     pub rollout: rollout::Settings,
     pub facts: facts::Settings,
     pub signing: signing::Settings,
+    pub scale: scale::Settings,
 }
 
 impl Config {
@@ -54,6 +55,7 @@ impl Config {
             rollout: defaults(),
             facts: defaults(),
             signing: defaults(),
+            scale: defaults(),
         }
     }
 
@@ -123,6 +125,16 @@ impl Config {
             // 20 agents, 50 signatures of each kind in 2 rounds, 20 uuids
             // held (ed25519 is slow in a debug build).
             signing: signing::Settings { signatures: 50, cost_rounds: 2, admins: 3, seen: 20, agents: 20 },
+            // 30 agents in two child processes, a restart with a 1 s spread.
+            scale: scale::Settings {
+                sizes: vec![30],
+                per_process: 20,
+                echoes: 2,
+                reconnect_spread: Duration::from_secs(1),
+                online_timeout: Duration::from_secs(30),
+                status_every: Duration::from_millis(100),
+                ..full.scale
+            },
             ..full
         }
     }
@@ -177,6 +189,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let rollout = rollout::run(&env, &ring, &cfg.rollout)?;
     let facts = facts::run(&env, &ring, &cfg.facts)?;
     let signing = signing::run(&env, &ring, &cfg.signing)?;
+    let scale = scale::run(&env, &ring, &cfg.scale)?;
     let results = Results {
         machine,
         elapsed_s: env.elapsed().as_secs_f64(),
@@ -190,6 +203,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         rollout: Some(rollout),
         facts: Some(facts),
         signing: Some(signing),
+        scale: Some(scale),
     };
     report::write(&results, &previous, &cfg.out_dir)?;
     env.say(format!("report written to {}", cfg.out_dir.display()));

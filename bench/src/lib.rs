@@ -1,6 +1,6 @@
 //! `pantry-bench`: the real `pantry-server` measured side by side with a
-//! raw-libzmq relay, with 1 to 4,000 agents simulated in this process, one
-//! connection per agent.
+//! raw-libzmq relay, with 1 to 4,000 agents simulated in this process and
+//! up to 9,000 in child processes of it, one connection per agent.
 //!
 //! Layout, from the bottom up; a module imports only those below it.
 //!
@@ -29,7 +29,7 @@
 //!   - `compare`: two systems side by side at N agents.
 //! - `scenarios`: one module each (`fanout_throughput`, `handshake`,
 //!   `enrollment`, `presence`, `jobs`, `metrics`, `cluster`, `rollout`,
-//!   `facts`, `signing`), owning its settings, its figures, its run, its section of
+//!   `facts`, `signing`, `scale`), owning its settings, its figures, its run, its section of
 //!   the report and its targets.
 //! - `report`: the files of a run (`latest.json`, `latest.md`,
 //!   `fanout.svg`) and the previous run read back from `latest.json`.

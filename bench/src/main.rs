@@ -1,8 +1,8 @@
 //! `pantry-bench`: runs the benchmark (`make bench`), one scenario of it
 //! (`pantry-bench enrollment`, `presence`, `jobs`, `metrics`, `cluster`,
-//! `rollout`, `facts`, `signing`, `profile`), or what the benchmark starts as
-//! child processes: the baseline relay (`pantry-bench relay`) and pools of
-//! simulated agents (`pantry-bench agents`).
+//! `rollout`, `facts`, `signing`, `scale`, `profile`), or what the benchmark
+//! starts as child processes: the baseline relay (`pantry-bench relay`) and
+//! pools of simulated agents (`pantry-bench agents`).
 
 use std::path::PathBuf;
 
@@ -12,7 +12,7 @@ use pantry_bench::common::env::{Binaries, Measure};
 use pantry_bench::driver::{self, Config};
 use pantry_bench::report::{PreviousRun, MARKDOWN};
 use pantry_bench::scenarios::{
-    cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout, signing,
+    cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout, scale, signing,
 };
 
 /// Benchmarks the release pantry-server against a raw-libzmq relay.
@@ -111,6 +111,13 @@ enum Only {
     /// bytes a signature adds, and the fan-out echo at 1,000 simulated
     /// agents with signatures on and off; prints its section of the report.
     Signing(signing::Settings),
+    /// Only the scale scenario (CURVE, issue 27): 1,000, 4,000 and 9,000
+    /// simulated agents with one connection each, in child processes,
+    /// against the relay and Pantry: server memory and descriptors per
+    /// agent, fan-out to all and server CPU per answer, a server restart
+    /// with the agents coming back within their reconnect spread; prints
+    /// its section of the report.
+    Scale(scale::Settings),
 }
 
 fn main() {
@@ -189,6 +196,10 @@ fn run(cli: Cli) -> Result<()> {
         Only::Facts(s) => {
             let f = driver::run_alone(&config, s.max_agents(), |env, ring| facts::run(env, ring, &s))?;
             facts::report(&f, previous.of(|r| r.facts.as_ref()))
+        }
+        Only::Scale(s) => {
+            let f = driver::run_alone(&config, 0, |env, ring| scale::run(env, ring, &s))?;
+            scale::report(&f, previous.of(|r| r.scale.as_ref()))
         }
         Only::Signing(s) => {
             let f = driver::run_alone(&config, s.max_agents(), |env, ring| signing::run(env, ring, &s))?;

@@ -14,7 +14,7 @@ use crate::common::limits::{FdLimits, FDS_PER_AGENT};
 use crate::common::markdown::{count, Previous, Target};
 use crate::common::procs::run_bounded;
 use crate::scenarios::{
-    cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout, signing,
+    cluster, enrollment, facts, fanout_throughput, handshake, jobs, metrics, presence, rollout, scale, signing,
 };
 
 pub const MARKDOWN: &str = "latest.md";
@@ -47,6 +47,8 @@ pub struct Results {
     pub facts: Option<facts::Figures>,
     #[serde(default)]
     pub signing: Option<signing::Figures>,
+    #[serde(default)]
+    pub scale: Option<scale::Figures>,
 }
 
 /// The run before this one, as its `latest.json` says: the one committed
@@ -119,6 +121,7 @@ fn sections(results: &Results, previous: &PreviousRun) -> Vec<Section> {
         };
     }
     section!("Pantry against the relay", fanout_throughput);
+    section!("Scale", scale);
     section!("Handshake rate", handshake);
     section!("Enrollment", enrollment);
     section!("Presence", presence);
@@ -136,7 +139,8 @@ pub fn markdown(results: &Results, previous: &PreviousRun) -> String {
     let mut out = format!(
         "# Pantry benchmark: latest run\n\n`make bench` (`pantry-bench`), {:.0} s in all. Machine: **{} cores**, \
          **libzmq {}**. Open files: soft limit {} (was {}), hard {}, so up to {} simulated agents per pool ({} \
-         descriptors each) and both pools at once up to N = {}. Every figure is also in `{JSON}`; the previous \
+         descriptors each: one connection per agent) and both pools at once up to N = {} (the scale \
+         scenario's agents run in child processes). Every figure is also in `{JSON}`; the previous \
          run's, which the targets show: {}.\n\n## Targets\n\n| section | met | not met | not measured |\n\
          |---|---:|---:|---:|\n",
         results.elapsed_s,

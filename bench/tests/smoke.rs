@@ -3,7 +3,9 @@
 //! metrics, and the cluster: 3 × 3 agents, 2 revocations, when etcd is
 //! installed; a rollout over 20 agents and a cancel on 10; `-F` over
 //! 1,000 registry entries and facts reports from 20 agents; 50 signed
-//! requests of each kind and a signed fan-out to 20 verifying agents),
+//! requests of each kind and a signed fan-out to 20 verifying agents; 30
+//! agents in two child processes of the bench against the relay and a
+//! server restart),
 //! against the debug `pantry-server`, `pantry-client` and `pantry-admin`
 //! (built by `make test` before the tests), so that the bench does not
 //! rot. It checks that every figure was measured, not how good it is, and
@@ -218,7 +220,27 @@ fn the_bench_runs_at_two_agents() {
     assert!(f.p50_ms.pantry.is_some_and(|ms| ms.is_finite() && ms > 0.0), "{f:?}");
     assert!(f.p50_ms.baseline.is_some_and(|ms| ms.is_finite() && ms > 0.0), "{f:?}");
 
+    let scale = results.scale.as_ref().expect("the scale scenario ran");
+    assert!(scale.failures.is_empty() && scale.skipped.is_empty(), "{:?}", scale.failures);
+    assert_eq!((scale.rows.len(), scale.per_process), (1, 20), "{scale:?}");
+    let row = &scale.rows[0];
+    assert_eq!((row.n, row.processes, row.registered), (30, 2, Some(30)), "each agent registered itself: {row:?}");
+    for i in 0..2 {
+        assert!(*row.fanouts.at(i) == 2 && *row.missing.at(i) == 0 && *row.incomplete.at(i) == 0, "{row:?}");
+        assert!(row.p50_ms.at(i).is_some_and(|ms| ms.is_finite() && ms > 0.0), "{row:?}");
+        assert!(row.kib_per_agent().at(i).is_some() && row.cpu_us_per_answer.at(i).is_some(), "{row:?}");
+        let fds = row.fds_per_agent().at(i).expect("descriptors counted");
+        assert!((0.9..1.5).contains(&fds), "about one descriptor per agent on each server: {row:?}");
+    }
+    let restart = row.restart.as_ref().expect("the server restarted");
+    assert!(restart.all_online_s.is_some() && restart.online_at_end == 30, "{restart:?}");
+    assert!(restart.reconnects >= 30 && restart.registered_at_end == 30, "each came back by itself: {restart:?}");
+    assert_eq!((restart.echo_answers, restart.status_unanswered), (Some(30), 0), "{restart:?}");
+    assert!(restart.status_p50_ms().is_some() && scale.fd_bound.is_some_and(|b| b > 30), "{scale:?}");
+
     let md = std::fs::read_to_string(out.path().join(MARKDOWN)).unwrap();
+    assert!(md.contains("## Scale") && md.contains("| [Scale](#scale) |"), "{md}");
+    assert_eq!(md.matches("| issue 27: ").count(), 6, "{md}");
     assert!(md.contains("## Cluster"), "{md}");
     assert!(md.contains("## Rollout") && md.contains("| [Rollout](#rollout) |"), "{md}");
     assert_eq!(md.matches("| issue 24: ").count(), 3, "{md}");

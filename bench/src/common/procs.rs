@@ -68,6 +68,26 @@ pub fn own_threads_cpu_ns(prefix: &str) -> Option<u64> {
     Some(total)
 }
 
+/// User plus system CPU time of a process so far, all threads, from
+/// `/proc/PID/stat` (clock ticks, converted to nanoseconds).
+pub fn stat_cpu_ns(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: fields are counted
+    // after its closing parenthesis (utime and stime are fields 14 and 15).
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) * 1_000_000_000 / ticks as u64)
+}
+
+/// Descriptors a process has open (entries of `/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// Server CPU time per operation since `before` (a [`cpu_ns`] of `pid`),
 /// microseconds; `None` without operations or without the figures.
 pub fn cpu_us_per(pid: u32, before: Option<u64>, count: u64) -> Option<f64> {

@@ -13,4 +13,5 @@ pub mod jobs;
 pub mod metrics;
 pub mod presence;
 pub mod rollout;
+pub mod scale;
 pub mod signing;
