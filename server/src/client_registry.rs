@@ -17,7 +17,7 @@
 //! name would reach both). An index from stream to identities answers "who
 //! receives a message sent to this stream" without scanning every client.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -65,6 +65,10 @@ pub struct ClientRegistry {
     by_stream: HashMap<String, BTreeSet<String>>,
     /// Connection → the identity that registered over it.
     by_peer: HashMap<Vec<u8>, String>,
+    /// Connections closed lately (routing ids are never reused): a
+    /// registration handled after its connection's close must not make
+    /// its client online over a connection that is gone.
+    closed: ClosedPeers,
     /// Keys whose PUB subscriptions are all granted (CURVE).
     listening: HashSet<String>,
     /// In a cluster: where this server's records go, and the other
@@ -178,6 +182,7 @@ impl ClientRegistry {
             clients: HashMap::new(),
             by_stream: HashMap::new(),
             by_peer: HashMap::new(),
+            closed: ClosedPeers::default(),
             listening: HashSet::new(),
             fleet: None,
             remote: HashMap::new(),
@@ -466,7 +471,15 @@ impl Handler<Register> for ClientRegistry {
         };
         // Before this registration's answer, and so before any request to
         // the agent, in the same outbox.
-        if direct_changed && msg.direct {
+        // Its connection closed while the registration was on its way.
+        let gone = self.closed.contains(&msg.peer);
+        if gone {
+            self.by_peer.remove(&msg.peer);
+            if let Some(entry) = self.clients.get_mut(&identity).filter(|e| e.peer.as_ref() == Some(&msg.peer)) {
+                entry.peer = None;
+            }
+        }
+        if direct_changed && msg.direct && !gone {
             let streams = msg.client.streams();
             self.tell_sockets(DirectChange::Add { peer: msg.peer.clone(), identity: identity.clone(), streams });
         } else if was_direct && !msg.direct {
@@ -561,6 +574,7 @@ impl Handler<PeerClosed> for ClientRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: PeerClosed, _: &mut Context<Self>) {
+        self.closed.insert(msg.peer.clone());
         let Some(identity) = self.by_peer.remove(&msg.peer) else { return };
         if let Some(entry) = self.clients.get_mut(&identity) {
             if entry.peer.as_ref() == Some(&msg.peer) {
@@ -568,6 +582,33 @@ impl Handler<PeerClosed> for ClientRegistry {
             }
         }
         self.note_change(&identity, false, "its connection closed");
+    }
+}
+
+/// The routing ids of the last [`ClosedPeers::KEPT`] connections closed.
+#[derive(Default)]
+struct ClosedPeers {
+    set: HashSet<Vec<u8>>,
+    order: VecDeque<Vec<u8>>,
+}
+
+impl ClosedPeers {
+    /// Far more than registrations in flight at once.
+    const KEPT: usize = 65_536;
+
+    fn insert(&mut self, peer: Vec<u8>) {
+        if self.set.insert(peer.clone()) {
+            self.order.push_back(peer);
+        }
+        while self.order.len() > Self::KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    fn contains(&self, peer: &[u8]) -> bool {
+        self.set.contains(peer)
     }
 }
 
@@ -1040,7 +1081,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(listed.iter().map(|l| l.online).collect::<Vec<_>>(), [true, false]);
-        registry.send(reg(client("h2", "a", "e", &[]), "k2")).await.unwrap();
+        // It checks in again over a new connection (a new routing id).
+        let again = Register { peer: b"h2-again".to_vec(), ..reg(client("h2", "a", "e", &[]), "k2") };
+        registry.send(again).await.unwrap();
         let reached = registry
             .send(Recipients { stream: "a".into(), identities: None, facts: None, local_only: false })
             .await
@@ -1105,5 +1148,18 @@ mod tests {
         assert_eq!(to().await.unwrap().online, [h1]);
         registry.send(Listening { key: "k1".into(), listening: false }).await.unwrap();
         assert!(to().await.unwrap().online.is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn an_agent_on_its_dealer_is_online_at_once_but_not_over_a_closed_connection() {
+        let (registry, _dir) = registry(true);
+        let to = || registry.send(Recipients { stream: "a".into(), identities: None, facts: None, local_only: false });
+        let direct = |id: &str, key: &str| Register { direct: true, ..reg(client(id, "a", "e", &[]), key) };
+        registry.send(direct("h1", "k1")).await.unwrap();
+        assert_eq!(ids(to().await.unwrap()), ["h1"], "no subscriptions to wait for");
+        // h2's close is handled before its registration.
+        registry.send(PeerClosed { peer: b"h2".to_vec() }).await.unwrap();
+        registry.send(direct("h2", "k2")).await.unwrap();
+        assert_eq!(ids(to().await.unwrap()), ["h1"], "h2's connection is gone");
     }
 }

@@ -44,7 +44,7 @@ use crate::admission::Admission;
 use crate::answers::RawAnswer;
 use crate::authorize::{judge, Verdict};
 use crate::connections::Connections;
-use crate::direct::DirectAgents;
+use crate::direct::{DirectAgents, DirectChange};
 use crate::dispatch::NOT_READING;
 use crate::limits::FdBudget;
 use crate::links::Links;
@@ -446,7 +446,15 @@ impl SocketThread {
                     self.send_to_peer(ServerPort::Files, frames);
                 }
                 Outbound::Publish(message) => self.publish(&message),
-                Outbound::Direct(change) => self.direct.apply(change),
+                Outbound::Direct(change) => {
+                    // A registration handled after its connection closed
+                    // names a peer that is gone.
+                    let gone = matches!(&change, DirectChange::Add { peer, .. }
+                        if self.connections.cached_sender(ServerPort::Receive, peer).is_none());
+                    if !gone {
+                        self.direct.apply(change);
+                    }
+                }
                 Outbound::ZapReply(frames) => self.send_zap(frames),
                 Outbound::Keys(update) => self.update_keys(update),
                 Outbound::Grant(grant) => {
