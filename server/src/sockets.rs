@@ -510,9 +510,9 @@ impl SocketThread {
     /// DEALER), behind what already waits for it, within its bounds.
     fn deliver(&mut self, peers: &[Vec<u8>], frames: &[Vec<u8>], message: &Message) {
         let size = size_of(frames);
+        self.metrics.deliveries_out.inc_by(peers.len() as u64);
+        self.metrics.bytes_out.inc_by((size * peers.len()) as u64);
         for peer in peers {
-            self.metrics.deliveries_out.inc();
-            self.metrics.bytes_out.inc_by(size as u64);
             let backlog = &mut self.backlogs[backlog_index(ServerPort::Receive)];
             let outcome = match backlog.by_peer.get(peer) {
                 Some(waiting) if waiting.queue.len() >= AGENT_BACKLOG_MESSAGES => Sent::Full,
@@ -566,7 +566,9 @@ impl SocketThread {
                 "type" => request.message_type(), "requester" => &request.metadata.from,
                 "queued_limit_messages" => AGENT_BACKLOG_MESSAGES, "queued_limit_bytes" => AGENT_BACKLOG_BYTES);
         }
-        self.metrics.refused(crate::metrics::Refusal::Limits);
+        if matches!(why, Undelivered::NotReading) {
+            self.metrics.refused(crate::metrics::Refusal::Limits);
+        }
         if !request.metadata.requires_response {
             return;
         }
@@ -1000,7 +1002,6 @@ impl SocketThread {
     /// ZAP requests: known keys are answered here, the rest by the key
     /// store actor.
     fn drain_zap(&mut self) {
-        let mut admission = std::mem::replace(&mut self.admission, Admission::new(0));
         let mut waited = false;
         while let Some(frames) = self.sockets.zap.as_ref().and_then(|z| z.recv_multipart(zmq::DONTWAIT).ok()) {
             let request = match zap::parse(frames) {
@@ -1035,7 +1036,7 @@ impl SocketThread {
             let reply = zap::reply(request.envelope.clone(), &request.request_id, status, text, admitted);
             // Client keys take their turn; admins and servers go first.
             let queued = status == Status::Ok && known.is_some_and(|k| k.role == Role::Client);
-            match if queued { admission.admit(reply) } else { Some(reply) } {
+            match if queued { self.admission.admit(reply) } else { Some(reply) } {
                 Some(reply) => self.send_zap(reply),
                 None => waited = true,
             }
@@ -1045,7 +1046,6 @@ impl SocketThread {
             info!(self.log, "more client handshakes than networking.handshake_rate: they wait their turn \
                 (admins' and servers' go at once)"; "waiting" => self.admission.waiting());
         }
-        self.admission = admission;
     }
 
     /// Handles the connection events `port`'s monitor already holds.
